@@ -1,0 +1,544 @@
+//! The CPU backend: interprets the model graph in f32, multi-threaded. It is the reference
+//! every other backend is checked against, and a real fallback without a GPU.
+
+pub mod ops;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Backend, StepParams};
+use crate::error::{fmt_shape, Error, Result};
+use crate::model::checkpoint::Weights;
+use crate::model::graph::{Graph, Kind, Op, TensorDesc, TensorId};
+use crate::rng;
+use crate::tensor::Tensor;
+
+/// Executes a [`Graph`] on the host. Owns its latent buffer and the per-prompt state; shares
+/// the weights with other streams of the same engine.
+pub struct CpuBackend {
+    graph: Graph,
+    weights: Arc<Weights>,
+    /// For each tensor id of kind `Weight`, its checkpoint tensor (validated at creation).
+    weight_index: Vec<Option<String>>,
+    /// Values of `Persistent` tensors, written by `set_text`.
+    persistent: Vec<Option<Vec<f32>>>,
+    text_set: bool,
+    /// The moving buffer `[F, C, H, W]` and the seed its noise comes from.
+    buffer: Vec<f32>,
+    seed: u64,
+    /// Scratch for `v` in `step`.
+    v: Vec<f32>,
+    /// Activations to drop after each op of the prompt and call op lists.
+    prompt_frees: Vec<Vec<TensorId>>,
+    call_frees: Vec<Vec<TensorId>>,
+}
+
+/// What the executor reports after each op when traced.
+pub struct OpTrace<'a> {
+    /// Position of the op in its op list.
+    pub index: usize,
+    pub op: &'a Op,
+    /// The tensor the op wrote, and its values.
+    pub output: &'a TensorDesc,
+    pub values: &'a [f32],
+    /// Wall-clock time of the op.
+    pub elapsed: Duration,
+}
+
+/// A callback receiving every op's [`OpTrace`].
+pub type Tracer<'t> = &'t mut dyn FnMut(&OpTrace);
+
+#[derive(Clone, Copy)]
+enum OpList {
+    Prompt,
+    Call,
+}
+
+/// Values of the tensors live during one op list.
+struct Env {
+    values: Vec<Option<Vec<f32>>>,
+}
+
+impl CpuBackend {
+    /// A backend for `graph` over `weights`, checking that every weight the graph reads is
+    /// present with the shape the graph expects.
+    pub fn new(graph: Graph, weights: Arc<Weights>) -> Result<CpuBackend> {
+        let mut weight_index = vec![None; graph.tensors.len()];
+        for (id, t) in graph.tensors.iter().enumerate() {
+            if t.kind == Kind::Weight {
+                let w = weights.get(&t.name)?;
+                if w.shape != t.shape {
+                    return Err(Error::shape(
+                        format!("weight `{}`", t.name),
+                        fmt_shape(&t.shape),
+                        fmt_shape(&w.shape),
+                    ));
+                }
+                weight_index[id] = Some(t.name.clone());
+            }
+        }
+        let n = graph.config.buffer_elems();
+        Ok(CpuBackend {
+            prompt_frees: frees(&graph, &graph.prompt_ops),
+            call_frees: frees(&graph, &graph.call_ops),
+            persistent: vec![None; graph.tensors.len()],
+            weight_index,
+            weights,
+            text_set: false,
+            buffer: vec![0.0; n],
+            seed: 0,
+            v: vec![0.0; n],
+            graph,
+        })
+    }
+
+    fn value<'a>(&'a self, env: &'a Env, id: TensorId) -> Result<&'a [f32]> {
+        if let Some(name) = &self.weight_index[id] {
+            return Ok(&self.weights.get(name)?.data);
+        }
+        env.values[id]
+            .as_deref()
+            .or(self.persistent[id].as_deref())
+            .ok_or_else(|| {
+                self.internal(format!(
+                    "tensor `{}` read before it was written",
+                    self.graph.tensors[id].name
+                ))
+            })
+    }
+
+    fn internal(&self, msg: String) -> Error {
+        Error::Backend {
+            backend: "cpu".into(),
+            op: "execute".into(),
+            msg,
+        }
+    }
+
+    /// Takes a tensor out of the environment to update it in place.
+    fn take(&self, env: &mut Env, id: TensorId) -> Result<Vec<f32>> {
+        env.values[id].take().ok_or_else(|| {
+            self.internal(format!(
+                "tensor `{}` updated before it was written",
+                self.graph.tensors[id].name
+            ))
+        })
+    }
+
+    /// Runs the prompt or the call op list, allocating each output when it is first written
+    /// and dropping each activation after its last use.
+    fn run(&self, list: OpList, env: &mut Env, mut tracer: Option<Tracer>) -> Result<()> {
+        let (ops, frees) = match list {
+            OpList::Prompt => (&self.graph.prompt_ops, &self.prompt_frees),
+            OpList::Call => (&self.graph.call_ops, &self.call_frees),
+        };
+        let m = &self.graph.config;
+        let (frames, tpf) = (m.latent_frames, m.tokens_per_frame());
+        let shape = |id: TensorId| &self.graph.tensors[id].shape;
+        let fresh = |id: TensorId| vec![0.0f32; self.graph.tensors[id].numel()];
+        for (i, op) in ops.iter().enumerate() {
+            let started = Instant::now();
+            match *op {
+                Op::Patchify { x, out } => {
+                    let mut o = fresh(out);
+                    ops::patchify(
+                        self.value(env, x)?,
+                        m.latent_frames,
+                        m.latent_channels,
+                        m.latent_height,
+                        m.latent_width,
+                        &mut o,
+                    );
+                    env.values[out] = Some(o);
+                }
+                Op::Linear { x, w, b, out } => {
+                    let (t, k) = (shape(x)[0], shape(x)[1]);
+                    let n = shape(w)[0];
+                    let mut o = fresh(out);
+                    let bias = match b {
+                        Some(b) => Some(self.value(env, b)?),
+                        None => None,
+                    };
+                    ops::linear(
+                        self.value(env, x)?,
+                        self.value(env, w)?,
+                        bias,
+                        t,
+                        k,
+                        n,
+                        &mut o,
+                    );
+                    env.values[out] = Some(o);
+                }
+                Op::AddPositions {
+                    h,
+                    pos_t,
+                    pos_h,
+                    pos_w,
+                } => {
+                    let mut hv = self.take(env, h)?;
+                    ops::add_positions(
+                        &mut hv,
+                        m.token_grid(),
+                        m.dim,
+                        self.value(env, pos_t)?,
+                        self.value(env, pos_h)?,
+                        self.value(env, pos_w)?,
+                    );
+                    env.values[h] = Some(hv);
+                }
+                Op::Repeat { x, out } => {
+                    let xv = self.value(env, x)?;
+                    let o = xv.repeat(self.graph.tensors[out].numel() / xv.len());
+                    env.values[out] = Some(o);
+                }
+                Op::TimestepEmbed { tau, out } => {
+                    let mut o = fresh(out);
+                    ops::timestep_embedding(self.value(env, tau)?, &mut o);
+                    env.values[out] = Some(o);
+                }
+                Op::Silu { x, out } => {
+                    let mut o = fresh(out);
+                    ops::silu(self.value(env, x)?, &mut o);
+                    env.values[out] = Some(o);
+                }
+                Op::GeluTanh { x, out } => {
+                    let mut o = fresh(out);
+                    ops::gelu_tanh(self.value(env, x)?, &mut o);
+                    env.values[out] = Some(o);
+                }
+                Op::Modulation { src, table, out } => {
+                    let (k, d) = (shape(table)[0], shape(table)[1]);
+                    let src_k = shape(src)[1] / d;
+                    let mut o = fresh(out);
+                    ops::modulation(
+                        self.value(env, src)?,
+                        src_k,
+                        self.value(env, table)?,
+                        k,
+                        d,
+                        frames,
+                        &mut o,
+                    );
+                    env.values[out] = Some(o);
+                }
+                Op::LayerNorm { x, out } => {
+                    let mut o = fresh(out);
+                    ops::layer_norm(self.value(env, x)?, shape(x)[1], &mut o);
+                    env.values[out] = Some(o);
+                }
+                Op::AdaLn {
+                    x,
+                    mods,
+                    shift,
+                    scale,
+                    out,
+                } => {
+                    let mut o = fresh(out);
+                    let k = shape(mods)[1];
+                    ops::ada_ln(
+                        self.value(env, x)?,
+                        shape(x)[1],
+                        self.value(env, mods)?,
+                        k,
+                        shift,
+                        scale,
+                        frames,
+                        tpf,
+                        &mut o,
+                    );
+                    env.values[out] = Some(o);
+                }
+                Op::HeadRmsNorm {
+                    x,
+                    offset,
+                    heads,
+                    gain,
+                } => {
+                    let mut xv = self.take(env, x)?;
+                    let dh = shape(gain)[0];
+                    ops::head_rms_norm(
+                        &mut xv,
+                        shape(x)[1],
+                        offset,
+                        heads,
+                        dh,
+                        self.value(env, gain)?,
+                    );
+                    env.values[x] = Some(xv);
+                }
+                Op::WindowAttention {
+                    qkv,
+                    out,
+                    heads,
+                    window,
+                    shift,
+                } => {
+                    let mut o = fresh(out);
+                    ops::window_attention(
+                        self.value(env, qkv)?,
+                        self.graph.batch,
+                        m.token_grid(),
+                        window,
+                        shift,
+                        heads,
+                        m.dim,
+                        &mut o,
+                    );
+                    env.values[out] = Some(o);
+                }
+                Op::CrossAttention {
+                    q,
+                    kv,
+                    mask,
+                    out,
+                    heads,
+                } => {
+                    let mut o = fresh(out);
+                    ops::cross_attention(
+                        self.value(env, q)?,
+                        self.value(env, kv)?,
+                        self.value(env, mask)?,
+                        self.graph.batch,
+                        m.tokens(),
+                        m.text_len,
+                        heads,
+                        m.dim,
+                        &mut o,
+                    );
+                    env.values[out] = Some(o);
+                }
+                Op::GatedResidual { h, y, mods, gate } => {
+                    let mut hv = self.take(env, h)?;
+                    let k = shape(mods)[1];
+                    ops::gated_residual(
+                        &mut hv,
+                        self.value(env, y)?,
+                        m.dim,
+                        self.value(env, mods)?,
+                        k,
+                        gate,
+                        frames,
+                        tpf,
+                    );
+                    env.values[h] = Some(hv);
+                }
+                Op::Residual { h, y } => {
+                    let mut hv = self.take(env, h)?;
+                    ops::residual(&mut hv, self.value(env, y)?);
+                    env.values[h] = Some(hv);
+                }
+                Op::SwiGlu { x, out } => {
+                    let mut o = fresh(out);
+                    ops::swiglu(self.value(env, x)?, shape(out)[1], &mut o);
+                    env.values[out] = Some(o);
+                }
+                Op::Unpatchify { x, out } => {
+                    let mut o = fresh(out);
+                    let batch = self.graph.tensors[out].numel() / m.buffer_elems();
+                    ops::unpatchify(
+                        self.value(env, x)?,
+                        batch,
+                        m.latent_frames,
+                        m.latent_channels,
+                        m.latent_height,
+                        m.latent_width,
+                        &mut o,
+                    );
+                    env.values[out] = Some(o);
+                }
+                Op::Guidance { v, scale, out } => {
+                    let mut o = fresh(out);
+                    ops::guidance(self.value(env, v)?, scale, &mut o);
+                    env.values[out] = Some(o);
+                }
+            }
+            if let Some(trace) = tracer.as_mut() {
+                let out = op.output();
+                trace(&OpTrace {
+                    index: i,
+                    op,
+                    output: &self.graph.tensors[out],
+                    values: self.value(env, out)?,
+                    elapsed: started.elapsed(),
+                });
+            }
+            for &id in &frees[i] {
+                env.values[id] = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Backend::forward`], calling `tracer` after every op with its output and time.
+    pub fn forward_traced(
+        &mut self,
+        x: &[f32],
+        tau: &[f32],
+        v: &mut [f32],
+        tracer: Option<Tracer>,
+    ) -> Result<()> {
+        let g = &self.graph;
+        let m = &g.config;
+        Self::check_len("x", x.len(), m.buffer_elems())?;
+        Self::check_len("tau", tau.len(), m.latent_frames)?;
+        Self::check_len("v", v.len(), m.buffer_elems())?;
+        if !self.text_set {
+            return Err(Error::Invalid(
+                "forward: no text context set (call set_text first)".into(),
+            ));
+        }
+        let mut env = self.env();
+        env.values[g.inputs.x] = Some(x.to_vec());
+        env.values[g.inputs.tau] = Some(tau.to_vec());
+        self.run(OpList::Call, &mut env, tracer)?;
+        let out = env.values[g.output]
+            .as_ref()
+            .ok_or_else(|| self.internal("the graph did not write its output".into()))?;
+        v.copy_from_slice(out);
+        Ok(())
+    }
+
+    fn env(&self) -> Env {
+        Env {
+            values: vec![None; self.graph.tensors.len()],
+        }
+    }
+
+    fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+        if got != want {
+            return Err(Error::shape(
+                what,
+                format!("{want} values"),
+                format!("{got} values"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// For each op, the activations whose last use it is.
+fn frees(graph: &Graph, ops: &[Op]) -> Vec<Vec<TensorId>> {
+    let mut last = vec![None; graph.tensors.len()];
+    for (i, op) in ops.iter().enumerate() {
+        for id in op.tensors() {
+            last[id] = Some(i);
+        }
+    }
+    let mut frees = vec![Vec::new(); ops.len()];
+    for (id, l) in last.into_iter().enumerate() {
+        if let (Some(i), Kind::Activation) = (l, graph.tensors[id].kind) {
+            frees[i].push(id);
+        }
+    }
+    frees
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn set_text(&mut self, text: &Tensor, mask: &[f32]) -> Result<()> {
+        let g = &self.graph;
+        let (b, lt) = (g.batch, g.config.text_len);
+        text.expect_shape("text", &g.tensors[g.inputs.text].shape)?;
+        Self::check_len("text_mask", mask.len(), b * lt)?;
+        validate_mask(mask, b, lt)?;
+        let mut env = self.env();
+        env.values[g.inputs.text] = Some(text.data.clone());
+        env.values[g.inputs.text_mask] = Some(mask.to_vec());
+        self.run(OpList::Prompt, &mut env, None)?;
+        for (id, t) in g.tensors.iter().enumerate() {
+            match t.kind {
+                Kind::Persistent => self.persistent[id] = env.values[id].take(),
+                Kind::Input if id == g.inputs.text_mask => {
+                    self.persistent[id] = env.values[id].take()
+                }
+                _ => {}
+            }
+        }
+        self.text_set = true;
+        Ok(())
+    }
+
+    fn forward(&mut self, x: &[f32], tau: &[f32], v: &mut [f32]) -> Result<()> {
+        self.forward_traced(x, tau, v, None)
+    }
+
+    fn reset(&mut self, seed: u64, first_frame: u64) -> Result<()> {
+        self.seed = seed;
+        let fe = self.graph.config.frame_elems();
+        for (k, frame) in self.buffer.chunks_mut(fe).enumerate() {
+            rng::noise_frame(seed, first_frame + k as u64, frame);
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, step: &StepParams, popped: &mut [f32]) -> Result<()> {
+        let m = self.graph.config.clone();
+        let (f, fe) = (m.latent_frames, m.frame_elems());
+        Self::check_len("step tau", step.tau.len(), f)?;
+        Self::check_len("step dtau", step.dtau.len(), f)?;
+        let mut v = std::mem::take(&mut self.v);
+        let buffer = std::mem::take(&mut self.buffer);
+        let result = self.forward(&buffer, &step.tau, &mut v);
+        self.buffer = buffer;
+        self.v = v;
+        result?;
+        for ((x, v), &dt) in self
+            .buffer
+            .chunks_mut(fe)
+            .zip(self.v.chunks(fe))
+            .zip(&step.dtau)
+        {
+            for (x, v) in x.iter_mut().zip(v) {
+                *x += dt * v;
+            }
+        }
+        if let Some(next_frame) = step.pop {
+            let chunk = popped.len();
+            if chunk == 0 || chunk % fe != 0 || chunk >= self.buffer.len() {
+                return Err(Error::shape(
+                    "popped chunk",
+                    format!("a whole number of frames of {fe} values, fewer than the buffer's {f}"),
+                    format!("{} values", popped.len()),
+                ));
+            }
+            popped.copy_from_slice(&self.buffer[..chunk]);
+            self.buffer.copy_within(chunk.., 0);
+            let start = self.buffer.len() - chunk;
+            for (k, frame) in self.buffer[start..].chunks_mut(fe).enumerate() {
+                rng::noise_frame(self.seed, next_frame + k as u64, frame);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_buffer(&mut self, out: &mut [f32]) -> Result<()> {
+        Self::check_len("buffer", out.len(), self.buffer.len())?;
+        out.copy_from_slice(&self.buffer);
+        Ok(())
+    }
+}
+
+/// Rejects a mask that is not 0/1 or has a branch without a single 1.
+pub fn validate_mask(mask: &[f32], batch: usize, text_len: usize) -> Result<()> {
+    if let Some(v) = mask.iter().find(|&&v| v != 0.0 && v != 1.0) {
+        return Err(Error::Invalid(format!(
+            "text_mask: expected values 0 or 1, found {v}"
+        )));
+    }
+    for b in 0..batch {
+        if !mask[b * text_len..(b + 1) * text_len].contains(&1.0) {
+            return Err(Error::Invalid(format!(
+                "text_mask of branch {b}: expected at least one 1 (every encoder emits an end token), found none"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! Decoders turn clean latent chunks into RGB video frames. The preview decoder is the cheap
+//! stand-in; the temporal-autoencoder decoder (TAE_SPEC) implements the same trait.
+
+pub mod preview;
+
+use crate::error::Result;
+
+pub use preview::Preview;
+
+/// Latents `[n, C, H, W]` to RGB8 video frames.
+pub trait Decoder: Send {
+    /// Video frame `(width, height)` in pixels.
+    fn frame_size(&self) -> (usize, usize);
+
+    /// Video frames produced per latent frame.
+    fn frames_per_latent(&self) -> usize;
+
+    /// Decodes `latents [n, C, H, W]` (`n = latents.len() / (C*H*W)`), appending
+    /// `n * frames_per_latent()` frames of `width * height * 3` bytes (RGB, row-major) to `out`.
+    fn decode(&mut self, latents: &[f32], out: &mut Vec<u8>) -> Result<()>;
+}

@@ -1,0 +1,167 @@
+//! The public entry point: an [`Engine`] holds a profile and its weights; each [`Stream`] it
+//! creates owns a backend instance, a latent buffer and a decoder. Several engines and
+//! streams can live in one process: nothing here is global.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::Backend;
+use crate::decoder::Preview;
+use crate::error::{Error, Result};
+use crate::model::checkpoint::{DType, Weights};
+use crate::model::graph::Graph;
+use crate::model::schema::Group;
+use crate::model::Profile;
+use crate::stream::Stream;
+use crate::text::{ByteEmbedding, TextInput};
+
+/// Where the weights come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeightsSource {
+    /// A safetensors checkpoint.
+    File(PathBuf),
+    /// The deterministic random weights `streamdit weights init` writes, rounded to `dtype`.
+    Random { seed: u64, dtype: DType },
+}
+
+/// Which backend executes the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The CUDA backend when it can run, otherwise the CPU backend.
+    Auto,
+    Cpu,
+    Cuda,
+    /// The CUDA backend's launch plan on the kernel emulator.
+    Emu,
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(BackendKind::Auto),
+            "cpu" => Ok(BackendKind::Cpu),
+            "cuda" => Ok(BackendKind::Cuda),
+            "emu" => Ok(BackendKind::Emu),
+            _ => Err(Error::Invalid(format!(
+                "backend `{s}`: expected one of auto, cpu, cuda, emu"
+            ))),
+        }
+    }
+}
+
+/// Everything an engine is created from.
+#[derive(Debug, Clone)]
+pub struct EngineParams {
+    pub profile: Profile,
+    pub weights: WeightsSource,
+    pub backend: BackendKind,
+}
+
+/// A loaded model: profile, weights and the choice of backend. Cheap to share between
+/// streams (the weights are reference-counted).
+pub struct Engine {
+    profile: Arc<Profile>,
+    weights: Arc<Weights>,
+    backend: BackendKind,
+    /// Why `auto` chose the backend it did, for one log line.
+    backend_reason: String,
+}
+
+impl Engine {
+    /// Loads or generates the weights and chooses the backend.
+    pub fn new(params: EngineParams) -> Result<Engine> {
+        params.profile.validate()?;
+        let groups = [Group::Dit, Group::Preview, Group::TextEmbed];
+        let weights = match &params.weights {
+            WeightsSource::File(path) => Weights::load(path, &params.profile.model, &groups)?,
+            WeightsSource::Random { seed, dtype } => {
+                Weights::random(&params.profile.model, *seed, *dtype)
+            }
+        };
+        let (backend, backend_reason) = match params.backend {
+            BackendKind::Cpu => (BackendKind::Cpu, "requested".to_string()),
+            BackendKind::Auto => (
+                BackendKind::Cpu,
+                "auto: this build has no CUDA backend, using the CPU".to_string(),
+            ),
+            kind @ (BackendKind::Cuda | BackendKind::Emu) => {
+                return Err(Error::Invalid(format!(
+                    "backend {kind:?}: not available in this build (only the CPU backend is); use --backend cpu or auto"
+                )))
+            }
+        };
+        Ok(Engine {
+            profile: Arc::new(params.profile),
+            weights: Arc::new(weights),
+            backend,
+            backend_reason,
+        })
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    pub fn weights(&self) -> &Arc<Weights> {
+        &self.weights
+    }
+
+    /// The backend streams run on, and why it was chosen.
+    pub fn backend_choice(&self) -> (BackendKind, &str) {
+        (self.backend, &self.backend_reason)
+    }
+
+    /// A fresh backend instance executing the model graph with `guidance`.
+    pub fn create_backend(&self, guidance: f32) -> Result<Box<dyn Backend>> {
+        let graph = Graph::build(&self.profile.model, guidance);
+        match self.backend {
+            BackendKind::Cpu | BackendKind::Auto => {
+                Ok(Box::new(CpuBackend::new(graph, self.weights.clone())?))
+            }
+            kind => Err(Error::Invalid(format!(
+                "backend {kind:?}: not available in this build"
+            ))),
+        }
+    }
+
+    /// The byte-level text embedding of this engine's checkpoint.
+    pub fn text_embedding(&self) -> Result<ByteEmbedding> {
+        let m = &self.profile.model;
+        let table = self.weights.get("text_embed.weight")?.clone();
+        ByteEmbedding::new(table, m.text_len, m.text_dim)
+    }
+
+    /// The text condition of `prompt`.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<TextInput> {
+        Ok(self.text_embedding()?.embed(prompt))
+    }
+
+    /// The preview decoder of this engine's checkpoint.
+    pub fn preview_decoder(&self) -> Result<Preview> {
+        Preview::new(
+            self.weights.get("preview.weight")?,
+            self.weights.get("preview.bias")?,
+            &self.profile.model,
+            &self.profile.video,
+        )
+    }
+
+    /// Starts a stream.
+    pub fn stream(&self, params: StreamParams) -> Result<Stream> {
+        Stream::new(self, params)
+    }
+}
+
+/// Per-stream settings; `None` takes the profile's run setting.
+#[derive(Debug, Clone, Default)]
+pub struct StreamParams {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub seed: Option<u64>,
+    pub guidance: Option<f32>,
+    /// Precomputed text condition replacing the prompt's byte embedding.
+    pub text: Option<TextInput>,
+}

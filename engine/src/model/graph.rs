@@ -1,0 +1,526 @@
+//! The static graph of StreamDiT (MODEL_SPEC sections 2-4): every tensor with its shape and
+//! every op in execution order. It is a description only: the CPU backend interprets it, the
+//! CUDA backend lowers it to launches over one arena, and `plan` counts its FLOPs and bytes.
+//!
+//! Two op lists share one tensor table: `prompt_ops` turn the text into the context and
+//! every layer's cross-attention K/V (once per prompt), `call_ops` run one model call.
+//! Classifier-free guidance batches its two branches: tokens of branch `b` occupy rows
+//! `[b*N, (b+1)*N)` of every per-token tensor; branch 0 is the prompt, branch 1 the
+//! negative prompt.
+
+use super::profile::ModelConfig;
+
+/// Index of a tensor in [`Graph::tensors`].
+pub type TensorId = usize;
+
+/// Where a tensor's values come from and how long they live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Bound by the caller: `x` and `tau` per call, `text` and `text_mask` per prompt.
+    Input,
+    /// A checkpoint tensor; its name is the checkpoint name.
+    Weight,
+    /// Written by `prompt_ops`, read by every call (the context's K/V).
+    Persistent,
+    /// Scratch within one op list.
+    Activation,
+    /// The result of `call_ops` (`v`).
+    Output,
+}
+
+/// One tensor of the graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorDesc {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: Kind,
+}
+
+impl TensorDesc {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// One operation. Shapes are those of the referenced tensors; `T` is a token count.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// `x [F, C, H, W]` to tokens `out [F*Ht*Wt, C*4]`, entry `(c*2 + a)*2 + b` of token
+    /// `(f, i, j)` being `x[f, c, 2i+a, 2j+b]`.
+    Patchify { x: TensorId, out: TensorId },
+    /// `out[t] = w x[t] + b` with `w [N, K]` (PyTorch layout), `x [T, K]`, `out [T, N]`.
+    Linear {
+        x: TensorId,
+        w: TensorId,
+        b: Option<TensorId>,
+        out: TensorId,
+    },
+    /// `h[n] += pos_t[f] + pos_h[i] + pos_w[j]` for token `n = (f*Ht + i)*Wt + j`.
+    AddPositions {
+        h: TensorId,
+        pos_t: TensorId,
+        pos_h: TensorId,
+        pos_w: TensorId,
+    },
+    /// `out [B*T, D]` holds `B` copies of `x [T, D]`.
+    Repeat { x: TensorId, out: TensorId },
+    /// Sinusoidal embedding of `1000 * tau[f]`: `out [F, 256] = [cos(s w_k), sin(s w_k)]`.
+    TimestepEmbed { tau: TensorId, out: TensorId },
+    /// `out = SiLU(x)` elementwise.
+    Silu { x: TensorId, out: TensorId },
+    /// `out = GELU_tanh(x)` elementwise.
+    GeluTanh { x: TensorId, out: TensorId },
+    /// Per-frame modulation vectors `out [F, k, D]`: `out[f][i] = src[f][i] + table[i]` when
+    /// `src` is `[F, k*D]`, or `src[f] + table[i]` when `src` is `[F, D]`.
+    Modulation {
+        src: TensorId,
+        table: TensorId,
+        out: TensorId,
+    },
+    /// `out = LN(x)` per row (no affine).
+    LayerNorm { x: TensorId, out: TensorId },
+    /// `out[t] = LN(x[t]) * (1 + mods[f][scale]) + mods[f][shift]`, `f` the frame of token `t`.
+    AdaLn {
+        x: TensorId,
+        mods: TensorId,
+        shift: usize,
+        scale: usize,
+        out: TensorId,
+    },
+    /// In place: columns `[offset, offset + heads*dh)` of `x [T, cols]`, per head of `dh`
+    /// entries, become `RMS(u) * gain` with `gain [dh]`.
+    HeadRmsNorm {
+        x: TensorId,
+        offset: usize,
+        heads: usize,
+        gain: TensorId,
+    },
+    /// Window self-attention (MODEL_SPEC section 3) of `qkv [B*N, 3D]` into `out [B*N, D]`.
+    WindowAttention {
+        qkv: TensorId,
+        out: TensorId,
+        heads: usize,
+        window: [usize; 3],
+        shift: [usize; 3],
+    },
+    /// Cross-attention of `q [B*N, D]` to `kv [B*Lt, 2D]` (keys are columns `[0, D)`),
+    /// over the text tokens whose `mask [B*Lt]` is 1, into `out [B*N, D]`.
+    CrossAttention {
+        q: TensorId,
+        kv: TensorId,
+        mask: TensorId,
+        out: TensorId,
+        heads: usize,
+    },
+    /// `h[t] += mods[f][gate] * y[t]`, `f` the frame of token `t`.
+    GatedResidual {
+        h: TensorId,
+        y: TensorId,
+        mods: TensorId,
+        gate: usize,
+    },
+    /// `h += y`.
+    Residual { h: TensorId, y: TensorId },
+    /// `out[t] = SiLU(x[t][..Dff]) * x[t][Dff..]` for `x [T, 2*Dff]`, `out [T, Dff]`.
+    SwiGlu { x: TensorId, out: TensorId },
+    /// Tokens `x [B*N, C*4]` back to `out [B, F, C, H, W]` (inverse of `Patchify`).
+    Unpatchify { x: TensorId, out: TensorId },
+    /// `out = v[1] + scale * (v[0] - v[1])` for `v [2, ...]`: classifier-free guidance.
+    Guidance {
+        v: TensorId,
+        scale: f32,
+        out: TensorId,
+    },
+}
+
+impl Op {
+    /// Every tensor the op reads or writes.
+    pub fn tensors(&self) -> Vec<TensorId> {
+        match *self {
+            Op::Patchify { x, out }
+            | Op::Repeat { x, out }
+            | Op::Silu { x, out }
+            | Op::GeluTanh { x, out }
+            | Op::LayerNorm { x, out }
+            | Op::SwiGlu { x, out }
+            | Op::Unpatchify { x, out } => vec![x, out],
+            Op::TimestepEmbed { tau, out } => vec![tau, out],
+            Op::Linear { x, w, b, out } => [vec![x, w, out], b.into_iter().collect()].concat(),
+            Op::AddPositions {
+                h,
+                pos_t,
+                pos_h,
+                pos_w,
+            } => vec![h, pos_t, pos_h, pos_w],
+            Op::Modulation { src, table, out } => vec![src, table, out],
+            Op::AdaLn { x, mods, out, .. } => vec![x, mods, out],
+            Op::HeadRmsNorm { x, gain, .. } => vec![x, gain],
+            Op::WindowAttention { qkv, out, .. } => vec![qkv, out],
+            Op::CrossAttention {
+                q, kv, mask, out, ..
+            } => vec![q, kv, mask, out],
+            Op::GatedResidual { h, y, mods, .. } => vec![h, y, mods],
+            Op::Residual { h, y } => vec![h, y],
+            Op::Guidance { v, out, .. } => vec![v, out],
+        }
+    }
+}
+
+impl Op {
+    /// The tensor the op writes (updated in place for residual and norm ops).
+    pub fn output(&self) -> TensorId {
+        match *self {
+            Op::Patchify { out, .. }
+            | Op::Linear { out, .. }
+            | Op::Repeat { out, .. }
+            | Op::TimestepEmbed { out, .. }
+            | Op::Silu { out, .. }
+            | Op::GeluTanh { out, .. }
+            | Op::Modulation { out, .. }
+            | Op::LayerNorm { out, .. }
+            | Op::AdaLn { out, .. }
+            | Op::WindowAttention { out, .. }
+            | Op::CrossAttention { out, .. }
+            | Op::SwiGlu { out, .. }
+            | Op::Unpatchify { out, .. }
+            | Op::Guidance { out, .. } => out,
+            Op::AddPositions { h, .. } | Op::GatedResidual { h, .. } | Op::Residual { h, .. } => h,
+            Op::HeadRmsNorm { x, .. } => x,
+        }
+    }
+}
+
+/// The tensors a caller binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inputs {
+    /// Latents `[F, C, H, W]`.
+    pub x: TensorId,
+    /// Noise level per frame `[F]`.
+    pub tau: TensorId,
+    /// Text embeddings of every branch `[B*Lt, Dtxt]`.
+    pub text: TensorId,
+    /// Text mask of every branch `[B*Lt]`.
+    pub text_mask: TensorId,
+}
+
+/// The static graph of one StreamDiT model call, plus its per-prompt preparation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Graph {
+    pub config: ModelConfig,
+    /// Branches per call: 1, or 2 with classifier-free guidance.
+    pub batch: usize,
+    pub tensors: Vec<TensorDesc>,
+    pub prompt_ops: Vec<Op>,
+    pub call_ops: Vec<Op>,
+    pub inputs: Inputs,
+    /// `v [F, C, H, W]`.
+    pub output: TensorId,
+}
+
+impl Graph {
+    /// The graph of `m`; `guidance != 1` batches two branches and combines them.
+    pub fn build(m: &ModelConfig, guidance: f32) -> Graph {
+        Builder::new(m, if guidance != 1.0 { 2 } else { 1 }).build(guidance)
+    }
+
+    pub fn tensor(&self, id: TensorId) -> &TensorDesc {
+        &self.tensors[id]
+    }
+
+    /// Frame of token row `t` in a per-token tensor (any branch).
+    pub fn frame_of_token(&self, t: usize) -> usize {
+        (t % self.config.tokens()) / self.config.tokens_per_frame()
+    }
+}
+
+struct Builder<'a> {
+    m: &'a ModelConfig,
+    batch: usize,
+    tensors: Vec<TensorDesc>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(m: &'a ModelConfig, batch: usize) -> Self {
+        Builder {
+            m,
+            batch,
+            tensors: Vec::new(),
+        }
+    }
+
+    fn tensor(&mut self, name: impl Into<String>, shape: Vec<usize>, kind: Kind) -> TensorId {
+        self.tensors.push(TensorDesc {
+            name: name.into(),
+            shape,
+            kind,
+        });
+        self.tensors.len() - 1
+    }
+
+    fn weight(&mut self, name: impl Into<String>, shape: Vec<usize>) -> TensorId {
+        self.tensor(name, shape, Kind::Weight)
+    }
+
+    fn act(&mut self, name: impl Into<String>, shape: Vec<usize>) -> TensorId {
+        self.tensor(name, shape, Kind::Activation)
+    }
+
+    /// A linear layer `name.weight [n, k]` (+ `name.bias [n]`) applied to `x [t, k]`.
+    fn linear(
+        &mut self,
+        ops: &mut Vec<Op>,
+        x: TensorId,
+        name: &str,
+        n: usize,
+        bias: bool,
+        out_name: String,
+    ) -> TensorId {
+        let [t, k] = self.tensors[x].shape[..] else {
+            unreachable!("linear input must be 2-D")
+        };
+        let w = self.weight(format!("{name}.weight"), vec![n, k]);
+        let b = bias.then(|| self.weight(format!("{name}.bias"), vec![n]));
+        let out = self.act(out_name, vec![t, n]);
+        ops.push(Op::Linear { x, w, b, out });
+        out
+    }
+
+    fn build(mut self, guidance: f32) -> Graph {
+        let m = self.m;
+        let (d, b) = (m.dim, self.batch);
+        let (f, n, lt) = (m.latent_frames, m.tokens(), m.text_len);
+        let (heads, dh) = (m.heads, m.head_dim());
+        let mut prompt = Vec::new();
+        let mut call = Vec::new();
+
+        let x = self.tensor(
+            "x",
+            vec![f, m.latent_channels, m.latent_height, m.latent_width],
+            Kind::Input,
+        );
+        let tau = self.tensor("tau", vec![f], Kind::Input);
+        let text = self.tensor("text", vec![b * lt, m.text_dim], Kind::Input);
+        let text_mask = self.tensor("text_mask", vec![b * lt], Kind::Input);
+
+        // Text context and every layer's cross-attention K/V: once per prompt.
+        let c1 = self.linear(&mut prompt, text, "text_proj.1", d, true, "ctx.1".into());
+        let c1g = self.act("ctx.1.gelu", vec![b * lt, d]);
+        prompt.push(Op::GeluTanh { x: c1, out: c1g });
+        let ctx = self.linear(&mut prompt, c1g, "text_proj.2", d, true, "ctx".into());
+        let mut cross_kv = Vec::with_capacity(m.depth);
+        for l in 0..m.depth {
+            let kv = self.linear(
+                &mut prompt,
+                ctx,
+                &format!("blocks.{l}.cross.kv"),
+                2 * d,
+                true,
+                format!("blocks.{l}.cross.kv.out"),
+            );
+            self.tensors[kv].kind = Kind::Persistent;
+            let gain = self.weight(format!("blocks.{l}.cross.k_norm"), vec![dh]);
+            prompt.push(Op::HeadRmsNorm {
+                x: kv,
+                offset: 0,
+                heads,
+                gain,
+            });
+            cross_kv.push(kv);
+        }
+
+        // Patch embedding and positions, shared by both branches.
+        let patches = self.act("patches", vec![n, m.patch_dim()]);
+        call.push(Op::Patchify { x, out: patches });
+        let h0 = self.linear(&mut call, patches, "patch_embed", d, true, "h.embed".into());
+        let pos_t = self.weight("pos_embed.t", vec![m.token_grid()[0], d]);
+        let pos_h = self.weight("pos_embed.h", vec![m.token_grid()[1], d]);
+        let pos_w = self.weight("pos_embed.w", vec![m.token_grid()[2], d]);
+        call.push(Op::AddPositions {
+            h: h0,
+            pos_t,
+            pos_h,
+            pos_w,
+        });
+        let h = if b == 1 {
+            h0
+        } else {
+            let h = self.act("h", vec![b * n, d]);
+            call.push(Op::Repeat { x: h0, out: h });
+            h
+        };
+
+        // Per-frame time embedding and modulation.
+        let freq = self.act("t.freq", vec![f, 256]);
+        call.push(Op::TimestepEmbed { tau, out: freq });
+        let t1 = self.linear(&mut call, freq, "time_embed.1", d, true, "t.1".into());
+        let t1s = self.act("t.1.silu", vec![f, d]);
+        call.push(Op::Silu { x: t1, out: t1s });
+        let t_emb = self.linear(&mut call, t1s, "time_embed.2", d, true, "t.emb".into());
+        let t_emb_s = self.act("t.emb.silu", vec![f, d]);
+        call.push(Op::Silu {
+            x: t_emb,
+            out: t_emb_s,
+        });
+        let t_mod = self.linear(&mut call, t_emb_s, "time_mod", 6 * d, true, "t.mod".into());
+
+        let bn = b * n;
+        for l in 0..m.depth {
+            let p = |s: &str| format!("blocks.{l}.{s}");
+            let table = self.weight(p("mod_table"), vec![6, d]);
+            let mods = self.act(p("mods"), vec![f, 6, d]);
+            call.push(Op::Modulation {
+                src: t_mod,
+                table,
+                out: mods,
+            });
+
+            // Window self-attention.
+            let a = self.act(p("attn.in"), vec![bn, d]);
+            call.push(Op::AdaLn {
+                x: h,
+                mods,
+                shift: 0,
+                scale: 1,
+                out: a,
+            });
+            let qkv = self.linear(&mut call, a, &p("attn.qkv"), 3 * d, true, p("attn.qkv.out"));
+            let gq = self.weight(p("attn.q_norm"), vec![dh]);
+            let gk = self.weight(p("attn.k_norm"), vec![dh]);
+            call.push(Op::HeadRmsNorm {
+                x: qkv,
+                offset: 0,
+                heads,
+                gain: gq,
+            });
+            call.push(Op::HeadRmsNorm {
+                x: qkv,
+                offset: d,
+                heads,
+                gain: gk,
+            });
+            let o = self.act(p("attn.o"), vec![bn, d]);
+            call.push(Op::WindowAttention {
+                qkv,
+                out: o,
+                heads,
+                window: m.window,
+                shift: m.window_shift(l),
+            });
+            let y = self.linear(&mut call, o, &p("attn.out"), d, true, p("attn.out.out"));
+            call.push(Op::GatedResidual {
+                h,
+                y,
+                mods,
+                gate: 2,
+            });
+
+            // Cross-attention to the text.
+            let c = self.act(p("cross.in"), vec![bn, d]);
+            call.push(Op::LayerNorm { x: h, out: c });
+            let q = self.linear(&mut call, c, &p("cross.q"), d, true, p("cross.q.out"));
+            let gcq = self.weight(p("cross.q_norm"), vec![dh]);
+            call.push(Op::HeadRmsNorm {
+                x: q,
+                offset: 0,
+                heads,
+                gain: gcq,
+            });
+            let co = self.act(p("cross.o"), vec![bn, d]);
+            call.push(Op::CrossAttention {
+                q,
+                kv: cross_kv[l],
+                mask: text_mask,
+                out: co,
+                heads,
+            });
+            let y = self.linear(&mut call, co, &p("cross.out"), d, true, p("cross.out.out"));
+            call.push(Op::Residual { h, y });
+
+            // SwiGLU feed-forward.
+            let a2 = self.act(p("ffn.in"), vec![bn, d]);
+            call.push(Op::AdaLn {
+                x: h,
+                mods,
+                shift: 3,
+                scale: 4,
+                out: a2,
+            });
+            let ug = self.linear(
+                &mut call,
+                a2,
+                &p("ffn.w13"),
+                2 * m.ffn_dim,
+                false,
+                p("ffn.w13.out"),
+            );
+            let act = self.act(p("ffn.act"), vec![bn, m.ffn_dim]);
+            call.push(Op::SwiGlu { x: ug, out: act });
+            let y = self.linear(&mut call, act, &p("ffn.w2"), d, false, p("ffn.w2.out"));
+            call.push(Op::GatedResidual {
+                h,
+                y,
+                mods,
+                gate: 5,
+            });
+        }
+
+        // Final layer, unpatchify and guidance.
+        let table = self.weight("final.mod_table", vec![2, d]);
+        let mods = self.act("final.mods", vec![f, 2, d]);
+        call.push(Op::Modulation {
+            src: t_emb,
+            table,
+            out: mods,
+        });
+        let a = self.act("final.in", vec![bn, d]);
+        call.push(Op::AdaLn {
+            x: h,
+            mods,
+            shift: 0,
+            scale: 1,
+            out: a,
+        });
+        let out = self.linear(
+            &mut call,
+            a,
+            "final.linear",
+            m.patch_dim(),
+            true,
+            "final.out".into(),
+        );
+        let frame_shape = vec![f, m.latent_channels, m.latent_height, m.latent_width];
+        let output = if b == 1 {
+            let v = self.tensor("v", frame_shape, Kind::Output);
+            call.push(Op::Unpatchify { x: out, out: v });
+            v
+        } else {
+            let branches = self.act("v.branches", [vec![b], frame_shape.clone()].concat());
+            call.push(Op::Unpatchify {
+                x: out,
+                out: branches,
+            });
+            let v = self.tensor("v", frame_shape, Kind::Output);
+            call.push(Op::Guidance {
+                v: branches,
+                scale: guidance,
+                out: v,
+            });
+            v
+        };
+
+        Graph {
+            config: m.clone(),
+            batch: b,
+            tensors: self.tensors,
+            prompt_ops: prompt,
+            call_ops: call,
+            inputs: Inputs {
+                x,
+                tau,
+                text,
+                text_mask,
+            },
+            output,
+        }
+    }
+}

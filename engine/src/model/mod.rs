@@ -1,0 +1,9 @@
+//! The model as a description: profiles, the checkpoint schema and loader, and the static
+//! graph of one model call. Nothing here executes a model; backends do.
+
+pub mod checkpoint;
+pub mod graph;
+pub mod profile;
+pub mod schema;
+
+pub use profile::{ModelConfig, Profile};

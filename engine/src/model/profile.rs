@@ -1,0 +1,397 @@
+//! Run profiles: the model's dimensions, the streaming schedule and run settings, read from
+//! TOML and validated so that every later stage can rely on the numbers.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The profiles shipped inside the engine (MODEL_SPEC section 7), as `(name, TOML)`.
+pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
+    ("tiny", include_str!("../../../profiles/tiny.toml")),
+    (
+        "streamdit-4b",
+        include_str!("../../../profiles/streamdit-4b.toml"),
+    ),
+    (
+        "streamdit-4b-teacher",
+        include_str!("../../../profiles/streamdit-4b-teacher.toml"),
+    ),
+];
+
+/// A complete run profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub model: ModelConfig,
+    pub stream: StreamConfig,
+    pub video: VideoConfig,
+    pub run: RunConfig,
+    pub decoder: DecoderConfig,
+    pub text: TextConfig,
+}
+
+/// The DiT's dimensions (MODEL_SPEC section 1). The patch is `(1, 2, 2)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Latent channels `C`.
+    pub latent_channels: usize,
+    /// Latent frames in the moving buffer `F`.
+    pub latent_frames: usize,
+    /// Latent height `H`.
+    pub latent_height: usize,
+    /// Latent width `W`.
+    pub latent_width: usize,
+    /// Model width `D`.
+    pub dim: usize,
+    /// Number of blocks `L`.
+    pub depth: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// FFN width `Dff`.
+    pub ffn_dim: usize,
+    /// Self-attention window `(Fw, Hw, Ww)` in tokens.
+    pub window: [usize; 3],
+    /// Text tokens `Lt`.
+    pub text_len: usize,
+    /// Text embedding width `Dtxt`.
+    pub text_dim: usize,
+}
+
+/// The moving buffer and its schedule (MODEL_SPEC section 5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Chunks in the buffer `N`.
+    pub chunks: usize,
+    /// Latent frames per chunk `c`.
+    pub chunk_frames: usize,
+    /// Micro-steps per chunk stage `s`.
+    pub micro_steps: usize,
+    /// Stage boundaries `b_0 = 0 < ... < b_N = 1`; linear `k/N` when absent.
+    #[serde(default)]
+    pub boundaries: Option<Vec<f64>>,
+}
+
+/// How latents map to video.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoConfig {
+    /// Video frames per second.
+    pub fps: f64,
+    /// Video frames per latent frame (temporal compression).
+    pub temporal_upsample: usize,
+    /// Pixels per latent pixel along each axis (spatial compression).
+    pub spatial_upsample: usize,
+}
+
+/// Run settings a stream starts with; each can be overridden per stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Noise seed.
+    pub seed: u64,
+    /// Classifier-free guidance scale; `1.0` disables CFG.
+    pub guidance: f32,
+    /// Prompt of the unconditional branch when CFG is on.
+    #[serde(default)]
+    pub negative_prompt: String,
+}
+
+/// The temporal-autoencoder decoder this profile pairs with (TAE_SPEC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderConfig {
+    /// Channel widths of the decoder stages.
+    pub widths: Vec<usize>,
+    /// GroupNorm groups.
+    pub groups: usize,
+}
+
+/// The text conditioning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextConfig {
+    /// The encoder: `byte` is the byte-level embedding stage of a ByT5-style encoder.
+    pub encoder: String,
+}
+
+impl ModelConfig {
+    /// Token grid `(Ft, Ht, Wt)` after the `(1, 2, 2)` patch.
+    pub fn token_grid(&self) -> [usize; 3] {
+        [
+            self.latent_frames,
+            self.latent_height / 2,
+            self.latent_width / 2,
+        ]
+    }
+
+    /// Tokens per model call and branch, `Ft * Ht * Wt`.
+    pub fn tokens(&self) -> usize {
+        self.token_grid().iter().product()
+    }
+
+    /// Tokens in one latent frame, `Ht * Wt`.
+    pub fn tokens_per_frame(&self) -> usize {
+        let [_, ht, wt] = self.token_grid();
+        ht * wt
+    }
+
+    /// Head size `dh = D / heads`.
+    pub fn head_dim(&self) -> usize {
+        self.dim / self.heads
+    }
+
+    /// Entries of one patch token, `C * 4`.
+    pub fn patch_dim(&self) -> usize {
+        self.latent_channels * 4
+    }
+
+    /// Elements of one latent frame, `C * H * W`.
+    pub fn frame_elems(&self) -> usize {
+        self.latent_channels * self.latent_height * self.latent_width
+    }
+
+    /// Elements of the whole latent buffer, `F * C * H * W`.
+    pub fn buffer_elems(&self) -> usize {
+        self.latent_frames * self.frame_elems()
+    }
+
+    /// The window shift of block `l`: zero for even blocks, half a window for odd ones.
+    pub fn window_shift(&self, layer: usize) -> [usize; 3] {
+        if layer % 2 == 0 {
+            [0, 0, 0]
+        } else {
+            self.window.map(|w| w / 2)
+        }
+    }
+}
+
+impl StreamConfig {
+    /// The stage boundaries, linear when the profile lists none.
+    pub fn boundaries(&self) -> Vec<f64> {
+        match &self.boundaries {
+            Some(b) => b.clone(),
+            None => (0..=self.chunks)
+                .map(|k| k as f64 / self.chunks as f64)
+                .collect(),
+        }
+    }
+}
+
+impl VideoConfig {
+    /// Video frames shown per latent chunk of `c` frames.
+    pub fn frames_per_chunk(&self, chunk_frames: usize) -> usize {
+        chunk_frames * self.temporal_upsample
+    }
+}
+
+impl Profile {
+    /// Parses and validates a profile from TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Profile> {
+        let profile: Profile = toml::from_str(text).map_err(|e| Error::ProfileParse {
+            path: origin.to_string(),
+            msg: e.to_string(),
+        })?;
+        profile.validate()?;
+        Ok(profile)
+    }
+
+    /// A built-in profile by name.
+    pub fn builtin(name: &str) -> Result<Profile> {
+        let (_, text) = BUILTIN_PROFILES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no built-in profile `{name}`: expected one of {}",
+                    builtin_names().join(", ")
+                ))
+            })?;
+        Profile::from_toml(text, &format!("built-in `{name}`"))
+    }
+
+    /// A built-in profile name, or else a path to a TOML file.
+    pub fn load(name_or_path: &str) -> Result<Profile> {
+        if BUILTIN_PROFILES.iter().any(|(n, _)| *n == name_or_path) {
+            return Profile::builtin(name_or_path);
+        }
+        let path = Path::new(name_or_path);
+        if !path.exists() {
+            return Err(Error::Invalid(format!(
+                "profile `{name_or_path}` is neither a built-in profile ({}) nor an existing file",
+                builtin_names().join(", ")
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Profile::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Renders the profile as TOML.
+    pub fn to_toml(&self) -> String {
+        // Serialising plain structs of numbers, strings and vectors cannot fail.
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Whether classifier-free guidance is on (two branches per call).
+    pub fn cfg(&self) -> bool {
+        self.run.guidance != 1.0
+    }
+
+    /// Checks every rule the rest of the engine relies on.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |field: &str, rule: String| -> Result<()> {
+            Err(Error::Profile {
+                profile: self.name.clone(),
+                field: field.to_string(),
+                rule,
+            })
+        };
+        let m = &self.model;
+        let positive = [
+            ("model.latent_channels", m.latent_channels),
+            ("model.latent_frames", m.latent_frames),
+            ("model.latent_height", m.latent_height),
+            ("model.latent_width", m.latent_width),
+            ("model.dim", m.dim),
+            ("model.depth", m.depth),
+            ("model.heads", m.heads),
+            ("model.ffn_dim", m.ffn_dim),
+            ("model.text_len", m.text_len),
+            ("model.text_dim", m.text_dim),
+            ("stream.chunks", self.stream.chunks),
+            ("stream.chunk_frames", self.stream.chunk_frames),
+            ("stream.micro_steps", self.stream.micro_steps),
+            ("video.temporal_upsample", self.video.temporal_upsample),
+            ("video.spatial_upsample", self.video.spatial_upsample),
+            ("decoder.groups", self.decoder.groups),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return fail(field, "must be at least 1, found 0".into());
+            }
+        }
+        if self.name.is_empty() {
+            return fail("name", "must not be empty".into());
+        }
+        for (field, v) in [
+            ("model.latent_height", m.latent_height),
+            ("model.latent_width", m.latent_width),
+        ] {
+            if v % 2 != 0 {
+                return fail(
+                    field,
+                    format!("must be even for the (1, 2, 2) patch, found {v}"),
+                );
+            }
+        }
+        if m.dim % m.heads != 0 {
+            return fail(
+                "model.heads",
+                format!("must divide model.dim {} (found {} heads)", m.dim, m.heads),
+            );
+        }
+        let grid = m.token_grid();
+        if m.window.iter().any(|&w| w == 0) {
+            return fail(
+                "model.window",
+                format!("must be positive, found {:?}", m.window),
+            );
+        }
+        if grid.iter().zip(m.window).any(|(&g, w)| g % w != 0) {
+            return fail(
+                "model.window",
+                format!(
+                    "must divide the token grid {grid:?} (Ft, Ht, Wt), found {:?}",
+                    m.window
+                ),
+            );
+        }
+        let s = &self.stream;
+        if s.chunks * s.chunk_frames != m.latent_frames {
+            return fail(
+                "stream.chunks",
+                format!(
+                    "times stream.chunk_frames must equal model.latent_frames (N*c = F): {} * {} != {}",
+                    s.chunks, s.chunk_frames, m.latent_frames
+                ),
+            );
+        }
+        if let Some(b) = &s.boundaries {
+            if b.len() != s.chunks + 1 {
+                return fail(
+                    "stream.boundaries",
+                    format!(
+                        "must list stream.chunks + 1 = {} values, found {}",
+                        s.chunks + 1,
+                        b.len()
+                    ),
+                );
+            }
+            if b[0] != 0.0 || b[s.chunks] != 1.0 {
+                return fail(
+                    "stream.boundaries",
+                    format!("must start at 0 and end at 1, found {b:?}"),
+                );
+            }
+            if b.windows(2).any(|w| !(w[0] < w[1])) {
+                return fail(
+                    "stream.boundaries",
+                    format!("must be strictly increasing, found {b:?}"),
+                );
+            }
+        }
+        if !(self.video.fps.is_finite() && self.video.fps > 0.0) {
+            return fail(
+                "video.fps",
+                format!("must be positive, found {}", self.video.fps),
+            );
+        }
+        if !self.run.guidance.is_finite() {
+            return fail(
+                "run.guidance",
+                format!("must be finite, found {}", self.run.guidance),
+            );
+        }
+        if self.decoder.widths.is_empty() || self.decoder.widths.contains(&0) {
+            return fail(
+                "decoder.widths",
+                format!("must list positive widths, found {:?}", self.decoder.widths),
+            );
+        }
+        if let Some(w) = self
+            .decoder
+            .widths
+            .iter()
+            .find(|&&w| w % self.decoder.groups != 0)
+        {
+            return fail(
+                "decoder.groups",
+                format!(
+                    "must divide every decoder width, found {} groups and width {w}",
+                    self.decoder.groups
+                ),
+            );
+        }
+        if self.text.encoder != "byte" {
+            return fail(
+                "text.encoder",
+                format!(
+                    "must be `byte` (the only encoder so far), found `{}`",
+                    self.text.encoder
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Names of the built-in profiles.
+pub fn builtin_names() -> Vec<&'static str> {
+    BUILTIN_PROFILES.iter().map(|(n, _)| *n).collect()
+}

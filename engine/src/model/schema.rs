@@ -1,0 +1,234 @@
+//! The tensors of a checkpoint (MODEL_SPEC section 6, plus the preview map and the byte-level
+//! text embedding), in one canonical order, each with the rule that initialises it in a
+//! random checkpoint. The order matters: a tensor's position is its Philox counter word, so
+//! a device can regenerate the same weights without reading a file.
+
+use super::profile::ModelConfig;
+
+/// Which part of the engine needs a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// The DiT itself (MODEL_SPEC section 6): required to run a model call.
+    Dit,
+    /// `preview.*`: the latent-to-RGB preview decoder.
+    Preview,
+    /// `text_embed.weight`: the byte-level text embedding.
+    TextEmbed,
+}
+
+/// How a random checkpoint initialises a tensor: uniform around `mean` with `half_width`,
+/// one `(mean, half_width)` per row when `rows` is given (adaLN tables: shift, scale, gate).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Init {
+    Uniform { mean: f32, half_width: f32 },
+    Rows(Vec<(f32, f32)>),
+}
+
+/// One tensor of a checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub group: Group,
+    pub init: Init,
+}
+
+impl TensorSpec {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+const SQRT3: f32 = 1.732_050_8;
+
+/// Uniform with standard deviation `std` around zero.
+fn std_init(std: f32) -> Init {
+    Init::Uniform {
+        mean: 0.0,
+        half_width: std * SQRT3,
+    }
+}
+
+/// A linear layer's weight, `std = gain / sqrt(fan_in)`, so outputs keep their inputs' scale.
+fn fan_in(gain: f32, inputs: usize) -> Init {
+    std_init(gain / (inputs as f32).sqrt())
+}
+
+/// Small biases.
+fn bias() -> Init {
+    Init::Uniform {
+        mean: 0.0,
+        half_width: 0.02,
+    }
+}
+
+/// adaLN rows: shifts and scales small around 0; gates in `[0.1, 0.3]`, never zero, so
+/// every sub-layer changes the output while the residual stream stays O(1) over many blocks.
+fn mod_rows(kinds: &[ModRow]) -> Init {
+    Init::Rows(
+        kinds
+            .iter()
+            .map(|k| match k {
+                ModRow::Shift | ModRow::Scale => (0.0, 0.1),
+                ModRow::Gate => (0.2, 0.1),
+            })
+            .collect(),
+    )
+}
+
+enum ModRow {
+    Shift,
+    Scale,
+    Gate,
+}
+
+/// The byte-level text vocabulary: 256 bytes + 3 special ids (pad 0, end 1, unknown 2).
+pub const TEXT_VOCAB: usize = 259;
+
+/// Every tensor of a checkpoint for `m`, in canonical order.
+pub fn checkpoint_tensors(m: &ModelConfig) -> Vec<TensorSpec> {
+    let d = m.dim;
+    let dh = m.head_dim();
+    let [ft, ht, wt] = m.token_grid();
+    let mut out = Vec::new();
+    let mut add = |name: String, shape: Vec<usize>, group: Group, init: Init| {
+        out.push(TensorSpec {
+            name,
+            shape,
+            group,
+            init,
+        })
+    };
+    let dit = Group::Dit;
+    let pd = m.patch_dim();
+    add(
+        "patch_embed.weight".into(),
+        vec![d, pd],
+        dit,
+        fan_in(1.0, pd),
+    );
+    add("patch_embed.bias".into(), vec![d], dit, bias());
+    for (axis, len) in [("t", ft), ("h", ht), ("w", wt)] {
+        add(
+            format!("pos_embed.{axis}"),
+            vec![len, d],
+            dit,
+            std_init(0.1),
+        );
+    }
+    add(
+        "time_embed.1.weight".into(),
+        vec![d, 256],
+        dit,
+        fan_in(1.0, 256),
+    );
+    add("time_embed.1.bias".into(), vec![d], dit, std_init(0.1));
+    add(
+        "time_embed.2.weight".into(),
+        vec![d, d],
+        dit,
+        fan_in(1.0, d),
+    );
+    add("time_embed.2.bias".into(), vec![d], dit, bias());
+    add(
+        "time_mod.weight".into(),
+        vec![6 * d, d],
+        dit,
+        fan_in(0.5, d),
+    );
+    add("time_mod.bias".into(), vec![6 * d], dit, bias());
+    add(
+        "text_proj.1.weight".into(),
+        vec![d, m.text_dim],
+        dit,
+        fan_in(1.0, m.text_dim),
+    );
+    add("text_proj.1.bias".into(), vec![d], dit, bias());
+    add("text_proj.2.weight".into(), vec![d, d], dit, fan_in(1.0, d));
+    add("text_proj.2.bias".into(), vec![d], dit, bias());
+    let norm_gain = || Init::Uniform {
+        mean: 1.0,
+        half_width: 0.2,
+    };
+    for l in 0..m.depth {
+        let p = |s: &str| format!("blocks.{l}.{s}");
+        use ModRow::*;
+        add(
+            p("mod_table"),
+            vec![6, d],
+            dit,
+            mod_rows(&[Shift, Scale, Gate, Shift, Scale, Gate]),
+        );
+        add(p("attn.qkv.weight"), vec![3 * d, d], dit, fan_in(1.0, d));
+        add(p("attn.qkv.bias"), vec![3 * d], dit, bias());
+        add(p("attn.q_norm"), vec![dh], dit, norm_gain());
+        add(p("attn.k_norm"), vec![dh], dit, norm_gain());
+        add(p("attn.out.weight"), vec![d, d], dit, fan_in(1.0, d));
+        add(p("attn.out.bias"), vec![d], dit, bias());
+        add(p("cross.q.weight"), vec![d, d], dit, fan_in(1.0, d));
+        add(p("cross.q.bias"), vec![d], dit, bias());
+        add(p("cross.kv.weight"), vec![2 * d, d], dit, fan_in(1.0, d));
+        add(p("cross.kv.bias"), vec![2 * d], dit, bias());
+        add(p("cross.q_norm"), vec![dh], dit, norm_gain());
+        add(p("cross.k_norm"), vec![dh], dit, norm_gain());
+        // Cross-attention has no gate: a smaller output projection keeps its residual
+        // contribution comparable to the gated sub-layers.
+        add(p("cross.out.weight"), vec![d, d], dit, fan_in(0.5, d));
+        add(p("cross.out.bias"), vec![d], dit, bias());
+        add(
+            p("ffn.w13.weight"),
+            vec![2 * m.ffn_dim, d],
+            dit,
+            fan_in(1.0, d),
+        );
+        add(
+            p("ffn.w2.weight"),
+            vec![d, m.ffn_dim],
+            dit,
+            fan_in(1.0, m.ffn_dim),
+        );
+    }
+    add(
+        "final.mod_table".into(),
+        vec![2, d],
+        dit,
+        mod_rows(&[ModRow::Shift, ModRow::Scale]),
+    );
+    add(
+        "final.linear.weight".into(),
+        vec![pd, d],
+        dit,
+        fan_in(1.0, d),
+    );
+    add("final.linear.bias".into(), vec![pd], dit, bias());
+    let c = m.latent_channels;
+    add(
+        "preview.weight".into(),
+        vec![3, c],
+        Group::Preview,
+        fan_in(0.5, c),
+    );
+    add(
+        "preview.bias".into(),
+        vec![3],
+        Group::Preview,
+        std_init(0.1),
+    );
+    add(
+        "text_embed.weight".into(),
+        vec![TEXT_VOCAB, m.text_dim],
+        Group::TextEmbed,
+        std_init(1.0),
+    );
+    out
+}
+
+/// Parameters of the DiT alone (MODEL_SPEC section 6).
+pub fn dit_parameters(m: &ModelConfig) -> usize {
+    checkpoint_tensors(m)
+        .iter()
+        .filter(|t| t.group == Group::Dit)
+        .map(TensorSpec::numel)
+        .sum()
+}

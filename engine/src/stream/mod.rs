@@ -1,0 +1,187 @@
+//! The streaming sampler: a moving buffer of latent frames at staggered noise levels. Every
+//! model call advances the whole buffer one micro-step; at the end of a stage the clean
+//! oldest chunk is popped, decoded, and fresh noise enters at the new end (MODEL_SPEC
+//! section 5). The stream drives any [`Backend`] and any [`Decoder`].
+
+pub mod schedule;
+pub mod sink;
+
+use crate::backend::{Backend, StepParams};
+use crate::decoder::Decoder;
+use crate::engine::{Engine, StreamParams};
+use crate::error::{Error, Result};
+use crate::text::{self, ByteEmbedding, TextInput};
+
+pub use schedule::{Schedule, ScheduledStep};
+
+/// One stream of video. Use it from one thread at a time.
+pub struct Stream {
+    backend: Box<dyn Backend>,
+    decoder: Box<dyn Decoder>,
+    schedule: Schedule,
+    embedding: ByteEmbedding,
+    /// The condition of branch 0, and of branch 1 when guidance is on.
+    prompt: TextInput,
+    negative: Option<TextInput>,
+    /// The condition changed since the backend last saw it.
+    text_changed: bool,
+    seed: u64,
+    guidance: f32,
+    /// Model calls made so far.
+    calls: u64,
+    /// Global latent frame number of the next noise frame to enter the buffer.
+    next_noise_frame: u64,
+    chunks_emitted: u64,
+    chunk_frames: usize,
+    /// The last popped chunk `[c, C, H, W]`.
+    chunk: Vec<f32>,
+}
+
+impl Stream {
+    pub(crate) fn new(engine: &Engine, params: StreamParams) -> Result<Stream> {
+        let profile = engine.profile();
+        let m = &profile.model;
+        let guidance = params.guidance.unwrap_or(profile.run.guidance);
+        if !guidance.is_finite() {
+            return Err(Error::Invalid(format!(
+                "guidance: expected a finite number, found {guidance}"
+            )));
+        }
+        let seed = params.seed.unwrap_or(profile.run.seed);
+        let embedding = engine.text_embedding()?;
+        let prompt = match params.text {
+            Some(t) => {
+                check_text(&t, m.text_len, m.text_dim)?;
+                t
+            }
+            None => embedding.embed(&params.prompt),
+        };
+        let negative = (guidance != 1.0).then(|| {
+            let neg = params
+                .negative_prompt
+                .as_deref()
+                .unwrap_or(&profile.run.negative_prompt);
+            embedding.embed(neg)
+        });
+        let mut backend = engine.create_backend(guidance)?;
+        backend.reset(seed, 0)?;
+        let c = profile.stream.chunk_frames;
+        Ok(Stream {
+            backend,
+            decoder: Box::new(engine.preview_decoder()?),
+            schedule: Schedule::new(&profile.stream),
+            embedding,
+            prompt,
+            negative,
+            text_changed: true,
+            seed,
+            guidance,
+            calls: 0,
+            next_noise_frame: m.latent_frames as u64,
+            chunks_emitted: 0,
+            chunk_frames: c,
+            chunk: vec![0.0; c * m.frame_elems()],
+        })
+    }
+
+    /// Switches the prompt; it takes effect at the next model call, the buffer is kept.
+    pub fn set_prompt(&mut self, prompt: &str) {
+        self.prompt = self.embedding.embed(prompt);
+        self.text_changed = true;
+    }
+
+    /// Switches to a precomputed text condition, like [`Stream::set_prompt`].
+    pub fn set_text(&mut self, text: TextInput) -> Result<()> {
+        let g = self.backend.graph();
+        check_text(&text, g.config.text_len, g.config.text_dim)?;
+        self.prompt = text;
+        self.text_changed = true;
+        Ok(())
+    }
+
+    /// Runs model calls until the next chunk is clean and returns its latents `[c, C, H, W]`.
+    pub fn next_latents(&mut self) -> Result<&[f32]> {
+        loop {
+            if self.text_changed {
+                let branches: Vec<&TextInput> = std::iter::once(&self.prompt)
+                    .chain(&self.negative)
+                    .collect();
+                let (text, mask) = text::stack(&branches);
+                self.backend.set_text(&text, &mask)?;
+                self.text_changed = false;
+            }
+            let s = self.schedule.step(self.calls);
+            let params = StepParams {
+                tau: s.tau,
+                dtau: s.dtau,
+                pop: s.pop.then_some(self.next_noise_frame),
+            };
+            self.backend.step(&params, &mut self.chunk)?;
+            self.calls += 1;
+            if s.pop {
+                self.next_noise_frame += self.chunk_frames as u64;
+                self.chunks_emitted += 1;
+                return Ok(&self.chunk);
+            }
+        }
+    }
+
+    /// Produces the next chunk and appends its decoded RGB8 frames to `out`; returns how many
+    /// video frames were appended.
+    pub fn next_frames(&mut self, out: &mut Vec<u8>) -> Result<usize> {
+        self.next_latents()?;
+        let before = out.len();
+        self.decoder.decode(&self.chunk, out)?;
+        let (w, h) = self.decoder.frame_size();
+        Ok((out.len() - before) / (w * h * 3))
+    }
+
+    /// Video frame `(width, height)`.
+    pub fn frame_size(&self) -> (usize, usize) {
+        self.decoder.frame_size()
+    }
+
+    /// Video frames per emitted chunk.
+    pub fn frames_per_chunk(&self) -> usize {
+        self.chunk_frames * self.decoder.frames_per_latent()
+    }
+
+    /// Model calls made so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Chunks emitted so far.
+    pub fn chunks_emitted(&self) -> u64 {
+        self.chunks_emitted
+    }
+
+    /// Model calls before the first chunk is emitted (prefill plus one stage).
+    pub fn calls_to_first_chunk(&self) -> u64 {
+        self.schedule.prefill_calls() + self.schedule.calls_per_chunk()
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn guidance(&self) -> f32 {
+        self.guidance
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+}
+
+fn check_text(t: &TextInput, len: usize, dim: usize) -> Result<()> {
+    t.text.expect_shape("text", &[len, dim])?;
+    if t.mask.len() != len {
+        return Err(Error::shape(
+            "text_mask",
+            format!("[{len}]"),
+            format!("[{}]", t.mask.len()),
+        ));
+    }
+    crate::backend::cpu::validate_mask(&t.mask, 1, len)
+}

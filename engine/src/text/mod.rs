@@ -1,0 +1,165 @@
+//! Text conditioning. Until the real encoders land, a prompt becomes the context through a
+//! byte-level embedding, the first stage of a ByT5-style encoder: ids are the UTF-8 bytes
+//! plus 3, the end-of-text id 1 follows them, pad id 0 fills the rest; each id looks up a
+//! row of `text_embed.weight [259, Dtxt]`.
+
+use std::path::Path;
+
+use crate::error::{fmt_shape, Error, Result};
+use crate::model::checkpoint;
+use crate::model::schema::TEXT_VOCAB;
+use crate::tensor::Tensor;
+
+/// Padding id.
+pub const PAD_ID: u32 = 0;
+/// End-of-text id.
+pub const END_ID: u32 = 1;
+/// Byte `b` has id `b + BYTE_OFFSET`.
+pub const BYTE_OFFSET: u32 = 3;
+
+/// The text condition of one branch: `text [Lt, Dtxt]` and `mask [Lt]` (1 = real token).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextInput {
+    pub text: Tensor,
+    pub mask: Vec<f32>,
+}
+
+/// Byte ids of `prompt` cut to `len - 1` bytes, then the end id, then padding to `len`;
+/// the mask is 1 on the bytes and the end id.
+pub fn byte_tokens(prompt: &str, len: usize) -> (Vec<u32>, Vec<f32>) {
+    let mut ids: Vec<u32> = prompt
+        .bytes()
+        .take(len.saturating_sub(1))
+        .map(|b| u32::from(b) + BYTE_OFFSET)
+        .collect();
+    if len > 0 {
+        ids.push(END_ID);
+    }
+    let mut mask = vec![1.0; ids.len()];
+    ids.resize(len, PAD_ID);
+    mask.resize(len, 0.0);
+    (ids, mask)
+}
+
+/// The byte-level embedding table.
+#[derive(Debug, Clone)]
+pub struct ByteEmbedding {
+    table: Tensor,
+    len: usize,
+}
+
+impl ByteEmbedding {
+    /// A table `[259, text_dim]` producing `len` tokens per prompt.
+    pub fn new(table: Tensor, len: usize, text_dim: usize) -> Result<ByteEmbedding> {
+        table.expect_shape("text_embed.weight", &[TEXT_VOCAB, text_dim])?;
+        Ok(ByteEmbedding { table, len })
+    }
+
+    /// The text condition of `prompt`.
+    pub fn embed(&self, prompt: &str) -> TextInput {
+        let dim = self.table.shape[1];
+        let (ids, mask) = byte_tokens(prompt, self.len);
+        let mut data = Vec::with_capacity(self.len * dim);
+        for id in ids {
+            let row = id as usize * dim;
+            data.extend_from_slice(&self.table.data[row..row + dim]);
+        }
+        TextInput {
+            text: Tensor {
+                shape: vec![self.len, dim],
+                data,
+            },
+            mask,
+        }
+    }
+}
+
+/// Reads precomputed text embeddings (`text [Lt, Dtxt]`, `text_mask [Lt]`) from a
+/// safetensors file, checking them against the profile's `Lt` and `Dtxt`.
+pub fn load_text_embeddings(path: &Path, len: usize, text_dim: usize) -> Result<TextInput> {
+    let mut tensors = checkpoint::read_tensors(path)?;
+    let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        let t = tensors.remove(name).ok_or_else(|| Error::Tensor {
+            path: path.display().to_string(),
+            tensor: name.into(),
+            expected: format!("a tensor of shape {}", fmt_shape(shape)),
+            found: "none".into(),
+        })?;
+        if t.shape != shape {
+            return Err(Error::Tensor {
+                path: path.display().to_string(),
+                tensor: name.into(),
+                expected: format!("shape {}", fmt_shape(shape)),
+                found: format!("shape {}", fmt_shape(&t.shape)),
+            });
+        }
+        Ok(t)
+    };
+    let text = take("text", &[len, text_dim])?;
+    let mask = take("text_mask", &[len])?.data;
+    crate::backend::cpu::validate_mask(&mask, 1, len)?;
+    Ok(TextInput { text, mask })
+}
+
+/// Stacks the branches' conditions into `text [B*Lt, Dtxt]` and `mask [B*Lt]`.
+pub fn stack(branches: &[&TextInput]) -> (Tensor, Vec<f32>) {
+    let dim = branches.first().map_or(0, |b| b.text.shape[1]);
+    let rows: usize = branches.iter().map(|b| b.text.shape[0]).sum();
+    let text = Tensor {
+        shape: vec![rows, dim],
+        data: branches
+            .iter()
+            .flat_map(|b| b.text.data.iter().copied())
+            .collect(),
+    };
+    let mask = branches
+        .iter()
+        .flat_map(|b| b.mask.iter().copied())
+        .collect();
+    (text, mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_end_and_padding() {
+        let (ids, mask) = byte_tokens("hé", 6);
+        // 'h' = 0x68, 'é' = 0xC3 0xA9 in UTF-8.
+        assert_eq!(ids, vec![0x68 + 3, 0xC3 + 3, 0xA9 + 3, 1, 0, 0]);
+        assert_eq!(mask, vec![1.0, 1.0, 1.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn cut_keeps_the_end_token() {
+        let (ids, mask) = byte_tokens("abcdef", 4);
+        assert_eq!(
+            ids,
+            vec![b'a' as u32 + 3, b'b' as u32 + 3, b'c' as u32 + 3, END_ID]
+        );
+        assert_eq!(mask, vec![1.0; 4]);
+    }
+
+    #[test]
+    fn empty_prompt_is_just_the_end_token() {
+        let (ids, mask) = byte_tokens("", 3);
+        assert_eq!(ids, vec![END_ID, PAD_ID, PAD_ID]);
+        assert_eq!(mask, vec![1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn embedding_looks_up_rows() {
+        let dim = 2;
+        let data: Vec<f32> = (0..TEXT_VOCAB * dim).map(|i| i as f32).collect();
+        let emb =
+            ByteEmbedding::new(Tensor::new(vec![TEXT_VOCAB, dim], data).unwrap(), 3, dim).unwrap();
+        let t = emb.embed("A");
+        let a = (b'A' as usize + 3) * dim;
+        assert_eq!(
+            t.text.data,
+            vec![a as f32, a as f32 + 1.0, 2.0, 3.0, 0.0, 1.0]
+        );
+        assert_eq!(t.mask, vec![1.0, 1.0, 0.0]);
+    }
+}

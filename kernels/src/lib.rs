@@ -1,0 +1,1 @@
+//! CUDA kernel sources, their nvcc build and the CUDA-on-CPU emulator.

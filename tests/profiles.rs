@@ -1,0 +1,189 @@
+//! Built-in profiles carry MODEL_SPEC section 7's numbers, and validation names the field
+//! and the rule a bad profile breaks.
+
+use streamdit::model::profile::BUILTIN_PROFILES;
+use streamdit::model::schema::{checkpoint_tensors, dit_parameters};
+use streamdit::{Error, Profile};
+
+#[test]
+fn builtin_profiles_have_the_spec_numbers() {
+    let tiny = Profile::builtin("tiny").unwrap();
+    let m = &tiny.model;
+    assert_eq!(
+        (
+            m.latent_channels,
+            m.latent_frames,
+            m.latent_height,
+            m.latent_width
+        ),
+        (8, 8, 16, 16)
+    );
+    assert_eq!((m.dim, m.depth, m.heads, m.ffn_dim), (256, 4, 4, 768));
+    assert_eq!((m.window, m.text_len, m.text_dim), ([4, 8, 8], 32, 256));
+    let s = &tiny.stream;
+    assert_eq!((s.chunks, s.chunk_frames, s.micro_steps), (4, 2, 1));
+    assert!(!tiny.cfg());
+
+    let big = Profile::builtin("streamdit-4b").unwrap();
+    let m = &big.model;
+    assert_eq!(
+        (
+            m.latent_channels,
+            m.latent_frames,
+            m.latent_height,
+            m.latent_width
+        ),
+        (8, 16, 64, 64)
+    );
+    assert_eq!((m.dim, m.depth, m.heads, m.ffn_dim), (3072, 28, 24, 8192));
+    assert_eq!((m.window, m.text_len, m.text_dim), ([4, 16, 16], 256, 4096));
+    assert_eq!(
+        (
+            big.stream.chunks,
+            big.stream.chunk_frames,
+            big.stream.micro_steps
+        ),
+        (8, 2, 1)
+    );
+    assert!(!big.cfg());
+    // Video: 512x512 from the 8x spatial compression.
+    assert_eq!(m.latent_width * big.video.spatial_upsample, 512);
+
+    let teacher = Profile::builtin("streamdit-4b-teacher").unwrap();
+    assert_eq!(teacher.model, big.model);
+    assert_eq!(teacher.stream.micro_steps, 16);
+    assert!(teacher.cfg());
+}
+
+#[test]
+fn streamdit_4b_has_about_4_2_billion_parameters() {
+    let m = Profile::builtin("streamdit-4b").unwrap().model;
+    // MODEL_SPEC section 7: "about 4.2B parameters (28 x ~151M per block)". That figure
+    // counts the blocks; the embeddings, time modulation (6D x D) and text projection add
+    // about 90M more.
+    let blocks: usize = checkpoint_tensors(&m)
+        .iter()
+        .filter(|t| t.name.starts_with("blocks."))
+        .map(|t| t.numel())
+        .sum();
+    let per_block = blocks as f64 / m.depth as f64;
+    assert!(
+        (per_block / 151e6 - 1.0).abs() < 0.02,
+        "{per_block} per block"
+    );
+    assert!(
+        (blocks as f64 / 4.2e9 - 1.0).abs() < 0.02,
+        "{blocks} in the blocks"
+    );
+    let all = dit_parameters(&m) as f64;
+    assert!((4.2e9..4.4e9).contains(&all), "{all} in the whole DiT");
+}
+
+#[test]
+fn every_builtin_round_trips_through_toml() {
+    for (name, _) in BUILTIN_PROFILES {
+        let p = Profile::builtin(name).unwrap();
+        let again = Profile::from_toml(&p.to_toml(), "round trip").unwrap();
+        assert_eq!(p, again);
+    }
+}
+
+/// `tiny` with one line replaced.
+fn tiny_with(from: &str, to: &str) -> String {
+    let text = BUILTIN_PROFILES
+        .iter()
+        .find(|(n, _)| *n == "tiny")
+        .unwrap()
+        .1;
+    assert!(text.contains(from), "tiny.toml has no `{from}`");
+    text.replace(from, to)
+}
+
+fn profile_error(text: &str) -> (String, String) {
+    match Profile::from_toml(text, "test") {
+        Err(Error::Profile { field, rule, .. }) => (field, rule),
+        other => panic!("expected a profile error, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_profiles_name_the_field_and_the_rule() {
+    let cases = [
+        (
+            "window = [4, 8, 8]",
+            "window = [3, 8, 8]",
+            "model.window",
+            "divide the token grid",
+        ),
+        ("heads = 4", "heads = 3", "model.heads", "divide model.dim"),
+        ("chunks = 4", "chunks = 3", "stream.chunks", "N*c = F"),
+        (
+            "latent_height = 16",
+            "latent_height = 15",
+            "model.latent_height",
+            "even",
+        ),
+        ("depth = 4", "depth = 0", "model.depth", "at least 1"),
+        (
+            "micro_steps = 1",
+            "micro_steps = 0",
+            "stream.micro_steps",
+            "at least 1",
+        ),
+        ("fps = 16.0", "fps = 0.0", "video.fps", "positive"),
+        (
+            "encoder = \"byte\"",
+            "encoder = \"t5\"",
+            "text.encoder",
+            "byte",
+        ),
+        (
+            "micro_steps = 1",
+            "micro_steps = 1\nboundaries = [0.0, 0.5, 0.25, 0.75, 1.0]",
+            "stream.boundaries",
+            "strictly increasing",
+        ),
+        (
+            "micro_steps = 1",
+            "micro_steps = 1\nboundaries = [0.0, 0.5, 1.0]",
+            "stream.boundaries",
+            "stream.chunks + 1",
+        ),
+        (
+            "micro_steps = 1",
+            "micro_steps = 1\nboundaries = [0.1, 0.25, 0.5, 0.75, 1.0]",
+            "stream.boundaries",
+            "start at 0",
+        ),
+    ];
+    for (from, to, field, rule) in cases {
+        let (f, r) = profile_error(&tiny_with(from, to));
+        assert_eq!(f, field, "replacing `{from}` by `{to}`: {r}");
+        assert!(
+            r.contains(rule),
+            "`{field}`: rule `{r}` does not say `{rule}`"
+        );
+    }
+}
+
+#[test]
+fn unknown_and_missing_fields_are_parse_errors() {
+    for text in [
+        tiny_with("dim = 256", "dim = 256\ndimm = 3"),
+        tiny_with("\ndim = 256\n", "\n"),
+    ] {
+        match Profile::from_toml(&text, "test.toml") {
+            Err(Error::ProfileParse { path, msg }) => {
+                assert_eq!(path, "test.toml");
+                assert!(msg.contains("dim"), "{msg}");
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn unknown_profile_names_the_builtins() {
+    let e = Profile::load("no-such-profile").unwrap_err().to_string();
+    assert!(e.contains("tiny") && e.contains("streamdit-4b"), "{e}");
+}

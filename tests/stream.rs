@@ -1,0 +1,216 @@
+//! The streaming sampler end to end on the CPU backend: determinism, seeds, prompt switches,
+//! pop order, and classifier-free guidance batching.
+
+use streamdit::backend::{Backend, StepParams};
+use streamdit::model::checkpoint::DType;
+use streamdit::rng::noise_frame;
+use streamdit::text::stack;
+use streamdit::{BackendKind, Engine, EngineParams, Profile, StreamParams, WeightsSource};
+
+fn tiny_engine() -> Engine {
+    Engine::new(EngineParams {
+        profile: Profile::builtin("tiny").unwrap(),
+        weights: WeightsSource::Random {
+            seed: 7,
+            dtype: DType::F16,
+        },
+        backend: BackendKind::Cpu,
+    })
+    .unwrap()
+}
+
+/// Latent chunks of a stream, switching to `switch.1` once `switch.0` chunks were emitted.
+fn chunks(engine: &Engine, seed: u64, n: usize, switch: Option<(usize, &str)>) -> Vec<Vec<f32>> {
+    let mut stream = engine
+        .stream(StreamParams {
+            prompt: "a lighthouse at dusk".into(),
+            seed: Some(seed),
+            ..Default::default()
+        })
+        .unwrap();
+    (0..n)
+        .map(|i| {
+            if let Some((at, prompt)) = switch {
+                if i == at {
+                    stream.set_prompt(prompt);
+                }
+            }
+            stream.next_latents().unwrap().to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn same_seed_same_frames_other_seed_differs() {
+    let engine = tiny_engine();
+    let a = chunks(&engine, 1, 3, None);
+    let b = chunks(&engine, 1, 3, None);
+    let c = chunks(&engine, 2, 3, None);
+    assert_eq!(a, b);
+    for (x, y) in a.iter().zip(&c) {
+        assert_ne!(x, y);
+    }
+    assert!(a.iter().flatten().all(|v| v.is_finite()));
+}
+
+#[test]
+fn prompt_switch_changes_only_later_frames() {
+    let engine = tiny_engine();
+    let plain = chunks(&engine, 3, 5, None);
+    let switched = chunks(&engine, 3, 5, Some((2, "a storm over the sea")));
+    assert_eq!(
+        plain[..2],
+        switched[..2],
+        "chunks before the switch must be identical"
+    );
+    for k in 2..5 {
+        assert_ne!(
+            plain[k], switched[k],
+            "chunk {k} after the switch must differ"
+        );
+    }
+}
+
+#[test]
+fn streams_of_one_engine_are_independent() {
+    let engine = tiny_engine();
+    let params = StreamParams {
+        prompt: "x".into(),
+        seed: Some(5),
+        ..Default::default()
+    };
+    let mut s1 = engine.stream(params.clone()).unwrap();
+    let mut s2 = engine.stream(params).unwrap();
+    let a1 = s1.next_latents().unwrap().to_vec();
+    let a2 = s1.next_latents().unwrap().to_vec();
+    let b1 = s2.next_latents().unwrap().to_vec();
+    let b2 = s2.next_latents().unwrap().to_vec();
+    assert_eq!((a1, a2), (b1, b2));
+}
+
+#[test]
+fn pop_emits_the_oldest_chunk_and_pushes_numbered_noise() {
+    let engine = tiny_engine();
+    let m = engine.profile().model.clone();
+    let (f, fe, c) = (
+        m.latent_frames,
+        m.frame_elems(),
+        engine.profile().stream.chunk_frames,
+    );
+    let mut backend = engine.create_backend(1.0).unwrap();
+    let text = engine.encode_prompt("pop").unwrap();
+    let (t, mask) = stack(&[&text]);
+    backend.set_text(&t, &mask).unwrap();
+    backend.reset(11, 0).unwrap();
+    // dtau = 0: the model runs but nothing moves, so the buffer is pure numbered noise.
+    let step = StepParams {
+        tau: vec![0.5; f],
+        dtau: vec![0.0; f],
+        pop: Some(f as u64),
+    };
+    let mut popped = vec![f32::NAN; c * fe];
+    backend.step(&step, &mut popped).unwrap();
+    let noise = |g: u64| {
+        let mut v = vec![0.0; fe];
+        noise_frame(11, g, &mut v);
+        v
+    };
+    let expected_popped: Vec<f32> = (0..c as u64).flat_map(noise).collect();
+    assert_eq!(popped, expected_popped, "the popped chunk is frames 0..c");
+    let mut buffer = vec![f32::NAN; f * fe];
+    backend.read_buffer(&mut buffer).unwrap();
+    let expected: Vec<f32> = (c as u64..(f + c) as u64).flat_map(noise).collect();
+    assert_eq!(
+        buffer, expected,
+        "the rest moved down and new noise frames F..F+c entered"
+    );
+}
+
+#[test]
+fn guidance_batches_both_branches() {
+    let engine = tiny_engine();
+    let m = engine.profile().model.clone();
+    let cond = engine.encode_prompt("a cat").unwrap();
+    let uncond = engine.encode_prompt("").unwrap();
+    let mut x = vec![0.0; m.buffer_elems()];
+    for (k, frame) in x.chunks_mut(m.frame_elems()).enumerate() {
+        noise_frame(3, k as u64, frame);
+    }
+    let tau: Vec<f32> = (0..m.latent_frames)
+        .map(|f| f as f32 / m.latent_frames as f32)
+        .collect();
+    let run = |guidance: f32, branches: &[&streamdit::text::TextInput]| {
+        let mut b = engine.create_backend(guidance).unwrap();
+        let (t, mask) = stack(branches);
+        b.set_text(&t, &mask).unwrap();
+        let mut v = vec![f32::NAN; x.len()];
+        b.forward(&x, &tau, &mut v).unwrap();
+        v
+    };
+    let v_c = run(1.0, &[&cond]);
+    let v_u = run(1.0, &[&uncond]);
+    let g = 4.0;
+    let v = run(g, &[&cond, &uncond]);
+    let mut worst = 0.0f32;
+    for ((&v, &c), &u) in v.iter().zip(&v_c).zip(&v_u) {
+        let want = u + g * (c - u);
+        worst = worst.max((v - want).abs() / (1e-4 + 1e-4 * want.abs()));
+    }
+    assert!(
+        worst <= 1.0,
+        "batched CFG differs from two separate calls: {worst} of the budget"
+    );
+    assert_ne!(v_c, v_u, "the prompt must change the output");
+}
+
+#[test]
+fn guided_stream_runs() {
+    let engine = tiny_engine();
+    let mut stream = engine
+        .stream(StreamParams {
+            prompt: "guided".into(),
+            guidance: Some(3.0),
+            negative_prompt: Some("blurry".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let mut frames = Vec::new();
+    let n = stream.next_frames(&mut frames).unwrap();
+    let (w, h) = stream.frame_size();
+    assert_eq!((w, h), (128, 128));
+    assert_eq!(n, stream.frames_per_chunk());
+    assert_eq!(frames.len(), n * w * h * 3);
+    // The first chunk needs the prefill ((N-1)*s calls) plus one stage.
+    assert_eq!(stream.calls(), stream.calls_to_first_chunk());
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let engine = tiny_engine();
+    let mut b = engine.create_backend(1.0).unwrap();
+    let m = engine.profile().model.clone();
+    let mut v = vec![0.0; m.buffer_elems()];
+    // No text yet.
+    assert!(b
+        .forward(&v.clone(), &vec![0.0; m.latent_frames], &mut v)
+        .is_err());
+    let text = engine.encode_prompt("x").unwrap();
+    let (t, mut mask) = stack(&[&text]);
+    mask.iter_mut().for_each(|v| *v = 0.0);
+    let e = b.set_text(&t, &mask).unwrap_err().to_string();
+    assert!(e.contains("text_mask"), "{e}");
+    let (t, mask) = stack(&[&text]);
+    b.set_text(&t, &mask).unwrap();
+    let e = b
+        .forward(&[0.0; 3], &vec![0.0; m.latent_frames], &mut v)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains('x') && e.contains("expected"), "{e}");
+    let e = engine
+        .create_backend(1.0)
+        .unwrap()
+        .set_text(&t, &mask[..3])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("text_mask"), "{e}");
+}
