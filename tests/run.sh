@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== nvcc (PyPI wheels into the git-ignored .venv)"
+kernels/scripts/install-nvcc.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -28,17 +28,41 @@ pub enum Kind {
     Output,
 }
 
+/// How a device backend stores a tensor. The CPU backend computes everything in f32; the
+/// GPU path keeps weights and GEMM inputs in f16 and the residual stream, the time
+/// embedding, the modulation vectors and the model's inputs and output in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F16,
+    F32,
+}
+
+impl Precision {
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F16 => 2,
+            Precision::F32 => 4,
+        }
+    }
+}
+
 /// One tensor of the graph.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorDesc {
     pub name: String,
     pub shape: Vec<usize>,
     pub kind: Kind,
+    pub precision: Precision,
 }
 
 impl TensorDesc {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// Bytes on a device.
+    pub fn bytes(&self) -> usize {
+        self.numel() * self.precision.bytes()
     }
 }
 
@@ -249,12 +273,30 @@ impl<'a> Builder<'a> {
     }
 
     fn tensor(&mut self, name: impl Into<String>, shape: Vec<usize>, kind: Kind) -> TensorId {
+        let precision = match kind {
+            Kind::Weight | Kind::Activation | Kind::Persistent => Precision::F16,
+            Kind::Input | Kind::Output => Precision::F32,
+        };
         self.tensors.push(TensorDesc {
             name: name.into(),
             shape,
             kind,
+            precision,
         });
         self.tensors.len() - 1
+    }
+
+    /// An activation kept in f32 (residual stream, time embedding, modulation, output).
+    fn act32(&mut self, name: impl Into<String>, shape: Vec<usize>) -> TensorId {
+        let id = self.act(name, shape);
+        self.tensors[id].precision = Precision::F32;
+        id
+    }
+
+    /// Marks an activation as f32.
+    fn keep_f32(&mut self, id: TensorId) -> TensorId {
+        self.tensors[id].precision = Precision::F32;
+        id
     }
 
     fn weight(&mut self, name: impl Into<String>, shape: Vec<usize>) -> TensorId {
@@ -332,6 +374,7 @@ impl<'a> Builder<'a> {
         let patches = self.act("patches", vec![n, m.patch_dim()]);
         call.push(Op::Patchify { x, out: patches });
         let h0 = self.linear(&mut call, patches, "patch_embed", d, true, "h.embed".into());
+        let h0 = self.keep_f32(h0);
         let pos_t = self.weight("pos_embed.t", vec![m.token_grid()[0], d]);
         let pos_h = self.weight("pos_embed.h", vec![m.token_grid()[1], d]);
         let pos_w = self.weight("pos_embed.w", vec![m.token_grid()[2], d]);
@@ -344,30 +387,33 @@ impl<'a> Builder<'a> {
         let h = if b == 1 {
             h0
         } else {
-            let h = self.act("h", vec![b * n, d]);
+            let h = self.act32("h", vec![b * n, d]);
             call.push(Op::Repeat { x: h0, out: h });
             h
         };
 
         // Per-frame time embedding and modulation.
-        let freq = self.act("t.freq", vec![f, 256]);
+        let freq = self.act32("t.freq", vec![f, 256]);
         call.push(Op::TimestepEmbed { tau, out: freq });
         let t1 = self.linear(&mut call, freq, "time_embed.1", d, true, "t.1".into());
-        let t1s = self.act("t.1.silu", vec![f, d]);
+        let t1 = self.keep_f32(t1);
+        let t1s = self.act32("t.1.silu", vec![f, d]);
         call.push(Op::Silu { x: t1, out: t1s });
         let t_emb = self.linear(&mut call, t1s, "time_embed.2", d, true, "t.emb".into());
-        let t_emb_s = self.act("t.emb.silu", vec![f, d]);
+        let t_emb = self.keep_f32(t_emb);
+        let t_emb_s = self.act32("t.emb.silu", vec![f, d]);
         call.push(Op::Silu {
             x: t_emb,
             out: t_emb_s,
         });
         let t_mod = self.linear(&mut call, t_emb_s, "time_mod", 6 * d, true, "t.mod".into());
+        let t_mod = self.keep_f32(t_mod);
 
         let bn = b * n;
-        for l in 0..m.depth {
+        for (l, kv) in cross_kv.into_iter().enumerate() {
             let p = |s: &str| format!("blocks.{l}.{s}");
             let table = self.weight(p("mod_table"), vec![6, d]);
-            let mods = self.act(p("mods"), vec![f, 6, d]);
+            let mods = self.act32(p("mods"), vec![f, 6, d]);
             call.push(Op::Modulation {
                 src: t_mod,
                 table,
@@ -428,7 +474,7 @@ impl<'a> Builder<'a> {
             let co = self.act(p("cross.o"), vec![bn, d]);
             call.push(Op::CrossAttention {
                 q,
-                kv: cross_kv[l],
+                kv,
                 mask: text_mask,
                 out: co,
                 heads,
@@ -466,7 +512,7 @@ impl<'a> Builder<'a> {
 
         // Final layer, unpatchify and guidance.
         let table = self.weight("final.mod_table", vec![2, d]);
-        let mods = self.act("final.mods", vec![f, 2, d]);
+        let mods = self.act32("final.mods", vec![f, 2, d]);
         call.push(Op::Modulation {
             src: t_emb,
             table,
@@ -488,13 +534,14 @@ impl<'a> Builder<'a> {
             true,
             "final.out".into(),
         );
+        let out = self.keep_f32(out);
         let frame_shape = vec![f, m.latent_channels, m.latent_height, m.latent_width];
         let output = if b == 1 {
             let v = self.tensor("v", frame_shape, Kind::Output);
             call.push(Op::Unpatchify { x: out, out: v });
             v
         } else {
-            let branches = self.act("v.branches", [vec![b], frame_shape.clone()].concat());
+            let branches = self.act32("v.branches", [vec![b], frame_shape.clone()].concat());
             call.push(Op::Unpatchify {
                 x: out,
                 out: branches,
@@ -522,5 +569,69 @@ impl<'a> Builder<'a> {
             },
             output,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::schema::{checkpoint_tensors, Group};
+    use crate::model::Profile;
+
+    /// The graph reads every DiT tensor of the checkpoint schema exactly once, with the
+    /// schema's shape, and nothing else.
+    #[test]
+    fn graph_weights_are_exactly_the_schema() {
+        for profile in ["tiny", "streamdit-4b"] {
+            let m = Profile::builtin(profile).unwrap().model;
+            for guidance in [1.0, 5.0] {
+                let g = Graph::build(&m, guidance);
+                let mut read: Vec<(String, Vec<usize>)> = g
+                    .tensors
+                    .iter()
+                    .filter(|t| t.kind == Kind::Weight)
+                    .map(|t| (t.name.clone(), t.shape.clone()))
+                    .collect();
+                let mut schema: Vec<(String, Vec<usize>)> = checkpoint_tensors(&m)
+                    .into_iter()
+                    .filter(|t| t.group == Group::Dit)
+                    .map(|t| (t.name, t.shape))
+                    .collect();
+                read.sort();
+                schema.sort();
+                assert_eq!(read, schema, "{profile}, guidance {guidance}");
+            }
+        }
+    }
+
+    /// Every tensor is written before it is read, by exactly one op list.
+    #[test]
+    fn tensors_are_written_before_read() {
+        let m = Profile::builtin("tiny").unwrap().model;
+        let g = Graph::build(&m, 3.0);
+        let mut written: Vec<bool> = g
+            .tensors
+            .iter()
+            .map(|t| matches!(t.kind, Kind::Weight | Kind::Input))
+            .collect();
+        for op in g.prompt_ops.iter().chain(&g.call_ops) {
+            let out = op.output();
+            for id in op.tensors() {
+                let in_place = matches!(
+                    op,
+                    Op::AddPositions { .. }
+                        | Op::GatedResidual { .. }
+                        | Op::Residual { .. }
+                        | Op::HeadRmsNorm { .. }
+                );
+                if id != out || in_place {
+                    assert!(written[id], "`{}` read before written", g.tensors[id].name);
+                }
+            }
+            written[out] = true;
+        }
+        assert!(written[g.output]);
+        assert_eq!(g.batch, 2);
+        assert_eq!(g.tensors[g.output].shape, vec![8, 8, 16, 16]);
     }
 }

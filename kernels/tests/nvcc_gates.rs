@@ -1,0 +1,142 @@
+//! Static quality gates on the nvcc build: every kernel compiles for sm_80 and sm_90 with
+//! zero spills, each emulated kernel is in the nvcc build and the other way round, and the
+//! PTX wrappers turn into the intended SASS. Without nvcc these tests skip with the reason,
+//! or fail when CI=true.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use streamdit_kernels::{
+    emu, kernels_built, ptx, BuildStatus, BUILD_STATUS, KERNEL_RESOURCES, MODULES,
+};
+
+fn nvcc_available() -> bool {
+    let reason = match BUILD_STATUS {
+        BuildStatus::Built { .. } => String::new(),
+        BuildStatus::NotBuilt { reason } => reason.to_string(),
+    };
+    common::require(
+        reason.is_empty(),
+        &format!("kernels were not built with nvcc: {reason}"),
+    )
+}
+
+fn print_table() {
+    eprintln!(
+        "{:<14} {:<30} {:<6} {:>5} {:>6} {:>6} {:>7} {:>5} {:>5} {:>6} {:>7}",
+        "module",
+        "kernel",
+        "arch",
+        "regs",
+        "smem",
+        "stack",
+        "spills",
+        "HMMA",
+        "LDSM",
+        "LDGSTS",
+        "LDG.128"
+    );
+    for r in KERNEL_RESOURCES {
+        eprintln!(
+            "{:<14} {:<30} {:<6} {:>5} {:>6} {:>6} {:>3}/{:<3} {:>5} {:>5} {:>6} {:>7}",
+            r.module,
+            r.kernel,
+            r.arch,
+            r.registers,
+            r.shared_bytes,
+            r.stack_frame_bytes,
+            r.spill_store_bytes,
+            r.spill_load_bytes,
+            r.hmma,
+            r.ldsm,
+            r.ldgsts,
+            r.ldg128
+        );
+    }
+}
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
+    if !nvcc_available() {
+        return;
+    }
+    assert!(kernels_built().is_ok());
+    print_table();
+    for module in MODULES {
+        let text = ptx(module).unwrap_or_else(|| panic!("no PTX for module {module}"));
+        assert!(
+            text.contains(".target sm_80"),
+            "{module}: PTX not for sm_80"
+        );
+    }
+    let built: BTreeSet<&str> = KERNEL_RESOURCES.iter().map(|r| r.kernel).collect();
+    let emulated: BTreeSet<&str> = emu::kernels().iter().map(|k| k.name()).collect();
+    assert_eq!(
+        built, emulated,
+        "kernels built by nvcc and kernels registered with the emulator differ"
+    );
+    for kernel in &built {
+        for arch in ["sm_80", "sm_90"] {
+            let r = KERNEL_RESOURCES
+                .iter()
+                .find(|r| r.kernel == *kernel && r.arch == arch)
+                .unwrap_or_else(|| panic!("{kernel}: no ptxas report for {arch}"));
+            assert_eq!(
+                (r.spill_store_bytes, r.spill_load_bytes),
+                (0, 0),
+                "{kernel} spills on {arch}: {r:?}"
+            );
+            assert!(
+                r.registers > 0 && r.registers <= 255,
+                "{kernel} on {arch}: {r:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ptx_wrappers_become_the_intended_sass() {
+    if !nvcc_available() {
+        return;
+    }
+    for arch in ["sm_80", "sm_90"] {
+        let get = |k: &str| {
+            KERNEL_RESOURCES
+                .iter()
+                .find(|r| r.kernel == k && r.arch == arch)
+                .unwrap_or_else(|| panic!("{k} {arch}"))
+        };
+        assert!(
+            get("selftest_mma").hmma >= 2,
+            "{arch}: mma.sync f16 and bf16 must be HMMA: {:?}",
+            get("selftest_mma")
+        );
+        assert!(
+            get("selftest_ldmatrix").ldsm >= 6,
+            "{arch}: six ldmatrix forms must be LDSM: {:?}",
+            get("selftest_ldmatrix")
+        );
+        assert!(
+            get("selftest_cp_async").ldgsts >= 4,
+            "{arch}: four cp.async must be LDGSTS: {:?}",
+            get("selftest_cp_async")
+        );
+    }
+}
+
+#[test]
+fn kernels_not_built_is_an_error_not_a_panic() {
+    match BUILD_STATUS {
+        BuildStatus::Built { .. } => assert!(kernels_built().is_ok()),
+        BuildStatus::NotBuilt { reason } => {
+            let err = kernels_built().expect_err("not built");
+            assert!(
+                err.starts_with("kernels not built: ") && err.contains(reason),
+                "{err}"
+            );
+            assert!(MODULES.iter().all(|m| ptx(m).is_none()));
+        }
+    }
+    assert!(ptx("no_such_module").is_none());
+}
