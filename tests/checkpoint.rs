@@ -301,6 +301,24 @@ fn writer_streams_a_valid_safetensors_file() {
 }
 
 #[test]
+fn tensors_larger_than_one_write_block_round_trip() {
+    // `text_embed.weight` [259, 16400] and `text_proj.1.weight` [256, 16400] exceed the
+    // writer's 4Mi-element block, so they are generated and written in several pieces.
+    let cfg = ModelConfig {
+        text_dim: 16_400,
+        ..tiny()
+    };
+    let file = TempFile::new("blocks");
+    checkpoint::write_random_checkpoint(&cfg, 9, DType::F16, file.path()).unwrap();
+    let loaded = Weights::load(file.path(), &cfg, &ALL_GROUPS).unwrap();
+    assert_same_bits(&loaded, &Weights::random(&cfg, 9, DType::F16));
+    assert_eq!(
+        loaded.get("text_embed.weight").unwrap().shape,
+        [259, 16_400]
+    );
+}
+
+#[test]
 fn load_reads_only_the_requested_groups() {
     let cfg = tiny();
     let file = TempFile::new("groups");
@@ -486,11 +504,16 @@ fn dtype_parses_and_prints() {
 }
 
 #[test]
-fn a_missing_file_is_an_io_error() {
+fn missing_files_and_directories_are_io_errors() {
     let file = TempFile::new("absent");
     let err = Checkpoint::open(file.path()).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err:?}");
     assert!(err.to_string().contains(&file.path().display().to_string()));
+
+    let nowhere = file.path().join("sub").join("out.safetensors");
+    let err = checkpoint::write_random_checkpoint(&tiny(), 0, DType::F16, &nowhere).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains(&nowhere.display().to_string()));
 }
 
 #[test]

@@ -347,7 +347,12 @@ impl Weights {
             .enumerate()
             .map(|(index, spec)| {
                 let mut data = vec![0.0; spec.numel()];
-                fill_random(seed, index, spec, 0, dtype, &mut data);
+                fill_random(seed, index, spec, 0, &mut data);
+                data.par_chunks_mut(BLOCK).for_each(|chunk| {
+                    for x in chunk {
+                        *x = dtype.round(*x);
+                    }
+                });
                 let tensor = Tensor {
                     shape: spec.shape.clone(),
                     data,
@@ -389,25 +394,13 @@ impl Weights {
     }
 }
 
-/// Fills `out` with elements `[start, start + out.len())` of random tensor number `index`,
-/// rounded to `dtype`.
-fn fill_random(
-    seed: u64,
-    index: usize,
-    spec: &TensorSpec,
-    start: usize,
-    dtype: DType,
-    out: &mut [f32],
-) {
+/// Fills `out` with elements `[start, start + out.len())` of random tensor number `index`
+/// (its position in the schema), in f32.
+fn fill_random(seed: u64, index: usize, spec: &TensorSpec, start: usize, out: &mut [f32]) {
     let counter = index as u32;
     out.par_chunks_mut(BLOCK)
         .enumerate()
-        .for_each(|(k, chunk)| {
-            init_range(seed, counter, spec, start + k * BLOCK, chunk);
-            for x in chunk.iter_mut() {
-                *x = dtype.round(*x);
-            }
-        });
+        .for_each(|(k, chunk)| init_range(seed, counter, spec, start + k * BLOCK, chunk));
 }
 
 /// Elements `[start, start + out.len())` of a tensor initialised by `spec.init`.
@@ -468,7 +461,7 @@ pub fn write_random_checkpoint(
         ("streamdit.dims", dims),
     ];
     write_file(path, &entries, dtype, &metadata, |index, start, out| {
-        fill_random(seed, index, &specs[index], start, dtype, out)
+        fill_random(seed, index, &specs[index], start, out)
     })
 }
 
@@ -476,9 +469,9 @@ pub fn write_random_checkpoint(
 pub fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)], dtype: DType) -> Result<()> {
     let mut seen = HashSet::new();
     for (name, t) in tensors {
-        if !seen.insert(*name) || *name == "__metadata__" {
+        if *name == "__metadata__" || !seen.insert(*name) {
             return Err(Error::Invalid(format!(
-                "{}: cannot write tensor `{name}`: the name is taken",
+                "{}: cannot write tensor `{name}`: the name is reserved or used twice",
                 path_str(path)
             )));
         }
@@ -516,7 +509,8 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
 }
 
 /// Writes a safetensors file: the header, then each entry's values, which `fill(entry,
-/// start, out)` produces a block at a time. Returns the file size.
+/// start, out)` produces a block at a time (the encoder rounds them to `dtype`). A writer
+/// thread drains each block while the next one is generated. Returns the file size.
 fn write_file(
     path: &Path,
     entries: &[(&str, &[usize])],
@@ -524,27 +518,41 @@ fn write_file(
     metadata: &[(&str, String)],
     mut fill: impl FnMut(usize, usize, &mut [f32]),
 ) -> Result<u64> {
-    let io = |e: std::io::Error| Error::io(path, e);
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
-    let header = header_bytes(entries, dtype, metadata);
-    out.write_all(&header).map_err(io)?;
-    let mut written = header.len() as u64;
-    let mut values = Vec::new();
-    let mut bytes = Vec::new();
-    for (index, (_, shape)) in entries.iter().enumerate() {
-        let numel: usize = shape.iter().product();
-        for start in (0..numel).step_by(WRITE_BLOCK) {
-            let n = WRITE_BLOCK.min(numel - start);
-            values.resize(n, 0.0);
-            bytes.resize(n * dtype.size_bytes(), 0);
-            fill(index, start, &mut values);
-            dtype.encode_par(&values, &mut bytes);
-            out.write_all(&bytes).map_err(io)?;
-            written += bytes.len() as u64;
+    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    let (send, blocks) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+    let written = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || {
+            let mut out = BufWriter::with_capacity(1 << 20, file);
+            let mut written = 0;
+            for block in blocks {
+                out.write_all(&block)?;
+                written += block.len() as u64;
+            }
+            out.flush()?;
+            Ok(written)
+        });
+        // A failed send means the writer stopped on an error, which `join` returns.
+        let mut values = Vec::new();
+        if send.send(header_bytes(entries, dtype, metadata)).is_ok() {
+            'entries: for (index, (_, shape)) in entries.iter().enumerate() {
+                let numel: usize = shape.iter().product();
+                for start in (0..numel).step_by(WRITE_BLOCK) {
+                    values.resize(WRITE_BLOCK.min(numel - start), 0.0);
+                    fill(index, start, &mut values);
+                    let mut bytes = vec![0; values.len() * dtype.size_bytes()];
+                    dtype.encode_par(&values, &mut bytes);
+                    if send.send(bytes).is_err() {
+                        break 'entries;
+                    }
+                }
+            }
         }
-    }
-    out.flush().map_err(io)?;
-    Ok(written)
+        drop(send);
+        writer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
+    written.map_err(|e: std::io::Error| Error::io(path, e))
 }
 
 /// The 8-byte little-endian header length and the JSON header, padded with spaces to a
