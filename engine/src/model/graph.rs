@@ -212,6 +212,17 @@ impl Op {
             Op::HeadRmsNorm { x, .. } => x,
         }
     }
+
+    /// Whether the op updates its output in place (reads its old values).
+    pub fn in_place(&self) -> bool {
+        matches!(
+            self,
+            Op::AddPositions { .. }
+                | Op::GatedResidual { .. }
+                | Op::Residual { .. }
+                | Op::HeadRmsNorm { .. }
+        )
+    }
 }
 
 /// The tensors a caller binds.
@@ -617,14 +628,7 @@ mod tests {
         for op in g.prompt_ops.iter().chain(&g.call_ops) {
             let out = op.output();
             for id in op.tensors() {
-                let in_place = matches!(
-                    op,
-                    Op::AddPositions { .. }
-                        | Op::GatedResidual { .. }
-                        | Op::Residual { .. }
-                        | Op::HeadRmsNorm { .. }
-                );
-                if id != out || in_place {
+                if id != out || op.in_place() {
                     assert!(written[id], "`{}` read before written", g.tensors[id].name);
                 }
             }

@@ -132,237 +132,26 @@ impl CpuBackend {
             OpList::Prompt => (&self.graph.prompt_ops, &self.prompt_frees),
             OpList::Call => (&self.graph.call_ops, &self.call_frees),
         };
-        let m = &self.graph.config;
-        let (frames, tpf) = (m.latent_frames, m.tokens_per_frame());
-        let shape = |id: TensorId| &self.graph.tensors[id].shape;
-        let fresh = |id: TensorId| vec![0.0f32; self.graph.tensors[id].numel()];
         for (i, op) in ops.iter().enumerate() {
             let started = Instant::now();
-            match *op {
-                Op::Patchify { x, out } => {
-                    let mut o = fresh(out);
-                    ops::patchify(
-                        self.value(env, x)?,
-                        m.latent_frames,
-                        m.latent_channels,
-                        m.latent_height,
-                        m.latent_width,
-                        &mut o,
-                    );
-                    env.values[out] = Some(o);
-                }
-                Op::Linear { x, w, b, out } => {
-                    let (t, k) = (shape(x)[0], shape(x)[1]);
-                    let n = shape(w)[0];
-                    let mut o = fresh(out);
-                    let bias = match b {
-                        Some(b) => Some(self.value(env, b)?),
-                        None => None,
-                    };
-                    ops::linear(
-                        self.value(env, x)?,
-                        self.value(env, w)?,
-                        bias,
-                        t,
-                        k,
-                        n,
-                        &mut o,
-                    );
-                    env.values[out] = Some(o);
-                }
-                Op::AddPositions {
-                    h,
-                    pos_t,
-                    pos_h,
-                    pos_w,
-                } => {
-                    let mut hv = self.take(env, h)?;
-                    ops::add_positions(
-                        &mut hv,
-                        m.token_grid(),
-                        m.dim,
-                        self.value(env, pos_t)?,
-                        self.value(env, pos_h)?,
-                        self.value(env, pos_w)?,
-                    );
-                    env.values[h] = Some(hv);
-                }
-                Op::Repeat { x, out } => {
-                    let xv = self.value(env, x)?;
-                    let o = xv.repeat(self.graph.tensors[out].numel() / xv.len());
-                    env.values[out] = Some(o);
-                }
-                Op::TimestepEmbed { tau, out } => {
-                    let mut o = fresh(out);
-                    ops::timestep_embedding(self.value(env, tau)?, &mut o);
-                    env.values[out] = Some(o);
-                }
-                Op::Silu { x, out } => {
-                    let mut o = fresh(out);
-                    ops::silu(self.value(env, x)?, &mut o);
-                    env.values[out] = Some(o);
-                }
-                Op::GeluTanh { x, out } => {
-                    let mut o = fresh(out);
-                    ops::gelu_tanh(self.value(env, x)?, &mut o);
-                    env.values[out] = Some(o);
-                }
-                Op::Modulation { src, table, out } => {
-                    let (k, d) = (shape(table)[0], shape(table)[1]);
-                    let src_k = shape(src)[1] / d;
-                    let mut o = fresh(out);
-                    ops::modulation(
-                        self.value(env, src)?,
-                        src_k,
-                        self.value(env, table)?,
-                        k,
-                        d,
-                        frames,
-                        &mut o,
-                    );
-                    env.values[out] = Some(o);
-                }
-                Op::LayerNorm { x, out } => {
-                    let mut o = fresh(out);
-                    ops::layer_norm(self.value(env, x)?, shape(x)[1], &mut o);
-                    env.values[out] = Some(o);
-                }
-                Op::AdaLn {
-                    x,
-                    mods,
-                    shift,
-                    scale,
-                    out,
-                } => {
-                    let mut o = fresh(out);
-                    let k = shape(mods)[1];
-                    ops::ada_ln(
-                        self.value(env, x)?,
-                        shape(x)[1],
-                        self.value(env, mods)?,
-                        k,
-                        shift,
-                        scale,
-                        frames,
-                        tpf,
-                        &mut o,
-                    );
-                    env.values[out] = Some(o);
-                }
-                Op::HeadRmsNorm {
-                    x,
-                    offset,
-                    heads,
-                    gain,
-                } => {
-                    let mut xv = self.take(env, x)?;
-                    let dh = shape(gain)[0];
-                    ops::head_rms_norm(
-                        &mut xv,
-                        shape(x)[1],
-                        offset,
-                        heads,
-                        dh,
-                        self.value(env, gain)?,
-                    );
-                    env.values[x] = Some(xv);
-                }
-                Op::WindowAttention {
-                    qkv,
-                    out,
-                    heads,
-                    window,
-                    shift,
-                } => {
-                    let mut o = fresh(out);
-                    ops::window_attention(
-                        self.value(env, qkv)?,
-                        self.graph.batch,
-                        m.token_grid(),
-                        window,
-                        shift,
-                        heads,
-                        m.dim,
-                        &mut o,
-                    );
-                    env.values[out] = Some(o);
-                }
-                Op::CrossAttention {
-                    q,
-                    kv,
-                    mask,
-                    out,
-                    heads,
-                } => {
-                    let mut o = fresh(out);
-                    ops::cross_attention(
-                        self.value(env, q)?,
-                        self.value(env, kv)?,
-                        self.value(env, mask)?,
-                        self.graph.batch,
-                        m.tokens(),
-                        m.text_len,
-                        heads,
-                        m.dim,
-                        &mut o,
-                    );
-                    env.values[out] = Some(o);
-                }
-                Op::GatedResidual { h, y, mods, gate } => {
-                    let mut hv = self.take(env, h)?;
-                    let k = shape(mods)[1];
-                    ops::gated_residual(
-                        &mut hv,
-                        self.value(env, y)?,
-                        m.dim,
-                        self.value(env, mods)?,
-                        k,
-                        gate,
-                        frames,
-                        tpf,
-                    );
-                    env.values[h] = Some(hv);
-                }
-                Op::Residual { h, y } => {
-                    let mut hv = self.take(env, h)?;
-                    ops::residual(&mut hv, self.value(env, y)?);
-                    env.values[h] = Some(hv);
-                }
-                Op::SwiGlu { x, out } => {
-                    let mut o = fresh(out);
-                    ops::swiglu(self.value(env, x)?, shape(out)[1], &mut o);
-                    env.values[out] = Some(o);
-                }
-                Op::Unpatchify { x, out } => {
-                    let mut o = fresh(out);
-                    let batch = self.graph.tensors[out].numel() / m.buffer_elems();
-                    ops::unpatchify(
-                        self.value(env, x)?,
-                        batch,
-                        m.latent_frames,
-                        m.latent_channels,
-                        m.latent_height,
-                        m.latent_width,
-                        &mut o,
-                    );
-                    env.values[out] = Some(o);
-                }
-                Op::Guidance { v, scale, out } => {
-                    let mut o = fresh(out);
-                    ops::guidance(self.value(env, v)?, scale, &mut o);
-                    env.values[out] = Some(o);
-                }
-            }
+            let out = op.output();
+            let mut o = if op.in_place() {
+                self.take(env, out)?
+            } else {
+                vec![0.0f32; self.graph.tensors[out].numel()]
+            };
+            self.exec(op, env, &mut o)?;
+            let elapsed = started.elapsed();
             if let Some(trace) = tracer.as_mut() {
-                let out = op.output();
                 trace(&OpTrace {
                     index: i,
                     op,
                     output: &self.graph.tensors[out],
-                    values: self.value(env, out)?,
-                    elapsed: started.elapsed(),
+                    values: &o,
+                    elapsed,
                 });
             }
+            env.values[out] = Some(o);
             for &id in &frees[i] {
                 env.values[id] = None;
             }
@@ -396,6 +185,109 @@ impl CpuBackend {
             .as_ref()
             .ok_or_else(|| self.internal("the graph did not write its output".into()))?;
         v.copy_from_slice(out);
+        Ok(())
+    }
+
+    /// Computes `op` into `o`, its output (holding the old values for in-place ops).
+    fn exec(&self, op: &Op, env: &Env, o: &mut [f32]) -> Result<()> {
+        let m = &self.graph.config;
+        let (frames, tpf) = (m.latent_frames, m.tokens_per_frame());
+        let (f, c, h, w) = (
+            m.latent_frames,
+            m.latent_channels,
+            m.latent_height,
+            m.latent_width,
+        );
+        let shape = |id: TensorId| &self.graph.tensors[id].shape;
+        let val = |id: TensorId| self.value(env, id);
+        match *op {
+            Op::Patchify { x, .. } => ops::patchify(val(x)?, f, c, h, w, o),
+            Op::Linear { x, w: wt, b, .. } => {
+                let bias = b.map(val).transpose()?;
+                let (t, k, n) = (shape(x)[0], shape(x)[1], shape(wt)[0]);
+                ops::linear(val(x)?, val(wt)?, bias, t, k, n, o)
+            }
+            Op::AddPositions {
+                pos_t,
+                pos_h,
+                pos_w,
+                ..
+            } => ops::add_positions(
+                o,
+                m.token_grid(),
+                m.dim,
+                val(pos_t)?,
+                val(pos_h)?,
+                val(pos_w)?,
+            ),
+            Op::Repeat { x, .. } => {
+                let xv = val(x)?;
+                for copy in o.chunks_mut(xv.len()) {
+                    copy.copy_from_slice(xv);
+                }
+            }
+            Op::TimestepEmbed { tau, .. } => ops::timestep_embedding(val(tau)?, o),
+            Op::Silu { x, .. } => ops::silu(val(x)?, o),
+            Op::GeluTanh { x, .. } => ops::gelu_tanh(val(x)?, o),
+            Op::Modulation { src, table, .. } => {
+                let (k, d) = (shape(table)[0], shape(table)[1]);
+                ops::modulation(val(src)?, shape(src)[1] / d, val(table)?, k, d, frames, o)
+            }
+            Op::LayerNorm { x, .. } => ops::layer_norm(val(x)?, shape(x)[1], o),
+            Op::AdaLn {
+                x,
+                mods,
+                shift,
+                scale,
+                ..
+            } => {
+                let k = shape(mods)[1];
+                ops::ada_ln(
+                    val(x)?,
+                    shape(x)[1],
+                    val(mods)?,
+                    k,
+                    shift,
+                    scale,
+                    frames,
+                    tpf,
+                    o,
+                )
+            }
+            Op::HeadRmsNorm {
+                x,
+                offset,
+                heads,
+                gain,
+            } => ops::head_rms_norm(o, shape(x)[1], offset, heads, shape(gain)[0], val(gain)?),
+            Op::WindowAttention {
+                qkv,
+                heads,
+                window,
+                shift,
+                ..
+            } => {
+                let (b, grid) = (self.graph.batch, m.token_grid());
+                ops::window_attention(val(qkv)?, b, grid, window, shift, heads, m.dim, o)
+            }
+            Op::CrossAttention {
+                q, kv, mask, heads, ..
+            } => {
+                let (b, n, lt) = (self.graph.batch, m.tokens(), m.text_len);
+                ops::cross_attention(val(q)?, val(kv)?, val(mask)?, b, n, lt, heads, m.dim, o)
+            }
+            Op::GatedResidual { y, mods, gate, .. } => {
+                let k = shape(mods)[1];
+                ops::gated_residual(o, val(y)?, m.dim, val(mods)?, k, gate, frames, tpf)
+            }
+            Op::Residual { y, .. } => ops::residual(o, val(y)?),
+            Op::SwiGlu { x, out } => ops::swiglu(val(x)?, shape(out)[1], o),
+            Op::Unpatchify { x, out } => {
+                let batch = self.graph.tensors[out].numel() / m.buffer_elems();
+                ops::unpatchify(val(x)?, batch, f, c, h, w, o)
+            }
+            Op::Guidance { v, scale, .. } => ops::guidance(val(v)?, scale, o),
+        }
         Ok(())
     }
 
