@@ -1,7 +1,7 @@
 //! The streaming sampler end to end on the CPU backend: determinism, seeds, prompt switches,
 //! pop order, and classifier-free guidance batching.
 
-use streamdit::backend::{Backend, StepParams};
+use streamdit::backend::StepParams;
 use streamdit::model::checkpoint::DType;
 use streamdit::rng::noise_frame;
 use streamdit::text::stack;
@@ -213,4 +213,43 @@ fn bad_inputs_are_errors_not_panics() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("text_mask"), "{e}");
+}
+
+#[test]
+fn micro_steps_and_guidance_follow_the_schedule() {
+    // tiny with s = 2 micro-steps per stage and CFG, written as a profile file would be.
+    let mut profile = Profile::builtin("tiny").unwrap();
+    profile.stream.micro_steps = 2;
+    profile.run.guidance = 2.5;
+    let profile = Profile::from_toml(&profile.to_toml(), "tiny-s2").unwrap();
+    let (n, s) = (
+        profile.stream.chunks as u64,
+        profile.stream.micro_steps as u64,
+    );
+    let engine = Engine::new(EngineParams {
+        profile,
+        weights: WeightsSource::Random {
+            seed: 7,
+            dtype: DType::F16,
+        },
+        backend: BackendKind::Cpu,
+    })
+    .unwrap();
+    let mut stream = engine
+        .stream(StreamParams {
+            prompt: "two micro-steps".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(stream.guidance(), 2.5);
+    let first = stream.next_latents().unwrap().to_vec();
+    assert_eq!(stream.calls(), (n - 1) * s + s, "prefill plus one stage");
+    let second = stream.next_latents().unwrap().to_vec();
+    assert_eq!(
+        stream.calls(),
+        (n - 1) * s + 2 * s,
+        "one stage per chunk after that"
+    );
+    assert_ne!(first, second);
+    assert!(first.iter().chain(&second).all(|v| v.is_finite()));
 }

@@ -212,3 +212,69 @@ fn profiles_list_and_show() {
     let toml = String::from_utf8_lossy(&out.stdout);
     assert!(toml.contains("dim = 3072"), "{toml}");
 }
+
+#[test]
+fn text_embeddings_replace_the_prompt() {
+    use streamdit::model::checkpoint::{write_tensors, DType};
+    use streamdit::{Profile, Tensor};
+    let m = Profile::builtin("tiny").unwrap().model;
+    let text = Tensor::new(
+        vec![m.text_len, m.text_dim],
+        (0..m.text_len * m.text_dim)
+            .map(|i| ((i % 13) as f32 - 6.0) / 6.0)
+            .collect(),
+    )
+    .unwrap();
+    let mask = Tensor::new(
+        vec![m.text_len],
+        (0..m.text_len)
+            .map(|i| if i < 9 { 1.0 } else { 0.0 })
+            .collect(),
+    )
+    .unwrap();
+    let path = temp("text.safetensors");
+    write_tensors(&path, &[("text", &text), ("text_mask", &mask)], DType::F32).unwrap();
+    let with = ok(&[
+        "generate",
+        "--frames",
+        "8",
+        "--text-embeddings",
+        path.to_str().unwrap(),
+        "--out",
+        "-",
+    ]);
+    let prompt_a = ok(&[
+        "generate",
+        "--frames",
+        "8",
+        "--prompt",
+        "a",
+        "--text-embeddings",
+        path.to_str().unwrap(),
+        "--out",
+        "-",
+    ]);
+    let plain = ok(&["generate", "--frames", "8", "--out", "-"]);
+    assert_eq!(
+        with.stdout, prompt_a.stdout,
+        "the prompt is ignored when embeddings are given"
+    );
+    assert_ne!(
+        with.stdout, plain.stdout,
+        "the embeddings condition the video"
+    );
+    // A mis-shaped file is an error naming the tensor.
+    let bad = Tensor::new(vec![3], vec![1.0; 3]).unwrap();
+    write_tensors(&path, &[("text", &text), ("text_mask", &bad)], DType::F32).unwrap();
+    let out = streamdit(&[
+        "generate",
+        "--frames",
+        "8",
+        "--text-embeddings",
+        path.to_str().unwrap(),
+        "--out",
+        "-",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("text_mask"));
+}
