@@ -297,7 +297,7 @@ impl Profile {
             );
         }
         let grid = m.token_grid();
-        if m.window.iter().any(|&w| w == 0) {
+        if m.window.contains(&0) {
             return fail(
                 "model.window",
                 format!("must be positive, found {:?}", m.window),
@@ -339,7 +339,9 @@ impl Profile {
                     format!("must start at 0 and end at 1, found {b:?}"),
                 );
             }
-            if b.windows(2).any(|w| !(w[0] < w[1])) {
+            if b.windows(2)
+                .any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less))
+            {
                 return fail(
                     "stream.boundaries",
                     format!("must be strictly increasing, found {b:?}"),
