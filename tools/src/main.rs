@@ -40,6 +40,9 @@ enum Command {
         #[command(subcommand)]
         command: ProfilesCommand,
     },
+    /// The static graph op by op with FLOPs and bytes, the memory plan, and with `--gpu` a
+    /// roofline prediction per op and per call. Needs no GPU.
+    Plan(PlanArgs),
 }
 
 #[derive(Args)]
@@ -129,6 +132,25 @@ struct ForwardArgs {
     /// Classifier-free guidance scale (1 disables CFG).
     #[arg(long, default_value_t = 1.0)]
     guidance: f32,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// A built-in profile name or a profile TOML file.
+    #[arg(long, default_value = "tiny")]
+    profile: String,
+    /// Classifier-free guidance scale (default: the profile's; 1 disables CFG).
+    #[arg(long)]
+    guidance: Option<f32>,
+    /// Roofline times on this GPU: h100, h200, a100, l40s or rtx4090.
+    #[arg(long)]
+    gpu: Option<String>,
+    /// Fraction of the roofline a real run reaches, for the second prediction.
+    #[arg(long, default_value_t = 0.6)]
+    efficiency: f64,
+    /// Also write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -312,10 +334,332 @@ fn forward(args: ForwardArgs) -> Result<()> {
     checkpoint::write_tensors(&args.out, &[("v", &v)], DType::F32)
 }
 
+fn plan(args: PlanArgs) -> Result<()> {
+    use serde_json::{json, Value};
+    use std::io::Write;
+    use streamdit::model::graph::Graph;
+    use streamdit::model::plan::{
+        lifetimes, op_kind, video_frames_per_call, CostSum, GpuSpec, GraphCost, ListCost,
+        MemoryPlan, OpClass, OpList, ParamCount, Prediction, ALIGNMENT,
+    };
+
+    let profile = Profile::load(&args.profile)?;
+    let guidance = args.guidance.unwrap_or(profile.run.guidance);
+    let gpu = args.gpu.as_deref().map(GpuSpec::by_key).transpose()?;
+    let graph = Graph::build(&profile.model, guidance);
+    let cost = GraphCost::of(&graph);
+    let mem = MemoryPlan::build(&graph);
+    mem.verify(&graph)
+        .map_err(|e| Error::Invalid(format!("memory plan: {e}")))?;
+    let params = ParamCount::of(&graph);
+    let frames = video_frames_per_call(&profile);
+    let prediction = gpu
+        .map(|g| Prediction::new(g, &cost, frames, args.efficiency))
+        .transpose()?;
+    let bytes = |b: u64| match b as f64 {
+        b if b >= 1e9 => format!("{:.3} GB ({:.2} GiB)", b / 1e9, b / (1u64 << 30) as f64),
+        b => format!("{:.3} MB ({:.2} MiB)", b / 1e6, b / (1u64 << 20) as f64),
+    };
+    let flops = |n: u64| match n as f64 {
+        n if n >= 1e12 => format!("{:.3} TFLOP", n / 1e12),
+        n => format!("{:.3} GFLOP", n / 1e9),
+    };
+    let count = |n: u64| match n as f64 {
+        n if n >= 1e9 => format!("{:.3} B", n / 1e9),
+        n => format!("{:.3} M", n / 1e6),
+    };
+    // The report is built in memory and written at once; a closed pipe (`| head`) ends it.
+    let mut text = String::new();
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            text.push_str(format!($($arg)*).trim_end());
+            text.push('\n');
+        }};
+    }
+
+    say!(
+        "streamdit plan: profile {}, guidance {guidance} ({} branch{}), {}",
+        profile.name,
+        graph.batch,
+        if graph.batch == 1 { "" } else { "es" },
+        match gpu {
+            Some(g) => format!(
+                "{} ({} TFLOP/s dense FP16, {} GB/s)",
+                g.name, g.fp16_tflops, g.hbm_gbps
+            ),
+            None => "no GPU (add --gpu for roofline times)".into(),
+        }
+    );
+    let time_header = if gpu.is_some() {
+        "   time us  bound"
+    } else {
+        ""
+    };
+    let mut ops_json = Vec::new();
+    for (list, ops, costs, title) in [
+        (
+            OpList::Prompt,
+            &graph.prompt_ops,
+            &cost.prompt,
+            "prompt ops (once per prompt)",
+        ),
+        (
+            OpList::Call,
+            &graph.call_ops,
+            &cost.call,
+            "call ops (once per model call)",
+        ),
+    ] {
+        say!(
+            "\n{title}\n{:>4}  {:<15} {:<26} {:<18} {:>11} {:>9} {:>9}  {:<11} {:<15}{time_header}",
+            "#",
+            "op",
+            "output",
+            "shape",
+            "GFLOP",
+            "MB read",
+            "MB write",
+            "class",
+            "at (MiB)"
+        );
+        for (i, (op, c)) in ops.iter().zip(&costs.ops).enumerate() {
+            let out = graph.tensor(op.output());
+            let at = mem.placements[op.output()];
+            let time = gpu.map(|g| g.op_time(c));
+            say!(
+                "{i:>4}  {:<15} {:<26} {:<18} {:>11.3} {:>9.2} {:>9.2}  {:<11} {:<15}{}",
+                op_kind(op),
+                out.name,
+                format!("{:?}", out.shape),
+                c.flops as f64 / 1e9,
+                c.bytes_read as f64 / 1e6,
+                c.bytes_written as f64 / 1e6,
+                c.class.name(),
+                format!(
+                    "{}+{:.2}",
+                    at.region.name(),
+                    at.offset as f64 / (1 << 20) as f64
+                ),
+                time.map_or(String::new(), |t| format!(
+                    " {:>9.2}  {}",
+                    t.seconds * 1e6,
+                    t.bound.name()
+                )),
+            );
+            ops_json.push(json!({
+                "list": format!("{list:?}").to_lowercase(),
+                "index": i,
+                "op": op_kind(op),
+                "output": out.name,
+                "shape": out.shape,
+                "flops": c.flops,
+                "bytes_read": c.bytes_read,
+                "bytes_written": c.bytes_written,
+                "class": c.class.name(),
+                "region": at.region.name(),
+                "offset": at.offset,
+                "time_us": time.map(|t| t.seconds * 1e6),
+                "bound": time.map(|t| t.bound.name()),
+            }));
+        }
+    }
+
+    let ms = |ops: &[streamdit::model::plan::OpCost]| gpu.map(|g| g.list_seconds(ops) * 1e3);
+    let class_rows = |costs: &ListCost| -> Vec<(OpClass, CostSum, Option<f64>)> {
+        OpClass::ALL
+            .iter()
+            .map(|&k| {
+                let ops: Vec<_> = costs.ops.iter().copied().filter(|c| c.class == k).collect();
+                (k, costs.class(k), ms(&ops))
+            })
+            .collect()
+    };
+    let mut classes_json = serde_json::Map::new();
+    for (name, costs) in [("prompt", &cost.prompt), ("call", &cost.call)] {
+        let total_ms = ms(&costs.ops);
+        say!(
+            "\n{name} ops by class\n  {:<11} {:>5} {:>14} {:>10}{}",
+            "class",
+            "ops",
+            "GFLOP",
+            "GB moved",
+            if gpu.is_some() {
+                "    time ms   share"
+            } else {
+                ""
+            }
+        );
+        let mut rows = Vec::new();
+        for (k, s, t) in class_rows(costs) {
+            say!(
+                "  {:<11} {:>5} {:>14.3} {:>10.4}{}",
+                k.name(),
+                s.ops,
+                s.flops as f64 / 1e9,
+                s.bytes() as f64 / 1e9,
+                match (t, total_ms) {
+                    (Some(t), Some(all)) => format!(" {t:>10.3} {:>6.1}%", 100.0 * t / all),
+                    _ => String::new(),
+                }
+            );
+            rows.push(json!({
+                "class": k.name(), "ops": s.ops, "flops": s.flops,
+                "bytes_read": s.bytes_read, "bytes_written": s.bytes_written, "time_ms": t,
+            }));
+        }
+        let s = costs.total;
+        say!(
+            "  {:<11} {:>5} {:>14.3} {:>10.4}{}",
+            "total",
+            s.ops,
+            s.flops as f64 / 1e9,
+            s.bytes() as f64 / 1e9,
+            total_ms.map_or(String::new(), |t| format!(" {t:>10.3}")),
+        );
+        classes_json.insert(name.into(), Value::Array(rows));
+    }
+
+    let stats = |s: streamdit::model::plan::ArenaStats| {
+        json!({
+            "buffers": s.buffers, "sum_bytes": s.sum_bytes,
+            "live_bound_bytes": s.live_bound_bytes, "planned_bytes": s.planned_bytes,
+        })
+    };
+    say!("\ntotals");
+    say!(
+        "  parameters       {} in the {} blocks, {} in the DiT",
+        count(params.blocks),
+        profile.model.depth,
+        count(params.dit)
+    );
+    say!(
+        "  weights          {} (f16, {ALIGNMENT}-byte aligned)",
+        bytes(mem.weight_bytes())
+    );
+    say!(
+        "  arena            {} (prompt ops reuse the call arena)",
+        bytes(mem.arena_bytes())
+    );
+    for (name, s) in [("call", mem.call), ("prompt", mem.prompt)] {
+        say!(
+            "    {name:<6} ops     {} buffers: {} planned, live lower bound {}, {} without reuse",
+            s.buffers,
+            bytes(s.planned_bytes),
+            bytes(s.live_bound_bytes),
+            bytes(s.sum_bytes)
+        );
+    }
+    say!(
+        "  persistent       {} (cross-attention K/V)",
+        bytes(mem.persistent_bytes())
+    );
+    say!("  inputs, output   {}", bytes(mem.io_bytes()));
+    say!(
+        "  peak device mem  {}{}",
+        bytes(mem.peak_bytes()),
+        gpu.map_or(String::new(), |g| format!(
+            ": {} the {} GiB of the {}",
+            if mem.peak_bytes() <= g.memory_bytes() {
+                "fits"
+            } else {
+                "does NOT fit"
+            },
+            g.memory_gib,
+            g.name
+        ))
+    );
+    say!(
+        "  call FLOPs       {} per call ({} per prompt)",
+        flops(cost.call.total.flops),
+        flops(cost.prompt.total.flops)
+    );
+    if let Some(p) = &prediction {
+        say!(
+            "  roofline         {:.2} ms per call, {:.2} video FPS ({} frames per call)",
+            p.seconds_per_call * 1e3,
+            p.fps,
+            p.video_frames_per_call
+        );
+        say!(
+            "  {:<17}{:.2} ms per call, {:.2} video FPS",
+            format!("at {:.0}% of it", p.efficiency * 100.0),
+            p.seconds_per_call_at_efficiency * 1e3,
+            p.fps_at_efficiency
+        );
+    }
+
+    if let Some(path) = &args.json {
+        let life = lifetimes(&graph);
+        let tensors: Vec<Value> = graph
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(id, t)| {
+                let p = mem.placements[id];
+                json!({
+                    "name": t.name, "kind": format!("{:?}", t.kind), "shape": t.shape,
+                    "precision": format!("{:?}", t.precision), "region": p.region.name(),
+                    "offset": p.offset, "bytes": p.bytes,
+                    "live": life[id].iter().map(|l| json!({
+                        "list": format!("{:?}", l.list).to_lowercase(),
+                        "first": l.first, "last": l.last,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let report = json!({
+            "profile": profile.name,
+            "guidance": guidance,
+            "batch": graph.batch,
+            "gpu": gpu.map(|g| json!({
+                "key": g.key, "name": g.name, "fp16_tflops": g.fp16_tflops,
+                "hbm_gbps": g.hbm_gbps, "memory_gib": g.memory_gib,
+            })),
+            "efficiency": args.efficiency,
+            "parameters": { "blocks": params.blocks, "dit": params.dit },
+            "memory": {
+                "alignment": ALIGNMENT,
+                "weight_bytes": mem.weight_bytes(),
+                "weight_bytes_unpadded": mem.weight_bytes_unpadded,
+                "persistent_bytes": mem.persistent_bytes(),
+                "io_bytes": mem.io_bytes(),
+                "arena_bytes": mem.arena_bytes(),
+                "peak_bytes": mem.peak_bytes(),
+                "fits_gpu": gpu.map(|g| mem.peak_bytes() <= g.memory_bytes()),
+                "call_arena": stats(mem.call),
+                "prompt_arena": stats(mem.prompt),
+            },
+            "totals": {
+                "call_flops": cost.call.total.flops,
+                "call_bytes": cost.call.total.bytes(),
+                "prompt_flops": cost.prompt.total.flops,
+                "prompt_bytes": cost.prompt.total.bytes(),
+                "video_frames_per_call": frames,
+                "ms_per_call": prediction.map(|p| p.seconds_per_call * 1e3),
+                "fps": prediction.map(|p| p.fps),
+                "ms_per_call_at_efficiency": prediction.map(|p| p.seconds_per_call_at_efficiency * 1e3),
+                "fps_at_efficiency": prediction.map(|p| p.fps_at_efficiency),
+                "prompt_ms": ms(&cost.prompt.ops),
+            },
+            "classes": classes_json,
+            "ops": ops_json,
+            "tensors": tensors,
+        });
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Invalid(format!("JSON report: {e}")))?;
+        std::fs::write(path, json).map_err(|e| Error::io(path, e))?;
+    }
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("stdout", e)),
+        _ => Ok(()),
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate(args),
         Command::Forward(args) => forward(args),
+        Command::Plan(args) => plan(args),
         Command::Weights {
             command:
                 WeightsCommand::Init {

@@ -278,3 +278,95 @@ fn text_embeddings_replace_the_prompt() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("text_mask"));
 }
+
+#[test]
+fn plan_reports_flops_memory_and_roofline() {
+    let path = temp("plan-4b.json");
+    let out = ok(&[
+        "plan",
+        "--profile",
+        "streamdit-4b",
+        "--gpu",
+        "h100",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "WindowAttention",
+        "compute",
+        "memory",
+        "peak device mem",
+        "video FPS",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "`{needle}` missing from:\n{stdout}"
+        );
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let num = |pointer: &str| {
+        report
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("no number at {pointer}"))
+    };
+    let within = |pointer: &str, want: f64, rel: f64| {
+        let got = num(pointer);
+        assert!(
+            (got - want).abs() <= rel * want,
+            "{pointer}: {got} vs {want}"
+        );
+    };
+    // MODEL_SPEC section 7: ~128 TFLOP per call, ~4.2B parameters in the blocks, f16 weights.
+    within("/totals/call_flops", 128e12, 0.02);
+    within("/parameters/blocks", 4.2e9, 0.02);
+    within("/memory/weight_bytes", 2.0 * num("/parameters/dit"), 1e-3);
+    let peak = num("/memory/peak_bytes");
+    let regions: f64 = ["weight", "persistent", "io", "arena"]
+        .iter()
+        .map(|r| num(&format!("/memory/{r}_bytes")))
+        .sum();
+    assert_eq!(peak, regions);
+    assert!(
+        peak < 24e9 * 0.5,
+        "peak {peak} should leave room on a 24 GB GPU"
+    );
+    assert_eq!(report["memory"]["fits_gpu"], serde_json::Value::Bool(true));
+    // The roofline can't beat the FLOP floor; FPS is 8 video frames per call.
+    let ms = num("/totals/ms_per_call");
+    assert!(ms > 128e12 * 0.98 / 989e12 * 1e3 && ms < 250.0, "{ms} ms");
+    within("/totals/fps", 8.0 / (ms / 1e3), 1e-9);
+    within("/totals/fps_at_efficiency", 0.6 * 8.0 / (ms / 1e3), 1e-9);
+    let ops = report["ops"].as_array().unwrap();
+    let op_ms: f64 = ops
+        .iter()
+        .filter(|op| op["list"] == "call")
+        .map(|op| op["time_us"].as_f64().unwrap() / 1e3)
+        .sum();
+    assert!((op_ms - ms).abs() < 1e-6 * ms, "{op_ms} vs {ms}");
+    let op_flops: u64 = ops
+        .iter()
+        .filter(|op| op["list"] == "call")
+        .map(|op| op["flops"].as_u64().unwrap())
+        .sum();
+    assert_eq!(op_flops, report["totals"]["call_flops"].as_u64().unwrap());
+
+    // Without --gpu: the same plan, the roofline fields null.
+    ok(&[
+        "plan",
+        "--profile",
+        "tiny",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(report["gpu"].is_null() && report["totals"]["ms_per_call"].is_null());
+    assert!(report["ops"][0]["time_us"].is_null());
+    assert!(report["totals"]["call_flops"].as_u64().unwrap() > 0);
+    let out = streamdit(&["plan", "--gpu", "v100"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("h100, h200"));
+}
