@@ -1,5 +1,6 @@
 //! `streamdit`: generate video, run one model call, write random checkpoints, list profiles.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -336,7 +337,6 @@ fn forward(args: ForwardArgs) -> Result<()> {
 
 fn plan(args: PlanArgs) -> Result<()> {
     use serde_json::{json, Value};
-    use std::io::Write;
     use streamdit::model::graph::Graph;
     use streamdit::model::plan::{
         lifetimes, op_kind, video_frames_per_call, CostSum, GpuSpec, GraphCost, ListCost,
@@ -649,6 +649,11 @@ fn plan(args: PlanArgs) -> Result<()> {
             .map_err(|e| Error::Invalid(format!("JSON report: {e}")))?;
         std::fs::write(path, json).map_err(|e| Error::io(path, e))?;
     }
+    print_stdout(&text)
+}
+
+/// Writes `text` to stdout; a reader that closed the pipe early (`| head`) is not an error.
+fn print_stdout(text: &str) -> Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("stdout", e)),
         _ => Ok(()),
@@ -684,18 +689,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Profiles {
             command: ProfilesCommand::List,
         } => {
+            let mut text = String::new();
             for name in builtin_names() {
                 let p = Profile::builtin(name)?;
-                println!("{name:<22} {}", p.description);
+                text += &format!("{name:<22} {}\n", p.description);
             }
-            Ok(())
+            print_stdout(&text)
         }
         Command::Profiles {
             command: ProfilesCommand::Show { profile },
-        } => {
-            print!("{}", Profile::load(&profile)?.to_toml());
-            Ok(())
-        }
+        } => print_stdout(&Profile::load(&profile)?.to_toml()),
     }
 }
 
