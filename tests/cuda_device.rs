@@ -379,6 +379,13 @@ fn kernel_lookup_and_parameter_mismatch_are_errors() {
     let (op, _) = backend_msg(dev.kernel("device_probe", "no_such_kernel").unwrap_err());
     assert!(op.contains("no_such_kernel"), "{op}");
 
+    dev.kernel("emu_selftest", "selftest_ticket").unwrap();
+    if streamdit_kernels::kernels_built().is_ok() {
+        // With PTX, the emulator accepts only the (module, kernel) pairs the GPU will find.
+        let (op, msg) = backend_msg(dev.kernel("device_probe", "selftest_ticket").unwrap_err());
+        assert!(op.contains("device_probe::selftest_ticket"), "{op}: {msg}");
+    }
+
     let k = dev.kernel("device_probe", "device_probe_axpb").unwrap();
     let y = dev.alloc::<f32>("y", 4).unwrap();
     let wrong = TicketParams {

@@ -65,6 +65,7 @@ enum Op {
 }
 
 struct KernelRecord {
+    module: String,
     name: String,
     kernel: emu::Kernel,
 }
@@ -343,7 +344,11 @@ impl Device for EmuDevice {
 
     fn kernel(&mut self, module: &str, name: &str) -> Result<Kernel> {
         let op = format!("load kernel {module}::{name}");
-        if let Some(index) = self.kernels.iter().position(|k| k.name == name) {
+        if let Some(index) = self
+            .kernels
+            .iter()
+            .position(|k| k.module == module && k.name == name)
+        {
             return Ok(Kernel {
                 device: self.book.device,
                 index,
@@ -367,6 +372,7 @@ impl Device for EmuDevice {
         }
         let kernel = emu::kernel(name).map_err(|e| self.book.err(&op, e.to_string()))?;
         self.kernels.push(KernelRecord {
+            module: module.to_string(),
             name: name.to_string(),
             kernel,
         });

@@ -3,7 +3,8 @@
 //!
 //! How the pieces fit:
 //!
-//! - [`device`]: the [`Device`](device::Device) trait, the one interface to a GPU: typed
+//! - [`device`]: the [`Device`](device::Device) trait (generic, for static dispatch; the
+//!   run-time choice of device is made at `Box<dyn Backend>`), the one interface to a GPU: typed
 //!   allocations with device addresses, host copies (synchronous, and asynchronous through
 //!   pinned buffers on a second stream), kernels looked up by `(module, name)` and launched
 //!   with their `#[repr(C)]` parameter struct by value, events, and graph capture / upload /

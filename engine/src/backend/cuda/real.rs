@@ -27,9 +27,11 @@ use super::device::{
 use crate::error::{Error, Result};
 
 /// The oldest driver accepted: CUDA 13.0. cudarc is built with its `cuda-13000` bindings,
-/// which resolve symbols such as `cuEventElapsedTime_v2` that older drivers lack; the
-/// embedded PTX (nvcc 13) needs a 13.x driver as well (see [`Device::kernel`] for the exact
-/// PTX ISA check the driver makes).
+/// which resolve symbols such as `cuEventElapsedTime_v2` that older drivers lack (cudarc
+/// panics on a missing symbol, so the version is checked first). The embedded PTX may need
+/// a newer driver still: PTX from nvcc 13.5 is ISA 9.5, and a driver that cannot JIT it
+/// fails at module load with `CUDA_ERROR_UNSUPPORTED_PTX_VERSION`, reported with both
+/// versions.
 pub const MIN_DRIVER_VERSION: i32 = 13000;
 
 /// Dynamic shared memory a kernel may use without opting in (48 KiB).
@@ -86,6 +88,7 @@ fn ptx_isa_version(ptx: &CStr) -> Option<String> {
 }
 
 struct KernelRecord {
+    module: String,
     name: String,
     func: sys::CUfunction,
     /// Size of the kernel's single parameter, from `cuFuncGetParamInfo`.
@@ -493,7 +496,11 @@ impl Device for CudaDevice {
     }
 
     fn kernel(&mut self, module: &str, name: &str) -> Result<Kernel> {
-        if let Some(index) = self.kernels.iter().position(|k| k.name == name) {
+        if let Some(index) = self
+            .kernels
+            .iter()
+            .position(|k| k.module == module && k.name == name)
+        {
             return Ok(Kernel {
                 device: self.book.device,
                 index,
@@ -546,6 +553,7 @@ impl Device for CudaDevice {
             ));
         }
         self.kernels.push(KernelRecord {
+            module: module.to_string(),
             name: name.to_string(),
             func,
             params_size,
