@@ -2,6 +2,7 @@
 //! so a new backend (CUDA, emulated CUDA) plugs in without touching the sampler.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 use crate::model::graph::Graph;

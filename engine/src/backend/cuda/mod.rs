@@ -1,0 +1,30 @@
+//! The CUDA backend: the model's static graph lowered to kernel launches over one memory
+//! arena, replayed as one CUDA graph per streaming step, on a real GPU or on the emulator.
+//!
+//! How the pieces fit:
+//!
+//! - [`device`]: the [`Device`](device::Device) trait (generic, for static dispatch; the
+//!   run-time choice of device is made at `Box<dyn Backend>`), the one interface to a GPU: typed
+//!   allocations with device addresses, host copies (synchronous, and asynchronous through
+//!   pinned buffers on a second stream), kernels looked up by `(module, name)` and launched
+//!   with their `#[repr(C)]` parameter struct by value, events, and graph capture / upload /
+//!   replay. Shared bookkeeping (the allocation table, the capture rules) lives there too, so
+//!   both implementations refuse the same misuse with the same errors.
+//! - [`emu`]: [`EmuDevice`](emu::EmuDevice), host memory (poisoned, 256-byte aligned) and
+//!   the kernel emulator of `streamdit-kernels`, with a selectable thread order; capture
+//!   records the operation list and replay runs it. Everything above the device layer is
+//!   tested on it.
+//! - [`real`]: [`CudaDevice`](real::CudaDevice), the CUDA driver through cudarc with libcuda
+//!   loaded at run time; a machine without a driver or GPU gets an error naming the missing
+//!   piece, never a panic. Modules load lazily from the PTX embedded by `streamdit-kernels`.
+//!
+//! Next (issue 4): the static launch plan that lowers the model graph to launches of the
+//! kernels, the liveness-planned arena (one weights allocation, one activation allocation,
+//! carved with [`DeviceBuffer::slice`](device::DeviceBuffer::slice) and
+//! [`cast`](device::DeviceBuffer::cast)), the step graph (per-step tau/dtau/flags in device
+//! buffers written before each replay), and `CudaBackend<D: Device>` implementing
+//! [`Backend`](super::Backend) on either device.
+
+pub mod device;
+pub mod emu;
+pub mod real;
