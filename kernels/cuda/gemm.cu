@@ -302,7 +302,8 @@ EMU_REGISTER_KERNEL(gemm_bias_f16, GemmBiasF16Params)
 // ---------------------------------------------------------------------------------------
 // (b) Gated residual into the f32 residual stream:
 //     h[r, n] += mods[frame(r), gate, n] * (acc + bias[n]),
-//     frame(r) = (r % tokens) / tokens_per_frame   (r = batch * tokens + token).
+//     frame(r) = (r % tokens) / tokens_per_frame   (r = batch * tokens + token);
+//     with mods == null the gate is 1 (h += acc + bias: the ungated cross-attention output).
 // Each element of h is read and written by exactly one thread (tiles are disjoint, no
 // split-K), so the update is race-free without atomics.
 // ---------------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ struct GemmGatedResidualParams {
     const __half* w;     // (N, K)
     const __half* bias;  // (N) or null
     float* h;            // (M, N) residual stream, updated in place
-    const float* mods;   // (F, mod_k, N) per-frame modulation vectors
+    const float* mods;   // (F, mod_k, N) per-frame modulation vectors, or null (gate 1)
     int m;
     int n;
     int k;
@@ -336,15 +337,20 @@ GEMM_UNROLL
         for (int h = 0; h < 2; ++h) {
             const int row = fc.row0 + i * 16 + h * 8;
             if (row >= p.m) continue;
-            const int frame = (row % p.tokens) / p.tokens_per_frame;
-            const float* g = p.mods + (static_cast<size_t>(frame) * p.mod_k + p.gate) * p.n;
+            // mods == null: no gate (h += acc + bias, the cross-attention output).
+            const float* g = nullptr;
+            if (p.mods != nullptr) {
+                const int frame = (row % p.tokens) / p.tokens_per_frame;
+                g = p.mods + (static_cast<size_t>(frame) * p.mod_k + p.gate) * p.n;
+            }
             float* hrow = p.h + static_cast<size_t>(row) * p.n;
 GEMM_UNROLL
             for (int j = 0; j < T::kMmaN; ++j) {
                 const int col = fc.col0 + j * 8;
                 if (col >= p.n) continue;
                 const float2 b = bias_pair(p.bias, col);
-                const float2 gv = *reinterpret_cast<const float2*>(g + col);
+                const float2 gv = g != nullptr ? *reinterpret_cast<const float2*>(g + col)
+                                               : make_float2(1.0f, 1.0f);
                 float2 hv = *reinterpret_cast<float2*>(hrow + col);
                 hv.x += gv.x * (acc[i][j][2 * h] + b.x);
                 hv.y += gv.y * (acc[i][j][2 * h + 1] + b.y);

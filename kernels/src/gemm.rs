@@ -65,7 +65,8 @@ pub struct GemmGatedResidualParams {
     pub bias: *const u16,
     /// (M, N) f32, updated in place
     pub h: *mut f32,
-    /// (frames, mod_k, N) f32
+    /// (frames, mod_k, N) f32, or null for no gate (`h += A W^T + bias`); the gate fields
+    /// below are then unused
     pub mods: *const f32,
     pub m: i32,
     pub n: i32,
@@ -184,17 +185,21 @@ pub fn swiglu_config(m: usize, dff: usize, k: usize) -> Result<LaunchConfig, Str
     check(KERNEL_SWIGLU, m, dff, k, SWIGLU_BLOCK_N).map(launch_config)
 }
 
-/// Launch configuration of `gemm_gated_residual`: `h[M, N] += gate * (A W^T + bias)`.
-/// Besides the GEMM shape: `M` a multiple of `tokens`, `tokens` a multiple of
-/// `tokens_per_frame` with `tokens / tokens_per_frame == frames`, and `gate < mod_k`.
+/// Launch configuration of `gemm_gated_residual`: `h[M, N] += gate * (A W^T + bias)`, or
+/// with `gate = None` (null `mods`) `h += A W^T + bias`. With a gate, besides the GEMM
+/// shape: `M` a multiple of `tokens`, `tokens` a multiple of `tokens_per_frame` with
+/// `tokens / tokens_per_frame == frames`, and `gate < mod_k`.
 pub fn gated_residual_config(
     m: usize,
     n: usize,
     k: usize,
-    gate: &GateLayout,
+    gate: Option<&GateLayout>,
 ) -> Result<LaunchConfig, String> {
     let kernel = KERNEL_GATED_RESIDUAL;
     let grid = check(kernel, m, n, k, BLOCK_N)?;
+    let Some(gate) = gate else {
+        return Ok(launch_config(grid));
+    };
     let GateLayout {
         frames,
         mod_k,

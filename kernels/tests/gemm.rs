@@ -262,41 +262,46 @@ fn check_swiglu(label: &str, seed: u64, m: usize, dff: usize, k: usize) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `gate`: `Some((tokens, tokens_per_frame, gate index))` for a per-frame gate from a
+/// random `[frames, 6, N]` modulation tensor, `None` for the ungated residual (null mods).
 fn check_gated_residual(
     label: &str,
     seed: u64,
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     with_bias: bool,
-    tokens: usize,
-    tokens_per_frame: usize,
-    gate: usize,
+    gate: Option<(usize, usize, usize)>,
 ) {
     let inp = inputs(seed, m, n, k, with_bias);
-    let frames = tokens / tokens_per_frame;
     let mod_k = 6;
-    let layout = GateLayout {
-        frames,
+    let layout = gate.map(|(tokens, tokens_per_frame, gate)| GateLayout {
+        frames: tokens / tokens_per_frame,
         mod_k,
         gate,
         tokens,
         tokens_per_frame,
-    };
-    let config = gemm::gated_residual_config(m, n, k, &layout).unwrap();
+    });
+    let config = gemm::gated_residual_config(m, n, k, layout.as_ref()).unwrap();
     let mut rng = Rng::new(seed ^ 0x5eed);
-    let mods: Vec<f32> = (0..frames * mod_k * n)
-        .map(|_| rng.nonzero(-1.5, 1.5))
-        .collect();
+    let mods: Vec<f32> = match &layout {
+        Some(l) => (0..l.frames * mod_k * n)
+            .map(|_| rng.nonzero(-1.5, 1.5))
+            .collect(),
+        None => Vec::new(),
+    };
+    let gate_of = |r: usize, c: usize| match &layout {
+        Some(l) => {
+            let frame = (r % l.tokens) / l.tokens_per_frame;
+            mods[(frame * mod_k + l.gate) * n + c] as f64
+        }
+        None => 1.0,
+    };
     let h0: Vec<f32> = (0..m * n).map(|_| rng.nonzero(-4.0, 4.0)).collect();
     // Compare the update h - h0 (not h itself, whose size would hide accumulation errors).
     let mut want = vec![0.0; m * n];
     let mut tol = vec![0.0; m * n];
     for r in 0..m {
-        let frame = (r % tokens) / tokens_per_frame;
         for c in 0..n {
-            let g = mods[(frame * mod_k + gate) * n + c] as f64;
+            let g = gate_of(r, c);
             let i = r * n + c;
             want[i] = g * (inp.prod.value[i] + inp.bias[c]);
             // The update is formed in f32 and added to h (|h0| <= 4): besides the
@@ -309,12 +314,17 @@ fn check_gated_residual(
     for order in ThreadOrder::all(seed) {
         let r = {
             let mut h = h0.clone();
+            let (tokens, tokens_per_frame, gate) = gate.unwrap_or((0, 0, 0));
             let params = gemm::GemmGatedResidualParams {
                 a: inp.a_bits.as_ptr(),
                 w: inp.w_bits.as_ptr(),
                 bias: bias_ptr(&inp.bias_bits),
                 h: h.as_mut_ptr(),
-                mods: mods.as_ptr(),
+                mods: if layout.is_some() {
+                    mods.as_ptr()
+                } else {
+                    std::ptr::null()
+                },
                 m: m as i32,
                 n: n as i32,
                 k: k as i32,
@@ -323,8 +333,9 @@ fn check_gated_residual(
                 tokens: tokens as i32,
                 tokens_per_frame: tokens_per_frame as i32,
             };
-            // SAFETY: a (m, k), w (n, k), bias (n) or null, h (m, n) f32, mods (frames, mod_k, n)
-            // f32 with frames = tokens / tokens_per_frame (checked by gated_residual_config).
+            // SAFETY: a (m, k), w (n, k), bias (n) or null, h (m, n) f32, mods null or
+            // (frames, mod_k, n) f32 with frames = tokens / tokens_per_frame (checked by
+            // gated_residual_config).
             unsafe { run(gemm::KERNEL_GATED_RESIDUAL, config, &params, order) };
             let got: Vec<f64> = h
                 .iter()
@@ -333,7 +344,7 @@ fn check_gated_residual(
                 .collect();
             compare(label, &got, &want, &tol)
         };
-        eprintln!("{label} M={m} N={n} K={k} bias={with_bias} tokens={tokens} {order:?}: {r}");
+        eprintln!("{label} M={m} N={n} K={k} bias={with_bias} gate={gate:?} {order:?}: {r}");
     }
 }
 
@@ -375,22 +386,30 @@ fn swiglu_ragged() {
 
 #[test]
 fn gated_residual_tiny_shapes() {
+    let gate = |g| Some((TINY_TOKENS, TINY_TOKENS_PER_FRAME, g));
     for (i, m) in [TINY_TOKENS, 2 * TINY_TOKENS].into_iter().enumerate() {
         let s = 50 + 4 * i as u64;
         // w2: h += g2 * (W2 (SiLU(u) * g)), no bias.
-        let (t, tpf) = (TINY_TOKENS, TINY_TOKENS_PER_FRAME);
-        check_gated_residual("w2", s, m, TINY_D, TINY_DFF, false, t, tpf, 5);
+        check_gated_residual("w2", s, (m, TINY_D, TINY_DFF), false, gate(5));
         // attention out projection: h += g1 * (W_o o + b_o).
-        check_gated_residual("attn out", s + 1, m, TINY_D, TINY_D, true, t, tpf, 2);
+        check_gated_residual("attn out", s + 1, (m, TINY_D, TINY_D), true, gate(2));
+        // cross-attention out projection: h += W_co o + b_co, no gate.
+        check_gated_residual("cross out", s + 2, (m, TINY_D, TINY_D), true, None);
     }
 }
 
 #[test]
 fn gated_residual_ragged() {
     // 1037 = 17 frames of 61 tokens.
-    check_gated_residual("ragged", 60, 1037, 768, 512, true, 1037, 61, 2);
+    check_gated_residual("ragged", 60, (1037, 768, 512), true, Some((1037, 61, 2)));
     // Two batch elements of 3 frames of 13 tokens, ragged N and a K tail.
-    check_gated_residual("ragged N, K tail", 61, 78, 200, 200, false, 39, 13, 5);
+    check_gated_residual(
+        "ragged N, K tail",
+        61,
+        (78, 200, 200),
+        false,
+        Some((39, 13, 5)),
+    );
 }
 
 #[test]
@@ -426,14 +445,14 @@ fn shapes_outside_the_contract_are_errors() {
         tokens: 512,
         tokens_per_frame: 64,
     };
-    assert!(gemm::gated_residual_config(1024, 256, 768, &layout).is_ok());
+    assert!(gemm::gated_residual_config(1024, 256, 768, Some(&layout)).is_ok());
     expect_err(
-        gemm::gated_residual_config(1000, 256, 768, &layout),
+        gemm::gated_residual_config(1000, 256, 768, Some(&layout)),
         "batch elements",
     );
     let bad_gate = GateLayout { gate: 6, ..layout };
     expect_err(
-        gemm::gated_residual_config(512, 256, 768, &bad_gate),
+        gemm::gated_residual_config(512, 256, 768, Some(&bad_gate)),
         "gate index 6",
     );
     let bad_frames = GateLayout {
@@ -441,7 +460,7 @@ fn shapes_outside_the_contract_are_errors() {
         ..layout
     };
     expect_err(
-        gemm::gated_residual_config(512, 256, 768, &bad_frames),
+        gemm::gated_residual_config(512, 256, 768, Some(&bad_frames)),
         "has 4",
     );
     let bad_tpf = GateLayout {
@@ -449,13 +468,46 @@ fn shapes_outside_the_contract_are_errors() {
         ..layout
     };
     expect_err(
-        gemm::gated_residual_config(512, 256, 768, &bad_tpf),
+        gemm::gated_residual_config(512, 256, 768, Some(&bad_tpf)),
         "whole number of frames",
     );
     expect_err(
-        gemm::gated_residual_config(512, 250, 768, &layout),
+        gemm::gated_residual_config(512, 250, 768, Some(&layout)),
         "N = 250",
     );
+}
+
+/// The shared-memory swizzle of gemm.cu (`swizzle(row, chunk)`: 64-byte rows of four 16-byte
+/// chunks, chunk c of row r stored at c ^ ((r >> 1) & 3)), mirrored here: every ldmatrix
+/// phase (8 lanes reading one logical chunk of 8 consecutive rows starting at a multiple of
+/// 8, which is how the kernel's A and W fragment addresses fall) touches all 32 banks once,
+/// and the layout is a bijection within each row. The emulator tests above prove the loads
+/// and the ldmatrix reads use the same mapping.
+#[test]
+fn swizzle_is_bank_conflict_free() {
+    let byte = |row: usize, chunk: usize| row * 64 + ((chunk ^ ((row >> 1) & 3)) * 16);
+    for r0 in (0..gemm::BLOCK_M as usize).step_by(8) {
+        for c in 0..4 {
+            let mut banks = [0u32; 32];
+            for r in r0..r0 + 8 {
+                for word in 0..4 {
+                    banks[(byte(r, c) / 4 + word) % 32] += 1;
+                }
+            }
+            assert!(
+                banks.iter().all(|&b| b == 1),
+                "rows {r0}.., chunk {c}: {banks:?}"
+            );
+        }
+        for r in r0..r0 + 8 {
+            let mut slots: Vec<usize> = (0..4).map(|c| byte(r, c) - r * 64).collect();
+            slots.sort();
+            assert_eq!(slots, vec![0, 16, 32, 48]);
+        }
+    }
+    // Without the XOR, rows r and r + 2 collide: the check above would fail.
+    let plain = |row: usize, chunk: usize| (row * 64 + chunk * 16) / 4 % 32;
+    assert_eq!(plain(0, 0), plain(2, 0));
 }
 
 #[test]
