@@ -38,18 +38,22 @@
 // of m16n8 (64 f32 accumulators per thread), 4 stages.
 //  - Shared memory: 4 stages * (128 + 128) rows * 32 halves * 2 B = 64 KiB per CTA, so an
 //    H100 SM (228 KiB) holds 3 by memory; registers (~128/thread * 256 threads) limit it to
-//    2 CTAs = 16 warps per SM, the occupancy mma.sync GEMMs (CUTLASS sm80 128x128x32 x4)
-//    run at. 64 KiB > 48 KiB: a real launch must raise
-//    cudaFuncAttributeMaxDynamicSharedMemorySize first.
+//    2 CTAs = 16 warps per SM (__launch_bounds__(256, 2): <= 128 registers, no spills),
+//    enough warps to hide ldmatrix/mma latency with one CTA's barrier in flight.
+//    64 KiB > 48 KiB: a real launch must raise cudaFuncAttributeMaxDynamicSharedMemorySize.
 //  - Arithmetic intensity per k-tile: 2*128*128*32 FLOP for (128+128)*32*2 B of loads =
-//    64 FLOP/B from L2/HBM, above the H100's 989e12/3.35e12 = 295 FLOP/B only with L2
-//    reuse; the grid's x (fast) dimension runs over N, so the CTAs in flight share their A
-//    row-block and the whole W (18 MiB at 3072 x 3072) stays L2-resident.
+//    64 FLOP/B. HBM sees far less (every operand once at the 4b shapes: 600-3500 FLOP/B,
+//    above the H100's 989e12/3.35e12 = 295) because the grid's x (fast) dimension runs
+//    over N: the CTAs in flight share their A row-block and the whole W (18 MiB at 3072 x
+//    3072) stays L2-resident. The L2 -> SM feed is the limit of this tile: 64 FLOP/B at
+//    989 TFLOP/s would need 15 TB/s, so this mma.sync tile tops out near L2 bandwidth x 64;
+//    a 128 x 256 tile (85 FLOP/B, 1 CTA/SM) or the later wgmma path is the next step.
 //  - Per warp and k16 step: 4 ldmatrix.x4 for A + 2 for W feed 16 mma (6 LDSM : 16 HMMA).
 //  - 4 stages of BK = 32 keep 3 k-tiles (48 KiB) in flight per CTA, ~96 KiB per SM, enough
 //    to cover HBM latency at 3.35 TB/s.
 //  - At the streamdit-4b shapes (M = 16384, N in {9216, 3072, 16384 (w13 -> 8192 out), 3072})
-//    every M and N is a multiple of the tile: no ragged tiles in the hot path.
+//    every M and N is a multiple of the tile: no ragged tiles in the hot path (only the
+//    final layer, N = 32, fills a quarter of its column tile; it is memory-bound anyway).
 // ---------------------------------------------------------------------------------------
 struct GemmTraits {
     static constexpr int kBM = 128;
@@ -78,6 +82,11 @@ struct GemmTraits {
     static_assert(kMmaN % 2 == 0, "W fragments load two n8 tiles per ldmatrix.x4");
     static_assert(kStages >= 2 && kStages <= 8, "cp.async.wait_group takes kStages - 2 < 8");
     static_assert(kSmemBytes <= 227 * 1024, "must fit one SM's shared memory");
+    // SwiGLU pairing (w_row<true>, w_pair_row<true>): the W tile is 64 u rows + 64 g rows
+    // (a power of two, masked with kBN/2 - 1), and each warp's n8 tiles are one u pair and
+    // one g pair.
+    static_assert(((kBN / 2) & (kBN / 2 - 1)) == 0, "paired W tile halves must be a power of 2");
+    static_assert(kMmaN == 4, "paired mapping: n8 tiles {0,1} are u, {2,3} the matching g");
 };
 
 // Shared-memory layout of one tile: rows of kBK = 32 halves (64 bytes, 4 chunks of 16 B).
