@@ -5,6 +5,7 @@
 //! See `kernels/README.md`.
 
 pub mod emu;
+pub mod gemm;
 
 /// What ptxas reported for one kernel on one architecture (`ptxas -v`), and what
 /// `cuobjdump -sass` shows of it.
