@@ -596,9 +596,9 @@ fn truncated_files_are_rejected_at_every_length() {
 fn corrupt_headers_are_rejected_with_the_reason() {
     let f32x2 = r#""dtype":"F32","shape":[2]"#;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("bad JSON", raw_file(format!(r#"{{"a":{{{f32x2},"data_offsets":[0,8]}}"#), &[0; 8]), "header is not valid JSON: expected `,` or `}` at byte"),
-        ("not an object", raw_file("[1]", &[]), "header is not valid JSON: expected `{` at byte 0"),
-        ("empty header", raw_file("", &[]), "header is not valid JSON: expected `{` at byte 0 (found the end of the header)"),
+        ("bad JSON", raw_file(format!(r#"{{"a":{{{f32x2},"data_offsets":[0,8]}}"#), &[0; 8]), "header is not valid JSON: EOF while parsing an object at line 1 column 53"),
+        ("not an object", raw_file("[1]", &[]), "header is not a JSON object: invalid type: sequence, expected a JSON object at line 1 column 0"),
+        ("empty header", raw_file("", &[]), "header is not valid JSON: EOF while parsing a value at line 1 column 0"),
         ("not UTF-8", raw_file(b"{\"\xff\":1}", &[]), "header is not valid UTF-8"),
         ("header longer than the file", [&1000u64.to_le_bytes()[..], b"{}"].concat(), "file is 10 bytes but the header length says the header ends at byte 1008"),
         ("huge header length", [&u64::MAX.to_le_bytes()[..], b"{}"].concat(), "exceeds the safetensors limit"),
@@ -639,10 +639,10 @@ fn corrupt_headers_are_rejected_with_the_reason() {
         ("missing field", raw_file(r#"{"a":{"dtype":"U8","data_offsets":[0,1]}}"#, &[0]), "header: tensor `a` has no `shape`"),
         ("duplicate tensor", raw_file(r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}"#, &[0; 2]), "header lists `a` twice"),
         ("metadata not strings", raw_file(r#"{"__metadata__":{"seed":1}}"#, &[]), "`__metadata__` must map strings to strings"),
-        ("deep nesting", raw_file(format!("{{\"a\":{}", "[".repeat(100_000)), &[]), "nesting deeper than 64 levels"),
-        ("trailing text", raw_file("{} x", &[]), "unexpected text after the header object at byte 3"),
+        ("deep nesting", raw_file(format!("{{\"a\":{}", "[".repeat(100_000)), &[]), "header is not valid JSON: recursion limit exceeded at line 1 column 132"),
+        ("trailing text", raw_file("{} x", &[]), "header is not valid JSON: trailing characters at line 1 column 4"),
         ("bad escape", raw_file(r#"{"\q":1}"#, &[]), "invalid escape"),
-        ("lone surrogate", raw_file(r#"{"\ud800":1}"#, &[]), "expected a low surrogate escape"),
+        ("lone surrogate", raw_file(r#"{"\ud800":1}"#, &[]), "header is not valid JSON: unexpected end of hex escape at line 1 column 9"),
         ("leading zero", raw_file(r#"{"a":{"dtype":"U8","shape":[01],"data_offsets":[0,1]}}"#, &[0]), "invalid number"),
     ];
     for (what, bytes, want) in cases {

@@ -17,8 +17,9 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
-use serde::de::IntoDeserializer;
-use serde::Deserialize;
+use serde::de::{IntoDeserializer, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::{error::Category, Value};
 
 use super::profile::ModelConfig;
 use super::schema::{self, Group, Init, TensorSpec};
@@ -32,8 +33,6 @@ const BLOCK: usize = 1 << 16;
 const WRITE_BLOCK: usize = 1 << 22;
 /// The largest header the safetensors crate accepts.
 const MAX_HEADER: u64 = 100_000_000;
-/// Deepest JSON nesting accepted in a header (a real one nests 3 deep).
-const MAX_DEPTH: usize = 64;
 
 /// The precisions a checkpoint can store weights in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -569,7 +568,7 @@ fn header_bytes(
         let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
         json.push_str(&format!(
             "{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}},",
-            json_string(name),
+            Value::from(*name),
             dtype.to_safetensors(),
             dims.join(",")
         ));
@@ -577,7 +576,7 @@ fn header_bytes(
     }
     let meta: Vec<String> = metadata
         .iter()
-        .map(|(k, v)| format!("{}:{}", json_string(k), json_string(v)))
+        .map(|(k, v)| format!("{}:{}", Value::from(*k), Value::from(v.as_str())))
         .collect();
     json.push_str(&format!("\"__metadata__\":{{{}}}}}", meta.join(",")));
     while json.len() % 8 != 0 {
@@ -585,22 +584,6 @@ fn header_bytes(
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();
     out.extend_from_slice(json.as_bytes());
-    out
-}
-
-/// `s` as a JSON string literal.
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
     out
 }
 
@@ -625,11 +608,12 @@ fn parse_file(buf: &[u8]) -> std::result::Result<Header, String> {
     })?;
     let header =
         std::str::from_utf8(header).map_err(|e| format!("header is not valid UTF-8: {e}"))?;
-    let Json::Obj(fields) =
-        JsonParser::parse(header).map_err(|e| format!("header is not valid JSON: {e}"))?
-    else {
-        return Err("header is not a JSON object".into());
-    };
+    // serde_json stops at 128 levels of nesting (its recursion limit; a real header nests
+    // 3 deep), so a hostile header cannot overflow the stack.
+    let Entries(fields) = serde_json::from_str(header).map_err(|e| match e.classify() {
+        Category::Data => format!("header is not a JSON object: {e}"),
+        _ => format!("header is not valid JSON: {e}"),
+    })?;
     let mut metadata = BTreeMap::new();
     let mut tensors = Vec::new();
     let mut seen = HashSet::new();
@@ -638,8 +622,8 @@ fn parse_file(buf: &[u8]) -> std::result::Result<Header, String> {
             return Err(format!("header lists `{name}` twice"));
         }
         if name == "__metadata__" {
-            metadata =
-                string_map(value).ok_or("header: `__metadata__` must map strings to strings")?;
+            metadata = BTreeMap::deserialize(value)
+                .map_err(|_| "header: `__metadata__` must map strings to strings")?;
         } else {
             tensors.push(tensor_info(name, value)?);
         }
@@ -704,22 +688,22 @@ fn parse_file(buf: &[u8]) -> std::result::Result<Header, String> {
     Ok((tensors, metadata))
 }
 
-/// One tensor's header entry, with offsets relative to the data section.
-fn tensor_info(name: String, value: Json) -> std::result::Result<TensorInfo, String> {
-    let Json::Obj(fields) = value else {
+/// One tensor's header entry, with offsets relative to the data section. Fields are
+/// checked one at a time so that each message names the tensor and the field; fields other
+/// than the three are ignored, as the reference does.
+fn tensor_info(name: String, value: Value) -> std::result::Result<TensorInfo, String> {
+    let Value::Object(fields) = value else {
         return Err(format!(
             "header: tensor `{name}` is not an object with dtype, shape and data_offsets"
         ));
     };
     let field = |key: &str| {
         fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
+            .get(key)
             .ok_or_else(|| format!("header: tensor `{name}` has no `{key}`"))
     };
     let dtype = match field("dtype")? {
-        Json::Str(s) => Dtype::deserialize(s.as_str().into_deserializer()).map_err(
+        Value::String(s) => Dtype::deserialize(s.as_str().into_deserializer()).map_err(
             |_: serde::de::value::Error| format!("header: tensor `{name}` has unknown dtype `{s}`"),
         )?,
         _ => {
@@ -728,15 +712,12 @@ fn tensor_info(name: String, value: Json) -> std::result::Result<TensorInfo, Str
             ))
         }
     };
-    let shape = uint_list(field("shape")?).ok_or_else(|| {
+    let shape = Vec::<usize>::deserialize(field("shape")?).map_err(|_| {
         format!("header: tensor `{name}` has a `shape` that is not a list of unsigned integers")
     })?;
-    let offsets = uint_list(field("data_offsets")?);
-    let Some(&[start, end]) = offsets.as_deref() else {
-        return Err(format!(
-            "header: tensor `{name}` has `data_offsets` that are not two unsigned integers"
-        ));
-    };
+    let [start, end] = <[usize; 2]>::deserialize(field("data_offsets")?).map_err(|_| {
+        format!("header: tensor `{name}` has `data_offsets` that are not two unsigned integers")
+    })?;
     Ok(TensorInfo {
         name,
         dtype,
@@ -745,256 +726,31 @@ fn tensor_info(name: String, value: Json) -> std::result::Result<TensorInfo, Str
     })
 }
 
-fn uint_list(value: &Json) -> Option<Vec<usize>> {
-    let Json::Arr(items) = value else { return None };
-    items.iter().map(Json::as_usize).collect()
-}
+/// A header object's entries in file order. Unlike a `serde_json` map, which keeps only the
+/// last of two entries with the same name, it keeps both, so that they can be reported.
+struct Entries(Vec<(String, Value)>);
 
-fn string_map(value: Json) -> Option<BTreeMap<String, String>> {
-    let Json::Obj(fields) = value else {
-        return None;
-    };
-    fields
-        .into_iter()
-        .map(|(k, v)| match v {
-            Json::Str(s) => Some((k, s)),
-            _ => None,
-        })
-        .collect()
-}
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> std::result::Result<Entries, D::Error> {
+        struct EntriesVisitor;
+        impl<'de> Visitor<'de> for EntriesVisitor {
+            type Value = Entries;
 
-/// A JSON value, as much of one as a safetensors header needs.
-enum Json<'a> {
-    /// `true`, `false` or `null`: never meaningful in a header.
-    Literal,
-    /// A number, as written.
-    Num(&'a str),
-    Str(String),
-    Arr(Vec<Json<'a>>),
-    Obj(Vec<(String, Json<'a>)>),
-}
-
-impl Json<'_> {
-    fn as_usize(&self) -> Option<usize> {
-        match self {
-            Json::Num(s) if s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
-            _ => None,
-        }
-    }
-}
-
-/// A strict JSON (RFC 8259) parser with a nesting limit. Every position it slices at is
-/// an ASCII byte, hence a char boundary.
-struct JsonParser<'a> {
-    text: &'a str,
-    pos: usize,
-}
-
-type JsonResult<T> = std::result::Result<T, String>;
-
-impl<'a> JsonParser<'a> {
-    fn parse(text: &'a str) -> JsonResult<Json<'a>> {
-        let mut p = JsonParser { text, pos: 0 };
-        p.skip_ws();
-        if p.peek() != Some(b'{') {
-            return Err(p.fail("expected `{`"));
-        }
-        let value = p.value(0)?;
-        p.skip_ws();
-        if p.pos != text.len() {
-            return Err(p.fail("unexpected text after the header object"));
-        }
-        Ok(value)
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.text.as_bytes().get(self.pos).copied()
-    }
-
-    fn fail(&self, what: &str) -> String {
-        match self.peek() {
-            Some(b) => format!("{what} at byte {} (found {:?})", self.pos, char::from(b)),
-            None => format!("{what} at byte {} (found the end of the header)", self.pos),
-        }
-    }
-
-    fn skip_ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.pos += 1;
-        }
-    }
-
-    /// Skips whitespace, then consumes `b` if it is next.
-    fn eat(&mut self, b: u8) -> bool {
-        self.skip_ws();
-        let found = self.peek() == Some(b);
-        if found {
-            self.pos += 1;
-        }
-        found
-    }
-
-    fn value(&mut self, depth: usize) -> JsonResult<Json<'a>> {
-        if depth > MAX_DEPTH {
-            return Err(self.fail("nesting deeper than 64 levels"));
-        }
-        self.skip_ws();
-        match self.peek() {
-            Some(b'{') => {
-                self.pos += 1;
-                let mut fields = Vec::new();
-                if self.eat(b'}') {
-                    return Ok(Json::Obj(fields));
-                }
-                loop {
-                    self.skip_ws();
-                    let key = self.string()?;
-                    if !self.eat(b':') {
-                        return Err(self.fail("expected `:`"));
-                    }
-                    fields.push((key, self.value(depth + 1)?));
-                    if self.eat(b'}') {
-                        return Ok(Json::Obj(fields));
-                    }
-                    if !self.eat(b',') {
-                        return Err(self.fail("expected `,` or `}`"));
-                    }
-                }
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
             }
-            Some(b'[') => {
-                self.pos += 1;
-                let mut items = Vec::new();
-                if self.eat(b']') {
-                    return Ok(Json::Arr(items));
+
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
                 }
-                loop {
-                    items.push(self.value(depth + 1)?);
-                    if self.eat(b']') {
-                        return Ok(Json::Arr(items));
-                    }
-                    if !self.eat(b',') {
-                        return Err(self.fail("expected `,` or `]`"));
-                    }
-                }
-            }
-            Some(b'"') => Ok(Json::Str(self.string()?)),
-            Some(b'-' | b'0'..=b'9') => self.number(),
-            _ => {
-                for word in ["true", "false", "null"] {
-                    if self.text.as_bytes()[self.pos..].starts_with(word.as_bytes()) {
-                        self.pos += word.len();
-                        return Ok(Json::Literal);
-                    }
-                }
-                Err(self.fail("expected a value"))
+                Ok(Entries(entries))
             }
         }
-    }
-
-    fn digits(&mut self) -> usize {
-        let start = self.pos;
-        while matches!(self.peek(), Some(b'0'..=b'9')) {
-            self.pos += 1;
-        }
-        self.pos - start
-    }
-
-    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
-    fn number(&mut self) -> JsonResult<Json<'a>> {
-        let start = self.pos;
-        self.eat_byte(b'-');
-        let leading_zero = self.peek() == Some(b'0');
-        let int = self.digits();
-        if int == 0 || (leading_zero && int > 1) {
-            return Err(self.fail("invalid number"));
-        }
-        if self.eat_byte(b'.') && self.digits() == 0 {
-            return Err(self.fail("invalid number"));
-        }
-        if self.eat_byte(b'e') || self.eat_byte(b'E') {
-            let _ = self.eat_byte(b'+') || self.eat_byte(b'-');
-            if self.digits() == 0 {
-                return Err(self.fail("invalid number"));
-            }
-        }
-        Ok(Json::Num(&self.text[start..self.pos]))
-    }
-
-    /// Consumes `b` if it is next, without skipping whitespace.
-    fn eat_byte(&mut self, b: u8) -> bool {
-        let found = self.peek() == Some(b);
-        if found {
-            self.pos += 1;
-        }
-        found
-    }
-
-    fn string(&mut self) -> JsonResult<String> {
-        if !self.eat_byte(b'"') {
-            return Err(self.fail("expected a string"));
-        }
-        let mut out = String::new();
-        let mut run = self.pos;
-        loop {
-            match self.peek() {
-                None => return Err(self.fail("unterminated string")),
-                Some(b'"') => {
-                    out.push_str(&self.text[run..self.pos]);
-                    self.pos += 1;
-                    return Ok(out);
-                }
-                Some(b'\\') => {
-                    out.push_str(&self.text[run..self.pos]);
-                    self.pos += 1;
-                    out.push(self.escape()?);
-                    run = self.pos;
-                }
-                Some(0..=0x1f) => return Err(self.fail("control character in a string")),
-                Some(_) => self.pos += 1,
-            }
-        }
-    }
-
-    /// The character of the escape after a backslash.
-    fn escape(&mut self) -> JsonResult<char> {
-        let c = match self.peek() {
-            Some(b'"') => '"',
-            Some(b'\\') => '\\',
-            Some(b'/') => '/',
-            Some(b'b') => '\u{8}',
-            Some(b'f') => '\u{c}',
-            Some(b'n') => '\n',
-            Some(b'r') => '\r',
-            Some(b't') => '\t',
-            Some(b'u') => {
-                self.pos += 1;
-                let hi = self.hex4()?;
-                let code = if (0xD800..0xDC00).contains(&hi) {
-                    if !(self.eat_byte(b'\\') && self.eat_byte(b'u')) {
-                        return Err(self.fail("expected a low surrogate escape"));
-                    }
-                    let lo = self.hex4()?;
-                    if !(0xDC00..0xE000).contains(&lo) {
-                        return Err(self.fail("invalid low surrogate"));
-                    }
-                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-                } else {
-                    hi
-                };
-                return char::from_u32(code).ok_or_else(|| self.fail("invalid unicode escape"));
-            }
-            _ => return Err(self.fail("invalid escape")),
-        };
-        self.pos += 1;
-        Ok(c)
-    }
-
-    fn hex4(&mut self) -> JsonResult<u32> {
-        let hex = self.text.get(self.pos..self.pos + 4).unwrap_or("");
-        if hex.len() != 4 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(self.fail("expected 4 hex digits"));
-        }
-        self.pos += 4;
-        u32::from_str_radix(hex, 16).map_err(|e| e.to_string())
+        de.deserialize_map(EntriesVisitor)
     }
 }
