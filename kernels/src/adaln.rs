@@ -103,7 +103,7 @@ pub fn config(m: usize, d: usize, mods: Option<&ModLayout>) -> Result<AdaLnLaunc
         ));
     }
     to_i32("M", m)?;
-    to_i32("M x D", m.checked_mul(d).unwrap_or(usize::MAX))?;
+    to_i32("M x D", m.saturating_mul(d))?;
     if let Some(l) = mods {
         if l.tokens == 0 || m % l.tokens != 0 {
             return Err(format!(
