@@ -4,6 +4,8 @@
 //!
 //! See `kernels/README.md`.
 
+pub mod adaln;
+pub mod elementwise;
 pub mod emu;
 pub mod gemm;
 

@@ -126,6 +126,26 @@ fn ptx_wrappers_become_the_intended_sass() {
 }
 
 #[test]
+fn adaln_reads_rows_with_16_byte_loads() {
+    if !nvcc_available() {
+        return;
+    }
+    for kernel in ["adaln_rows_warp", "adaln_row_cta"] {
+        for arch in ["sm_80", "sm_90"] {
+            let r = KERNEL_RESOURCES
+                .iter()
+                .find(|r| r.kernel == kernel && r.arch == arch)
+                .unwrap_or_else(|| panic!("{kernel} {arch}"));
+            // Four chunk slots per thread, each two float4 of x plus two of shift and scale.
+            assert!(
+                r.ldg128 >= 24,
+                "{arch}: {kernel} must load x and the modulation with LDG.128: {r:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn kernels_not_built_is_an_error_not_a_panic() {
     match BUILD_STATUS {
         BuildStatus::Built { .. } => assert!(kernels_built().is_ok()),
