@@ -4,6 +4,7 @@
 //!
 //! See `kernels/README.md`.
 
+pub mod attention;
 pub mod emu;
 pub mod gemm;
 
