@@ -41,14 +41,15 @@
 // rows. Key tiles of kBN = 64: per warp and key tile, dh/16 k-steps x 8 n8 tiles of Q K^T
 // and 4 k-steps x dh/8 n8 tiles of P V, i.e. 2 * 8 * dh/16 HMMA per 8 * dh/16 + 4 * dh/16
 // LDSM.x4 (2 : 3 with Q in registers). Registers per thread (dh = 128): Q fragments 32, O
-// accumulator 64, S/P 32, row state 4, addresses: about 170, under 255 without spills.
+// accumulator 64, S/P 32, row state 4, addresses; ptxas also keeps a k-step of K/V
+// fragments in flight: 210-230 (dh = 128) and 143-167 (dh = 64) with nvcc 13.5, no spills.
 // Loads: two threads per row (threads 2r, 2r+1 load the two halves of row r), so each
 // thread computes one row address per tile (the window token gather is index arithmetic),
 // and the two halves of a row meet in one __shfl_xor for the RMS sum. For Q the warp that
 // loads rows [16w, 16w+16) is the warp that multiplies them: Q needs only __syncwarp.
 // Shared memory: Q kBM x dh + kStages x (K + V) kBN x dh halves + kStages x kBN f16 key
 // biases (0 or -inf; f16 rather than f32 so that two dh = 128 CTAs fit an SM) + the two
-// gains: dh = 64: 56.9 KiB (3 CTAs per H100 SM), dh = 128: 112.9 KiB (2 CTAs, 8 warps).
+// gains: dh = 64: 57984 B (3 CTAs per H100 SM), dh = 128: 115584 B (2 CTAs, 8 warps).
 // kStages = 3 keeps two key tiles in flight while one is multiplied.
 // ---------------------------------------------------------------------------------------
 template <int kHeadDim>
@@ -227,7 +228,8 @@ ATTN_UNROLL
 
     // Q and the gains: this thread's own copies have landed (kStages - 1 newer groups may be
     // pending). Barrier: orders the gain copies (made by warp 0) before every thread reads
-    // them. Then each thread normalizes its half of its Q row in place; the __syncwarp
+    // them. (The emulator cannot catch its absence: every thread reaches the shuffle in
+    // rms_norm_row_half, which warp 0 reaches only after its wait, before reading a gain.) Then each thread normalizes its half of its Q row in place; the __syncwarp
     // orders those writes (and the partner's) before the warp's ldmatrix of its rows: rows
     // [16w, 16w+16) are loaded and read by warp w only.
     ptx::cp_async_wait<T::kStages - 1>();
