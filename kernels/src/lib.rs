@@ -5,6 +5,7 @@
 //! See `kernels/README.md`.
 
 pub mod adaln;
+pub mod attention;
 pub mod elementwise;
 pub mod emu;
 pub mod gemm;

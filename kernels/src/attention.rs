@@ -1,0 +1,350 @@
+//! Window self-attention and masked cross-attention, FlashAttention-2 style
+//! (`kernels/cuda/attention.cu`): parameter structs mirroring the C++ ones, entry names, and
+//! launch configurations that check the shape contract and return an error naming the
+//! kernel, the value and the rule (never panic).
+//!
+//! Both kernels fuse the per-head RMSNorm of q and k (`u / sqrt(mean(u^2) + 1e-6) * gain`,
+//! computed in f32, stored f16) into their loads. One CTA of [`THREADS`] threads computes
+//! [`BLOCK_Q`] query rows of one head of one batch element, streaming keys in tiles of
+//! [`BLOCK_KV`] through a [`STAGES`]-deep `cp.async` ring.
+//!
+//! f16 tensors are passed as `u16` bit patterns. Shared memory exceeds the 48 KiB default:
+//! a CUDA launch must first raise `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` to
+//! [`shared_bytes`] of the head dim.
+
+use crate::emu::{Dim3, LaunchConfig};
+
+/// Query rows per CTA (4 warps x one m16 tile); mirrors `AttnTraits::kBM`.
+pub const BLOCK_Q: u32 = 64;
+/// Keys per K/V tile; mirrors `AttnTraits::kBN`.
+pub const BLOCK_KV: u32 = 64;
+/// K/V pipeline depth; mirrors `AttnTraits::kStages`.
+pub const STAGES: u32 = 3;
+pub const THREADS: u32 = 128;
+/// Supported head dims (one entry point each).
+pub const HEAD_DIMS: [usize; 2] = [64, 128];
+
+pub const KERNEL_WINDOW_D64: &str = "attn_window_d64";
+pub const KERNEL_WINDOW_D128: &str = "attn_window_d128";
+pub const KERNEL_CROSS_D64: &str = "attn_cross_d64";
+pub const KERNEL_CROSS_D128: &str = "attn_cross_d128";
+
+/// Largest grid y and z (heads, batch).
+const MAX_GRID_YZ: usize = 65535;
+/// Largest grid x.
+const MAX_GRID_X: usize = i32::MAX as usize;
+
+/// Dynamic shared memory of either kernel for head dim `dh`: the Q tile, `STAGES` K and V
+/// tiles, `STAGES` f16 key biases and the two gains (`AttnTraits::kSmemBytes`).
+pub const fn shared_bytes(dh: u32) -> u32 {
+    BLOCK_Q * dh * 2 + STAGES * 2 * BLOCK_KV * dh * 2 + STAGES * BLOCK_KV * 2 + 2 * dh * 2
+}
+
+/// `attn_window_d{64,128}`: window self-attention on the fused QKV output.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AttnWindowParams {
+    /// (B * T, 3D) f16: q `[0, D)`, k `[D, 2D)`, v `[2D, 3D)`; head e = dims `[e dh, (e+1) dh)`
+    pub qkv: *const u16,
+    /// (dh) f16 RMSNorm gain of q
+    pub gq: *const u16,
+    /// (dh) f16 RMSNorm gain of k
+    pub gk: *const u16,
+    /// (B * T, D) f16
+    pub out: *mut u16,
+    /// Token grid, T = ft * ht * wt, tokens in `[F, Ht, Wt]` order.
+    pub ft: i32,
+    pub ht: i32,
+    pub wt: i32,
+    /// Window.
+    pub fw: i32,
+    pub hw: i32,
+    pub ww: i32,
+    /// Shift (0 <= s < window).
+    pub sf: i32,
+    pub sh: i32,
+    pub sw: i32,
+    pub heads: i32,
+}
+
+/// `attn_cross_d{64,128}`: cross-attention of the tokens to the (masked) text.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AttnCrossParams {
+    /// (B * T, D) f16
+    pub q: *const u16,
+    /// (B * Lt, 2D) f16: k `[0, D)`, v `[D, 2D)`
+    pub kv: *const u16,
+    /// (B * Lt) f32: 0 = masked (padding), anything else (1) = attend
+    pub mask: *const f32,
+    /// (dh) f16 RMSNorm gain of q
+    pub gq: *const u16,
+    /// (dh) f16 RMSNorm gain of k
+    pub gk: *const u16,
+    /// (B * T, D) f16
+    pub out: *mut u16,
+    pub tokens: i32,
+    pub text_len: i32,
+    pub heads: i32,
+}
+
+/// A checked launch: the entry point for the head dim and its configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnLaunch {
+    pub kernel: &'static str,
+    pub config: LaunchConfig,
+}
+
+/// The shape of one window self-attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowShape {
+    pub batch: usize,
+    /// Token grid `[Ft, Ht, Wt]`.
+    pub grid: [usize; 3],
+    /// Window `[Fw, Hw, Ww]`.
+    pub window: [usize; 3],
+    /// Shift `[sf, sh, sw]`: 0 or half the window in the model; any `s < window` works.
+    pub shift: [usize; 3],
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl WindowShape {
+    /// Tokens per batch element.
+    pub fn tokens(&self) -> usize {
+        self.grid.iter().product()
+    }
+    /// Windows per axis: keys `floor((x + s) / W)` for `x < G`, i.e. `(G - 1 + s) / W + 1`.
+    pub fn windows_per_axis(&self) -> [usize; 3] {
+        [0, 1, 2].map(|a| (self.grid[a] - 1 + self.shift[a]) / self.window[a] + 1)
+    }
+    /// Query tiles of a full window.
+    pub fn query_tiles(&self) -> usize {
+        self.window
+            .iter()
+            .product::<usize>()
+            .div_ceil(BLOCK_Q as usize)
+    }
+}
+
+/// The shape of one cross-attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrossShape {
+    pub batch: usize,
+    /// Query tokens per batch element.
+    pub tokens: usize,
+    /// Text tokens per batch element (`Lt`), any value >= 1.
+    pub text_len: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+fn to_i32(kernel: &str, what: &str, v: usize) -> Result<i32, String> {
+    i32::try_from(v).map_err(|_| format!("{kernel}: {what} = {v} exceeds i32"))
+}
+
+/// The entry point of `family` for head dim `dh`.
+fn entry(
+    family: &str,
+    dh: usize,
+    d64: &'static str,
+    d128: &'static str,
+) -> Result<&'static str, String> {
+    match dh {
+        64 => Ok(d64),
+        128 => Ok(d128),
+        _ => Err(format!(
+            "{family}: head dim dh = {dh} is not supported (entry points exist for dh = 64 \
+             and dh = 128)"
+        )),
+    }
+}
+
+/// Heads and batch checks shared by both kernels; returns `D`.
+fn check_heads(
+    kernel: &str,
+    batch: usize,
+    heads: usize,
+    head_dim: usize,
+    rows: usize,
+    row_width: usize,
+) -> Result<usize, String> {
+    if heads == 0 || heads > MAX_GRID_YZ {
+        return Err(format!(
+            "{kernel}: heads = {heads} must be in 1..={MAX_GRID_YZ} (grid y)"
+        ));
+    }
+    if batch == 0 || batch > MAX_GRID_YZ {
+        return Err(format!(
+            "{kernel}: batch = {batch} must be in 1..={MAX_GRID_YZ} (grid z)"
+        ));
+    }
+    let d = heads * head_dim;
+    // Element offsets are size_t in the kernel; the dimensions travel as i32, and so must
+    // every row index.
+    to_i32(kernel, "D = heads * dh", d)?;
+    to_i32(kernel, "rows", rows)?;
+    rows.checked_mul(row_width)
+        .ok_or_else(|| format!("{kernel}: {rows} rows of {row_width} elements overflow"))?;
+    Ok(d)
+}
+
+fn launch(kernel: &'static str, grid: Dim3, head_dim: usize) -> AttnLaunch {
+    AttnLaunch {
+        kernel,
+        config: LaunchConfig {
+            grid,
+            block: THREADS.into(),
+            shared_bytes: shared_bytes(head_dim as u32),
+        },
+    }
+}
+
+/// Entry point and launch configuration of window self-attention. Rules: dh in {64, 128}
+/// (D = heads * dh), batch and heads >= 1, every grid and window extent >= 1, the grid a
+/// multiple of the window on every axis (MODEL_SPEC section 3), shift < window.
+pub fn window_config(s: &WindowShape) -> Result<AttnLaunch, String> {
+    let kernel = entry(
+        "attn_window",
+        s.head_dim,
+        KERNEL_WINDOW_D64,
+        KERNEL_WINDOW_D128,
+    )?;
+    const AXES: [&str; 3] = ["F", "H", "W"];
+    for (a, axis) in AXES.iter().enumerate() {
+        let (g, w, sh) = (s.grid[a], s.window[a], s.shift[a]);
+        if g == 0 || w == 0 {
+            return Err(format!(
+                "{kernel}: grid {:?} and window {:?} must be non-empty on every axis",
+                s.grid, s.window
+            ));
+        }
+        if g % w != 0 {
+            return Err(format!(
+                "{kernel}: the {axis} grid extent {g} is not a multiple of the window {w} \
+                 (grid {:?}, window {:?})",
+                s.grid, s.window
+            ));
+        }
+        if sh >= w {
+            return Err(format!(
+                "{kernel}: the {axis} shift {sh} must be smaller than the window {w}"
+            ));
+        }
+        to_i32(kernel, "grid extent", g)?;
+    }
+    let tokens = s
+        .grid
+        .iter()
+        .try_fold(1usize, |acc, &g| acc.checked_mul(g))
+        .ok_or_else(|| format!("{kernel}: token grid {:?} overflows", s.grid))?;
+    let rows = tokens
+        .checked_mul(s.batch)
+        .ok_or_else(|| format!("{kernel}: batch * tokens overflows"))?;
+    let d = check_heads(
+        kernel,
+        s.batch,
+        s.heads,
+        s.head_dim,
+        rows,
+        3 * s.heads * s.head_dim,
+    )?;
+    to_i32(kernel, "3D", 3 * d)?;
+    let windows: usize = s.windows_per_axis().iter().product();
+    let blocks = windows * s.query_tiles();
+    if blocks > MAX_GRID_X {
+        return Err(format!(
+            "{kernel}: {windows} windows x {} query tiles exceed the grid's x limit",
+            s.query_tiles()
+        ));
+    }
+    Ok(launch(
+        kernel,
+        Dim3 {
+            x: blocks as u32,
+            y: s.heads as u32,
+            z: s.batch as u32,
+        },
+        s.head_dim,
+    ))
+}
+
+/// Entry point and launch configuration of cross-attention. Rules: dh in {64, 128}
+/// (D = heads * dh), batch, heads, tokens and text_len >= 1 (a ragged last key tile is
+/// masked, so Lt need not be a multiple of [`BLOCK_KV`]).
+pub fn cross_config(s: &CrossShape) -> Result<AttnLaunch, String> {
+    let kernel = entry(
+        "attn_cross",
+        s.head_dim,
+        KERNEL_CROSS_D64,
+        KERNEL_CROSS_D128,
+    )?;
+    if s.tokens == 0 {
+        return Err(format!("{kernel}: tokens must be at least 1 (got 0)"));
+    }
+    if s.text_len == 0 {
+        return Err(format!(
+            "{kernel}: text_len must be at least 1 (got 0; a prompt has at least its end token)"
+        ));
+    }
+    let rows = s
+        .tokens
+        .checked_mul(s.batch)
+        .ok_or_else(|| format!("{kernel}: batch * tokens overflows"))?;
+    let d = check_heads(
+        kernel,
+        s.batch,
+        s.heads,
+        s.head_dim,
+        rows,
+        s.heads * s.head_dim,
+    )?;
+    let kv_rows = s
+        .text_len
+        .checked_mul(s.batch)
+        .ok_or_else(|| format!("{kernel}: batch * text_len overflows"))?;
+    to_i32(kernel, "text rows", kv_rows)?;
+    to_i32(kernel, "2D", 2 * d)?;
+    let blocks = s.tokens.div_ceil(BLOCK_Q as usize);
+    Ok(launch(
+        kernel,
+        Dim3 {
+            x: blocks as u32,
+            y: s.heads as u32,
+            z: s.batch as u32,
+        },
+        s.head_dim,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamdit_4b_shapes() {
+        let w = WindowShape {
+            batch: 1,
+            grid: [16, 32, 32],
+            window: [4, 16, 16],
+            shift: [2, 8, 8],
+            heads: 24,
+            head_dim: 128,
+        };
+        assert_eq!(w.windows_per_axis(), [5, 3, 3]);
+        let l = window_config(&w).unwrap();
+        assert_eq!(l.kernel, KERNEL_WINDOW_D128);
+        assert_eq!((l.config.grid.x, l.config.grid.y), (45 * 16, 24));
+        assert_eq!(l.config.shared_bytes, 115_584);
+        assert_eq!(shared_bytes(64), 57_984);
+        let c = cross_config(&CrossShape {
+            batch: 1,
+            tokens: 16384,
+            text_len: 256,
+            heads: 24,
+            head_dim: 128,
+        })
+        .unwrap();
+        assert_eq!((c.kernel, c.config.grid.x), (KERNEL_CROSS_D128, 256));
+    }
+}

@@ -1,0 +1,579 @@
+//! Window self-attention and cross-attention (`kernels/cuda/attention.cu`) in the emulator.
+//!
+//! Each case compares the kernel's output with an f64 reference computed from the same f16
+//! inputs (RMSNorm, scores, softmax and P V all in f64), by relative L2 error over the whole
+//! output, and requires that error to be at most twice the error of a **plain f16
+//! attention** on the same inputs (FlashAttention's acceptance rule), where "plain f16" is
+//! what a naive unfused f16 implementation computes, every intermediate tensor stored in f16:
+//!
+//! 1. `qn = f16(u * inv * g)` with `inv = 1 / sqrt(sum(u^2) / dh + 1e-6)` in f32 (same for k);
+//! 2. scores `s = f16(qn . kn)` (an f16 GEMM: f32 accumulation, f16 output), then
+//!    `x = f16(s * f16(1/sqrt(dh)))`;
+//! 3. softmax over the allowed keys on f16 values: `m = max x`, `e = f16(exp(f16(x - m)))`,
+//!    `sum = f16(sum e)` (f32 sum), `p = f16(e / sum)`;
+//! 4. `o = f16(sum_k p_k v_k)` (f16 GEMM: f32 accumulation, f16 output).
+//!
+//! A query without any allowed key outputs 0 in both references; the kernel must output
+//! exactly 0 there (and never NaN). Inputs are fresh random non-zero f16 values, outputs
+//! start as NaN (0xffff) so unwritten elements fail, and every case runs in forward, reverse
+//! and shuffled thread order. Cases: the `tiny` window layer unshifted and shifted (partial
+//! windows at both edges), a dh = 128 geometry with non-square windows, odd shifts and
+//! batch 2, cross-attention with a mask that has zeros and a fully masked batch element,
+//! with a ragged text length (not a multiple of the 64-key tile) and a ragged query tile.
+//! Plus the launch-config contract and the nvcc resource / SASS gates.
+
+mod common;
+
+use common::Rng;
+use half::f16;
+use streamdit_kernels::attention::{self, AttnLaunch, CrossShape, WindowShape};
+use streamdit_kernels::emu::{self, ThreadOrder};
+use streamdit_kernels::{BuildStatus, BUILD_STATUS, KERNEL_RESOURCES};
+
+/// Sanity bound on the kernel's relative L2 error, besides the 2x-plain-f16 rule.
+const REL_L2_MAX: f64 = 2e-3;
+
+fn r16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// f16 values (as bits) uniform in [lo, hi), never zero, and the same values in f32.
+fn random_f16(rng: &mut Rng, n: usize, lo: f32, hi: f32) -> (Vec<u16>, Vec<f32>) {
+    let bits: Vec<u16> = (0..n)
+        .map(|_| f16::from_f32(rng.nonzero(lo, hi)).to_bits())
+        .collect();
+    let vals = bits.iter().map(|&b| f16::from_bits(b).to_f32()).collect();
+    (bits, vals)
+}
+
+/// The per-head RMSNorm in f64 (reference) and in plain f16 (f32 math, f16 result).
+fn rms_f64(u: &[f32], g: &[f32]) -> Vec<f64> {
+    let ms = u.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>() / u.len() as f64;
+    let inv = 1.0 / (ms + 1e-6).sqrt();
+    u.iter()
+        .zip(g)
+        .map(|(&a, &g)| a as f64 * inv * g as f64)
+        .collect()
+}
+
+fn rms_f16(u: &[f32], g: &[f32]) -> Vec<f32> {
+    let ss: f32 = u.iter().map(|&a| a * a).sum();
+    let inv = 1.0 / (ss / u.len() as f32 + 1e-6).sqrt();
+    u.iter().zip(g).map(|(&a, &g)| r16(a * inv * g)).collect()
+}
+
+/// One query row attending to `keys` (indices into `k`/`v` row lists): the f64 reference and
+/// the plain f16 result. Empty `keys` gives zeros.
+struct Refs {
+    f64: Vec<f64>,
+    plain: Vec<f32>,
+}
+
+fn attend_one(
+    q: &[f32],
+    gq: &[f32],
+    k64: &[Vec<f64>],
+    k16: &[Vec<f32>],
+    v: &[&[f32]],
+    keys: &[usize],
+) -> Refs {
+    let dh = q.len();
+    if keys.is_empty() {
+        return Refs {
+            f64: vec![0.0; dh],
+            plain: vec![0.0; dh],
+        };
+    }
+    let scale = 1.0 / (dh as f64).sqrt();
+    // f64.
+    let q64 = rms_f64(q, gq);
+    let s: Vec<f64> = keys
+        .iter()
+        .map(|&j| q64.iter().zip(&k64[j]).map(|(a, b)| a * b).sum::<f64>() * scale)
+        .collect();
+    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = s.iter().map(|&x| (x - m).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    let mut o64 = vec![0.0; dh];
+    for (p, &j) in e.iter().zip(keys) {
+        for (o, &vv) in o64.iter_mut().zip(v[j]) {
+            *o += p / sum * vv as f64;
+        }
+    }
+    // Plain f16.
+    let q16 = rms_f16(q, gq);
+    let scale16 = r16(scale as f32);
+    let x: Vec<f32> = keys
+        .iter()
+        .map(|&j| {
+            let s = r16(q16.iter().zip(&k16[j]).map(|(a, b)| a * b).sum::<f32>());
+            r16(s * scale16)
+        })
+        .collect();
+    let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = x.iter().map(|&x| r16(r16(x - m).exp())).collect();
+    let sum = r16(e.iter().sum::<f32>());
+    let p: Vec<f32> = e.iter().map(|&e| r16(e / sum)).collect();
+    let mut acc = vec![0.0f32; dh];
+    for (p, &j) in p.iter().zip(keys) {
+        for (o, &vv) in acc.iter_mut().zip(v[j]) {
+            *o += p * vv;
+        }
+    }
+    Refs {
+        f64: o64,
+        plain: acc.into_iter().map(r16).collect(),
+    }
+}
+
+/// Relative L2 error of `got` against `want`; NaN (unwritten) counts as infinite.
+fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
+    let (mut num, mut den) = (0.0, 0.0);
+    for (&g, &w) in got.iter().zip(want) {
+        let e = if g.is_finite() { g - w } else { f64::INFINITY };
+        num += e * e;
+        den += w * w;
+    }
+    (num / den).sqrt()
+}
+
+fn f16_to_f64(bits: &[u16]) -> Vec<f64> {
+    bits.iter().map(|&b| f16::from_bits(b).to_f64()).collect()
+}
+
+/// Runs `launch` in every thread order with a fresh poisoned output; `params` builds the
+/// parameter struct around the output pointer. Checks each result against `want` and the
+/// 2x-plain rule; `zero_rows` (row, width) must be exactly 0.
+#[allow(clippy::too_many_arguments)]
+fn run_and_check<P: Copy>(
+    label: &str,
+    seed: u64,
+    launch: AttnLaunch,
+    out_len: usize,
+    params: impl Fn(*mut u16) -> P,
+    want: &[f64],
+    plain: &[f64],
+    zero_rows: &[std::ops::Range<usize>],
+) {
+    let plain_err = rel_l2(plain, want);
+    let kernel = emu::kernel(launch.kernel).unwrap_or_else(|e| panic!("{e}"));
+    for order in ThreadOrder::all(seed) {
+        let mut out = vec![0xffffu16; out_len];
+        let p = params(out.as_mut_ptr());
+        let t0 = std::time::Instant::now();
+        // SAFETY: `params` points at buffers of the extents the kernel reads and writes for
+        // the shape `launch` was checked for (built by the caller from that shape), and `out`
+        // (out_len elements) lives until the launch returns.
+        unsafe { emu::launch_with(kernel, launch.config, &p, order) }
+            .unwrap_or_else(|e| panic!("{label} {order:?}: {e}"));
+        let got = f16_to_f64(&out);
+        if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+            panic!(
+                "{label} {order:?}: element {i} is {} (unwritten or NaN)",
+                got[i]
+            );
+        }
+        for r in zero_rows {
+            assert!(
+                got[r.clone()].iter().all(|&v| v == 0.0),
+                "{label} {order:?}: a row without allowed keys must be exactly 0"
+            );
+        }
+        let err = rel_l2(&got, want);
+        eprintln!(
+            "{label} {order:?}: kernel rel L2 {err:.3e}, plain f16 {plain_err:.3e} \
+             (ratio {:.2}), {:.2} s",
+            err / plain_err,
+            t0.elapsed().as_secs_f64()
+        );
+        assert!(
+            err <= 2.0 * plain_err,
+            "{label} {order:?}: kernel error {err:e} > 2 x plain f16 error {plain_err:e}"
+        );
+        assert!(err <= REL_L2_MAX, "{label} {order:?}: kernel error {err:e}");
+    }
+}
+
+/// Window token lists of MODEL_SPEC section 3, written directly from the key definition
+/// (group tokens by `((f+sf)/Fw, (i+sh)/Hw, (j+sw)/Ww)`), independent of the kernel's
+/// extent arithmetic.
+fn windows(grid: [usize; 3], window: [usize; 3], shift: [usize; 3]) -> Vec<Vec<usize>> {
+    let mut by_key = std::collections::BTreeMap::<[usize; 3], Vec<usize>>::new();
+    for f in 0..grid[0] {
+        for i in 0..grid[1] {
+            for j in 0..grid[2] {
+                let key = [
+                    (f + shift[0]) / window[0],
+                    (i + shift[1]) / window[1],
+                    (j + shift[2]) / window[2],
+                ];
+                by_key
+                    .entry(key)
+                    .or_default()
+                    .push((f * grid[1] + i) * grid[2] + j);
+            }
+        }
+    }
+    by_key.into_values().collect()
+}
+
+fn check_window(label: &str, seed: u64, s: WindowShape) {
+    let launch = attention::window_config(&s).unwrap();
+    let (t, dh, heads) = (s.tokens(), s.head_dim, s.heads);
+    let d = heads * dh;
+    let mut rng = Rng::new(seed);
+    let (qkv_bits, qkv) = random_f16(&mut rng, s.batch * t * 3 * d, -1.0, 1.0);
+    let (gq_bits, gq) = random_f16(&mut rng, dh, 0.6, 1.6);
+    let (gk_bits, gk) = random_f16(&mut rng, dh, 0.6, 1.6);
+    let wins = windows(s.grid, s.window, s.shift);
+    let sizes: Vec<usize> = wins.iter().map(|w| w.len()).collect();
+    let mut want = vec![0.0; s.batch * t * d];
+    let mut plain = vec![0.0; s.batch * t * d];
+    for b in 0..s.batch {
+        for e in 0..heads {
+            let slice = |tok: usize, part: usize| {
+                let base = (b * t + tok) * 3 * d + part * d + e * dh;
+                &qkv[base..base + dh]
+            };
+            for win in &wins {
+                let k16: Vec<Vec<f32>> = win.iter().map(|&x| rms_f16(slice(x, 1), &gk)).collect();
+                let k64: Vec<Vec<f64>> = win.iter().map(|&x| rms_f64(slice(x, 1), &gk)).collect();
+                let v: Vec<&[f32]> = win.iter().map(|&x| slice(x, 2)).collect();
+                let keys: Vec<usize> = (0..win.len()).collect();
+                for &x in win {
+                    let r = attend_one(slice(x, 0), &gq, &k64, &k16, &v, &keys);
+                    let o = (b * t + x) * d + e * dh;
+                    want[o..o + dh].copy_from_slice(&r.f64);
+                    for (p, &v) in plain[o..o + dh].iter_mut().zip(&r.plain) {
+                        *p = v as f64;
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{label}: batch {} grid {:?} window {:?} shift {:?} heads {heads} dh {dh}: {} windows \
+         of sizes {}..={}, grid {:?}",
+        s.batch,
+        s.grid,
+        s.window,
+        s.shift,
+        wins.len(),
+        sizes.iter().min().unwrap(),
+        sizes.iter().max().unwrap(),
+        launch.config.grid
+    );
+    let params = |out: *mut u16| attention::AttnWindowParams {
+        qkv: qkv_bits.as_ptr(),
+        gq: gq_bits.as_ptr(),
+        gk: gk_bits.as_ptr(),
+        out,
+        ft: s.grid[0] as i32,
+        ht: s.grid[1] as i32,
+        wt: s.grid[2] as i32,
+        fw: s.window[0] as i32,
+        hw: s.window[1] as i32,
+        ww: s.window[2] as i32,
+        sf: s.shift[0] as i32,
+        sh: s.shift[1] as i32,
+        sw: s.shift[2] as i32,
+        heads: heads as i32,
+    };
+    run_and_check(
+        label,
+        seed,
+        launch,
+        s.batch * t * d,
+        params,
+        &want,
+        &plain,
+        &[],
+    );
+}
+
+/// `mask_of(b, l)` gives the mask (0 or 1) of text token l of batch element b.
+fn check_cross(label: &str, seed: u64, s: CrossShape, mask_of: impl Fn(usize, usize) -> f32) {
+    let launch = attention::cross_config(&s).unwrap();
+    let (t, lt, dh, heads) = (s.tokens, s.text_len, s.head_dim, s.heads);
+    let d = heads * dh;
+    let mut rng = Rng::new(seed);
+    let (q_bits, q) = random_f16(&mut rng, s.batch * t * d, -1.0, 1.0);
+    let (kv_bits, kv) = random_f16(&mut rng, s.batch * lt * 2 * d, -1.0, 1.0);
+    let (gq_bits, gq) = random_f16(&mut rng, dh, 0.6, 1.6);
+    let (gk_bits, gk) = random_f16(&mut rng, dh, 0.6, 1.6);
+    let mask: Vec<f32> = (0..s.batch * lt).map(|i| mask_of(i / lt, i % lt)).collect();
+    let mut want = vec![0.0; s.batch * t * d];
+    let mut plain = vec![0.0; s.batch * t * d];
+    let mut zero_rows = Vec::new();
+    for b in 0..s.batch {
+        let keys: Vec<usize> = (0..lt).filter(|&l| mask[b * lt + l] != 0.0).collect();
+        for e in 0..heads {
+            let kslice = |l: usize, part: usize| {
+                let base = (b * lt + l) * 2 * d + part * d + e * dh;
+                &kv[base..base + dh]
+            };
+            let k16: Vec<Vec<f32>> = (0..lt).map(|l| rms_f16(kslice(l, 0), &gk)).collect();
+            let k64: Vec<Vec<f64>> = (0..lt).map(|l| rms_f64(kslice(l, 0), &gk)).collect();
+            let v: Vec<&[f32]> = (0..lt).map(|l| kslice(l, 1)).collect();
+            for x in 0..t {
+                let o = (b * t + x) * d + e * dh;
+                let r = attend_one(&q[o..o + dh], &gq, &k64, &k16, &v, &keys);
+                want[o..o + dh].copy_from_slice(&r.f64);
+                for (p, &v) in plain[o..o + dh].iter_mut().zip(&r.plain) {
+                    *p = v as f64;
+                }
+            }
+        }
+        if keys.is_empty() {
+            zero_rows.push(b * t * d..(b + 1) * t * d);
+        }
+        eprintln!(
+            "{label}: batch element {b}: {} of {lt} text tokens unmasked",
+            keys.len()
+        );
+    }
+    let params = |out: *mut u16| attention::AttnCrossParams {
+        q: q_bits.as_ptr(),
+        kv: kv_bits.as_ptr(),
+        mask: mask.as_ptr(),
+        gq: gq_bits.as_ptr(),
+        gk: gk_bits.as_ptr(),
+        out,
+        tokens: t as i32,
+        text_len: lt as i32,
+        heads: heads as i32,
+    };
+    run_and_check(
+        label,
+        seed,
+        launch,
+        s.batch * t * d,
+        params,
+        &want,
+        &plain,
+        &zero_rows,
+    );
+}
+
+fn tiny_window(shift: [usize; 3], batch: usize) -> WindowShape {
+    WindowShape {
+        batch,
+        grid: [8, 8, 8],
+        window: [4, 8, 8],
+        shift,
+        heads: 4,
+        head_dim: 64,
+    }
+}
+
+#[test]
+fn window_tiny_unshifted() {
+    check_window("window tiny unshifted", 11, tiny_window([0, 0, 0], 1));
+}
+
+#[test]
+fn window_tiny_shifted_partial_windows() {
+    check_window("window tiny shifted", 12, tiny_window([2, 4, 4], 1));
+}
+
+#[test]
+fn window_d128_non_square_odd_shift_batch2() {
+    let s = WindowShape {
+        batch: 2,
+        grid: [4, 6, 10],
+        window: [2, 3, 5],
+        shift: [1, 1, 2],
+        heads: 2,
+        head_dim: 128,
+    };
+    check_window("window dh128 2x3x5 shift 1,1,2", 13, s);
+}
+
+#[test]
+fn window_d128_multi_tile_shifted() {
+    // Full windows of 256 tokens: 4 query tiles and 4 key tiles, so the 3-stage K/V ring
+    // wraps; the shift also makes edge windows of 32 to 128 tokens.
+    let s = WindowShape {
+        batch: 1,
+        grid: [4, 16, 32],
+        window: [2, 8, 16],
+        shift: [1, 4, 8],
+        heads: 2,
+        head_dim: 128,
+    };
+    check_window("window dh128 2x8x16 shift 1,4,8", 14, s);
+}
+
+#[test]
+fn cross_d128_streamdit_text_len() {
+    // Lt = 256 as in streamdit-4b (4 key tiles, the ring wraps), every other batch
+    // element's prompt padded after 200 tokens.
+    let s = CrossShape {
+        batch: 2,
+        tokens: 64,
+        text_len: 256,
+        heads: 2,
+        head_dim: 128,
+    };
+    check_cross("cross dh128 Lt=256", 23, s, |b, l| {
+        f32::from(b == 0 || l < 200)
+    });
+}
+
+#[test]
+fn cross_masked_ragged_text() {
+    // Lt = 80: one full 64-key tile and a ragged one. Batch 0 has zeros spread over both
+    // tiles, batch 1 is fully masked (outputs 0), batch 2 attends to 3 tokens only.
+    // T = 100: a full and a ragged query tile.
+    let s = CrossShape {
+        batch: 3,
+        tokens: 100,
+        text_len: 80,
+        heads: 4,
+        head_dim: 64,
+    };
+    check_cross("cross dh64 Lt=80 masked", 21, s, |b, l| match b {
+        0 => f32::from(!(l % 7 == 3 || l == 0 || (60..70).contains(&l))),
+        1 => 0.0,
+        _ => f32::from(l == 5 || l == 63 || l == 79),
+    });
+}
+
+#[test]
+fn cross_d128_tiny_text() {
+    // Lt = 32 (the tiny profile's text length) in one ragged tile; T = 70; batch 1 has a
+    // masked tail as a padded prompt does, plus one fully masked batch element.
+    let s = CrossShape {
+        batch: 3,
+        tokens: 70,
+        text_len: 32,
+        heads: 2,
+        head_dim: 128,
+    };
+    check_cross("cross dh128 Lt=32 masked", 22, s, |b, l| match b {
+        0 => 1.0,
+        1 => f32::from(l < 9),
+        _ => 0.0,
+    });
+}
+
+#[test]
+fn shapes_outside_the_contract_are_errors() {
+    let ok = tiny_window([2, 4, 4], 1);
+    assert!(attention::window_config(&ok).is_ok());
+    let cases: Vec<(WindowShape, &str)> = vec![
+        (WindowShape { head_dim: 96, ..ok }, "head dim dh = 96"),
+        (
+            WindowShape {
+                grid: [8, 8, 12],
+                ..ok
+            },
+            "not a multiple of the window",
+        ),
+        (
+            WindowShape {
+                shift: [4, 0, 0],
+                ..ok
+            },
+            "shift 4 must be smaller than the window 4",
+        ),
+        (
+            WindowShape {
+                window: [0, 8, 8],
+                ..ok
+            },
+            "non-empty",
+        ),
+        (WindowShape { heads: 0, ..ok }, "heads = 0"),
+        (WindowShape { batch: 0, ..ok }, "batch = 0"),
+    ];
+    for (shape, rule) in cases {
+        let err = attention::window_config(&shape).expect_err(rule);
+        assert!(
+            err.starts_with("attn_window") && err.contains(rule),
+            "{err} (wanted {rule})"
+        );
+    }
+    let ok = CrossShape {
+        batch: 1,
+        tokens: 512,
+        text_len: 32,
+        heads: 4,
+        head_dim: 64,
+    };
+    assert!(attention::cross_config(&ok).is_ok());
+    let cases: Vec<(CrossShape, &str)> = vec![
+        (CrossShape { head_dim: 80, ..ok }, "head dim dh = 80"),
+        (
+            CrossShape { text_len: 0, ..ok },
+            "text_len must be at least 1",
+        ),
+        (CrossShape { tokens: 0, ..ok }, "tokens must be at least 1"),
+        (CrossShape { heads: 0, ..ok }, "heads = 0"),
+        (CrossShape { heads: 70000, ..ok }, "heads = 70000"),
+    ];
+    for (shape, rule) in cases {
+        let err = attention::cross_config(&shape).expect_err(rule);
+        assert!(
+            err.starts_with("attn_cross") && err.contains(rule),
+            "{err} (wanted {rule})"
+        );
+    }
+}
+
+#[test]
+fn attention_sass_and_resources() {
+    let reason = match BUILD_STATUS {
+        BuildStatus::Built { .. } => String::new(),
+        BuildStatus::NotBuilt { reason } => reason.to_string(),
+    };
+    if !common::require(
+        reason.is_empty(),
+        &format!("kernels were not built with nvcc: {reason}"),
+    ) {
+        return;
+    }
+    let kernels = [
+        (attention::KERNEL_WINDOW_D64, 64),
+        (attention::KERNEL_WINDOW_D128, 128),
+        (attention::KERNEL_CROSS_D64, 64),
+        (attention::KERNEL_CROSS_D128, 128),
+    ];
+    for (kernel, dh) in kernels {
+        for arch in ["sm_80", "sm_90"] {
+            let r = KERNEL_RESOURCES
+                .iter()
+                .find(|r| r.module == "attention" && r.kernel == kernel && r.arch == arch)
+                .unwrap_or_else(|| panic!("{kernel}: no ptxas report for {arch}"));
+            eprintln!(
+                "{kernel} {arch}: {} regs, {} B static smem + {} B dynamic, stack {}, spills \
+                 {}/{}, HMMA {}, LDSM {}, LDGSTS {}, LDG.128 {}",
+                r.registers,
+                r.shared_bytes,
+                attention::shared_bytes(dh),
+                r.stack_frame_bytes,
+                r.spill_store_bytes,
+                r.spill_load_bytes,
+                r.hmma,
+                r.ldsm,
+                r.ldgsts,
+                r.ldg128
+            );
+            assert_eq!(
+                (r.spill_store_bytes, r.spill_load_bytes, r.stack_frame_bytes),
+                (0, 0, 0),
+                "{kernel} spills on {arch}: {r:?}"
+            );
+            assert!(r.registers <= 255, "{kernel} on {arch}: {r:?}");
+            // Q K^T and P V: at least one HMMA per k-step of each (dh/16 + 4 per key tile).
+            assert!(
+                r.hmma >= dh / 16 + 4 && r.ldsm > 0,
+                "{kernel} on {arch}: the main loop must be HMMA fed by LDSM: {r:?}"
+            );
+            assert!(
+                r.ldgsts > 0,
+                "{kernel} on {arch}: Q/K/V must be 16-byte cp.async (LDGSTS): {r:?}"
+            );
+        }
+    }
+}
