@@ -370,3 +370,29 @@ fn roofline_arithmetic() {
         assert!(Prediction::new(GpuSpec::H100, &cost, 8.0, bad).is_err());
     }
 }
+
+/// A kernel that fuses ops reads the first op's inputs while writing the last op's output.
+/// The unfused plan may put the SwiGLU output over the FFN input (dead after the w13 GEMM in
+/// the op-by-op graph); the plan for the CUDA backend's launches keeps them apart, and the
+/// fused checker rejects the unfused plan.
+#[test]
+fn fused_launches_keep_inputs_and_outputs_apart() {
+    use streamdit::backend::cuda::lower;
+    use streamdit::model::plan::MemoryPlan;
+    for profile in ["tiny", "streamdit-4b"] {
+        let m = Profile::builtin(profile).unwrap().model;
+        let g = Graph::build(&m, 1.0);
+        let fusion = lower::fusion(&g);
+        let fused = MemoryPlan::build_fused(&g, &fusion);
+        fused.verify_fused(&g, &fusion).unwrap();
+        let plain = MemoryPlan::build(&g);
+        plain.verify(&g).unwrap();
+        let err = plain.verify_fused(&g, &fusion).unwrap_err();
+        assert!(err.contains("overlap"), "{profile}: {err}");
+        println!(
+            "{profile}: arena {} bytes op by op, {} for the fused launches",
+            plain.arena_bytes(),
+            fused.arena_bytes()
+        );
+    }
+}

@@ -7,6 +7,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::device::Device;
+use crate::backend::cuda::emu::EmuDevice;
+use crate::backend::cuda::real::CudaDevice;
+use crate::backend::cuda::CudaBackend;
 use crate::backend::Backend;
 use crate::decoder::Preview;
 use crate::error::{Error, Result};
@@ -82,16 +86,25 @@ impl Engine {
             }
         };
         let (backend, backend_reason) = match params.backend {
-            BackendKind::Cpu => (BackendKind::Cpu, "requested".to_string()),
-            BackendKind::Auto => (
-                BackendKind::Cpu,
-                "auto: this build has no CUDA backend, using the CPU".to_string(),
+            BackendKind::Cpu => (BackendKind::Cpu, "cpu: requested".to_string()),
+            BackendKind::Emu => (
+                BackendKind::Emu,
+                "emu: requested (the CUDA launch plan on the kernel emulator; slow)".to_string(),
             ),
-            kind @ (BackendKind::Cuda | BackendKind::Emu) => {
-                return Err(Error::Invalid(format!(
-                    "backend {kind:?}: not available in this build (only the CPU backend is); use --backend cpu or auto"
-                )))
+            BackendKind::Cuda => {
+                let dev = CudaDevice::new(0)?;
+                (
+                    BackendKind::Cuda,
+                    format!("cuda: requested, {}", dev.describe()),
+                )
             }
+            BackendKind::Auto => match CudaDevice::new(0) {
+                Ok(dev) => (BackendKind::Cuda, format!("auto: {}", dev.describe())),
+                Err(e) => (
+                    BackendKind::Cpu,
+                    format!("auto: using the CPU, no CUDA ({e})"),
+                ),
+            },
         };
         Ok(Engine {
             profile: Arc::new(params.profile),
@@ -117,13 +130,23 @@ impl Engine {
     /// A fresh backend instance executing the model graph with `guidance`.
     pub fn create_backend(&self, guidance: f32) -> Result<Box<dyn Backend>> {
         let graph = Graph::build(&self.profile.model, guidance);
+        let chunk = self.profile.stream.chunk_frames;
         match self.backend {
             BackendKind::Cpu | BackendKind::Auto => {
                 Ok(Box::new(CpuBackend::new(graph, self.weights.clone())?))
             }
-            kind => Err(Error::Invalid(format!(
-                "backend {kind:?}: not available in this build"
-            ))),
+            BackendKind::Emu => Ok(Box::new(CudaBackend::new(
+                graph,
+                &self.weights,
+                chunk,
+                EmuDevice::new(),
+            )?)),
+            BackendKind::Cuda => Ok(Box::new(CudaBackend::new(
+                graph,
+                &self.weights,
+                chunk,
+                CudaDevice::new(0)?,
+            )?)),
         }
     }
 

@@ -339,7 +339,7 @@ fn plan(args: PlanArgs) -> Result<()> {
     use serde_json::{json, Value};
     use streamdit::model::graph::Graph;
     use streamdit::model::plan::{
-        lifetimes, op_kind, video_frames_per_call, CostSum, GpuSpec, GraphCost, ListCost,
+        lifetimes_fused, op_kind, video_frames_per_call, CostSum, GpuSpec, GraphCost, ListCost,
         MemoryPlan, OpClass, OpList, ParamCount, Prediction, ALIGNMENT,
     };
 
@@ -348,8 +348,10 @@ fn plan(args: PlanArgs) -> Result<()> {
     let gpu = args.gpu.as_deref().map(GpuSpec::by_key).transpose()?;
     let graph = Graph::build(&profile.model, guidance);
     let cost = GraphCost::of(&graph);
-    let mem = MemoryPlan::build(&graph);
-    mem.verify(&graph)
+    // The plan of the CUDA backend: ops it runs in one launch share one liveness step.
+    let fusion = streamdit::backend::cuda::lower::fusion(&graph);
+    let mem = MemoryPlan::build_fused(&graph, &fusion);
+    mem.verify_fused(&graph, &fusion)
         .map_err(|e| Error::Invalid(format!("memory plan: {e}")))?;
     let params = ParamCount::of(&graph);
     let frames = video_frames_per_call(&profile);
@@ -537,7 +539,7 @@ fn plan(args: PlanArgs) -> Result<()> {
         bytes(mem.weight_bytes())
     );
     say!(
-        "  arena            {} (prompt ops reuse the call arena)",
+        "  arena            {} (fused launches; prompt ops reuse the call arena)",
         bytes(mem.arena_bytes())
     );
     for (name, s) in [("call", mem.call), ("prompt", mem.prompt)] {
@@ -589,7 +591,7 @@ fn plan(args: PlanArgs) -> Result<()> {
     }
 
     if let Some(path) = &args.json {
-        let life = lifetimes(&graph);
+        let life = lifetimes_fused(&graph, &fusion);
         let tensors: Vec<Value> = graph
             .tensors
             .iter()

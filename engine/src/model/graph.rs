@@ -30,7 +30,8 @@ pub enum Kind {
 
 /// How a device backend stores a tensor. The CPU backend computes everything in f32; the
 /// GPU path keeps weights and GEMM inputs in f16 and the residual stream, the time
-/// embedding, the modulation vectors and the model's inputs and output in f32.
+/// embedding, the modulation vectors, the latents, `tau`, the mask and the output in f32.
+/// The text input, a GEMM operand, is f16 on a device (the host converts it on upload).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     F16,
@@ -352,11 +353,14 @@ impl<'a> Builder<'a> {
             Kind::Input,
         );
         let tau = self.tensor("tau", vec![f], Kind::Input);
+        // The text is a GEMM input: a device stores it in f16 (converted on upload).
         let text = self.tensor("text", vec![b * lt, m.text_dim], Kind::Input);
+        self.tensors[text].precision = Precision::F16;
         let text_mask = self.tensor("text_mask", vec![b * lt], Kind::Input);
 
         // Text context and every layer's cross-attention K/V: once per prompt.
         let c1 = self.linear(&mut prompt, text, "text_proj.1", d, true, "ctx.1".into());
+        let c1 = self.keep_f32(c1);
         let c1g = self.act("ctx.1.gelu", vec![b * lt, d]);
         prompt.push(Op::GeluTanh { x: c1, out: c1g });
         let ctx = self.linear(&mut prompt, c1g, "text_proj.2", d, true, "ctx".into());
@@ -404,15 +408,17 @@ impl<'a> Builder<'a> {
         };
 
         // Per-frame time embedding and modulation.
-        let freq = self.act32("t.freq", vec![f, 256]);
+        // GEMM inputs (the sinusoidal features, the SiLU outputs) are f16 on a device; the
+        // GEMM outputs of the time embedding stay f32.
+        let freq = self.act("t.freq", vec![f, 256]);
         call.push(Op::TimestepEmbed { tau, out: freq });
         let t1 = self.linear(&mut call, freq, "time_embed.1", d, true, "t.1".into());
         let t1 = self.keep_f32(t1);
-        let t1s = self.act32("t.1.silu", vec![f, d]);
+        let t1s = self.act("t.1.silu", vec![f, d]);
         call.push(Op::Silu { x: t1, out: t1s });
         let t_emb = self.linear(&mut call, t1s, "time_embed.2", d, true, "t.emb".into());
         let t_emb = self.keep_f32(t_emb);
-        let t_emb_s = self.act32("t.emb.silu", vec![f, d]);
+        let t_emb_s = self.act("t.emb.silu", vec![f, d]);
         call.push(Op::Silu {
             x: t_emb,
             out: t_emb_s,

@@ -422,16 +422,88 @@ pub enum OpList {
 /// and last ops (inclusive indices) that read or write it. For an activation, `first` is the
 /// op that writes it ([`MemoryPlan::verify`] checks) and `last` the op that last reads it,
 /// so it is live over `[first, last]`; an op's inputs and output are live together.
+/// `start` and `end` are the same span in launch steps (see [`Fusion`]): what liveness
+/// compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lifetime {
     pub list: OpList,
     pub first: usize,
     pub last: usize,
+    pub start: usize,
+    pub end: usize,
 }
 
 impl Lifetime {
     fn overlaps(&self, other: &Lifetime) -> bool {
-        self.list == other.list && self.first <= other.last && other.first <= self.last
+        self.list == other.list && self.start <= other.end && other.start <= self.end
+    }
+}
+
+/// Which ops a device runs in one launch: the launch step of every op of each list
+/// (non-decreasing, starting at 0). A kernel that computes several ops reads the first's
+/// inputs while it writes the last's output, so the planner must keep all of them live
+/// together: ops in one step share one time point. Without fusion every op is its own step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fusion {
+    pub prompt: Vec<usize>,
+    pub call: Vec<usize>,
+}
+
+impl Fusion {
+    /// Every op its own launch.
+    pub fn none(graph: &Graph) -> Fusion {
+        Fusion {
+            prompt: (0..graph.prompt_ops.len()).collect(),
+            call: (0..graph.call_ops.len()).collect(),
+        }
+    }
+
+    /// Steps from "op `i` runs in the same launch as op `i - 1`".
+    pub fn from_predicate(graph: &Graph, fused: impl Fn(OpList, usize) -> bool) -> Fusion {
+        let steps = |list: OpList, n: usize| {
+            let mut out = Vec::with_capacity(n);
+            let mut step = 0;
+            for i in 0..n {
+                if i > 0 && !fused(list, i) {
+                    step += 1;
+                }
+                out.push(step);
+            }
+            out
+        };
+        Fusion {
+            prompt: steps(OpList::Prompt, graph.prompt_ops.len()),
+            call: steps(OpList::Call, graph.call_ops.len()),
+        }
+    }
+
+    fn step(&self, list: OpList, op: usize) -> usize {
+        match list {
+            OpList::Prompt => self.prompt[op],
+            OpList::Call => self.call[op],
+        }
+    }
+
+    fn check(&self, graph: &Graph) -> std::result::Result<(), String> {
+        for (list, steps, n) in [
+            (OpList::Prompt, &self.prompt, graph.prompt_ops.len()),
+            (OpList::Call, &self.call, graph.call_ops.len()),
+        ] {
+            if steps.len() != n {
+                return Err(format!(
+                    "fusion gives {} steps for {n} {list:?} ops",
+                    steps.len()
+                ));
+            }
+            if steps.first().is_some_and(|&s| s != 0)
+                || steps.windows(2).any(|w| w[1] != w[0] && w[1] != w[0] + 1)
+            {
+                return Err(format!(
+                    "fusion steps of the {list:?} ops must start at 0 and grow by 0 or 1"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -485,19 +557,30 @@ pub struct MemoryPlan {
 /// The lifetime of every tensor in each op list that touches it, indexed by tensor id
 /// (weights and inputs included; the planner uses those of activations).
 pub fn lifetimes(graph: &Graph) -> Vec<Vec<Lifetime>> {
+    lifetimes_fused(graph, &Fusion::none(graph))
+}
+
+/// [`lifetimes`] with ops grouped into launches by `fusion`.
+pub fn lifetimes_fused(graph: &Graph, fusion: &Fusion) -> Vec<Vec<Lifetime>> {
     let mut out = vec![Vec::<Lifetime>::new(); graph.tensors.len()];
     for (list, ops) in [
         (OpList::Prompt, &graph.prompt_ops),
         (OpList::Call, &graph.call_ops),
     ] {
         for (i, op) in ops.iter().enumerate() {
+            let step = fusion.step(list, i);
             for id in op.tensors() {
                 match out[id].iter_mut().find(|l| l.list == list) {
-                    Some(l) => l.last = i,
+                    Some(l) => {
+                        l.last = i;
+                        l.end = step;
+                    }
                     None => out[id].push(Lifetime {
                         list,
                         first: i,
                         last: i,
+                        start: step,
+                        end: step,
                     }),
                 }
             }
@@ -520,8 +603,8 @@ fn live_bound(graph: &Graph, life: &[Vec<Lifetime>], ids: &[TensorId], list: OpL
     for &id in ids {
         for l in life[id].iter().filter(|l| l.list == list) {
             let size = align(graph.tensor(id).bytes() as u64) as i128;
-            delta[l.first] += size;
-            delta[l.last + 1] -= size;
+            delta[l.start] += size;
+            delta[l.end + 1] -= size;
         }
     }
     let mut live = 0i128;
@@ -537,7 +620,13 @@ impl MemoryPlan {
     /// Plans `graph`. It assumes what [`Graph::build`] guarantees and [`verify`](Self::verify)
     /// checks: every activation is touched by one op list and written before it is read.
     pub fn build(graph: &Graph) -> MemoryPlan {
-        let life = lifetimes(graph);
+        Self::build_fused(graph, &Fusion::none(graph))
+    }
+
+    /// [`build`](Self::build) for a device that runs the ops in the launches `fusion`
+    /// gives (which must come from [`Fusion::none`] or [`Fusion::from_predicate`]).
+    pub fn build_fused(graph: &Graph, fusion: &Fusion) -> MemoryPlan {
+        let life = lifetimes_fused(graph, fusion);
         let mut placements: Vec<Placement> = graph
             .tensors
             .iter()
@@ -669,6 +758,12 @@ impl MemoryPlan {
     /// activation is touched by one op list and first touched by an op that writes it (not
     /// in place); and no two activations live at the same op overlap in the arena.
     pub fn verify(&self, graph: &Graph) -> std::result::Result<(), String> {
+        self.verify_fused(graph, &Fusion::none(graph))
+    }
+
+    /// [`verify`](Self::verify) with the liveness of the launches `fusion` gives.
+    pub fn verify_fused(&self, graph: &Graph, fusion: &Fusion) -> std::result::Result<(), String> {
+        fusion.check(graph)?;
         let name = |id: TensorId| &graph.tensor(id).name;
         if self.placements.len() != graph.tensors.len() {
             return Err(format!(
@@ -726,7 +821,7 @@ impl MemoryPlan {
             }
         }
 
-        let life = lifetimes(graph);
+        let life = lifetimes_fused(graph, fusion);
         let ops = |list: OpList| match list {
             OpList::Prompt => &graph.prompt_ops,
             OpList::Call => &graph.call_ops,

@@ -25,6 +25,10 @@
 //! buffers written before each replay), and `CudaBackend<D: Device>` implementing
 //! [`Backend`](super::Backend) on either device.
 
+pub mod backend;
 pub mod device;
 pub mod emu;
+pub mod lower;
 pub mod real;
+
+pub use backend::CudaBackend;

@@ -1,0 +1,425 @@
+//! [`CudaBackend`]: the lowered graph on a [`Device`], real or emulated.
+//!
+//! Memory, all allocated in [`CudaBackend::new`] (nothing is allocated while streaming):
+//! one allocation laid out by the [`MemoryPlan`] (weights, persistent cross-attention K/V,
+//! the graph's inputs and output, the activation arena), one small allocation of stream
+//! state outside the model graph (the next buffer, the popped chunk, `dtau` and the step
+//! control block), and one pinned host buffer for the popped chunk.
+//!
+//! **The step graph.** [`Backend::step`] runs the model call, the Euler update with
+//! pop/push and noise, and the copy of the next buffer into place. They are captured once
+//! into a device graph and replayed every step; what changes between steps (`tau`, `dtau`,
+//! whether to pop, the number of the first pushed frame) lives in device buffers written
+//! before each replay, so one graph serves prefill and steady state. A prompt switch runs
+//! the prompt launches (text context and every layer's cross K/V) eagerly into the same
+//! persistent buffers, which the graph reads. [`CudaBackend::set_graphs`] turns replay off,
+//! so the same launch list can be checked eagerly against its replay.
+
+use half::f16;
+
+use super::device::{Device, DeviceBuffer, Event, GraphId, PinnedBuffer, Stream};
+use super::lower::{self, Lowered, Step};
+use crate::backend::cpu::validate_mask;
+use crate::backend::{Backend, StepParams};
+use crate::error::{Error, Result};
+use crate::model::checkpoint::Weights;
+use crate::model::graph::{Graph, Kind, Precision};
+use crate::model::plan::MemoryPlan;
+use crate::tensor::Tensor;
+
+/// Stream state outside the model graph, in one allocation.
+struct StateBuffers {
+    /// The buffer after the step: `[F, C, H, W]`, copied into the graph's input `x`.
+    x_next: DeviceBuffer<f32>,
+    /// The popped chunk: `chunk_frames` frames.
+    emit: DeviceBuffer<f32>,
+    /// `dtau [F]`.
+    dtau: DeviceBuffer<f32>,
+    /// The euler_step control block: `[first pushed frame, shift]` as two u64 (the shift in
+    /// the low 32 bits of the second word, little-endian as the kernel's struct).
+    control: DeviceBuffer<u64>,
+}
+
+/// The CUDA backend on device `D`.
+pub struct CudaBackend<D: Device> {
+    dev: D,
+    graph: Graph,
+    plan: MemoryPlan,
+    /// Weights, persistent, io and arena regions, laid out by `plan`.
+    mem: DeviceBuffer<u8>,
+    state: StateBuffers,
+    /// The popped chunk on the host.
+    pinned: PinnedBuffer<f32>,
+    /// Frames per popped chunk.
+    chunk_frames: usize,
+    /// Recorded on `Compute` after a step, waited for by the chunk copy on `Copy`.
+    copy_ready: Event,
+    prompt: Vec<Step>,
+    call: Vec<Step>,
+    /// The seed of the noise pushed by pops, set by `reset`.
+    seed: Option<u64>,
+    /// The captured step graph and the seed baked into it.
+    step_graph: Option<(GraphId, u64)>,
+    use_graphs: bool,
+    text_set: bool,
+}
+
+fn f16_bits(data: &[f32]) -> Vec<u16> {
+    data.iter().map(|&v| f16::from_f32(v).to_bits()).collect()
+}
+
+impl<D: Device> CudaBackend<D> {
+    /// Plans the graph's memory on `dev`, uploads the weights (converted to f16) and lowers
+    /// the graph to launches; steps pop chunks of `chunk_frames` frames. Fails with an error
+    /// naming the op, tensor or allocation.
+    pub fn new(graph: Graph, weights: &Weights, chunk_frames: usize, mut dev: D) -> Result<Self> {
+        let fusion = lower::fusion(&graph);
+        let plan = MemoryPlan::build_fused(&graph, &fusion);
+        plan.verify_fused(&graph, &fusion)
+            .map_err(|e| Error::Invalid(format!("memory plan: {e}")))?;
+        let bytes = usize::try_from(plan.peak_bytes())
+            .map_err(|_| Error::Invalid("memory plan exceeds the address space".into()))?;
+        let mem = dev.alloc::<u8>("model memory (weights, K/V, io, arena)", bytes)?;
+        let m = &graph.config;
+        let (f, fe) = (m.latent_frames, m.frame_elems());
+        if chunk_frames == 0 || chunk_frames >= f {
+            return Err(Error::shape(
+                "chunk frames",
+                format!(
+                    "between 1 and {} (fewer than the buffer's {f} frames)",
+                    f - 1
+                ),
+                chunk_frames,
+            ));
+        }
+        let x_next = dev.alloc::<f32>("next latent buffer", f * fe)?;
+        let emit = dev.alloc::<f32>("popped chunk", chunk_frames * fe)?;
+        let dtau = dev.alloc::<f32>("dtau", f)?;
+        let control = dev.alloc::<u64>("step control", 2)?;
+        let pinned = dev.alloc_pinned::<f32>("popped chunk (host)", chunk_frames * fe)?;
+        let copy_ready = dev.create_event()?;
+
+        let mut backend = CudaBackend {
+            dev,
+            graph,
+            plan,
+            mem,
+            state: StateBuffers {
+                x_next,
+                emit,
+                dtau,
+                control,
+            },
+            pinned,
+            chunk_frames,
+            copy_ready,
+            prompt: Vec::new(),
+            call: Vec::new(),
+            seed: None,
+            step_graph: None,
+            use_graphs: true,
+            text_set: false,
+        };
+        backend.upload_weights(weights)?;
+        let Lowered { prompt, call } = lower::lower(&backend.graph, &backend.plan, backend.mem)?;
+        backend.prompt = lower::resolve(&mut backend.dev, prompt)?;
+        backend.call = lower::resolve(&mut backend.dev, call)?;
+        Ok(backend)
+    }
+
+    /// The device this backend runs on.
+    pub fn device(&mut self) -> &mut D {
+        &mut self.dev
+    }
+
+    /// The memory plan of the graph.
+    pub fn memory_plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    /// The call's launches, in order (for `streamdit plan` and tests).
+    pub fn call_steps(&self) -> &[Step] {
+        &self.call
+    }
+
+    /// With `false`, steps launch their operations one by one instead of replaying the
+    /// captured graph (the same list, for checking replay against eager execution).
+    pub fn set_graphs(&mut self, on: bool) -> Result<()> {
+        self.use_graphs = on;
+        self.drop_step_graph()
+    }
+
+    fn drop_step_graph(&mut self) -> Result<()> {
+        if let Some((graph, _)) = self.step_graph.take() {
+            self.dev.drop_graph(graph)?;
+        }
+        Ok(())
+    }
+
+    /// A tensor's bytes in the model allocation.
+    fn tensor_bytes(&self, id: usize) -> Result<DeviceBuffer<u8>> {
+        let p = self.plan.placements[id];
+        let start = self.plan.region_base(p.region) + p.offset;
+        self.mem.slice(start as usize, p.bytes as usize)
+    }
+
+    fn tensor_f32(&self, id: usize) -> Result<DeviceBuffer<f32>> {
+        self.tensor_bytes(id)?.cast()
+    }
+
+    /// Reads any graph tensor as f32 (f16 tensors converted), for traces and tests. Only
+    /// meaningful while the tensor is live: the arena reuses memory.
+    pub fn read_tensor(&mut self, id: usize) -> Result<Vec<f32>> {
+        let t = &self.graph.tensors[id];
+        let n = t.numel();
+        let bytes = self.tensor_bytes(id)?;
+        match t.precision {
+            Precision::F32 => {
+                let mut out = vec![0.0f32; n];
+                self.dev.read(bytes.cast::<f32>()?.slice(0, n)?, &mut out)?;
+                Ok(out)
+            }
+            Precision::F16 => {
+                let mut raw = vec![0u16; n];
+                self.dev.read(bytes.cast::<u16>()?.slice(0, n)?, &mut raw)?;
+                Ok(raw.iter().map(|&b| f16::from_bits(b).to_f32()).collect())
+            }
+        }
+    }
+
+    /// [`Backend::forward`] step by step, calling `tracer` after every step of the call
+    /// list with the step and the values of the tensor it wrote.
+    pub fn forward_traced(
+        &mut self,
+        x: &[f32],
+        tau: &[f32],
+        v: &mut [f32],
+        tracer: &mut dyn FnMut(&Step, &[f32]),
+    ) -> Result<()> {
+        self.require_text()?;
+        let g = &self.graph;
+        let (x_buf, tau_buf, v_buf) = (
+            self.tensor_f32(g.inputs.x)?,
+            self.tensor_f32(g.inputs.tau)?,
+            self.tensor_f32(g.output)?,
+        );
+        Self::check_len("x", x.len(), x_buf.len())?;
+        Self::check_len("tau", tau.len(), tau_buf.len())?;
+        Self::check_len("v", v.len(), v_buf.len())?;
+        self.dev.copy(x_buf, self.state.x_next)?;
+        self.dev.write(x_buf, x)?;
+        self.dev.write(tau_buf, tau)?;
+        let mut result = Ok(());
+        for k in 0..self.call.len() {
+            let step = self.call[k].clone();
+            result = lower::run(&mut self.dev, self.mem, std::slice::from_ref(&step))
+                .and_then(|_| self.read_tensor(step.trace().output))
+                .map(|values| tracer(&step, &values));
+            if result.is_err() {
+                break;
+            }
+        }
+        self.dev.copy(self.state.x_next, x_buf)?;
+        result?;
+        self.dev.read(v_buf, v)
+    }
+
+    fn upload_weights(&mut self, weights: &Weights) -> Result<()> {
+        for id in 0..self.graph.tensors.len() {
+            let t = &self.graph.tensors[id];
+            if t.kind != Kind::Weight {
+                continue;
+            }
+            let host = weights.get(&t.name)?;
+            host.expect_shape(&t.name, &t.shape)?;
+            let dst = self.tensor_bytes(id)?.cast::<u16>()?;
+            self.dev.write(dst, &f16_bits(&host.data))?;
+        }
+        Ok(())
+    }
+
+    fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+        if got != want {
+            return Err(Error::shape(
+                what,
+                format!("{want} values"),
+                format!("{got} values"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn require_text(&self) -> Result<()> {
+        if !self.text_set {
+            return Err(Error::Invalid(
+                "cuda backend: set_text must be called before a model call".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, steps: Steps) -> Result<()> {
+        let list = match steps {
+            Steps::Prompt => &self.prompt,
+            Steps::Call => &self.call,
+        };
+        lower::run(&mut self.dev, self.mem, list)
+    }
+
+    /// The operations of one step after the model call: the Euler update with pop/push
+    /// into `x_next` and `emit`, then `x_next` copied into the graph's `x`.
+    fn update(&mut self, seed: u64) -> Result<()> {
+        let g = &self.graph;
+        let m = &g.config;
+        let x = self.tensor_f32(g.inputs.x)?;
+        let v = self.tensor_f32(g.output)?;
+        lower::euler_step(
+            &mut self.dev,
+            x,
+            v,
+            &self.state.dtau,
+            &self.state.control,
+            &self.state.x_next,
+            &self.state.emit,
+            seed,
+            m.latent_frames,
+            m.frame_elems(),
+        )?;
+        self.dev.copy(self.state.x_next, x)
+    }
+
+    fn step_graph(&mut self, seed: u64) -> Result<GraphId> {
+        if let Some((graph, baked)) = self.step_graph {
+            if baked == seed {
+                return Ok(graph);
+            }
+            self.drop_step_graph()?;
+        }
+        self.dev.begin_capture()?;
+        let captured = self.run(Steps::Call).and_then(|_| self.update(seed));
+        // End the capture even when recording failed, so the device is usable again.
+        let graph = self.dev.end_capture();
+        captured?;
+        let graph = graph?;
+        self.dev.upload(graph)?;
+        self.step_graph = Some((graph, seed));
+        Ok(graph)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Steps {
+    Prompt,
+    Call,
+}
+
+impl<D: Device> Backend for CudaBackend<D> {
+    fn name(&self) -> &'static str {
+        self.dev.backend()
+    }
+
+    fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn set_text(&mut self, text: &Tensor, mask: &[f32]) -> Result<()> {
+        let g = &self.graph;
+        let (b, lt) = (g.batch, g.config.text_len);
+        text.expect_shape("text", &g.tensors[g.inputs.text].shape)?;
+        Self::check_len("text_mask", mask.len(), b * lt)?;
+        validate_mask(mask, b, lt)?;
+        debug_assert_eq!(g.tensors[g.inputs.text].precision, Precision::F16);
+        let text_buf = self.tensor_bytes(g.inputs.text)?.cast::<u16>()?;
+        let mask_buf = self.tensor_f32(g.inputs.text_mask)?;
+        self.dev.write(text_buf, &f16_bits(&text.data))?;
+        self.dev.write(mask_buf, mask)?;
+        self.run(Steps::Prompt)?;
+        self.text_set = true;
+        Ok(())
+    }
+
+    /// One model call. The call's input is the latent buffer's device memory, so the
+    /// buffer is set aside in the next-buffer scratch and put back afterwards.
+    fn forward(&mut self, x: &[f32], tau: &[f32], v: &mut [f32]) -> Result<()> {
+        self.require_text()?;
+        let g = &self.graph;
+        let (x_buf, tau_buf, v_buf) = (
+            self.tensor_f32(g.inputs.x)?,
+            self.tensor_f32(g.inputs.tau)?,
+            self.tensor_f32(g.output)?,
+        );
+        Self::check_len("x", x.len(), x_buf.len())?;
+        Self::check_len("tau", tau.len(), tau_buf.len())?;
+        Self::check_len("v", v.len(), v_buf.len())?;
+        self.dev.copy(x_buf, self.state.x_next)?;
+        self.dev.write(x_buf, x)?;
+        self.dev.write(tau_buf, tau)?;
+        let result = self.run(Steps::Call);
+        self.dev.copy(self.state.x_next, x_buf)?;
+        result?;
+        self.dev.read(v_buf, v)
+    }
+
+    fn reset(&mut self, seed: u64, first_frame: u64) -> Result<()> {
+        let m = &self.graph.config;
+        let (f, fe) = (m.latent_frames, m.frame_elems());
+        let x = self.tensor_f32(self.graph.inputs.x)?;
+        lower::noise_fill(&mut self.dev, x, seed, first_frame, f, fe)?;
+        self.seed = Some(seed);
+        Ok(())
+    }
+
+    fn step(&mut self, step: &StepParams, popped: &mut [f32]) -> Result<()> {
+        self.require_text()?;
+        let Some(seed) = self.seed else {
+            return Err(Error::Invalid(
+                "cuda backend: reset must fill the buffer before the first step".into(),
+            ));
+        };
+        let m = self.graph.config.clone();
+        let (f, fe) = (m.latent_frames, m.frame_elems());
+        Self::check_len("step tau", step.tau.len(), f)?;
+        Self::check_len("step dtau", step.dtau.len(), f)?;
+        let (shift, first) = match step.pop {
+            Some(first) => {
+                let want = self.chunk_frames * fe;
+                if popped.len() != want {
+                    return Err(Error::shape(
+                        "popped chunk",
+                        format!("{} frames of {fe} values = {want}", self.chunk_frames),
+                        format!("{} values", popped.len()),
+                    ));
+                }
+                (self.chunk_frames, first)
+            }
+            None => (0, 0),
+        };
+        let tau = self.tensor_f32(self.graph.inputs.tau)?;
+        self.dev.write(tau, &step.tau)?;
+        self.dev.write(self.state.dtau, &step.dtau)?;
+        self.dev.write(self.state.control, &[first, shift as u64])?;
+        if self.use_graphs {
+            let graph = self.step_graph(seed)?;
+            self.dev.replay(graph)?;
+        } else {
+            self.run(Steps::Call)?;
+            self.update(seed)?;
+        }
+        if shift > 0 {
+            // The chunk goes to pinned memory on the copy stream, after the step's work.
+            self.dev.record(self.copy_ready, Stream::Compute)?;
+            self.dev.wait(Stream::Copy, self.copy_ready)?;
+            self.dev
+                .read_async(Stream::Copy, self.state.emit, self.pinned)?;
+            popped.copy_from_slice(self.dev.pinned(self.pinned)?);
+        }
+        Ok(())
+    }
+
+    fn read_buffer(&mut self, out: &mut [f32]) -> Result<()> {
+        let x = self.tensor_f32(self.graph.inputs.x)?;
+        Self::check_len("buffer", out.len(), x.len())?;
+        self.dev.synchronize()?;
+        self.dev.read(x, out)
+    }
+}
