@@ -208,7 +208,11 @@ fn backend_choice_without_a_gpu() {
     .err()
     .unwrap()
     .to_string();
-    assert!(err.contains("cuda"), "{err}");
+    // Without nvcc the kernels are the missing piece, otherwise the driver.
+    assert!(
+        err.contains("kernels not built") || err.contains("libcuda"),
+        "{err}"
+    );
     let e = engine(BackendKind::Auto);
     let (kind, why) = e.backend_choice();
     assert_eq!(kind, BackendKind::Cpu);

@@ -92,13 +92,17 @@ impl Engine {
                 "emu: requested (the CUDA launch plan on the kernel emulator; slow)".to_string(),
             ),
             BackendKind::Cuda => {
+                streamdit_kernels::kernels_built().map_err(Error::Invalid)?;
                 let dev = CudaDevice::new(0)?;
                 (
                     BackendKind::Cuda,
                     format!("cuda: requested, {}", dev.describe()),
                 )
             }
-            BackendKind::Auto => match CudaDevice::new(0) {
+            BackendKind::Auto => match streamdit_kernels::kernels_built()
+                .map_err(Error::Invalid)
+                .and_then(|_| CudaDevice::new(0))
+            {
                 Ok(dev) => (BackendKind::Cuda, format!("auto: {}", dev.describe())),
                 Err(e) => (
                     BackendKind::Cpu,
