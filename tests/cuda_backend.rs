@@ -9,7 +9,7 @@ use std::time::Instant;
 use common::{f64s, rel_l2};
 use streamdit::backend::cuda::device::ThreadOrder;
 use streamdit::backend::cuda::emu::EmuDevice;
-use streamdit::backend::cuda::CudaBackend;
+use streamdit::backend::cuda::{CudaBackend, DeviceWeights};
 use streamdit::backend::{Backend, StepParams};
 use streamdit::model::checkpoint::{DType, Weights};
 use streamdit::model::graph::Graph;
@@ -106,7 +106,13 @@ fn run_steps(graphs: bool, order: ThreadOrder) -> (Vec<Vec<f32>>, Vec<f32>) {
     let mut dev = EmuDevice::new();
     dev.set_thread_order(order);
     let chunk = profile.stream.chunk_frames;
-    let mut backend = CudaBackend::new(Graph::build(&m, 3.0), &weights, chunk, dev).unwrap();
+    let mut backend = CudaBackend::new(
+        Graph::build(&m, 3.0),
+        DeviceWeights::Host(&weights),
+        chunk,
+        dev,
+    )
+    .unwrap();
     backend.set_graphs(graphs).unwrap();
     let table = weights.get("text_embed.weight").unwrap().clone();
     let emb = ByteEmbedding::new(table, m.text_len, m.text_dim).unwrap();
@@ -160,12 +166,18 @@ fn cuda_backend_misuse_is_an_error() {
     let m = profile.model.clone();
     let weights = Weights::random(&m, 5, DType::F16);
     let graph = Graph::build(&m, 1.0);
-    let err = CudaBackend::new(graph.clone(), &weights, m.latent_frames, EmuDevice::new())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = CudaBackend::new(
+        graph.clone(),
+        DeviceWeights::Host(&weights),
+        m.latent_frames,
+        EmuDevice::new(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("chunk frames"), "{err}");
-    let mut b = CudaBackend::new(graph, &weights, 2, EmuDevice::new()).unwrap();
+    let mut b =
+        CudaBackend::new(graph, DeviceWeights::Host(&weights), 2, EmuDevice::new()).unwrap();
     let step = StepParams {
         tau: vec![0.0; m.latent_frames],
         dtau: vec![0.0; m.latent_frames],
@@ -182,7 +194,7 @@ fn cuda_backend_misuse_is_an_error() {
 
     // Out of device memory names the allocation.
     let dev = EmuDevice::new().with_memory_limit(1 << 20);
-    let err = CudaBackend::new(Graph::build(&m, 1.0), &weights, 2, dev)
+    let err = CudaBackend::new(Graph::build(&m, 1.0), DeviceWeights::Host(&weights), 2, dev)
         .err()
         .unwrap()
         .to_string();
@@ -265,7 +277,8 @@ fn every_step_of_a_call_matches_the_cpu_trace() {
         )
         .unwrap();
 
-        let mut gpu = CudaBackend::new(graph, &weights, 2, EmuDevice::new()).unwrap();
+        let mut gpu =
+            CudaBackend::new(graph, DeviceWeights::Host(&weights), 2, EmuDevice::new()).unwrap();
         gpu.set_text(&text, &mask).unwrap();
         let mut v_gpu = vec![0.0; x.len()];
         let mut worst = (0.0f64, String::new());
@@ -291,4 +304,31 @@ fn every_step_of_a_call_matches_the_cpu_trace() {
         );
         assert!(err < 1e-2, "guidance {guidance}: output rel L2 {err:.2e}");
     }
+}
+
+/// Weights generated on the device are those `weights init --dtype f16` writes, bit for bit
+/// (every DiT tensor, including the per-row ranges of the adaLN tables).
+#[test]
+fn device_random_weights_equal_the_checkpoint_init() {
+    use streamdit::model::graph::Kind;
+    let m = Profile::builtin("tiny").unwrap().model;
+    let host = Weights::random(&m, 41, DType::F16);
+    let graph = Graph::build(&m, 1.0);
+    let mut b = CudaBackend::new(
+        graph.clone(),
+        DeviceWeights::Random { seed: 41 },
+        2,
+        EmuDevice::new(),
+    )
+    .unwrap();
+    let mut tensors = 0;
+    for (id, t) in graph.tensors.iter().enumerate() {
+        if t.kind != Kind::Weight {
+            continue;
+        }
+        let got = b.read_tensor(id).unwrap();
+        assert_bits(&t.name, &got, &host.get(&t.name).unwrap().data);
+        tensors += 1;
+    }
+    assert!(tensors > 40, "{tensors} weight tensors");
 }

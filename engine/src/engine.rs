@@ -10,7 +10,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::device::Device;
 use crate::backend::cuda::emu::EmuDevice;
 use crate::backend::cuda::real::CudaDevice;
-use crate::backend::cuda::CudaBackend;
+use crate::backend::cuda::{CudaBackend, DeviceWeights};
 use crate::backend::Backend;
 use crate::decoder::Preview;
 use crate::error::{Error, Result};
@@ -69,6 +69,8 @@ pub struct EngineParams {
 pub struct Engine {
     profile: Arc<Profile>,
     weights: Arc<Weights>,
+    /// The seed of DiT weights a device generates itself (then `weights` lacks them).
+    device_random: Option<u64>,
     backend: BackendKind,
     /// Why `auto` chose the backend it did, for one log line.
     backend_reason: String,
@@ -78,13 +80,6 @@ impl Engine {
     /// Loads or generates the weights and chooses the backend.
     pub fn new(params: EngineParams) -> Result<Engine> {
         params.profile.validate()?;
-        let groups = [Group::Dit, Group::Preview, Group::TextEmbed];
-        let weights = match &params.weights {
-            WeightsSource::File(path) => Weights::load(path, &params.profile.model, &groups)?,
-            WeightsSource::Random { seed, dtype } => {
-                Weights::random(&params.profile.model, *seed, *dtype)
-            }
-        };
         let (backend, backend_reason) = match params.backend {
             BackendKind::Cpu => (BackendKind::Cpu, "cpu: requested".to_string()),
             BackendKind::Emu => (
@@ -110,8 +105,33 @@ impl Engine {
                 ),
             },
         };
+        // A device generates random f16 DiT weights itself (the values `weights init
+        // --dtype f16` writes); the host then holds only the preview and text tables.
+        let device_random = match (&params.weights, backend) {
+            (
+                WeightsSource::Random {
+                    seed,
+                    dtype: DType::F16,
+                },
+                BackendKind::Cuda | BackendKind::Emu,
+            ) => Some(*seed),
+            _ => None,
+        };
+        let all = [Group::Dit, Group::Preview, Group::TextEmbed];
+        let groups: &[Group] = if device_random.is_some() {
+            &all[1..]
+        } else {
+            &all
+        };
+        let weights = match &params.weights {
+            WeightsSource::File(path) => Weights::load(path, &params.profile.model, groups)?,
+            WeightsSource::Random { seed, dtype } => {
+                Weights::random_groups(&params.profile.model, *seed, *dtype, groups)
+            }
+        };
         Ok(Engine {
             profile: Arc::new(params.profile),
+            device_random,
             weights: Arc::new(weights),
             backend,
             backend_reason,
@@ -122,6 +142,8 @@ impl Engine {
         &self.profile
     }
 
+    /// The host weights. When a CUDA or emulated device generates random f16 weights itself,
+    /// these are only the preview and text tables (the DiT weights live on the device).
     pub fn weights(&self) -> &Arc<Weights> {
         &self.weights
     }
@@ -135,19 +157,23 @@ impl Engine {
     pub fn create_backend(&self, guidance: f32) -> Result<Box<dyn Backend>> {
         let graph = Graph::build(&self.profile.model, guidance);
         let chunk = self.profile.stream.chunk_frames;
+        let device_weights = match self.device_random {
+            Some(seed) => DeviceWeights::Random { seed },
+            None => DeviceWeights::Host(&self.weights),
+        };
         match self.backend {
             BackendKind::Cpu | BackendKind::Auto => {
                 Ok(Box::new(CpuBackend::new(graph, self.weights.clone())?))
             }
             BackendKind::Emu => Ok(Box::new(CudaBackend::new(
                 graph,
-                &self.weights,
+                device_weights,
                 chunk,
                 EmuDevice::new(),
             )?)),
             BackendKind::Cuda => Ok(Box::new(CudaBackend::new(
                 graph,
-                &self.weights,
+                device_weights,
                 chunk,
                 CudaDevice::new(0)?,
             )?)),

@@ -341,9 +341,22 @@ impl Weights {
     /// to `dtype`: equal, bit for bit, to [`write_random_checkpoint`] with the same
     /// arguments read back.
     pub fn random(cfg: &ModelConfig, seed: u64, dtype: DType) -> Weights {
+        Self::random_groups(
+            cfg,
+            seed,
+            dtype,
+            &[Group::Dit, Group::Preview, Group::TextEmbed],
+        )
+    }
+
+    /// [`random`](Self::random) restricted to the tensors of `groups` (each keeps its
+    /// schema position, so its values are the same): a device that generates the DiT
+    /// weights itself needs only the small host-side tensors.
+    pub fn random_groups(cfg: &ModelConfig, seed: u64, dtype: DType, groups: &[Group]) -> Weights {
         let tensors = schema::checkpoint_tensors(cfg)
             .par_iter()
             .enumerate()
+            .filter(|(_, spec)| groups.contains(&spec.group))
             .map(|(index, spec)| {
                 let mut data = vec![0.0; spec.numel()];
                 fill_random(seed, index, spec, 0, &mut data);

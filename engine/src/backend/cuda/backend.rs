@@ -17,15 +17,29 @@
 
 use half::f16;
 
-use super::device::{Device, DeviceBuffer, Event, GraphId, PinnedBuffer, Stream};
-use super::lower::{self, Lowered, Step};
+use streamdit_kernels::elementwise as ew;
+
+use super::device::{backend_error, Device, DeviceBuffer, Event, GraphId, PinnedBuffer, Stream};
+use super::lower::{self, DeviceParams, Lowered, Step};
 use crate::backend::cpu::validate_mask;
 use crate::backend::{Backend, StepParams};
+use crate::error::fmt_shape;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Weights;
 use crate::model::graph::{Graph, Kind, Precision};
 use crate::model::plan::MemoryPlan;
+use crate::model::schema::{checkpoint_tensors, Init};
 use crate::tensor::Tensor;
+
+/// Where the device's weights come from.
+#[derive(Clone, Copy)]
+pub enum DeviceWeights<'a> {
+    /// Uploaded from host tensors, rounded to f16.
+    Host(&'a Weights),
+    /// Generated on the device by `weights_init`: the values of `streamdit weights init
+    /// --seed SEED --dtype f16`, bit for bit, with no host copy of the DiT weights.
+    Random { seed: u64 },
+}
 
 /// Stream state outside the model graph, in one allocation.
 struct StateBuffers {
@@ -72,7 +86,12 @@ impl<D: Device> CudaBackend<D> {
     /// Plans the graph's memory on `dev`, uploads the weights (converted to f16) and lowers
     /// the graph to launches; steps pop chunks of `chunk_frames` frames. Fails with an error
     /// naming the op, tensor or allocation.
-    pub fn new(graph: Graph, weights: &Weights, chunk_frames: usize, mut dev: D) -> Result<Self> {
+    pub fn new(
+        graph: Graph,
+        weights: DeviceWeights,
+        chunk_frames: usize,
+        mut dev: D,
+    ) -> Result<Self> {
         let fusion = lower::fusion(&graph);
         let plan = MemoryPlan::build_fused(&graph, &fusion);
         plan.verify_fused(&graph, &fusion)
@@ -120,7 +139,10 @@ impl<D: Device> CudaBackend<D> {
             use_graphs: true,
             text_set: false,
         };
-        backend.upload_weights(weights)?;
+        match weights {
+            DeviceWeights::Host(w) => backend.upload_weights(w)?,
+            DeviceWeights::Random { seed } => backend.init_weights(seed)?,
+        }
         let Lowered { prompt, call } = lower::lower(&backend.graph, &backend.plan, backend.mem)?;
         backend.prompt = lower::resolve(&mut backend.dev, prompt)?;
         backend.call = lower::resolve(&mut backend.dev, call)?;
@@ -222,6 +244,63 @@ impl<D: Device> CudaBackend<D> {
         self.dev.copy(self.state.x_next, x_buf)?;
         result?;
         self.dev.read(v_buf, v)
+    }
+
+    /// Generates every weight of the graph on the device (`weights_init`, one launch per
+    /// tensor, or per row for the adaLN tables' per-row ranges).
+    fn init_weights(&mut self, seed: u64) -> Result<()> {
+        let specs = checkpoint_tensors(&self.graph.config);
+        let kernel = self.dev.kernel("elementwise", ew::KERNEL_WEIGHTS_INIT)?;
+        for id in 0..self.graph.tensors.len() {
+            let t = &self.graph.tensors[id];
+            if t.kind != Kind::Weight {
+                continue;
+            }
+            let label = format!("weights_init `{}`", t.name);
+            let (index, spec) = specs
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.name == t.name)
+                .ok_or_else(|| Error::Invalid(format!("{label}: not in the checkpoint schema")))?;
+            if spec.shape != t.shape {
+                return Err(Error::shape(
+                    &label,
+                    fmt_shape(&spec.shape),
+                    fmt_shape(&t.shape),
+                ));
+            }
+            let n = spec.numel();
+            let ranges: Vec<(usize, usize, f32, f32)> = match &spec.init {
+                Init::Uniform { mean, half_width } => vec![(0, n, *mean, *half_width)],
+                Init::Rows(rows) => {
+                    let cols = n / rows.len().max(1);
+                    rows.iter()
+                        .enumerate()
+                        .map(|(r, &(mean, hw))| (r * cols, cols, mean, hw))
+                        .collect()
+                }
+            };
+            let base = self.tensor_bytes(id)?.cast::<u16>()?;
+            for (start, len, mean, half_width) in ranges {
+                let out = base.slice(start, len)?;
+                let config = ew::weights_init_config(start as u64, len)
+                    .map_err(|e| Error::Invalid(format!("{label}: {e}")))?;
+                let params = ew::WeightsInitParams {
+                    out: out.addr() as *mut u16,
+                    seed,
+                    start: start as u64,
+                    n: len as i64,
+                    tensor: index as u32,
+                    mean,
+                    half_width,
+                };
+                // SAFETY: `out` holds exactly `len` f16 of this device's model allocation,
+                // the elements [start, start + len) the launch writes.
+                unsafe { self.dev.launch(kernel, config, &DeviceParams(params)) }
+                    .map_err(|e| backend_error(self.dev.backend(), label.clone(), e.to_string()))?;
+            }
+        }
+        self.dev.synchronize()
     }
 
     fn upload_weights(&mut self, weights: &Weights) -> Result<()> {

@@ -31,4 +31,4 @@ pub mod emu;
 pub mod lower;
 pub mod real;
 
-pub use backend::CudaBackend;
+pub use backend::{CudaBackend, DeviceWeights};
