@@ -332,3 +332,57 @@ fn device_random_weights_equal_the_checkpoint_init() {
     }
     assert!(tensors > 40, "{tensors} weight tensors");
 }
+
+/// A checkpoint's tensors reach the device as f16, converted on the way from bf16 and f32
+/// exactly as the host path rounds them, and an engine on the device keeps no host copy of
+/// the DiT weights.
+#[test]
+fn checkpoint_weights_upload_from_the_memory_map() {
+    use streamdit::model::checkpoint::{write_random_checkpoint, Checkpoint};
+    use streamdit::model::graph::Kind;
+    use streamdit::model::schema::Group;
+    let m = Profile::builtin("tiny").unwrap().model;
+    for dtype in [DType::BF16, DType::F32, DType::F16] {
+        let path = std::env::temp_dir().join(format!(
+            "streamdit-cuda-backend-{}-{dtype}.safetensors",
+            std::process::id()
+        ));
+        write_random_checkpoint(&m, 8, dtype, &path).unwrap();
+        let host = Weights::load(&path, &m, &[Group::Dit]).unwrap();
+        let ckpt = Checkpoint::open(&path).unwrap();
+        let graph = Graph::build(&m, 1.0);
+        let mut b = CudaBackend::new(
+            graph.clone(),
+            DeviceWeights::Checkpoint(&ckpt),
+            2,
+            EmuDevice::new(),
+        )
+        .unwrap();
+        for (id, t) in graph.tensors.iter().enumerate() {
+            if t.kind == Kind::Weight {
+                let want: Vec<f32> = host
+                    .get(&t.name)
+                    .unwrap()
+                    .data
+                    .iter()
+                    .map(|&v| DType::F16.round(v))
+                    .collect();
+                assert_bits(
+                    &format!("{dtype} {}", t.name),
+                    &b.read_tensor(id).unwrap(),
+                    &want,
+                );
+            }
+        }
+        let engine = Engine::new(EngineParams {
+            profile: Profile::builtin("tiny").unwrap(),
+            weights: WeightsSource::File(path.clone()),
+            backend: BackendKind::Emu,
+        })
+        .unwrap();
+        assert!(engine.weights().get("blocks.0.attn.qkv.weight").is_err());
+        assert!(engine.weights().get("preview.weight").is_ok());
+        engine.create_backend(1.0).unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
+}

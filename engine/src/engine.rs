@@ -14,9 +14,9 @@ use crate::backend::cuda::{CudaBackend, DeviceWeights};
 use crate::backend::Backend;
 use crate::decoder::Preview;
 use crate::error::{Error, Result};
-use crate::model::checkpoint::{DType, Weights};
+use crate::model::checkpoint::{Checkpoint, DType, Weights};
 use crate::model::graph::Graph;
-use crate::model::schema::Group;
+use crate::model::schema::{checkpoint_tensors, Group};
 use crate::model::Profile;
 use crate::stream::Stream;
 use crate::text::{ByteEmbedding, TextInput};
@@ -71,6 +71,8 @@ pub struct Engine {
     weights: Arc<Weights>,
     /// The seed of DiT weights a device generates itself (then `weights` lacks them).
     device_random: Option<u64>,
+    /// The checkpoint a device reads its DiT weights from (then `weights` lacks them).
+    device_file: Option<Arc<Checkpoint>>,
     backend: BackendKind,
     /// Why `auto` chose the backend it did, for one log line.
     backend_reason: String,
@@ -117,8 +119,22 @@ impl Engine {
             ) => Some(*seed),
             _ => None,
         };
+        // A device reads a checkpoint's DiT tensors itself from the memory map.
+        let device_file = match (&params.weights, backend) {
+            (WeightsSource::File(path), BackendKind::Cuda | BackendKind::Emu) => {
+                let ckpt = Checkpoint::open(path)?;
+                for spec in checkpoint_tensors(&params.profile.model)
+                    .iter()
+                    .filter(|s| s.group == Group::Dit)
+                {
+                    ckpt.check(&spec.name, &spec.shape)?;
+                }
+                Some(Arc::new(ckpt))
+            }
+            _ => None,
+        };
         let all = [Group::Dit, Group::Preview, Group::TextEmbed];
-        let groups: &[Group] = if device_random.is_some() {
+        let groups: &[Group] = if device_random.is_some() || device_file.is_some() {
             &all[1..]
         } else {
             &all
@@ -132,6 +148,7 @@ impl Engine {
         Ok(Engine {
             profile: Arc::new(params.profile),
             device_random,
+            device_file,
             weights: Arc::new(weights),
             backend,
             backend_reason,
@@ -142,8 +159,9 @@ impl Engine {
         &self.profile
     }
 
-    /// The host weights. When a CUDA or emulated device generates random f16 weights itself,
-    /// these are only the preview and text tables (the DiT weights live on the device).
+    /// The host weights. On a CUDA or emulated device that generates random f16 weights or
+    /// reads a checkpoint itself, these are only the preview and text tables (the DiT
+    /// weights live on the device).
     pub fn weights(&self) -> &Arc<Weights> {
         &self.weights
     }
@@ -157,9 +175,10 @@ impl Engine {
     pub fn create_backend(&self, guidance: f32) -> Result<Box<dyn Backend>> {
         let graph = Graph::build(&self.profile.model, guidance);
         let chunk = self.profile.stream.chunk_frames;
-        let device_weights = match self.device_random {
-            Some(seed) => DeviceWeights::Random { seed },
-            None => DeviceWeights::Host(&self.weights),
+        let device_weights = match (self.device_random, &self.device_file) {
+            (Some(seed), _) => DeviceWeights::Random { seed },
+            (None, Some(ckpt)) => DeviceWeights::Checkpoint(ckpt),
+            (None, None) => DeviceWeights::Host(&self.weights),
         };
         match self.backend {
             BackendKind::Cpu | BackendKind::Auto => {

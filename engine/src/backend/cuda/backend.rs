@@ -25,7 +25,7 @@ use crate::backend::cpu::validate_mask;
 use crate::backend::{Backend, StepParams};
 use crate::error::fmt_shape;
 use crate::error::{Error, Result};
-use crate::model::checkpoint::Weights;
+use crate::model::checkpoint::{Checkpoint, DType, Weights};
 use crate::model::graph::{Graph, Kind, Precision};
 use crate::model::plan::MemoryPlan;
 use crate::model::schema::{checkpoint_tensors, Init};
@@ -36,6 +36,9 @@ use crate::tensor::Tensor;
 pub enum DeviceWeights<'a> {
     /// Uploaded from host tensors, rounded to f16.
     Host(&'a Weights),
+    /// Uploaded tensor by tensor from a memory-mapped checkpoint, f16 as stored, bf16 and
+    /// f32 rounded to f16 on the way (one tensor's f16 copy in host memory at a time).
+    Checkpoint(&'a Checkpoint),
     /// Generated on the device by `weights_init`: the values of `streamdit weights init
     /// --seed SEED --dtype f16`, bit for bit, with no host copy of the DiT weights.
     Random { seed: u64 },
@@ -141,6 +144,7 @@ impl<D: Device> CudaBackend<D> {
         };
         match weights {
             DeviceWeights::Host(w) => backend.upload_weights(w)?,
+            DeviceWeights::Checkpoint(c) => backend.upload_checkpoint(c)?,
             DeviceWeights::Random { seed } => backend.init_weights(seed)?,
         }
         let Lowered { prompt, call } = lower::lower(&backend.graph, &backend.plan, backend.mem)?;
@@ -301,6 +305,43 @@ impl<D: Device> CudaBackend<D> {
             }
         }
         self.dev.synchronize()
+    }
+
+    fn upload_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        for id in 0..self.graph.tensors.len() {
+            let t = &self.graph.tensors[id];
+            if t.kind != Kind::Weight {
+                continue;
+            }
+            let info = ckpt.check(&t.name, &t.shape)?;
+            let dtype = DType::from_safetensors(info.dtype).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "tensor `{}`: dtype {} is not f16, bf16 or f32",
+                    t.name, info.dtype
+                ))
+            })?;
+            let (_, raw) = ckpt.raw(&t.name)?;
+            let bits: Vec<u16> = match dtype {
+                DType::F16 => raw
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+                DType::BF16 => raw
+                    .chunks_exact(2)
+                    .map(|b| {
+                        let v = half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]]));
+                        f16::from_f32(v.to_f32()).to_bits()
+                    })
+                    .collect(),
+                DType::F32 => raw
+                    .chunks_exact(4)
+                    .map(|b| f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_bits())
+                    .collect(),
+            };
+            let dst = self.tensor_bytes(id)?.cast::<u16>()?;
+            self.dev.write(dst, &bits)?;
+        }
+        Ok(())
     }
 
     fn upload_weights(&mut self, weights: &Weights) -> Result<()> {
