@@ -73,6 +73,8 @@ pub struct Engine {
     device_random: Option<u64>,
     /// The checkpoint a device reads its DiT weights from (then `weights` lacks them).
     device_file: Option<Arc<Checkpoint>>,
+    /// CUDA device ordinal.
+    device: usize,
     backend: BackendKind,
     /// Why `auto` chose the backend it did, for one log line.
     backend_reason: String,
@@ -81,6 +83,11 @@ pub struct Engine {
 impl Engine {
     /// Loads or generates the weights and chooses the backend.
     pub fn new(params: EngineParams) -> Result<Engine> {
+        Self::with_device(params, 0)
+    }
+
+    /// [`Engine::new`] on CUDA device `device` (for the `cuda` and `auto` backends).
+    pub fn with_device(params: EngineParams, device: usize) -> Result<Engine> {
         params.profile.validate()?;
         let (backend, backend_reason) = match params.backend {
             BackendKind::Cpu => (BackendKind::Cpu, "cpu: requested".to_string()),
@@ -90,7 +97,7 @@ impl Engine {
             ),
             BackendKind::Cuda => {
                 streamdit_kernels::kernels_built().map_err(Error::Invalid)?;
-                let dev = CudaDevice::new(0)?;
+                let dev = CudaDevice::new(device)?;
                 (
                     BackendKind::Cuda,
                     format!("cuda: requested, {}", dev.describe()),
@@ -98,7 +105,7 @@ impl Engine {
             }
             BackendKind::Auto => match streamdit_kernels::kernels_built()
                 .map_err(Error::Invalid)
-                .and_then(|_| CudaDevice::new(0))
+                .and_then(|_| CudaDevice::new(device))
             {
                 Ok(dev) => (BackendKind::Cuda, format!("auto: {}", dev.describe())),
                 Err(e) => (
@@ -149,6 +156,7 @@ impl Engine {
             profile: Arc::new(params.profile),
             device_random,
             device_file,
+            device,
             weights: Arc::new(weights),
             backend,
             backend_reason,
@@ -194,7 +202,7 @@ impl Engine {
                 graph,
                 device_weights,
                 chunk,
-                CudaDevice::new(0)?,
+                CudaDevice::new(self.device)?,
             )?)),
         }
     }

@@ -4,6 +4,7 @@
 //! The library holds no global state: every engine and stream is an owned value, so one
 //! process can run several of each.
 
+pub mod abi;
 pub mod backend;
 pub mod decoder;
 pub mod error;

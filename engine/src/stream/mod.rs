@@ -33,6 +33,8 @@ pub struct Stream {
     next_noise_frame: u64,
     chunks_emitted: u64,
     chunk_frames: usize,
+    /// Video frame rate of the profile.
+    fps: f64,
     /// The last popped chunk `[c, C, H, W]`.
     chunk: Vec<f32>,
 }
@@ -80,6 +82,7 @@ impl Stream {
             next_noise_frame: m.latent_frames as u64,
             chunks_emitted: 0,
             chunk_frames: c,
+            fps: profile.video.fps,
             chunk: vec![0.0; c * m.frame_elems()],
         })
     }
@@ -139,6 +142,11 @@ impl Stream {
     /// Video frame `(width, height)`.
     pub fn frame_size(&self) -> (usize, usize) {
         self.decoder.frame_size()
+    }
+
+    /// Video frames per second of the profile.
+    pub fn video_fps(&self) -> f64 {
+        self.fps
     }
 
     /// Video frames per emitted chunk.

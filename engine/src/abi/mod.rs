@@ -1,0 +1,633 @@
+//! The C interface (`include/streamdit.h`): opaque handles over [`Engine`] and [`Stream`],
+//! `*_default_params()`, create/free pairs, integer status codes, a thread-local last error
+//! and a log callback. Built into `libstreamdit.so` / `libstreamdit.a`.
+//!
+//! Every entry point catches panics (a panic becomes `STREAMDIT_ERR_PANIC` with its
+//! message as the last error), checks every pointer it is given for null, and checks
+//! buffer sizes; nothing the caller passes can make it abort. Use of a freed handle and
+//! double free are undefined (as with `free`); freeing NULL is a no-op.
+//!
+//! Threads: an engine may be shared by streams created and used on different threads; one
+//! stream must be used by one thread at a time. The last error is per thread.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+
+use crate::model::checkpoint::DType;
+use crate::{BackendKind, Engine, EngineParams, Error, Profile, Stream, StreamParams};
+use crate::{Result, WeightsSource};
+
+/// Version of this C interface; bumped on any incompatible change to `streamdit.h`.
+pub const ABI_VERSION: u32 = 1;
+
+/// Status codes (`streamdit_status` in the header).
+pub const OK: c_int = 0;
+pub const ERR_INVALID_ARGUMENT: c_int = 1;
+pub const ERR_BUFFER_TOO_SMALL: c_int = 2;
+pub const ERR_PROFILE: c_int = 3;
+pub const ERR_CHECKPOINT: c_int = 4;
+pub const ERR_IO: c_int = 5;
+pub const ERR_BACKEND: c_int = 6;
+pub const ERR_PANIC: c_int = 7;
+pub const ERR_STOPPED: c_int = 8;
+
+/// Log levels.
+pub const LOG_ERROR: c_int = 0;
+pub const LOG_WARN: c_int = 1;
+pub const LOG_INFO: c_int = 2;
+
+/// `void (*)(int level, const char* message, void* user_data)`.
+pub type LogFn = Option<unsafe extern "C" fn(c_int, *const c_char, *mut c_void)>;
+
+/// `int (*)(const uint8_t* rgb, uint32_t width, uint32_t height, uint64_t frame_index,
+/// void* user_data)`: return 0 to continue, non-zero to stop.
+pub type FrameFn = Option<unsafe extern "C" fn(*const u8, u32, u32, u64, *mut c_void) -> c_int>;
+
+pub const BACKEND_AUTO: c_int = 0;
+pub const BACKEND_CPU: c_int = 1;
+pub const BACKEND_CUDA: c_int = 2;
+pub const BACKEND_EMU: c_int = 3;
+
+/// `streamdit_engine_params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EngineParamsC {
+    /// Profile name (`tiny`, `streamdit-4b`, ...) or path to a TOML file.
+    pub profile: *const c_char,
+    /// Safetensors checkpoint, or NULL for random weights from `random_seed`.
+    pub checkpoint: *const c_char,
+    pub random_seed: u64,
+    /// `STREAMDIT_BACKEND_*`.
+    pub backend: c_int,
+    /// CUDA device ordinal.
+    pub device_index: c_int,
+    pub log: LogFn,
+    pub log_user_data: *mut c_void,
+}
+
+/// `streamdit_stream_params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StreamParamsC {
+    /// UTF-8 prompt; NULL is the empty prompt.
+    pub prompt: *const c_char,
+    /// NULL: the profile's negative prompt.
+    pub negative_prompt: *const c_char,
+    /// Noise seed, used when `use_seed` is non-zero (else the profile's).
+    pub seed: u64,
+    pub use_seed: c_int,
+    /// CFG scale; NaN takes the profile's.
+    pub guidance: f32,
+}
+
+/// `streamdit_geometry`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GeometryC {
+    pub width: u32,
+    pub height: u32,
+    pub frames_per_chunk: u32,
+    /// `STREAMDIT_PIXEL_RGB8` (0): 3 bytes per pixel, rows top to bottom.
+    pub pixel_format: u32,
+    pub bytes_per_frame: u64,
+    pub bytes_per_chunk: u64,
+    /// Video frame rate of the profile.
+    pub fps: f64,
+}
+
+/// An engine handle.
+pub struct EngineHandle {
+    engine: Engine,
+    log: LogFn,
+    log_user_data: *mut c_void,
+}
+
+/// A stream handle: the stream and its frame scratch.
+pub struct StreamHandle {
+    stream: Stream,
+    frames: Vec<u8>,
+    log: LogFn,
+    log_user_data: *mut c_void,
+}
+
+// SAFETY: `log_user_data` is the caller's pointer, handed back to the caller's callback
+// only; the header documents that the callback may be called from the thread that uses
+// the engine or stream. The engine itself is Send and Sync (owned data and Arcs).
+unsafe impl Send for EngineHandle {}
+// SAFETY: as above; the engine is only read through `&EngineHandle`.
+unsafe impl Sync for EngineHandle {}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(msg: &str) {
+    let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+fn status_of(e: &Error) -> c_int {
+    match e {
+        Error::Profile { .. } | Error::ProfileParse { .. } => ERR_PROFILE,
+        Error::Tensor { .. } | Error::Checkpoint { .. } => ERR_CHECKPOINT,
+        Error::Io { .. } => ERR_IO,
+        Error::Backend { .. } => ERR_BACKEND,
+        _ => ERR_INVALID_ARGUMENT,
+    }
+}
+
+fn log(f: LogFn, user: *mut c_void, level: c_int, msg: &str) {
+    if let Some(f) = f {
+        let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
+        // SAFETY: the caller registered `f` with `user` for exactly this call; the message
+        // outlives the call.
+        unsafe { f(level, c.as_ptr(), user) };
+    }
+}
+
+/// Runs `body`, turning an error into its status and last-error message, and a panic into
+/// `ERR_PANIC`.
+fn guard(log_to: (LogFn, *mut c_void), body: impl FnOnce() -> Result<c_int>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            let msg = e.to_string();
+            log(log_to.0, log_to.1, LOG_ERROR, &msg);
+            set_last_error(&msg);
+            status_of(&e)
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            set_last_error(&format!("internal error (panic): {msg}"));
+            ERR_PANIC
+        }
+    }
+}
+
+fn invalid(what: &str) -> Error {
+    Error::Invalid(what.to_string())
+}
+
+/// A UTF-8 string argument; NULL is `None`.
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string valid for the call.
+unsafe fn opt_str(p: *const c_char, what: &str) -> Result<Option<String>> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: per this function's contract.
+    let s = unsafe { CStr::from_ptr(p) };
+    s.to_str()
+        .map(|s| Some(s.to_string()))
+        .map_err(|_| invalid(&format!("{what}: not valid UTF-8")))
+}
+
+static VERSION: &CStr =
+    match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(s) => s,
+        Err(_) => panic!("version string"),
+    };
+
+/// `"0.1.0"`: the library version.
+#[no_mangle]
+pub extern "C" fn streamdit_version_string() -> *const c_char {
+    VERSION.as_ptr()
+}
+
+/// The library version as numbers; any pointer may be NULL.
+///
+/// # Safety
+/// Each non-NULL pointer is valid for one `uint32_t` write.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_version(major: *mut u32, minor: *mut u32, patch: *mut u32) {
+    let parse = |s: &str| s.parse::<u32>().unwrap_or(0);
+    for (p, v) in [
+        (major, parse(env!("CARGO_PKG_VERSION_MAJOR"))),
+        (minor, parse(env!("CARGO_PKG_VERSION_MINOR"))),
+        (patch, parse(env!("CARGO_PKG_VERSION_PATCH"))),
+    ] {
+        if !p.is_null() {
+            // SAFETY: non-NULL and valid for a write per the contract.
+            unsafe { p.write(v) };
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn streamdit_abi_version() -> u32 {
+    ABI_VERSION
+}
+
+/// The calling thread's last error message (empty if none); valid until the next failing
+/// call on this thread.
+#[no_mangle]
+pub extern "C" fn streamdit_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// A short static description of a status code.
+#[no_mangle]
+pub extern "C" fn streamdit_status_string(status: c_int) -> *const c_char {
+    let s: &'static CStr = match status {
+        OK => c"ok",
+        ERR_INVALID_ARGUMENT => c"invalid argument",
+        ERR_BUFFER_TOO_SMALL => c"buffer too small",
+        ERR_PROFILE => c"invalid profile",
+        ERR_CHECKPOINT => c"invalid checkpoint",
+        ERR_IO => c"I/O error",
+        ERR_BACKEND => c"backend error",
+        ERR_PANIC => c"internal error",
+        ERR_STOPPED => c"stopped by the frame callback",
+        _ => c"unknown status",
+    };
+    s.as_ptr()
+}
+
+#[no_mangle]
+pub extern "C" fn streamdit_engine_default_params() -> EngineParamsC {
+    EngineParamsC {
+        profile: c"tiny".as_ptr(),
+        checkpoint: std::ptr::null(),
+        random_seed: 0,
+        backend: BACKEND_AUTO,
+        device_index: 0,
+        log: None,
+        log_user_data: std::ptr::null_mut(),
+    }
+}
+
+/// Creates an engine: loads the profile and the weights and chooses the backend.
+///
+/// # Safety
+/// `params` is NULL or points to a valid `streamdit_engine_params` whose strings are NULL
+/// or NUL-terminated; `out` is NULL or valid for one pointer write.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_engine_create(
+    params: *const EngineParamsC,
+    out: *mut *mut EngineHandle,
+) -> c_int {
+    // SAFETY: read once, NULL checked.
+    let logger = unsafe { params.as_ref() }
+        .map_or((None, std::ptr::null_mut()), |p| (p.log, p.log_user_data));
+    guard(logger, || {
+        if out.is_null() {
+            return Err(invalid("streamdit_engine_create: `out` is NULL"));
+        }
+        // SAFETY: non-NULL, valid for a write per the contract.
+        unsafe { out.write(std::ptr::null_mut()) };
+        // SAFETY: NULL checked; valid per the contract.
+        let p = unsafe { params.as_ref() }
+            .ok_or_else(|| invalid("streamdit_engine_create: `params` is NULL"))?;
+        // SAFETY: the strings are NULL or NUL-terminated per the contract.
+        let profile = unsafe { opt_str(p.profile, "profile") }?
+            .ok_or_else(|| invalid("streamdit_engine_create: `profile` is NULL"))?;
+        // SAFETY: as above.
+        let checkpoint = unsafe { opt_str(p.checkpoint, "checkpoint") }?;
+        let backend = match p.backend {
+            BACKEND_AUTO => BackendKind::Auto,
+            BACKEND_CPU => BackendKind::Cpu,
+            BACKEND_CUDA => BackendKind::Cuda,
+            BACKEND_EMU => BackendKind::Emu,
+            other => {
+                return Err(invalid(&format!(
+                    "backend {other}: expected 0 (auto), 1 (cpu), 2 (cuda) or 3 (emu)"
+                )))
+            }
+        };
+        let device = usize::try_from(p.device_index)
+            .map_err(|_| invalid(&format!("device_index {}: must be >= 0", p.device_index)))?;
+        let weights = match checkpoint {
+            Some(path) => WeightsSource::File(PathBuf::from(path)),
+            None => WeightsSource::Random {
+                seed: p.random_seed,
+                dtype: DType::F16,
+            },
+        };
+        // Any failure to load the profile (unknown name, unreadable or invalid file) is a
+        // profile error.
+        let profile = match Profile::load(&profile) {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = e.to_string();
+                log(p.log, p.log_user_data, LOG_ERROR, &msg);
+                set_last_error(&msg);
+                return Ok(ERR_PROFILE);
+            }
+        };
+        let engine = Engine::with_device(
+            EngineParams {
+                profile,
+                weights,
+                backend,
+            },
+            device,
+        )?;
+        let (kind, why) = engine.backend_choice();
+        log(
+            p.log,
+            p.log_user_data,
+            LOG_INFO,
+            &format!("backend {kind:?} ({why})"),
+        );
+        let handle = Box::new(EngineHandle {
+            engine,
+            log: p.log,
+            log_user_data: p.log_user_data,
+        });
+        // SAFETY: valid for a write per the contract.
+        unsafe { out.write(Box::into_raw(handle)) };
+        Ok(OK)
+    })
+}
+
+/// Frees an engine; NULL is a no-op. Streams made from it stay valid.
+///
+/// # Safety
+/// `engine` is NULL or a live handle from `streamdit_engine_create`, not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_engine_free(engine: *mut EngineHandle) {
+    if !engine.is_null() {
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: a live handle made by Box::into_raw, freed once per the contract.
+            drop(unsafe { Box::from_raw(engine) })
+        }));
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn streamdit_stream_default_params() -> StreamParamsC {
+    StreamParamsC {
+        prompt: std::ptr::null(),
+        negative_prompt: std::ptr::null(),
+        seed: 0,
+        use_seed: 0,
+        guidance: f32::NAN,
+    }
+}
+
+/// Starts a stream on `engine`.
+///
+/// # Safety
+/// `engine` is NULL or a live engine handle; `params` NULL or valid (strings NULL or
+/// NUL-terminated); `out` NULL or valid for one pointer write.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_stream_create(
+    engine: *const EngineHandle,
+    params: *const StreamParamsC,
+    out: *mut *mut StreamHandle,
+) -> c_int {
+    // SAFETY: NULL checked; a live handle per the contract.
+    let e = unsafe { engine.as_ref() };
+    let logger = e.map_or((None, std::ptr::null_mut()), |e| (e.log, e.log_user_data));
+    guard(logger, || {
+        if out.is_null() {
+            return Err(invalid("streamdit_stream_create: `out` is NULL"));
+        }
+        // SAFETY: valid for a write per the contract.
+        unsafe { out.write(std::ptr::null_mut()) };
+        let e = e.ok_or_else(|| invalid("streamdit_stream_create: `engine` is NULL"))?;
+        // SAFETY: NULL checked; valid per the contract.
+        let p = unsafe { params.as_ref() }
+            .ok_or_else(|| invalid("streamdit_stream_create: `params` is NULL"))?;
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let prompt = unsafe { opt_str(p.prompt, "prompt") }?.unwrap_or_default();
+        // SAFETY: as above.
+        let negative_prompt = unsafe { opt_str(p.negative_prompt, "negative_prompt") }?;
+        let stream = e.engine.stream(StreamParams {
+            prompt,
+            negative_prompt,
+            seed: (p.use_seed != 0).then_some(p.seed),
+            guidance: (!p.guidance.is_nan()).then_some(p.guidance),
+            text: None,
+        })?;
+        let handle = Box::new(StreamHandle {
+            stream,
+            frames: Vec::new(),
+            log: e.log,
+            log_user_data: e.log_user_data,
+        });
+        // SAFETY: valid for a write per the contract.
+        unsafe { out.write(Box::into_raw(handle)) };
+        Ok(OK)
+    })
+}
+
+/// Frees a stream; NULL is a no-op.
+///
+/// # Safety
+/// `stream` is NULL or a live handle from `streamdit_stream_create`, not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_stream_free(stream: *mut StreamHandle) {
+    if !stream.is_null() {
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: a live handle made by Box::into_raw, freed once per the contract.
+            drop(unsafe { Box::from_raw(stream) })
+        }));
+    }
+}
+
+/// The stream handle behind `stream`, or an error naming the function.
+///
+/// # Safety
+/// `stream` is NULL or a live stream handle used by this thread only.
+unsafe fn stream_mut<'a>(stream: *mut StreamHandle, f: &str) -> Result<&'a mut StreamHandle> {
+    // SAFETY: NULL checked; exclusive per the contract.
+    unsafe { stream.as_mut() }.ok_or_else(|| invalid(&format!("{f}: `stream` is NULL")))
+}
+
+fn stream_logger(stream: *mut StreamHandle) -> (LogFn, *mut c_void) {
+    // SAFETY: NULL or live per the caller's contract; only two fields are copied.
+    unsafe { stream.as_ref() }.map_or((None, std::ptr::null_mut()), |s| (s.log, s.log_user_data))
+}
+
+/// Switches the prompt; it takes effect at the next model call (the buffer is kept).
+///
+/// # Safety
+/// `stream` is NULL or a live stream handle; `prompt` NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_stream_set_prompt(
+    stream: *mut StreamHandle,
+    prompt: *const c_char,
+) -> c_int {
+    guard(stream_logger(stream), || {
+        // SAFETY: per the contract.
+        let s = unsafe { stream_mut(stream, "streamdit_stream_set_prompt") }?;
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let prompt = unsafe { opt_str(prompt, "prompt") }?
+            .ok_or_else(|| invalid("streamdit_stream_set_prompt: `prompt` is NULL"))?;
+        s.stream.set_prompt(&prompt);
+        Ok(OK)
+    })
+}
+
+fn geometry(s: &StreamHandle, fps: f64) -> GeometryC {
+    let (w, h) = s.stream.frame_size();
+    let per_frame = (w * h * 3) as u64;
+    let frames = s.stream.frames_per_chunk();
+    GeometryC {
+        width: w as u32,
+        height: h as u32,
+        frames_per_chunk: frames as u32,
+        pixel_format: 0,
+        bytes_per_frame: per_frame,
+        bytes_per_chunk: per_frame * frames as u64,
+        fps,
+    }
+}
+
+/// Frame size, frames per chunk and pixel format of a stream.
+///
+/// # Safety
+/// `stream` is NULL or a live stream handle; `out` NULL or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_stream_geometry(
+    stream: *mut StreamHandle,
+    out: *mut GeometryC,
+) -> c_int {
+    guard(stream_logger(stream), || {
+        // SAFETY: per the contract.
+        let s = unsafe { stream_mut(stream, "streamdit_stream_geometry") }?;
+        if out.is_null() {
+            return Err(invalid("streamdit_stream_geometry: `out` is NULL"));
+        }
+        let g = geometry(s, s.stream.video_fps());
+        // SAFETY: non-NULL and valid for a write per the contract.
+        unsafe { out.write(g) };
+        Ok(OK)
+    })
+}
+
+/// Produces the next chunk into `buffer` (RGB8, frame after frame): `buffer_bytes` must be
+/// at least the geometry's `bytes_per_chunk`. `frames_written` (may be NULL) receives the
+/// number of frames.
+///
+/// # Safety
+/// `stream` is NULL or a live stream handle; `buffer` NULL or valid for `buffer_bytes`
+/// writes; `frames_written` NULL or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_stream_next(
+    stream: *mut StreamHandle,
+    buffer: *mut u8,
+    buffer_bytes: usize,
+    frames_written: *mut u32,
+) -> c_int {
+    guard(stream_logger(stream), || {
+        if !frames_written.is_null() {
+            // SAFETY: non-NULL, valid for a write per the contract.
+            unsafe { frames_written.write(0) };
+        }
+        // SAFETY: per the contract.
+        let s = unsafe { stream_mut(stream, "streamdit_stream_next") }?;
+        if buffer.is_null() {
+            return Err(invalid("streamdit_stream_next: `buffer` is NULL"));
+        }
+        let need = geometry(s, 0.0).bytes_per_chunk as usize;
+        if buffer_bytes < need {
+            set_last_error(&format!(
+                "streamdit_stream_next: buffer of {buffer_bytes} bytes, a chunk needs {need}"
+            ));
+            return Ok(ERR_BUFFER_TOO_SMALL);
+        }
+        s.frames.clear();
+        let frames = s.stream.next_frames(&mut s.frames)?;
+        // SAFETY: `buffer` is valid for `buffer_bytes >= need >= frames.len()` bytes per
+        // the contract, and does not overlap the stream's own scratch.
+        unsafe { std::ptr::copy_nonoverlapping(s.frames.as_ptr(), buffer, s.frames.len()) };
+        if !frames_written.is_null() {
+            // SAFETY: as above.
+            unsafe { frames_written.write(frames as u32) };
+        }
+        Ok(OK)
+    })
+}
+
+/// Push mode: produces `chunks` chunks, calling `on_frame` for every frame in order; a
+/// non-zero return from the callback stops with `STREAMDIT_ERR_STOPPED`.
+///
+/// # Safety
+/// `stream` is NULL or a live stream handle; `on_frame` a valid callback for `user_data`.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_stream_run(
+    stream: *mut StreamHandle,
+    chunks: u32,
+    on_frame: FrameFn,
+    user_data: *mut c_void,
+) -> c_int {
+    guard(stream_logger(stream), || {
+        // SAFETY: per the contract.
+        let s = unsafe { stream_mut(stream, "streamdit_stream_run") }?;
+        let f = on_frame.ok_or_else(|| invalid("streamdit_stream_run: `on_frame` is NULL"))?;
+        let g = geometry(s, 0.0);
+        let mut index = s.stream.chunks_emitted() * g.frames_per_chunk as u64;
+        for _ in 0..chunks {
+            s.frames.clear();
+            s.stream.next_frames(&mut s.frames)?;
+            for frame in s.frames.chunks_exact(g.bytes_per_frame as usize) {
+                // SAFETY: the caller's callback with its own user_data; the frame is valid
+                // for the call.
+                let stop = unsafe { f(frame.as_ptr(), g.width, g.height, index, user_data) };
+                index += 1;
+                if stop != 0 {
+                    set_last_error("streamdit_stream_run: stopped by the frame callback");
+                    return Ok(ERR_STOPPED);
+                }
+            }
+        }
+        Ok(OK)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error() -> String {
+        // SAFETY: the library's own NUL-terminated thread-local string.
+        unsafe { CStr::from_ptr(streamdit_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn null_arguments_are_errors_not_crashes() {
+        // SAFETY: every pointer is NULL or valid; the functions must reject the NULLs.
+        unsafe {
+            assert_eq!(
+                streamdit_engine_create(std::ptr::null(), std::ptr::null_mut()),
+                ERR_INVALID_ARGUMENT
+            );
+            let mut e = std::ptr::null_mut();
+            assert_eq!(
+                streamdit_engine_create(std::ptr::null(), &mut e),
+                ERR_INVALID_ARGUMENT
+            );
+            assert!(
+                last_error().contains("`params` is NULL"),
+                "{}",
+                last_error()
+            );
+            assert_eq!(
+                streamdit_stream_next(
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    0,
+                    std::ptr::null_mut()
+                ),
+                ERR_INVALID_ARGUMENT
+            );
+            streamdit_engine_free(std::ptr::null_mut());
+            streamdit_stream_free(std::ptr::null_mut());
+            let mut p = streamdit_engine_default_params();
+            p.profile = c"no-such-profile".as_ptr();
+            assert_eq!(streamdit_engine_create(&p, &mut e), ERR_PROFILE);
+            assert!(e.is_null());
+        }
+    }
+}

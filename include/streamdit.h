@@ -1,0 +1,130 @@
+/*
+ * streamdit.h: the C interface of streamdit-engine (StreamDiT streaming text-to-video).
+ *
+ * Link with -lstreamdit (libstreamdit.so, or libstreamdit.a plus -lpthread -ldl -lm).
+ * Written by hand to mirror engine/src/abi/mod.rs; tests/abi.rs checks that every
+ * function here is exported by the library and that every struct has the same size and
+ * field offsets on both sides.
+ *
+ * Conventions:
+ * - Functions return a streamdit_status (0 = STREAMDIT_OK). On failure,
+ *   streamdit_last_error() gives a message naming what was wrong and what was expected;
+ *   it is per thread and valid until the next failing call on that thread.
+ * - Nothing passed in can crash the library: NULL pointers and too-small buffers are
+ *   errors, and an internal panic becomes STREAMDIT_ERR_PANIC. Using a freed handle and
+ *   freeing twice are undefined behaviour (as with free()); freeing NULL is a no-op.
+ * - Threads: an engine may be shared by streams created and used on different threads;
+ *   each stream must be used by one thread at a time. Callbacks run on the thread that
+ *   made the call that triggers them.
+ * - Strings are UTF-8 and NUL-terminated.
+ */
+#ifndef STREAMDIT_H
+#define STREAMDIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define STREAMDIT_ABI_VERSION 1
+
+typedef enum streamdit_status {
+    STREAMDIT_OK = 0,
+    STREAMDIT_ERR_INVALID_ARGUMENT = 1, /* NULL pointer, bad enum value, bad UTF-8, misuse */
+    STREAMDIT_ERR_BUFFER_TOO_SMALL = 2, /* see streamdit_geometry.bytes_per_chunk */
+    STREAMDIT_ERR_PROFILE = 3,          /* unknown profile, unreadable or invalid TOML */
+    STREAMDIT_ERR_CHECKPOINT = 4,       /* missing, mis-shaped or corrupt checkpoint */
+    STREAMDIT_ERR_IO = 5,               /* a file could not be read or written */
+    STREAMDIT_ERR_BACKEND = 6,          /* no GPU, out of memory, a launch failed */
+    STREAMDIT_ERR_PANIC = 7,            /* an internal error (a bug): please report it */
+    STREAMDIT_ERR_STOPPED = 8           /* the frame callback asked to stop */
+} streamdit_status;
+
+typedef enum streamdit_backend {
+    STREAMDIT_BACKEND_AUTO = 0, /* CUDA when a device and the kernels are there, else CPU */
+    STREAMDIT_BACKEND_CPU = 1,
+    STREAMDIT_BACKEND_CUDA = 2,
+    STREAMDIT_BACKEND_EMU = 3 /* the CUDA launch plan on the CPU kernel emulator (slow) */
+} streamdit_backend;
+
+typedef enum streamdit_log_level {
+    STREAMDIT_LOG_ERROR = 0,
+    STREAMDIT_LOG_WARN = 1,
+    STREAMDIT_LOG_INFO = 2
+} streamdit_log_level;
+
+#define STREAMDIT_PIXEL_RGB8 0
+
+typedef struct streamdit_engine streamdit_engine;
+typedef struct streamdit_stream streamdit_stream;
+
+typedef void (*streamdit_log_fn)(int level, const char *message, void *user_data);
+
+/* Called once per video frame in order; return 0 to continue, non-zero to stop. */
+typedef int (*streamdit_frame_fn)(const uint8_t *rgb, uint32_t width, uint32_t height,
+                                  uint64_t frame_index, void *user_data);
+
+typedef struct streamdit_engine_params {
+    const char *profile;    /* built-in name ("tiny", "streamdit-4b", ...) or TOML path */
+    const char *checkpoint; /* safetensors path, or NULL for random weights */
+    uint64_t random_seed;   /* seed of the random weights (f16), when checkpoint is NULL */
+    int backend;            /* streamdit_backend */
+    int device_index;       /* CUDA device ordinal */
+    streamdit_log_fn log;   /* may be NULL */
+    void *log_user_data;
+} streamdit_engine_params;
+
+typedef struct streamdit_stream_params {
+    const char *prompt;          /* NULL: the empty prompt */
+    const char *negative_prompt; /* NULL: the profile's */
+    uint64_t seed;               /* noise seed, used when use_seed != 0 */
+    int use_seed;
+    float guidance; /* classifier-free guidance scale; NAN: the profile's; 1 disables it */
+} streamdit_stream_params;
+
+typedef struct streamdit_geometry {
+    uint32_t width;
+    uint32_t height;
+    uint32_t frames_per_chunk; /* video frames streamdit_stream_next writes */
+    uint32_t pixel_format;     /* STREAMDIT_PIXEL_RGB8: 3 bytes per pixel, top row first */
+    uint64_t bytes_per_frame;
+    uint64_t bytes_per_chunk;
+    double fps; /* the profile's video frame rate */
+} streamdit_geometry;
+
+/* Versions. */
+const char *streamdit_version_string(void);
+void streamdit_version(uint32_t *major, uint32_t *minor, uint32_t *patch);
+uint32_t streamdit_abi_version(void);
+
+/* Errors. */
+const char *streamdit_last_error(void);
+const char *streamdit_status_string(int status);
+
+/* Engines: a profile, its weights and the backend choice. */
+streamdit_engine_params streamdit_engine_default_params(void);
+int streamdit_engine_create(const streamdit_engine_params *params, streamdit_engine **out);
+void streamdit_engine_free(streamdit_engine *engine); /* streams made from it stay valid */
+
+/* Streams. */
+streamdit_stream_params streamdit_stream_default_params(void);
+int streamdit_stream_create(const streamdit_engine *engine, const streamdit_stream_params *params,
+                            streamdit_stream **out);
+void streamdit_stream_free(streamdit_stream *stream);
+/* Takes effect at the next model call; the latent buffer is kept. */
+int streamdit_stream_set_prompt(streamdit_stream *stream, const char *prompt);
+int streamdit_stream_geometry(streamdit_stream *stream, streamdit_geometry *out);
+/* Pull: the next chunk of frames into buffer (at least bytes_per_chunk bytes). */
+int streamdit_stream_next(streamdit_stream *stream, uint8_t *buffer, size_t buffer_bytes,
+                          uint32_t *frames_written);
+/* Push: `chunks` chunks, on_frame called for every frame. */
+int streamdit_stream_run(streamdit_stream *stream, uint32_t chunks, streamdit_frame_fn on_frame,
+                         void *user_data);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* STREAMDIT_H */
