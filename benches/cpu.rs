@@ -1,9 +1,11 @@
-//! CPU backend benchmarks: one `tiny` model call, and its largest matrix product.
-//! Run with `cargo bench --bench cpu`.
+//! CPU backend benchmarks: one `tiny` model call, its largest matrix product, a mid-size
+//! matrix product, and window self-attention at the `tiny` shape and a mid-size one.
+//! Throughput is in FLOPs (criterion's "elements"). Run with `cargo bench --bench cpu`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use streamdit::backend::cpu::ops;
 use streamdit::model::checkpoint::DType;
+use streamdit::model::plan::window_sum_sq;
 use streamdit::rng::noise_frame;
 use streamdit::text::stack;
 use streamdit::{BackendKind, Engine, EngineParams, Profile, WeightsSource};
@@ -50,5 +52,60 @@ fn tiny_model_call(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, tiny_model_call);
+/// Deterministic values in [-1, 1).
+fn filled(n: usize, mult: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * mult) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+/// A mid-size product, 1024 tokens x 1024 -> 4096 (4.3 GFLOP): a wide block's FFN
+/// up-projection on a small buffer.
+fn mid_gemm(c: &mut Criterion) {
+    let (t, k, n) = (1024, 1024, 4096);
+    let (a, w) = (filled(t * k, 7919), filled(n * k, 104_729));
+    let mut out = vec![0.0; t * n];
+    let mut group = c.benchmark_group("cpu");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements((2 * t * k * n) as u64));
+    group.bench_function("linear_1024x1024x4096", |b| {
+        b.iter(|| ops::linear(&a, &w, None, t, k, n, &mut out))
+    });
+    group.finish();
+}
+
+/// Window self-attention on one branch: `tiny`'s shifted block, and a mid-size grid of
+/// 1024 tokens in 256-token windows at width 1024 (8 heads of 128).
+fn window_attention(c: &mut Criterion) {
+    let tiny = Profile::builtin("tiny").unwrap().model;
+    let shapes = [
+        (
+            "tiny",
+            tiny.token_grid(),
+            tiny.window,
+            tiny.window_shift(1),
+            tiny.heads,
+            tiny.dim,
+        ),
+        ("mid", [4, 16, 16], [4, 8, 8], [0, 4, 4], 8, 1024),
+    ];
+    let mut group = c.benchmark_group("cpu");
+    group.sample_size(10);
+    for (name, grid, window, shift, heads, d) in shapes {
+        let tokens: usize = grid.iter().product();
+        let qkv = filled(tokens * 3 * d, 7919);
+        let mut out = vec![0.0; tokens * d];
+        // QK^T and PV: 2 * 2 * n^2 * d FLOPs per window of n tokens (all heads).
+        group.throughput(Throughput::Elements(
+            4 * window_sum_sq(grid, window, shift) * d as u64,
+        ));
+        let label = format!("window_attention_{name}_{tokens}tok_d{d}_h{heads}");
+        group.bench_function(label, |b| {
+            b.iter(|| ops::window_attention(&qkv, 1, grid, window, shift, heads, d, &mut out))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, tiny_model_call, mid_gemm, window_attention);
 criterion_main!(benches);

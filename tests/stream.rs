@@ -253,3 +253,58 @@ fn micro_steps_and_guidance_follow_the_schedule() {
     assert_ne!(first, second);
     assert!(first.iter().chain(&second).all(|v| v.is_finite()));
 }
+
+/// `Stream::step` (one call at a time, as `streamdit bench` drives it) emits the chunks
+/// `next_latents` does, and a timed call computes what `forward` does, one step per op.
+#[test]
+fn stepping_call_by_call_and_timed_calls_match() {
+    let engine = tiny_engine();
+    let expected = chunks(&engine, 3, 2, None);
+    let mut stream = engine
+        .stream(StreamParams {
+            prompt: "a lighthouse at dusk".into(),
+            seed: Some(3),
+            ..Default::default()
+        })
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        if stream.step().unwrap() {
+            got.push(stream.chunk_latents().to_vec());
+        }
+    }
+    assert_eq!(got, expected);
+    assert_eq!(stream.calls(), stream.calls_to_first_chunk() + 1);
+    let mut frames = Vec::new();
+    assert_eq!(
+        stream.decode_chunk(&mut frames).unwrap(),
+        stream.frames_per_chunk()
+    );
+    assert_eq!(stream.graphs(), None);
+    let err = stream.set_graphs(false).unwrap_err().to_string();
+    assert!(err.contains("cpu backend"), "{err}");
+
+    let m = engine.profile().model.clone();
+    let mut backend = engine.create_backend(1.0).unwrap();
+    let text = engine.encode_prompt("timed").unwrap();
+    let (t, mask) = stack(&[&text]);
+    backend.set_text(&t, &mask).unwrap();
+    let mut x = vec![0.0; m.buffer_elems()];
+    for (k, frame) in x.chunks_mut(m.frame_elems()).enumerate() {
+        noise_frame(5, k as u64, frame);
+    }
+    let tau: Vec<f32> = (0..m.latent_frames).map(|f| f as f32 / 8.0).collect();
+    let (mut v, mut v_timed) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+    backend.forward(&x, &tau, &mut v).unwrap();
+    let mut ranges = Vec::new();
+    let clock = backend
+        .forward_timed(&x, &tau, &mut v_timed, &mut |s| {
+            assert!(s.seconds >= 0.0 && s.parts == 1 && !s.label.is_empty());
+            ranges.push(s.ops.clone());
+        })
+        .unwrap();
+    assert_eq!(clock, streamdit::backend::Clock::HostWall);
+    assert_eq!(v_timed, v);
+    let ops = backend.graph().call_ops.len();
+    assert_eq!(ranges, (0..ops).map(|i| i..i + 1).collect::<Vec<_>>());
+}

@@ -1,4 +1,8 @@
-//! `streamdit`: generate video, run one model call, write random checkpoints, list profiles.
+//! `streamdit`: generate video, run one model call, write random checkpoints, list profiles,
+//! plan, benchmark and profile.
+
+mod bench;
+mod profile;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -44,6 +48,12 @@ enum Command {
     /// The static graph op by op with FLOPs and bytes, the memory plan, and with `--gpu` a
     /// roofline prediction per op and per call. Needs no GPU.
     Plan(PlanArgs),
+    /// Time to first frame, steady-state FPS split by stage, per-call latency percentiles
+    /// and jitter, memory and the configuration; `--json` adds the raw per-call series.
+    Bench(bench::BenchArgs),
+    /// One eager model call timed per op (CPU) or per launch (CUDA, emulator) with FLOPs,
+    /// bytes and achieved rates; `--trace` writes a Chrome trace for Perfetto.
+    Profile(profile::ProfileArgs),
 }
 
 #[derive(Args)]
@@ -358,18 +368,7 @@ fn plan(args: PlanArgs) -> Result<()> {
     let prediction = gpu
         .map(|g| Prediction::new(g, &cost, frames, args.efficiency))
         .transpose()?;
-    let bytes = |b: u64| match b as f64 {
-        b if b >= 1e9 => format!("{:.3} GB ({:.2} GiB)", b / 1e9, b / (1u64 << 30) as f64),
-        b => format!("{:.3} MB ({:.2} MiB)", b / 1e6, b / (1u64 << 20) as f64),
-    };
-    let flops = |n: u64| match n as f64 {
-        n if n >= 1e12 => format!("{:.3} TFLOP", n / 1e12),
-        n => format!("{:.3} GFLOP", n / 1e9),
-    };
-    let count = |n: u64| match n as f64 {
-        n if n >= 1e9 => format!("{:.3} B", n / 1e9),
-        n => format!("{:.3} M", n / 1e6),
-    };
+    let (bytes, flops, count) = (fmt_bytes, fmt_flops, fmt_count);
     // The report is built in memory and written at once; a closed pipe (`| head`) ends it.
     let mut text = String::new();
     macro_rules! say {
@@ -654,6 +653,30 @@ fn plan(args: PlanArgs) -> Result<()> {
     print_stdout(&text)
 }
 
+/// `1.234 GB (1.15 GiB)` or `1.234 MB (1.18 MiB)`.
+fn fmt_bytes(b: u64) -> String {
+    match b as f64 {
+        b if b >= 1e9 => format!("{:.3} GB ({:.2} GiB)", b / 1e9, b / (1u64 << 30) as f64),
+        b => format!("{:.3} MB ({:.2} MiB)", b / 1e6, b / (1u64 << 20) as f64),
+    }
+}
+
+/// `128.000 TFLOP` or `1.234 GFLOP`.
+fn fmt_flops(n: u64) -> String {
+    match n as f64 {
+        n if n >= 1e12 => format!("{:.3} TFLOP", n / 1e12),
+        n => format!("{:.3} GFLOP", n / 1e9),
+    }
+}
+
+/// `4.200 B` or `1.234 M`.
+fn fmt_count(n: u64) -> String {
+    match n as f64 {
+        n if n >= 1e9 => format!("{:.3} B", n / 1e9),
+        n => format!("{:.3} M", n / 1e6),
+    }
+}
+
 /// Writes `text` to stdout; a reader that closed the pipe early (`| head`) is not an error.
 fn print_stdout(text: &str) -> Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
@@ -667,6 +690,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(args),
         Command::Forward(args) => forward(args),
         Command::Plan(args) => plan(args),
+        Command::Bench(args) => bench::bench(args),
+        Command::Profile(args) => profile::profile(args),
         Command::Weights {
             command:
                 WeightsCommand::Init {

@@ -370,3 +370,321 @@ fn plan_reports_flops_memory_and_roofline() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("h100, h200"));
 }
+
+fn read_json(path: &PathBuf) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Fields of the bench report that need a GPU and NVML: present and null without them.
+const BENCH_GPU_ONLY: &[&str] = &[
+    "/memory/measured_device_bytes",
+    "/compute/share_of_peak",
+    "/gpu/name",
+    "/gpu/driver_version",
+    "/gpu/cuda_version",
+    "/gpu/sm_clock_mhz",
+    "/gpu/mem_clock_mhz",
+    "/gpu/power_w",
+    "/gpu/temperature_c",
+    "/gpu/throttle_reasons",
+    "/gpu/energy_per_frame_j",
+];
+
+/// Fields of the bench report that hold a positive number on every backend.
+const BENCH_POSITIVE: &[&str] = &[
+    "/first_frame/cold_s",
+    "/first_frame/cold_engine_s",
+    "/first_frame/cold_prefill_s",
+    "/first_frame/cold_calls",
+    "/first_frame/warm_s",
+    "/first_frame/warm_calls",
+    "/steady/steps",
+    "/steady/chunks",
+    "/steady/video_frames",
+    "/steady/seconds",
+    "/steady/calls_per_s",
+    "/steady/video_fps",
+    "/steady/profile_fps",
+    "/steady/realtime_factor",
+    "/steady/stages/dit_ms_mean",
+    "/steady/stages/decode_ms_mean",
+    "/steady/stages/end_to_end_ms_mean",
+    "/steady/stages/dit_fps",
+    "/steady/stages/decode_fps",
+    "/steady/stages/end_to_end_fps",
+    "/steady/latency_ms/p50",
+    "/steady/latency_ms/p90",
+    "/steady/latency_ms/p99",
+    "/steady/latency_ms/max",
+    "/compute/call_flops",
+    "/compute/achieved_tflops",
+];
+
+/// Checks every field of a bench report; `steps` calls were measured on `backend`.
+fn check_bench_report(report: &serde_json::Value, backend: &str, steps: u64) {
+    let get = |p: &str| {
+        report
+            .pointer(p)
+            .unwrap_or_else(|| panic!("bench report lacks {p}"))
+    };
+    let num = |p: &str| {
+        get(p)
+            .as_f64()
+            .unwrap_or_else(|| panic!("{p} is not a number: {}", get(p)))
+    };
+    for p in BENCH_POSITIVE {
+        assert!(num(p) > 0.0, "{p} = {} must be positive", num(p));
+    }
+    for p in BENCH_GPU_ONLY {
+        assert!(
+            get(p).is_null(),
+            "{p} must be null without a GPU: {}",
+            get(p)
+        );
+    }
+    for p in [
+        "/config/profile",
+        "/config/backend",
+        "/config/precision",
+        "/config/weights",
+        "/config/engine_version",
+        "/compute/achieved_basis",
+    ] {
+        assert!(get(p).as_str().is_some_and(|s| !s.is_empty()), "{p}");
+    }
+    assert_eq!(get("/config/profile"), "tiny");
+    assert_eq!(get("/config/backend"), backend);
+    assert_eq!(get("/config/seed").as_u64(), Some(0));
+    assert_eq!(get("/config/steps").as_u64(), Some(steps));
+    assert_eq!(get("/steady/steps").as_u64(), Some(steps));
+    let rev = get("/config/git_revision");
+    assert!(
+        rev.is_null() || rev.as_str().is_some_and(|r| r.len() == 40),
+        "git revision {rev}"
+    );
+    assert!(get("/config/warmup_steps").as_u64().is_some());
+    assert!(get("/config/duration_s").is_null());
+    let (p50, p90, p99, max) = (
+        num("/steady/latency_ms/p50"),
+        num("/steady/latency_ms/p90"),
+        num("/steady/latency_ms/p99"),
+        num("/steady/latency_ms/max"),
+    );
+    assert!(
+        p50 <= p90 && p90 <= p99 && p99 <= max,
+        "{p50} {p90} {p99} {max}"
+    );
+    // tiny pops a chunk of 2 latent frames (8 video frames) every call.
+    assert_eq!(num("/steady/chunks"), steps as f64);
+    assert_eq!(num("/steady/video_frames"), 8.0 * steps as f64);
+    let fps = num("/steady/video_fps");
+    let rtf = num("/steady/realtime_factor");
+    assert!((rtf - fps / 16.0).abs() < 1e-9 * rtf, "{rtf} vs {fps} / 16");
+    let frames_per_s = num("/steady/video_frames") / num("/steady/seconds");
+    assert!((fps - frames_per_s).abs() < 1e-9 * fps);
+    // Every stage is at least as fast as the whole.
+    assert!(num("/steady/stages/dit_fps") >= fps && num("/steady/stages/decode_fps") >= fps);
+    assert!(num("/first_frame/cold_s") >= num("/first_frame/cold_prefill_s"));
+    assert_eq!(num("/first_frame/cold_calls"), 4.0);
+    let series = |name: &str| {
+        get(&format!("/steady/series/{name}"))
+            .as_array()
+            .unwrap_or_else(|| panic!("series {name}"))
+            .clone()
+    };
+    for name in [
+        "dit_ms",
+        "decode_ms",
+        "step_ms",
+        "emitted_at_s",
+        "interval_ms",
+    ] {
+        assert_eq!(series(name).len() as u64, steps, "series {name}");
+    }
+    let step_max = series("step_ms")
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert_eq!(step_max, max);
+    let jitter = get("/steady/jitter_ms");
+    if steps >= 2 {
+        assert!(jitter.as_f64().is_some_and(|j| j >= 0.0), "jitter {jitter}");
+    } else {
+        assert!(jitter.is_null(), "one interval has no jitter: {jitter}");
+    }
+    let rss = get("/memory/peak_rss_bytes");
+    assert!(
+        rss.is_null() || rss.as_f64().is_some_and(|b| b > 1e6),
+        "{rss}"
+    );
+}
+
+#[test]
+fn bench_cpu_reports_every_field() {
+    let path = temp("bench-cpu.json");
+    let out = ok(&[
+        "bench",
+        "--profile",
+        "tiny",
+        "--backend",
+        "cpu",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for needle in ["cold", "warm", "video FPS", "p99", "jitter", "peak RSS"] {
+        assert!(
+            stdout.contains(needle),
+            "`{needle}` missing from:\n{stdout}"
+        );
+    }
+    let report = read_json(&path);
+    check_bench_report(&report, "cpu", 3);
+    assert!(report["config"]["graphs"].is_null());
+    assert!(report["memory"]["plan_peak_device_bytes"].is_null());
+
+    // Graph replay is a device feature; the CPU backend says so instead of ignoring it.
+    let out = streamdit(&[
+        "bench",
+        "--backend",
+        "cpu",
+        "--graphs",
+        "off",
+        "--steps",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no device graphs"), "{stderr}");
+    let out = streamdit(&["bench", "--backend", "cpu", "--steps", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--steps"));
+}
+
+/// Checks a profile report and its Chrome trace: one complete event per timed step, the
+/// steps covering every call op once, shares summing to one.
+fn check_profile(report: &serde_json::Value, trace: &serde_json::Value, backend: &str) {
+    use streamdit::model::graph::Graph;
+    let m = streamdit::Profile::builtin("tiny").unwrap().model;
+    let graph = Graph::build(&m, 1.0);
+    assert_eq!(report["backend"], backend);
+    assert_eq!(
+        report["call_ops"].as_u64(),
+        Some(graph.call_ops.len() as u64)
+    );
+    assert!(report["nvtx"].is_null());
+    let steps = report["steps"].as_array().unwrap();
+    let events: Vec<&serde_json::Value> = trace["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .collect();
+    assert_eq!(events.len(), steps.len());
+    if backend == "cpu" {
+        assert_eq!(steps.len(), graph.call_ops.len(), "one step per op");
+    }
+    let mut covered = 0;
+    let mut end = 0.0;
+    for (step, event) in steps.iter().zip(&events) {
+        let (ts, dur) = (
+            event["ts"].as_f64().unwrap(),
+            event["dur"].as_f64().unwrap(),
+        );
+        assert!(dur >= 0.0 && ts + 1e-6 >= end, "events in order: {event}");
+        end = ts + dur;
+        assert_eq!(event["name"], step["label"]);
+        assert!((dur - step["seconds"].as_f64().unwrap() * 1e6).abs() < 1e-6 * dur.max(1.0));
+        let ops = step["ops"].as_array().unwrap();
+        let (a, b) = (ops[0].as_u64().unwrap(), ops[1].as_u64().unwrap());
+        // A step starts where the previous op range ended, or repeats it (a copy).
+        assert!(
+            a == covered || b == covered,
+            "op range {a}..{b} after {covered}"
+        );
+        covered = b;
+    }
+    assert_eq!(covered, graph.call_ops.len() as u64);
+    let share: f64 = steps.iter().map(|s| s["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-9, "shares sum to {share}");
+    let flops: f64 = steps.iter().map(|s| s["flops"].as_f64().unwrap()).sum();
+    let want = report["call_flops"].as_f64().unwrap();
+    assert!(
+        want > 0.0 && (flops - want).abs() < 1e-9 * want,
+        "{flops} vs {want}"
+    );
+    let total = report["total_s"].as_f64().unwrap();
+    assert!(total > 0.0 && report["gflops_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn profile_cpu_reports_ops_and_writes_a_chrome_trace() {
+    let (path, trace) = (temp("profile-cpu.json"), temp("profile-cpu-trace.json"));
+    let out = ok(&[
+        "profile",
+        "--profile",
+        "tiny",
+        "--backend",
+        "cpu",
+        "--json",
+        path.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("WindowAttention") && stdout.contains("GFLOP/s"),
+        "{stdout}"
+    );
+    let report = read_json(&path);
+    assert_eq!(report["clock"], "host wall clock");
+    check_profile(&report, &read_json(&trace), "cpu");
+}
+
+/// The emulator takes seconds per `tiny` call: bench makes the fewest calls it can (first
+/// chunk cold and warm, one measured call) and profile one traced call.
+#[test]
+fn bench_and_profile_run_on_the_emulator() {
+    let path = temp("bench-emu.json");
+    ok(&[
+        "bench",
+        "--profile",
+        "tiny",
+        "--backend",
+        "emu",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    let report = read_json(&path);
+    check_bench_report(&report, "emu", 1);
+    assert_eq!(report["config"]["graphs"], serde_json::Value::Bool(true));
+    assert!(report["memory"]["plan_peak_device_bytes"].as_u64().unwrap() > 1_000_000);
+
+    let (path, trace) = (temp("profile-emu.json"), temp("profile-emu-trace.json"));
+    let out = ok(&[
+        "profile",
+        "--profile",
+        "tiny",
+        "--backend",
+        "emu",
+        "--warmup",
+        "0",
+        "--json",
+        path.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("not GPU time"), "{stdout}");
+    let report = read_json(&path);
+    assert_eq!(report["clock"], "emulator wall clock (not GPU time)");
+    check_profile(&report, &read_json(&trace), "emu");
+}

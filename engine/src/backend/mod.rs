@@ -4,7 +4,9 @@
 pub mod cpu;
 pub mod cuda;
 
-use crate::error::Result;
+use std::ops::Range;
+
+use crate::error::{Error, Result};
 use crate::model::graph::Graph;
 use crate::tensor::Tensor;
 
@@ -19,6 +21,42 @@ pub struct StepParams {
     /// After the update: copy chunk 0 out, move chunk `j+1` to `j`, and fill the last chunk
     /// with the noise of the global latent frames starting at this number.
     pub pop: Option<u64>,
+}
+
+/// How [`Backend::forward_timed`] measured its steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// Host wall clock around each op (the CPU backend).
+    HostWall,
+    /// Device events recorded around each launch on the GPU.
+    DeviceEvents,
+    /// Events on the kernel emulator: host wall time of the emulation, not GPU time.
+    Emulator,
+}
+
+impl Clock {
+    pub fn name(self) -> &'static str {
+        match self {
+            Clock::HostWall => "host wall clock",
+            Clock::DeviceEvents => "device events",
+            Clock::Emulator => "emulator wall clock (not GPU time)",
+        }
+    }
+}
+
+/// One timed piece of a model call: an op on the CPU backend, a launch or copy on the CUDA
+/// backend.
+#[derive(Debug, Clone)]
+pub struct TimedStep<'a> {
+    /// What it computes (the graph op, or the launch's fused ops).
+    pub label: &'a str,
+    /// The call ops (indices into [`Graph::call_ops`]) it completes. Several steps that
+    /// together compute the same ops (a repeat's copies) share the range: this step is part
+    /// `part` of `parts`.
+    pub ops: Range<usize>,
+    pub part: usize,
+    pub parts: usize,
+    pub seconds: f64,
 }
 
 /// An executor of the model graph that owns a latent buffer.
@@ -48,4 +86,34 @@ pub trait Backend: Send {
 
     /// Copies the latent buffer `[F, C, H, W]` out.
     fn read_buffer(&mut self, out: &mut [f32]) -> Result<()>;
+
+    /// [`Backend::forward`] run eagerly piece by piece, reporting every piece's time to
+    /// `on_step` in order; returns the clock the times come from.
+    fn forward_timed(
+        &mut self,
+        x: &[f32],
+        tau: &[f32],
+        v: &mut [f32],
+        on_step: &mut dyn FnMut(&TimedStep),
+    ) -> Result<Clock>;
+
+    /// Waits until the work queued by earlier calls has finished (a step that pops nothing
+    /// may return before the device is done). A no-op on a synchronous backend.
+    fn synchronize(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether steps replay a captured device graph; `None` for a backend without graphs.
+    fn graphs(&self) -> Option<bool> {
+        None
+    }
+
+    /// Turns graph replay of steps on or off; an error for a backend without graphs.
+    fn set_graphs(&mut self, on: bool) -> Result<()> {
+        Err(Error::Invalid(format!(
+            "{} backend: has no device graphs to turn {}",
+            self.name(),
+            if on { "on" } else { "off" }
+        )))
+    }
 }

@@ -104,39 +104,73 @@ impl Stream {
 
     /// Runs model calls until the next chunk is clean and returns its latents `[c, C, H, W]`.
     pub fn next_latents(&mut self) -> Result<&[f32]> {
-        loop {
-            if self.text_changed {
-                let branches: Vec<&TextInput> = std::iter::once(&self.prompt)
-                    .chain(&self.negative)
-                    .collect();
-                let (text, mask) = text::stack(&branches);
-                self.backend.set_text(&text, &mask)?;
-                self.text_changed = false;
-            }
-            let s = self.schedule.step(self.calls);
-            let params = StepParams {
-                tau: s.tau,
-                dtau: s.dtau,
-                pop: s.pop.then_some(self.next_noise_frame),
-            };
-            self.backend.step(&params, &mut self.chunk)?;
-            self.calls += 1;
-            if s.pop {
-                self.next_noise_frame += self.chunk_frames as u64;
-                self.chunks_emitted += 1;
-                return Ok(&self.chunk);
-            }
+        while !self.step()? {}
+        Ok(&self.chunk)
+    }
+
+    /// Runs exactly one model call (one micro-step of the whole buffer); returns whether it
+    /// popped a clean chunk, whose latents [`Stream::chunk_latents`] then holds and
+    /// [`Stream::decode_chunk`] decodes.
+    pub fn step(&mut self) -> Result<bool> {
+        if self.text_changed {
+            let branches: Vec<&TextInput> = std::iter::once(&self.prompt)
+                .chain(&self.negative)
+                .collect();
+            let (text, mask) = text::stack(&branches);
+            self.backend.set_text(&text, &mask)?;
+            self.text_changed = false;
         }
+        let s = self.schedule.step(self.calls);
+        let params = StepParams {
+            tau: s.tau,
+            dtau: s.dtau,
+            pop: s.pop.then_some(self.next_noise_frame),
+        };
+        self.backend.step(&params, &mut self.chunk)?;
+        self.calls += 1;
+        if s.pop {
+            self.next_noise_frame += self.chunk_frames as u64;
+            self.chunks_emitted += 1;
+        }
+        Ok(s.pop)
+    }
+
+    /// The latents `[c, C, H, W]` of the last popped chunk (zeros before the first).
+    pub fn chunk_latents(&self) -> &[f32] {
+        &self.chunk
+    }
+
+    /// Decodes the last popped chunk, appending its RGB8 video frames to `out`; returns how
+    /// many frames were appended.
+    pub fn decode_chunk(&mut self, out: &mut Vec<u8>) -> Result<usize> {
+        let before = out.len();
+        self.decoder.decode(&self.chunk, out)?;
+        let (w, h) = self.decoder.frame_size();
+        Ok((out.len() - before) / (w * h * 3))
     }
 
     /// Produces the next chunk and appends its decoded RGB8 frames to `out`; returns how many
     /// video frames were appended.
     pub fn next_frames(&mut self, out: &mut Vec<u8>) -> Result<usize> {
         self.next_latents()?;
-        let before = out.len();
-        self.decoder.decode(&self.chunk, out)?;
-        let (w, h) = self.decoder.frame_size();
-        Ok((out.len() - before) / (w * h * 3))
+        self.decode_chunk(out)
+    }
+
+    /// Waits until the backend finished the work of earlier steps (a step that pops no chunk
+    /// may return while the device is still computing it).
+    pub fn synchronize(&mut self) -> Result<()> {
+        self.backend.synchronize()
+    }
+
+    /// Whether model calls replay a captured device graph (`None`: the backend has none).
+    pub fn graphs(&self) -> Option<bool> {
+        self.backend.graphs()
+    }
+
+    /// Turns device graph replay on or off (eager launches); an error on a backend without
+    /// graphs, such as the CPU backend.
+    pub fn set_graphs(&mut self, on: bool) -> Result<()> {
+        self.backend.set_graphs(on)
     }
 
     /// Video frame `(width, height)`.

@@ -6,10 +6,11 @@ pub mod ops;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Backend, StepParams};
+use super::{Backend, Clock, StepParams, TimedStep};
 use crate::error::{fmt_shape, Error, Result};
 use crate::model::checkpoint::Weights;
 use crate::model::graph::{Graph, Kind, Op, TensorDesc, TensorId};
+use crate::model::plan::op_kind;
 use crate::rng;
 use crate::tensor::Tensor;
 
@@ -415,6 +416,29 @@ impl Backend for CpuBackend {
         Self::check_len("buffer", out.len(), self.buffer.len())?;
         out.copy_from_slice(&self.buffer);
         Ok(())
+    }
+
+    /// Every op of the call, timed by the wall clock around its computation and the
+    /// allocation of its output (not the freeing of dead activations).
+    fn forward_timed(
+        &mut self,
+        x: &[f32],
+        tau: &[f32],
+        v: &mut [f32],
+        on_step: &mut dyn FnMut(&TimedStep),
+    ) -> Result<Clock> {
+        let mut tracer = |t: &OpTrace| {
+            let label = format!("{} `{}`", op_kind(t.op), t.output.name);
+            on_step(&TimedStep {
+                label: &label,
+                ops: t.index..t.index + 1,
+                part: 0,
+                parts: 1,
+                seconds: t.elapsed.as_secs_f64(),
+            })
+        };
+        self.forward_traced(x, tau, v, Some(&mut tracer))?;
+        Ok(Clock::HostWall)
     }
 }
 

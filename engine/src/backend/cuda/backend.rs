@@ -22,7 +22,7 @@ use streamdit_kernels::elementwise as ew;
 use super::device::{backend_error, Device, DeviceBuffer, Event, GraphId, PinnedBuffer, Stream};
 use super::lower::{self, DeviceParams, Lowered, Step};
 use crate::backend::cpu::validate_mask;
-use crate::backend::{Backend, StepParams};
+use crate::backend::{Backend, Clock, StepParams, TimedStep};
 use crate::error::fmt_shape;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{Checkpoint, DType, Weights};
@@ -79,6 +79,8 @@ pub struct CudaBackend<D: Device> {
     step_graph: Option<(GraphId, u64)>,
     use_graphs: bool,
     text_set: bool,
+    /// Events around the call's steps for `forward_timed`, created on its first use.
+    timing: Vec<Event>,
 }
 
 fn f16_bits(data: &[f32]) -> Vec<u16> {
@@ -141,6 +143,7 @@ impl<D: Device> CudaBackend<D> {
             step_graph: None,
             use_graphs: true,
             text_set: false,
+            timing: Vec::new(),
         };
         match weights {
             DeviceWeights::Host(w) => backend.upload_weights(w)?,
@@ -541,5 +544,87 @@ impl<D: Device> Backend for CudaBackend<D> {
         Self::check_len("buffer", out.len(), x.len())?;
         self.dev.synchronize()?;
         self.dev.read(x, out)
+    }
+
+    /// The call's launch list run eagerly with an event recorded on the compute stream
+    /// before the first step and after every step, so each step's time is the device's
+    /// time between its neighbours' events (on the emulator: the host's time emulating it).
+    fn forward_timed(
+        &mut self,
+        x: &[f32],
+        tau: &[f32],
+        v: &mut [f32],
+        on_step: &mut dyn FnMut(&TimedStep),
+    ) -> Result<Clock> {
+        self.require_text()?;
+        let g = &self.graph;
+        let (x_buf, tau_buf, v_buf) = (
+            self.tensor_f32(g.inputs.x)?,
+            self.tensor_f32(g.inputs.tau)?,
+            self.tensor_f32(g.output)?,
+        );
+        Self::check_len("x", x.len(), x_buf.len())?;
+        Self::check_len("tau", tau.len(), tau_buf.len())?;
+        Self::check_len("v", v.len(), v_buf.len())?;
+        while self.timing.len() < self.call.len() + 1 {
+            let event = self.dev.create_event()?;
+            self.timing.push(event);
+        }
+        self.dev.copy(x_buf, self.state.x_next)?;
+        self.dev.write(x_buf, x)?;
+        self.dev.write(tau_buf, tau)?;
+        let mut result = self.dev.record(self.timing[0], Stream::Compute);
+        for k in 0..self.call.len() {
+            if result.is_err() {
+                break;
+            }
+            result = lower::run(&mut self.dev, self.mem, &self.call[k..k + 1])
+                .and_then(|_| self.dev.record(self.timing[k + 1], Stream::Compute));
+        }
+        self.dev.copy(self.state.x_next, x_buf)?;
+        result?;
+        self.dev.synchronize()?;
+        // Steps completing the same op share its range of ops.
+        let mut first_op = 0;
+        let mut k = 0;
+        while k < self.call.len() {
+            let last = self.call[k].trace().op;
+            let parts = self.call[k..]
+                .iter()
+                .take_while(|s| s.trace().op == last)
+                .count();
+            for part in 0..parts {
+                let ms = self
+                    .dev
+                    .elapsed_ms(self.timing[k + part], self.timing[k + part + 1])?;
+                on_step(&TimedStep {
+                    label: self.call[k + part].label(),
+                    ops: first_op..last + 1,
+                    part,
+                    parts,
+                    seconds: ms as f64 / 1e3,
+                });
+            }
+            first_op = last + 1;
+            k += parts;
+        }
+        self.dev.read(v_buf, v)?;
+        Ok(if self.dev.backend() == "emu" {
+            Clock::Emulator
+        } else {
+            Clock::DeviceEvents
+        })
+    }
+
+    fn synchronize(&mut self) -> Result<()> {
+        self.dev.synchronize()
+    }
+
+    fn graphs(&self) -> Option<bool> {
+        Some(self.use_graphs)
+    }
+
+    fn set_graphs(&mut self, on: bool) -> Result<()> {
+        CudaBackend::set_graphs(self, on)
     }
 }

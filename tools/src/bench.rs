@@ -1,0 +1,444 @@
+//! `streamdit bench`: time to first frame, steady-state throughput split by stage, per-step
+//! latency and jitter, memory, and the configuration, as a table and as JSON.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::{json, Value};
+use streamdit::model::graph::Graph;
+use streamdit::model::plan::{GraphCost, MemoryPlan};
+use streamdit::{Error, Result, Stream, StreamParams};
+
+use crate::{fmt_bytes, fmt_flops, print_stdout, ModelArgs};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt the streams are conditioned on.
+    #[arg(long, default_value = "a benchmark")]
+    prompt: String,
+    /// Noise seed (default: the profile's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Model calls run after the first frame and before measuring.
+    #[arg(long, default_value_t = 3, value_name = "STEPS")]
+    warmup: u64,
+    /// Model calls measured in the steady state (default 20).
+    #[arg(long, conflicts_with = "duration")]
+    steps: Option<u64>,
+    /// Measure the steady state for this many seconds instead (at least one call).
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Replay the captured step graph (`on`) or launch eagerly (`off`); cuda and emu only.
+    #[arg(long, value_parser = parse_on_off, value_name = "on|off")]
+    graphs: Option<bool>,
+    /// Also write the report, with the raw per-step series, as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+pub fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected `on` or `off`, found `{s}`")),
+    }
+}
+
+/// Nearest-rank percentile `p` (0..=100) of ascending `sorted` (not empty).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Population standard deviation; `None` below two values.
+fn std_dev(v: &[f64]) -> Option<f64> {
+    if v.len() < 2 {
+        return None;
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    Some((v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt())
+}
+
+/// Peak resident set size of this process (`VmHWM` of `/proc/self/status`), where the
+/// system reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// One measured model call.
+struct StepSample {
+    /// The model call (and the popped chunk's copy to the host), until the device is idle.
+    dit: f64,
+    /// Decoding the popped chunk, if the call popped one.
+    decode: Option<f64>,
+    /// Both.
+    total: f64,
+    /// Seconds from the start of the window to the end of the call that popped a chunk.
+    emitted_at: Option<f64>,
+    frames: usize,
+}
+
+fn measured_step(stream: &mut Stream, frames: &mut Vec<u8>, start: Instant) -> Result<StepSample> {
+    let t = Instant::now();
+    let popped = stream.step()?;
+    stream.synchronize()?;
+    let dit = secs(t.elapsed());
+    let (decode, n) = if popped {
+        let d = Instant::now();
+        frames.clear();
+        let n = stream.decode_chunk(frames)?;
+        (Some(secs(d.elapsed())), n)
+    } else {
+        (None, 0)
+    };
+    Ok(StepSample {
+        dit,
+        decode,
+        total: secs(t.elapsed()),
+        emitted_at: popped.then(|| secs(start.elapsed())),
+        frames: n,
+    })
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    if let Some(d) = args.duration {
+        if !(d.is_finite() && d > 0.0) {
+            return Err(Error::Invalid(format!(
+                "--duration: expected a positive number of seconds, found {d}"
+            )));
+        }
+    }
+    let steps_wanted = args.steps.unwrap_or(20);
+    if args.duration.is_none() && steps_wanted == 0 {
+        return Err(Error::Invalid(
+            "--steps: expected at least 1 measured model call, found 0".into(),
+        ));
+    }
+    let params = StreamParams {
+        prompt: args.prompt.clone(),
+        seed: args.seed,
+        ..StreamParams::default()
+    };
+    let open = |engine: &streamdit::Engine| -> Result<Stream> {
+        let mut s = engine.stream(params.clone())?;
+        if let Some(on) = args.graphs {
+            s.set_graphs(on)?;
+        }
+        Ok(s)
+    };
+
+    // Cold: everything from nothing to the first decoded frame.
+    let t0 = Instant::now();
+    let engine = args.model.engine()?;
+    let engine_s = secs(t0.elapsed());
+    let mut stream = open(&engine)?;
+    let stream_s = secs(t0.elapsed()) - engine_s;
+    let mut frames = Vec::new();
+    stream.next_frames(&mut frames)?;
+    let cold_s = secs(t0.elapsed());
+    let cold_calls = stream.calls();
+    let profile = engine.profile().clone();
+    let graph = Graph::build(&profile.model, stream.guidance());
+    let cost = GraphCost::of(&graph);
+
+    // Steady state: warm-up calls, then the measured window.
+    for _ in 0..args.warmup {
+        if stream.step()? {
+            frames.clear();
+            stream.decode_chunk(&mut frames)?;
+        }
+    }
+    stream.synchronize()?;
+    let mut samples: Vec<StepSample> = Vec::new();
+    let start = Instant::now();
+    loop {
+        samples.push(measured_step(&mut stream, &mut frames, start)?);
+        let done = match args.duration {
+            Some(d) => secs(start.elapsed()) >= d,
+            None => samples.len() as u64 >= steps_wanted,
+        };
+        if done {
+            break;
+        }
+    }
+    let window = secs(start.elapsed());
+    let backend = stream.backend_name();
+    let graphs = stream.graphs();
+    let seed = stream.seed();
+    let guidance = stream.guidance();
+    drop(stream);
+
+    // Warm: a second stream of the same engine (weights loaded); its creation is reported
+    // apart, the first-frame time covers its prefill, first stage and first decode.
+    let t = Instant::now();
+    let mut warm_stream = open(&engine)?;
+    let warm_create_s = secs(t.elapsed());
+    let t = Instant::now();
+    frames.clear();
+    warm_stream.next_frames(&mut frames)?;
+    let warm_s = secs(t.elapsed());
+    let warm_calls = warm_stream.calls();
+    drop(warm_stream);
+
+    let n = samples.len();
+    let dit: Vec<f64> = samples.iter().map(|s| s.dit).collect();
+    let decode: Vec<f64> = samples.iter().filter_map(|s| s.decode).collect();
+    let totals: Vec<f64> = samples.iter().map(|s| s.total).collect();
+    let emitted: Vec<f64> = samples.iter().filter_map(|s| s.emitted_at).collect();
+    let video_frames: usize = samples.iter().map(|s| s.frames).sum();
+    let intervals: Vec<f64> = emitted
+        .iter()
+        .scan(0.0, |prev, &t| {
+            let d = t - *prev;
+            *prev = t;
+            Some(d)
+        })
+        .collect();
+    let mut sorted = totals.clone();
+    sorted.sort_by(f64::total_cmp);
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let dit_sum: f64 = dit.iter().sum();
+    let decode_sum: f64 = decode.iter().sum();
+    let per_s = |count: f64, seconds: f64| (seconds > 0.0).then(|| count / seconds);
+    let video_fps = per_s(video_frames as f64, window);
+    let dit_fps = per_s(video_frames as f64, dit_sum);
+    let decode_fps = per_s(video_frames as f64, decode_sum);
+    let realtime = video_fps.map(|f| f / profile.video.fps);
+    let (p50, p90, p99, max) = (
+        percentile(&sorted, 50.0),
+        percentile(&sorted, 90.0),
+        percentile(&sorted, 99.0),
+        sorted[n - 1],
+    );
+    let jitter = std_dev(&intervals);
+    let achieved_tflops = mean(&dit).and_then(|s| per_s(cost.call.total.flops as f64 / 1e12, s));
+    let device_plan = (backend != "cpu").then(|| {
+        let fusion = streamdit::backend::cuda::lower::fusion(&graph);
+        MemoryPlan::build_fused(&graph, &fusion).peak_bytes()
+    });
+    let rss = peak_rss_bytes();
+    let (weights, precision) = match (&args.model.weights, backend) {
+        (Some(p), "cpu") => (
+            format!("file {}", p.display()),
+            "f32 compute, checkpoint weights".to_string(),
+        ),
+        (Some(p), _) => (
+            format!("file {}", p.display()),
+            "f16 weights and activations, f32 accumulation".to_string(),
+        ),
+        (None, b) => (
+            format!("random, seed {}", args.model.random_weights.unwrap_or(0)),
+            if b == "cpu" {
+                format!("f32 compute, weights rounded to {}", args.model.dtype)
+            } else {
+                "f16 weights and activations, f32 accumulation".to_string()
+            },
+        ),
+    };
+    let git = option_env!("STREAMDIT_GIT_REVISION");
+    let version = env!("CARGO_PKG_VERSION");
+    let ms = |s: f64| s * 1e3;
+    let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("n/a".to_string(), f);
+
+    let mut text = String::new();
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            text.push_str(format!($($arg)*).trim_end());
+            text.push('\n');
+        }};
+    }
+    say!(
+        "streamdit bench: profile {}, backend {backend}{}, {precision}; engine {version} ({})",
+        profile.name,
+        match graphs {
+            Some(true) => " (graph replay)",
+            Some(false) => " (eager launches)",
+            None => "",
+        },
+        git.map_or("git revision unknown".into(), |g| format!(
+            "git {}",
+            &g[..g.len().min(12)]
+        ))
+    );
+    say!(
+        "  weights {weights}, noise seed {seed}, guidance {}, warm-up {} calls, {n} measured calls",
+        guidance,
+        args.warmup
+    );
+    say!("\ntime to first frame");
+    say!(
+        "  cold  {:>10.3} ms  (engine + weights {:.3} ms, stream + backend {:.3} ms, prefill + first chunk + decode {:.3} ms; {cold_calls} calls)",
+        ms(cold_s),
+        ms(engine_s),
+        ms(stream_s),
+        ms(cold_s - engine_s - stream_s)
+    );
+    say!(
+        "  warm  {:>10.3} ms  (a second stream: prefill + first chunk + decode, {warm_calls} calls; creating it took {:.3} ms)",
+        ms(warm_s),
+        ms(warm_create_s)
+    );
+    say!(
+        "\nsteady state ({n} calls, {} chunks, {video_frames} video frames in {:.3} s)",
+        emitted.len(),
+        window
+    );
+    say!("  {:<22} {:>12} {:>12}", "stage", "ms (mean)", "video FPS");
+    say!(
+        "  {:<22} {:>12} {:>12}",
+        "DiT call",
+        opt(mean(&dit), &|s| format!("{:.3}", ms(s))),
+        opt(dit_fps, &|f| format!("{f:.2}"))
+    );
+    say!(
+        "  {:<22} {:>12} {:>12}",
+        "decode (per chunk)",
+        opt(mean(&decode), &|s| format!("{:.3}", ms(s))),
+        opt(decode_fps, &|f| format!("{f:.2}"))
+    );
+    say!(
+        "  {:<22} {:>12} {:>12}",
+        "end to end (per call)",
+        opt(mean(&totals), &|s| format!("{:.3}", ms(s))),
+        opt(video_fps, &|f| format!("{f:.2}"))
+    );
+    say!(
+        "  model calls/s {}, real-time factor {} (video FPS / the profile's {} FPS)",
+        opt(per_s(n as f64, window), &|f| format!("{f:.2}")),
+        opt(realtime, &|f| format!("{f:.3}")),
+        profile.video.fps
+    );
+    say!(
+        "  per-call latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}; jitter (std dev of chunk intervals) {}",
+        ms(p50),
+        ms(p90),
+        ms(p99),
+        ms(max),
+        opt(jitter, &|j| format!("{:.3} ms", ms(j)))
+    );
+    say!(
+        "  achieved {} ({} per call / mean DiT call time){}",
+        opt(achieved_tflops, &|t| format!("{:.4} TFLOP/s", t)),
+        fmt_flops(cost.call.total.flops),
+        if backend == "emu" {
+            "; emulator time, not GPU time"
+        } else {
+            ""
+        }
+    );
+    say!("\nmemory");
+    say!(
+        "  peak RSS            {}",
+        rss.map_or("unavailable".into(), fmt_bytes)
+    );
+    say!(
+        "  device (plan)       {}",
+        device_plan.map_or("n/a (cpu backend)".into(), fmt_bytes)
+    );
+    say!("  device (measured)   n/a (needs a GPU and NVML)");
+    say!("\nGPU telemetry: not collected (this build has no NVML): clocks, power, temperature, throttle reasons, energy per frame and share of peak are null");
+
+    if let Some(path) = &args.json {
+        let report = json!({
+            "config": {
+                "profile": profile.name,
+                "backend": backend,
+                "backend_choice": engine.backend_choice().1,
+                "precision": precision,
+                "weights": weights,
+                "seed": seed,
+                "guidance": guidance,
+                "prompt": args.prompt,
+                "warmup_steps": args.warmup,
+                "steps": n,
+                "duration_s": args.duration,
+                "graphs": graphs,
+                "engine_version": version,
+                "git_revision": git,
+            },
+            "first_frame": {
+                "cold_s": cold_s,
+                "cold_engine_s": engine_s,
+                "cold_stream_s": stream_s,
+                "cold_prefill_s": cold_s - engine_s - stream_s,
+                "cold_calls": cold_calls,
+                "warm_s": warm_s,
+                "warm_stream_create_s": warm_create_s,
+                "warm_calls": warm_calls,
+            },
+            "steady": {
+                "steps": n,
+                "chunks": emitted.len(),
+                "video_frames": video_frames,
+                "seconds": window,
+                "calls_per_s": per_s(n as f64, window),
+                "video_fps": video_fps,
+                "profile_fps": profile.video.fps,
+                "realtime_factor": realtime,
+                "stages": {
+                    "dit_ms_mean": mean(&dit).map(ms),
+                    "decode_ms_mean": mean(&decode).map(ms),
+                    "end_to_end_ms_mean": mean(&totals).map(ms),
+                    "dit_fps": dit_fps,
+                    "decode_fps": decode_fps,
+                    "end_to_end_fps": video_fps,
+                },
+                "latency_ms": { "p50": ms(p50), "p90": ms(p90), "p99": ms(p99), "max": ms(max) },
+                "jitter_ms": jitter.map(ms),
+                "series": {
+                    "dit_ms": dit.iter().map(|&s| ms(s)).collect::<Vec<_>>(),
+                    "decode_ms": samples.iter().map(|s| s.decode.map(ms)).collect::<Vec<_>>(),
+                    "step_ms": totals.iter().map(|&s| ms(s)).collect::<Vec<_>>(),
+                    "emitted_at_s": emitted,
+                    "interval_ms": intervals.iter().map(|&s| ms(s)).collect::<Vec<_>>(),
+                },
+            },
+            "memory": {
+                "peak_rss_bytes": rss,
+                "plan_peak_device_bytes": device_plan,
+                "measured_device_bytes": Value::Null,
+            },
+            "compute": {
+                "call_flops": cost.call.total.flops,
+                "achieved_tflops": achieved_tflops,
+                "achieved_basis": "plan FLOPs per call / mean measured DiT call time",
+                "share_of_peak": Value::Null,
+            },
+            "gpu": {
+                "name": Value::Null,
+                "driver_version": Value::Null,
+                "cuda_version": Value::Null,
+                "sm_clock_mhz": Value::Null,
+                "mem_clock_mhz": Value::Null,
+                "power_w": Value::Null,
+                "temperature_c": Value::Null,
+                "throttle_reasons": Value::Null,
+                "energy_per_frame_j": Value::Null,
+            },
+            "notes": [
+                "GPU telemetry is null: this build does not link NVML",
+                "steady-state times are host wall clock; each call is followed by a device synchronize",
+            ],
+        });
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Invalid(format!("JSON report: {e}")))?;
+        std::fs::write(path, json).map_err(|e| Error::io(path, e))?;
+    }
+    print_stdout(&text)
+}

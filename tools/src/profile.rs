@@ -1,0 +1,264 @@
+//! `streamdit profile`: one eager model call timed piece by piece (ops on the CPU backend,
+//! launches on the CUDA backend and the emulator), with each piece's FLOPs and bytes from
+//! the plan, achieved rates, its share of the call, and a Chrome trace.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use serde_json::{json, Value};
+use streamdit::model::plan::{op_kind, GraphCost, OpClass, OpCost};
+use streamdit::rng::noise_frame;
+use streamdit::stream::Schedule;
+use streamdit::text;
+use streamdit::{Error, Result};
+
+use crate::{fmt_flops, print_stdout, ModelArgs};
+
+#[derive(Args)]
+pub struct ProfileArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt of the call.
+    #[arg(long, default_value = "a benchmark")]
+    prompt: String,
+    /// Classifier-free guidance scale (default: the profile's; 1 disables CFG).
+    #[arg(long)]
+    guidance: Option<f32>,
+    /// Untimed model calls before the profiled one.
+    #[arg(long, default_value_t = 1, value_name = "CALLS")]
+    warmup: u64,
+    /// Also write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write a Chrome trace (open it in https://ui.perfetto.dev or chrome://tracing).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+}
+
+/// One timed piece of the call with its share of the plan's costs.
+struct Row {
+    label: String,
+    ops: std::ops::Range<usize>,
+    kinds: String,
+    class: OpClass,
+    flops: f64,
+    bytes: f64,
+    seconds: f64,
+    start: f64,
+}
+
+/// The class of the op of `ops` with the most FLOPs, or the most bytes when none has FLOPs.
+fn dominant_class(ops: &[OpCost]) -> OpClass {
+    ops.iter()
+        .max_by_key(|c| (c.flops, c.bytes()))
+        .map_or(OpClass::ALL[OpClass::ALL.len() - 1], |c| c.class)
+}
+
+pub fn profile(args: ProfileArgs) -> Result<()> {
+    let engine = args.model.engine()?;
+    let profile = engine.profile().clone();
+    let m = profile.model.clone();
+    let guidance = args.guidance.unwrap_or(profile.run.guidance);
+    let mut backend = engine.create_backend(guidance)?;
+    let cond = engine.encode_prompt(&args.prompt)?;
+    let negative = (backend.graph().batch == 2)
+        .then(|| engine.encode_prompt(&profile.run.negative_prompt))
+        .transpose()?;
+    let branches: Vec<&text::TextInput> = std::iter::once(&cond).chain(&negative).collect();
+    let (t, mask) = text::stack(&branches);
+    backend.set_text(&t, &mask)?;
+    // A steady-state call: the buffer's noise levels after prefill.
+    let schedule = Schedule::new(&profile.stream);
+    let tau = schedule.step(schedule.prefill_calls()).tau;
+    let mut x = vec![0.0; m.buffer_elems()];
+    for (k, frame) in x.chunks_mut(m.frame_elems()).enumerate() {
+        noise_frame(profile.run.seed, k as u64, frame);
+    }
+    let mut v = vec![0.0; x.len()];
+    for _ in 0..args.warmup {
+        backend.forward(&x, &tau, &mut v)?;
+    }
+    let graph = backend.graph().clone();
+    let cost = GraphCost::of(&graph);
+    let mut rows: Vec<Row> = Vec::new();
+    let mut at = 0.0;
+    let wall = Instant::now();
+    let clock = backend.forward_timed(&x, &tau, &mut v, &mut |s| {
+        let ops = &cost.call.ops[s.ops.clone()];
+        let parts = s.parts.max(1) as f64;
+        let kinds: Vec<&str> = graph.call_ops[s.ops.clone()].iter().map(op_kind).collect();
+        rows.push(Row {
+            label: s.label.to_string(),
+            ops: s.ops.clone(),
+            kinds: kinds.join("+"),
+            class: dominant_class(ops),
+            flops: ops.iter().map(|c| c.flops as f64).sum::<f64>() / parts,
+            bytes: ops.iter().map(|c| c.bytes() as f64).sum::<f64>() / parts,
+            seconds: s.seconds,
+            start: at,
+        });
+        at += s.seconds;
+    })?;
+    let wall_s = wall.elapsed().as_secs_f64();
+    if rows.is_empty() {
+        return Err(Error::Invalid(format!(
+            "profile: the {} backend reported no timed steps",
+            backend.name()
+        )));
+    }
+    let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    let rate = |amount: f64, s: f64| (s > 0.0).then(|| amount / s / 1e9);
+    let share = |s: f64| if total > 0.0 { s / total } else { 0.0 };
+    let fmt_rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
+
+    let mut out = String::new();
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            out.push_str(format!($($arg)*).trim_end());
+            out.push('\n');
+        }};
+    }
+    let (unit, units) = if backend.name() == "cpu" {
+        ("op", "ops")
+    } else {
+        ("launch", "launches")
+    };
+    say!(
+        "streamdit profile: profile {}, backend {}, one eager call timed per {unit} by the {}",
+        profile.name,
+        backend.name(),
+        clock.name()
+    );
+    say!(
+        "{:>4}  {:>10} {:>6}  {:>9} {:>9} {:>9} {:>8}  {:<11} {}",
+        "#",
+        "time us",
+        "share",
+        "GFLOP",
+        "MB",
+        "GFLOP/s",
+        "GB/s",
+        "class",
+        unit
+    );
+    for (i, r) in rows.iter().enumerate() {
+        say!(
+            "{i:>4}  {:>10.1} {:>5.1}%  {:>9.4} {:>9.3} {:>9} {:>8}  {:<11} {}",
+            r.seconds * 1e6,
+            100.0 * share(r.seconds),
+            r.flops / 1e9,
+            r.bytes / 1e6,
+            fmt_rate(rate(r.flops, r.seconds)),
+            fmt_rate(rate(r.bytes, r.seconds)),
+            r.class.name(),
+            r.label
+        );
+    }
+    say!(
+        "\nby class\n  {:<11} {:>6} {:>10} {:>7} {:>10} {:>9}",
+        "class",
+        unit,
+        "time ms",
+        "share",
+        "GFLOP",
+        "GFLOP/s"
+    );
+    let mut classes = Vec::new();
+    for class in OpClass::ALL {
+        let mine: Vec<&Row> = rows.iter().filter(|r| r.class == class).collect();
+        let s: f64 = mine.iter().map(|r| r.seconds).sum();
+        let f: f64 = mine.iter().map(|r| r.flops).sum();
+        let b: f64 = mine.iter().map(|r| r.bytes).sum();
+        say!(
+            "  {:<11} {:>6} {:>10.3} {:>6.1}% {:>10.4} {:>9}",
+            class.name(),
+            mine.len(),
+            s * 1e3,
+            100.0 * share(s),
+            f / 1e9,
+            fmt_rate(rate(f, s))
+        );
+        classes.push(json!({
+            "class": class.name(), "steps": mine.len(), "seconds": s, "share": share(s),
+            "flops": f, "bytes": b, "gflops_per_s": rate(f, s), "gb_per_s": rate(b, s),
+        }));
+    }
+    let flops = cost.call.total.flops as f64;
+    let bytes = cost.call.total.bytes() as f64;
+    say!(
+        "\ncall: {} {units}, {:.3} ms summed ({:.3} ms wall around the traced call), {} and {:.3} MB, {} GFLOP/s, {} GB/s",
+        rows.len(),
+        total * 1e3,
+        wall_s * 1e3,
+        fmt_flops(cost.call.total.flops),
+        bytes / 1e6,
+        fmt_rate(rate(flops, total)),
+        fmt_rate(rate(bytes, total))
+    );
+    if backend.name() == "emu" {
+        say!("times are the host's time emulating each launch, not GPU time");
+    }
+    say!("NVTX ranges: not emitted (no NVTX in this build)");
+
+    let name = format!("streamdit profile {} {}", profile.name, backend.name());
+    if let Some(path) = &args.trace {
+        let mut events = vec![json!({
+            "name": "process_name", "ph": "M", "pid": 1, "tid": 1,
+            "args": { "name": name },
+        })];
+        events.extend(rows.iter().map(|r| {
+            json!({
+                "name": r.label, "cat": r.class.name(), "ph": "X", "pid": 1, "tid": 1,
+                "ts": r.start * 1e6, "dur": r.seconds * 1e6,
+                "args": { "ops": r.kinds, "flops": r.flops, "bytes": r.bytes },
+            })
+        }));
+        let trace = json!({ "traceEvents": events, "displayTimeUnit": "ms" });
+        let text = serde_json::to_string(&trace)
+            .map_err(|e| Error::Invalid(format!("Chrome trace: {e}")))?;
+        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+    }
+    if let Some(path) = &args.json {
+        let steps: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "label": r.label,
+                    "ops": [r.ops.start, r.ops.end],
+                    "kinds": r.kinds,
+                    "class": r.class.name(),
+                    "seconds": r.seconds,
+                    "start_s": r.start,
+                    "share": share(r.seconds),
+                    "flops": r.flops,
+                    "bytes": r.bytes,
+                    "gflops_per_s": rate(r.flops, r.seconds),
+                    "gb_per_s": rate(r.bytes, r.seconds),
+                })
+            })
+            .collect();
+        let report = json!({
+            "profile": profile.name,
+            "backend": backend.name(),
+            "clock": clock.name(),
+            "unit": unit,
+            "guidance": guidance,
+            "warmup_calls": args.warmup,
+            "call_ops": graph.call_ops.len(),
+            "total_s": total,
+            "wall_s": wall_s,
+            "call_flops": cost.call.total.flops,
+            "call_bytes": cost.call.total.bytes(),
+            "gflops_per_s": rate(flops, total),
+            "gb_per_s": rate(bytes, total),
+            "classes": classes,
+            "steps": steps,
+            "nvtx": Value::Null,
+        });
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Invalid(format!("JSON report: {e}")))?;
+        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+    }
+    print_stdout(&out)
+}
