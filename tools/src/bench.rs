@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::json;
 use streamdit::model::graph::Graph;
 use streamdit::model::plan::{GraphCost, MemoryPlan};
 use streamdit::{Error, Result, Stream, StreamParams};
@@ -165,6 +165,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
     }
     stream.synchronize()?;
+    // NVML on the CUDA backend only: the emulator and the CPU have no GPU to read.
+    let telemetry = match stream.backend_name() {
+        "cuda" => crate::telemetry::Telemetry::open(0),
+        other => Err(format!("no GPU telemetry on the {other} backend")),
+    };
+    let before = telemetry.as_ref().ok().map(|t| t.snapshot());
     let mut samples: Vec<StepSample> = Vec::new();
     let start = Instant::now();
     loop {
@@ -178,6 +184,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
     }
     let window = secs(start.elapsed());
+    let after = telemetry.as_ref().ok().map(|t| t.snapshot());
     let backend = stream.backend_name();
     let graphs = stream.graphs();
     let seed = stream.seed();
@@ -351,8 +358,35 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "  device (plan)       {}",
         device_plan.map_or("n/a (cpu backend)".into(), fmt_bytes)
     );
-    say!("  device (measured)   n/a (needs a GPU and NVML)");
-    say!("\nGPU telemetry: not collected (this build has no NVML): clocks, power, temperature, throttle reasons, energy per frame and share of peak are null");
+    let measured_device = after.as_ref().and_then(|a| a.memory_used_bytes);
+    say!(
+        "  device (measured)   {}",
+        measured_device.map_or("n/a (needs a GPU and NVML)".into(), |b| format!(
+            "{} in use on the GPU (NVML, all processes)",
+            fmt_bytes(b)
+        ))
+    );
+    let gpu = crate::telemetry::gpu_json(before.as_ref(), after.as_ref(), video_frames);
+    // Peak of the GPU NVML names, when it is one of the plan's known GPUs.
+    let peak_tflops = after
+        .as_ref()
+        .and_then(|a| a.name.as_deref())
+        .and_then(|name| {
+            let name = name.to_lowercase().replace(' ', "");
+            streamdit::model::plan::GpuSpec::ALL
+                .into_iter()
+                .find(|g| name.contains(g.key))
+        })
+        .map(|g| g.fp16_tflops);
+    let share_of_peak = achieved_tflops.zip(peak_tflops).map(|(a, p)| a / p);
+    match &telemetry {
+        Ok(_) => say!(
+            "\nGPU telemetry (NVML, after the window)\n{}\n  share of peak      {}",
+            serde_json::to_string_pretty(&gpu).unwrap_or_default(),
+            share_of_peak.map_or("unknown GPU".into(), |s| format!("{:.1}%", s * 100.0))
+        ),
+        Err(why) => say!("\nGPU telemetry: null ({why})"),
+    }
 
     if let Some(path) = &args.json {
         let report = json!({
@@ -412,27 +446,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "memory": {
                 "peak_rss_bytes": rss,
                 "plan_peak_device_bytes": device_plan,
-                "measured_device_bytes": Value::Null,
+                "measured_device_bytes": measured_device,
             },
             "compute": {
                 "call_flops": cost.call.total.flops,
                 "achieved_tflops": achieved_tflops,
                 "achieved_basis": "plan FLOPs per call / mean measured DiT call time",
-                "share_of_peak": Value::Null,
+                "share_of_peak": share_of_peak,
             },
-            "gpu": {
-                "name": Value::Null,
-                "driver_version": Value::Null,
-                "cuda_version": Value::Null,
-                "sm_clock_mhz": Value::Null,
-                "mem_clock_mhz": Value::Null,
-                "power_w": Value::Null,
-                "temperature_c": Value::Null,
-                "throttle_reasons": Value::Null,
-                "energy_per_frame_j": Value::Null,
-            },
+            "gpu": gpu,
             "notes": [
-                "GPU telemetry is null: this build does not link NVML",
+                telemetry.as_ref().err().map_or("GPU telemetry from NVML".to_string(), |why| format!("GPU telemetry is null: {why}")),
                 "steady-state times are host wall clock; each call is followed by a device synchronize",
             ],
         });

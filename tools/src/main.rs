@@ -3,6 +3,7 @@
 
 mod bench;
 mod profile;
+mod telemetry;
 
 use std::io::Write;
 use std::path::PathBuf;
