@@ -23,8 +23,16 @@ pub struct BenchArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Model calls run after the first frame and before measuring.
-    #[arg(long, default_value_t = 3, value_name = "STEPS")]
+    #[arg(
+        long,
+        default_value_t = 3,
+        value_name = "STEPS",
+        conflicts_with = "warmup_seconds"
+    )]
     warmup: u64,
+    /// Warm up for this many seconds instead (whole calls, at least one).
+    #[arg(long, value_name = "SECONDS")]
+    warmup_seconds: Option<f64>,
     /// Model calls measured in the steady state (default 20).
     #[arg(long, conflicts_with = "duration")]
     steps: Option<u64>,
@@ -125,6 +133,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
     }
     let steps_wanted = args.steps.unwrap_or(20);
+    if let Some(w) = args.warmup_seconds {
+        if !(w.is_finite() && w >= 0.0) {
+            return Err(Error::Invalid(format!(
+                "--warmup-seconds: expected a non-negative number of seconds, found {w}"
+            )));
+        }
+    }
     if args.duration.is_none() && steps_wanted == 0 {
         return Err(Error::Invalid(
             "--steps: expected at least 1 measured model call, found 0".into(),
@@ -158,11 +173,21 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let cost = GraphCost::of(&graph);
 
     // Steady state: warm-up calls, then the measured window.
-    for _ in 0..args.warmup {
+    let warm_start = Instant::now();
+    let mut warmup_calls = 0u64;
+    loop {
+        let done = match args.warmup_seconds {
+            Some(s) => warmup_calls > 0 && secs(warm_start.elapsed()) >= s,
+            None => warmup_calls >= args.warmup,
+        };
+        if done {
+            break;
+        }
         if stream.step()? {
             frames.clear();
             stream.decode_chunk(&mut frames)?;
         }
+        warmup_calls += 1;
     }
     stream.synchronize()?;
     // NVML on the CUDA backend only: the emulator and the CPU have no GPU to read.
@@ -286,7 +311,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     say!(
         "  weights {weights}, noise seed {seed}, guidance {}, warm-up {} calls, {n} measured calls",
         guidance,
-        args.warmup
+        warmup_calls
     );
     say!("\ntime to first frame");
     say!(
@@ -399,7 +424,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 "seed": seed,
                 "guidance": guidance,
                 "prompt": args.prompt,
-                "warmup_steps": args.warmup,
+                "warmup_steps": warmup_calls,
                 "steps": n,
                 "duration_s": args.duration,
                 "graphs": graphs,

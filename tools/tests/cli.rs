@@ -688,3 +688,31 @@ fn bench_and_profile_run_on_the_emulator() {
     assert_eq!(report["clock"], "emulator wall clock (not GPU time)");
     check_profile(&report, &read_json(&trace), "emu");
 }
+
+/// `--warmup-seconds` warms up by time, rejects what is not a duration, and excludes
+/// `--warmup`.
+#[test]
+fn bench_warmup_by_seconds() {
+    let out = streamdit(&[
+        "bench",
+        "--profile",
+        "tiny",
+        "--backend",
+        "cpu",
+        "--steps",
+        "1",
+        "--warmup-seconds",
+        "0.05",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("warm-up"));
+    let out = streamdit(&["bench", "--warmup-seconds", "nan"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--warmup-seconds"));
+    let out = streamdit(&["bench", "--warmup", "2", "--warmup-seconds", "1"]);
+    assert!(!out.status.success());
+}
