@@ -100,6 +100,23 @@ fn assert_bits(what: &str, a: &[f32], b: &[f32]) {
 /// Steps of a `tiny` CFG stream run through a backend on the emulator: popped chunks and
 /// the final buffer.
 fn run_steps(graphs: bool, order: ThreadOrder) -> (Vec<Vec<f32>>, Vec<f32>) {
+    run_steps_prefetching(graphs, order, Prefetch::None)
+}
+
+/// What to prefetch before every step.
+#[derive(Clone, Copy, PartialEq)]
+enum Prefetch {
+    None,
+    /// Alternately the step that follows (what the stream does: it must be taken) and a
+    /// step that does not come (it must be dropped without a trace).
+    NextAndWrong,
+}
+
+fn run_steps_prefetching(
+    graphs: bool,
+    order: ThreadOrder,
+    prefetch: Prefetch,
+) -> (Vec<Vec<f32>>, Vec<f32>) {
     let profile = Profile::builtin("tiny").unwrap();
     let m = profile.model.clone();
     let weights = Weights::random(&m, 5, DType::F16);
@@ -125,6 +142,21 @@ fn run_steps(graphs: bool, order: ThreadOrder) -> (Vec<Vec<f32>>, Vec<f32>) {
     let mut next = m.latent_frames as u64;
     for i in 0..5 {
         let s = schedule.step(i);
+        let params = StepParams {
+            tau: s.tau.clone(),
+            dtau: s.dtau.clone(),
+            pop: s.pop.then_some(next),
+        };
+        match prefetch {
+            Prefetch::None => {}
+            Prefetch::NextAndWrong if i % 2 == 0 => backend.prefetch(&params).unwrap(),
+            Prefetch::NextAndWrong => {
+                let mut wrong = params.clone();
+                wrong.dtau.iter_mut().for_each(|d| *d = 0.5);
+                wrong.pop = Some(next + 100);
+                backend.prefetch(&wrong).unwrap();
+            }
+        }
         let mut out = vec![f32::NAN; chunk * m.frame_elems()];
         backend
             .step(
@@ -157,6 +189,13 @@ fn graph_replay_is_bit_identical_to_eager_launches() {
         assert_bits(&format!("chunk {k}"), a, b);
     }
     assert_bits("buffer", &eager_buffer, &replay_buffer);
+    // A prefetched step is taken when it is the next one and dropped when it is not.
+    let (chunks, buffer) =
+        run_steps_prefetching(true, ThreadOrder::Forward, Prefetch::NextAndWrong);
+    for (k, (a, b)) in eager_chunks.iter().zip(&chunks).enumerate() {
+        assert_bits(&format!("prefetched chunk {k}"), a, b);
+    }
+    assert_bits("prefetched buffer", &eager_buffer, &buffer);
 }
 
 /// Misuse of the backend is an error naming what is missing.

@@ -84,6 +84,14 @@ pub trait Backend: Send {
     /// `popped`, whose length (`c * C*H*W`) gives the chunk size.
     fn step(&mut self, step: &StepParams, popped: &mut [f32]) -> Result<()>;
 
+    /// A hint that the next [`Backend::step`] will have these parameters: a backend that
+    /// runs asynchronously may start it now, so the device works while the caller decodes
+    /// the chunk it just received, and must drop it if anything else (a new text, a reset,
+    /// a different step) comes first. The default does nothing.
+    fn prefetch(&mut self, _next: &StepParams) -> Result<()> {
+        Ok(())
+    }
+
     /// Copies the latent buffer `[F, C, H, W]` out.
     fn read_buffer(&mut self, out: &mut [f32]) -> Result<()>;
 

@@ -105,6 +105,14 @@ impl Stream {
     /// Runs model calls until the next chunk is clean and returns its latents `[c, C, H, W]`.
     pub fn next_latents(&mut self) -> Result<&[f32]> {
         while !self.step()? {}
+        // Let the device start the next call while this chunk is decoded; a prompt switch
+        // before the next call makes the backend drop it (it is never committed).
+        let next = self.schedule.step(self.calls);
+        self.backend.prefetch(&StepParams {
+            tau: next.tau,
+            dtau: next.dtau,
+            pop: next.pop.then_some(self.next_noise_frame),
+        })?;
         Ok(&self.chunk)
     }
 

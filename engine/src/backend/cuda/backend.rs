@@ -81,6 +81,8 @@ pub struct CudaBackend<D: Device> {
     text_set: bool,
     /// Events around the call's steps for `forward_timed`, created on its first use.
     timing: Vec<Event>,
+    /// A step started by `prefetch`, launched but not committed.
+    pending: Option<StepParams>,
 }
 
 fn f16_bits(data: &[f32]) -> Vec<u16> {
@@ -143,6 +145,7 @@ impl<D: Device> CudaBackend<D> {
             step_graph: None,
             use_graphs: true,
             text_set: false,
+            pending: None,
             timing: Vec::new(),
         };
         match weights {
@@ -174,6 +177,7 @@ impl<D: Device> CudaBackend<D> {
     /// With `false`, steps launch their operations one by one instead of replaying the
     /// captured graph (the same list, for checking replay against eager execution).
     pub fn set_graphs(&mut self, on: bool) -> Result<()> {
+        self.cancel_pending();
         self.use_graphs = on;
         self.drop_step_graph()
     }
@@ -225,6 +229,7 @@ impl<D: Device> CudaBackend<D> {
         v: &mut [f32],
         tracer: &mut dyn FnMut(&Step, &[f32]),
     ) -> Result<()> {
+        self.cancel_pending();
         self.require_text()?;
         let g = &self.graph;
         let (x_buf, tau_buf, v_buf) = (
@@ -390,7 +395,8 @@ impl<D: Device> CudaBackend<D> {
     }
 
     /// The operations of one step after the model call: the Euler update with pop/push
-    /// into `x_next` and `emit`, then `x_next` copied into the graph's `x`.
+    /// into `x_next` and `emit`. The buffer itself changes only at [`Self::commit`], so a
+    /// step started ahead of time can be dropped.
     fn update(&mut self, seed: u64) -> Result<()> {
         let g = &self.graph;
         let m = &g.config;
@@ -407,8 +413,64 @@ impl<D: Device> CudaBackend<D> {
             seed,
             m.latent_frames,
             m.frame_elems(),
-        )?;
+        )
+    }
+
+    /// Makes the last launched step's buffer the current one.
+    fn commit(&mut self) -> Result<()> {
+        let x = self.tensor_f32(self.graph.inputs.x)?;
         self.dev.copy(self.state.x_next, x)
+    }
+
+    /// Drops a step started by `prefetch` and not yet taken: nothing of it was committed.
+    fn cancel_pending(&mut self) {
+        self.pending = None;
+    }
+
+    /// Queues one step (graph replay or eager launches) and, when it pops, the copy of the
+    /// chunk to pinned memory on the copy stream; returns the frames it pops.
+    fn launch_step(&mut self, step: &StepParams) -> Result<usize> {
+        self.require_text()?;
+        let Some(seed) = self.seed else {
+            return Err(Error::Invalid(
+                "cuda backend: reset must fill the buffer before the first step".into(),
+            ));
+        };
+        let f = self.graph.config.latent_frames;
+        Self::check_len("step tau", step.tau.len(), f)?;
+        Self::check_len("step dtau", step.dtau.len(), f)?;
+        let (shift, first) = match step.pop {
+            Some(first) => (self.chunk_frames, first),
+            None => (0, 0),
+        };
+        let tau = self.tensor_f32(self.graph.inputs.tau)?;
+        self.dev.write(tau, &step.tau)?;
+        self.dev.write(self.state.dtau, &step.dtau)?;
+        self.dev.write(self.state.control, &[first, shift as u64])?;
+        if self.use_graphs {
+            let graph = self.step_graph(seed)?;
+            self.dev.replay(graph)?;
+        } else {
+            self.run(Steps::Call)?;
+            self.update(seed)?;
+        }
+        if shift > 0 {
+            // The chunk goes to pinned memory on the copy stream, after the step's work.
+            self.dev.record(self.copy_ready, Stream::Compute)?;
+            self.dev.wait(Stream::Copy, self.copy_ready)?;
+            self.dev
+                .read_async(Stream::Copy, self.state.emit, self.pinned)?;
+        }
+        Ok(shift)
+    }
+
+    /// Commits a launched step and hands out its chunk (waiting for the copy).
+    fn finish_step(&mut self, shift: usize, popped: &mut [f32]) -> Result<()> {
+        self.commit()?;
+        if shift > 0 {
+            popped.copy_from_slice(self.dev.pinned(self.pinned)?);
+        }
+        Ok(())
     }
 
     fn step_graph(&mut self, seed: u64) -> Result<GraphId> {
@@ -446,6 +508,7 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn set_text(&mut self, text: &Tensor, mask: &[f32]) -> Result<()> {
+        self.cancel_pending();
         let g = &self.graph;
         let (b, lt) = (g.batch, g.config.text_len);
         text.expect_shape("text", &g.tensors[g.inputs.text].shape)?;
@@ -464,6 +527,8 @@ impl<D: Device> Backend for CudaBackend<D> {
     /// One model call. The call's input is the latent buffer's device memory, so the
     /// buffer is set aside in the next-buffer scratch and put back afterwards.
     fn forward(&mut self, x: &[f32], tau: &[f32], v: &mut [f32]) -> Result<()> {
+        // `x_next` holds the buffer during the call.
+        self.cancel_pending();
         self.require_text()?;
         let g = &self.graph;
         let (x_buf, tau_buf, v_buf) = (
@@ -484,6 +549,7 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn reset(&mut self, seed: u64, first_frame: u64) -> Result<()> {
+        self.cancel_pending();
         let m = &self.graph.config;
         let (f, fe) = (m.latent_frames, m.frame_elems());
         let x = self.tensor_f32(self.graph.inputs.x)?;
@@ -493,49 +559,34 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn step(&mut self, step: &StepParams, popped: &mut [f32]) -> Result<()> {
-        self.require_text()?;
-        let Some(seed) = self.seed else {
-            return Err(Error::Invalid(
-                "cuda backend: reset must fill the buffer before the first step".into(),
+        let fe = self.graph.config.frame_elems();
+        if step.pop.is_some() && popped.len() != self.chunk_frames * fe {
+            self.cancel_pending();
+            return Err(Error::shape(
+                "popped chunk",
+                format!(
+                    "{} frames of {fe} values = {}",
+                    self.chunk_frames,
+                    self.chunk_frames * fe
+                ),
+                format!("{} values", popped.len()),
             ));
-        };
-        let m = self.graph.config.clone();
-        let (f, fe) = (m.latent_frames, m.frame_elems());
-        Self::check_len("step tau", step.tau.len(), f)?;
-        Self::check_len("step dtau", step.dtau.len(), f)?;
-        let (shift, first) = match step.pop {
-            Some(first) => {
-                let want = self.chunk_frames * fe;
-                if popped.len() != want {
-                    return Err(Error::shape(
-                        "popped chunk",
-                        format!("{} frames of {fe} values = {want}", self.chunk_frames),
-                        format!("{} values", popped.len()),
-                    ));
-                }
-                (self.chunk_frames, first)
-            }
-            None => (0, 0),
-        };
-        let tau = self.tensor_f32(self.graph.inputs.tau)?;
-        self.dev.write(tau, &step.tau)?;
-        self.dev.write(self.state.dtau, &step.dtau)?;
-        self.dev.write(self.state.control, &[first, shift as u64])?;
-        if self.use_graphs {
-            let graph = self.step_graph(seed)?;
-            self.dev.replay(graph)?;
-        } else {
-            self.run(Steps::Call)?;
-            self.update(seed)?;
         }
-        if shift > 0 {
-            // The chunk goes to pinned memory on the copy stream, after the step's work.
-            self.dev.record(self.copy_ready, Stream::Compute)?;
-            self.dev.wait(Stream::Copy, self.copy_ready)?;
-            self.dev
-                .read_async(Stream::Copy, self.state.emit, self.pinned)?;
-            popped.copy_from_slice(self.dev.pinned(self.pinned)?);
-        }
+        // A step started by `prefetch` with these very parameters is already on its way.
+        let shift = match self.pending.take() {
+            Some(pending) if pending == *step => step.pop.map_or(0, |_| self.chunk_frames),
+            _ => self.launch_step(step)?,
+        };
+        self.finish_step(shift, popped)
+    }
+
+    /// Starts `next` now (the device works on it while the caller decodes the chunk it was
+    /// just given); the following `step` with the same parameters takes it. A prompt
+    /// switch, reset or eager call in between drops it: nothing of it is committed.
+    fn prefetch(&mut self, next: &StepParams) -> Result<()> {
+        self.cancel_pending();
+        self.launch_step(next)?;
+        self.pending = Some(next.clone());
         Ok(())
     }
 
@@ -556,6 +607,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         v: &mut [f32],
         on_step: &mut dyn FnMut(&TimedStep),
     ) -> Result<Clock> {
+        self.cancel_pending();
         self.require_text()?;
         let g = &self.graph;
         let (x_buf, tau_buf, v_buf) = (
