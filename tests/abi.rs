@@ -46,7 +46,9 @@ fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("streamdit-abi-{}-{name}", std::process::id()))
 }
 
-fn compile(lib: &Path, tag: &str) -> PathBuf {
+/// Compiles the C program `source` (relative to the repository) against the header and the
+/// library, warnings as errors.
+fn compile(lib: &Path, source: &str, tag: &str) -> PathBuf {
     let exe = temp(&format!("abi_test-{tag}"));
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let out = Command::new(&cc)
@@ -57,7 +59,7 @@ fn compile(lib: &Path, tag: &str) -> PathBuf {
         .arg("-g")
         .arg("-I")
         .arg(repo().join("include"))
-        .arg(repo().join("tests/abi/abi_test.c"))
+        .arg(repo().join(source))
         .arg("-o")
         .arg(&exe)
         .arg("-L")
@@ -159,7 +161,7 @@ fn run(exe: &Path, tag: &str, profile: &str, wrapper: Option<&[&str]>) -> Run {
 #[test]
 fn c_program_streams_the_same_frames_and_checks_every_error() {
     let lib = lib_dir();
-    let exe = compile(&lib, "plain");
+    let exe = compile(&lib, "tests/abi/abi_test.c", "plain");
     let r = run(&exe, "plain", "tiny", None);
     println!("{}", r.stdout);
 
@@ -258,7 +260,7 @@ fn c_program_is_clean_under_valgrind() {
         println!("skipped: valgrind not found");
         return;
     }
-    let exe = compile(&lib_dir(), "valgrind");
+    let exe = compile(&lib_dir(), "tests/abi/abi_test.c", "valgrind");
     let micro = repo().join("tests/abi/micro.toml");
     let micro = micro.to_str().unwrap();
     let r = run(
@@ -285,25 +287,7 @@ fn c_program_is_clean_under_valgrind() {
 #[test]
 fn examples_build_and_run() {
     let lib = lib_dir();
-    let exe = temp("stream-example");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let out = Command::new(&cc)
-        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(repo().join("include"))
-        .arg(repo().join("examples/c/stream.c"))
-        .arg("-o")
-        .arg(&exe)
-        .arg("-L")
-        .arg(&lib)
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-lstreamdit")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let exe = compile(&lib, "examples/c/stream.c", "stream-example");
     let y4m = temp("example.y4m");
     let out = Command::new(&exe)
         .arg("a paper boat")

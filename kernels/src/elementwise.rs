@@ -258,15 +258,16 @@ fn elems(kernel: &str, dims: &[usize]) -> Result<usize, String> {
         .ok_or_else(|| format!("{kernel}: tensor size {dims:?} overflows"))
 }
 
-/// `patchify` of `x [frames, c, h, w]` into `batch` copies: `c`, `h`, `w` even.
-pub fn patchify_config(
+/// The latent shape both patch layouts share: every dimension a positive i32, `H` and `W`
+/// even (2x2 patches), the `batch` copies' element count within i64.
+fn check_latents(
+    k: &str,
     frames: usize,
     c: usize,
     h: usize,
     w: usize,
     batch: usize,
-) -> Result<LaunchConfig, String> {
-    let k = KERNEL_PATCHIFY;
+) -> Result<(), String> {
     for (what, v) in [
         ("frames", frames),
         ("C", c),
@@ -276,15 +277,28 @@ pub fn patchify_config(
     ] {
         positive_i32(k, what, v)?;
     }
+    even(k, "H", h, "2x2 patches")?;
+    even(k, "W", w, "2x2 patches")?;
+    elems(k, &[batch, frames, c, h, w])?;
+    Ok(())
+}
+
+/// `patchify` of `x [frames, c, h, w]` into `batch` copies: `c`, `h`, `w` even.
+pub fn patchify_config(
+    frames: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    batch: usize,
+) -> Result<LaunchConfig, String> {
+    let k = KERNEL_PATCHIFY;
+    check_latents(k, frames, c, h, w, batch)?;
     even(
         k,
         "C",
         c,
         "a thread stores the 8 entries of two channels as one 16-byte vector",
     )?;
-    even(k, "H", h, "2x2 patches")?;
-    even(k, "W", w, "2x2 patches")?;
-    elems(k, &[batch, frames, c, h, w])?;
     Ok(grid_for(frames * (h / 2) * (w / 2) * (c / 2)))
 }
 
@@ -367,17 +381,7 @@ pub fn unpatchify_config(
     combine: bool,
 ) -> Result<LaunchConfig, String> {
     let k = KERNEL_UNPATCHIFY;
-    for (what, v) in [
-        ("frames", frames),
-        ("C", c),
-        ("H", h),
-        ("W", w),
-        ("batch", batch),
-    ] {
-        positive_i32(k, what, v)?;
-    }
-    even(k, "H", h, "2x2 patches")?;
-    even(k, "W", w, "2x2 patches")?;
+    check_latents(k, frames, c, h, w, batch)?;
     if combine && batch != 2 {
         return Err(format!(
             "{k}: guidance combines exactly 2 branches (conditional, unconditional), got \
@@ -385,7 +389,6 @@ pub fn unpatchify_config(
         ));
     }
     let out_batches = if combine { 1 } else { batch };
-    elems(k, &[batch, frames, c, h, w])?;
     Ok(grid_for(out_batches * frames * c * h * (w / 2)))
 }
 

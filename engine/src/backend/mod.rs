@@ -125,3 +125,15 @@ pub trait Backend: Send {
         )))
     }
 }
+
+/// An error unless a slice argument holds exactly `want` values.
+pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::shape(
+            what,
+            format!("{want} values"),
+            format!("{got} values"),
+        ));
+    }
+    Ok(())
+}

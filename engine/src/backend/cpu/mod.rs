@@ -6,7 +6,7 @@ pub mod ops;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Backend, Clock, StepParams, TimedStep};
+use super::{check_len, Backend, Clock, StepParams, TimedStep};
 use crate::error::{fmt_shape, Error, Result};
 use crate::model::checkpoint::Weights;
 use crate::model::graph::{Graph, Kind, Op, TensorDesc, TensorId};
@@ -170,9 +170,9 @@ impl CpuBackend {
     ) -> Result<()> {
         let g = &self.graph;
         let m = &g.config;
-        Self::check_len("x", x.len(), m.buffer_elems())?;
-        Self::check_len("tau", tau.len(), m.latent_frames)?;
-        Self::check_len("v", v.len(), m.buffer_elems())?;
+        check_len("x", x.len(), m.buffer_elems())?;
+        check_len("tau", tau.len(), m.latent_frames)?;
+        check_len("v", v.len(), m.buffer_elems())?;
         if !self.text_set {
             return Err(Error::Invalid(
                 "forward: no text context set (call set_text first)".into(),
@@ -297,17 +297,6 @@ impl CpuBackend {
             values: vec![None; self.graph.tensors.len()],
         }
     }
-
-    fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
-        if got != want {
-            return Err(Error::shape(
-                what,
-                format!("{want} values"),
-                format!("{got} values"),
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// For each op, the activations whose last use it is.
@@ -340,7 +329,7 @@ impl Backend for CpuBackend {
         let g = &self.graph;
         let (b, lt) = (g.batch, g.config.text_len);
         text.expect_shape("text", &g.tensors[g.inputs.text].shape)?;
-        Self::check_len("text_mask", mask.len(), b * lt)?;
+        check_len("text_mask", mask.len(), b * lt)?;
         validate_mask(mask, b, lt)?;
         let mut env = self.env();
         env.values[g.inputs.text] = Some(text.data.clone());
@@ -375,8 +364,8 @@ impl Backend for CpuBackend {
     fn step(&mut self, step: &StepParams, popped: &mut [f32]) -> Result<()> {
         let m = self.graph.config.clone();
         let (f, fe) = (m.latent_frames, m.frame_elems());
-        Self::check_len("step tau", step.tau.len(), f)?;
-        Self::check_len("step dtau", step.dtau.len(), f)?;
+        check_len("step tau", step.tau.len(), f)?;
+        check_len("step dtau", step.dtau.len(), f)?;
         let mut v = std::mem::take(&mut self.v);
         let buffer = std::mem::take(&mut self.buffer);
         let result = self.forward(&buffer, &step.tau, &mut v);
@@ -413,7 +402,7 @@ impl Backend for CpuBackend {
     }
 
     fn read_buffer(&mut self, out: &mut [f32]) -> Result<()> {
-        Self::check_len("buffer", out.len(), self.buffer.len())?;
+        check_len("buffer", out.len(), self.buffer.len())?;
         out.copy_from_slice(&self.buffer);
         Ok(())
     }

@@ -22,7 +22,7 @@ use streamdit_kernels::elementwise as ew;
 use super::device::{backend_error, Device, DeviceBuffer, Event, GraphId, PinnedBuffer, Stream};
 use super::lower::{self, DeviceParams, Lowered, Step};
 use crate::backend::cpu::validate_mask;
-use crate::backend::{Backend, Clock, StepParams, TimedStep};
+use crate::backend::{check_len, Backend, Clock, StepParams, TimedStep};
 use crate::error::fmt_shape;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{Checkpoint, DType, Weights};
@@ -220,14 +220,16 @@ impl<D: Device> CudaBackend<D> {
         }
     }
 
-    /// [`Backend::forward`] step by step, calling `tracer` after every step of the call
-    /// list with the step and the values of the tensor it wrote.
-    pub fn forward_traced(
+    /// One eager model call on `x` at `tau` into `v`, with `body` launching the call list.
+    /// The call's input is the latent buffer's device memory, so the buffer is set aside in
+    /// the next-buffer scratch (dropping a prefetched step) and put back afterwards, also
+    /// when `body` fails.
+    fn eager_call(
         &mut self,
         x: &[f32],
         tau: &[f32],
         v: &mut [f32],
-        tracer: &mut dyn FnMut(&Step, &[f32]),
+        body: impl FnOnce(&mut Self) -> Result<()>,
     ) -> Result<()> {
         self.cancel_pending();
         self.require_text()?;
@@ -237,25 +239,35 @@ impl<D: Device> CudaBackend<D> {
             self.tensor_f32(g.inputs.tau)?,
             self.tensor_f32(g.output)?,
         );
-        Self::check_len("x", x.len(), x_buf.len())?;
-        Self::check_len("tau", tau.len(), tau_buf.len())?;
-        Self::check_len("v", v.len(), v_buf.len())?;
+        check_len("x", x.len(), x_buf.len())?;
+        check_len("tau", tau.len(), tau_buf.len())?;
+        check_len("v", v.len(), v_buf.len())?;
         self.dev.copy(x_buf, self.state.x_next)?;
         self.dev.write(x_buf, x)?;
         self.dev.write(tau_buf, tau)?;
-        let mut result = Ok(());
-        for k in 0..self.call.len() {
-            let step = self.call[k].clone();
-            result = lower::run(&mut self.dev, self.mem, std::slice::from_ref(&step))
-                .and_then(|_| self.read_tensor(step.trace().output))
-                .map(|values| tracer(&step, &values));
-            if result.is_err() {
-                break;
-            }
-        }
+        let result = body(self);
         self.dev.copy(self.state.x_next, x_buf)?;
         result?;
         self.dev.read(v_buf, v)
+    }
+
+    /// [`Backend::forward`] step by step, calling `tracer` after every step of the call
+    /// list with the step and the values of the tensor it wrote.
+    pub fn forward_traced(
+        &mut self,
+        x: &[f32],
+        tau: &[f32],
+        v: &mut [f32],
+        tracer: &mut dyn FnMut(&Step, &[f32]),
+    ) -> Result<()> {
+        self.eager_call(x, tau, v, |b| {
+            for k in 0..b.call.len() {
+                lower::run(&mut b.dev, b.mem, &b.call[k..k + 1])?;
+                let values = b.read_tensor(b.call[k].trace().output)?;
+                tracer(&b.call[k], &values);
+            }
+            Ok(())
+        })
     }
 
     /// Generates every weight of the graph on the device (`weights_init`, one launch per
@@ -366,17 +378,6 @@ impl<D: Device> CudaBackend<D> {
         Ok(())
     }
 
-    fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
-        if got != want {
-            return Err(Error::shape(
-                what,
-                format!("{want} values"),
-                format!("{got} values"),
-            ));
-        }
-        Ok(())
-    }
-
     fn require_text(&self) -> Result<()> {
         if !self.text_set {
             return Err(Error::Invalid(
@@ -437,8 +438,8 @@ impl<D: Device> CudaBackend<D> {
             ));
         };
         let f = self.graph.config.latent_frames;
-        Self::check_len("step tau", step.tau.len(), f)?;
-        Self::check_len("step dtau", step.dtau.len(), f)?;
+        check_len("step tau", step.tau.len(), f)?;
+        check_len("step dtau", step.dtau.len(), f)?;
         let (shift, first) = match step.pop {
             Some(first) => (self.chunk_frames, first),
             None => (0, 0),
@@ -512,7 +513,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         let g = &self.graph;
         let (b, lt) = (g.batch, g.config.text_len);
         text.expect_shape("text", &g.tensors[g.inputs.text].shape)?;
-        Self::check_len("text_mask", mask.len(), b * lt)?;
+        check_len("text_mask", mask.len(), b * lt)?;
         validate_mask(mask, b, lt)?;
         debug_assert_eq!(g.tensors[g.inputs.text].precision, Precision::F16);
         let text_buf = self.tensor_bytes(g.inputs.text)?.cast::<u16>()?;
@@ -524,28 +525,8 @@ impl<D: Device> Backend for CudaBackend<D> {
         Ok(())
     }
 
-    /// One model call. The call's input is the latent buffer's device memory, so the
-    /// buffer is set aside in the next-buffer scratch and put back afterwards.
     fn forward(&mut self, x: &[f32], tau: &[f32], v: &mut [f32]) -> Result<()> {
-        // `x_next` holds the buffer during the call.
-        self.cancel_pending();
-        self.require_text()?;
-        let g = &self.graph;
-        let (x_buf, tau_buf, v_buf) = (
-            self.tensor_f32(g.inputs.x)?,
-            self.tensor_f32(g.inputs.tau)?,
-            self.tensor_f32(g.output)?,
-        );
-        Self::check_len("x", x.len(), x_buf.len())?;
-        Self::check_len("tau", tau.len(), tau_buf.len())?;
-        Self::check_len("v", v.len(), v_buf.len())?;
-        self.dev.copy(x_buf, self.state.x_next)?;
-        self.dev.write(x_buf, x)?;
-        self.dev.write(tau_buf, tau)?;
-        let result = self.run(Steps::Call);
-        self.dev.copy(self.state.x_next, x_buf)?;
-        result?;
-        self.dev.read(v_buf, v)
+        self.eager_call(x, tau, v, |b| b.run(Steps::Call))
     }
 
     fn reset(&mut self, seed: u64, first_frame: u64) -> Result<()> {
@@ -592,7 +573,7 @@ impl<D: Device> Backend for CudaBackend<D> {
 
     fn read_buffer(&mut self, out: &mut [f32]) -> Result<()> {
         let x = self.tensor_f32(self.graph.inputs.x)?;
-        Self::check_len("buffer", out.len(), x.len())?;
+        check_len("buffer", out.len(), x.len())?;
         self.dev.synchronize()?;
         self.dev.read(x, out)
     }
@@ -607,35 +588,18 @@ impl<D: Device> Backend for CudaBackend<D> {
         v: &mut [f32],
         on_step: &mut dyn FnMut(&TimedStep),
     ) -> Result<Clock> {
-        self.cancel_pending();
-        self.require_text()?;
-        let g = &self.graph;
-        let (x_buf, tau_buf, v_buf) = (
-            self.tensor_f32(g.inputs.x)?,
-            self.tensor_f32(g.inputs.tau)?,
-            self.tensor_f32(g.output)?,
-        );
-        Self::check_len("x", x.len(), x_buf.len())?;
-        Self::check_len("tau", tau.len(), tau_buf.len())?;
-        Self::check_len("v", v.len(), v_buf.len())?;
         while self.timing.len() < self.call.len() + 1 {
             let event = self.dev.create_event()?;
             self.timing.push(event);
         }
-        self.dev.copy(x_buf, self.state.x_next)?;
-        self.dev.write(x_buf, x)?;
-        self.dev.write(tau_buf, tau)?;
-        let mut result = self.dev.record(self.timing[0], Stream::Compute);
-        for k in 0..self.call.len() {
-            if result.is_err() {
-                break;
+        self.eager_call(x, tau, v, |b| {
+            b.dev.record(b.timing[0], Stream::Compute)?;
+            for k in 0..b.call.len() {
+                lower::run(&mut b.dev, b.mem, &b.call[k..k + 1])?;
+                b.dev.record(b.timing[k + 1], Stream::Compute)?;
             }
-            result = lower::run(&mut self.dev, self.mem, &self.call[k..k + 1])
-                .and_then(|_| self.dev.record(self.timing[k + 1], Stream::Compute));
-        }
-        self.dev.copy(self.state.x_next, x_buf)?;
-        result?;
-        self.dev.synchronize()?;
+            b.dev.synchronize()
+        })?;
         // Steps completing the same op share its range of ops.
         let mut first_op = 0;
         let mut k = 0;
@@ -660,7 +624,6 @@ impl<D: Device> Backend for CudaBackend<D> {
             first_op = last + 1;
             k += parts;
         }
-        self.dev.read(v_buf, v)?;
         Ok(if self.dev.backend() == "emu" {
             Clock::Emulator
         } else {

@@ -482,21 +482,26 @@ fn lower_list(
                 };
                 let fuse_next = fused_with_previous(ops, i + 1);
                 let fused = match next.filter(|_| fuse_next) {
-                    Some(&Op::GatedResidual {
-                        h,
-                        y: yy,
-                        mods,
-                        gate,
-                    }) if yy == y => {
-                        let layout = gemm::GateLayout {
-                            frames: m.latent_frames,
-                            mod_k: cx.shape(mods)[1],
-                            gate,
-                            tokens: m.tokens(),
-                            tokens_per_frame: m.tokens_per_frame(),
+                    // The residual add, with the per-frame gate or (cross-attention) none.
+                    Some(
+                        op @ (&Op::GatedResidual { h, y: yy, .. } | &Op::Residual { h, y: yy }),
+                    ) if yy == y => {
+                        let (mods, layout) = match *op {
+                            Op::GatedResidual { mods, gate, .. } => (
+                                cx.f32(mods, "modulation")? as *const f32,
+                                Some(gemm::GateLayout {
+                                    frames: m.latent_frames,
+                                    mod_k: cx.shape(mods)[1],
+                                    gate,
+                                    tokens: m.tokens(),
+                                    tokens_per_frame: m.tokens_per_frame(),
+                                }),
+                            ),
+                            _ => (std::ptr::null(), None),
                         };
-                        let config =
-                            gemm::gated_residual_config(rows, n, k, Some(&layout)).map_err(&err)?;
+                        let config = gemm::gated_residual_config(rows, n, k, layout.as_ref())
+                            .map_err(&err)?;
+                        let (mod_k, gate) = layout.map_or((0, 0), |l| (l.mod_k, l.gate));
                         Some((
                             gemm::KERNEL_GATED_RESIDUAL,
                             config,
@@ -505,33 +510,12 @@ fn lower_list(
                                 w: wp,
                                 bias,
                                 h: cx.f32(h, "residual stream")?,
-                                mods: cx.f32(mods, "modulation")? as *const f32,
+                                mods,
                                 m: rows as i32,
                                 n: n as i32,
                                 k: k as i32,
-                                mod_k: layout.mod_k as i32,
+                                mod_k: mod_k as i32,
                                 gate: gate as i32,
-                                tokens: layout.tokens as i32,
-                                tokens_per_frame: layout.tokens_per_frame as i32,
-                            }),
-                        ))
-                    }
-                    Some(&Op::Residual { h, y: yy }) if yy == y => {
-                        let config = gemm::gated_residual_config(rows, n, k, None).map_err(&err)?;
-                        Some((
-                            gemm::KERNEL_GATED_RESIDUAL,
-                            config,
-                            Params::GemmGatedResidual(gemm::GemmGatedResidualParams {
-                                a,
-                                w: wp,
-                                bias,
-                                h: cx.f32(h, "residual stream")?,
-                                mods: std::ptr::null(),
-                                m: rows as i32,
-                                n: n as i32,
-                                k: k as i32,
-                                mod_k: 0,
-                                gate: 0,
                                 tokens: m.tokens() as i32,
                                 tokens_per_frame: m.tokens_per_frame() as i32,
                             }),
