@@ -9,6 +9,7 @@ pub mod backend;
 pub mod decoder;
 pub mod error;
 pub mod model;
+pub mod nvtx;
 pub mod rng;
 pub mod stream;
 pub mod tensor;

@@ -8,6 +8,7 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::{json, Value};
 use streamdit::model::plan::{op_kind, GraphCost, OpClass, OpCost};
+use streamdit::nvtx;
 use streamdit::rng::noise_frame;
 use streamdit::stream::Schedule;
 use streamdit::text;
@@ -67,7 +68,10 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         .transpose()?;
     let branches: Vec<&text::TextInput> = std::iter::once(&cond).chain(&negative).collect();
     let (t, mask) = text::stack(&branches);
-    backend.set_text(&t, &mask)?;
+    {
+        let _range = nvtx::Range::push("prompt");
+        backend.set_text(&t, &mask)?;
+    }
     // A steady-state call: the buffer's noise levels after prefill.
     let schedule = Schedule::new(&profile.stream);
     let tau = schedule.step(schedule.prefill_calls()).tau;
@@ -76,7 +80,8 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         noise_frame(profile.run.seed, k as u64, frame);
     }
     let mut v = vec![0.0; x.len()];
-    for _ in 0..args.warmup {
+    for k in 0..args.warmup {
+        let _range = nvtx::Range::push(format_args!("warm-up call {k}"));
         backend.forward(&x, &tau, &mut v)?;
     }
     let graph = backend.graph().clone();
@@ -84,6 +89,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut at = 0.0;
     let wall = Instant::now();
+    let call_range = nvtx::Range::push("profiled call");
     let clock = backend.forward_timed(&x, &tau, &mut v, &mut |s| {
         let ops = &cost.call.ops[s.ops.clone()];
         let parts = s.parts.max(1) as f64;
@@ -101,6 +107,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         at += s.seconds;
     })?;
     let wall_s = wall.elapsed().as_secs_f64();
+    drop(call_range);
     if rows.is_empty() {
         return Err(Error::Invalid(format!(
             "profile: the {} backend reported no timed steps",
@@ -199,7 +206,12 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
     if backend.name() == "emu" {
         say!("times are the host's time emulating each launch, not GPU time");
     }
-    say!("NVTX ranges: not emitted (no NVTX in this build)");
+    match nvtx::injection() {
+        Some(lib) => say!("NVTX ranges (one per {unit}) recorded by {lib}"),
+        None => {
+            say!("NVTX ranges (one per {unit}) emitted; run under `nsys profile` to record them")
+        }
+    }
 
     let name = format!("streamdit profile {} {}", profile.name, backend.name());
     if let Some(path) = &args.trace {
@@ -254,7 +266,10 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
             "gb_per_s": rate(bytes, total),
             "classes": classes,
             "steps": steps,
-            "nvtx": Value::Null,
+            "nvtx": {
+                "ranges": format!("`profiled call`, `warm-up call N`, and one per {unit} named as in `steps`"),
+                "injection": nvtx::injection(),
+            },
         });
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| Error::Invalid(format!("JSON report: {e}")))?;

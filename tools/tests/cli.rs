@@ -576,7 +576,8 @@ fn check_profile(report: &serde_json::Value, trace: &serde_json::Value, backend:
         report["call_ops"].as_u64(),
         Some(graph.call_ops.len() as u64)
     );
-    assert!(report["nvtx"].is_null());
+    assert!(report["nvtx"]["ranges"].is_string());
+    assert!(report["nvtx"].get("injection").is_some());
     let steps = report["steps"].as_array().unwrap();
     let events: Vec<&serde_json::Value> = trace["traceEvents"]
         .as_array()
@@ -642,6 +643,11 @@ fn profile_cpu_reports_ops_and_writes_a_chrome_trace() {
     );
     let report = read_json(&path);
     assert_eq!(report["clock"], "host wall clock");
+    assert_eq!(
+        report["nvtx"]["injection"].as_str(),
+        streamdit::nvtx::injection().as_deref(),
+        "no NVTX tool attached unless the test runner has one"
+    );
     check_profile(&report, &read_json(&trace), "cpu");
 }
 
@@ -668,25 +674,42 @@ fn bench_and_profile_run_on_the_emulator() {
     assert_eq!(report["config"]["graphs"], serde_json::Value::Bool(true));
     assert!(report["memory"]["plan_peak_device_bytes"].as_u64().unwrap() > 1_000_000);
 
+    // Under an NVTX tool, so the launch ranges of the device path are checked too.
     let (path, trace) = (temp("profile-emu.json"), temp("profile-emu-trace.json"));
-    let out = ok(&[
-        "profile",
-        "--profile",
-        "tiny",
-        "--backend",
-        "emu",
-        "--warmup",
-        "0",
-        "--json",
-        path.to_str().unwrap(),
-        "--trace",
-        trace.to_str().unwrap(),
-    ]);
+    let (out, log) = with_nvtx_tool(
+        &[
+            "profile",
+            "--profile",
+            "tiny",
+            "--backend",
+            "emu",
+            "--warmup",
+            "0",
+            "--json",
+            path.to_str().unwrap(),
+            "--trace",
+            trace.to_str().unwrap(),
+        ],
+        "profile-emu-nvtx.log",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("not GPU time"), "{stdout}");
     let report = read_json(&path);
     assert_eq!(report["clock"], "emulator wall clock (not GPU time)");
     check_profile(&report, &read_json(&trace), "emu");
+    let tree = nvtx_tree(&log);
+    let call = tree.iter().find(|(n, _)| n == "profiled call").unwrap();
+    let launches: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        call.1, launches,
+        "one range per launch, named as the report"
+    );
+    assert!(report["nvtx"]["injection"].is_string());
 }
 
 /// `--warmup-seconds` warms up by time, rejects what is not a duration, and excludes
@@ -715,4 +738,131 @@ fn bench_warmup_by_seconds() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--warmup-seconds"));
     let out = streamdit(&["bench", "--warmup", "2", "--warmup-seconds", "1"]);
     assert!(!out.status.success());
+}
+
+/// Compiles `tools/tests/nvtx/inject.c`, a minimal NVTX tool, into a shared library.
+fn nvtx_tool() -> PathBuf {
+    let lib = temp("libnvtx_inject.so");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/nvtx/inject.c");
+    let out = Command::new(&cc)
+        .args([
+            "-std=c99", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", source, "-o",
+        ])
+        .arg(&lib)
+        .output()
+        .unwrap_or_else(|e| panic!("running the C compiler `{cc}`: {e}"));
+    assert!(
+        out.status.success(),
+        "{cc} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lib
+}
+
+/// Runs `streamdit args` with the NVTX tool injected; returns the process and its range log.
+fn with_nvtx_tool(args: &[&str], log: &str) -> (Output, Vec<String>) {
+    let log = temp(log);
+    let out = Command::new(env!("CARGO_BIN_EXE_streamdit"))
+        .args(args)
+        .env(streamdit::nvtx::INJECTION_VAR, nvtx_tool())
+        .env("STREAMDIT_NVTX_LOG", &log)
+        .output()
+        .expect("the streamdit binary runs");
+    assert!(
+        out.status.success(),
+        "streamdit {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&log).expect("the NVTX tool was loaded and wrote its log");
+    (out, text.lines().map(String::from).collect())
+}
+
+/// Pushes and pops pair up; returns the top-level ranges with the ranges pushed inside each.
+fn nvtx_tree(log: &[String]) -> Vec<(String, Vec<String>)> {
+    let mut tree: Vec<(String, Vec<String>)> = Vec::new();
+    let mut depth = 0usize;
+    for line in log {
+        if let Some(name) = line.strip_prefix("push ") {
+            if depth == 0 {
+                tree.push((name.to_string(), Vec::new()));
+            } else {
+                tree.last_mut().unwrap().1.push(name.to_string());
+            }
+            depth += 1;
+        } else {
+            assert_eq!(line, "pop", "unexpected log line");
+            depth = depth.checked_sub(1).expect("a pop without a push");
+        }
+    }
+    assert_eq!(depth, 0, "every range is popped");
+    tree
+}
+
+/// A tool attached through NVTX_INJECTION64_PATH (as Nsight Systems does) receives a range
+/// per op of the profiled call, named as the report's steps, inside `profiled call`; and a
+/// range per streaming step and chunk decode from `generate`.
+#[test]
+fn nvtx_ranges_reach_an_injected_tool() {
+    let json = temp("profile-nvtx.json");
+    let (out, log) = with_nvtx_tool(
+        &[
+            "profile",
+            "--profile",
+            "tiny",
+            "--backend",
+            "cpu",
+            "--warmup",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        "profile-nvtx.log",
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("recorded by"));
+    let report = read_json(&json);
+    assert!(report["nvtx"]["injection"].is_string());
+    let tree = nvtx_tree(&log);
+    let names: Vec<&str> = tree.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["prompt", "warm-up call 0", "profiled call"]);
+    assert!(!tree[0].1.is_empty(), "the prompt's ops have ranges");
+    let labels: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tree[2].1, labels,
+        "one range per op, in order, named as the report"
+    );
+    assert_eq!(tree[1].1.len(), labels.len());
+
+    let video = temp("nvtx.y4m");
+    let (_, log) = with_nvtx_tool(
+        &[
+            "generate",
+            "--profile",
+            "tiny",
+            "--frames",
+            "16",
+            "--out",
+            video.to_str().unwrap(),
+        ],
+        "generate-nvtx.log",
+    );
+    let tree = nvtx_tree(&log);
+    let steps: Vec<&str> = tree
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| n.starts_with("step "))
+        .collect();
+    let decodes = tree.iter().filter(|(n, _)| n == "decode").count();
+    // `tiny`: 3 prefill calls, then one chunk of 2 latent frames (8 video frames) per call.
+    assert_eq!(steps, ["step 0", "step 1", "step 2", "step 3", "step 4"]);
+    assert_eq!(decodes, 2);
+    assert!(tree
+        .iter()
+        .filter(|(n, _)| n.starts_with("step "))
+        .all(|(_, ops)| !ops.is_empty()));
 }

@@ -120,6 +120,7 @@ impl Stream {
     /// popped a clean chunk, whose latents [`Stream::chunk_latents`] then holds and
     /// [`Stream::decode_chunk`] decodes.
     pub fn step(&mut self) -> Result<bool> {
+        let _range = crate::nvtx::Range::push(format_args!("step {}", self.calls));
         if self.text_changed {
             let branches: Vec<&TextInput> = std::iter::once(&self.prompt)
                 .chain(&self.negative)
@@ -151,6 +152,7 @@ impl Stream {
     /// Decodes the last popped chunk, appending its RGB8 video frames to `out`; returns how
     /// many frames were appended.
     pub fn decode_chunk(&mut self, out: &mut Vec<u8>) -> Result<usize> {
+        let _range = crate::nvtx::Range::push("decode");
         let before = out.len();
         self.decoder.decode(&self.chunk, out)?;
         let (w, h) = self.decoder.frame_size();

@@ -134,8 +134,13 @@ impl CpuBackend {
             OpList::Call => (&self.graph.call_ops, &self.call_frees),
         };
         for (i, op) in ops.iter().enumerate() {
-            let started = Instant::now();
             let out = op.output();
+            let _range = crate::nvtx::Range::push(format_args!(
+                "{} `{}`",
+                op_kind(op),
+                self.graph.tensors[out].name
+            ));
+            let started = Instant::now();
             let mut o = if op.in_place() {
                 self.take(env, out)?
             } else {

@@ -189,6 +189,8 @@ unsafe fn launch<D: Device>(
 /// Runs a resolved list on `dev`; `mem` is the model allocation the list was lowered for.
 pub fn run<D: Device>(dev: &mut D, mem: DeviceBuffer<u8>, steps: &[Step]) -> Result<()> {
     for step in steps {
+        // Eager runs name each launch for Nsight; a capture records the names once.
+        let _range = crate::nvtx::Range::push(step.label());
         match step {
             Step::Launch {
                 label,
