@@ -164,6 +164,8 @@ ATTN_UNROLL
 //   allowed(key)     whether the key takes part in the softmax (key < num_keys())
 //   out(r)           global address of output row r's head slice
 // ---------------------------------------------------------------------------------------
+// Null gains (both) skip the RMSNorm: plain softmax(q k^T / sqrt(dh)) v, as in the TAE
+// decoder's mid-block attention.
 template <int kDh, class Geom>
 __device__ __forceinline__ void attention_tile(const Geom& g, const __half* gain_q,
                                                const __half* gain_k, unsigned char* smem_raw) {
@@ -184,6 +186,10 @@ __device__ __forceinline__ void attention_tile(const Geom& g, const __half* gain
     const int nq = g.num_q();
     const int nkeys = g.num_keys();
     const int k_tiles = (nkeys + T::kBN - 1) / T::kBN;
+    const bool norm = gain_q != nullptr && gain_k != nullptr;  // uniform over the CTA
+    // A valid address for the zero-byte (zero-fill) copies of rows past the end: nothing is
+    // read from it, but it must not be null.
+    const __half* const dummy = g.q(0);
 
     // Issues the copies of key tile kt into its stage (one commit group by the caller).
     // Rows past num_keys are zero-filled (nothing is read): their K normalizes to 0 and their
@@ -193,8 +199,8 @@ __device__ __forceinline__ void attention_tile(const Geom& g, const __half* gain
         __half* s_v = s_k + T::kTileKV;
         const int key = kt * T::kBN + ld_r;
         const bool ok = key < nkeys;
-        const __half* src_k = ok ? g.kv(key) : gain_k;
-        const __half* src_v = ok ? src_k + g.v_off : gain_k;
+        const __half* src_k = ok ? g.kv(key) : dummy;
+        const __half* src_v = ok ? src_k + g.v_off : dummy;
 ATTN_UNROLL
         for (int i = 0; i < T::kThreadChunks; ++i) {
             const int c = part * T::kThreadChunks + i;
@@ -207,14 +213,14 @@ ATTN_UNROLL
     // 0 .. kStages-2 (empty groups past the end keep the group count uniform).
     {
         const bool ok = ld_r < nq;
-        const __half* src = ok ? g.q(ld_r) : gain_q;
+        const __half* src = ok ? g.q(ld_r) : dummy;
 ATTN_UNROLL
         for (int i = 0; i < T::kThreadChunks; ++i) {
             const int c = part * T::kThreadChunks + i;
             ptx::cp_async_16_zfill(s_q + swz<kDh>(ld_r, c), ok ? src + c * 8 : src, ok ? 16u : 0u);
         }
         // The gains, one 16-byte chunk per thread of the first 2 dh / 8 threads.
-        if (tid < 2 * T::kChunks) {
+        if (norm && tid < 2 * T::kChunks) {
             const __half* gsrc = tid < T::kChunks ? gain_q + tid * 8 : gain_k + (tid - T::kChunks) * 8;
             ptx::cp_async_16(s_gq + tid * 8, gsrc);
         }
@@ -234,7 +240,7 @@ ATTN_UNROLL
     // [16w, 16w+16) are loaded and read by warp w only.
     ptx::cp_async_wait<T::kStages - 1>();
     __syncthreads();
-    rms_norm_row_half<T>(s_q, ld_r, part, s_gq);
+    if (norm) rms_norm_row_half<T>(s_q, ld_r, part, s_gq);
     __syncwarp();
 
     // ldmatrix.x4 lane roles (lane 8j + r gives row r of matrix j). Q (A operand, m16 x k16):
@@ -272,7 +278,7 @@ ATTN_UNROLL
         // pending). Normalize this thread's half of its K row in place and record whether
         // its key takes part (bias 0 or -inf).
         ptx::cp_async_wait<T::kStages - 2>();
-        rms_norm_row_half<T>(s_k, ld_r, part, s_gk);
+        if (norm) rms_norm_row_half<T>(s_k, ld_r, part, s_gk);
         if (part == 0) bias[ld_r] = __float2half(g.allowed(kt * T::kBN + ld_r) ? 0.0f : -INFINITY);
         // Barrier: (1) orders every thread's K normalization, bias and landed V of tile kt
         // before any warp's ldmatrix of them below; (2) every warp has finished reading the
@@ -409,8 +415,8 @@ ATTN_UNROLL
 // ---------------------------------------------------------------------------------------
 struct AttnWindowParams {
     const __half* qkv;  // (B * T, 3D): q [0, D), k [D, 2D), v [2D, 3D); head e = [e dh, (e+1) dh)
-    const __half* gq;   // (dh) RMSNorm gain of q
-    const __half* gk;   // (dh) RMSNorm gain of k
+    const __half* gq;   // (dh) RMSNorm gain of q; null (with gk) for no RMSNorm
+    const __half* gk;   // (dh) RMSNorm gain of k; null (with gq) for no RMSNorm
     __half* out;        // (B * T, D)
     int ft, ht, wt;     // token grid, T = ft ht wt, tokens in [F, Ht, Wt] order
     int fw, hw, ww;     // window
@@ -522,8 +528,8 @@ struct AttnCrossParams {
     const __half* q;     // (B * T, D)
     const __half* kv;    // (B * Lt, 2D): k [0, D), v [D, 2D)
     const float* mask;   // (B * Lt), 1 = attend, 0 = masked
-    const __half* gq;    // (dh) RMSNorm gain of q
-    const __half* gk;    // (dh) RMSNorm gain of k
+    const __half* gq;    // (dh) RMSNorm gain of q; null (with gk) for no RMSNorm
+    const __half* gk;    // (dh) RMSNorm gain of k; null (with gq) for no RMSNorm
     __half* out;         // (B * T, D)
     int tokens;          // T, query tokens per batch element
     int text_len;        // Lt

@@ -4,7 +4,8 @@
 //! kernel, the value and the rule (never panic).
 //!
 //! Both kernels fuse the per-head RMSNorm of q and k (`u / sqrt(mean(u^2) + 1e-6) * gain`,
-//! computed in f32, stored f16) into their loads. One CTA of [`THREADS`] threads computes
+//! computed in f32, stored f16) into their loads; null gains (both) skip it, for attention
+//! without it (the TAE decoder's mid-block: window = one whole frame, no norm). One CTA of [`THREADS`] threads computes
 //! [`BLOCK_Q`] query rows of one head of one batch element, streaming keys in tiles of
 //! [`BLOCK_KV`] through a [`STAGES`]-deep `cp.async` ring.
 //!
@@ -46,9 +47,9 @@ pub const fn shared_bytes(dh: u32) -> u32 {
 pub struct AttnWindowParams {
     /// (B * T, 3D) f16: q `[0, D)`, k `[D, 2D)`, v `[2D, 3D)`; head e = dims `[e dh, (e+1) dh)`
     pub qkv: *const u16,
-    /// (dh) f16 RMSNorm gain of q
+    /// (dh) f16 RMSNorm gain of q; null (with `gk`) for no RMSNorm
     pub gq: *const u16,
-    /// (dh) f16 RMSNorm gain of k
+    /// (dh) f16 RMSNorm gain of k; null (with `gq`) for no RMSNorm
     pub gk: *const u16,
     /// (B * T, D) f16
     pub out: *mut u16,
@@ -77,9 +78,9 @@ pub struct AttnCrossParams {
     pub kv: *const u16,
     /// (B * Lt) f32: 0 = masked (padding), anything else (1) = attend
     pub mask: *const f32,
-    /// (dh) f16 RMSNorm gain of q
+    /// (dh) f16 RMSNorm gain of q; null (with `gk`) for no RMSNorm
     pub gq: *const u16,
-    /// (dh) f16 RMSNorm gain of k
+    /// (dh) f16 RMSNorm gain of k; null (with `gq`) for no RMSNorm
     pub gk: *const u16,
     /// (B * T, D) f16
     pub out: *mut u16,

@@ -46,8 +46,12 @@ fn random_f16(rng: &mut Rng, n: usize, lo: f32, hi: f32) -> (Vec<u16>, Vec<f32>)
     (bits, vals)
 }
 
-/// The per-head RMSNorm in f64 (reference) and in plain f16 (f32 math, f16 result).
-fn rms_f64(u: &[f32], g: &[f32]) -> Vec<f64> {
+/// The per-head RMSNorm in f64 (reference) and in plain f16 (f32 math, f16 result); no gain
+/// means no RMSNorm (the kernels' null gains), the values as they are.
+fn rms_f64(u: &[f32], g: Option<&[f32]>) -> Vec<f64> {
+    let Some(g) = g else {
+        return u.iter().map(|&a| a as f64).collect();
+    };
     let ms = u.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>() / u.len() as f64;
     let inv = 1.0 / (ms + 1e-6).sqrt();
     u.iter()
@@ -56,7 +60,10 @@ fn rms_f64(u: &[f32], g: &[f32]) -> Vec<f64> {
         .collect()
 }
 
-fn rms_f16(u: &[f32], g: &[f32]) -> Vec<f32> {
+fn rms_f16(u: &[f32], g: Option<&[f32]>) -> Vec<f32> {
+    let Some(g) = g else {
+        return u.to_vec();
+    };
     let ss: f32 = u.iter().map(|&a| a * a).sum();
     let inv = 1.0 / (ss / u.len() as f32 + 1e-6).sqrt();
     u.iter().zip(g).map(|(&a, &g)| r16(a * inv * g)).collect()
@@ -71,7 +78,7 @@ struct Refs {
 
 fn attend_one(
     q: &[f32],
-    gq: &[f32],
+    gq: Option<&[f32]>,
     k64: &[Vec<f64>],
     k16: &[Vec<f32>],
     v: &[&[f32]],
@@ -217,7 +224,8 @@ fn windows(grid: [usize; 3], window: [usize; 3], shift: [usize; 3]) -> Vec<Vec<u
     by_key.into_values().collect()
 }
 
-fn check_window(label: &str, seed: u64, s: WindowShape) {
+/// `norm`: with RMSNorm gains, or null gains (plain attention, the TAE decoder's).
+fn check_window(label: &str, seed: u64, s: WindowShape, norm: bool) {
     let launch = attention::window_config(&s).unwrap();
     let (t, dh, heads) = (s.tokens(), s.head_dim, s.heads);
     let d = heads * dh;
@@ -225,6 +233,11 @@ fn check_window(label: &str, seed: u64, s: WindowShape) {
     let (qkv_bits, qkv) = random_f16(&mut rng, s.batch * t * 3 * d, -1.0, 1.0);
     let (gq_bits, gq) = random_f16(&mut rng, dh, 0.6, 1.6);
     let (gk_bits, gk) = random_f16(&mut rng, dh, 0.6, 1.6);
+    let (gq_arg, gk_arg) = if norm {
+        (Some(&gq[..]), Some(&gk[..]))
+    } else {
+        (None, None)
+    };
     let wins = windows(s.grid, s.window, s.shift);
     let sizes: Vec<usize> = wins.iter().map(|w| w.len()).collect();
     let mut want = vec![0.0; s.batch * t * d];
@@ -236,12 +249,14 @@ fn check_window(label: &str, seed: u64, s: WindowShape) {
                 &qkv[base..base + dh]
             };
             for win in &wins {
-                let k16: Vec<Vec<f32>> = win.iter().map(|&x| rms_f16(slice(x, 1), &gk)).collect();
-                let k64: Vec<Vec<f64>> = win.iter().map(|&x| rms_f64(slice(x, 1), &gk)).collect();
+                let k16: Vec<Vec<f32>> =
+                    win.iter().map(|&x| rms_f16(slice(x, 1), gk_arg)).collect();
+                let k64: Vec<Vec<f64>> =
+                    win.iter().map(|&x| rms_f64(slice(x, 1), gk_arg)).collect();
                 let v: Vec<&[f32]> = win.iter().map(|&x| slice(x, 2)).collect();
                 let keys: Vec<usize> = (0..win.len()).collect();
                 for &x in win {
-                    let r = attend_one(slice(x, 0), &gq, &k64, &k16, &v, &keys);
+                    let r = attend_one(slice(x, 0), gq_arg, &k64, &k16, &v, &keys);
                     let o = (b * t + x) * d + e * dh;
                     want[o..o + dh].copy_from_slice(&r.f64);
                     for (p, &v) in plain[o..o + dh].iter_mut().zip(&r.plain) {
@@ -263,10 +278,17 @@ fn check_window(label: &str, seed: u64, s: WindowShape) {
         sizes.iter().max().unwrap(),
         launch.config.grid
     );
+    let gain = |bits: &Vec<u16>| {
+        if norm {
+            bits.as_ptr()
+        } else {
+            std::ptr::null()
+        }
+    };
     let params = |out: *mut u16| attention::AttnWindowParams {
         qkv: qkv_bits.as_ptr(),
-        gq: gq_bits.as_ptr(),
-        gk: gk_bits.as_ptr(),
+        gq: gain(&gq_bits),
+        gk: gain(&gk_bits),
         out,
         ft: s.grid[0] as i32,
         ht: s.grid[1] as i32,
@@ -312,12 +334,12 @@ fn check_cross(label: &str, seed: u64, s: CrossShape, mask_of: impl Fn(usize, us
                 let base = (b * lt + l) * 2 * d + part * d + e * dh;
                 &kv[base..base + dh]
             };
-            let k16: Vec<Vec<f32>> = (0..lt).map(|l| rms_f16(kslice(l, 0), &gk)).collect();
-            let k64: Vec<Vec<f64>> = (0..lt).map(|l| rms_f64(kslice(l, 0), &gk)).collect();
+            let k16: Vec<Vec<f32>> = (0..lt).map(|l| rms_f16(kslice(l, 0), Some(&gk))).collect();
+            let k64: Vec<Vec<f64>> = (0..lt).map(|l| rms_f64(kslice(l, 0), Some(&gk))).collect();
             let v: Vec<&[f32]> = (0..lt).map(|l| kslice(l, 1)).collect();
             for x in 0..t {
                 let o = (b * t + x) * d + e * dh;
-                let r = attend_one(&q[o..o + dh], &gq, &k64, &k16, &v, &keys);
+                let r = attend_one(&q[o..o + dh], Some(&gq), &k64, &k16, &v, &keys);
                 want[o..o + dh].copy_from_slice(&r.f64);
                 for (p, &v) in plain[o..o + dh].iter_mut().zip(&r.plain) {
                     *p = v as f64;
@@ -368,12 +390,12 @@ fn tiny_window(shift: [usize; 3], batch: usize) -> WindowShape {
 
 #[test]
 fn window_tiny_unshifted() {
-    check_window("window tiny unshifted", 11, tiny_window([0, 0, 0], 1));
+    check_window("window tiny unshifted", 11, tiny_window([0, 0, 0], 1), true);
 }
 
 #[test]
 fn window_tiny_shifted_partial_windows() {
-    check_window("window tiny shifted", 12, tiny_window([2, 4, 4], 1));
+    check_window("window tiny shifted", 12, tiny_window([2, 4, 4], 1), true);
 }
 
 #[test]
@@ -386,7 +408,7 @@ fn window_d128_non_square_odd_shift_batch2() {
         heads: 2,
         head_dim: 128,
     };
-    check_window("window dh128 2x3x5 shift 1,1,2", 13, s);
+    check_window("window dh128 2x3x5 shift 1,1,2", 13, s, true);
 }
 
 #[test]
@@ -401,7 +423,36 @@ fn window_d128_multi_tile_shifted() {
         heads: 2,
         head_dim: 128,
     };
-    check_window("window dh128 2x8x16 shift 1,4,8", 14, s);
+    check_window("window dh128 2x8x16 shift 1,4,8", 14, s, true);
+}
+
+/// The TAE decoder's mid-block attention: full attention over each frame's pixels (window =
+/// one frame), no RMSNorm (null gains); `tiny`'s one head of 64 at 16x16 latents.
+#[test]
+fn window_frames_without_norm_d64() {
+    let s = WindowShape {
+        batch: 1,
+        grid: [2, 16, 16],
+        window: [1, 16, 16],
+        shift: [0, 0, 0],
+        heads: 1,
+        head_dim: 64,
+    };
+    check_window("frame attention dh64, no norm", 15, s, false);
+}
+
+/// As above with `streamdit-4b`'s heads of 128, a ragged 9x13 frame (117 pixels).
+#[test]
+fn window_frames_without_norm_d128_ragged() {
+    let s = WindowShape {
+        batch: 1,
+        grid: [3, 9, 13],
+        window: [1, 9, 13],
+        shift: [0, 0, 0],
+        heads: 2,
+        head_dim: 128,
+    };
+    check_window("frame attention dh128 9x13, no norm", 16, s, false);
 }
 
 #[test]
