@@ -298,7 +298,9 @@ pub fn groupnorm_plan(shape: &GroupNormShape) -> Result<GroupNormPlan, String> {
     } = *shape;
     let kernel = "groupnorm";
     if frames == 0 || hw == 0 {
-        return Err(format!("{kernel}: empty input ({frames} frames of {hw} pixels)"));
+        return Err(format!(
+            "{kernel}: empty input ({frames} frames of {hw} pixels)"
+        ));
     }
     if c < 8 || c % 8 != 0 || 2048 % c != 0 {
         return Err(format!(
@@ -309,9 +311,15 @@ pub fn groupnorm_plan(shape: &GroupNormShape) -> Result<GroupNormPlan, String> {
     if groups == 0 || c % groups != 0 {
         return Err(format!("{kernel}: {groups} groups must divide C = {c}"));
     }
-    to_i32(kernel, "elements", frames.saturating_mul(hw).saturating_mul(c))?;
+    to_i32(
+        kernel,
+        "elements",
+        frames.saturating_mul(hw).saturating_mul(c),
+    )?;
     if frames > MAX_GRID_Y {
-        return Err(format!("{kernel}: {frames} frames exceed the grid's y limit"));
+        return Err(format!(
+            "{kernel}: {frames} frames exceed the grid's y limit"
+        ));
     }
     let pixels_per_split = hw.div_ceil(GN_TARGET_SPLITS);
     let splits = hw.div_ceil(pixels_per_split);
@@ -534,7 +542,9 @@ pub fn groupnorm_reference(
     check_len("groupnorm_reference gamma", gamma.len(), c)?;
     check_len("groupnorm_reference beta", beta.len(), c)?;
     if groups == 0 || c % groups != 0 {
-        return Err(format!("groupnorm_reference: {groups} groups must divide C = {c}"));
+        return Err(format!(
+            "groupnorm_reference: {groups} groups must divide C = {c}"
+        ));
     }
     let cg = c / groups;
     let mut out = vec![0.0; x.len()];
@@ -575,7 +585,10 @@ mod tests {
         for co in 0..cout {
             for tap in 0..9 {
                 for ci in 0..cin {
-                    assert_eq!(p[(co * 9 + tap) * cin + ci], (100 * co + 10 * ci + tap) as u32);
+                    assert_eq!(
+                        p[(co * 9 + tap) * cin + ci],
+                        (100 * co + 10 * ci + tap) as u32
+                    );
                 }
             }
         }
