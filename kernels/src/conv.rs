@@ -39,7 +39,7 @@ pub const SHARED_BYTES: u32 = STAGES * (BLOCK_M + BLOCK_N) * BLOCK_K * 2;
 pub const GN_THREADS: u32 = 256;
 pub const GN_APPLY_CHUNKS: usize = 8;
 /// Splits per frame the statistics aim at (each a CTA).
-pub const GN_TARGET_SPLITS: usize = 64;
+pub const GN_TARGET_SPLITS: usize = 256;
 /// `GroupNorm` eps of TAE_SPEC.
 pub const GN_EPS: f64 = 1e-6;
 
