@@ -38,55 +38,67 @@
 #endif
 
 // ---------------------------------------------------------------------------------------
-// Tile traits of the implicit GEMM.
+// Tile traits of the implicit GEMM, two column widths (one entry point each):
 //
-// Block tile 128 (pixels) x 64 (output channels) x 32 (K), 8 warps as 4 (M) x 2 (N), warp
-// tile 32 x 32 = 2 x 4 mma tiles of m16n8 (32 f32 accumulators per thread), 4 stages.
-//  - N = 64, not the GEMM's 128: the decoder's Cout is 16..512 (tiny 16, 32, 64), and a
-//    64-wide tile wastes less at the small widths while 512 is still 8 whole tiles.
-//  - Shared memory: 4 * (128 + 64) * 32 * 2 B = 48 KiB, exactly the default dynamic limit
-//    (no attribute needed); registers (launch bound 2 CTAs of 256) decide occupancy.
-//  - Per k-tile: 2 * 128 * 64 * 32 FLOP for (128 + 64) * 64 B of shared-memory fill =
-//    42.7 FLOP/B from L2. The A rows of one tap are the same pixels shifted by one, so the
-//    nine taps of a pixel re-read the same input lines: L1/L2 absorb the 9x (and the 4x of
-//    the upsample map), HBM sees the input about once per column tile.
+// BN = 64 (conv3x3_f16, conv_t3_f16): block tile 128 (pixels) x 64 (output channels) x 32
+// (K), 8 warps as 4 (M) x 2 (N), warp tile 32 x 32 = 2 x 4 mma tiles of m16n8 (32 f32
+// accumulators per thread), 4 stages: 4 * (128 + 64) * 32 * 2 B = 48 KiB, exactly the default
+// dynamic limit. For the narrow layers (tiny's Cout 16..64, conv_out's 3) and any Cout that
+// is not a multiple of 128.
+// BN = 128 (conv3x3_f16_n128, conv_t3_f16_n128): gemm.cu's tile, 8 warps as 2 (M) x 4 (N),
+// warp tile 64 x 32 = 4 x 4 mma tiles, 4 stages: 64 KiB (a launch must raise
+// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES). For Cout a multiple of 128 (the 4b
+// decoder's 128..512): 64 FLOP per byte of shared-memory fill instead of 42.7.
+//  - Per k-tile: 2 * 128 * BN * 32 FLOP for (128 + BN) * 64 B of fill from L2. The A rows
+//    of one tap are the same pixels shifted by one, so the nine taps of a pixel re-read the
+//    same input lines: L1/L2 absorb the 9x (and the 4x of the upsample map); HBM sees the
+//    input about once per column tile.
+//  - Both: __launch_bounds__(256, 2), two CTAs (16 warps) per SM at <= 128 registers.
 // ---------------------------------------------------------------------------------------
-struct ConvTraits {
+struct ConvGeom {
     static constexpr int kBM = 128;
-    static constexpr int kBN = 64;
     static constexpr int kBK = 32;
+    static constexpr int kThreads = 256;
+    static constexpr int kChunks = kBK / 8;                           // 16-byte chunks a row
+    static constexpr int kARowsPerThread = kBM * kChunks / kThreads;  // 2
+    static constexpr int kRowStride = kThreads / kChunks;             // rows between a thread's
+
+    static_assert(kChunks == 4, "the swizzle is written for 64-byte (4-chunk) rows");
+    static_assert((kBM * kChunks) % kThreads == 0, "A chunks must split evenly");
+    static_assert(kThreads % kChunks == 0, "a thread keeps one chunk column for all rows");
+};
+
+template <int BN>
+struct ConvTraits : ConvGeom {
+    static constexpr int kBN = BN;
     static constexpr int kStages = 4;
-    static constexpr int kWarpsM = 4;
-    static constexpr int kWarpsN = 2;
-    static constexpr int kThreads = kWarpsM * kWarpsN * 32;
-    static constexpr int kWarpM = kBM / kWarpsM;  // 32
+    static constexpr int kWarpsN = BN / 32;
+    static constexpr int kWarpsM = kThreads / 32 / kWarpsN;
+    static constexpr int kWarpM = kBM / kWarpsM;  // 32 (BN 64) or 64 (BN 128)
     static constexpr int kWarpN = kBN / kWarpsN;  // 32
-    static constexpr int kMmaM = kWarpM / 16;     // 2
+    static constexpr int kMmaM = kWarpM / 16;     // 2 or 4
     static constexpr int kMmaN = kWarpN / 8;      // 4
-    static constexpr int kChunks = kBK / 8;       // 4 chunks of 16 B per smem row
     static constexpr int kTileA = kBM * kBK;
     static constexpr int kTileW = kBN * kBK;
     static constexpr int kStageHalves = kTileA + kTileW;
     static constexpr int kSmemBytes = kStages * kStageHalves * 2;
-    static constexpr int kARowsPerThread = kBM * kChunks / kThreads;  // 2
-    static constexpr int kWRowsPerThread = kBN * kChunks / kThreads;  // 1
+    static constexpr int kWRowsPerThread = kBN * kChunks / kThreads;  // 1 or 2
 
+    static_assert(BN == 64 || BN == 128, "two column widths");
+    static_assert(kWarpsM * kWarpsN * 32 == kThreads, "8 warps");
     static_assert(kBM % (kWarpsM * 16) == 0, "warp M tile must be whole m16 tiles");
     static_assert(kBN % (kWarpsN * 16) == 0, "warp N tile must be pairs of n8 tiles");
     static_assert(kBK % 16 == 0, "BK must be whole k16 mma steps");
-    static_assert(kChunks == 4, "the swizzle is written for 64-byte (4-chunk) rows");
-    static_assert((kBM * kChunks) % kThreads == 0, "A chunks must split evenly");
     static_assert((kBN * kChunks) % kThreads == 0, "W chunks must split evenly");
-    static_assert(kThreads % kChunks == 0, "a thread keeps one chunk column for all rows");
     static_assert(kMmaN % 2 == 0, "W fragments load two n8 tiles per ldmatrix.x4");
     static_assert(kStages >= 2 && kStages <= 8, "cp.async.wait_group takes kStages - 2");
-    static_assert(kSmemBytes <= 48 * 1024, "stays within the default dynamic smem limit");
+    static_assert(kSmemBytes <= 227 * 1024, "must fit one SM's shared memory");
 };
 
 // Chunk c of row r at chunk c ^ ((r >> 1) & 3) (as gemm.cu): every 8-row ldmatrix phase
 // touches all 32 banks once.
 __device__ __forceinline__ int conv_swizzle(int row, int chunk) {
-    return row * ConvTraits::kBK + ((chunk ^ ((row >> 1) & 3)) << 3);
+    return row * ConvGeom::kBK + ((chunk ^ ((row >> 1) & 3)) << 3);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -113,9 +125,9 @@ struct Gather3x3 {
     static constexpr int kInvalid = -(1 << 28);
     const __half* x;
     int h_out, w_out, w_in, cin, k, shift;
-    int base[ConvTraits::kARowsPerThread];  // frame offset t * h_in * w_in (pixels)
-    int oy[ConvTraits::kARowsPerThread];
-    int ox[ConvTraits::kARowsPerThread];
+    int base[ConvGeom::kARowsPerThread];  // frame offset t * h_in * w_in (pixels)
+    int oy[ConvGeom::kARowsPerThread];
+    int ox[ConvGeom::kARowsPerThread];
 
     __device__ __forceinline__ Gather3x3(const Conv3x3Params& p, int m, int m0, int first_row) {
         x = p.x;
@@ -127,8 +139,8 @@ struct Gather3x3 {
         k = 9 * p.cin;
         const int hw = h_out * w_out;
 CONV_UNROLL
-        for (int i = 0; i < ConvTraits::kARowsPerThread; ++i) {
-            const int row = m0 + first_row + i * (ConvTraits::kThreads / ConvTraits::kChunks);
+        for (int i = 0; i < ConvGeom::kARowsPerThread; ++i) {
+            const int row = m0 + first_row + i * ConvGeom::kRowStride;
             if (row < m) {
                 const int t = row / hw;
                 const int rem = row - t * hw;
@@ -173,8 +185,8 @@ struct ConvT3Params {
 struct GatherT3 {
     const __half* x;
     int hw, cin, k, shift;
-    int frame[ConvTraits::kARowsPerThread];  // output frame s, or a huge value past M
-    int pix[ConvTraits::kARowsPerThread];
+    int frame[ConvGeom::kARowsPerThread];  // output frame s, or a huge value past M
+    int pix[ConvGeom::kARowsPerThread];
 
     __device__ __forceinline__ GatherT3(const ConvT3Params& p, int m, int m0, int first_row) {
         x = p.x;
@@ -183,8 +195,8 @@ struct GatherT3 {
         k = 3 * p.cin;
         shift = p.upsample_t ? 1 : 0;
 CONV_UNROLL
-        for (int i = 0; i < ConvTraits::kARowsPerThread; ++i) {
-            const int row = m0 + first_row + i * (ConvTraits::kThreads / ConvTraits::kChunks);
+        for (int i = 0; i < ConvGeom::kARowsPerThread; ++i) {
+            const int row = m0 + first_row + i * ConvGeom::kRowStride;
             frame[i] = row < m ? row / hw : -1;
             pix[i] = row < m ? row - (row / hw) * hw : 0;
         }
@@ -202,10 +214,9 @@ CONV_UNROLL
 };
 
 // Issues the cp.async copies of k-tile kt into stage s_stage (one commit group by the caller).
-template <class Gather>
+template <class T, class Gather>
 __device__ __forceinline__ void conv_load_tile(__half* s_stage, const Gather& g, const __half* w,
                                                int cout, int n0, int kt) {
-    using T = ConvTraits;
     __half* s_a = s_stage;
     __half* s_w = s_stage + T::kTileA;
     const int c = threadIdx.x % T::kChunks;
@@ -233,11 +244,9 @@ CONV_UNROLL
 
 // The main loop (the GEMM's, with the gather): acc = A[m0.., :] W[n0.., :]^T for this warp's
 // 32 x 32. acc[i][j] is the m16n8 fragment of m16 tile i, n8 tile j.
-template <class Gather>
-__device__ __forceinline__ void conv_mainloop(float (&acc)[ConvTraits::kMmaM][ConvTraits::kMmaN][4],
-                                              __half* s, const Gather& g, const __half* w,
-                                              int cout, int n0) {
-    using T = ConvTraits;
+template <class T, class Gather>
+__device__ __forceinline__ void conv_mainloop(float (&acc)[T::kMmaM][T::kMmaN][4], __half* s,
+                                              const Gather& g, const __half* w, int cout, int n0) {
     const int lane = threadIdx.x % 32;
     const int warp = threadIdx.x / 32;
     const int warp_m = warp / T::kWarpsN;
@@ -253,7 +262,7 @@ CONV_UNROLL
     const int k_tiles = (g.k + T::kBK - 1) / T::kBK;
 CONV_UNROLL
     for (int st = 0; st < T::kStages - 1; ++st) {
-        if (st < k_tiles) conv_load_tile(s + st * T::kStageHalves, g, w, cout, n0, st);
+        if (st < k_tiles) conv_load_tile<T>(s + st * T::kStageHalves, g, w, cout, n0, st);
         ptx::cp_async_commit();
     }
 
@@ -271,7 +280,7 @@ CONV_UNROLL
         ptx::cp_async_wait<T::kStages - 2>();
         __syncthreads();
         const int next = kt + T::kStages - 1;
-        if (next < k_tiles) conv_load_tile(s + (next % T::kStages) * T::kStageHalves, g, w, cout, n0, next);
+        if (next < k_tiles) conv_load_tile<T>(s + (next % T::kStages) * T::kStageHalves, g, w, cout, n0, next);
         ptx::cp_async_commit();
 
         const __half* s_a = s + (kt % T::kStages) * T::kStageHalves;
@@ -304,10 +313,10 @@ CONV_UNROLL
 // out[row, col] = acc + bias[col] (+ residual[row, col]) in f16, rows < m, columns < cout.
 // Even cout: one __half2 per column pair (4-byte aligned since col is even); odd cout (3):
 // scalar accesses.
-__device__ __forceinline__ void conv_epilogue(const float (&acc)[ConvTraits::kMmaM][ConvTraits::kMmaN][4],
+template <class T>
+__device__ __forceinline__ void conv_epilogue(const float (&acc)[T::kMmaM][T::kMmaN][4],
                                               const __half* bias, const __half* residual,
                                               __half* out, int m, int cout, int m0, int n0) {
-    using T = ConvTraits;
     const int lane = threadIdx.x % 32;
     const int warp = threadIdx.x / 32;
     const int row0 = m0 + (warp / T::kWarpsN) * T::kWarpM + lane / 4;
@@ -350,39 +359,63 @@ CONV_UNROLL
 
 // ---------------------------------------------------------------------------------------
 // (a) 3x3 convolution, zero padding 1, optional fused nearest 2x upsample of the input and
-// residual add. Grid: x = column tiles (ceil(cout / 64)), y = pixel tiles (ceil(M / 128)),
+// residual add. Grid: x = column tiles (ceil(cout / BN)), y = pixel tiles (ceil(M / 128)),
 // M = t * h_out * w_out.
 // ---------------------------------------------------------------------------------------
-extern "C" __global__ void __launch_bounds__(ConvTraits::kThreads, 2) conv3x3_f16(Conv3x3Params p) {
-    using T = ConvTraits;
-    extern __shared__ __align__(16) unsigned char smem[];
+// The dynamic shared memory is declared in each entry and passed in (the emulator's
+// `extern thread_local` smem must be named at kernel scope, not inside a template).
+template <int BN>
+__device__ __forceinline__ void conv3x3_body(const Conv3x3Params& p, unsigned char* smem) {
+    using T = ConvTraits<BN>;
     const int shift = p.upsample ? 1 : 0;
     const int m = p.t * (p.h_in << shift) * (p.w_in << shift);
     const int m0 = blockIdx.y * T::kBM;
     const int n0 = blockIdx.x * T::kBN;
     const Gather3x3 g(p, m, m0, threadIdx.x / T::kChunks);
     float acc[T::kMmaM][T::kMmaN][4];
-    conv_mainloop(acc, reinterpret_cast<__half*>(smem), g, p.w, p.cout, n0);
-    conv_epilogue(acc, p.bias, p.residual, p.out, m, p.cout, m0, n0);
+    conv_mainloop<T>(acc, reinterpret_cast<__half*>(smem), g, p.w, p.cout, n0);
+    conv_epilogue<T>(acc, p.bias, p.residual, p.out, m, p.cout, m0, n0);
+}
+
+extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv3x3_f16(Conv3x3Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    conv3x3_body<64>(p, smem);
 }
 EMU_REGISTER_KERNEL(conv3x3_f16, Conv3x3Params)
+
+extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv3x3_f16_n128(Conv3x3Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    conv3x3_body<128>(p, smem);
+}
+EMU_REGISTER_KERNEL(conv3x3_f16_n128, Conv3x3Params)
 
 // ---------------------------------------------------------------------------------------
 // (b) Causal temporal convolution, kernel 3, optional 2x frame repeat (UpT) and residual
 // add. Grid as (a) with M = t_out * hw.
 // ---------------------------------------------------------------------------------------
-extern "C" __global__ void __launch_bounds__(ConvTraits::kThreads, 2) conv_t3_f16(ConvT3Params p) {
-    using T = ConvTraits;
-    extern __shared__ __align__(16) unsigned char smem[];
+template <int BN>
+__device__ __forceinline__ void conv_t3_body(const ConvT3Params& p, unsigned char* smem) {
+    using T = ConvTraits<BN>;
     const int m = (p.t_in << (p.upsample_t ? 1 : 0)) * p.hw;
     const int m0 = blockIdx.y * T::kBM;
     const int n0 = blockIdx.x * T::kBN;
     const GatherT3 g(p, m, m0, threadIdx.x / T::kChunks);
     float acc[T::kMmaM][T::kMmaN][4];
-    conv_mainloop(acc, reinterpret_cast<__half*>(smem), g, p.w, p.cout, n0);
-    conv_epilogue(acc, p.bias, p.residual, p.out, m, p.cout, m0, n0);
+    conv_mainloop<T>(acc, reinterpret_cast<__half*>(smem), g, p.w, p.cout, n0);
+    conv_epilogue<T>(acc, p.bias, p.residual, p.out, m, p.cout, m0, n0);
+}
+
+extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv_t3_f16(ConvT3Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    conv_t3_body<64>(p, smem);
 }
 EMU_REGISTER_KERNEL(conv_t3_f16, ConvT3Params)
+
+extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv_t3_f16_n128(ConvT3Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    conv_t3_body<128>(p, smem);
+}
+EMU_REGISTER_KERNEL(conv_t3_f16_n128, ConvT3Params)
 
 // ---------------------------------------------------------------------------------------
 // GroupNorm (+ SiLU), per frame, groups of cg = c / groups consecutive channels over all

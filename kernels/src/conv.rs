@@ -25,15 +25,23 @@
 
 use crate::emu::{Dim3, LaunchConfig};
 
-/// Implicit-GEMM block tile: pixels (M), output channels (N), depth (K); mirrors `ConvTraits`.
+/// Implicit-GEMM block tile: pixels (M) and depth (K); mirrors `ConvGeom`.
 pub const BLOCK_M: u32 = 128;
-pub const BLOCK_N: u32 = 64;
 pub const BLOCK_K: u32 = 32;
 pub const STAGES: u32 = 4;
-/// 8 warps, 4 (M) x 2 (N), each a 32 x 32 tile.
+/// 8 warps.
 pub const THREADS: u32 = 256;
-/// `STAGES * (BLOCK_M + BLOCK_N) * BLOCK_K * 2` bytes = 48 KiB (the default limit).
-pub const SHARED_BYTES: u32 = STAGES * (BLOCK_M + BLOCK_N) * BLOCK_K * 2;
+/// Output channels (N) per CTA of the narrow entries (`conv3x3_f16`, `conv_t3_f16`): any Cout.
+pub const BLOCK_N_NARROW: u32 = 64;
+/// Output channels per CTA of the wide entries (`*_n128`), used when `Cout % 128 == 0`.
+pub const BLOCK_N_WIDE: u32 = 128;
+
+/// Dynamic shared memory of an entry with `block_n` output channels per CTA:
+/// `STAGES * (BLOCK_M + block_n) * BLOCK_K * 2` bytes: 48 KiB (narrow, the default limit) or
+/// 64 KiB (wide: a CUDA launch must raise `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`).
+pub const fn shared_bytes(block_n: u32) -> u32 {
+    STAGES * (BLOCK_M + block_n) * BLOCK_K * 2
+}
 
 /// GroupNorm: threads per CTA, and chunks of 8 channels per thread in the apply kernel.
 pub const GN_THREADS: u32 = 256;
@@ -45,7 +53,9 @@ pub const GN_EPS: f64 = 1e-6;
 
 /// Entry point names in the PTX and in the emulator.
 pub const KERNEL_CONV3X3: &str = "conv3x3_f16";
+pub const KERNEL_CONV3X3_N128: &str = "conv3x3_f16_n128";
 pub const KERNEL_CONV_T3: &str = "conv_t3_f16";
+pub const KERNEL_CONV_T3_N128: &str = "conv_t3_f16_n128";
 pub const KERNEL_GN_STATS: &str = "groupnorm_stats";
 pub const KERNEL_GN_FINALIZE: &str = "groupnorm_finalize";
 pub const KERNEL_GN_APPLY: &str = "groupnorm_apply";
@@ -209,7 +219,22 @@ fn to_i32(kernel: &str, what: &str, v: usize) -> Result<i32, String> {
     i32::try_from(v).map_err(|_| format!("{kernel}: {what} = {v} exceeds i32"))
 }
 
-fn gemm_grid(kernel: &str, m: usize, cin: usize, cout: usize) -> Result<LaunchConfig, String> {
+/// A convolution launch: the entry point (by output-channel tile) and its configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvLaunch {
+    pub kernel: &'static str,
+    pub config: LaunchConfig,
+}
+
+/// Checks the GEMM view and picks the column tile: the wide entry when `Cout % 128 == 0`
+/// (every column tile full), else the narrow one.
+fn gemm_launch(
+    names: [&'static str; 2],
+    m: usize,
+    cin: usize,
+    cout: usize,
+) -> Result<ConvLaunch, String> {
+    let kernel = names[0];
     if m == 0 {
         return Err(format!("{kernel}: no output pixels (M = 0)"));
     }
@@ -232,36 +257,44 @@ fn gemm_grid(kernel: &str, m: usize, cin: usize, cout: usize) -> Result<LaunchCo
              y limit {MAX_GRID_Y}"
         ));
     }
-    Ok(LaunchConfig {
-        grid: Dim3 {
-            x: cout.div_ceil(BLOCK_N as usize) as u32,
-            y: row_tiles as u32,
-            z: 1,
+    let (kernel, block_n) = if cout % BLOCK_N_WIDE as usize == 0 {
+        (names[1], BLOCK_N_WIDE)
+    } else {
+        (names[0], BLOCK_N_NARROW)
+    };
+    Ok(ConvLaunch {
+        kernel,
+        config: LaunchConfig {
+            grid: Dim3 {
+                x: cout.div_ceil(block_n as usize) as u32,
+                y: row_tiles as u32,
+                z: 1,
+            },
+            block: THREADS.into(),
+            shared_bytes: shared_bytes(block_n),
         },
-        block: THREADS.into(),
-        shared_bytes: SHARED_BYTES,
     })
 }
 
-/// Launch configuration of `conv3x3_f16`.
-pub fn conv3x3_config(s: &Conv3x3Shape) -> Result<LaunchConfig, String> {
+/// Launch of `conv3x3_f16` / `conv3x3_f16_n128` (same parameters).
+pub fn conv3x3_launch(s: &Conv3x3Shape) -> Result<ConvLaunch, String> {
     let kernel = KERNEL_CONV3X3;
     if s.t == 0 || s.h_in == 0 || s.w_in == 0 {
         return Err(format!("{kernel}: empty input {s:?}"));
     }
     // Input pixel indices travel as i32.
     to_i32(kernel, "input pixels", s.t * s.h_in * s.w_in)?;
-    gemm_grid(kernel, s.m(), s.cin, s.cout)
+    gemm_launch([KERNEL_CONV3X3, KERNEL_CONV3X3_N128], s.m(), s.cin, s.cout)
 }
 
-/// Launch configuration of `conv_t3_f16`.
-pub fn conv_t3_config(s: &ConvT3Shape) -> Result<LaunchConfig, String> {
+/// Launch of `conv_t3_f16` / `conv_t3_f16_n128` (same parameters).
+pub fn conv_t3_launch(s: &ConvT3Shape) -> Result<ConvLaunch, String> {
     let kernel = KERNEL_CONV_T3;
     if s.t_in == 0 || s.hw == 0 {
         return Err(format!("{kernel}: empty input {s:?}"));
     }
     to_i32(kernel, "input pixels", (s.t_in + 2) * s.hw)?;
-    gemm_grid(kernel, s.m(), s.cin, s.cout)
+    gemm_launch([KERNEL_CONV_T3, KERNEL_CONV_T3_N128], s.m(), s.cin, s.cout)
 }
 
 /// A GroupNorm's input `[frames, hw, c]` in `groups` groups of `c / groups` channels.

@@ -189,7 +189,7 @@ fn conv3x3_data(seed: u64, s: &Conv3x3Shape, with_bias: bool, with_residual: boo
 
 fn check_conv3x3(label: &str, seed: u64, s: Conv3x3Shape, with_bias: bool, with_residual: bool) {
     let d = conv3x3_data(seed, &s, with_bias, with_residual);
-    let config = conv::conv3x3_config(&s).unwrap();
+    let launch = conv::conv3x3_launch(&s).unwrap();
     for order in ThreadOrder::all(seed) {
         let mut out = vec![POISON_F16; s.m() * s.cout];
         let params = conv::Conv3x3Params {
@@ -207,10 +207,13 @@ fn check_conv3x3(label: &str, seed: u64, s: Conv3x3Shape, with_bias: bool, with_
         };
         // SAFETY: x (t, h_in, w_in, cin), w (cout, 9 cin), bias (cout) or null, residual and
         // out (t, h_out, w_out, cout): the extents the kernel touches for this shape, which
-        // conv3x3_config validated.
-        unsafe { run(conv::KERNEL_CONV3X3, config, &params, order) };
+        // conv3x3_launch validated.
+        unsafe { run(launch.kernel, launch.config, &params, order) };
         let r = compare(label, &f16_to_f64(&out), &d.want, &d.tol);
-        eprintln!("{label} {s:?} bias={with_bias} residual={with_residual} {order:?}: {r}");
+        eprintln!(
+            "{label} {} {s:?} bias={with_bias} residual={with_residual} {order:?}: {r}",
+            launch.kernel
+        );
     }
 }
 
@@ -245,7 +248,7 @@ fn check_conv_t3(
     let (residual, rv) = optional(&mut rng, with_residual, s.m() * s.cout, 2.0);
     let r = conv::conv_t3_reference(&s, &xv, &wv, bv.as_deref(), rv.as_deref()).unwrap();
     let tol = finish_tolerance(&r, s.k(), s.cout, &bv, &rv);
-    let config = conv::conv_t3_config(&s).unwrap();
+    let launch = conv::conv_t3_launch(&s).unwrap();
     for order in ThreadOrder::all(seed) {
         let mut out = vec![POISON_F16; s.m() * s.cout];
         let params = conv::ConvT3Params {
@@ -261,11 +264,12 @@ fn check_conv_t3(
             upsample_t: i32::from(s.upsample_t),
         };
         // SAFETY: x (2 + t_in, hw, cin), w (cout, 3 cin), bias (cout) or null, residual and
-        // out (t_out, hw, cout), validated by conv_t3_config.
-        unsafe { run(conv::KERNEL_CONV_T3, config, &params, order) };
+        // out (t_out, hw, cout), validated by conv_t3_launch.
+        unsafe { run(launch.kernel, launch.config, &params, order) };
         let rep = compare(label, &f16_to_f64(&out), &r.value, &tol);
         eprintln!(
-            "{label} {s:?} {context:?} bias={with_bias} residual={with_residual} {order:?}: {rep}"
+            "{label} {} {s:?} {context:?} bias={with_bias} residual={with_residual} {order:?}: {rep}",
+            launch.kernel
         );
     }
 }
@@ -432,6 +436,15 @@ fn conv3x3_4b_channels() {
     check_conv3x3("mid 512->512", 5, c3(1, 4, 5, 512, 512, false), true, true);
     // 256 -> 128 with the fused upsample, 3x4 -> 6x8.
     check_conv3x3("ups 256->128", 6, c3(1, 3, 4, 256, 128, true), true, false);
+    // up.2 UpS 256 -> 256 over 2 frames, 5x7 -> 10x14: 3 pixel tiles (ragged, crossing the
+    // frame boundary) x 2 column tiles of the wide entry, residual.
+    check_conv3x3(
+        "ups 256->256 x2",
+        12,
+        c3(2, 5, 7, 256, 256, true),
+        true,
+        true,
+    );
     // conv_out 128 -> 3.
     check_conv3x3(
         "conv_out 128->3",
@@ -534,6 +547,15 @@ fn conv_t3_4b_channels() {
         true,
         true,
     );
+    // up.3 width, 3 frames of 50 pixels: 2 pixel tiles of the wide entry.
+    check_conv_t3(
+        "4b 128->128",
+        28,
+        t3(3, 50, 128, 128, false),
+        Context::Cached,
+        true,
+        true,
+    );
     check_conv_t3(
         "4b 256->256 upt",
         27,
@@ -582,33 +604,44 @@ fn groupnorm_split_statistics() {
 
 #[test]
 fn shapes_outside_the_contract_are_errors() {
-    let expect_err = |r: Result<LaunchConfig, String>, needle: &str| {
+    let expect_err = |r: Result<conv::ConvLaunch, String>, needle: &str| {
         let e = r.expect_err("shape must be rejected");
         assert!(e.contains(needle), "error {e:?} lacks {needle:?}");
         eprintln!("rejected: {e}");
     };
     expect_err(
-        conv::conv3x3_config(&c3(1, 4, 4, 12, 16, false)),
+        conv::conv3x3_launch(&c3(1, 4, 4, 12, 16, false)),
         "Cin = 12",
     );
-    expect_err(conv::conv3x3_config(&c3(1, 4, 4, 3, 16, false)), "Cin = 3");
-    expect_err(conv::conv3x3_config(&c3(1, 4, 4, 16, 0, false)), "Cout");
-    expect_err(conv::conv3x3_config(&c3(0, 4, 4, 16, 16, false)), "empty");
+    expect_err(conv::conv3x3_launch(&c3(1, 4, 4, 3, 16, false)), "Cin = 3");
+    expect_err(conv::conv3x3_launch(&c3(1, 4, 4, 16, 0, false)), "Cout");
+    expect_err(conv::conv3x3_launch(&c3(0, 4, 4, 16, 16, false)), "empty");
     expect_err(
-        conv::conv3x3_config(&c3(600, 2048, 2048, 16, 16, true)),
+        conv::conv3x3_launch(&c3(600, 2048, 2048, 16, 16, true)),
         "exceeds i32",
     );
     expect_err(
-        conv::conv3x3_config(&c3(33, 512, 512, 16, 16, false)),
+        conv::conv3x3_launch(&c3(33, 512, 512, 16, 16, false)),
         "grid's y limit",
     );
-    expect_err(conv::conv_t3_config(&t3(0, 4, 16, 16, false)), "empty");
-    expect_err(conv::conv_t3_config(&t3(2, 4, 20, 16, false)), "Cin = 20");
-    let c = conv::conv3x3_config(&c3(2, 7, 9, 8, 3, false)).unwrap();
+    expect_err(conv::conv_t3_launch(&t3(0, 4, 16, 16, false)), "empty");
+    expect_err(conv::conv_t3_launch(&t3(2, 4, 20, 16, false)), "Cin = 20");
+    // The column tile: narrow (64) unless Cout is a multiple of 128.
+    let l = conv::conv3x3_launch(&c3(2, 7, 9, 8, 3, false)).unwrap();
+    assert_eq!(l.kernel, conv::KERNEL_CONV3X3);
+    let c = l.config;
     assert_eq!((c.grid.x, c.grid.y, c.block.x), (1, 1, 256));
     assert_eq!(c.shared_bytes, 48 * 1024);
-    let c = conv::conv3x3_config(&c3(1, 256, 256, 128, 128, true)).unwrap();
-    assert_eq!((c.grid.x, c.grid.y), (2, 2048));
+    let l = conv::conv3x3_launch(&c3(1, 256, 256, 128, 128, true)).unwrap();
+    assert_eq!(l.kernel, conv::KERNEL_CONV3X3_N128);
+    assert_eq!((l.config.grid.x, l.config.grid.y), (1, 2048));
+    assert_eq!(l.config.shared_bytes, 64 * 1024);
+    let l = conv::conv3x3_launch(&c3(1, 8, 8, 64, 192, false)).unwrap();
+    assert_eq!((l.kernel, l.config.grid.x), (conv::KERNEL_CONV3X3, 3));
+    let l = conv::conv_t3_launch(&t3(2, 64, 512, 512, true)).unwrap();
+    assert_eq!((l.kernel, l.config.grid.x), (conv::KERNEL_CONV_T3_N128, 4));
+    let l = conv::conv_t3_launch(&t3(2, 64, 64, 64, false)).unwrap();
+    assert_eq!(l.kernel, conv::KERNEL_CONV_T3);
     let gn_err = |s: GroupNormShape, needle: &str| {
         let e = conv::groupnorm_plan(&s).expect_err("shape must be rejected");
         assert!(e.contains(needle), "error {e:?} lacks {needle:?}");
