@@ -11,6 +11,8 @@
 //                      out[s] = W0 u[s-2] + W1 u[s-1] + W2 u[s] + bias (+ residual), where the
 //                      input buffer holds 2 context frames then the chunk's T frames, and u is
 //                      the chunk (or, with `upsample_t`, each chunk frame repeated twice).
+//   conv1x1_f16        out[m, :] = W x[m, :] + bias (+ residual): the 1x1 skip and the attention's
+//                      output projection as a GEMM with the f16 residual epilogue.
 //   groupnorm_stats    per (frame, split, group): the slice's mean and centred sum of squares
 //   groupnorm_finalize per (frame, group): Chan's merge of the splits -> mean, 1/sqrt(var+eps)
 //   groupnorm_apply    out = [SiLU](gamma (x - mean) rstd + beta) in f16
@@ -210,6 +212,41 @@ CONV_UNROLL
         const int q = frame[i] - 2 + tap;
         const int b = q < 0 ? q + 2 : 2 + (q >> shift);
         return x + (static_cast<size_t>(b) * hw + pix[i]) * cin + ci;
+    }
+};
+
+struct Conv1x1Params {
+    const __half* x;         // (m, cin) f16: pixels (or tokens) by channels
+    const __half* w;         // (cout, cin) f16: the checkpoint's [cout, cin, 1, 1] as is
+    const __half* bias;      // (cout) f16, or null
+    const __half* residual;  // (m, cout) f16, or null
+    __half* out;             // (m, cout) f16
+    int m;
+    int cin;
+    int cout;
+};
+
+// A plain GEMM row gather (one tap): the 1x1 skip convolution and the attention's output
+// projection, which need the f16 residual epilogue that gemm.cu's f16 entry lacks.
+struct Gather1x1 {
+    const __half* x;
+    int cin, k;
+    int row[ConvGeom::kARowsPerThread];  // -1 past M
+
+    __device__ __forceinline__ Gather1x1(const Conv1x1Params& p, int m, int m0, int first_row) {
+        x = p.x;
+        cin = p.cin;
+        k = p.cin;
+CONV_UNROLL
+        for (int i = 0; i < ConvGeom::kARowsPerThread; ++i) {
+            const int r = m0 + first_row + i * ConvGeom::kRowStride;
+            row[i] = r < m ? r : -1;
+        }
+    }
+
+    __device__ __forceinline__ const __half* src(int i, int gk, int, int ci) const {
+        if (gk >= k || row[i] < 0) return nullptr;
+        return x + static_cast<size_t>(row[i]) * cin + ci;
     }
 };
 
@@ -416,6 +453,33 @@ extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv_t3_f16_
     conv_t3_body<128>(p, smem);
 }
 EMU_REGISTER_KERNEL(conv_t3_f16_n128, ConvT3Params)
+
+// ---------------------------------------------------------------------------------------
+// (c) 1x1 convolution / linear layer with f16 bias and residual: out = x W^T + b (+ res).
+// Grid as (a) with M = m.
+// ---------------------------------------------------------------------------------------
+template <int BN>
+__device__ __forceinline__ void conv1x1_body(const Conv1x1Params& p, unsigned char* smem) {
+    using T = ConvTraits<BN>;
+    const int m0 = blockIdx.y * T::kBM;
+    const int n0 = blockIdx.x * T::kBN;
+    const Gather1x1 g(p, p.m, m0, threadIdx.x / T::kChunks);
+    float acc[T::kMmaM][T::kMmaN][4];
+    conv_mainloop<T>(acc, reinterpret_cast<__half*>(smem), g, p.w, p.cout, n0);
+    conv_epilogue<T>(acc, p.bias, p.residual, p.out, p.m, p.cout, m0, n0);
+}
+
+extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv1x1_f16(Conv1x1Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    conv1x1_body<64>(p, smem);
+}
+EMU_REGISTER_KERNEL(conv1x1_f16, Conv1x1Params)
+
+extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv1x1_f16_n128(Conv1x1Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    conv1x1_body<128>(p, smem);
+}
+EMU_REGISTER_KERNEL(conv1x1_f16_n128, Conv1x1Params)
 
 // ---------------------------------------------------------------------------------------
 // GroupNorm (+ SiLU), per frame, groups of cg = c / groups consecutive channels over all

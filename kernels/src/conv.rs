@@ -56,6 +56,8 @@ pub const KERNEL_CONV3X3: &str = "conv3x3_f16";
 pub const KERNEL_CONV3X3_N128: &str = "conv3x3_f16_n128";
 pub const KERNEL_CONV_T3: &str = "conv_t3_f16";
 pub const KERNEL_CONV_T3_N128: &str = "conv_t3_f16_n128";
+pub const KERNEL_CONV1X1: &str = "conv1x1_f16";
+pub const KERNEL_CONV1X1_N128: &str = "conv1x1_f16_n128";
 pub const KERNEL_GN_STATS: &str = "groupnorm_stats";
 pub const KERNEL_GN_FINALIZE: &str = "groupnorm_finalize";
 pub const KERNEL_GN_APPLY: &str = "groupnorm_apply";
@@ -105,6 +107,25 @@ pub struct ConvT3Params {
     pub cout: i32,
     /// 1: each chunk frame repeated twice in time (UpT), t_out = 2 t_in
     pub upsample_t: i32,
+}
+
+/// `conv1x1_f16` (`Conv1x1Params`): `out = x W^T + bias (+ residual)`, all f16.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Conv1x1Params {
+    /// (m, cin) f16
+    pub x: *const u16,
+    /// (cout, cin) f16: a `[cout, cin, 1, 1]` checkpoint tensor as is, or a Linear weight
+    pub w: *const u16,
+    /// (cout) f16, or null
+    pub bias: *const u16,
+    /// (m, cout) f16, or null
+    pub residual: *const u16,
+    /// (m, cout) f16
+    pub out: *mut u16,
+    pub m: i32,
+    pub cin: i32,
+    pub cout: i32,
 }
 
 /// `groupnorm_stats` (`GroupNormStatsParams`).
@@ -295,6 +316,52 @@ pub fn conv_t3_launch(s: &ConvT3Shape) -> Result<ConvLaunch, String> {
     }
     to_i32(kernel, "input pixels", (s.t_in + 2) * s.hw)?;
     gemm_launch([KERNEL_CONV_T3, KERNEL_CONV_T3_N128], s.m(), s.cin, s.cout)
+}
+
+/// Launch of `conv1x1_f16` / `conv1x1_f16_n128`: `m` rows (pixels or tokens), `cin -> cout`.
+pub fn conv1x1_launch(m: usize, cin: usize, cout: usize) -> Result<ConvLaunch, String> {
+    gemm_launch([KERNEL_CONV1X1, KERNEL_CONV1X1_N128], m, cin, cout)
+}
+
+/// CPU reference of `conv1x1_f16`: `x [m, cin]`, `w [cout, cin]`, output `[m, cout]`.
+pub fn conv1x1_reference(
+    m: usize,
+    x: &[f64],
+    w: &[f64],
+    bias: Option<&[f64]>,
+    residual: Option<&[f64]>,
+) -> Result<Reference, String> {
+    if m == 0 || x.len() % m != 0 {
+        return Err(format!(
+            "conv1x1_reference: {} elements are not {m} rows",
+            x.len()
+        ));
+    }
+    let cin = x.len() / m;
+    if cin == 0 || w.len() % cin != 0 {
+        return Err(format!(
+            "conv1x1_reference: w has {} elements, not rows of {cin}",
+            w.len()
+        ));
+    }
+    let cout = w.len() / cin;
+    let mut value = vec![0.0; m * cout];
+    let mut abs = vec![0.0; m * cout];
+    for r in 0..m {
+        let xr = &x[r * cin..][..cin];
+        for co in 0..cout {
+            let wr = &w[co * cin..][..cin];
+            let (mut acc, mut a) = (0.0, 0.0);
+            for (xv, wv) in xr.iter().zip(wr) {
+                acc += xv * wv;
+                a += (xv * wv).abs();
+            }
+            value[r * cout + co] = acc;
+            abs[r * cout + co] = a;
+        }
+    }
+    finish(&mut value, bias, residual, cout)?;
+    Ok(Reference { value, abs })
 }
 
 /// A GroupNorm's input `[frames, hw, c]` in `groups` groups of `c / groups` channels.

@@ -467,6 +467,51 @@ fn conv3x3_edges() {
     check_conv3x3("11x13 x3", 11, c3(3, 11, 13, 64, 72, false), true, true);
 }
 
+fn check_conv1x1(label: &str, seed: u64, (m, cin, cout): (usize, usize, usize), residual: bool) {
+    let mut rng = Rng::new(seed);
+    let (x, xv) = random_f16(&mut rng, m * cin, 1.0);
+    // [cout, cin, 1, 1] is used as is (no packing).
+    let (w, wv) = random_f16(&mut rng, cout * cin, 1.7 / (cin as f32).sqrt());
+    let (bias, bv) = random_f16(&mut rng, cout, 0.5);
+    let (res, rv) = optional(&mut rng, residual, m * cout, 2.0);
+    let r = conv::conv1x1_reference(m, &xv, &wv, Some(&bv), rv.as_deref()).unwrap();
+    let tol = finish_tolerance(&r, cin, cout, &Some(bv), &rv);
+    let launch = conv::conv1x1_launch(m, cin, cout).unwrap();
+    for order in ThreadOrder::all(seed) {
+        let mut out = vec![POISON_F16; m * cout];
+        let params = conv::Conv1x1Params {
+            x: x.as_ptr(),
+            w: w.as_ptr(),
+            bias: bias.as_ptr(),
+            residual: opt_ptr(&res),
+            out: out.as_mut_ptr(),
+            m: m as i32,
+            cin: cin as i32,
+            cout: cout as i32,
+        };
+        // SAFETY: x (m, cin), w (cout, cin), bias (cout), residual null or (m, cout), out
+        // (m, cout), validated by conv1x1_launch.
+        unsafe { run(launch.kernel, launch.config, &params, order) };
+        let rep = compare(label, &f16_to_f64(&out), &r.value, &tol);
+        eprintln!(
+            "{label} {} m={m} {cin}->{cout} residual={residual} {order:?}: {rep}",
+            launch.kernel
+        );
+    }
+}
+
+#[test]
+fn conv1x1_skip_and_projection() {
+    // tiny: up.2's skip 64 -> 32 over 2 x 7 x 9 pixels; mid attention out 64 -> 64 + x.
+    check_conv1x1("skip 64->32", 50, (126, 64, 32), false);
+    check_conv1x1("attn out 64->64", 51, (130, 64, 64), true);
+    // 4b: up.2's skip 512 -> 256 (wide entry), up.3's 256 -> 128 with a residual; 16 -> 3
+    // (odd Cout) for the narrow entry's scalar path.
+    check_conv1x1("skip 512->256", 52, (40, 512, 256), false);
+    check_conv1x1("256->128 residual", 53, (300, 256, 128), true);
+    check_conv1x1("16->3", 54, (77, 16, 3), true);
+}
+
 fn t3(t_in: usize, hw: usize, cin: usize, cout: usize, upsample_t: bool) -> ConvT3Shape {
     ConvT3Shape {
         t_in,
@@ -642,6 +687,10 @@ fn shapes_outside_the_contract_are_errors() {
     assert_eq!((l.kernel, l.config.grid.x), (conv::KERNEL_CONV_T3_N128, 4));
     let l = conv::conv_t3_launch(&t3(2, 64, 64, 64, false)).unwrap();
     assert_eq!(l.kernel, conv::KERNEL_CONV_T3);
+    let l = conv::conv1x1_launch(4096, 512, 1536).unwrap();
+    assert_eq!((l.kernel, l.config.grid.x), (conv::KERNEL_CONV1X1_N128, 12));
+    expect_err(conv::conv1x1_launch(0, 64, 64), "M = 0");
+    expect_err(conv::conv1x1_launch(16, 4, 64), "Cin = 4");
     let gn_err = |s: GroupNormShape, needle: &str| {
         let e = conv::groupnorm_plan(&s).expect_err("shape must be rejected");
         assert!(e.contains(needle), "error {e:?} lacks {needle:?}");

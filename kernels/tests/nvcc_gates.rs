@@ -178,6 +178,8 @@ fn decoder_convolutions_are_tensor_core_pipelines() {
             "conv_t3_f16",
             "conv3x3_f16_n128",
             "conv_t3_f16_n128",
+            "conv1x1_f16",
+            "conv1x1_f16_n128",
         ] {
             let r = get(kernel);
             eprintln!("{arch} {r:?}");
