@@ -2,7 +2,8 @@
 // convolutions on tensor cores and a split GroupNorm with fused SiLU. Activations are f16,
 // channels last.
 //
-// Entry points:
+// Entry points (the convolutions in two column-tile widths: `name` 64 output channels per
+// CTA, any Cout; `name_n128` 128, for Cout % 128 == 0; same parameters):
 //   conv3x3_f16        out[t, y, x, :] = sum_{ky,kx} W[:, ky, kx, :] in[t, y+ky-1, x+kx-1, :]
 //                      + bias (+ residual), zero padding 1; with `upsample` the input is the
 //                      half-resolution tensor and is read through the nearest-2x index map
@@ -17,12 +18,13 @@
 //   groupnorm_finalize per (frame, group): Chan's merge of the splits -> mean, 1/sqrt(var+eps)
 //   groupnorm_apply    out = [SiLU](gamma (x - mean) rstd + beta) in f16
 //
-// Both convolutions are one GEMM C[M, N] = A[M, K] W[N, K]^T with M = output pixels,
+// The convolutions are one GEMM C[M, N] = A[M, K] W[N, K]^T with M = output pixels,
 // N = Cout, K = taps * Cin, where row m of A is gathered on the fly (im2col in the cp.async
 // address computation): the K index k = tap * Cin + ci, and each 16-byte chunk of a k-tile
 // (8 channels of one tap, since Cin % 8 == 0) is one cp.async of 8 channels of one input
 // pixel, zero-filled (src-size 0) where the tap falls in the padding. W is pre-packed as
-// [Cout, taps, Cin] (kernels/src/conv.rs: pack_conv3x3_weight, pack_conv_t3_weight).
+// [Cout, taps, Cin] (kernels/src/conv.rs: pack_conv3x3_weight, pack_conv_t3_weight; the
+// 1x1 weight [Cout, Cin] needs none).
 //
 // Shape contract (checked by kernels/src/conv.rs): Cin % 8 == 0 (16-byte pixel rows for
 // cp.async; Cin = 8 is one chunk), Cout >= 1 (any: W rows past Cout are zero-filled and the

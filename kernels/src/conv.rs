@@ -15,7 +15,14 @@
 //!   (UpT) the chunk frames are read twice each (`u[q] = x[q / 2]`) and the output has `2T`
 //!   frames; the context frames are then the last two frames of the *repeated* sequence (both
 //!   copies of the previous chunk's last frame, or of the first frame at stream start).
+//! - [`KERNEL_CONV1X1`] input `[M, Cin]`, weight `[Cout, Cin]` as stored (a `[cout, cin, 1, 1]`
+//!   skip or a Linear), output `[M, Cout]`.
 //! - bias `[Cout]`, residual and output `[T_out, H_out, W_out, Cout]`, f16.
+//!
+//! Each convolution has a narrow entry (64 output channels per CTA, 48 KiB of dynamic shared
+//! memory, any Cout) and a wide one (`*_n128`, 128 per CTA, 64 KiB: a CUDA launch must raise
+//! `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`); [`conv3x3_launch`], [`conv_t3_launch`]
+//! and [`conv1x1_launch`] pick the wide one when `Cout % 128 == 0` and return the name.
 //! - GroupNorm: `x`, `out` `[frames, H*W, C]` f16, `gamma`, `beta` `[C]` f16, scratch
 //!   `part` `[frames, splits, groups]` and `stats` `[frames, groups]` of f32 pairs.
 //!
