@@ -6,6 +6,7 @@
 
 pub mod adaln;
 pub mod attention;
+pub mod conv;
 pub mod elementwise;
 pub mod emu;
 pub mod gemm;

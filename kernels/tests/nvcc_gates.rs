@@ -160,3 +160,50 @@ fn kernels_not_built_is_an_error_not_a_panic() {
     }
     assert!(ptx("no_such_module").is_none());
 }
+
+#[test]
+fn decoder_convolutions_are_tensor_core_pipelines() {
+    if !nvcc_available() {
+        return;
+    }
+    for arch in ["sm_80", "sm_90"] {
+        let get = |k: &str| {
+            KERNEL_RESOURCES
+                .iter()
+                .find(|r| r.module == "conv" && r.kernel == k && r.arch == arch)
+                .unwrap_or_else(|| panic!("conv.cu: no ptxas report for {k} on {arch}"))
+        };
+        for kernel in [
+            "conv3x3_f16",
+            "conv_t3_f16",
+            "conv3x3_f16_n128",
+            "conv_t3_f16_n128",
+            "conv1x1_f16",
+            "conv1x1_f16_n128",
+        ] {
+            let r = get(kernel);
+            eprintln!("{arch} {r:?}");
+            // __launch_bounds__(256, 2): two CTAs per SM need <= 128 registers per thread.
+            assert!(
+                r.registers <= 128 && r.stack_frame_bytes == 0,
+                "{kernel} {arch}: {r:?}"
+            );
+            // Per k-tile and warp: 2 k16 steps of 2 x 4 (BN 64) or 4 x 4 (BN 128) mma, 16 or 32
+            // HMMA, fed by 4 or 6 ldmatrix.x4 each; every operand copy is a 16-byte cp.async
+            // (the gather included).
+            assert!(
+                r.hmma >= 16 && r.ldsm >= 8 && r.ldgsts > 0 && r.ldg128 == 0,
+                "{kernel} {arch}: the main loop must be HMMA fed by LDSM and LDGSTS: {r:?}"
+            );
+        }
+        for kernel in ["groupnorm_stats", "groupnorm_apply"] {
+            let r = get(kernel);
+            eprintln!("{arch} {r:?}");
+            assert!(
+                r.ldg128 > 0,
+                "{kernel} {arch}: activations must be read as 16-byte vectors: {r:?}"
+            );
+        }
+        eprintln!("{arch} {:?}", get("groupnorm_finalize"));
+    }
+}
