@@ -61,11 +61,12 @@ static void print_layouts(void) {
            offsetof(streamdit_engine_params, device_index),
            offsetof(streamdit_engine_params, log),
            offsetof(streamdit_engine_params, log_user_data));
-    printf("layout stream_params %zu %zu %zu %zu %zu %zu\n", sizeof(streamdit_stream_params),
+    printf("layout stream_params %zu %zu %zu %zu %zu %zu %zu\n", sizeof(streamdit_stream_params),
            offsetof(streamdit_stream_params, prompt),
            offsetof(streamdit_stream_params, negative_prompt),
            offsetof(streamdit_stream_params, seed), offsetof(streamdit_stream_params, use_seed),
-           offsetof(streamdit_stream_params, guidance));
+           offsetof(streamdit_stream_params, guidance),
+           offsetof(streamdit_stream_params, decoder));
     printf("layout geometry %zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(streamdit_geometry),
            offsetof(streamdit_geometry, width), offsetof(streamdit_geometry, height),
            offsetof(streamdit_geometry, frames_per_chunk),
