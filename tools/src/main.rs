@@ -2,6 +2,7 @@
 //! plan, benchmark and profile.
 
 mod bench;
+mod decoder_plan;
 mod profile;
 mod telemetry;
 
@@ -573,6 +574,9 @@ fn plan(args: PlanArgs) -> Result<()> {
         }
     }
 
+    let decoder = decoder_plan::report(&profile, gpu, prediction.as_ref(), mem.peak_bytes())?;
+    text.push_str(&decoder.ops);
+
     let ms = |ops: &[streamdit::model::plan::OpCost]| gpu.map(|g| g.list_seconds(ops) * 1e3);
     let class_rows = |costs: &ListCost| -> Vec<(OpClass, CostSum, Option<f64>)> {
         OpClass::ALL
@@ -696,6 +700,7 @@ fn plan(args: PlanArgs) -> Result<()> {
             p.fps_at_efficiency
         );
     }
+    text.push_str(&decoder.totals);
 
     if let Some(path) = &args.json {
         let life = lifetimes_fused(&graph, &fusion);
@@ -752,6 +757,7 @@ fn plan(args: PlanArgs) -> Result<()> {
             },
             "classes": classes_json,
             "ops": ops_json,
+            "decoder": decoder.json,
             "tensors": tensors,
         });
         let json = serde_json::to_string_pretty(&report)
