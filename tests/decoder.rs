@@ -548,3 +548,47 @@ fn missing_or_misshaped_tensors_are_named() {
     let err = dec.decode_f32(&[0.0; 7]).unwrap_err().to_string();
     assert!(err.contains("C*H*W = 128"), "{err}");
 }
+
+/// A stream decodes its chunks with one TAE decoder whose caches carry over: its frames are
+/// the decoder's frames of the chunk latents in order, and the preview stays available.
+#[test]
+fn streams_decode_chunks_with_carried_caches() {
+    use streamdit::WeightsSource;
+    use streamdit::{BackendKind, DecoderKind, Engine, EngineParams, Profile, StreamParams};
+    let engine = Engine::new(EngineParams {
+        profile: Profile::builtin("tiny").unwrap(),
+        weights: WeightsSource::Random {
+            seed: 2,
+            dtype: DType::F16,
+        },
+        backend: BackendKind::Cpu,
+    })
+    .unwrap();
+    let params = StreamParams {
+        prompt: "a kite".into(),
+        ..Default::default()
+    };
+    let mut stream = engine.stream(params.clone()).unwrap();
+    let mut dec = engine.tae_decoder().unwrap();
+    let (mut got, mut want) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        assert_eq!(stream.next_frames(&mut got).unwrap(), 8);
+        dec.decode(stream.chunk_latents(), &mut want).unwrap();
+    }
+    assert!(got == want, "stream frames differ from chunked decoding");
+    let mut preview = engine
+        .stream(StreamParams {
+            decoder: DecoderKind::Preview,
+            ..params
+        })
+        .unwrap();
+    let mut frames = Vec::new();
+    preview.next_frames(&mut frames).unwrap();
+    let mut want = Vec::new();
+    engine
+        .preview_decoder()
+        .unwrap()
+        .decode(preview.chunk_latents(), &mut want)
+        .unwrap();
+    assert!(frames == want);
+}
