@@ -135,6 +135,13 @@ int main(int argc, char **argv) {
     CHECK(log_calls >= 1, "the log callback saw the backend choice");
 
     streamdit_stream_params sp = streamdit_stream_default_params();
+    CHECK(sp.decoder == STREAMDIT_DECODER_TAE, "the default decoder is the TAE decoder");
+    streamdit_stream *bad_decoder = (streamdit_stream *)1;
+    sp.decoder = 7;
+    EXPECT_STATUS(streamdit_stream_create(engine, &sp, &bad_decoder), STREAMDIT_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(streamdit_last_error(), "decoder 7") != NULL, "bad decoder named");
+    CHECK(bad_decoder == NULL, "stream out not cleared on a bad decoder");
+    sp.decoder = STREAMDIT_DECODER_TAE;
     sp.prompt = "a red kite over the sea";
     sp.seed = 11;
     sp.use_seed = 1;
