@@ -547,6 +547,7 @@ fn missing_or_misshaped_tensors_are_named() {
     let mut dec = TaeDecoder::new(graph(), &random_weights(4)).unwrap();
     let err = dec.decode_f32(&[0.0; 7]).unwrap_err().to_string();
     assert!(err.contains("C*H*W = 128"), "{err}");
+    assert!(dec.decode_f32(&[]).unwrap().is_empty());
 }
 
 /// A stream decodes its chunks with one TAE decoder whose caches carry over: its frames are
@@ -591,4 +592,45 @@ fn streams_decode_chunks_with_carried_caches() {
         .decode(preview.chunk_latents(), &mut want)
         .unwrap();
     assert!(frames == want);
+}
+
+/// Random weights keep every op's output O(1) (f16-safe, neither vanishing nor growing) for
+/// `tiny`'s decoder and for `streamdit-4b`'s widths (on a small latent, to stay fast).
+#[test]
+fn random_weights_keep_activations_order_one() {
+    for (widths, groups, h, w, seed) in [
+        (vec![64, 64, 32, 16], 8, 8, 8, 6u64),
+        (vec![512, 512, 256, 128], 32, 2, 2, 7),
+    ] {
+        let dec = DecoderConfig { widths, groups };
+        let weights = Weights::random_decoder(&dec, C, seed, DType::F16).unwrap();
+        let graph = TaeGraph::new(&dec, C, h, w).unwrap();
+        let kinds: Vec<String> = graph
+            .steps
+            .iter()
+            .map(|s| streamdit::model::plan::tae_op_kind(&s.op).to_string())
+            .collect();
+        let mut decoder = TaeDecoder::new(graph, &weights).unwrap();
+        let z = latents(&mut Rng::new(seed), 2, h, w);
+        let (mut lo, mut hi, mut max_abs) = ((f64::INFINITY, 0), (0.0f64, 0), 0.0f32);
+        decoder
+            .decode_observed(&z, |i, out| {
+                let rms = (out.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / out.len() as f64)
+                    .sqrt();
+                if rms < lo.0 {
+                    lo = (rms, i);
+                }
+                if rms > hi.0 {
+                    hi = (rms, i);
+                }
+                max_abs = out.iter().fold(max_abs, |m, v| m.max(v.abs()));
+                assert!(out.iter().all(|v| v.is_finite()), "op {i} is not finite");
+            })
+            .unwrap();
+        println!(
+            "widths {:?}: op output rms from {:.3} (op {} {}) to {:.3} (op {} {}), max |x| {max_abs:.1}",
+            dec.widths, lo.0, lo.1, kinds[lo.1], hi.0, hi.1, kinds[hi.1]
+        );
+        assert!(lo.0 > 0.1 && hi.0 < 10.0 && max_abs < 200.0);
+    }
 }

@@ -226,13 +226,27 @@ impl TaeDecoder {
     /// Decodes `latents [n, C, H, W]` (continuing the stream) into the decoder's output
     /// before the byte mapping: `[4n, 8H, 8W, 3]`, channels last.
     pub fn decode_f32(&mut self, latents: &[f32]) -> Result<Vec<f32>> {
+        self.decode_observed(latents, |_, _| {})
+    }
+
+    /// [`decode_f32`](Self::decode_f32), handing `observe` the index of every op in
+    /// [`TaeGraph::steps`] with its output `[T, H, W, Ch]` (to check activation scales, or
+    /// to compare a device's activations layer by layer).
+    pub fn decode_observed(
+        &mut self,
+        latents: &[f32],
+        mut observe: impl FnMut(usize, &[f32]),
+    ) -> Result<Vec<f32>> {
         let elems = self.latent_elems();
-        if latents.is_empty() || latents.len() % elems != 0 {
+        if latents.len() % elems != 0 {
             return Err(Error::shape(
                 "TAE decoder latents",
-                format!("a positive multiple of C*H*W = {elems} elements"),
+                format!("a multiple of C*H*W = {elems} elements"),
                 format!("{} elements", latents.len()),
             ));
+        }
+        if latents.is_empty() {
+            return Ok(Vec::new());
         }
         let g = &self.graph;
         let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
@@ -254,7 +268,7 @@ impl TaeDecoder {
             channels: c,
         };
         let mut saved: Vec<Act> = Vec::new();
-        for layer in &self.layers {
+        for (index, layer) in self.layers.iter().enumerate() {
             x = match layer {
                 Layer::Save => {
                     saved.push(x.clone());
@@ -295,6 +309,7 @@ impl TaeDecoder {
                     x
                 }
             };
+            observe(index, &x.data);
         }
         debug_assert_eq!(
             (x.frames, x.height, x.width, x.channels),
