@@ -28,7 +28,7 @@
 extern "C" {
 #endif
 
-#define STREAMDIT_ABI_VERSION 1
+#define STREAMDIT_ABI_VERSION 2
 
 typedef enum streamdit_status {
     STREAMDIT_OK = 0,
@@ -48,6 +48,11 @@ typedef enum streamdit_backend {
     STREAMDIT_BACKEND_CUDA = 2,
     STREAMDIT_BACKEND_EMU = 3 /* the CUDA launch plan on the CPU kernel emulator (slow) */
 } streamdit_backend;
+
+typedef enum streamdit_decoder {
+    STREAMDIT_DECODER_TAE = 0,    /* the temporal-autoencoder decoder: full-resolution frames */
+    STREAMDIT_DECODER_PREVIEW = 1 /* a cheap per-pixel latent-to-RGB map, upscaled */
+} streamdit_decoder;
 
 typedef enum streamdit_log_level {
     STREAMDIT_LOG_ERROR = 0,
@@ -82,6 +87,7 @@ typedef struct streamdit_stream_params {
     uint64_t seed;               /* noise seed, used when use_seed != 0 */
     int use_seed;
     float guidance; /* classifier-free guidance scale; NAN: the profile's; 1 disables it */
+    int decoder;    /* streamdit_decoder; the default params choose the TAE decoder */
 } streamdit_stream_params;
 
 typedef struct streamdit_geometry {

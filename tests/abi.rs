@@ -187,6 +187,7 @@ fn c_program_streams_the_same_frames_and_checks_every_error() {
             offset_of!(StreamParamsC, seed),
             offset_of!(StreamParamsC, use_seed),
             offset_of!(StreamParamsC, guidance),
+            offset_of!(StreamParamsC, decoder),
         ]
     );
     assert_eq!(

@@ -396,3 +396,83 @@ fn fused_launches_keep_inputs_and_outputs_apart() {
         );
     }
 }
+
+/// The TAE decoder of `streamdit-4b`: about 2.4 TFLOP per video frame and 19.3 TFLOP per
+/// call's 8 frames (TAE_SPEC, MODEL_SPEC section 7), a 148 TFLOP call with the DiT; `tiny`'s
+/// 3x3 convolutions checked by hand.
+#[test]
+fn decoder_costs_match_the_spec() {
+    use streamdit::model::plan::{tae_op_kind, DecoderCost};
+    use streamdit::model::tae::TaeGraph;
+    let p = Profile::builtin("streamdit-4b").unwrap();
+    let m = &p.model;
+    let tae = TaeGraph::new(
+        &p.decoder,
+        m.latent_channels,
+        m.latent_height,
+        m.latent_width,
+    )
+    .unwrap();
+    let dec = DecoderCost::of(&tae, p.stream.chunk_frames);
+    let per_call = dec.flops_per_call(p.stream.micro_steps);
+    println!(
+        "streamdit-4b decoder: {:.3} TFLOP per call, {:.1} M parameters, arena {:.2} GB, caches {:.1} MB",
+        per_call / 1e12,
+        dec.parameters as f64 / 1e6,
+        dec.arena_bytes as f64 / 1e9,
+        dec.cache_bytes as f64 / 1e6
+    );
+    assert_within("4b decoder FLOPs per call", per_call, 19.3e12, 0.02);
+    assert_within(
+        "4b decoder FLOPs per video frame",
+        per_call / 8.0,
+        2.4e12,
+        0.02,
+    );
+    let dit = GraphCost::of(&graph("streamdit-4b", 1.0)).call.total.flops as f64;
+    assert_within("4b call with the decoder", dit + per_call, 148e12, 0.02);
+    // MODEL_SPEC's 150 ms floor is the FLOPs at the H100's dense FP16 peak; the roofline adds
+    // the memory-bound ops (norms, residuals, the temporal caches at 512x512).
+    let h100 = GpuSpec::H100;
+    let flop_floor = (dit + per_call) / (h100.fp16_tflops * 1e12);
+    assert_within("4b FLOP floor with the decoder", flop_floor, 0.150, 0.02);
+    let dit_roof = Prediction::new(h100, &GraphCost::of(&graph("streamdit-4b", 1.0)), 8.0, 1.0)
+        .unwrap()
+        .seconds_per_call;
+    let dec_roof = dec.seconds_per_call(&h100, p.stream.micro_steps);
+    println!(
+        "4b on an H100: FLOP floor {:.1} ms; roofline DiT {:.1} ms + decoder {:.1} ms (its FLOPs alone {:.1} ms)",
+        flop_floor * 1e3,
+        dit_roof * 1e3,
+        dec_roof * 1e3,
+        per_call / (h100.fp16_tflops * 1e12) * 1e3
+    );
+    assert!(dec_roof >= per_call / (h100.fp16_tflops * 1e12));
+    // The teacher decodes one chunk per 16 calls.
+    let t = Profile::builtin("streamdit-4b-teacher").unwrap();
+    assert_within(
+        "teacher decoder per call",
+        dec.flops_per_call(t.stream.micro_steps),
+        19.3e12 / 16.0,
+        0.02,
+    );
+
+    // tiny, one latent frame: conv_in is 2 * 16*16 * 9 * 8 * 64 FLOPs; the last
+    // convolution 2 * 4 frames * 128*128 * 9 * 16 * 3.
+    let tiny = Profile::builtin("tiny").unwrap();
+    let g = TaeGraph::new(&tiny.decoder, 8, 16, 16).unwrap();
+    let c = DecoderCost::of(&g, 1);
+    let convs: Vec<u64> = g
+        .steps
+        .iter()
+        .zip(&c.ops)
+        .filter(|(s, _)| tae_op_kind(&s.op).ends_with("Conv2d"))
+        .map(|(_, c)| c.flops)
+        .collect();
+    assert_eq!(convs[0], 2 * 256 * 9 * 8 * 64);
+    assert_eq!(*convs.last().unwrap(), 2 * 4 * 128 * 128 * 9 * 16 * 3);
+    assert_eq!(c.parameters, {
+        let specs = streamdit::model::schema::decoder_tensors(&tiny.decoder, 8).unwrap();
+        specs.iter().map(|s| s.numel() as u64).sum::<u64>()
+    });
+}

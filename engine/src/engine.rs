@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::device::Device;
@@ -12,11 +12,12 @@ use crate::backend::cuda::emu::EmuDevice;
 use crate::backend::cuda::real::CudaDevice;
 use crate::backend::cuda::{CudaBackend, DeviceWeights};
 use crate::backend::Backend;
-use crate::decoder::Preview;
+use crate::decoder::{Preview, TaeDecoder};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{Checkpoint, DType, Weights};
 use crate::model::graph::Graph;
 use crate::model::schema::{checkpoint_tensors, Group};
+use crate::model::tae::TaeGraph;
 use crate::model::Profile;
 use crate::stream::Stream;
 use crate::text::{ByteEmbedding, TextInput};
@@ -78,6 +79,10 @@ pub struct Engine {
     backend: BackendKind,
     /// Why `auto` chose the backend it did, for one log line.
     backend_reason: String,
+    /// Where the weights come from (the decoder's are read on first use).
+    source: WeightsSource,
+    /// The `decoder.*` tensors, loaded by the first stream that uses the TAE decoder.
+    decoder_weights: OnceLock<Arc<Weights>>,
 }
 
 impl Engine {
@@ -160,6 +165,8 @@ impl Engine {
             weights: Arc::new(weights),
             backend,
             backend_reason,
+            source: params.weights,
+            decoder_weights: OnceLock::new(),
         })
     }
 
@@ -229,6 +236,47 @@ impl Engine {
         )
     }
 
+    /// The temporal-autoencoder decoder (TAE_SPEC) of this engine's checkpoint, on the CPU
+    /// in f32 (every backend decodes on the host for now). Its tensors are read, or
+    /// generated for random weights, on first use; a checkpoint without them is an error
+    /// naming the first missing tensor.
+    pub fn tae_decoder(&self) -> Result<TaeDecoder> {
+        let p = &self.profile;
+        let c = p.model.latent_channels;
+        let graph = TaeGraph::new(&p.decoder, c, p.model.latent_height, p.model.latent_width)?;
+        if p.video.temporal_upsample != crate::model::tae::TEMPORAL_UPSAMPLE
+            || p.video.spatial_upsample != crate::model::tae::SPATIAL_UPSAMPLE
+        {
+            return Err(Error::Invalid(format!(
+                "profile `{}`: the TAE decoder upsamples 4x in time and 8x in space, but \
+                 video.temporal_upsample is {} and video.spatial_upsample is {} (use the preview)",
+                p.name, p.video.temporal_upsample, p.video.spatial_upsample
+            )));
+        }
+        let weights = match self.decoder_weights.get() {
+            Some(w) => w.clone(),
+            None => {
+                let loaded = Arc::new(match &self.source {
+                    WeightsSource::File(path) => Weights::load_decoder(path, &p.decoder, c)?,
+                    WeightsSource::Random { seed, dtype } => {
+                        Weights::random_decoder(&p.decoder, c, *seed, *dtype)?
+                    }
+                });
+                // Another thread may have loaded them meanwhile: either copy is the same.
+                self.decoder_weights.get_or_init(|| loaded).clone()
+            }
+        };
+        TaeDecoder::new(graph, &weights)
+    }
+
+    /// The decoder a stream with `kind` uses.
+    pub fn decoder(&self, kind: DecoderKind) -> Result<Box<dyn crate::decoder::Decoder>> {
+        Ok(match kind {
+            DecoderKind::Tae => Box::new(self.tae_decoder()?),
+            DecoderKind::Preview => Box::new(self.preview_decoder()?),
+        })
+    }
+
     /// Starts a stream.
     pub fn stream(&self, params: StreamParams) -> Result<Stream> {
         Stream::new(self, params)
@@ -244,4 +292,29 @@ pub struct StreamParams {
     pub guidance: Option<f32>,
     /// Precomputed text condition replacing the prompt's byte embedding.
     pub text: Option<TextInput>,
+    /// Which decoder turns latents into frames (the TAE decoder unless told otherwise).
+    pub decoder: DecoderKind,
+}
+
+/// Which decoder a stream uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DecoderKind {
+    /// The temporal-autoencoder decoder of TAE_SPEC: full-resolution frames.
+    #[default]
+    Tae,
+    /// The cheap latent-to-RGB preview (`preview.*`), upscaled by nearest neighbour.
+    Preview,
+}
+
+impl FromStr for DecoderKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tae" => Ok(DecoderKind::Tae),
+            "preview" => Ok(DecoderKind::Preview),
+            _ => Err(Error::Invalid(format!(
+                "decoder `{s}`: expected one of tae, preview"
+            ))),
+        }
+    }
 }

@@ -20,5 +20,5 @@ pub use model::Profile;
 pub use tensor::Tensor;
 pub mod engine;
 
-pub use engine::{BackendKind, Engine, EngineParams, StreamParams, WeightsSource};
+pub use engine::{BackendKind, DecoderKind, Engine, EngineParams, StreamParams, WeightsSource};
 pub use stream::Stream;

@@ -27,7 +27,8 @@ class EngineParams(ctypes.Structure):
 
 class StreamParams(ctypes.Structure):
     _fields_ = [("prompt", ctypes.c_char_p), ("negative_prompt", ctypes.c_char_p),
-                ("seed", ctypes.c_uint64), ("use_seed", ctypes.c_int), ("guidance", ctypes.c_float)]
+                ("seed", ctypes.c_uint64), ("use_seed", ctypes.c_int), ("guidance", ctypes.c_float),
+                ("decoder", ctypes.c_int)]
 
 
 class Geometry(ctypes.Structure):

@@ -61,11 +61,12 @@ static void print_layouts(void) {
            offsetof(streamdit_engine_params, device_index),
            offsetof(streamdit_engine_params, log),
            offsetof(streamdit_engine_params, log_user_data));
-    printf("layout stream_params %zu %zu %zu %zu %zu %zu\n", sizeof(streamdit_stream_params),
+    printf("layout stream_params %zu %zu %zu %zu %zu %zu %zu\n", sizeof(streamdit_stream_params),
            offsetof(streamdit_stream_params, prompt),
            offsetof(streamdit_stream_params, negative_prompt),
            offsetof(streamdit_stream_params, seed), offsetof(streamdit_stream_params, use_seed),
-           offsetof(streamdit_stream_params, guidance));
+           offsetof(streamdit_stream_params, guidance),
+           offsetof(streamdit_stream_params, decoder));
     printf("layout geometry %zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(streamdit_geometry),
            offsetof(streamdit_geometry, width), offsetof(streamdit_geometry, height),
            offsetof(streamdit_geometry, frames_per_chunk),
@@ -134,6 +135,13 @@ int main(int argc, char **argv) {
     CHECK(log_calls >= 1, "the log callback saw the backend choice");
 
     streamdit_stream_params sp = streamdit_stream_default_params();
+    CHECK(sp.decoder == STREAMDIT_DECODER_TAE, "the default decoder is the TAE decoder");
+    streamdit_stream *bad_decoder = (streamdit_stream *)1;
+    sp.decoder = 7;
+    EXPECT_STATUS(streamdit_stream_create(engine, &sp, &bad_decoder), STREAMDIT_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(streamdit_last_error(), "decoder 7") != NULL, "bad decoder named");
+    CHECK(bad_decoder == NULL, "stream out not cleared on a bad decoder");
+    sp.decoder = STREAMDIT_DECODER_TAE;
     sp.prompt = "a red kite over the sea";
     sp.seed = 11;
     sp.use_seed = 1;

@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 use streamdit::model::graph::Graph;
 use streamdit::model::plan::{GraphCost, MemoryPlan};
-use streamdit::{Error, Result, Stream, StreamParams};
+use streamdit::{DecoderKind, Error, Result, Stream, StreamParams};
 
 use crate::{fmt_bytes, fmt_flops, print_stdout, ModelArgs};
 
@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// Also write the report, with the raw per-step series, as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Decode with the cheap latent preview instead of the TAE decoder.
+    #[arg(long)]
+    preview: bool,
 }
 
 pub fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
@@ -148,6 +151,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let params = StreamParams {
         prompt: args.prompt.clone(),
         seed: args.seed,
+        decoder: if args.preview {
+            DecoderKind::Preview
+        } else {
+            DecoderKind::Tae
+        },
         ..StreamParams::default()
     };
     let open = |engine: &streamdit::Engine| -> Result<Stream> {
@@ -309,9 +317,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         ))
     );
     say!(
-        "  weights {weights}, noise seed {seed}, guidance {}, warm-up {} calls, {n} measured calls",
+        "  weights {weights}, noise seed {seed}, guidance {}, warm-up {} calls, {n} measured calls; decoder {}",
         guidance,
-        warmup_calls
+        warmup_calls,
+        if args.preview {
+            "preview"
+        } else {
+            "TAE (CPU f32; end to end = DiT call + decode, not overlapped)"
+        }
     );
     say!("\ntime to first frame");
     say!(
@@ -457,6 +470,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                     "dit_fps": dit_fps,
                     "decode_fps": decode_fps,
                     "end_to_end_fps": video_fps,
+                    "decoder": if args.preview { "preview" } else { "tae" },
                 },
                 "latency_ms": { "p50": ms(p50), "p90": ms(p90), "p99": ms(p99), "max": ms(max) },
                 "jitter_ms": jitter.map(ms),

@@ -2,6 +2,7 @@
 //! plan, benchmark and profile.
 
 mod bench;
+mod decoder_plan;
 mod profile;
 mod telemetry;
 
@@ -16,7 +17,8 @@ use streamdit::model::profile::builtin_names;
 use streamdit::stream::sink::open_sink;
 use streamdit::text::{self, load_text_embeddings};
 use streamdit::{
-    BackendKind, Engine, EngineParams, Error, Profile, Result, StreamParams, WeightsSource,
+    BackendKind, DecoderKind, Engine, EngineParams, Error, Profile, Result, StreamParams,
+    WeightsSource,
 };
 
 #[derive(Parser)]
@@ -36,6 +38,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Run one model call on tensors from a safetensors file and write `v`.
     Forward(ForwardArgs),
+    /// Decode latents (`latents [T, C, H, W]` in a safetensors file) to video with the TAE
+    /// decoder on the CPU, chunk by chunk as a stream does.
+    Decode(DecodeArgs),
     /// Checkpoint tools.
     Weights {
         #[command(subcommand)]
@@ -128,6 +133,36 @@ struct GenerateArgs {
     /// `out.y4m`, a directory (or `*.png`) for a PNG sequence, or `-` for raw RGB24 on stdout.
     #[arg(long, short, default_value = "streamdit.y4m")]
     out: String,
+    /// Show the cheap latent preview instead of decoding with the TAE decoder.
+    #[arg(long)]
+    preview: bool,
+}
+
+#[derive(Args)]
+struct DecodeArgs {
+    /// A built-in profile name or a profile TOML file (its decoder and latent size).
+    #[arg(long, default_value = "tiny")]
+    profile: String,
+    /// A safetensors checkpoint with the `decoder.*` tensors; without it, deterministic
+    /// random weights are used.
+    #[arg(long, conflicts_with = "random_weights")]
+    weights: Option<PathBuf>,
+    /// Seed of the random weights (the same values `weights init` writes).
+    #[arg(long, value_name = "SEED")]
+    random_weights: Option<u64>,
+    /// Precision the random weights are rounded to.
+    #[arg(long, default_value = "f16")]
+    dtype: DType,
+    /// Safetensors file with `latents [T, C, H, W]` (f16, bf16 or f32).
+    #[arg(long)]
+    latents: PathBuf,
+    /// Latent frames per decoder call (default: the profile's chunk); the output is the
+    /// same for every chunk size.
+    #[arg(long)]
+    chunk: Option<usize>,
+    /// `out.y4m`, a directory (or `*.png`) for a PNG sequence, or `-` for raw RGB24 on stdout.
+    #[arg(long, short)]
+    out: String,
 }
 
 #[derive(Args)]
@@ -167,7 +202,8 @@ struct PlanArgs {
 
 #[derive(Subcommand)]
 enum WeightsCommand {
-    /// Write a deterministic random checkpoint with exactly the MODEL_SPEC tensor names.
+    /// Write a deterministic random checkpoint with exactly the MODEL_SPEC tensor names and
+    /// the TAE decoder's (`decoder.*`, TAE_SPEC).
     Init {
         #[arg(long, default_value = "tiny")]
         profile: String,
@@ -217,6 +253,11 @@ fn generate(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         guidance: args.guidance,
         text,
+        decoder: if args.preview {
+            DecoderKind::Preview
+        } else {
+            DecoderKind::Tae
+        },
     })?;
     let fps = profile.video.fps;
     let total = match (args.frames, args.seconds) {
@@ -278,6 +319,73 @@ fn generate(args: GenerateArgs) -> Result<()> {
         stream.calls_to_first_chunk(),
         setup.as_secs_f64(),
         stream.backend_name()
+    );
+    Ok(())
+}
+
+fn decode(args: DecodeArgs) -> Result<()> {
+    use streamdit::decoder::{Decoder, TaeDecoder};
+    use streamdit::model::checkpoint::Weights;
+    use streamdit::model::tae::TaeGraph;
+
+    let profile = Profile::load(&args.profile)?;
+    let m = &profile.model;
+    let (c, h, w) = (m.latent_channels, m.latent_height, m.latent_width);
+    let latents = checkpoint::read_tensors(&args.latents)?
+        .remove("latents")
+        .ok_or_else(|| Error::Tensor {
+            path: args.latents.display().to_string(),
+            tensor: "latents".into(),
+            expected: format!("shape [T, {c}, {h}, {w}]"),
+            found: "no such tensor".into(),
+        })?;
+    let frames = match latents.shape[..] {
+        [t, cc, hh, ww] if t > 0 && (cc, hh, ww) == (c, h, w) => t,
+        _ => {
+            return Err(Error::Tensor {
+                path: args.latents.display().to_string(),
+                tensor: "latents".into(),
+                expected: format!("shape [T, {c}, {h}, {w}] with T >= 1"),
+                found: format!("shape {:?}", latents.shape),
+            })
+        }
+    };
+    let chunk = args.chunk.unwrap_or(profile.stream.chunk_frames);
+    if chunk == 0 {
+        return Err(Error::Invalid(
+            "--chunk: expected at least 1 latent frame".into(),
+        ));
+    }
+    let weights = match &args.weights {
+        Some(path) => Weights::load_decoder(path, &profile.decoder, c)?,
+        None => Weights::random_decoder(
+            &profile.decoder,
+            c,
+            args.random_weights.unwrap_or(0),
+            args.dtype,
+        )?,
+    };
+    let mut decoder = TaeDecoder::new(TaeGraph::new(&profile.decoder, c, h, w)?, &weights)?;
+    let (fw, fh) = decoder.frame_size();
+    let mut sink = open_sink(&args.out, fw, fh, profile.video.fps)?;
+    let start = Instant::now();
+    let mut rgb = Vec::new();
+    let elems = c * h * w;
+    for part in latents.data.chunks(chunk * elems) {
+        rgb.clear();
+        decoder.decode(part, &mut rgb)?;
+        for frame in rgb.chunks(fw * fh * 3) {
+            sink.write_frame(frame)?;
+        }
+    }
+    sink.finish()?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "streamdit: decoded {frames} latent frames into {} frames ({fw}x{fh}) to {} in {secs:.2} s \
+         ({:.1} ms per latent frame, {chunk} per call, CPU f32)",
+        frames * decoder.frames_per_latent(),
+        args.out,
+        secs * 1e3 / frames as f64
     );
     Ok(())
 }
@@ -466,6 +574,9 @@ fn plan(args: PlanArgs) -> Result<()> {
         }
     }
 
+    let decoder = decoder_plan::report(&profile, gpu, prediction.as_ref(), mem.peak_bytes())?;
+    text.push_str(&decoder.ops);
+
     let ms = |ops: &[streamdit::model::plan::OpCost]| gpu.map(|g| g.list_seconds(ops) * 1e3);
     let class_rows = |costs: &ListCost| -> Vec<(OpClass, CostSum, Option<f64>)> {
         OpClass::ALL
@@ -589,6 +700,7 @@ fn plan(args: PlanArgs) -> Result<()> {
             p.fps_at_efficiency
         );
     }
+    text.push_str(&decoder.totals);
 
     if let Some(path) = &args.json {
         let life = lifetimes_fused(&graph, &fusion);
@@ -645,6 +757,7 @@ fn plan(args: PlanArgs) -> Result<()> {
             },
             "classes": classes_json,
             "ops": ops_json,
+            "decoder": decoder.json,
             "tensors": tensors,
         });
         let json = serde_json::to_string_pretty(&report)
@@ -691,6 +804,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(args),
         Command::Forward(args) => forward(args),
         Command::Plan(args) => plan(args),
+        Command::Decode(args) => decode(args),
         Command::Bench(args) => bench::bench(args),
         Command::Profile(args) => profile::profile(args),
         Command::Weights {
@@ -704,7 +818,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let profile = Profile::load(&profile)?;
             let t = Instant::now();
-            let bytes = checkpoint::write_random_checkpoint(&profile.model, seed, dtype, &out)?;
+            let bytes = checkpoint::write_random_profile_checkpoint(&profile, seed, dtype, &out)?;
             eprintln!(
                 "streamdit: wrote {} ({} profile, seed {seed}, {dtype}): {:.1} MB in {:.1} s",
                 out.display(),

@@ -866,3 +866,89 @@ fn nvtx_ranges_reach_an_injected_tool() {
         .filter(|(n, _)| n.starts_with("step "))
         .all(|(_, ops)| !ops.is_empty()));
 }
+
+/// `weights init` writes the decoder's tensors; `decode` turns a latent file into the frames
+/// the library's TAE decoder gives, from the file's weights or the same random weights, for
+/// any chunk size; `generate --preview` keeps the cheap preview.
+#[test]
+fn decode_latents_file_and_preview() {
+    use streamdit::decoder::{Decoder, TaeDecoder};
+    use streamdit::model::checkpoint::{write_tensors, DType, Weights};
+    use streamdit::model::tae::TaeGraph;
+    use streamdit::{Profile, Tensor};
+    let ckpt = temp("tiny-decoder.safetensors");
+    let ckpt_s = ckpt.to_str().unwrap();
+    ok(&["weights", "init", "--seed", "5", "--out", ckpt_s]);
+    let p = Profile::builtin("tiny").unwrap();
+    let (t, c, h, w) = (3, 8, 16, 16);
+    let z: Vec<f32> = (0..t * c * h * w)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 1.5)
+        .collect();
+    let latents = temp("latents.safetensors");
+    let tensor = Tensor::new(vec![t, c, h, w], z.clone()).unwrap();
+    write_tensors(&latents, &[("latents", &tensor)], DType::F32).unwrap();
+    let lat = latents.to_str().unwrap();
+    let from_file = ok(&[
+        "decode",
+        "--weights",
+        ckpt_s,
+        "--latents",
+        lat,
+        "--out",
+        "-",
+    ]);
+    assert_eq!(from_file.stdout.len(), 4 * t * 128 * 128 * 3);
+    let random = ok(&[
+        "decode",
+        "--random-weights",
+        "5",
+        "--latents",
+        lat,
+        "--chunk",
+        "1",
+        "--out",
+        "-",
+    ]);
+    assert!(from_file.stdout == random.stdout, "file vs random weights");
+    let weights = Weights::random_decoder(&p.decoder, c, 5, DType::F16).unwrap();
+    let mut dec = TaeDecoder::new(TaeGraph::new(&p.decoder, c, h, w).unwrap(), &weights).unwrap();
+    let mut want = Vec::new();
+    dec.decode(&z, &mut want).unwrap();
+    assert!(from_file.stdout == want, "CLI vs library");
+    // A latent file of the wrong shape names the tensor and both shapes.
+    let bad = Tensor::new(vec![2, c, h, 8], vec![0.0; 2 * c * h * 8]).unwrap();
+    write_tensors(&latents, &[("latents", &bad)], DType::F32).unwrap();
+    let out = streamdit(&["decode", "--latents", lat, "--out", "-"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("latents") && err.contains("[2, 8, 16, 8]"),
+        "{err}"
+    );
+    // generate: the TAE decoder by default, the preview on request.
+    let tae = ok(&[
+        "generate",
+        "--frames",
+        "8",
+        "--weights",
+        ckpt_s,
+        "--out",
+        "-",
+    ]);
+    let preview = ok(&[
+        "generate",
+        "--frames",
+        "8",
+        "--weights",
+        ckpt_s,
+        "--preview",
+        "--out",
+        "-",
+    ]);
+    assert_eq!(tae.stdout.len(), preview.stdout.len());
+    assert!(tae.stdout != preview.stdout);
+    // The preview repeats each latent pixel over an 8x8 block; the decoder does not.
+    let px = |f: &[u8], x: usize| f[x * 3..x * 3 + 3].to_vec();
+    assert_eq!(px(&preview.stdout, 0), px(&preview.stdout, 7));
+    assert!((0..8).any(|x| px(&tae.stdout, x) != px(&tae.stdout, 0)));
+}

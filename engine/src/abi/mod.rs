@@ -16,11 +16,15 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
 use crate::model::checkpoint::DType;
-use crate::{BackendKind, Engine, EngineParams, Error, Profile, Stream, StreamParams};
+use crate::{BackendKind, DecoderKind, Engine, EngineParams, Error, Profile, Stream, StreamParams};
 use crate::{Result, WeightsSource};
 
 /// Version of this C interface; bumped on any incompatible change to `streamdit.h`.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
+
+/// Decoders (`streamdit_decoder` in the header).
+pub const DECODER_TAE: c_int = 0;
+pub const DECODER_PREVIEW: c_int = 1;
 
 /// Status codes (`streamdit_status` in the header).
 pub const OK: c_int = 0;
@@ -80,6 +84,8 @@ pub struct StreamParamsC {
     pub use_seed: c_int,
     /// CFG scale; NaN takes the profile's.
     pub guidance: f32,
+    /// `streamdit_decoder`: 0 the TAE decoder (full-resolution frames), 1 the cheap preview.
+    pub decoder: c_int,
 }
 
 /// `streamdit_geometry`.
@@ -369,6 +375,7 @@ pub extern "C" fn streamdit_stream_default_params() -> StreamParamsC {
         seed: 0,
         use_seed: 0,
         guidance: f32::NAN,
+        decoder: DECODER_TAE,
     }
 }
 
@@ -406,6 +413,15 @@ pub unsafe extern "C" fn streamdit_stream_create(
             seed: (p.use_seed != 0).then_some(p.seed),
             guidance: (!p.guidance.is_nan()).then_some(p.guidance),
             text: None,
+            decoder: match p.decoder {
+                DECODER_TAE => DecoderKind::Tae,
+                DECODER_PREVIEW => DecoderKind::Preview,
+                other => {
+                    return Err(invalid(&format!(
+                        "decoder {other}: expected 0 (tae) or 1 (preview)"
+                    )))
+                }
+            },
         })?;
         let handle = Box::new(StreamHandle {
             stream,

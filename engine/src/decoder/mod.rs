@@ -2,10 +2,12 @@
 //! stand-in; the temporal-autoencoder decoder (TAE_SPEC) implements the same trait.
 
 pub mod preview;
+pub mod tae;
 
 use crate::error::Result;
 
 pub use preview::Preview;
+pub use tae::TaeDecoder;
 
 /// Latents `[n, C, H, W]` to RGB8 video frames.
 pub trait Decoder: Send {
@@ -18,4 +20,8 @@ pub trait Decoder: Send {
     /// Decodes `latents [n, C, H, W]` (`n = latents.len() / (C*H*W)`), appending
     /// `n * frames_per_latent()` frames of `width * height * 3` bytes (RGB, row-major) to `out`.
     fn decode(&mut self, latents: &[f32], out: &mut Vec<u8>) -> Result<()>;
+
+    /// Forgets what earlier chunks left behind (a decoder with temporal context keeps
+    /// some), so the next chunk starts a new stream. Stateless decoders keep the default.
+    fn reset(&mut self) {}
 }

@@ -21,7 +21,7 @@ use serde::de::{IntoDeserializer, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{error::Category, Value};
 
-use super::profile::ModelConfig;
+use super::profile::{DecoderConfig, ModelConfig, Profile};
 use super::schema::{self, Group, Init, TensorSpec};
 use crate::error::{fmt_shape, path_str, Error, Result};
 use crate::rng;
@@ -378,6 +378,71 @@ impl Weights {
         }
     }
 
+    /// The decoder's tensors ([`schema::decoder_tensors`]) from the checkpoint at `path`,
+    /// reporting the first missing, mis-shaped or mis-typed one in canonical order.
+    pub fn load_decoder(
+        path: impl AsRef<Path>,
+        dec: &DecoderConfig,
+        latent_channels: usize,
+    ) -> Result<Weights> {
+        let ckpt = Checkpoint::open(path)?;
+        let specs = schema::decoder_tensors(dec, latent_channels)?;
+        for spec in &specs {
+            ckpt.check(&spec.name, &spec.shape)?;
+        }
+        let tensors = specs
+            .par_iter()
+            .map(|s| Ok((s.name.clone(), ckpt.read_f32(&s.name, &s.shape)?)))
+            .collect::<Result<_>>()?;
+        Ok(Weights {
+            source: path_str(ckpt.path()),
+            tensors,
+        })
+    }
+
+    /// The deterministic random decoder weights, each value rounded to `dtype`: equal, bit
+    /// for bit, to the decoder tensors [`write_random_profile_checkpoint`] writes.
+    pub fn random_decoder(
+        dec: &DecoderConfig,
+        latent_channels: usize,
+        seed: u64,
+        dtype: DType,
+    ) -> Result<Weights> {
+        let tensors = schema::decoder_tensors(dec, latent_channels)?
+            .par_iter()
+            .enumerate()
+            .map(|(j, spec)| {
+                let mut data = vec![0.0; spec.numel()];
+                fill_counter(seed, schema::DECODER_COUNTER + j as u32, spec, 0, &mut data);
+                for x in &mut data {
+                    *x = dtype.round(*x);
+                }
+                let tensor = Tensor {
+                    shape: spec.shape.clone(),
+                    data,
+                };
+                (spec.name.clone(), tensor)
+            })
+            .collect();
+        Ok(Weights {
+            source: format!("random weights (seed {seed}, {dtype})"),
+            tensors,
+        })
+    }
+
+    /// Weights from tensors already in memory; `source` names them in errors.
+    pub fn from_tensors(source: impl Into<String>, tensors: BTreeMap<String, Tensor>) -> Weights {
+        Weights {
+            source: source.into(),
+            tensors,
+        }
+    }
+
+    /// Moves the tensors out, by name.
+    pub fn into_tensors(self) -> BTreeMap<String, Tensor> {
+        self.tensors
+    }
+
     /// Where the weights came from: a path, or a description of the random init.
     pub fn source(&self) -> &str {
         &self.source
@@ -409,7 +474,11 @@ impl Weights {
 /// Fills `out` with elements `[start, start + out.len())` of random tensor number `index`
 /// (its position in the schema), in f32.
 fn fill_random(seed: u64, index: usize, spec: &TensorSpec, start: usize, out: &mut [f32]) {
-    let counter = index as u32;
+    fill_counter(seed, index as u32, spec, start, out)
+}
+
+/// [`fill_random`] for the tensor with Philox counter word `counter`.
+fn fill_counter(seed: u64, counter: u32, spec: &TensorSpec, start: usize, out: &mut [f32]) {
     out.par_chunks_mut(BLOCK)
         .enumerate()
         .for_each(|(k, chunk)| init_range(seed, counter, spec, start + k * BLOCK, chunk));
@@ -452,7 +521,21 @@ pub fn write_random_checkpoint(
         .iter()
         .map(|s| (s.name.as_str(), s.shape.as_slice()))
         .collect();
-    let dims = format!(
+    let dims = dims_metadata(cfg);
+    let metadata = [
+        ("format", "pt".to_string()),
+        ("streamdit.seed", seed.to_string()),
+        ("streamdit.dtype", dtype.to_string()),
+        ("streamdit.dims", dims),
+    ];
+    write_file(path, &entries, dtype, &metadata, |index, start, out| {
+        fill_random(seed, index, &specs[index], start, out)
+    })
+}
+
+/// The DiT dimensions a random checkpoint records in its metadata.
+fn dims_metadata(cfg: &ModelConfig) -> String {
+    format!(
         "C={} F={} H={} W={} D={} L={} heads={} Dff={} window={:?} Lt={} Dtxt={}",
         cfg.latent_channels,
         cfg.latent_frames,
@@ -465,15 +548,45 @@ pub fn write_random_checkpoint(
         cfg.window,
         cfg.text_len,
         cfg.text_dim
+    )
+}
+
+/// [`write_random_checkpoint`] followed by the decoder's tensors of `profile`
+/// ([`Weights::random_decoder`]): the whole checkpoint `streamdit weights init` writes.
+/// Returns the file size in bytes.
+pub fn write_random_profile_checkpoint(
+    profile: &Profile,
+    seed: u64,
+    dtype: DType,
+    path: &Path,
+) -> Result<u64> {
+    let cfg = &profile.model;
+    let mut specs: Vec<(u32, TensorSpec)> = schema::checkpoint_tensors(cfg)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (i as u32, s))
+        .collect();
+    let decoder = schema::decoder_tensors(&profile.decoder, cfg.latent_channels)?;
+    specs.extend(
+        decoder
+            .into_iter()
+            .enumerate()
+            .map(|(j, s)| (schema::DECODER_COUNTER + j as u32, s)),
     );
+    let entries: Vec<(&str, &[usize])> = specs
+        .iter()
+        .map(|(_, s)| (s.name.as_str(), s.shape.as_slice()))
+        .collect();
     let metadata = [
         ("format", "pt".to_string()),
         ("streamdit.seed", seed.to_string()),
         ("streamdit.dtype", dtype.to_string()),
-        ("streamdit.dims", dims),
+        ("streamdit.dims", dims_metadata(cfg)),
+        ("streamdit.profile", profile.name.clone()),
     ];
     write_file(path, &entries, dtype, &metadata, |index, start, out| {
-        fill_random(seed, index, &specs[index], start, out)
+        let (counter, spec) = &specs[index];
+        fill_counter(seed, *counter, spec, start, out)
     })
 }
 

@@ -6,5 +6,6 @@ pub mod graph;
 pub mod plan;
 pub mod profile;
 pub mod schema;
+pub mod tae;
 
 pub use profile::{ModelConfig, Profile};

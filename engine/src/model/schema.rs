@@ -3,7 +3,9 @@
 //! random checkpoint. The order matters: a tensor's position is its Philox counter word, so
 //! a device can regenerate the same weights without reading a file.
 
-use super::profile::ModelConfig;
+use super::profile::{DecoderConfig, ModelConfig};
+use super::tae::{TaeGraph, TensorRole};
+use crate::error::Result;
 
 /// Which part of the engine needs a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +16,9 @@ pub enum Group {
     Preview,
     /// `text_embed.weight`: the byte-level text embedding.
     TextEmbed,
+    /// `decoder.*`: the temporal-autoencoder decoder (TAE_SPEC), listed by
+    /// [`decoder_tensors`] since its shapes come from the profile's decoder section.
+    Decoder,
 }
 
 /// How a random checkpoint initialises a tensor: uniform around `mean` with `half_width`,
@@ -231,4 +236,39 @@ pub fn dit_parameters(m: &ModelConfig) -> usize {
         .filter(|t| t.group == Group::Dit)
         .map(TensorSpec::numel)
         .sum()
+}
+
+/// Philox counter word of the first decoder tensor: decoder tensor `j` (in
+/// [`decoder_tensors`] order) draws with counter word `DECODER_COUNTER + j`, a range of its
+/// own, so that the decoder's random values do not move when DiT or text tensors are added.
+pub const DECODER_COUNTER: u32 = 0x0100_0000;
+
+/// The decoder's tensors (TAE_SPEC) for latents with `latent_channels` channels, in
+/// canonical order, with their init rules. Random weights keep activations O(1): GroupNorm
+/// gains around 1, every convolution and projection `std = gain / sqrt(fan_in)` so each
+/// keeps its input's scale, every residual branch as large as its input (never a
+/// zero-initialised last layer, so no branch is hidden), and `conv_out` spreads the RGB
+/// output over the byte range without saturating it (`tests/decoder.rs` measures both).
+pub fn decoder_tensors(dec: &DecoderConfig, latent_channels: usize) -> Result<Vec<TensorSpec>> {
+    // The tensor list does not depend on the latent height and width.
+    let graph = TaeGraph::new(dec, latent_channels, 1, 1)?;
+    Ok(graph
+        .tensors()
+        .into_iter()
+        .map(|t| TensorSpec {
+            init: match t.role {
+                TensorRole::NormWeight => Init::Uniform {
+                    mean: 1.0,
+                    half_width: 0.2,
+                },
+                TensorRole::NormBias => std_init(0.1),
+                TensorRole::Weight { fan_in: n, gain } => fan_in(gain, n),
+                TensorRole::Bias => bias(),
+                TensorRole::OutBias => std_init(0.1),
+            },
+            name: t.name,
+            shape: t.shape,
+            group: Group::Decoder,
+        })
+        .collect())
 }

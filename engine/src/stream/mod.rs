@@ -70,7 +70,7 @@ impl Stream {
         let c = profile.stream.chunk_frames;
         Ok(Stream {
             backend,
-            decoder: Box::new(engine.preview_decoder()?),
+            decoder: engine.decoder(params.decoder)?,
             schedule: Schedule::new(&profile.stream),
             embedding,
             prompt,

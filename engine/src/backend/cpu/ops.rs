@@ -25,14 +25,14 @@ fn rows_per_task(width: usize) -> usize {
 
 /// A strided read-only matrix view: element `(r, c)` is `data[r * rs + c * cs]`.
 #[derive(Clone, Copy)]
-struct View<'a> {
+pub(crate) struct View<'a> {
     data: &'a [f32],
     rs: usize,
     cs: usize,
 }
 
 impl<'a> View<'a> {
-    fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
+    pub(crate) fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
         View { data, rs, cs }
     }
 }
@@ -52,7 +52,7 @@ fn check_extent(what: &str, len: usize, rows: usize, cols: usize, rs: usize, cs:
 /// `dst[m, n] = alpha * lhs[m, k] rhs[k, n]`, plus the old `dst` when `accumulate`; `dst` has
 /// row stride `dst_rs` and unit column stride. A safe, bounds-checked wrapper of `gemm`.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     m: usize,
     n: usize,
     k: usize,
@@ -260,7 +260,7 @@ fn softmax_rows(s: &mut [f32], cols: usize) {
 /// `out [n, dh] = softmax(q k^T * scale) v` for one head: `q [n, dh]` and `k, v [m, dh]`
 /// as views; `scores` is scratch of at least `n * m`.
 #[allow(clippy::too_many_arguments)]
-fn attend(
+pub(crate) fn attend(
     q: View,
     k: View,
     v: View,

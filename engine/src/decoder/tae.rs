@@ -1,0 +1,587 @@
+//! The temporal-autoencoder decoder of `TAE_SPEC.md` on the CPU, in f32: it executes the op
+//! list of [`TaeGraph`] over channels-last activations `[T, H, W, Ch]`. 3x3 convolutions are
+//! an im2col (with the nearest 2x upsampling of `UpS` folded into its gather) followed by
+//! one GEMM per frame; the causal temporal convolution is three accumulated GEMMs per frame
+//! over the current and the two previous input frames, which come from a per-layer cache
+//! between chunks, so decoding a stream chunk by chunk equals decoding it at once.
+
+use rayon::prelude::*;
+
+use crate::backend::cpu::ops::{attend, linear, matmul, View};
+use crate::decoder::Decoder;
+use crate::error::{fmt_shape, Error, Result};
+use crate::model::checkpoint::Weights;
+use crate::model::tae::{TaeGraph, TaeOp, GN_EPS, SPATIAL_UPSAMPLE, TEMPORAL_UPSAMPLE};
+
+/// One activation `[frames, height, width, channels]`.
+#[derive(Debug, Clone)]
+struct Act {
+    data: Vec<f32>,
+    frames: usize,
+    height: usize,
+    width: usize,
+    channels: usize,
+}
+
+impl Act {
+    fn pixels(&self) -> usize {
+        self.height * self.width
+    }
+
+    fn frame_len(&self) -> usize {
+        self.pixels() * self.channels
+    }
+}
+
+/// An op with its weights in the layout the CPU code uses.
+#[derive(Debug)]
+enum Layer {
+    Save,
+    GroupNorm {
+        gamma: Vec<f32>,
+        beta: Vec<f32>,
+        groups: usize,
+        silu: bool,
+    },
+    /// `w [cout, 9 * cin]`, column `(ky * 3 + kx) * cin + ci` (channels last).
+    Conv2d {
+        w: Vec<f32>,
+        b: Vec<f32>,
+        cin: usize,
+        cout: usize,
+        upsample: bool,
+    },
+    /// `w [3, ch, ch]`: `w[j]` multiplies input frame `t - 2 + j`.
+    ConvT {
+        w: Vec<f32>,
+        b: Vec<f32>,
+        ch: usize,
+        cache: usize,
+    },
+    RepeatFrames,
+    /// `wqkv [3 ch, ch]` (q, k, v stacked), `wo [ch, ch]`.
+    Attention {
+        wqkv: Vec<f32>,
+        bqkv: Vec<f32>,
+        wo: Vec<f32>,
+        bo: Vec<f32>,
+        ch: usize,
+        heads: usize,
+        head_dim: usize,
+    },
+    /// `skip`: `w [cout, cin]` and `b [cout]`.
+    AddSaved {
+        skip: Option<(Vec<f32>, Vec<f32>)>,
+        cin: usize,
+        cout: usize,
+    },
+}
+
+/// The TAE decoder on the CPU, with its per-stream causal caches.
+#[derive(Debug)]
+pub struct TaeDecoder {
+    graph: TaeGraph,
+    layers: Vec<Layer>,
+    /// Per `ConvT`: its last two input frames `[2, H, W, ch]`, `None` at the stream start.
+    caches: Vec<Option<Vec<f32>>>,
+    /// im2col scratch, reused.
+    col: Vec<f32>,
+}
+
+/// A tensor of `weights` with `shape`, or the checkpoint-style error naming it.
+fn tensor<'a>(weights: &'a Weights, name: &str, shape: &[usize]) -> Result<&'a [f32]> {
+    let t = weights.get(name)?;
+    if t.shape != shape || t.data.len() != shape.iter().product::<usize>() {
+        return Err(Error::Tensor {
+            path: weights.source().to_string(),
+            tensor: name.to_string(),
+            expected: format!("shape {}", fmt_shape(shape)),
+            found: format!("shape {}", fmt_shape(&t.shape)),
+        });
+    }
+    Ok(&t.data)
+}
+
+impl TaeDecoder {
+    /// The decoder of `graph` with the `decoder.*` tensors of `weights`; a missing or
+    /// mis-shaped tensor is an error naming it.
+    pub fn new(graph: TaeGraph, weights: &Weights) -> Result<TaeDecoder> {
+        let get = |name: &str, shape: &[usize]| tensor(weights, &format!("decoder.{name}"), shape);
+        let mut layers = Vec::with_capacity(graph.steps.len());
+        for step in &graph.steps {
+            layers.push(match &step.op {
+                TaeOp::Save => Layer::Save,
+                TaeOp::RepeatFrames => Layer::RepeatFrames,
+                TaeOp::GroupNorm { name, ch, silu } => Layer::GroupNorm {
+                    gamma: get(&format!("{name}.weight"), &[*ch])?.to_vec(),
+                    beta: get(&format!("{name}.bias"), &[*ch])?.to_vec(),
+                    groups: graph.groups,
+                    silu: *silu,
+                },
+                TaeOp::Conv2d {
+                    name,
+                    cin,
+                    cout,
+                    upsample,
+                } => {
+                    let (cin, cout) = (*cin, *cout);
+                    let src = get(&format!("{name}.weight"), &[cout, cin, 3, 3])?;
+                    // [cout, cin, ky, kx] -> [cout, ky, kx, cin]
+                    let mut w = vec![0.0; cout * 9 * cin];
+                    for o in 0..cout {
+                        for ci in 0..cin {
+                            for k in 0..9 {
+                                w[(o * 9 + k) * cin + ci] = src[(o * cin + ci) * 9 + k];
+                            }
+                        }
+                    }
+                    Layer::Conv2d {
+                        w,
+                        b: get(&format!("{name}.bias"), &[cout])?.to_vec(),
+                        cin,
+                        cout,
+                        upsample: *upsample,
+                    }
+                }
+                TaeOp::ConvT { name, ch, cache } => {
+                    let ch = *ch;
+                    let src = get(&format!("{name}.weight"), &[ch, ch, 3])?;
+                    // [out, in, j] -> [j, out, in]
+                    let mut w = vec![0.0; 3 * ch * ch];
+                    for o in 0..ch {
+                        for i in 0..ch {
+                            for j in 0..3 {
+                                w[(j * ch + o) * ch + i] = src[(o * ch + i) * 3 + j];
+                            }
+                        }
+                    }
+                    Layer::ConvT {
+                        w,
+                        b: get(&format!("{name}.bias"), &[ch])?.to_vec(),
+                        ch,
+                        cache: *cache,
+                    }
+                }
+                TaeOp::Attention {
+                    name,
+                    ch,
+                    heads,
+                    head_dim,
+                } => {
+                    let ch = *ch;
+                    let mut wqkv = Vec::with_capacity(3 * ch * ch);
+                    let mut bqkv = Vec::with_capacity(3 * ch);
+                    for p in ["q", "k", "v"] {
+                        wqkv.extend_from_slice(get(&format!("{name}.{p}.weight"), &[ch, ch])?);
+                        bqkv.extend_from_slice(get(&format!("{name}.{p}.bias"), &[ch])?);
+                    }
+                    Layer::Attention {
+                        wqkv,
+                        bqkv,
+                        wo: get(&format!("{name}.out.weight"), &[ch, ch])?.to_vec(),
+                        bo: get(&format!("{name}.out.bias"), &[ch])?.to_vec(),
+                        ch,
+                        heads: *heads,
+                        head_dim: *head_dim,
+                    }
+                }
+                TaeOp::AddSaved { skip, cin, cout } => Layer::AddSaved {
+                    skip: match skip {
+                        Some(name) => Some((
+                            get(&format!("{name}.weight"), &[*cout, *cin, 1, 1])?.to_vec(),
+                            get(&format!("{name}.bias"), &[*cout])?.to_vec(),
+                        )),
+                        None => None,
+                    },
+                    cin: *cin,
+                    cout: *cout,
+                },
+            });
+        }
+        let caches = vec![None; graph.caches];
+        Ok(TaeDecoder {
+            graph,
+            layers,
+            caches,
+            col: Vec::new(),
+        })
+    }
+
+    /// The op list this decoder executes.
+    pub fn graph(&self) -> &TaeGraph {
+        &self.graph
+    }
+
+    /// Forgets the causal caches: the next chunk starts a new stream.
+    pub fn reset(&mut self) {
+        self.caches.iter_mut().for_each(|c| *c = None);
+    }
+
+    /// Elements of one latent frame, `C * H * W`.
+    fn latent_elems(&self) -> usize {
+        let g = &self.graph;
+        g.latent_channels * g.latent_height * g.latent_width
+    }
+
+    /// Decodes `latents [n, C, H, W]` (continuing the stream) into the decoder's output
+    /// before the byte mapping: `[4n, 8H, 8W, 3]`, channels last.
+    pub fn decode_f32(&mut self, latents: &[f32]) -> Result<Vec<f32>> {
+        self.decode_observed(latents, |_, _| {})
+    }
+
+    /// [`decode_f32`](Self::decode_f32), handing `observe` the index of every op in
+    /// [`TaeGraph::steps`] with its output `[T, H, W, Ch]` (to check activation scales, or
+    /// to compare a device's activations layer by layer).
+    pub fn decode_observed(
+        &mut self,
+        latents: &[f32],
+        mut observe: impl FnMut(usize, &[f32]),
+    ) -> Result<Vec<f32>> {
+        let elems = self.latent_elems();
+        if latents.len() % elems != 0 {
+            return Err(Error::shape(
+                "TAE decoder latents",
+                format!("a multiple of C*H*W = {elems} elements"),
+                format!("{} elements", latents.len()),
+            ));
+        }
+        if latents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let g = &self.graph;
+        let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
+        let n = latents.len() / elems;
+        // [n, C, H, W] -> [n, H, W, C]
+        let mut data = vec![0.0; latents.len()];
+        for f in 0..n {
+            for ch in 0..c {
+                for p in 0..h * w {
+                    data[(f * h * w + p) * c + ch] = latents[(f * c + ch) * h * w + p];
+                }
+            }
+        }
+        let mut x = Act {
+            data,
+            frames: n,
+            height: h,
+            width: w,
+            channels: c,
+        };
+        let mut saved: Vec<Act> = Vec::new();
+        for (index, layer) in self.layers.iter().enumerate() {
+            x = match layer {
+                Layer::Save => {
+                    saved.push(x.clone());
+                    x
+                }
+                Layer::GroupNorm {
+                    gamma,
+                    beta,
+                    groups,
+                    silu,
+                } => {
+                    group_norm(&mut x, gamma, beta, *groups, *silu);
+                    x
+                }
+                Layer::Conv2d {
+                    w,
+                    b,
+                    cin,
+                    cout,
+                    upsample,
+                } => conv2d(&x, w, b, *cin, *cout, *upsample, &mut self.col),
+                Layer::ConvT { w, b, ch, cache } => conv_t(&x, w, b, *ch, &mut self.caches[*cache]),
+                Layer::RepeatFrames => repeat_frames(&x),
+                Layer::Attention {
+                    wqkv,
+                    bqkv,
+                    wo,
+                    bo,
+                    ch,
+                    heads,
+                    head_dim,
+                } => attention(&x, wqkv, bqkv, wo, bo, *ch, *heads, *head_dim),
+                Layer::AddSaved { skip, cin, cout } => {
+                    let s = saved.pop().ok_or_else(|| {
+                        Error::Invalid("TAE decoder: AddSaved without a saved activation".into())
+                    })?;
+                    add_saved(&mut x, &s, skip.as_ref(), *cin, *cout);
+                    x
+                }
+            };
+            observe(index, &x.data);
+        }
+        debug_assert_eq!(
+            (x.frames, x.height, x.width, x.channels),
+            (
+                n * TEMPORAL_UPSAMPLE,
+                h * SPATIAL_UPSAMPLE,
+                w * SPATIAL_UPSAMPLE,
+                3
+            )
+        );
+        Ok(x.data)
+    }
+}
+
+/// `round(clamp((v + 1) / 2, 0, 1) * 255)`, TAE_SPEC's RGB mapping (NaN maps to 0).
+pub fn to_byte(v: f32) -> u8 {
+    (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8
+}
+
+impl Decoder for TaeDecoder {
+    fn frame_size(&self) -> (usize, usize) {
+        self.graph.frame_size()
+    }
+
+    fn frames_per_latent(&self) -> usize {
+        TEMPORAL_UPSAMPLE
+    }
+
+    fn decode(&mut self, latents: &[f32], out: &mut Vec<u8>) -> Result<()> {
+        let rgb = self.decode_f32(latents)?;
+        out.reserve(rgb.len());
+        out.extend(rgb.iter().map(|&v| to_byte(v)));
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        TaeDecoder::reset(self)
+    }
+}
+
+fn silu(z: f32) -> f32 {
+    z / (1.0 + (-z).exp())
+}
+
+/// In place: GroupNorm per frame over `(H, W, ch / groups)`, affine, then SiLU if `silu`.
+fn group_norm(x: &mut Act, gamma: &[f32], beta: &[f32], groups: usize, silu_after: bool) {
+    let c = x.channels;
+    let cg = c / groups;
+    let len = x.frame_len();
+    let count = (x.pixels() * cg) as f64;
+    x.data.par_chunks_mut(len).for_each(|frame| {
+        let mut sum = vec![0.0f64; groups];
+        for px in frame.chunks_exact(c) {
+            for (g, part) in px.chunks_exact(cg).enumerate() {
+                sum[g] += part.iter().map(|&v| f64::from(v)).sum::<f64>();
+            }
+        }
+        let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+        let mut sq = vec![0.0f64; groups];
+        for px in frame.chunks_exact(c) {
+            for (g, part) in px.chunks_exact(cg).enumerate() {
+                sq[g] += part
+                    .iter()
+                    .map(|&v| (f64::from(v) - mean[g]).powi(2))
+                    .sum::<f64>();
+            }
+        }
+        // Per channel: y = x * scale + shift.
+        let mut scale = vec![0.0f32; c];
+        let mut shift = vec![0.0f32; c];
+        for ch in 0..c {
+            let g = ch / cg;
+            let rstd = 1.0 / (sq[g] / count + f64::from(GN_EPS)).sqrt();
+            scale[ch] = (rstd * f64::from(gamma[ch])) as f32;
+            shift[ch] = (f64::from(beta[ch]) - mean[g] * rstd * f64::from(gamma[ch])) as f32;
+        }
+        for px in frame.chunks_exact_mut(c) {
+            for ((v, s), t) in px.iter_mut().zip(&scale).zip(&shift) {
+                let y = *v * s + t;
+                *v = if silu_after { silu(y) } else { y };
+            }
+        }
+    });
+}
+
+/// 3x3 convolution, zero padding 1, per frame; with `upsample` the input is read as if
+/// repeated 2x2 (nearest). `col` is im2col scratch.
+fn conv2d(
+    x: &Act,
+    w: &[f32],
+    b: &[f32],
+    cin: usize,
+    cout: usize,
+    upsample: bool,
+    col: &mut Vec<f32>,
+) -> Act {
+    debug_assert_eq!(x.channels, cin);
+    let s = if upsample { 2 } else { 1 };
+    let (ho, wo) = (x.height * s, x.width * s);
+    let k = 9 * cin;
+    let pixels = ho * wo;
+    let mut out = vec![0.0; x.frames * pixels * cout];
+    col.resize(pixels * k, 0.0);
+    for (src, dst) in x
+        .data
+        .chunks_exact(x.frame_len())
+        .zip(out.chunks_exact_mut(pixels * cout))
+    {
+        col.par_chunks_mut(wo * k).enumerate().for_each(|(y, row)| {
+            for xo in 0..wo {
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let at = &mut row[(xo * 9 + ky * 3 + kx) * cin..][..cin];
+                        let (sy, sx) = ((y + ky) as isize - 1, (xo + kx) as isize - 1);
+                        if sy < 0 || sx < 0 || sy >= ho as isize || sx >= wo as isize {
+                            at.fill(0.0);
+                        } else {
+                            let p = (sy as usize / s) * x.width + sx as usize / s;
+                            at.copy_from_slice(&src[p * cin..(p + 1) * cin]);
+                        }
+                    }
+                }
+            }
+        });
+        linear(col, w, Some(b), pixels, k, cout, dst);
+    }
+    Act {
+        data: out,
+        frames: x.frames,
+        height: ho,
+        width: wo,
+        channels: cout,
+    }
+}
+
+/// The causal temporal convolution: `y[t] = W0 e[t] + W1 e[t+1] + W2 e[t+2] + b` over the
+/// extended sequence `e = [cache, x]` (the cache is the first frame twice at the stream
+/// start); the cache becomes the last two frames of `e`.
+fn conv_t(x: &Act, w: &[f32], b: &[f32], ch: usize, cache: &mut Option<Vec<f32>>) -> Act {
+    let len = x.frame_len();
+    let pixels = x.pixels();
+    let first = &x.data[..len];
+    let prev: Vec<f32> = match cache.take() {
+        Some(c) => c,
+        None => [first, first].concat(),
+    };
+    // Frame `i` of the extended sequence e = [prev0, prev1, x0, x1, ...].
+    let ext = |i: usize| -> &[f32] {
+        if i < 2 {
+            &prev[i * len..(i + 1) * len]
+        } else {
+            &x.data[(i - 2) * len..(i - 1) * len]
+        }
+    };
+    let mut out = vec![0.0; x.data.len()];
+    for (t, dst) in out.chunks_exact_mut(len).enumerate() {
+        linear(ext(t), &w[..ch * ch], Some(b), pixels, ch, ch, dst);
+        for j in 1..3 {
+            // dst += e[t + j] W_j^T; W_j^T as a [ch_in, ch_out] view.
+            matmul(
+                pixels,
+                ch,
+                ch,
+                dst,
+                ch,
+                View::new(ext(t + j), ch, 1),
+                View::new(&w[j * ch * ch..(j + 1) * ch * ch], 1, ch),
+                1.0,
+                true,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+    }
+    let n = x.frames + 2;
+    *cache = Some([ext(n - 2), ext(n - 1)].concat());
+    Act {
+        data: out,
+        frames: x.frames,
+        height: x.height,
+        width: x.width,
+        channels: ch,
+    }
+}
+
+/// Each frame twice in time.
+fn repeat_frames(x: &Act) -> Act {
+    let len = x.frame_len();
+    let mut data = Vec::with_capacity(2 * x.data.len());
+    for frame in x.data.chunks_exact(len) {
+        data.extend_from_slice(frame);
+        data.extend_from_slice(frame);
+    }
+    Act {
+        data,
+        frames: 2 * x.frames,
+        ..*x
+    }
+}
+
+/// Per-frame multi-head attention over pixels with its output projection (no residual).
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    x: &Act,
+    wqkv: &[f32],
+    bqkv: &[f32],
+    wo: &[f32],
+    bo: &[f32],
+    ch: usize,
+    heads: usize,
+    dh: usize,
+) -> Act {
+    let p = x.pixels();
+    let mut out = vec![0.0; x.data.len()];
+    let mut qkv = vec![0.0; p * 3 * ch];
+    let mut o = vec![0.0; p * ch];
+    for (src, dst) in x
+        .data
+        .chunks_exact(x.frame_len())
+        .zip(out.chunks_exact_mut(p * ch))
+    {
+        linear(src, wqkv, Some(bqkv), p, ch, 3 * ch, &mut qkv);
+        let per_head: Vec<Vec<f32>> = (0..heads)
+            .into_par_iter()
+            .map(|e| {
+                let mut scores = vec![0.0; p * p];
+                let mut head = vec![0.0; p * dh];
+                let q = View::new(&qkv[e * dh..], 3 * ch, 1);
+                let k = View::new(&qkv[ch + e * dh..], 3 * ch, 1);
+                let v = View::new(&qkv[2 * ch + e * dh..], 3 * ch, 1);
+                attend(q, k, v, p, p, dh, &mut scores, &mut head, dh);
+                head
+            })
+            .collect();
+        for (e, head) in per_head.iter().enumerate() {
+            for (row, src_row) in o.chunks_exact_mut(ch).zip(head.chunks_exact(dh)) {
+                row[e * dh..(e + 1) * dh].copy_from_slice(src_row);
+            }
+        }
+        linear(&o, wo, Some(bo), p, ch, ch, dst);
+    }
+    Act { data: out, ..*x }
+}
+
+/// `x += skip(s)`: the saved activation through the 1x1 convolution, or as it is.
+fn add_saved(x: &mut Act, s: &Act, skip: Option<&(Vec<f32>, Vec<f32>)>, cin: usize, cout: usize) {
+    match skip {
+        Some((w, b)) => {
+            let rows = s.data.len() / cin;
+            // x += s W^T + b: fold the bias in, then accumulate the product.
+            for row in x.data.chunks_exact_mut(cout) {
+                for (v, bb) in row.iter_mut().zip(b) {
+                    *v += bb;
+                }
+            }
+            matmul(
+                rows,
+                cout,
+                cin,
+                &mut x.data,
+                cout,
+                View::new(&s.data, cin, 1),
+                View::new(w, 1, cin),
+                1.0,
+                true,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+        None => {
+            x.data
+                .par_chunks_mut(1 << 14)
+                .zip(s.data.par_chunks(1 << 14))
+                .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The TAE decoder's part of `streamdit plan`: its ops with FLOPs and bytes per chunk, its
+//! weights, caches and arena, and the end-to-end roofline of a call with the decoder.
+
+use serde_json::{json, Value};
+use streamdit::model::plan::{tae_op_kind, DecoderCost, GpuSpec, Prediction};
+use streamdit::model::tae::{TaeGraph, TaeOp};
+use streamdit::{Profile, Result};
+
+use crate::{fmt_bytes, fmt_count, fmt_flops};
+
+/// The decoder's sections of the plan report.
+pub struct DecoderReport {
+    /// The op table.
+    pub ops: String,
+    /// Totals, memory and the end-to-end prediction.
+    pub totals: String,
+    pub json: Value,
+}
+
+fn op_name(op: &TaeOp) -> &str {
+    match op {
+        TaeOp::GroupNorm { name, .. }
+        | TaeOp::Conv2d { name, .. }
+        | TaeOp::ConvT { name, .. }
+        | TaeOp::Attention { name, .. } => name,
+        TaeOp::AddSaved {
+            skip: Some(name), ..
+        } => name,
+        TaeOp::Save | TaeOp::RepeatFrames | TaeOp::AddSaved { skip: None, .. } => "",
+    }
+}
+
+/// The decoder of `profile` on one chunk, with roofline times on `gpu` and the call's
+/// prediction `dit` (the DiT alone) extended by the decoder.
+pub fn report(
+    profile: &Profile,
+    gpu: Option<GpuSpec>,
+    dit: Option<&Prediction>,
+    dit_peak_bytes: u64,
+) -> Result<DecoderReport> {
+    let m = &profile.model;
+    let c = profile.stream.chunk_frames;
+    let s = profile.stream.micro_steps;
+    let graph = TaeGraph::new(
+        &profile.decoder,
+        m.latent_channels,
+        m.latent_height,
+        m.latent_width,
+    )?;
+    let cost = DecoderCost::of(&graph, c);
+    let mut ops = String::new();
+    let time_header = if gpu.is_some() {
+        "   time us  bound"
+    } else {
+        ""
+    };
+    ops += &format!(
+        "\ndecoder ops (TAE_SPEC; once per chunk of {c} latent frames = {} video frames, every {s} call{})\n{:>4}  {:<14} {:<22} {:<22} {:>11} {:>9} {:>9}  {:<11}{time_header}\n",
+        c * streamdit::model::tae::TEMPORAL_UPSAMPLE,
+        if s == 1 { "" } else { "s" },
+        "#",
+        "op",
+        "weights",
+        "output [T,H,W,C]",
+        "GFLOP",
+        "MB read",
+        "MB write",
+        "class",
+    );
+    let mut ops_json = Vec::new();
+    for (i, (step, oc)) in graph.steps.iter().zip(&cost.ops).enumerate() {
+        let (f, h, w, ch) = step.output();
+        let time = gpu.map(|g| g.op_time(oc));
+        ops += &format!(
+            "{i:>4}  {:<14} {:<22} {:<22} {:>11.3} {:>9.2} {:>9.2}  {:<11}{}\n",
+            tae_op_kind(&step.op),
+            op_name(&step.op),
+            format!("[{}, {h}, {w}, {ch}]", f * c),
+            oc.flops as f64 / 1e9,
+            oc.bytes_read as f64 / 1e6,
+            oc.bytes_written as f64 / 1e6,
+            oc.class.name(),
+            time.map_or(String::new(), |t| format!(
+                " {:>9.2}  {}",
+                t.seconds * 1e6,
+                t.bound.name()
+            )),
+        );
+        ops_json.push(json!({
+            "index": i, "op": tae_op_kind(&step.op), "weights": op_name(&step.op),
+            "output": [f * c, h, w, ch], "flops": oc.flops, "bytes_read": oc.bytes_read,
+            "bytes_written": oc.bytes_written, "class": oc.class.name(),
+            "time_us": time.map(|t| t.seconds * 1e6),
+        }));
+    }
+
+    let per_call = cost.flops_per_call(s);
+    let mut totals = String::new();
+    totals += "\ndecoder (TAE_SPEC, f16 on a device)\n";
+    totals += &format!(
+        "  parameters       {} ({} f16 weights)\n",
+        fmt_count(cost.parameters),
+        fmt_bytes(cost.weight_bytes)
+    );
+    totals += &format!(
+        "  FLOPs            {} per chunk, {:.3} TFLOP per call, {} moved per chunk\n",
+        fmt_flops(cost.total.flops),
+        per_call / 1e12,
+        fmt_bytes(cost.total.bytes())
+    );
+    totals += &format!(
+        "  arena            {} (largest live set: an op's input and output with the saved residual inputs)\n",
+        fmt_bytes(cost.arena_bytes)
+    );
+    totals += &format!(
+        "  causal caches    {} (two frames per temporal convolution, kept between chunks)\n",
+        fmt_bytes(cost.cache_bytes)
+    );
+    // The decoder's arena is its own: it runs on a second stream while the next DiT call
+    // uses the DiT's arena.
+    let peak = dit_peak_bytes + cost.weight_bytes + cost.cache_bytes + cost.arena_bytes;
+    totals += &format!(
+        "  peak device mem  {} with the DiT's{}\n",
+        fmt_bytes(peak),
+        gpu.map_or(String::new(), |g| format!(
+            ": {} the {} GiB of the {}",
+            if peak <= g.memory_bytes() {
+                "fits"
+            } else {
+                "does NOT fit"
+            },
+            g.memory_gib,
+            g.name
+        ))
+    );
+    let mut prediction = Value::Null;
+    if let (Some(g), Some(p)) = (gpu, dit) {
+        let dec = cost.seconds_per_call(&g, s);
+        let serial = p.seconds_per_call + dec;
+        let fps = p.video_frames_per_call / serial;
+        totals += &format!(
+            "  roofline         {:.2} ms per call for the decoder ({:.2} ms of it FLOPs at peak)\n",
+            dec * 1e3,
+            per_call / (g.fp16_tflops * 1e12) * 1e3
+        );
+        totals += &format!(
+            "  end to end       {:.2} ms per call (DiT {:.2} + decoder {:.2} on one GPU), {:.2} video FPS; at {:.0}%: {:.2} ms, {:.2} FPS\n",
+            serial * 1e3,
+            p.seconds_per_call * 1e3,
+            dec * 1e3,
+            fps,
+            p.efficiency * 100.0,
+            serial / p.efficiency * 1e3,
+            fps * p.efficiency
+        );
+        prediction = json!({
+            "decoder_ms_per_call": dec * 1e3,
+            "end_to_end_ms_per_call": serial * 1e3,
+            "end_to_end_fps": fps,
+            "end_to_end_fps_at_efficiency": fps * p.efficiency,
+        });
+    }
+    let json = json!({
+        "latent_frames_per_chunk": c,
+        "parameters": cost.parameters,
+        "weight_bytes": cost.weight_bytes,
+        "flops_per_chunk": cost.total.flops,
+        "flops_per_call": per_call,
+        "bytes_read_per_chunk": cost.total.bytes_read,
+        "bytes_written_per_chunk": cost.total.bytes_written,
+        "arena_bytes": cost.arena_bytes,
+        "cache_bytes": cost.cache_bytes,
+        "peak_device_bytes_with_dit": peak,
+        "prediction": prediction,
+        "ops": ops_json,
+    });
+    Ok(DecoderReport { ops, totals, json })
+}
