@@ -10,7 +10,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::device::Device;
 use crate::backend::cuda::emu::EmuDevice;
 use crate::backend::cuda::real::CudaDevice;
-use crate::backend::cuda::{CudaBackend, DeviceWeights};
+use crate::backend::cuda::{CudaBackend, DeviceTae, DeviceWeights};
 use crate::backend::Backend;
 use crate::decoder::{Preview, TaeDecoder};
 use crate::error::{Error, Result};
@@ -237,10 +237,24 @@ impl Engine {
     }
 
     /// The temporal-autoencoder decoder (TAE_SPEC) of this engine's checkpoint, on the CPU
-    /// in f32 (every backend decodes on the host for now). Its tensors are read, or
-    /// generated for random weights, on first use; a checkpoint without them is an error
-    /// naming the first missing tensor.
+    /// in f32. Its tensors are read, or generated for random weights, on first use; a
+    /// checkpoint without them is an error naming the first missing tensor.
     pub fn tae_decoder(&self) -> Result<TaeDecoder> {
+        let (graph, weights) = self.tae_parts()?;
+        TaeDecoder::new(graph, &weights)
+    }
+
+    /// The TAE decoder lowered to the decoder kernels on this engine's GPU (its own
+    /// allocation and streams, in the same context as the DiT), for chunks of the profile's
+    /// size. Needs a CUDA device, as the `cuda` backend does.
+    pub fn device_tae_decoder(&self) -> Result<DeviceTae<CudaDevice>> {
+        let (graph, weights) = self.tae_parts()?;
+        let chunk = self.profile.stream.chunk_frames;
+        DeviceTae::new(graph, &weights, chunk, CudaDevice::new(self.device)?)
+    }
+
+    /// The decoder's op list and its tensors (loaded or generated once per engine).
+    fn tae_parts(&self) -> Result<(TaeGraph, Arc<Weights>)> {
         let p = &self.profile;
         let c = p.model.latent_channels;
         let graph = TaeGraph::new(&p.decoder, c, p.model.latent_height, p.model.latent_width)?;
@@ -266,14 +280,17 @@ impl Engine {
                 self.decoder_weights.get_or_init(|| loaded).clone()
             }
         };
-        TaeDecoder::new(graph, &weights)
+        Ok((graph, weights))
     }
 
-    /// The decoder a stream with `kind` uses.
+    /// The decoder a stream with `kind` uses: the TAE decoder runs on the GPU with the
+    /// `cuda` backend, on the CPU otherwise (on `emu` too: emulating it for every chunk
+    /// would take minutes; `tests/decoder_device.rs` runs the device decoder there).
     pub fn decoder(&self, kind: DecoderKind) -> Result<Box<dyn crate::decoder::Decoder>> {
-        Ok(match kind {
-            DecoderKind::Tae => Box::new(self.tae_decoder()?),
-            DecoderKind::Preview => Box::new(self.preview_decoder()?),
+        Ok(match (kind, self.backend) {
+            (DecoderKind::Tae, BackendKind::Cuda) => Box::new(self.device_tae_decoder()?),
+            (DecoderKind::Tae, _) => Box::new(self.tae_decoder()?),
+            (DecoderKind::Preview, _) => Box::new(self.preview_decoder()?),
         })
     }
 

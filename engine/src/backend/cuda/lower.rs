@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 
-use streamdit_kernels::{adaln, attention, elementwise as ew, gemm};
+use streamdit_kernels::{adaln, attention, conv, elementwise as ew, gemm};
 
 use super::device::{backend_error, Device, DeviceBuffer, Kernel, LaunchConfig};
 use crate::error::{Error, Result};
@@ -58,6 +58,12 @@ pub enum Params {
     NoiseFill(ew::NoiseFillParams),
     WindowAttention(attention::AttnWindowParams),
     CrossAttention(attention::AttnCrossParams),
+    Conv3x3(conv::Conv3x3Params),
+    ConvT3(conv::ConvT3Params),
+    Conv1x1(conv::Conv1x1Params),
+    GroupNormStats(conv::GroupNormStatsParams),
+    GroupNormFinalize(conv::GroupNormFinalizeParams),
+    GroupNormApply(conv::GroupNormApplyParams),
 }
 
 // SAFETY: as for `DeviceParams`: the structs carry device addresses the host never
@@ -182,7 +188,13 @@ unsafe fn launch<D: Device>(
         EulerStep,
         NoiseFill,
         WindowAttention,
-        CrossAttention
+        CrossAttention,
+        Conv3x3,
+        ConvT3,
+        Conv1x1,
+        GroupNormStats,
+        GroupNormFinalize,
+        GroupNormApply
     )
 }
 

@@ -30,5 +30,7 @@ pub mod device;
 pub mod emu;
 pub mod lower;
 pub mod real;
+pub mod tae;
 
 pub use backend::{CudaBackend, DeviceWeights};
+pub use tae::DeviceTae;
