@@ -17,8 +17,9 @@
 //! input frames are copied to its cache. Any op sequence without a lowering is an error.
 //!
 //! Latents come in as the host's `[n, C, H, W]` f32 (a popped chunk), are converted to
-//! channels-last f16 on the host and written; the RGB result `[4n, 8H, 8W, 3]` is read back
-//! in f16 and mapped to bytes on the host. The allocation is separate from the DiT's, on the
+//! channels-last f16 on the host into pinned memory and copied in; the RGB result
+//! `[4n, 8H, 8W, 3]` comes back in f16 through pinned memory and is mapped to bytes on the
+//! host. The allocation is separate from the DiT's, on the
 //! device's own streams, so on a GPU the decode of chunk `k` runs beside the DiT call the
 //! stream prefetched.
 //!
@@ -29,7 +30,7 @@ use std::collections::HashMap;
 use half::f16;
 use streamdit_kernels::{attention, conv};
 
-use super::device::{Device, DeviceBuffer, GraphId};
+use super::device::{Device, DeviceBuffer, GraphId, PinnedBuffer, Stream};
 use super::lower::{self, Params, Step, Trace};
 use crate::decoder::tae::to_byte;
 use crate::decoder::Decoder;
@@ -123,11 +124,14 @@ struct Loc {
     buf: Option<usize>,
 }
 
-/// A lowered list with its graph, once captured.
+/// A lowered list with its graph, once captured, and the pinned host buffers of its input
+/// latents and output RGB.
 struct List {
     steps: Vec<Step>,
     graph: Option<GraphId>,
     output: usize,
+    pinned_in: PinnedBuffer<u16>,
+    pinned_out: PinnedBuffer<u16>,
 }
 
 /// The TAE decoder on device `D`, implementing [`Decoder`] for chunks of any size (longer
@@ -142,8 +146,6 @@ pub struct DeviceTae<D: Device> {
     lists: HashMap<(usize, bool), List>,
     started: bool,
     use_graphs: bool,
-    host_in: Vec<u16>,
-    host_out: Vec<u16>,
 }
 
 /// The tensor `decoder.{name}` with `shape`, or the error naming it.
@@ -737,8 +739,6 @@ impl<D: Device> DeviceTae<D> {
             lists: HashMap::new(),
             started: false,
             use_graphs: true,
-            host_in: Vec::new(),
-            host_out: Vec::new(),
         })
     }
 
@@ -775,37 +775,46 @@ impl<D: Device> DeviceTae<D> {
     fn decode_piece(&mut self, latents: &[f32], n: usize, out: &mut Vec<f32>) -> Result<()> {
         let g = &self.graph;
         let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
-        // [n, C, H, W] f32 to [n, H, W, C] f16.
-        self.host_in.clear();
-        for f in 0..n {
-            for p in 0..h * w {
-                for ch in 0..c {
-                    let v = latents[(f * c + ch) * h * w + p];
-                    self.host_in.push(f16::from_f32(v).to_bits());
-                }
-            }
-        }
+        let (fw, fh) = g.frame_size();
+        let out_len = n * TEMPORAL_UPSAMPLE * fw * fh * 3;
         let first = !self.started;
         let key = (n, first);
         if !self.lists.contains_key(&key) {
             let (steps, output, _) =
                 lower_list(&self.graph, &self.layout, self.mem.addr(), n, first)?;
             let steps = lower::resolve(&mut self.dev, steps)?;
+            let pinned_in = self
+                .dev
+                .alloc_pinned("TAE decoder latents", n * c * h * w)?;
+            let pinned_out = self.dev.alloc_pinned("TAE decoder RGB", out_len)?;
             self.lists.insert(
                 key,
                 List {
                     steps,
                     graph: None,
                     output,
+                    pinned_in,
+                    pinned_out,
                 },
             );
         }
+        let list = self.lists.get_mut(&key).expect("inserted above");
+        // [n, C, H, W] f32 to [n, H, W, C] f16, straight into pinned memory.
+        let staged = self.dev.pinned(list.pinned_in)?;
+        for f in 0..n {
+            for p in 0..h * w {
+                for ch in 0..c {
+                    let v = latents[(f * c + ch) * h * w + p];
+                    staged[(f * h * w + p) * c + ch] = f16::from_f32(v).to_bits();
+                }
+            }
+        }
         let input = self
             .mem
-            .slice(self.layout.input, self.host_in.len() * 2)?
+            .slice(self.layout.input, n * c * h * w * 2)?
             .cast::<u16>()?;
-        self.dev.write(input, &self.host_in)?;
-        let list = self.lists.get_mut(&key).expect("inserted above");
+        self.dev
+            .write_async(Stream::Compute, input, list.pinned_in)?;
         if self.use_graphs {
             let graph = match list.graph {
                 Some(gid) => gid,
@@ -823,12 +832,11 @@ impl<D: Device> DeviceTae<D> {
         } else {
             lower::run(&mut self.dev, self.mem, &list.steps)?;
         }
-        let (fw, fh) = g.frame_size();
-        let len = n * TEMPORAL_UPSAMPLE * fw * fh * 3;
-        let output = self.mem.slice(list.output, len * 2)?.cast::<u16>()?;
-        self.host_out.resize(len, 0);
-        self.dev.read(output, &mut self.host_out)?;
-        out.extend(self.host_out.iter().map(|&b| f16::from_bits(b).to_f32()));
+        let output = self.mem.slice(list.output, out_len * 2)?.cast::<u16>()?;
+        self.dev
+            .read_async(Stream::Compute, output, list.pinned_out)?;
+        let rgb = self.dev.pinned(list.pinned_out)?;
+        out.extend(rgb.iter().map(|&b| f16::from_bits(b).to_f32()));
         self.started = true;
         Ok(())
     }
