@@ -18,12 +18,14 @@
 //!   loaded at run time; a machine without a driver or GPU gets an error naming the missing
 //!   piece, never a panic. Modules load lazily from the PTX embedded by `streamdit-kernels`.
 //!
-//! Next (issue 4): the static launch plan that lowers the model graph to launches of the
-//! kernels, the liveness-planned arena (one weights allocation, one activation allocation,
-//! carved with [`DeviceBuffer::slice`](device::DeviceBuffer::slice) and
-//! [`cast`](device::DeviceBuffer::cast)), the step graph (per-step tau/dtau/flags in device
-//! buffers written before each replay), and `CudaBackend<D: Device>` implementing
-//! [`Backend`](super::Backend) on either device.
+//! - [`lower`]: the model graph's op lists lowered to launches over one liveness-planned
+//!   arena (fusing where a kernel does two ops in one pass), run eagerly or captured.
+//! - [`backend`]: `CudaBackend<D: Device>` implementing [`Backend`](super::Backend) on
+//!   either device: weights upload, the step graph (per-step tau/dtau/flags in device buffers
+//!   written before each replay), prefetch of the next step, timed eager calls.
+//! - [`tae`]: `DeviceTae<D: Device>`, the TAE decoder's op list lowered to the decoder
+//!   kernels with its causal caches on the device, one graph per chunk size; the `cuda`
+//!   backend's streams decode with it.
 
 pub mod backend;
 pub mod device;
