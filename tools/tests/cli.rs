@@ -412,6 +412,11 @@ const BENCH_POSITIVE: &[&str] = &[
     "/steady/stages/dit_fps",
     "/steady/stages/decode_fps",
     "/steady/stages/end_to_end_fps",
+    "/steady/pipelined/chunks",
+    "/steady/pipelined/video_frames",
+    "/steady/pipelined/seconds",
+    "/steady/pipelined/ms_per_chunk",
+    "/steady/pipelined/video_fps",
     "/steady/latency_ms/p50",
     "/steady/latency_ms/p90",
     "/steady/latency_ms/p99",
@@ -477,6 +482,15 @@ fn check_bench_report(report: &serde_json::Value, backend: &str, steps: u64) {
     // tiny pops a chunk of 2 latent frames (8 video frames) every call.
     assert_eq!(num("/steady/chunks"), steps as f64);
     assert_eq!(num("/steady/video_frames"), 8.0 * steps as f64);
+    // The pipelined run streams as many chunks as the measured window emitted.
+    assert_eq!(num("/steady/pipelined/chunks"), steps as f64);
+    assert_eq!(num("/steady/pipelined/video_frames"), 8.0 * steps as f64);
+    assert!(num("/steady/pipelined/video_fps") > 0.0);
+    assert_eq!(
+        get("/steady/pipelined/overlapped").as_bool(),
+        Some(backend != "cpu")
+    );
+    assert_eq!(get("/steady/stages/decoder"), "tae (CPU, f32)");
     let fps = num("/steady/video_fps");
     let rtf = num("/steady/realtime_factor");
     assert!((rtf - fps / 16.0).abs() < 1e-9 * rtf, "{rtf} vs {fps} / 16");
