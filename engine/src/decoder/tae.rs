@@ -13,6 +13,9 @@ use crate::error::{fmt_shape, Error, Result};
 use crate::model::checkpoint::Weights;
 use crate::model::tae::{TaeGraph, TaeOp, GN_EPS, SPATIAL_UPSAMPLE, TEMPORAL_UPSAMPLE};
 
+/// Elements a parallel task of an elementwise op or a norm should at least get.
+const MIN_BLOCK: usize = 1 << 15;
+
 /// One activation `[frames, height, width, channels]`.
 #[derive(Debug, Clone)]
 struct Act {
@@ -355,28 +358,48 @@ fn silu(z: f32) -> f32 {
 }
 
 /// In place: GroupNorm per frame over `(H, W, ch / groups)`, affine, then SiLU if `silu`.
+/// Statistics are two-pass (mean, then centred squares), accumulated per channel in f64
+/// over pixels, then per group; each frame is split into row blocks in parallel.
 fn group_norm(x: &mut Act, gamma: &[f32], beta: &[f32], groups: usize, silu_after: bool) {
     let c = x.channels;
     let cg = c / groups;
     let len = x.frame_len();
     let count = (x.pixels() * cg) as f64;
-    x.data.par_chunks_mut(len).for_each(|frame| {
-        let mut sum = vec![0.0f64; groups];
-        for px in frame.chunks_exact(c) {
-            for (g, part) in px.chunks_exact(cg).enumerate() {
-                sum[g] += part.iter().map(|&v| f64::from(v)).sum::<f64>();
+    // Pixels per parallel block.
+    let block = (MIN_BLOCK / c).max(1) * c;
+    for frame in x.data.chunks_exact_mut(len) {
+        let sums = |frame: &[f32], centre: Option<&[f64]>| -> Vec<f64> {
+            let partial: Vec<Vec<f64>> = frame
+                .par_chunks(block)
+                .map(|part| {
+                    let mut acc = vec![0.0f64; c];
+                    for px in part.chunks_exact(c) {
+                        match centre {
+                            None => acc
+                                .iter_mut()
+                                .zip(px)
+                                .for_each(|(a, &v)| *a += f64::from(v)),
+                            Some(m) => acc
+                                .iter_mut()
+                                .zip(px)
+                                .zip(m)
+                                .for_each(|((a, &v), m)| *a += (f64::from(v) - m).powi(2)),
+                        }
+                    }
+                    acc
+                })
+                .collect();
+            let mut per_group = vec![0.0f64; groups];
+            for acc in &partial {
+                for (ch, v) in acc.iter().enumerate() {
+                    per_group[ch / cg] += v;
+                }
             }
-        }
-        let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
-        let mut sq = vec![0.0f64; groups];
-        for px in frame.chunks_exact(c) {
-            for (g, part) in px.chunks_exact(cg).enumerate() {
-                sq[g] += part
-                    .iter()
-                    .map(|&v| (f64::from(v) - mean[g]).powi(2))
-                    .sum::<f64>();
-            }
-        }
+            per_group
+        };
+        let mean: Vec<f64> = sums(frame, None).iter().map(|s| s / count).collect();
+        let mean_ch: Vec<f64> = (0..c).map(|ch| mean[ch / cg]).collect();
+        let sq = sums(frame, Some(&mean_ch));
         // Per channel: y = x * scale + shift.
         let mut scale = vec![0.0f32; c];
         let mut shift = vec![0.0f32; c];
@@ -386,13 +409,15 @@ fn group_norm(x: &mut Act, gamma: &[f32], beta: &[f32], groups: usize, silu_afte
             scale[ch] = (rstd * f64::from(gamma[ch])) as f32;
             shift[ch] = (f64::from(beta[ch]) - mean[g] * rstd * f64::from(gamma[ch])) as f32;
         }
-        for px in frame.chunks_exact_mut(c) {
-            for ((v, s), t) in px.iter_mut().zip(&scale).zip(&shift) {
-                let y = *v * s + t;
-                *v = if silu_after { silu(y) } else { y };
+        frame.par_chunks_mut(block).for_each(|part| {
+            for px in part.chunks_exact_mut(c) {
+                for ((v, s), t) in px.iter_mut().zip(&scale).zip(&shift) {
+                    let y = *v * s + t;
+                    *v = if silu_after { silu(y) } else { y };
+                }
             }
-        }
-    });
+        });
+    }
 }
 
 /// 3x3 convolution, zero padding 1, per frame; with `upsample` the input is read as if
