@@ -1,7 +1,7 @@
 //! The temporal-autoencoder decoder of `TAE_SPEC.md` on the CPU, in f32: it executes the op
 //! list of [`TaeGraph`] over channels-last activations `[T, H, W, Ch]`. 3x3 convolutions are
-//! an im2col (with the nearest 2x upsampling of `UpS` folded into its gather) followed by
-//! one GEMM per frame; the causal temporal convolution is three accumulated GEMMs per frame
+//! nine accumulated GEMMs per frame over shifted views of a zero-padded copy of the input
+//! (the nearest 2x upsampling of `UpS` folded into that copy); the causal temporal convolution is three accumulated GEMMs per frame
 //! over the current and the two previous input frames, which come from a per-layer cache
 //! between chunks, so decoding a stream chunk by chunk equals decoding it at once.
 
@@ -12,6 +12,9 @@ use crate::decoder::Decoder;
 use crate::error::{fmt_shape, Error, Result};
 use crate::model::checkpoint::Weights;
 use crate::model::tae::{TaeGraph, TaeOp, GN_EPS, SPATIAL_UPSAMPLE, TEMPORAL_UPSAMPLE};
+
+/// Elements a parallel task of an elementwise op or a norm should at least get.
+const MIN_BLOCK: usize = 1 << 15;
 
 /// One activation `[frames, height, width, channels]`.
 #[derive(Debug, Clone)]
@@ -84,8 +87,8 @@ pub struct TaeDecoder {
     layers: Vec<Layer>,
     /// Per `ConvT`: its last two input frames `[2, H, W, ch]`, `None` at the stream start.
     caches: Vec<Option<Vec<f32>>>,
-    /// im2col scratch, reused.
-    col: Vec<f32>,
+    /// Convolution scratch (padded input, wide output), reused.
+    scratch: Vec<f32>,
 }
 
 /// A tensor of `weights` with `shape`, or the checkpoint-style error naming it.
@@ -203,7 +206,7 @@ impl TaeDecoder {
             graph,
             layers,
             caches,
-            col: Vec::new(),
+            scratch: Vec::new(),
         })
     }
 
@@ -289,7 +292,7 @@ impl TaeDecoder {
                     cin,
                     cout,
                     upsample,
-                } => conv2d(&x, w, b, *cin, *cout, *upsample, &mut self.col),
+                } => conv2d(&x, w, b, *cin, *cout, *upsample, &mut self.scratch),
                 Layer::ConvT { w, b, ch, cache } => conv_t(&x, w, b, *ch, &mut self.caches[*cache]),
                 Layer::RepeatFrames => repeat_frames(&x),
                 Layer::Attention {
@@ -355,28 +358,48 @@ fn silu(z: f32) -> f32 {
 }
 
 /// In place: GroupNorm per frame over `(H, W, ch / groups)`, affine, then SiLU if `silu`.
+/// Statistics are two-pass (mean, then centred squares), accumulated per channel in f64
+/// over pixels, then per group; each frame is split into row blocks in parallel.
 fn group_norm(x: &mut Act, gamma: &[f32], beta: &[f32], groups: usize, silu_after: bool) {
     let c = x.channels;
     let cg = c / groups;
     let len = x.frame_len();
     let count = (x.pixels() * cg) as f64;
-    x.data.par_chunks_mut(len).for_each(|frame| {
-        let mut sum = vec![0.0f64; groups];
-        for px in frame.chunks_exact(c) {
-            for (g, part) in px.chunks_exact(cg).enumerate() {
-                sum[g] += part.iter().map(|&v| f64::from(v)).sum::<f64>();
+    // Pixels per parallel block.
+    let block = (MIN_BLOCK / c).max(1) * c;
+    for frame in x.data.chunks_exact_mut(len) {
+        let sums = |frame: &[f32], centre: Option<&[f64]>| -> Vec<f64> {
+            let partial: Vec<Vec<f64>> = frame
+                .par_chunks(block)
+                .map(|part| {
+                    let mut acc = vec![0.0f64; c];
+                    for px in part.chunks_exact(c) {
+                        match centre {
+                            None => acc
+                                .iter_mut()
+                                .zip(px)
+                                .for_each(|(a, &v)| *a += f64::from(v)),
+                            Some(m) => acc
+                                .iter_mut()
+                                .zip(px)
+                                .zip(m)
+                                .for_each(|((a, &v), m)| *a += (f64::from(v) - m).powi(2)),
+                        }
+                    }
+                    acc
+                })
+                .collect();
+            let mut per_group = vec![0.0f64; groups];
+            for acc in &partial {
+                for (ch, v) in acc.iter().enumerate() {
+                    per_group[ch / cg] += v;
+                }
             }
-        }
-        let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
-        let mut sq = vec![0.0f64; groups];
-        for px in frame.chunks_exact(c) {
-            for (g, part) in px.chunks_exact(cg).enumerate() {
-                sq[g] += part
-                    .iter()
-                    .map(|&v| (f64::from(v) - mean[g]).powi(2))
-                    .sum::<f64>();
-            }
-        }
+            per_group
+        };
+        let mean: Vec<f64> = sums(frame, None).iter().map(|s| s / count).collect();
+        let mean_ch: Vec<f64> = (0..c).map(|ch| mean[ch / cg]).collect();
+        let sq = sums(frame, Some(&mean_ch));
         // Per channel: y = x * scale + shift.
         let mut scale = vec![0.0f32; c];
         let mut shift = vec![0.0f32; c];
@@ -386,17 +409,24 @@ fn group_norm(x: &mut Act, gamma: &[f32], beta: &[f32], groups: usize, silu_afte
             scale[ch] = (rstd * f64::from(gamma[ch])) as f32;
             shift[ch] = (f64::from(beta[ch]) - mean[g] * rstd * f64::from(gamma[ch])) as f32;
         }
-        for px in frame.chunks_exact_mut(c) {
-            for ((v, s), t) in px.iter_mut().zip(&scale).zip(&shift) {
-                let y = *v * s + t;
-                *v = if silu_after { silu(y) } else { y };
+        frame.par_chunks_mut(block).for_each(|part| {
+            for px in part.chunks_exact_mut(c) {
+                for ((v, s), t) in px.iter_mut().zip(&scale).zip(&shift) {
+                    let y = *v * s + t;
+                    *v = if silu_after { silu(y) } else { y };
+                }
             }
-        }
-    });
+        });
+    }
 }
 
 /// 3x3 convolution, zero padding 1, per frame; with `upsample` the input is read as if
-/// repeated 2x2 (nearest). `col` is im2col scratch.
+/// repeated 2x2 (nearest). Nine shifted GEMMs (no im2col): each frame is copied once into a
+/// zero-padded `[(H + 2) * (W + 2) + 2, cin]` buffer (upsampled on the way when asked), and
+/// the output is computed over the padded width, so tap `(ky, kx)` reads the padded rows
+/// from offset `ky * (W + 2) + kx` with a uniform stride; the two extra columns per row are
+/// dropped. `scratch` holds the padded input and the wide output.
+#[allow(clippy::too_many_arguments)]
 fn conv2d(
     x: &Act,
     w: &[f32],
@@ -404,37 +434,58 @@ fn conv2d(
     cin: usize,
     cout: usize,
     upsample: bool,
-    col: &mut Vec<f32>,
+    scratch: &mut Vec<f32>,
 ) -> Act {
     debug_assert_eq!(x.channels, cin);
     let s = if upsample { 2 } else { 1 };
     let (ho, wo) = (x.height * s, x.width * s);
-    let k = 9 * cin;
-    let pixels = ho * wo;
-    let mut out = vec![0.0; x.frames * pixels * cout];
-    col.resize(pixels * k, 0.0);
+    let wp = wo + 2;
+    let padded_len = ((ho + 2) * wp + 2) * cin;
+    let wide_len = ho * wp * cout;
+    let mut out = vec![0.0; x.frames * ho * wo * cout];
+    scratch.resize(padded_len + wide_len, 0.0);
+    let (padded, wide) = scratch.split_at_mut(padded_len);
+    padded.fill(0.0);
     for (src, dst) in x
         .data
         .chunks_exact(x.frame_len())
-        .zip(out.chunks_exact_mut(pixels * cout))
+        .zip(out.chunks_exact_mut(ho * wo * cout))
     {
-        col.par_chunks_mut(wo * k).enumerate().for_each(|(y, row)| {
-            for xo in 0..wo {
-                for ky in 0..3 {
-                    for kx in 0..3 {
-                        let at = &mut row[(xo * 9 + ky * 3 + kx) * cin..][..cin];
-                        let (sy, sx) = ((y + ky) as isize - 1, (xo + kx) as isize - 1);
-                        if sy < 0 || sx < 0 || sy >= ho as isize || sx >= wo as isize {
-                            at.fill(0.0);
-                        } else {
-                            let p = (sy as usize / s) * x.width + sx as usize / s;
-                            at.copy_from_slice(&src[p * cin..(p + 1) * cin]);
-                        }
-                    }
+        // Interior of the padded frame; the border stays zero.
+        padded[wp * cin..(ho + 1) * wp * cin]
+            .par_chunks_mut(wp * cin)
+            .enumerate()
+            .for_each(|(y, row)| {
+                let srow = &src[(y / s) * x.width * cin..][..x.width * cin];
+                for xo in 0..wo {
+                    let from = (xo / s) * cin;
+                    row[(xo + 1) * cin..(xo + 2) * cin].copy_from_slice(&srow[from..from + cin]);
                 }
+            });
+        for row in wide.chunks_exact_mut(cout) {
+            row.copy_from_slice(b);
+        }
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let tap = ky * 3 + kx;
+                let start = (ky * wp + kx) * cin;
+                matmul(
+                    ho * wp,
+                    cout,
+                    cin,
+                    wide,
+                    cout,
+                    View::new(&padded[start..], cin, 1),
+                    View::new(&w[tap * cin..], 1, 9 * cin),
+                    1.0,
+                    true,
+                    gemm::Parallelism::Rayon(0),
+                );
             }
-        });
-        linear(col, w, Some(b), pixels, k, cout, dst);
+        }
+        for (y, row) in dst.chunks_exact_mut(wo * cout).enumerate() {
+            row.copy_from_slice(&wide[y * wp * cout..][..wo * cout]);
+        }
     }
     Act {
         data: out,
@@ -450,44 +501,45 @@ fn conv2d(
 /// start); the cache becomes the last two frames of `e`.
 fn conv_t(x: &Act, w: &[f32], b: &[f32], ch: usize, cache: &mut Option<Vec<f32>>) -> Act {
     let len = x.frame_len();
-    let pixels = x.pixels();
-    let first = &x.data[..len];
-    let prev: Vec<f32> = match cache.take() {
-        Some(c) => c,
-        None => [first, first].concat(),
+    let n = x.frames;
+    // e = [prev0, prev1, x0, x1, ...], contiguous, so tap `j` of every output frame is one
+    // GEMM over frames `j .. j + n` of it.
+    let mut ext = match cache.take() {
+        Some(prev) => prev,
+        None => [&x.data[..len], &x.data[..len]].concat(),
     };
-    // Frame `i` of the extended sequence e = [prev0, prev1, x0, x1, ...].
-    let ext = |i: usize| -> &[f32] {
-        if i < 2 {
-            &prev[i * len..(i + 1) * len]
-        } else {
-            &x.data[(i - 2) * len..(i - 1) * len]
-        }
-    };
+    ext.extend_from_slice(&x.data);
+    let rows = n * x.pixels();
     let mut out = vec![0.0; x.data.len()];
-    for (t, dst) in out.chunks_exact_mut(len).enumerate() {
-        linear(ext(t), &w[..ch * ch], Some(b), pixels, ch, ch, dst);
-        for j in 1..3 {
-            // dst += e[t + j] W_j^T; W_j^T as a [ch_in, ch_out] view.
-            matmul(
-                pixels,
-                ch,
-                ch,
-                dst,
-                ch,
-                View::new(ext(t + j), ch, 1),
-                View::new(&w[j * ch * ch..(j + 1) * ch * ch], 1, ch),
-                1.0,
-                true,
-                gemm::Parallelism::Rayon(0),
-            );
-        }
+    linear(
+        &ext[..n * len],
+        &w[..ch * ch],
+        Some(b),
+        rows,
+        ch,
+        ch,
+        &mut out,
+    );
+    for j in 1..3 {
+        // out += e[j..j + n] W_j^T; W_j^T as a [ch_in, ch_out] view.
+        matmul(
+            rows,
+            ch,
+            ch,
+            &mut out,
+            ch,
+            View::new(&ext[j * len..(j + n) * len], ch, 1),
+            View::new(&w[j * ch * ch..(j + 1) * ch * ch], 1, ch),
+            1.0,
+            true,
+            gemm::Parallelism::Rayon(0),
+        );
     }
-    let n = x.frames + 2;
-    *cache = Some([ext(n - 2), ext(n - 1)].concat());
+    ext.drain(..n * len);
+    *cache = Some(ext);
     Act {
         data: out,
-        frames: x.frames,
+        frames: n,
         height: x.height,
         width: x.width,
         channels: ch,
