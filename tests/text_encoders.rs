@@ -103,11 +103,15 @@ fn inputs(rng: &mut Rng, len: usize, vocab: usize, pads: usize) -> (Vec<u32>, Ve
 }
 
 fn check(got: &Tensor, want: &[f64], what: &str) -> f64 {
+    check_tol(got, want, what, ATOL, RTOL)
+}
+
+fn check_tol(got: &Tensor, want: &[f64], what: &str, atol: f64, rtol: f64) -> f64 {
     assert_eq!(got.data.len(), want.len(), "{what}: length");
     let mut worst = 0.0f64;
     for (i, (&g, &w)) in got.data.iter().zip(want).enumerate() {
         let err = (g as f64 - w).abs();
-        let budget = ATOL + RTOL * w.abs();
+        let budget = atol + rtol * w.abs();
         assert!(
             err <= budget,
             "{what}: element {i}: got {g}, want {w} (err {err:e} > {budget:e})"
@@ -435,6 +439,49 @@ fn clip_gelu_matches_the_reference() {
     clip_case("clip-gelu", "gelu");
 }
 
+/// The emulated device: the encoders' linear layers through the engine's FP16 GEMM kernel
+/// on the kernel emulator (f16 inputs and weights, f32 accumulation), against the same f64
+/// reference with an f16 tolerance.
+#[test]
+fn encoders_on_the_emulated_device_match_the_reference_in_f16() {
+    use streamdit::backend::cuda::emu::EmuDevice;
+    use streamdit::text::device::{DeviceLinear, LinearExec};
+    let mut rng = Rng::new(fresh_seed("emu"));
+    let t5_dir = write_folder(
+        "t5",
+        &spec(32, 4, Some(8), "gated-gelu", 31),
+        false,
+        "emu-t5",
+    );
+    let t5 = T5Encoder::load(&t5_dir.0).unwrap();
+    let (ids, mask) = inputs(&mut rng, 12, t5.config.vocab_size, 2);
+    let mut exec = DeviceLinear::new(EmuDevice::new());
+    assert_eq!(exec.name(), "emu");
+    let got = t5.forward_with(&mut exec, &ids, &mask).unwrap();
+    let want = ref_t5(&t5_dir.0, &ids, &mask);
+    check_tol(&got, &want, "t5 on emu", 5e-3, 5e-3);
+    let rel = common::rel_l2(&common::f64s(&got.data), &want);
+    assert!(rel < 1e-2, "t5 on emu: relative L2 {rel:e}");
+    // The f32 CPU path is far closer: the device really ran in f16.
+    let cpu = t5.forward(&ids, &mask).unwrap();
+    assert!(common::rel_l2(&common::f64s(&cpu.data), &want) < rel);
+    let clip_dir = write_folder(
+        "clip",
+        &spec(32, 4, None, "quick_gelu", 32),
+        false,
+        "emu-clip",
+    );
+    let clip = ClipEncoder::load(&clip_dir.0).unwrap();
+    let (ids, mask) = inputs(&mut rng, 9, clip.config.vocab_size, 1);
+    let mut exec = DeviceLinear::new(EmuDevice::new());
+    let got = clip.forward_with(&mut exec, &ids, &mask).unwrap();
+    let want = ref_clip(&clip_dir.0, &ids, &mask);
+    check_tol(&got, &want, "clip on emu", 5e-3, 5e-3);
+    let rel = common::rel_l2(&common::f64s(&got.data), &want);
+    assert!(rel < 1e-2, "clip on emu: relative L2 {rel:e}");
+    eprintln!("emu: relative L2 t5/clip within 1e-2");
+}
+
 #[test]
 fn t5_padding_does_not_reach_real_tokens() {
     let dir = write_folder("t5", &spec(32, 4, None, "gated-gelu", 3), false, "t5-pad");
@@ -698,6 +745,7 @@ fn conditioning_concatenates_adapted_encoders_and_caches_prompts() {
     );
     let dim = 32;
     let text = TextConfig {
+        device: None,
         encoders: vec![
             entry("t5", "t5", 6, Some(&t5_dir.0), None),
             entry("clip", "clip", 5, Some(&clip_dir.0), None),

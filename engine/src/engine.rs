@@ -20,6 +20,7 @@ use crate::model::schema::{checkpoint_tensors, Group};
 use crate::model::Profile;
 use crate::stream::Stream;
 use crate::text::conditioner::Adapters;
+use crate::text::device::DeviceLinear;
 use crate::text::{Conditioner, TextInput};
 
 /// Where the weights come from.
@@ -171,6 +172,15 @@ impl Engine {
                     Conditioner::new(text_cfg, dim, &Adapters::Random { seed: *seed }, byte_table)?
                 }
             }
+        };
+        let text = match (params.profile.text.device.as_deref(), backend) {
+            (Some("backend"), BackendKind::Emu) => {
+                text.with_exec(Box::new(DeviceLinear::new(EmuDevice::new())))
+            }
+            (Some("backend"), BackendKind::Cuda) => {
+                text.with_exec(Box::new(DeviceLinear::new(CudaDevice::new(device)?)))
+            }
+            _ => text,
         };
         Ok(Engine {
             text: Arc::new(text),

@@ -187,14 +187,21 @@ struct ModelArgs {
     #[arg(long, default_value = "auto")]
     backend: BackendKind,
     /// A Hugging Face folder for text encoder NAME (repeatable): `--text-dir ul2=/models/ul2`.
-    /// The text encoders run on the CPU.
     #[arg(long, value_name = "NAME=PATH", value_parser = parse_text_dir)]
     text_dir: Vec<(String, String)>,
+    /// Where the text encoders' linear layers run: `cpu` (default: no GPU memory) or
+    /// `backend` (the model's cuda/emu device, FP16 GEMM kernel; attention stays on the CPU).
+    #[arg(long, value_name = "cpu|backend")]
+    text_device: Option<String>,
 }
 
 impl ModelArgs {
     fn engine(&self) -> Result<Engine> {
-        let profile = load_profile(&self.profile, &self.text_dir)?;
+        let mut profile = load_profile(&self.profile, &self.text_dir)?;
+        if let Some(d) = &self.text_device {
+            profile.text.device = Some(d.clone());
+            profile.validate()?;
+        }
         let weights = match &self.weights {
             Some(path) => WeightsSource::File(path.clone()),
             None => WeightsSource::Random {

@@ -118,6 +118,10 @@ pub struct DecoderConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextConfig {
+    /// Where the encoders' linear layers run: `cpu` (default; no GPU memory) or `backend`
+    /// (the model's device, through the engine's FP16 GEMM kernel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     pub encoders: Vec<TextEncoderConfig>,
 }
 
@@ -451,6 +455,14 @@ impl TextConfig {
 
 impl Profile {
     fn validate_text(&self, fail: &dyn Fn(&str, String) -> Result<()>) -> Result<()> {
+        if let Some(d) = &self.text.device {
+            if d != "cpu" && d != "backend" {
+                return fail(
+                    "text.device",
+                    format!("must be cpu or backend, found `{d}`"),
+                );
+            }
+        }
         let enc = &self.text.encoders;
         if enc.is_empty() {
             return fail("text.encoders", "must list at least one encoder".into());

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::device::{CpuLinear, LinearExec};
 use super::nn::{self, Act, AttnShape};
 use super::t5::check_ids;
 use super::weights::{ConfigReader, TensorSource};
@@ -127,8 +128,8 @@ impl Linear {
         })
     }
 
-    fn apply(&self, x: &[f32], t: usize) -> Vec<f32> {
-        nn::linear(x, &self.w, Some(&self.b), t)
+    fn apply(&self, exec: &mut dyn LinearExec, x: &[f32], t: usize) -> Result<Vec<f32>> {
+        exec.linear(x, &self.w, Some(&self.b), t)
     }
 }
 
@@ -206,6 +207,16 @@ impl ClipEncoder {
     /// The last hidden states `[L, hidden]` of token `ids` (causal; keys with `mask` 0 are
     /// ignored too).
     pub fn forward(&self, ids: &[u32], mask: &[f32]) -> Result<Tensor> {
+        self.forward_with(&mut CpuLinear, ids, mask)
+    }
+
+    /// [`ClipEncoder::forward`] with the linear layers on `exec`.
+    pub fn forward_with(
+        &self,
+        exec: &mut dyn LinearExec,
+        ids: &[u32],
+        mask: &[f32],
+    ) -> Result<Tensor> {
         let c = &self.config;
         check_ids(ids, mask, c.vocab_size, "CLIP")?;
         let (l, d) = (ids.len(), c.hidden_size);
@@ -221,9 +232,9 @@ impl ClipEncoder {
         for y in &self.layers {
             let x = nn::layer_norm(&h, &y.ln1.w.data, &y.ln1.b.data, c.eps);
             let a = nn::attention(
-                &y.q.apply(&x, l),
-                &y.k.apply(&x, l),
-                &y.v.apply(&x, l),
+                &y.q.apply(exec, &x, l)?,
+                &y.k.apply(exec, &x, l)?,
+                &y.v.apply(exec, &x, l)?,
                 &AttnShape {
                     len: l,
                     heads: c.num_heads,
@@ -234,11 +245,11 @@ impl ClipEncoder {
                     bias: None,
                 },
             );
-            nn::add_into(&mut h, &y.out.apply(&a, l));
+            nn::add_into(&mut h, &y.out.apply(exec, &a, l)?);
             let x = nn::layer_norm(&h, &y.ln2.w.data, &y.ln2.b.data, c.eps);
-            let mut u = y.fc1.apply(&x, l);
+            let mut u = y.fc1.apply(exec, &x, l)?;
             u.iter_mut().for_each(|u| *u = c.act.apply(*u));
-            nn::add_into(&mut h, &y.fc2.apply(&u, l));
+            nn::add_into(&mut h, &y.fc2.apply(exec, &u, l)?);
         }
         let out = nn::layer_norm(&h, &self.final_ln.w.data, &self.final_ln.b.data, c.eps);
         Tensor::new(vec![l, d], out)

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::clip::{ClipConfig, ClipEncoder};
+use super::device::{CpuLinear, LinearExec};
 use super::nn;
 use super::random::random_model;
 use super::t5::{T5Config, T5Encoder};
@@ -46,11 +47,11 @@ impl Encoder {
         }
     }
 
-    /// Hidden states `[L, d_model]` of `ids` with padding `mask`.
-    pub fn forward(&self, ids: &[u32], mask: &[f32]) -> Result<Tensor> {
+    /// Hidden states `[L, d_model]` of `ids` with padding `mask`, the linear layers on `exec`.
+    pub fn forward(&self, exec: &mut dyn LinearExec, ids: &[u32], mask: &[f32]) -> Result<Tensor> {
         match self {
-            Encoder::T5(e) => e.forward(ids, mask),
-            Encoder::Clip(e) => e.forward(ids, mask),
+            Encoder::T5(e) => e.forward_with(exec, ids, mask),
+            Encoder::Clip(e) => e.forward_with(exec, ids, mask),
             Encoder::Byte(t) => Tensor::new(vec![ids.len(), t.shape[1]], nn::embed(t, ids)),
         }
     }
@@ -217,6 +218,8 @@ pub struct Conditioner {
     cache: Mutex<Cache>,
     runs: AtomicU64,
     notes: Vec<String>,
+    /// Where the linear layers run.
+    exec: Mutex<Box<dyn LinearExec>>,
 }
 
 impl Conditioner {
@@ -257,7 +260,28 @@ impl Conditioner {
             }),
             runs: AtomicU64::new(0),
             notes,
+            exec: Mutex::new(Box::new(CpuLinear)),
         })
+    }
+
+    /// Runs the encoders' linear layers on `exec` (the CPU by default).
+    pub fn with_exec(mut self, exec: Box<dyn LinearExec>) -> Conditioner {
+        let name = exec.name();
+        self.exec = Mutex::new(exec);
+        self.notes.push(format!(
+            "text encoders: linear layers on {name}{}",
+            if name == "cpu" {
+                ""
+            } else {
+                " (FP16 GEMM kernel; attention on the CPU)"
+            }
+        ));
+        self
+    }
+
+    /// `cpu`, `emu` or `cuda`: where the linear layers run.
+    pub fn device(&self) -> &'static str {
+        self.exec.lock().unwrap_or_else(|e| e.into_inner()).name()
     }
 
     /// One line per encoder saying what it is and where it came from.
@@ -280,11 +304,12 @@ impl Conditioner {
         let total: usize = self.parts.iter().map(|p| p.len).sum();
         let mut text = Vec::with_capacity(total * self.dim);
         let mut mask = Vec::with_capacity(total);
+        let mut exec = self.exec.lock().unwrap_or_else(|e| e.into_inner());
         for p in &self.parts {
             let (ids, m) = p.tokenizer.encode(prompt, p.len)?;
-            let h = p.encoder.forward(&ids, &m)?;
+            let h = p.encoder.forward(exec.as_mut(), &ids, &m)?;
             let out = match &p.adapter {
-                Some((w, b)) => nn::linear(&h.data, w, b.as_ref(), p.len),
+                Some((w, b)) => exec.linear(&h.data, w, b.as_ref(), p.len)?,
                 None => h.data,
             };
             text.extend_from_slice(&out);

@@ -9,6 +9,7 @@
 
 pub mod clip;
 pub mod conditioner;
+pub mod device;
 pub mod nn;
 pub mod random;
 pub mod t5;

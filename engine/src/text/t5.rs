@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::device::{CpuLinear, LinearExec};
 use super::nn::{self, Act, AttnShape};
 use super::weights::{ConfigReader, TensorSource};
 use crate::error::{Error, Result};
@@ -243,8 +244,18 @@ impl T5Encoder {
     }
 
     /// The last hidden states `[L, d_model]` of token `ids` whose keys with `mask` 0 are
-    /// ignored (padding).
+    /// ignored (padding), on the CPU.
     pub fn forward(&self, ids: &[u32], mask: &[f32]) -> Result<Tensor> {
+        self.forward_with(&mut CpuLinear, ids, mask)
+    }
+
+    /// [`T5Encoder::forward`] with the linear layers on `exec`.
+    pub fn forward_with(
+        &self,
+        exec: &mut dyn LinearExec,
+        ids: &[u32],
+        mask: &[f32],
+    ) -> Result<Tensor> {
         let c = &self.config;
         check_ids(ids, mask, c.vocab_size, "T5")?;
         let (l, d) = (ids.len(), c.d_model);
@@ -255,9 +266,9 @@ impl T5Encoder {
                 bias = self.position_bias(t, l);
             }
             let x = nn::rms_norm(&h, &b.ln0.data, c.eps);
-            let q = nn::linear(&x, &b.q, None, l);
-            let k = nn::linear(&x, &b.k, None, l);
-            let v = nn::linear(&x, &b.v, None, l);
+            let q = exec.linear(&x, &b.q, None, l)?;
+            let k = exec.linear(&x, &b.k, None, l)?;
+            let v = exec.linear(&x, &b.v, None, l)?;
             let a = nn::attention(
                 &q,
                 &k,
@@ -272,19 +283,19 @@ impl T5Encoder {
                     bias: Some(&bias),
                 },
             );
-            nn::add_into(&mut h, &nn::linear(&a, &b.o, None, l));
+            nn::add_into(&mut h, &exec.linear(&a, &b.o, None, l)?);
             let x = nn::rms_norm(&h, &b.ln1.data, c.eps);
-            let mut u = nn::linear(&x, &b.wi, None, l);
+            let mut u = exec.linear(&x, &b.wi, None, l)?;
             match &b.wi_gate {
                 Some(g) => {
-                    let g = nn::linear(&x, g, None, l);
+                    let g = exec.linear(&x, g, None, l)?;
                     for (u, g) in u.iter_mut().zip(g) {
                         *u *= Act::GeluTanh.apply(g);
                     }
                 }
                 None => u.iter_mut().for_each(|u| *u = Act::Relu.apply(*u)),
             }
-            nn::add_into(&mut h, &nn::linear(&u, &b.wo, None, l));
+            nn::add_into(&mut h, &exec.linear(&u, &b.wo, None, l)?);
         }
         let out = nn::rms_norm(&h, &self.final_ln.data, c.eps);
         Tensor::new(vec![l, d], out)
