@@ -850,3 +850,70 @@ fn tiny_random_encoders_equal_their_written_folders() {
     assert_eq!(a.text.shape, vec![profile.model.text_len, dim]);
     assert!(a.text.data.iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn engine_caches_prompts_and_can_run_text_on_the_emulated_device() {
+    use streamdit::model::checkpoint::DType;
+    use streamdit::{BackendKind, Engine, EngineParams, Profile, StreamParams, WeightsSource};
+    let mut profile = Profile::builtin("tiny").unwrap();
+    let weights = WeightsSource::Random {
+        seed: 3,
+        dtype: DType::F16,
+    };
+    let cpu = Engine::new(EngineParams {
+        profile: profile.clone(),
+        weights: weights.clone(),
+        backend: BackendKind::Cpu,
+    })
+    .unwrap();
+    let enc = cpu.text_encoders().clone();
+    assert_eq!(enc.device(), "cpu");
+    let a = cpu.encode_prompt("a cat").unwrap();
+    assert_eq!(enc.encoder_runs(), 1);
+    let mut stream = cpu
+        .stream(StreamParams {
+            prompt: "a cat".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    stream.step().unwrap();
+    assert_eq!(
+        enc.encoder_runs(),
+        1,
+        "the stream reuses the engine's cached prompt"
+    );
+    stream.set_prompt("a dog");
+    assert_eq!(
+        enc.encoder_runs(),
+        1,
+        "a switch is encoded at the next call"
+    );
+    stream.step().unwrap();
+    assert_eq!(
+        enc.encoder_runs(),
+        2,
+        "a prompt switch costs one encoder run"
+    );
+    stream.set_prompt("a cat");
+    stream.step().unwrap();
+    assert_eq!(
+        enc.encoder_runs(),
+        2,
+        "switching back is served from the cache"
+    );
+
+    profile.text.device = Some("backend".into());
+    let emu = Engine::new(EngineParams {
+        profile,
+        weights,
+        backend: BackendKind::Emu,
+    })
+    .unwrap();
+    assert_eq!(emu.text_encoders().device(), "emu");
+    let b = emu.encode_prompt("a cat").unwrap();
+    assert_eq!(a.mask, b.mask);
+    assert_ne!(a.text, b.text, "the device computes in f16");
+    let rel = common::rel_l2(&common::f64s(&b.text.data), &common::f64s(&a.text.data));
+    eprintln!("tiny context on emu vs cpu: relative L2 {rel:e}");
+    assert!(rel < 1e-2, "{rel:e}");
+}
