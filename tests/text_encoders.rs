@@ -249,7 +249,14 @@ fn ref_t5(dir: &Path, ids: &[u32], mask: &[f32]) -> Vec<f64> {
         num(&c, "relative_attention_max_distance"),
     );
     let eps = c["layer_norm_epsilon"].as_f64().unwrap();
-    let gated = c["feed_forward_proj"] == "gated-gelu";
+    let ffp = c["feed_forward_proj"].as_str().unwrap().to_string();
+    let gated = ffp.starts_with("gated-");
+    let act = |x: f64| match ffp.as_str() {
+        "gated-gelu" => gelu_tanh(x),
+        "gated-silu" => x / (1.0 + (-x).exp()),
+        "relu" => x.max(0.0),
+        other => panic!("reference: feed_forward_proj {other}"),
+    };
     let umt5 = c["model_type"] == "umt5";
     let l = ids.len();
     let inner = h * dk;
@@ -292,11 +299,11 @@ fn ref_t5(dir: &Path, ids: &[u32], mask: &[f32]) -> Vec<f64> {
         let u: Vec<f64> = if gated {
             let g = lin(&n, &rows(&w, &p("1.DenseReluDense.wi_0.weight")), None, l);
             let u = lin(&n, &rows(&w, &p("1.DenseReluDense.wi_1.weight")), None, l);
-            g.iter().zip(&u).map(|(g, u)| gelu_tanh(*g) * u).collect()
+            g.iter().zip(&u).map(|(g, u)| act(*g) * u).collect()
         } else {
             lin(&n, &rows(&w, &p("1.DenseReluDense.wi.weight")), None, l)
                 .iter()
-                .map(|a| a.max(0.0))
+                .map(|a| act(*a))
                 .collect()
         };
         let f = lin(&u, &rows(&w, &p("1.DenseReluDense.wo.weight")), None, l);
@@ -408,6 +415,11 @@ fn t5_gated_gelu_matches_the_reference() {
 #[test]
 fn t5_relu_matches_the_reference() {
     t5_case("t5-relu", "relu", false, false);
+}
+
+#[test]
+fn t5_gated_silu_as_ul2_matches_the_reference() {
+    t5_case("t5-gated-silu", "gated-silu", false, false);
 }
 
 #[test]
@@ -587,10 +599,10 @@ fn folder_errors_are_named() {
         "{e}"
     );
     edit_config(&dir.0, "num_layers", 2.into());
-    edit_config(&dir.0, "feed_forward_proj", "swish".into());
+    edit_config(&dir.0, "feed_forward_proj", "gated-swiglu".into());
     let e = T5Encoder::load(&dir.0).err().unwrap().to_string();
     assert!(
-        e.contains("feed_forward_proj") && e.contains("gated-gelu") && e.contains("swish"),
+        e.contains("feed_forward_proj") && e.contains("gated-gelu") && e.contains("swiglu"),
         "{e}"
     );
     edit_config(&dir.0, "feed_forward_proj", "relu".into());

@@ -42,8 +42,9 @@ impl ClipConfig {
                 ))
             }
         };
-        let hidden_size = r.usize("hidden_size")?;
-        let num_heads = r.usize("num_attention_heads")?;
+        // Missing fields take transformers' CLIPTextConfig defaults, as transformers does.
+        let hidden_size = r.usize_or("hidden_size", 512)?;
+        let num_heads = r.usize_or("num_attention_heads", 8)?;
         if hidden_size % num_heads != 0 {
             return Err(Error::Invalid(format!(
                 "{origin}: config.json: field `num_attention_heads`: expected a divisor of hidden_size {hidden_size}, found {num_heads}"
@@ -51,11 +52,11 @@ impl ClipConfig {
         }
         Ok(ClipConfig {
             hidden_size,
-            intermediate_size: r.usize("intermediate_size")?,
-            num_layers: r.usize("num_hidden_layers")?,
+            intermediate_size: r.usize_or("intermediate_size", 2048)?,
+            num_layers: r.usize_or("num_hidden_layers", 12)?,
             num_heads,
             max_positions: r.usize_or("max_position_embeddings", 77)?,
-            vocab_size: r.usize("vocab_size")?,
+            vocab_size: r.usize_or("vocab_size", 49408)?,
             act,
             eps: r.f32_or("layer_norm_eps", 1e-5)?,
         })
@@ -76,6 +77,7 @@ impl ClipConfig {
                 Act::Gelu => "gelu",
                 Act::GeluTanh => "gelu_new",
                 Act::Relu => "relu",
+                Act::Silu => "silu",
             },
             "layer_norm_eps": self.eps,
         })

@@ -54,6 +54,8 @@ pub enum Act {
     Gelu,
     /// `x sigmoid(1.702 x)`.
     QuickGelu,
+    /// `x sigmoid(x)`.
+    Silu,
 }
 
 impl Act {
@@ -63,6 +65,7 @@ impl Act {
             Act::GeluTanh => 0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044715 * x * x * x)).tanh()),
             Act::Gelu => 0.5 * x * (1.0 + erf(x as f64 * std::f64::consts::FRAC_1_SQRT_2) as f32),
             Act::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+            Act::Silu => x / (1.0 + (-x).exp()),
         }
     }
 }

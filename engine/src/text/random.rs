@@ -20,7 +20,7 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use super::clip::ClipConfig;
 use super::nn::Act;
-use super::t5::{FeedForward, T5Config};
+use super::t5::{FeedForward, T5Config, FEED_FORWARDS};
 use crate::error::{path_str, Error, Result};
 use crate::model::checkpoint::{write_tensors, DType};
 use crate::model::profile::RandomEncoderConfig;
@@ -189,15 +189,12 @@ fn fill(
 /// A random T5 (ByT5 when `bytes`): weights scaled so activations stay O(1) without an
 /// attention scale (the query carries `1/sqrt(d_kv)`, as T5's own init does).
 pub fn random_t5(spec: &RandomEncoderConfig, bytes: bool) -> Result<RandomModel> {
-    let feed_forward = match spec.act.as_deref().unwrap_or("gated-gelu") {
-        "gated-gelu" => FeedForward::GatedGelu,
-        "relu" => FeedForward::Relu,
-        a => {
-            return Err(Error::Invalid(format!(
-                "random T5 encoder: act `{a}`: expected relu or gated-gelu"
-            )))
-        }
-    };
+    let act = spec.act.as_deref().unwrap_or("gated-gelu");
+    let feed_forward = FeedForward::parse(act).ok_or_else(|| {
+        Error::Invalid(format!(
+            "random T5 encoder: act `{act}`: expected one of {FEED_FORWARDS}"
+        ))
+    })?;
     let tokenizer = if bytes { None } else { Some(t5_tokenizer()?) };
     let vocab_size = tokenizer
         .as_ref()

@@ -1,6 +1,6 @@
 //! The T5 encoder (T5 v1.1, UL2, ByT5, umT5) in the transformers layout: RMS layer norm
 //! without mean subtraction, bidirectional relative position buckets added to the scores,
-//! no `1/sqrt(d)` attention scale, a gated-GELU (tanh) or ReLU feed-forward.
+//! no `1/sqrt(d)` attention scale, a gated-GELU (tanh), gated-SiLU (UL2) or ReLU feed-forward.
 
 use std::path::Path;
 
@@ -12,14 +12,53 @@ use super::weights::{ConfigReader, TensorSource};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-/// The feed-forward of a T5 block (`feed_forward_proj`).
+/// The feed-forward of a T5 block, from `feed_forward_proj` as transformers reads it:
+/// `ACT` is `wo(act(wi x))`, `gated-ACT` is `wo(act(wi_0 x) * wi_1 x)`; `gated-gelu` means
+/// the tanh GELU (T5 v1.1, umT5, ByT5), `gated-silu` SwiGLU (UL2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FeedForward {
-    /// `wo(relu(wi x))`.
-    Relu,
-    /// `wo(gelu_tanh(wi_0 x) * wi_1 x)`.
-    GatedGelu,
+pub struct FeedForward {
+    pub gated: bool,
+    pub act: Act,
 }
+
+impl FeedForward {
+    /// The feed-forward `feed_forward_proj` names, if known.
+    pub fn parse(s: &str) -> Option<FeedForward> {
+        let (gated, name) = match s.strip_prefix("gated-") {
+            Some(n) => (true, n),
+            None => (false, s),
+        };
+        let act = match name {
+            "relu" => Act::Relu,
+            "gelu" if gated => Act::GeluTanh,
+            "gelu" => Act::Gelu,
+            "gelu_new" => Act::GeluTanh,
+            "silu" | "swish" => Act::Silu,
+            _ => return None,
+        };
+        Some(FeedForward { gated, act })
+    }
+
+    /// The `feed_forward_proj` string.
+    pub fn name(&self) -> String {
+        let act = match (self.act, self.gated) {
+            (Act::GeluTanh, true) => "gelu",
+            (Act::GeluTanh, false) => "gelu_new",
+            (Act::Gelu, _) => "gelu",
+            (Act::Silu, _) => "silu",
+            (Act::QuickGelu, _) => "quick_gelu",
+            (Act::Relu, _) => "relu",
+        };
+        if self.gated {
+            format!("gated-{act}")
+        } else {
+            act.to_string()
+        }
+    }
+}
+
+/// Accepted `feed_forward_proj` values, for errors.
+pub const FEED_FORWARDS: &str = "relu, gelu, gelu_new, silu, gated-gelu, gated-relu, gated-silu";
 
 /// The numbers of a T5 `config.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,13 +81,11 @@ impl T5Config {
     /// Reads a transformers T5/UL2/ByT5/umT5 config; `origin` names it in errors.
     pub fn from_json(json: &Value, origin: &str) -> Result<T5Config> {
         let r = ConfigReader { origin, json };
-        let feed_forward = match r.str_or("feed_forward_proj", "relu")? {
-            "relu" => FeedForward::Relu,
-            "gated-gelu" => FeedForward::GatedGelu,
-            _ => return Err(r.unknown("feed_forward_proj", "relu, gated-gelu")),
-        };
-        let d_model = r.usize("d_model")?;
-        let num_heads = r.usize("num_heads")?;
+        // Missing fields take transformers' T5Config defaults, as transformers does.
+        let feed_forward = FeedForward::parse(r.str_or("feed_forward_proj", "relu")?)
+            .ok_or_else(|| r.unknown("feed_forward_proj", FEED_FORWARDS))?;
+        let d_model = r.usize_or("d_model", 512)?;
+        let num_heads = r.usize_or("num_heads", 8)?;
         let num_buckets = r.usize_or("relative_attention_num_buckets", 32)?;
         if num_buckets < 4 {
             return Err(Error::Invalid(format!(
@@ -57,15 +94,15 @@ impl T5Config {
         }
         Ok(T5Config {
             d_model,
-            d_kv: r.usize_or("d_kv", d_model / num_heads)?,
-            d_ff: r.usize("d_ff")?,
-            num_layers: r.usize("num_layers")?,
+            d_kv: r.usize_or("d_kv", 64)?,
+            d_ff: r.usize_or("d_ff", 2048)?,
+            num_layers: r.usize_or("num_layers", 6)?,
             num_heads,
             num_buckets,
             max_distance: r.usize_or("relative_attention_max_distance", 128)?,
             feed_forward,
             eps: r.f32_or("layer_norm_epsilon", 1e-6)?,
-            vocab_size: r.usize("vocab_size")?,
+            vocab_size: r.usize_or("vocab_size", 32128)?,
             per_layer_bias: r.str_or("model_type", "t5")? == "umt5",
         })
     }
@@ -82,10 +119,7 @@ impl T5Config {
             "num_heads": self.num_heads,
             "relative_attention_num_buckets": self.num_buckets,
             "relative_attention_max_distance": self.max_distance,
-            "feed_forward_proj": match self.feed_forward {
-                FeedForward::Relu => "relu",
-                FeedForward::GatedGelu => "gated-gelu",
-            },
+            "feed_forward_proj": self.feed_forward.name(),
             "layer_norm_epsilon": self.eps,
             "vocab_size": self.vocab_size,
             "pad_token_id": 0,
@@ -114,12 +148,11 @@ impl T5Config {
                 ));
             }
             out.push((p("0.layer_norm.weight"), vec![d]));
-            match self.feed_forward {
-                FeedForward::GatedGelu => {
-                    out.push((p("1.DenseReluDense.wi_0.weight"), vec![ff, d]));
-                    out.push((p("1.DenseReluDense.wi_1.weight"), vec![ff, d]));
-                }
-                FeedForward::Relu => out.push((p("1.DenseReluDense.wi.weight"), vec![ff, d])),
+            if self.feed_forward.gated {
+                out.push((p("1.DenseReluDense.wi_0.weight"), vec![ff, d]));
+                out.push((p("1.DenseReluDense.wi_1.weight"), vec![ff, d]));
+            } else {
+                out.push((p("1.DenseReluDense.wi.weight"), vec![ff, d]));
             }
             out.push((p("1.DenseReluDense.wo.weight"), vec![d, ff]));
             out.push((p("1.layer_norm.weight"), vec![d]));
@@ -156,7 +189,7 @@ struct Block {
     rel_bias: Option<Tensor>,
     ln0: Tensor,
     wi: Tensor,
-    /// The gate input of gated-GELU (`wi_0`); `wi` is then `wi_1`.
+    /// The activated input of a gated feed-forward (`wi_0`); `wi` is then `wi_1`.
     wi_gate: Option<Tensor>,
     wo: Tensor,
     ln1: Tensor,
@@ -190,12 +223,13 @@ impl T5Encoder {
         let mut blocks = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = |s: &str| format!("encoder.block.{i}.layer.{s}");
-            let (wi, wi_gate) = match c.feed_forward {
-                FeedForward::GatedGelu => (
+            let (wi, wi_gate) = if c.feed_forward.gated {
+                (
                     src.get(&p("1.DenseReluDense.wi_1.weight"), &[ff, d])?,
                     Some(src.get(&p("1.DenseReluDense.wi_0.weight"), &[ff, d])?),
-                ),
-                FeedForward::Relu => (src.get(&p("1.DenseReluDense.wi.weight"), &[ff, d])?, None),
+                )
+            } else {
+                (src.get(&p("1.DenseReluDense.wi.weight"), &[ff, d])?, None)
             };
             let rel_bias = if i == 0 || c.per_layer_bias {
                 Some(src.get(
@@ -285,15 +319,16 @@ impl T5Encoder {
             );
             nn::add_into(&mut h, &exec.linear(&a, &b.o, None, l)?);
             let x = nn::rms_norm(&h, &b.ln1.data, c.eps);
+            let act = c.feed_forward.act;
             let mut u = exec.linear(&x, &b.wi, None, l)?;
             match &b.wi_gate {
                 Some(g) => {
                     let g = exec.linear(&x, g, None, l)?;
                     for (u, g) in u.iter_mut().zip(g) {
-                        *u *= Act::GeluTanh.apply(g);
+                        *u *= act.apply(g);
                     }
                 }
-                None => u.iter_mut().for_each(|u| *u = Act::Relu.apply(*u)),
+                None => u.iter_mut().for_each(|u| *u = act.apply(*u)),
             }
             nn::add_into(&mut h, &exec.linear(&u, &b.wo, None, l)?);
         }
