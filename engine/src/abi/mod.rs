@@ -336,6 +336,14 @@ pub unsafe extern "C" fn streamdit_engine_create(
             LOG_INFO,
             &format!("backend {kind:?} ({why})"),
         );
+        for note in engine.text_notes() {
+            let level = if note.contains("RANDOM") {
+                LOG_WARN
+            } else {
+                LOG_INFO
+            };
+            log(p.log, p.log_user_data, level, note);
+        }
         let handle = Box::new(EngineHandle {
             engine,
             log: p.log,
