@@ -471,6 +471,9 @@ pub unsafe extern "C" fn streamdit_stream_set_prompt(
         let prompt = unsafe { opt_str(prompt, "prompt") }?
             .ok_or_else(|| invalid("streamdit_stream_set_prompt: `prompt` is NULL"))?;
         s.stream.set_prompt(&prompt);
+        // Encode now (served from the engine's prompt cache when seen before), so that a
+        // text encoder error is reported by this call.
+        s.stream.encode_pending()?;
         Ok(OK)
     })
 }

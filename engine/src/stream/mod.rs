@@ -105,8 +105,11 @@ impl Stream {
     /// Encodes a prompt set by [`Stream::set_prompt`] now instead of at the next model call
     /// (to time it, or to see an encoder error early).
     pub fn encode_pending(&mut self) -> Result<()> {
-        if let Some(p) = self.pending.take() {
-            self.prompt = self.encoders.encode(&p)?;
+        if let Some(p) = &self.pending {
+            // Kept pending on failure: the next call tries again and fails the same way,
+            // rather than silently keeping the old prompt.
+            self.prompt = self.encoders.encode(p)?;
+            self.pending = None;
         }
         Ok(())
     }
