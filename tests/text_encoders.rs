@@ -929,3 +929,46 @@ fn engine_caches_prompts_and_can_run_text_on_the_emulated_device() {
     eprintln!("tiny context on emu vs cpu: relative L2 {rel:e}");
     assert!(rel < 1e-2, "{rel:e}");
 }
+
+/// A full CLIPModel folder: the text numbers under `text_config`, vision tensors beside the
+/// text ones; the text encoder reads its part and ignores the rest.
+#[test]
+fn a_full_clip_model_folder_loads_its_text_tower() {
+    let dir = write_folder("clip", &spec(32, 4, None, "gelu", 8), false, "clipmodel");
+    let text_only = ClipEncoder::load(&dir.0).unwrap();
+    let (ids, mask) = (vec![3, 9, 200, 17], vec![1.0, 1.0, 1.0, 0.0]);
+    let want = text_only.forward(&ids, &mask).unwrap();
+    let text_config = config(&dir.0);
+    let full = serde_json::json!({
+        "architectures": ["CLIPModel"],
+        "model_type": "clip",
+        "projection_dim": 16,
+        "text_config": text_config,
+        "vision_config": { "hidden_size": 48, "num_hidden_layers": 1 },
+    });
+    std::fs::write(dir.0.join("config.json"), full.to_string()).unwrap();
+    let w = NaiveWeights::load(dir.0.join("model.safetensors"));
+    let mut tensors: Vec<(String, Tensor)> = w
+        .tensors
+        .iter()
+        .map(|(n, (s, v))| {
+            let t = Tensor::new(s.clone(), v.iter().map(|&x| x as f32).collect()).unwrap();
+            (n.clone(), t)
+        })
+        .collect();
+    tensors.push((
+        "vision_model.embeddings.class_embedding".into(),
+        Tensor::new(vec![48], vec![0.5; 48]).unwrap(),
+    ));
+    tensors.push((
+        "text_projection.weight".into(),
+        Tensor::new(vec![16, 32], vec![0.25; 16 * 32]).unwrap(),
+    ));
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    write_tensors(&dir.0.join("model.safetensors"), &refs, DType::F32).unwrap();
+    let got = ClipEncoder::load(&dir.0)
+        .unwrap()
+        .forward(&ids, &mask)
+        .unwrap();
+    assert_eq!(got, want);
+}
