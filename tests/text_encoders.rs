@@ -972,3 +972,32 @@ fn a_full_clip_model_folder_loads_its_text_tower() {
         .unwrap();
     assert_eq!(got, want);
 }
+
+/// A checkpoint written by `weights init` holds the DiT's schema only: for an encoder that
+/// needs an adapter it stands for the random adapters of its seed, the same values
+/// `--random-weights SEED` uses.
+#[test]
+fn a_random_checkpoint_stands_for_the_random_adapters_of_its_seed() {
+    let profile = streamdit::Profile::builtin("tiny").unwrap();
+    let dir = TempDir::new("random-ckpt");
+    let path = dir.0.join("tiny.safetensors");
+    streamdit::model::checkpoint::write_random_checkpoint(&profile.model, 7, DType::F16, &path)
+        .unwrap();
+    let ckpt = streamdit::model::checkpoint::Checkpoint::open(&path).unwrap();
+    let text = TextConfig {
+        device: None,
+        encoders: vec![
+            entry("a", "t5", 20, None, Some(spec(32, 4, None, "relu", 1))),
+            entry("b", "clip", 12, None, Some(spec(48, 4, None, "gelu", 2))),
+        ],
+    };
+    let dim = profile.model.text_dim;
+    let from_file = Conditioner::new(&text, dim, &Adapters::Checkpoint(&ckpt), None).unwrap();
+    let seeded = Conditioner::new(&text, dim, &Adapters::Random { seed: 7 }, None).unwrap();
+    let other = Conditioner::new(&text, dim, &Adapters::Random { seed: 8 }, None).unwrap();
+    let p = "a dog on the sea";
+    let got = from_file.encode(p).unwrap();
+    assert_eq!(got.text.shape, vec![32, dim]);
+    assert_eq!(got.text, seeded.encode(p).unwrap().text);
+    assert_ne!(got.text, other.encode(p).unwrap().text);
+}

@@ -26,6 +26,9 @@ use crate::tensor::Tensor;
 /// Prompts whose context the cache keeps.
 pub const CACHE_PROMPTS: usize = 8;
 
+/// The metadata key of a random checkpoint's seed (written by `write_random_checkpoint`).
+const RANDOM_SEED_KEY: &str = "streamdit.seed";
+
 /// Counter words of random adapters (ASCII "tA").
 const ADAPTER_COUNTER: u32 = 0x7441_0000;
 
@@ -60,7 +63,8 @@ impl Encoder {
 /// Where adapter tensors come from.
 pub enum Adapters<'a> {
     /// A DiT checkpoint: adapters are read from it, and a missing one is an error unless
-    /// the encoder's width is already `Dtxt`.
+    /// the encoder's width is already `Dtxt` or the checkpoint is a random one written by
+    /// `weights init` (then the adapters of its seed are generated, as for `Random`).
     Checkpoint(&'a Checkpoint),
     /// Random DiT weights: random adapters from this seed where the widths differ.
     Random { seed: u64 },
@@ -171,6 +175,15 @@ fn adapter(
             if ckpt.info(&w).is_none() {
                 if d_model == dim {
                     return Ok(None);
+                }
+                // A random checkpoint (`weights init`, which knows only the DiT's schema)
+                // stands for the adapters `--random-weights SEED` generates.
+                let random_seed = ckpt
+                    .metadata()
+                    .get(RANDOM_SEED_KEY)
+                    .and_then(|s| s.parse::<u64>().ok());
+                if let Some(seed) = random_seed {
+                    return adapter(name, index, d_model, dim, &Adapters::Random { seed });
                 }
                 return Err(Error::Tensor {
                     path: ckpt.path().display().to_string(),
