@@ -1001,3 +1001,79 @@ fn a_random_checkpoint_stands_for_the_random_adapters_of_its_seed() {
     assert_eq!(got.text, seeded.encode(p).unwrap().text);
     assert_ne!(got.text, other.encode(p).unwrap().text);
 }
+
+/// A `tokenizer.json` with the structure of OpenAI CLIP's own (NFC + whitespace Replace +
+/// Lowercase, the Split regex with `\p{L}`/`\p{N}` classes, byte-level, BPE with `</w>`,
+/// RobertaProcessing), read by the `tokenizers` build the engine uses (fancy-regex, no onig).
+#[test]
+fn a_tokenizer_json_shaped_like_openai_clip_reads_and_tokenizes() {
+    let mut vocab = serde_json::Map::new();
+    let tokens = [
+        "a",
+        "c",
+        "f",
+        "h",
+        "o",
+        "p",
+        "s",
+        "t",
+        "a</w>",
+        "o</w>",
+        "f</w>",
+        "s</w>",
+        "2</w>",
+        "!</w>",
+        "ph",
+        "pho",
+        "phot",
+        "photo</w>",
+        "of</w>",
+        "ca",
+        "cat",
+        "cats</w>",
+    ];
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.insert(t.to_string(), i.into());
+    }
+    vocab.insert("<|startoftext|>".into(), 100.into());
+    vocab.insert("<|endoftext|>".into(), 101.into());
+    let special = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": true, "special": true})
+    };
+    let json = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [special(100, "<|startoftext|>"), special(101, "<|endoftext|>")],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFC"},
+            {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "},
+            {"type": "Lowercase"}]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex":
+                "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+"},
+             "behavior": "Removed", "invert": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]},
+        "post_processor": {"type": "RobertaProcessing", "sep": ["<|endoftext|>", 101],
+            "cls": ["<|startoftext|>", 100], "trim_offsets": false, "add_prefix_space": false},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<|endoftext|>",
+            "continuing_subword_prefix": "", "end_of_word_suffix": "</w>", "fuse_unk": false,
+            "byte_fallback": false, "vocab": vocab,
+            "merges": ["p h", "ph o", "pho t", "phot o</w>", "o f</w>", "c a", "ca t", "cat s</w>"]}
+    });
+    let dir = TempDir::new("clip-json");
+    let path = dir.0.join("tokenizer.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    let tok = PromptTokenizer::from_file(&path, 10).unwrap();
+    let (ids, mask) = tok.encode("A  Photo of 2 CATS!", 10).unwrap();
+    assert_eq!(ids, vec![100, 8, 17, 18, 12, 21, 13, 101, 101, 101]);
+    assert_eq!(mask.iter().sum::<f32>(), 8.0);
+    // Truncation keeps both specials; unknown bytes (é) map to the unk token.
+    let (ids, _) = tok.encode(&"cats ".repeat(1000), 4).unwrap();
+    assert_eq!(ids, vec![100, 21, 21, 101]);
+    let (ids, _) = tok.encode("é", 10).unwrap();
+    assert_eq!(ids[0], 100);
+    assert!(ids[1..].iter().all(|&i| i == 101), "{ids:?}");
+}

@@ -82,8 +82,15 @@ impl PromptTokenizer {
                 let enc = tokenizer.encode(prompt, true).map_err(|e| {
                     Error::Invalid(format!("{origin}: cannot tokenize {prompt:?}: {e}"))
                 })?;
-                let mut ids: Vec<u32> = enc.get_ids().iter().copied().take(len).collect();
-                if ids.is_empty() {
+                let mut ids: Vec<u32> = enc.get_ids().to_vec();
+                if ids.len() > len && len > 0 {
+                    // Truncation is set to the encoder's length; a caller asking for fewer
+                    // ids still gets the final (end) token last.
+                    let last = ids[ids.len() - 1];
+                    ids.truncate(len - 1);
+                    ids.push(last);
+                }
+                if ids.is_empty() || len == 0 {
                     return Err(Error::Invalid(format!(
                         "{origin}: prompt {prompt:?} gave no tokens: expected at least an end token (the tokenizer needs a post-processor that adds one)"
                     )));
