@@ -187,3 +187,24 @@ pub fn embed(table: &Tensor, ids: &[u32]) -> Vec<f32> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_tabulated_values() {
+        // Abramowitz and Stegun, table 7.1.
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_8),
+            (1.0, 0.842_700_792_9),
+            (2.0, 0.995_322_265_0),
+            (2.5, 0.999_593_047_98),
+            (3.0, 0.999_977_909_5),
+            (-1.0, -0.842_700_792_9),
+        ] {
+            assert!((erf(x) - want).abs() < 1e-9, "erf({x}) = {}", erf(x));
+        }
+    }
+}

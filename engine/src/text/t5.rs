@@ -353,3 +353,39 @@ pub(crate) fn check_ids(ids: &[u32], mask: &[f32], vocab: usize, what: &str) -> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// T5's default 32 buckets over distance 128, worked by hand from transformers' formula:
+    /// 8 exact buckets per direction, then `8 + floor(ln(n/8) / ln(16) * 8)`, capped at 15;
+    /// keys after the query (rel > 0) use the upper half.
+    #[test]
+    fn buckets_of_t5_defaults() {
+        let b = |rel| relative_bucket(rel, 32, 128);
+        assert_eq!([b(0), b(-1), b(-7), b(1), b(7)], [0, 1, 7, 17, 23]);
+        // ln(10/8)/ln(16)*8 = 0.64; ln(20/8)/ln(16)*8 = 2.64; ln(64/8)/ln(16)*8 = 6.
+        assert_eq!([b(-8), b(-10), b(-20), b(64)], [8, 8, 10, 30]);
+        assert_eq!([b(-128), b(-1000), b(1000)], [15, 15, 31]);
+    }
+
+    #[test]
+    fn feed_forward_names_round_trip() {
+        for name in [
+            "relu",
+            "gelu",
+            "gelu_new",
+            "silu",
+            "gated-gelu",
+            "gated-relu",
+            "gated-silu",
+        ] {
+            let f = FeedForward::parse(name).unwrap();
+            assert_eq!(FeedForward::parse(&f.name()), Some(f), "{name}");
+        }
+        assert_eq!(FeedForward::parse("gated-gelu").unwrap().act, Act::GeluTanh);
+        assert_eq!(FeedForward::parse("gelu").unwrap().act, Act::Gelu);
+        assert!(FeedForward::parse("swiglu").is_none());
+    }
+}
