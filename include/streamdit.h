@@ -119,7 +119,8 @@ streamdit_stream_params streamdit_stream_default_params(void);
 int streamdit_stream_create(const streamdit_engine *engine, const streamdit_stream_params *params,
                             streamdit_stream **out);
 void streamdit_stream_free(streamdit_stream *stream);
-/* Takes effect at the next model call; the latent buffer is kept. */
+/* Takes effect at the next model call; the latent buffer is kept. The prompt is encoded by
+ * this call (one run of the text encoders, or none when the engine cached it). */
 int streamdit_stream_set_prompt(streamdit_stream *stream, const char *prompt);
 int streamdit_stream_geometry(streamdit_stream *stream, streamdit_geometry *out);
 /* Pull: the next chunk of frames into buffer (at least bytes_per_chunk bytes). */

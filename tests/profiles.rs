@@ -132,10 +132,28 @@ fn bad_profiles_name_the_field_and_the_rule() {
         ),
         ("fps = 16.0", "fps = 0.0", "video.fps", "positive"),
         (
-            "encoder = \"byte\"",
-            "encoder = \"t5\"",
-            "text.encoder",
-            "byte",
+            "kind = \"clip\"",
+            "kind = \"bert\"",
+            "text.encoders[2].kind",
+            "one of t5, clip, byte",
+        ),
+        (
+            "len = 8",
+            "len = 9",
+            "text.encoders",
+            "sum to model.text_len",
+        ),
+        (
+            "name = \"clip\"",
+            "name = \"t5\"",
+            "text.encoders[2].name",
+            "unique",
+        ),
+        (
+            "len = 8\nrandom = { d_model = 256, layers = 2, heads = 4, d_ff = 512, seed = 2 }",
+            "len = 8",
+            "text.encoders[2].dir",
+            "`random` must be given",
         ),
         (
             "micro_steps = 1",

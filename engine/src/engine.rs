@@ -20,7 +20,9 @@ use crate::model::schema::{checkpoint_tensors, Group};
 use crate::model::tae::TaeGraph;
 use crate::model::Profile;
 use crate::stream::Stream;
-use crate::text::{ByteEmbedding, TextInput};
+use crate::text::conditioner::Adapters;
+use crate::text::device::DeviceLinear;
+use crate::text::{Conditioner, TextInput};
 
 /// Where the weights come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +85,8 @@ pub struct Engine {
     source: WeightsSource,
     /// The `decoder.*` tensors, loaded by the first stream that uses the TAE decoder.
     decoder_weights: OnceLock<Arc<Weights>>,
+    /// The text encoders with their prompt cache (they run on the CPU).
+    text: Arc<Conditioner>,
 }
 
 impl Engine {
@@ -157,7 +161,34 @@ impl Engine {
                 Weights::random_groups(&params.profile.model, *seed, *dtype, groups)
             }
         };
+        let text = {
+            let byte_table = weights.get("text_embed.weight").ok();
+            let dim = params.profile.model.text_dim;
+            let text_cfg = &params.profile.text;
+            match &params.weights {
+                WeightsSource::File(path) => {
+                    let ckpt = match &device_file {
+                        Some(c) => c.clone(),
+                        None => Arc::new(Checkpoint::open(path)?),
+                    };
+                    Conditioner::new(text_cfg, dim, &Adapters::Checkpoint(&ckpt), byte_table)?
+                }
+                WeightsSource::Random { seed, .. } => {
+                    Conditioner::new(text_cfg, dim, &Adapters::Random { seed: *seed }, byte_table)?
+                }
+            }
+        };
+        let text = match (params.profile.text.device.as_deref(), backend) {
+            (Some("backend"), BackendKind::Emu) => {
+                text.with_exec(Box::new(DeviceLinear::new(EmuDevice::new())))
+            }
+            (Some("backend"), BackendKind::Cuda) => {
+                text.with_exec(Box::new(DeviceLinear::new(CudaDevice::new(device)?)))
+            }
+            _ => text,
+        };
         Ok(Engine {
+            text: Arc::new(text),
             profile: Arc::new(params.profile),
             device_random,
             device_file,
@@ -214,16 +245,20 @@ impl Engine {
         }
     }
 
-    /// The byte-level text embedding of this engine's checkpoint.
-    pub fn text_embedding(&self) -> Result<ByteEmbedding> {
-        let m = &self.profile.model;
-        let table = self.weights.get("text_embed.weight")?.clone();
-        ByteEmbedding::new(table, m.text_len, m.text_dim)
+    /// The text encoders and their prompt cache.
+    pub fn text_encoders(&self) -> &Arc<Conditioner> {
+        &self.text
     }
 
-    /// The text condition of `prompt`.
+    /// One line per text encoder saying what it is and where its weights came from (random
+    /// stand-ins say so).
+    pub fn text_notes(&self) -> &[String] {
+        self.text.notes()
+    }
+
+    /// The text condition of `prompt` (computed once, then served from the prompt cache).
     pub fn encode_prompt(&self, prompt: &str) -> Result<TextInput> {
-        Ok(self.text_embedding()?.embed(prompt))
+        Ok((*self.text.encode(prompt)?).clone())
     }
 
     /// The preview decoder of this engine's checkpoint.
@@ -307,7 +342,7 @@ pub struct StreamParams {
     pub negative_prompt: Option<String>,
     pub seed: Option<u64>,
     pub guidance: Option<f32>,
-    /// Precomputed text condition replacing the prompt's byte embedding.
+    /// Precomputed text condition replacing the prompt's encoding.
     pub text: Option<TextInput>,
     /// Which decoder turns latents into frames (the TAE decoder unless told otherwise).
     pub decoder: DecoderKind,

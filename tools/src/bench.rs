@@ -230,6 +230,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     stream.synchronize()?;
     let pipe_s = secs(t.elapsed());
+    // A prompt switch: one run of the text encoders for a new prompt, then a switch back to
+    // a prompt the engine's cache holds (no encoder run).
+    let t = Instant::now();
+    stream.set_prompt(&format!("{} (switched)", args.prompt));
+    stream.encode_pending()?;
+    let switch_s = secs(t.elapsed());
+    let t = Instant::now();
+    stream.set_prompt(&args.prompt);
+    stream.encode_pending()?;
+    let switch_cached_s = secs(t.elapsed());
     let backend = stream.backend_name();
     let graphs = stream.graphs();
     let seed = stream.seed();
@@ -373,6 +383,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     );
     say!(
         "  {:<22} {:>12} {:>12}",
+        "prompt switch (text)",
+        format!("{:.3}", ms(switch_s)),
+        format!("cached {:.3}", ms(switch_cached_s))
+    );
+    say!(
+        "  {:<22} {:>12} {:>12}",
         "end to end (per call)",
         opt(mean(&totals), &|s| format!("{:.3}", ms(s))),
         opt(video_fps, &|f| format!("{f:.2}"))
@@ -488,6 +504,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                     "dit_ms_mean": mean(&dit).map(ms),
                     "decode_ms_mean": mean(&decode).map(ms),
                     "end_to_end_ms_mean": mean(&totals).map(ms),
+                    "prompt_switch_ms": ms(switch_s),
+                    "prompt_switch_cached_ms": ms(switch_cached_s),
                     "dit_fps": dit_fps,
                     "decode_fps": decode_fps,
                     "end_to_end_fps": video_fps,

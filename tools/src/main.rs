@@ -60,6 +60,118 @@ enum Command {
     /// One eager model call timed per op (CPU) or per launch (CUDA, emulator) with FLOPs,
     /// bytes and achieved rates; `--trace` writes a Chrome trace for Perfetto.
     Profile(profile::ProfileArgs),
+    /// Run the profile's text encoders on a prompt and write `text` and `text_mask`
+    /// (safetensors, f32), to compare with another implementation; `--write-folders DIR`
+    /// writes the random encoders as Hugging Face folders instead.
+    Encode(EncodeArgs),
+}
+
+/// `NAME=PATH` of `--text-dir`.
+fn parse_text_dir(s: &str) -> std::result::Result<(String, String), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PATH, found `{s}`"))?;
+    Ok((name.to_string(), path.to_string()))
+}
+
+/// Loads a profile and points its text encoders at the folders given on the command line.
+fn load_profile(name: &str, text_dirs: &[(String, String)]) -> Result<Profile> {
+    let mut profile = Profile::load(name)?;
+    for (enc, dir) in text_dirs {
+        profile.text.set_dir(enc, dir)?;
+    }
+    Ok(profile)
+}
+
+#[derive(Args)]
+struct EncodeArgs {
+    /// A built-in profile name or a profile TOML file.
+    #[arg(long, default_value = "tiny")]
+    profile: String,
+    /// A Hugging Face folder for text encoder NAME (repeatable): `--text-dir ul2=/models/ul2`.
+    #[arg(long, value_name = "NAME=PATH", value_parser = parse_text_dir)]
+    text_dir: Vec<(String, String)>,
+    /// The DiT checkpoint holding the adapters `text_adapter.NAME.weight`; without it, the
+    /// random weights' adapters (seed `--random-weights`).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    #[arg(long, value_name = "SEED", default_value_t = 0)]
+    random_weights: u64,
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Output safetensors file.
+    #[arg(long, required_unless_present = "write_folders")]
+    out: Option<PathBuf>,
+    /// Write each random (folder-less) encoder of the profile as a Hugging Face folder
+    /// `DIR/NAME` (config.json, model.safetensors, tokenizer.json) and stop.
+    #[arg(long, value_name = "DIR")]
+    write_folders: Option<PathBuf>,
+}
+
+fn encode(args: EncodeArgs) -> Result<()> {
+    use streamdit::model::schema::Group;
+    use streamdit::text::conditioner::Adapters;
+    let profile = load_profile(&args.profile, &args.text_dir)?;
+    if let Some(dir) = &args.write_folders {
+        for e in &profile.text.encoders {
+            if let (None, Some(spec)) = (&e.dir, &e.random) {
+                let bytes = e.tokenizer.as_deref() == Some("bytes");
+                let out = dir.join(&e.name);
+                text::random::random_model(&e.kind, spec, bytes)?.write_folder(&out)?;
+                eprintln!("streamdit: wrote {} ({})", out.display(), e.kind);
+            }
+        }
+        return Ok(());
+    }
+    let m = &profile.model;
+    let ckpt = args
+        .weights
+        .as_ref()
+        .map(checkpoint::Checkpoint::open)
+        .transpose()?;
+    let byte_table = match &ckpt {
+        Some(c) => c.read_f32("text_embed.weight", &[256 + 3, m.text_dim]).ok(),
+        None => checkpoint::Weights::random_groups(
+            m,
+            args.random_weights,
+            DType::F32,
+            &[Group::TextEmbed],
+        )
+        .get("text_embed.weight")
+        .ok()
+        .cloned(),
+    };
+    let adapters = match &ckpt {
+        Some(c) => Adapters::Checkpoint(c),
+        None => Adapters::Random {
+            seed: args.random_weights,
+        },
+    };
+    let enc = text::Conditioner::new(&profile.text, m.text_dim, &adapters, byte_table.as_ref())?;
+    for n in enc.notes() {
+        eprintln!("streamdit: {n}");
+    }
+    let t = Instant::now();
+    let cond = enc.encode_uncached(&args.prompt)?;
+    let secs = t.elapsed().as_secs_f64();
+    let mask = streamdit::Tensor::new(vec![cond.mask.len()], cond.mask.clone())?;
+    let out = args
+        .out
+        .as_deref()
+        .unwrap_or(std::path::Path::new("text.safetensors"));
+    checkpoint::write_tensors(
+        out,
+        &[("text", &cond.text), ("text_mask", &mask)],
+        DType::F32,
+    )?;
+    let real = cond.mask.iter().filter(|&&v| v != 0.0).count();
+    eprintln!(
+        "streamdit: wrote {} (text {:?}, {real} real tokens): encoders took {:.1} ms",
+        out.display(),
+        cond.text.shape,
+        secs * 1e3
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -79,11 +191,22 @@ struct ModelArgs {
     /// auto, cpu, cuda or emu.
     #[arg(long, default_value = "auto")]
     backend: BackendKind,
+    /// A Hugging Face folder for text encoder NAME (repeatable): `--text-dir ul2=/models/ul2`.
+    #[arg(long, value_name = "NAME=PATH", value_parser = parse_text_dir)]
+    text_dir: Vec<(String, String)>,
+    /// Where the text encoders' linear layers run: `cpu` (default: no GPU memory) or
+    /// `backend` (the model's cuda/emu device, FP16 GEMM kernel; attention stays on the CPU).
+    #[arg(long, value_name = "cpu|backend")]
+    text_device: Option<String>,
 }
 
 impl ModelArgs {
     fn engine(&self) -> Result<Engine> {
-        let profile = Profile::load(&self.profile)?;
+        let mut profile = load_profile(&self.profile, &self.text_dir)?;
+        if let Some(d) = &self.text_device {
+            profile.text.device = Some(d.clone());
+            profile.validate()?;
+        }
         let weights = match &self.weights {
             Some(path) => WeightsSource::File(path.clone()),
             None => WeightsSource::Random {
@@ -98,6 +221,9 @@ impl ModelArgs {
         })?;
         let (kind, why) = engine.backend_choice();
         eprintln!("streamdit: backend {kind:?} ({why})");
+        for n in engine.text_notes() {
+            eprintln!("streamdit: {n}");
+        }
         Ok(engine)
     }
 }
@@ -807,6 +933,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Decode(args) => decode(args),
         Command::Bench(args) => bench::bench(args),
         Command::Profile(args) => profile::profile(args),
+        Command::Encode(args) => encode(args),
         Command::Weights {
             command:
                 WeightsCommand::Init {

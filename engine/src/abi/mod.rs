@@ -342,6 +342,14 @@ pub unsafe extern "C" fn streamdit_engine_create(
             LOG_INFO,
             &format!("backend {kind:?} ({why})"),
         );
+        for note in engine.text_notes() {
+            let level = if note.contains("RANDOM") {
+                LOG_WARN
+            } else {
+                LOG_INFO
+            };
+            log(p.log, p.log_user_data, level, note);
+        }
         let handle = Box::new(EngineHandle {
             engine,
             log: p.log,
@@ -479,6 +487,9 @@ pub unsafe extern "C" fn streamdit_stream_set_prompt(
         let prompt = unsafe { opt_str(prompt, "prompt") }?
             .ok_or_else(|| invalid("streamdit_stream_set_prompt: `prompt` is NULL"))?;
         s.stream.set_prompt(&prompt);
+        // Encode now (served from the engine's prompt cache when seen before), so that a
+        // text encoder error is reported by this call.
+        s.stream.encode_pending()?;
         Ok(OK)
     })
 }

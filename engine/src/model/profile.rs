@@ -113,12 +113,61 @@ pub struct DecoderConfig {
     pub groups: usize,
 }
 
-/// The text conditioning.
+/// The text conditioning: encoders whose outputs are concatenated along the sequence into
+/// `text [Lt, Dtxt]` and `text_mask [Lt]`, in the order listed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextConfig {
-    /// The encoder: `byte` is the byte-level embedding stage of a ByT5-style encoder.
-    pub encoder: String,
+    /// Where the encoders' linear layers run: `cpu` (default; no GPU memory) or `backend`
+    /// (the model's device, through the engine's FP16 GEMM kernel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub encoders: Vec<TextEncoderConfig>,
+}
+
+/// One text encoder of the conditioning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextEncoderConfig {
+    /// Names the encoder in errors, in `--text-dir NAME=PATH` and in its adapter tensor
+    /// `text_adapter.{name}.weight [Dtxt, d_model]` (+ `.bias`) of the DiT checkpoint.
+    pub name: String,
+    /// `t5` (T5 v1.1, UL2, ByT5, umT5), `clip` (CLIP text model) or `byte` (the byte-level
+    /// embedding `text_embed.weight` of the DiT checkpoint).
+    pub kind: String,
+    /// Tokens this encoder contributes (truncation and padding length).
+    pub len: usize,
+    /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// `bytes` for ByT5's byte tokenizer; otherwise the folder's `tokenizer.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+    /// Without `dir`: a deterministic random encoder of this shape stands in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random: Option<RandomEncoderConfig>,
+}
+
+/// The shape of a random stand-in encoder (the profile's `tiny` encoders, or a stand-in for
+/// a folder that is not downloaded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RandomEncoderConfig {
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub d_ff: usize,
+    /// T5 head width; `d_model / heads` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d_kv: Option<usize>,
+    /// T5 `feed_forward_proj` (default `gated-gelu`) or CLIP `hidden_act` (default `quick_gelu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<String>,
+    /// umT5: a relative position bias in every block, not only the first.
+    #[serde(default)]
+    pub per_layer_bias: bool,
+    #[serde(default)]
+    pub seed: u64,
 }
 
 impl ModelConfig {
@@ -380,14 +429,109 @@ impl Profile {
                 ),
             );
         }
-        if self.text.encoder != "byte" {
+        self.validate_text(&fail)?;
+        Ok(())
+    }
+}
+
+impl TextConfig {
+    /// Points encoder `name` at a model folder (the CLI's `--text-dir NAME=PATH`).
+    pub fn set_dir(&mut self, name: &str, dir: &str) -> Result<()> {
+        let names: Vec<String> = self.encoders.iter().map(|e| e.name.clone()).collect();
+        let e = self
+            .encoders
+            .iter_mut()
+            .find(|e| e.name == name)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "text encoder `{name}`: expected one of {}",
+                    names.join(", ")
+                ))
+            })?;
+        e.dir = Some(dir.to_string());
+        Ok(())
+    }
+}
+
+impl Profile {
+    fn validate_text(&self, fail: &dyn Fn(&str, String) -> Result<()>) -> Result<()> {
+        if let Some(d) = &self.text.device {
+            if d != "cpu" && d != "backend" {
+                return fail(
+                    "text.device",
+                    format!("must be cpu or backend, found `{d}`"),
+                );
+            }
+        }
+        let enc = &self.text.encoders;
+        if enc.is_empty() {
+            return fail("text.encoders", "must list at least one encoder".into());
+        }
+        let total: usize = enc.iter().map(|e| e.len).sum();
+        if total != self.model.text_len {
             return fail(
-                "text.encoder",
+                "text.encoders",
                 format!(
-                    "must be `byte` (the only encoder so far), found `{}`",
-                    self.text.encoder
+                    "lengths must sum to model.text_len {}, found {total}",
+                    self.model.text_len
                 ),
             );
+        }
+        for (i, e) in enc.iter().enumerate() {
+            let field = |f: &str| format!("text.encoders[{i}].{f}");
+            if e.name.is_empty() || enc[..i].iter().any(|o| o.name == e.name) {
+                return fail(
+                    &field("name"),
+                    format!("must be unique and non-empty, found `{}`", e.name),
+                );
+            }
+            let min_len = if e.kind == "clip" { 2 } else { 1 };
+            if e.len < min_len {
+                return fail(
+                    &field("len"),
+                    format!(
+                        "must be at least {min_len} for a `{}` encoder, found {}",
+                        e.kind, e.len
+                    ),
+                );
+            }
+            match e.kind.as_str() {
+                "t5" | "clip" => {
+                    if e.dir.is_none() && e.random.is_none() {
+                        return fail(&field("dir"), "or `random` must be given".into());
+                    }
+                }
+                "byte" => {}
+                k => {
+                    return fail(
+                        &field("kind"),
+                        format!("must be one of t5, clip, byte, found `{k}`"),
+                    )
+                }
+            }
+            if let Some(t) = &e.tokenizer {
+                if t != "bytes" {
+                    return fail(
+                        &field("tokenizer"),
+                        format!("must be `bytes` when given, found `{t}`"),
+                    );
+                }
+            }
+            if let Some(r) = &e.random {
+                for (f, v) in [
+                    ("d_model", r.d_model),
+                    ("layers", r.layers),
+                    ("heads", r.heads),
+                    ("d_ff", r.d_ff),
+                ] {
+                    if v == 0 {
+                        return fail(
+                            &field(&format!("random.{f}")),
+                            "must be at least 1, found 0".into(),
+                        );
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -10,7 +10,9 @@ use crate::backend::{Backend, StepParams};
 use crate::decoder::Decoder;
 use crate::engine::{Engine, StreamParams};
 use crate::error::{Error, Result};
-use crate::text::{self, ByteEmbedding, TextInput};
+use std::sync::Arc;
+
+use crate::text::{self, Conditioner, TextInput};
 
 pub use schedule::{Schedule, ScheduledStep};
 
@@ -19,10 +21,12 @@ pub struct Stream {
     backend: Box<dyn Backend>,
     decoder: Box<dyn Decoder>,
     schedule: Schedule,
-    embedding: ByteEmbedding,
+    encoders: Arc<Conditioner>,
     /// The condition of branch 0, and of branch 1 when guidance is on.
-    prompt: TextInput,
-    negative: Option<TextInput>,
+    prompt: Arc<TextInput>,
+    negative: Option<Arc<TextInput>>,
+    /// A prompt set by [`Stream::set_prompt`], encoded at the next model call.
+    pending: Option<String>,
     /// The condition changed since the backend last saw it.
     text_changed: bool,
     seed: u64,
@@ -50,21 +54,23 @@ impl Stream {
             )));
         }
         let seed = params.seed.unwrap_or(profile.run.seed);
-        let embedding = engine.text_embedding()?;
+        let encoders = engine.text_encoders().clone();
         let prompt = match params.text {
             Some(t) => {
                 check_text(&t, m.text_len, m.text_dim)?;
-                t
+                Arc::new(t)
             }
-            None => embedding.embed(&params.prompt),
+            None => encoders.encode(&params.prompt)?,
         };
-        let negative = (guidance != 1.0).then(|| {
+        let negative = if guidance != 1.0 {
             let neg = params
                 .negative_prompt
                 .as_deref()
                 .unwrap_or(&profile.run.negative_prompt);
-            embedding.embed(neg)
-        });
+            Some(encoders.encode(neg)?)
+        } else {
+            None
+        };
         let mut backend = engine.create_backend(guidance)?;
         backend.reset(seed, 0)?;
         let c = profile.stream.chunk_frames;
@@ -72,9 +78,10 @@ impl Stream {
             backend,
             decoder: engine.decoder(params.decoder)?,
             schedule: Schedule::new(&profile.stream),
-            embedding,
+            encoders,
             prompt,
             negative,
+            pending: None,
             text_changed: true,
             seed,
             guidance,
@@ -87,17 +94,32 @@ impl Stream {
         })
     }
 
-    /// Switches the prompt; it takes effect at the next model call, the buffer is kept.
+    /// Switches the prompt; it takes effect at the next model call, the buffer is kept. The
+    /// prompt is encoded then (once: the engine caches recent prompts), so an encoder error
+    /// is returned by that call.
     pub fn set_prompt(&mut self, prompt: &str) {
-        self.prompt = self.embedding.embed(prompt);
+        self.pending = Some(prompt.to_string());
         self.text_changed = true;
+    }
+
+    /// Encodes a prompt set by [`Stream::set_prompt`] now instead of at the next model call
+    /// (to time it, or to see an encoder error early).
+    pub fn encode_pending(&mut self) -> Result<()> {
+        if let Some(p) = &self.pending {
+            // Kept pending on failure: the next call tries again and fails the same way,
+            // rather than silently keeping the old prompt.
+            self.prompt = self.encoders.encode(p)?;
+            self.pending = None;
+        }
+        Ok(())
     }
 
     /// Switches to a precomputed text condition, like [`Stream::set_prompt`].
     pub fn set_text(&mut self, text: TextInput) -> Result<()> {
         let g = self.backend.graph();
         check_text(&text, g.config.text_len, g.config.text_dim)?;
-        self.prompt = text;
+        self.prompt = Arc::new(text);
+        self.pending = None;
         self.text_changed = true;
         Ok(())
     }
@@ -122,8 +144,9 @@ impl Stream {
     pub fn step(&mut self) -> Result<bool> {
         let _range = crate::nvtx::Range::push(format_args!("step {}", self.calls));
         if self.text_changed {
-            let branches: Vec<&TextInput> = std::iter::once(&self.prompt)
-                .chain(&self.negative)
+            self.encode_pending()?;
+            let branches: Vec<&TextInput> = std::iter::once(&*self.prompt)
+                .chain(self.negative.as_deref())
                 .collect();
             let (text, mask) = text::stack(&branches);
             self.backend.set_text(&text, &mask)?;

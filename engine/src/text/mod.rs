@@ -1,7 +1,20 @@
-//! Text conditioning. Until the real encoders land, a prompt becomes the context through a
-//! byte-level embedding, the first stage of a ByT5-style encoder: ids are the UTF-8 bytes
-//! plus 3, the end-of-text id 1 follows them, pad id 0 fills the rest; each id looks up a
-//! row of `text_embed.weight [259, Dtxt]`.
+//! Text conditioning: tokenizers, the T5-family and CLIP text encoders (in the Hugging Face
+//! layout, loaded from model folders or generated at random), and the assembly of their
+//! outputs into the DiT's context `text [Lt, Dtxt]` + `text_mask [Lt]`. The encoders are
+//! plain modules that take ids and return hidden states, so other models can reuse them.
+//!
+//! The byte-level embedding of the foundation stays as the `byte` encoder kind: ids are the
+//! UTF-8 bytes plus 3, the end-of-text id 1 follows them, pad id 0 fills the rest; each id
+//! looks up a row of `text_embed.weight [259, Dtxt]`.
+
+pub mod clip;
+pub mod conditioner;
+pub mod device;
+pub mod nn;
+pub mod random;
+pub mod t5;
+pub mod tokenize;
+pub mod weights;
 
 use std::path::Path;
 
@@ -10,35 +23,14 @@ use crate::model::checkpoint;
 use crate::model::schema::TEXT_VOCAB;
 use crate::tensor::Tensor;
 
-/// Padding id.
-pub const PAD_ID: u32 = 0;
-/// End-of-text id.
-pub const END_ID: u32 = 1;
-/// Byte `b` has id `b + BYTE_OFFSET`.
-pub const BYTE_OFFSET: u32 = 3;
+pub use conditioner::Conditioner;
+pub use tokenize::{byte_tokens, BYTE_EOS as END_ID, BYTE_OFFSET, BYTE_PAD as PAD_ID};
 
 /// The text condition of one branch: `text [Lt, Dtxt]` and `mask [Lt]` (1 = real token).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextInput {
     pub text: Tensor,
     pub mask: Vec<f32>,
-}
-
-/// Byte ids of `prompt` cut to `len - 1` bytes, then the end id, then padding to `len`;
-/// the mask is 1 on the bytes and the end id.
-pub fn byte_tokens(prompt: &str, len: usize) -> (Vec<u32>, Vec<f32>) {
-    let mut ids: Vec<u32> = prompt
-        .bytes()
-        .take(len.saturating_sub(1))
-        .map(|b| u32::from(b) + BYTE_OFFSET)
-        .collect();
-    if len > 0 {
-        ids.push(END_ID);
-    }
-    let mut mask = vec![1.0; ids.len()];
-    ids.resize(len, PAD_ID);
-    mask.resize(len, 0.0);
-    (ids, mask)
 }
 
 /// The byte-level embedding table.

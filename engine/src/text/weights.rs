@@ -1,0 +1,238 @@
+//! Where an encoder's tensors come from: a Hugging Face folder (`model.safetensors`, or the
+//! shards listed by `model.safetensors.index.json`), or tensors generated in memory. Every
+//! read checks the shape and names the tensor, the expected and the found shape.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::{fmt_shape, path_str, Error, Result};
+use crate::model::checkpoint::Checkpoint;
+use crate::tensor::Tensor;
+
+/// The single-file weights of a Hugging Face folder.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// The index of sharded weights.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Tensors by transformers name.
+pub enum TensorSource {
+    /// Memory-mapped safetensors files; `index` maps a name to its file.
+    Files {
+        origin: String,
+        files: Vec<Checkpoint>,
+        index: HashMap<String, usize>,
+    },
+    /// Tensors held in memory (random encoders), `origin` names them in errors.
+    Memory {
+        origin: String,
+        tensors: BTreeMap<String, Tensor>,
+    },
+}
+
+impl TensorSource {
+    /// The weights of the model folder `dir`.
+    pub fn open(dir: &Path) -> Result<TensorSource> {
+        let single = dir.join(SINGLE_FILE);
+        let index_path = dir.join(INDEX_FILE);
+        let origin = path_str(dir);
+        if single.is_file() {
+            let ckpt = Checkpoint::open(&single)?;
+            let index = ckpt.names().map(|n| (n.to_string(), 0)).collect();
+            return Ok(TensorSource::Files {
+                origin,
+                files: vec![ckpt],
+                index,
+            });
+        }
+        if !index_path.is_file() {
+            return Err(Error::Invalid(format!(
+                "text encoder folder {origin}: expected {SINGLE_FILE} or {INDEX_FILE} with its shards, found neither"
+            )));
+        }
+        let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| {
+            Error::Invalid(format!("{}: not valid JSON: {e}", path_str(&index_path)))
+        })?;
+        let map = json
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: expected an object `weight_map` (tensor name -> shard file)",
+                    path_str(&index_path)
+                ))
+            })?;
+        let mut shard_names: Vec<String> = Vec::new();
+        let mut index = HashMap::new();
+        for (name, file) in map {
+            let file = file.as_str().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: weight_map[`{name}`]: expected a file name, found {file}",
+                    path_str(&index_path)
+                ))
+            })?;
+            let i = match shard_names.iter().position(|s| s == file) {
+                Some(i) => i,
+                None => {
+                    shard_names.push(file.to_string());
+                    shard_names.len() - 1
+                }
+            };
+            index.insert(name.clone(), i);
+        }
+        let files = shard_names
+            .iter()
+            .map(|s| {
+                let p: PathBuf = dir.join(s);
+                if !p.is_file() {
+                    return Err(Error::Invalid(format!(
+                        "text encoder folder {origin}: shard {s} listed in {INDEX_FILE} is missing"
+                    )));
+                }
+                Checkpoint::open(&p)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TensorSource::Files {
+            origin,
+            files,
+            index,
+        })
+    }
+
+    fn origin(&self) -> &str {
+        match self {
+            TensorSource::Files { origin, .. } | TensorSource::Memory { origin, .. } => origin,
+        }
+    }
+
+    /// Whether a tensor of that name exists.
+    pub fn has(&self, name: &str) -> bool {
+        match self {
+            TensorSource::Files { files, index, .. } => index
+                .get(name)
+                .is_some_and(|&i| files[i].info(name).is_some()),
+            TensorSource::Memory { tensors, .. } => tensors.contains_key(name),
+        }
+    }
+
+    /// The shape of a tensor, when it exists.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        match self {
+            TensorSource::Files { files, index, .. } => index
+                .get(name)
+                .and_then(|&i| files[i].info(name))
+                .map(|t| t.shape.clone()),
+            TensorSource::Memory { tensors, .. } => tensors.get(name).map(|t| t.shape.clone()),
+        }
+    }
+
+    /// Tensor `name` of shape `shape` in f32.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        match self {
+            TensorSource::Files { files, index, .. } => match index.get(name) {
+                Some(&i) => files[i].read_f32(name, shape),
+                None => Err(self.missing(name, shape)),
+            },
+            TensorSource::Memory { origin, tensors } => {
+                let t = tensors.get(name).ok_or_else(|| self.missing(name, shape))?;
+                if t.shape != shape {
+                    return Err(Error::Tensor {
+                        path: origin.clone(),
+                        tensor: name.into(),
+                        expected: format!("shape {}", fmt_shape(shape)),
+                        found: format!("shape {}", fmt_shape(&t.shape)),
+                    });
+                }
+                Ok(t.clone())
+            }
+        }
+    }
+
+    /// The first of `names` that exists (tied embeddings have several names).
+    pub fn get_any(&self, names: &[&str], shape: &[usize]) -> Result<Tensor> {
+        let name = names.iter().find(|n| self.has(n)).unwrap_or(&names[0]);
+        self.get(name, shape)
+    }
+
+    fn missing(&self, name: &str, shape: &[usize]) -> Error {
+        Error::Tensor {
+            path: self.origin().to_string(),
+            tensor: name.into(),
+            expected: format!("a tensor of shape {}", fmt_shape(shape)),
+            found: "none".into(),
+        }
+    }
+}
+
+/// Reads `config.json` of a model folder.
+pub fn read_config(dir: &Path) -> Result<Value> {
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Err(Error::Invalid(format!(
+            "text encoder folder {}: expected config.json, found none",
+            path_str(dir)
+        )));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Invalid(format!("{}: not valid JSON: {e}", path_str(&path))))
+}
+
+/// Typed access to a config object, naming the file and field in errors.
+pub struct ConfigReader<'a> {
+    pub origin: &'a str,
+    pub json: &'a Value,
+}
+
+impl ConfigReader<'_> {
+    fn bad(&self, key: &str, expected: &str, found: Option<&Value>) -> Error {
+        let found = found.map_or("nothing".to_string(), |v| v.to_string());
+        Error::Invalid(format!(
+            "{}: config.json: field `{key}`: expected {expected}, found {found}",
+            self.origin
+        ))
+    }
+
+    /// A positive integer field.
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        let v = self.json.get(key);
+        match v.and_then(Value::as_u64) {
+            Some(n) if n > 0 => Ok(n as usize),
+            _ => Err(self.bad(key, "a positive integer", v)),
+        }
+    }
+
+    /// A positive integer field, or `default` when absent.
+    pub fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(_) => self.usize(key),
+        }
+    }
+
+    /// A positive number field, or `default` when absent.
+    pub fn f32_or(&self, key: &str, default: f32) -> Result<f32> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => match v.as_f64() {
+                Some(x) if x > 0.0 && x.is_finite() => Ok(x as f32),
+                _ => Err(self.bad(key, "a positive number", Some(v))),
+            },
+        }
+    }
+
+    /// A string field, or `default` when absent.
+    pub fn str_or<'b>(&'b self, key: &str, default: &'b str) -> Result<&'b str> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_str().ok_or_else(|| self.bad(key, "a string", Some(v))),
+        }
+    }
+
+    /// An error for a field whose value is not one of `allowed`.
+    pub fn unknown(&self, key: &str, allowed: &str) -> Error {
+        self.bad(key, &format!("one of {allowed}"), self.json.get(key))
+    }
+}
