@@ -2,6 +2,7 @@
 //! nearest neighbour. Cheap enough to run on every chunk, and shaped like the real decoder's
 //! output so sinks and players can be tested without it.
 
+use crate::decoder::tae::to_byte;
 use crate::decoder::Decoder;
 use crate::error::{fmt_shape, Error, Result};
 use crate::model::profile::{ModelConfig, VideoConfig};
@@ -76,11 +77,6 @@ impl Preview {
             }
         }
     }
-}
-
-/// `round(clamp((v + 1) / 2, 0, 1) * 255)`, the RGB convention of TAE_SPEC (NaN maps to 0).
-fn to_byte(v: f32) -> u8 {
-    (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8
 }
 
 fn check_shape(name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {

@@ -332,6 +332,12 @@ pub fn to_byte(v: f32) -> u8 {
     (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8
 }
 
+/// Appends the bytes of RGB values `rgb` to `out` ([`to_byte`] each).
+pub fn to_bytes(rgb: &[f32], out: &mut Vec<u8>) {
+    out.reserve(rgb.len());
+    out.extend(rgb.iter().map(|&v| to_byte(v)));
+}
+
 impl Decoder for TaeDecoder {
     fn frame_size(&self) -> (usize, usize) {
         self.graph.frame_size()
@@ -342,9 +348,7 @@ impl Decoder for TaeDecoder {
     }
 
     fn decode(&mut self, latents: &[f32], out: &mut Vec<u8>) -> Result<()> {
-        let rgb = self.decode_f32(latents)?;
-        out.reserve(rgb.len());
-        out.extend(rgb.iter().map(|&v| to_byte(v)));
+        to_bytes(&self.decode_f32(latents)?, out);
         Ok(())
     }
 

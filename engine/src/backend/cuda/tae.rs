@@ -32,7 +32,7 @@ use streamdit_kernels::{attention, conv};
 
 use super::device::{Device, DeviceBuffer, GraphId, PinnedBuffer, Stream};
 use super::lower::{self, Params, Step, Trace};
-use crate::decoder::tae::to_byte;
+use crate::decoder::tae::to_bytes;
 use crate::decoder::Decoder;
 use crate::error::{fmt_shape, Error, Result};
 use crate::model::checkpoint::Weights;
@@ -330,6 +330,37 @@ fn lower_list(
             params,
             trace: Trace::default(),
         };
+    // `out = x W^T + b (+ residual)` over `m` pixels: the 1x1 skip and the attention's
+    // projections. `prefix` names the tensors `{prefix}.weight` and `{prefix}.bias`.
+    let conv1x1 = |prefix: &str,
+                   x: usize,
+                   out: usize,
+                   residual: *const u16,
+                   (m, cin, cout): (usize, usize, usize)|
+     -> Result<Step> {
+        let lc = conv::conv1x1_launch(m, cin, cout).map_err(lowering_error)?;
+        Ok(launch(
+            format!("decoder {prefix}"),
+            "conv",
+            lc.kernel,
+            lc.config,
+            Params::Conv1x1(conv::Conv1x1Params {
+                x: ptr(x),
+                w: weight(&format!("{prefix}.weight"))?,
+                bias: weight(&format!("{prefix}.bias"))?,
+                residual,
+                out: ptr_mut(out),
+                m: m as i32,
+                cin: cin as i32,
+                cout: cout as i32,
+            }),
+        ))
+    };
+    let pop_saved = |saved: &mut Vec<Loc>, i: usize| {
+        saved
+            .pop()
+            .ok_or_else(|| lowering_error(format!("op {i}: AddSaved with nothing saved")))
+    };
     let mut steps = Vec::new();
     let mut pool = Pool { refs: Vec::new() };
     let pool_off = |i: usize| l.pool + i * l.pool_bytes;
@@ -511,29 +542,12 @@ fn lower_list(
                 let mut residual = std::ptr::null();
                 let mut held = None;
                 if let Some(TaeOp::AddSaved { skip, cin, cout }) = next {
-                    let s = saved
-                        .pop()
-                        .ok_or_else(|| lowering_error(format!("op {}: nothing saved", i + 1)))?;
+                    let s = pop_saved(&mut saved, i + 1)?;
                     if let Some(skip) = skip {
-                        let lc =
-                            conv::conv1x1_launch(t_in * hw, *cin, *cout).map_err(lowering_error)?;
                         let b = pool.alloc();
-                        steps.push(launch(
-                            format!("decoder {skip}"),
-                            "conv",
-                            lc.kernel,
-                            lc.config,
-                            Params::Conv1x1(conv::Conv1x1Params {
-                                x: ptr(s.off),
-                                w: weight(&format!("{skip}.weight"))?,
-                                bias: weight(&format!("{skip}.bias"))?,
-                                residual: std::ptr::null(),
-                                out: ptr_mut(pool_off(b)),
-                                m: (t_in * hw) as i32,
-                                cin: *cin as i32,
-                                cout: *cout as i32,
-                            }),
-                        ));
+                        let shape = (t_in * hw, *cin, *cout);
+                        let null = std::ptr::null();
+                        steps.push(conv1x1(skip, s.off, pool_off(b), null, shape)?);
                         pool.release(s.buf);
                         residual = ptr(pool_off(b));
                         held = Some(b);
@@ -601,23 +615,9 @@ fn lower_list(
                 head_dim,
             } => {
                 let m = t * hw;
-                let lc = conv::conv1x1_launch(m, *ch, 3 * ch).map_err(lowering_error)?;
-                steps.push(launch(
-                    format!("decoder {name}.qkv"),
-                    "conv",
-                    lc.kernel,
-                    lc.config,
-                    Params::Conv1x1(conv::Conv1x1Params {
-                        x: ptr(cur.off),
-                        w: weight(&format!("{name}.qkv.weight"))?,
-                        bias: weight(&format!("{name}.qkv.bias"))?,
-                        residual: std::ptr::null(),
-                        out: ptr_mut(l.qkv),
-                        m: m as i32,
-                        cin: *ch as i32,
-                        cout: 3 * *ch as i32,
-                    }),
-                ));
+                let qkv = format!("{name}.qkv");
+                let shape = (m, *ch, 3 * ch);
+                steps.push(conv1x1(&qkv, cur.off, l.qkv, std::ptr::null(), shape)?);
                 let shape = attention::WindowShape {
                     batch: 1,
                     grid: [t, step.height, step.width],
@@ -653,31 +653,15 @@ fn lower_list(
                 let mut residual = std::ptr::null();
                 let mut held = None;
                 if let Some(TaeOp::AddSaved { skip: None, .. }) = next {
-                    let s = saved
-                        .pop()
-                        .ok_or_else(|| lowering_error(format!("op {}: nothing saved", i + 1)))?;
+                    let s = pop_saved(&mut saved, i + 1)?;
                     residual = ptr(s.off);
                     held = s.buf;
                     i += 1;
                 }
-                let lc = conv::conv1x1_launch(m, *ch, *ch).map_err(lowering_error)?;
                 let out = pool.alloc();
-                steps.push(launch(
-                    format!("decoder {name}.out"),
-                    "conv",
-                    lc.kernel,
-                    lc.config,
-                    Params::Conv1x1(conv::Conv1x1Params {
-                        x: ptr(l.attn_out),
-                        w: weight(&format!("{name}.out.weight"))?,
-                        bias: weight(&format!("{name}.out.bias"))?,
-                        residual,
-                        out: ptr_mut(pool_off(out)),
-                        m: m as i32,
-                        cin: *ch as i32,
-                        cout: *ch as i32,
-                    }),
-                ));
+                let proj = format!("{name}.out");
+                let shape = (m, *ch, *ch);
+                steps.push(conv1x1(&proj, l.attn_out, pool_off(out), residual, shape)?);
                 pool.release(held);
                 cur = Loc {
                     off: pool_off(out),
@@ -852,9 +836,7 @@ impl<D: Device + Send> Decoder for DeviceTae<D> {
     }
 
     fn decode(&mut self, latents: &[f32], out: &mut Vec<u8>) -> Result<()> {
-        let rgb = self.decode_f32(latents)?;
-        out.reserve(rgb.len());
-        out.extend(rgb.iter().map(|&v| to_byte(v)));
+        to_bytes(&self.decode_f32(latents)?, out);
         Ok(())
     }
 
