@@ -112,3 +112,17 @@ fn device_decoder_names_missing_tensors() {
         .to_string();
     assert!(err.contains("decoder.mid.attn.q.bias"), "{err}");
 }
+
+/// `device_memory` (what `streamdit plan` prints) is what the device decoder allocates.
+#[test]
+fn device_memory_report_equals_the_allocation() {
+    let (graph, weights) = setup(2);
+    let report = streamdit::backend::cuda::device_memory(&graph, 2).unwrap();
+    let dev = DeviceTae::new(graph, &weights, 2, EmuDevice::new()).unwrap();
+    assert_eq!(report.total, dev.device_bytes());
+    assert_eq!(
+        report.weights + report.activations + report.context + report.caches + report.scratch,
+        report.total
+    );
+    assert!(report.buffers >= 2 && report.activations >= report.buffers * report.buffer_bytes);
+}

@@ -116,11 +116,23 @@ pub fn report(
         "  causal caches    {} (two frames per temporal convolution, kept between chunks)\n",
         fmt_bytes(cost.cache_bytes)
     );
+    // What the device lowering really allocates (backend/cuda/tae.rs), beside the estimate.
+    let lowered = streamdit::backend::cuda::device_memory(&graph, c)?;
+    totals += &format!(
+        "  device lowering  {} allocated by the CUDA backend's decoder: weights {}, {} activation buffers of {}, context {}, caches {}, scratch {}\n",
+        fmt_bytes(lowered.total as u64),
+        fmt_bytes(lowered.weights as u64),
+        lowered.buffers,
+        fmt_bytes(lowered.buffer_bytes as u64),
+        fmt_bytes(lowered.context as u64),
+        fmt_bytes(lowered.caches as u64),
+        fmt_bytes(lowered.scratch as u64),
+    );
     // The decoder's arena is its own: it runs on a second stream while the next DiT call
     // uses the DiT's arena.
-    let peak = dit_peak_bytes + cost.weight_bytes + cost.cache_bytes + cost.arena_bytes;
+    let peak = dit_peak_bytes + lowered.total as u64;
     totals += &format!(
-        "  peak device mem  {} with the DiT's{}\n",
+        "  peak device mem  {} with the DiT's (the device lowering's allocation){}\n",
         fmt_bytes(peak),
         gpu.map_or(String::new(), |g| format!(
             ": {} the {} GiB of the {}",
@@ -171,6 +183,16 @@ pub fn report(
         "arena_bytes": cost.arena_bytes,
         "cache_bytes": cost.cache_bytes,
         "peak_device_bytes_with_dit": peak,
+        "device_lowering": {
+            "total_bytes": lowered.total,
+            "weight_bytes": lowered.weights,
+            "activation_bytes": lowered.activations,
+            "buffers": lowered.buffers,
+            "buffer_bytes": lowered.buffer_bytes,
+            "context_bytes": lowered.context,
+            "cache_bytes": lowered.caches,
+            "scratch_bytes": lowered.scratch,
+        },
         "prediction": prediction,
         "ops": ops_json,
     });

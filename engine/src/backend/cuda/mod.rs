@@ -35,4 +35,4 @@ pub mod real;
 pub mod tae;
 
 pub use backend::{CudaBackend, DeviceWeights};
-pub use tae::DeviceTae;
+pub use tae::{device_memory, DeviceTae, TaeMemory};

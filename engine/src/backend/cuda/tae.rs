@@ -272,7 +272,7 @@ fn sizes(graph: &TaeGraph, n: usize) -> Result<Sizes> {
 
 /// Lays out the allocation: weights, input, `pool_count` activation buffers, the context
 /// buffer, the caches and the scratch of GroupNorm and attention.
-fn layout(weights: &[(String, Vec<u16>)], s: &Sizes, pool_count: usize) -> Layout {
+fn layout(weights: &[(String, usize)], s: &Sizes, pool_count: usize) -> Layout {
     struct Bump(usize);
     impl Bump {
         fn take(&mut self, bytes: usize) -> usize {
@@ -283,8 +283,8 @@ fn layout(weights: &[(String, Vec<u16>)], s: &Sizes, pool_count: usize) -> Layou
     }
     let mut b = Bump(0);
     let mut l = Layout::default();
-    for (name, v) in weights {
-        l.weights.insert(name.clone(), b.take(v.len() * 2));
+    for (name, len) in weights {
+        l.weights.insert(name.clone(), b.take(len * 2));
     }
     l.weight_bytes = b.0;
     l.input = b.take(s.input * 2);
@@ -299,6 +299,79 @@ fn layout(weights: &[(String, Vec<u16>)], s: &Sizes, pool_count: usize) -> Layou
     l.attn_out = b.take(s.attn_out * 2);
     l.total = b.0;
     l
+}
+
+/// The allocation's layout for chunks of up to `max_frames` latent frames, with the weights
+/// `packed` (names and f16 lengths): a dry run of the lowering at offset 0 counts the
+/// activation buffers the largest chunk needs.
+fn plan_layout<T>(
+    graph: &TaeGraph,
+    packed: &[(String, Vec<T>)],
+    max_frames: usize,
+) -> Result<Layout> {
+    if max_frames == 0 {
+        return Err(Error::Invalid(
+            "TAE decoder: chunks must have at least one latent frame".into(),
+        ));
+    }
+    let lens: Vec<(String, usize)> = packed.iter().map(|(n, v)| (n.clone(), v.len())).collect();
+    let s = sizes(graph, max_frames)?;
+    let probe = layout(&lens, &s, 0);
+    let (_, _, first_count) = lower_list(graph, &probe, 0, max_frames, true)?;
+    let (_, _, steady_count) = lower_list(graph, &probe, 0, max_frames, false)?;
+    Ok(layout(&lens, &s, first_count.max(steady_count)))
+}
+
+/// Device memory of the lowered decoder, by region (bytes, 256-byte aligned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaeMemory {
+    pub weights: usize,
+    /// The input latents and the activation buffers.
+    pub activations: usize,
+    /// How many activation buffers, and the bytes of each.
+    pub buffers: usize,
+    pub buffer_bytes: usize,
+    /// The temporal convolutions' shared context buffer.
+    pub context: usize,
+    /// The causal caches kept between chunks.
+    pub caches: usize,
+    /// GroupNorm statistics and the attention's QKV and output.
+    pub scratch: usize,
+    pub total: usize,
+}
+
+/// What [`DeviceTae::new`] allocates for `graph` and chunks of up to `max_frames` latent
+/// frames, without a device: the same lowering on zero weights of the graph's shapes.
+pub fn device_memory(graph: &TaeGraph, max_frames: usize) -> Result<TaeMemory> {
+    let zeros = graph
+        .tensors()
+        .into_iter()
+        .map(|t| {
+            let n = t.shape.iter().product();
+            let data = vec![0.0; n];
+            (
+                t.name,
+                crate::tensor::Tensor {
+                    shape: t.shape,
+                    data,
+                },
+            )
+        })
+        .collect();
+    let packed = pack_weights(graph, &Weights::from_tensors("zeros", zeros))?;
+    let l = plan_layout(graph, &packed, max_frames)?;
+    // The regions follow each other in this order (see `layout`).
+    let caches_at = l.caches.first().copied().unwrap_or(l.gn_part);
+    Ok(TaeMemory {
+        weights: l.weight_bytes,
+        activations: l.ctx - l.input,
+        buffers: l.pool_count,
+        buffer_bytes: l.pool_bytes,
+        context: caches_at - l.ctx,
+        caches: l.gn_part - caches_at,
+        scratch: l.total - l.gn_part,
+        total: l.total,
+    })
 }
 
 /// Lowers the op list for a chunk of `n` latent frames at offsets of `l` from `base`
@@ -693,18 +766,8 @@ impl<D: Device> DeviceTae<D> {
     /// for chunks of up to `max_frames` latent frames, on `dev`. A missing or mis-shaped
     /// tensor is an error naming it.
     pub fn new(graph: TaeGraph, weights: &Weights, max_frames: usize, mut dev: D) -> Result<Self> {
-        if max_frames == 0 {
-            return Err(Error::Invalid(
-                "TAE decoder: chunks must have at least one latent frame".into(),
-            ));
-        }
         let packed = pack_weights(&graph, weights)?;
-        let s = sizes(&graph, max_frames)?;
-        // A dry run at offset 0 counts the activation buffers the largest chunk needs.
-        let probe = layout(&packed, &s, 0);
-        let (_, _, first_count) = lower_list(&graph, &probe, 0, max_frames, true)?;
-        let (_, _, steady_count) = lower_list(&graph, &probe, 0, max_frames, false)?;
-        let l = layout(&packed, &s, first_count.max(steady_count));
+        let l = plan_layout(&graph, &packed, max_frames)?;
         let mem = dev.alloc::<u8>("TAE decoder (weights, activations, caches)", l.total)?;
         let mut bytes = vec![0u8; l.weight_bytes];
         for (name, v) in &packed {
@@ -726,7 +789,7 @@ impl<D: Device> DeviceTae<D> {
         })
     }
 
-    /// Bytes of device memory the decoder holds.
+    /// Bytes of device memory the decoder holds ([`device_memory`]'s total).
     pub fn device_bytes(&self) -> usize {
         self.layout.total
     }
