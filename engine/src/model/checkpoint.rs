@@ -319,12 +319,18 @@ impl Weights {
     /// Reads every tensor of [`schema::checkpoint_tensors`] whose group is in `groups`,
     /// reporting the first missing, mis-shaped or mis-typed one in canonical order.
     pub fn load(path: impl AsRef<Path>, cfg: &ModelConfig, groups: &[Group]) -> Result<Weights> {
-        let ckpt = Checkpoint::open(path)?;
         let specs: Vec<TensorSpec> = schema::checkpoint_tensors(cfg)
             .into_iter()
             .filter(|s| groups.contains(&s.group))
             .collect();
-        for spec in &specs {
+        Self::read_specs(path.as_ref(), &specs)
+    }
+
+    /// The tensors `specs` from the checkpoint at `path`, every one checked (name, shape,
+    /// dtype) before any is read, so the first bad one in `specs` order is reported.
+    fn read_specs(path: &Path, specs: &[TensorSpec]) -> Result<Weights> {
+        let ckpt = Checkpoint::open(path)?;
+        for spec in specs {
             ckpt.check(&spec.name, &spec.shape)?;
         }
         let tensors = specs
@@ -357,20 +363,7 @@ impl Weights {
             .par_iter()
             .enumerate()
             .filter(|(_, spec)| groups.contains(&spec.group))
-            .map(|(index, spec)| {
-                let mut data = vec![0.0; spec.numel()];
-                fill_random(seed, index, spec, 0, &mut data);
-                data.par_chunks_mut(BLOCK).for_each(|chunk| {
-                    for x in chunk {
-                        *x = dtype.round(*x);
-                    }
-                });
-                let tensor = Tensor {
-                    shape: spec.shape.clone(),
-                    data,
-                };
-                (spec.name.clone(), tensor)
-            })
+            .map(|(index, spec)| random_tensor(seed, index as u32, spec, dtype))
             .collect();
         Weights {
             source: format!("random weights (seed {seed}, {dtype})"),
@@ -385,19 +378,8 @@ impl Weights {
         dec: &DecoderConfig,
         latent_channels: usize,
     ) -> Result<Weights> {
-        let ckpt = Checkpoint::open(path)?;
         let specs = schema::decoder_tensors(dec, latent_channels)?;
-        for spec in &specs {
-            ckpt.check(&spec.name, &spec.shape)?;
-        }
-        let tensors = specs
-            .par_iter()
-            .map(|s| Ok((s.name.clone(), ckpt.read_f32(&s.name, &s.shape)?)))
-            .collect::<Result<_>>()?;
-        Ok(Weights {
-            source: path_str(ckpt.path()),
-            tensors,
-        })
+        Self::read_specs(path.as_ref(), &specs)
     }
 
     /// The deterministic random decoder weights, each value rounded to `dtype`: equal, bit
@@ -411,18 +393,7 @@ impl Weights {
         let tensors = schema::decoder_tensors(dec, latent_channels)?
             .par_iter()
             .enumerate()
-            .map(|(j, spec)| {
-                let mut data = vec![0.0; spec.numel()];
-                fill_counter(seed, schema::DECODER_COUNTER + j as u32, spec, 0, &mut data);
-                for x in &mut data {
-                    *x = dtype.round(*x);
-                }
-                let tensor = Tensor {
-                    shape: spec.shape.clone(),
-                    data,
-                };
-                (spec.name.clone(), tensor)
-            })
+            .map(|(j, spec)| random_tensor(seed, schema::DECODER_COUNTER + j as u32, spec, dtype))
             .collect();
         Ok(Weights {
             source: format!("random weights (seed {seed}, {dtype})"),
@@ -469,6 +440,23 @@ impl Weights {
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
     }
+}
+
+/// The named tensor of `spec` drawn with Philox counter word `counter`, each value rounded
+/// to `dtype`.
+fn random_tensor(seed: u64, counter: u32, spec: &TensorSpec, dtype: DType) -> (String, Tensor) {
+    let mut data = vec![0.0; spec.numel()];
+    fill_counter(seed, counter, spec, 0, &mut data);
+    data.par_chunks_mut(BLOCK).for_each(|chunk| {
+        for x in chunk {
+            *x = dtype.round(*x);
+        }
+    });
+    let tensor = Tensor {
+        shape: spec.shape.clone(),
+        data,
+    };
+    (spec.name.clone(), tensor)
 }
 
 /// Fills `out` with elements `[start, start + out.len())` of random tensor number `index`
