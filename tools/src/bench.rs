@@ -325,13 +325,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("n/a".to_string(), f);
 
     let mut text = String::new();
-    macro_rules! say {
-        ($($arg:tt)*) => {{
-            text.push_str(format!($($arg)*).trim_end());
-            text.push('\n');
-        }};
-    }
     say!(
+        text,
         "streamdit bench: profile {}, backend {backend}{}, {precision}; engine {version} ({})",
         profile.name,
         match graphs {
@@ -344,56 +339,67 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             &g[..g.len().min(12)]
         ))
     );
-    say!(
+    say!(text,
         "  weights {weights}, noise seed {seed}, guidance {}, warm-up {} calls, {n} measured calls; decoder {}",
         guidance,
         warmup_calls,
         decoder
     );
-    say!("\ntime to first frame");
-    say!(
+    say!(text, "\ntime to first frame");
+    say!(text,
         "  cold  {:>10.3} ms  (engine + weights {:.3} ms, stream + backend {:.3} ms, prefill + first chunk + decode {:.3} ms; {cold_calls} calls)",
         ms(cold_s),
         ms(engine_s),
         ms(stream_s),
         ms(cold_s - engine_s - stream_s)
     );
-    say!(
+    say!(text,
         "  warm  {:>10.3} ms  (a second stream: prefill + first chunk + decode, {warm_calls} calls; creating it took {:.3} ms)",
         ms(warm_s),
         ms(warm_create_s)
     );
     say!(
+        text,
         "\nsteady state ({n} calls, {} chunks, {video_frames} video frames in {:.3} s)",
         emitted.len(),
         window
     );
-    say!("  {:<22} {:>12} {:>12}", "stage", "ms (mean)", "video FPS");
     say!(
+        text,
+        "  {:<22} {:>12} {:>12}",
+        "stage",
+        "ms (mean)",
+        "video FPS"
+    );
+    say!(
+        text,
         "  {:<22} {:>12} {:>12}",
         "DiT call",
         opt(mean(&dit), &|s| format!("{:.3}", ms(s))),
         opt(dit_fps, &|f| format!("{f:.2}"))
     );
     say!(
+        text,
         "  {:<22} {:>12} {:>12}",
         "decode (per chunk)",
         opt(mean(&decode), &|s| format!("{:.3}", ms(s))),
         opt(decode_fps, &|f| format!("{f:.2}"))
     );
     say!(
+        text,
         "  {:<22} {:>12} {:>12}",
         "prompt switch (text)",
         format!("{:.3}", ms(switch_s)),
         format!("cached {:.3}", ms(switch_cached_s))
     );
     say!(
+        text,
         "  {:<22} {:>12} {:>12}",
         "end to end (per call)",
         opt(mean(&totals), &|s| format!("{:.3}", ms(s))),
         opt(video_fps, &|f| format!("{f:.2}"))
     );
-    say!(
+    say!(text,
         "  {:<22} {:>12} {:>12}   ({pipe_chunks} chunks; the next DiT call starts before each decode{})",
         "end to end, pipelined",
         format!("{:.3}", ms(pipe_s / pipe_chunks as f64)),
@@ -401,12 +407,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         if backend == "cpu" { ", no overlap on the CPU" } else { "" }
     );
     say!(
+        text,
         "  model calls/s {}, real-time factor {} (video FPS / the profile's {} FPS)",
         opt(per_s(n as f64, window), &|f| format!("{f:.2}")),
         opt(realtime, &|f| format!("{f:.3}")),
         profile.video.fps
     );
-    say!(
+    say!(text,
         "  per-call latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}; jitter (std dev of chunk intervals) {}",
         ms(p50),
         ms(p90),
@@ -415,6 +422,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         opt(jitter, &|j| format!("{:.3} ms", ms(j)))
     );
     say!(
+        text,
         "  achieved {} ({} per call / mean DiT call time){}",
         opt(achieved_tflops, &|t| format!("{:.4} TFLOP/s", t)),
         fmt_flops(cost.call.total.flops),
@@ -424,17 +432,20 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             ""
         }
     );
-    say!("\nmemory");
+    say!(text, "\nmemory");
     say!(
+        text,
         "  peak RSS            {}",
         rss.map_or("unavailable".into(), fmt_bytes)
     );
     say!(
+        text,
         "  device (plan)       {}",
         device_plan.map_or("n/a (cpu backend)".into(), fmt_bytes)
     );
     let measured_device = after.as_ref().and_then(|a| a.memory_used_bytes);
     say!(
+        text,
         "  device (measured)   {}",
         measured_device.map_or("n/a (needs a GPU and NVML)".into(), |b| format!(
             "{} in use on the GPU (NVML, all processes)",
@@ -456,11 +467,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let share_of_peak = achieved_tflops.zip(peak_tflops).map(|(a, p)| a / p);
     match &telemetry {
         Ok(_) => say!(
+            text,
             "\nGPU telemetry (NVML, after the window)\n{}\n  share of peak      {}",
             serde_json::to_string_pretty(&gpu).unwrap_or_default(),
             share_of_peak.map_or("unknown GPU".into(), |s| format!("{:.1}%", s * 100.0))
         ),
-        Err(why) => say!("\nGPU telemetry: null ({why})"),
+        Err(why) => say!(text, "\nGPU telemetry: null ({why})"),
     }
 
     if let Some(path) = &args.json {

@@ -1,6 +1,15 @@
 //! `streamdit`: generate video, run one model call, write random checkpoints, list profiles,
 //! plan, benchmark and profile.
 
+/// Appends one formatted line, trailing spaces trimmed, to the report `out` being built
+/// (reports are built in memory and printed at once).
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        $out.push_str(format!($($arg)*).trim_end());
+        $out.push('\n');
+    }};
+}
+
 mod bench;
 mod decoder_plan;
 mod profile;
@@ -606,14 +615,9 @@ fn plan(args: PlanArgs) -> Result<()> {
     let (bytes, flops, count) = (fmt_bytes, fmt_flops, fmt_count);
     // The report is built in memory and written at once; a closed pipe (`| head`) ends it.
     let mut text = String::new();
-    macro_rules! say {
-        ($($arg:tt)*) => {{
-            text.push_str(format!($($arg)*).trim_end());
-            text.push('\n');
-        }};
-    }
 
     say!(
+        text,
         "streamdit plan: profile {}, guidance {guidance} ({} branch{}), {}",
         profile.name,
         graph.batch,
@@ -647,6 +651,7 @@ fn plan(args: PlanArgs) -> Result<()> {
         ),
     ] {
         say!(
+            text,
             "\n{title}\n{:>4}  {:<15} {:<26} {:<18} {:>11} {:>9} {:>9}  {:<11} {:<15}{time_header}",
             "#",
             "op",
@@ -663,6 +668,7 @@ fn plan(args: PlanArgs) -> Result<()> {
             let at = mem.placements[op.output()];
             let time = gpu.map(|g| g.op_time(c));
             say!(
+                text,
                 "{i:>4}  {:<15} {:<26} {:<18} {:>11.3} {:>9.2} {:>9.2}  {:<11} {:<15}{}",
                 op_kind(op),
                 out.name,
@@ -717,6 +723,7 @@ fn plan(args: PlanArgs) -> Result<()> {
     for (name, costs) in [("prompt", &cost.prompt), ("call", &cost.call)] {
         let total_ms = ms(&costs.ops);
         say!(
+            text,
             "\n{name} ops by class\n  {:<11} {:>5} {:>14} {:>10}{}",
             "class",
             "ops",
@@ -731,6 +738,7 @@ fn plan(args: PlanArgs) -> Result<()> {
         let mut rows = Vec::new();
         for (k, s, t) in class_rows(costs) {
             say!(
+                text,
                 "  {:<11} {:>5} {:>14.3} {:>10.4}{}",
                 k.name(),
                 s.ops,
@@ -748,6 +756,7 @@ fn plan(args: PlanArgs) -> Result<()> {
         }
         let s = costs.total;
         say!(
+            text,
             "  {:<11} {:>5} {:>14.3} {:>10.4}{}",
             "total",
             s.ops,
@@ -764,23 +773,27 @@ fn plan(args: PlanArgs) -> Result<()> {
             "live_bound_bytes": s.live_bound_bytes, "planned_bytes": s.planned_bytes,
         })
     };
-    say!("\ntotals");
+    say!(text, "\ntotals");
     say!(
+        text,
         "  parameters       {} in the {} blocks, {} in the DiT",
         count(params.blocks),
         profile.model.depth,
         count(params.dit)
     );
     say!(
+        text,
         "  weights          {} (f16, {ALIGNMENT}-byte aligned)",
         bytes(mem.weight_bytes())
     );
     say!(
+        text,
         "  arena            {} (fused launches; prompt ops reuse the call arena)",
         bytes(mem.arena_bytes())
     );
     for (name, s) in [("call", mem.call), ("prompt", mem.prompt)] {
         say!(
+            text,
             "    {name:<6} ops     {} buffers: {} planned, live lower bound {}, {} without reuse",
             s.buffers,
             bytes(s.planned_bytes),
@@ -789,11 +802,13 @@ fn plan(args: PlanArgs) -> Result<()> {
         );
     }
     say!(
+        text,
         "  persistent       {} (cross-attention K/V)",
         bytes(mem.persistent_bytes())
     );
-    say!("  inputs, output   {}", bytes(mem.io_bytes()));
+    say!(text, "  inputs, output   {}", bytes(mem.io_bytes()));
     say!(
+        text,
         "  peak device mem  {}{}",
         bytes(mem.peak_bytes()),
         gpu.map_or(String::new(), |g| format!(
@@ -808,18 +823,21 @@ fn plan(args: PlanArgs) -> Result<()> {
         ))
     );
     say!(
+        text,
         "  call FLOPs       {} per call ({} per prompt)",
         flops(cost.call.total.flops),
         flops(cost.prompt.total.flops)
     );
     if let Some(p) = &prediction {
         say!(
+            text,
             "  roofline         {:.2} ms per call, {:.2} video FPS ({} frames per call)",
             p.seconds_per_call * 1e3,
             p.fps,
             p.video_frames_per_call
         );
         say!(
+            text,
             "  {:<17}{:.2} ms per call, {:.2} video FPS",
             format!("at {:.0}% of it", p.efficiency * 100.0),
             p.seconds_per_call_at_efficiency * 1e3,

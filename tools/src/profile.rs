@@ -120,24 +120,20 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
     let fmt_rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
 
     let mut out = String::new();
-    macro_rules! say {
-        ($($arg:tt)*) => {{
-            out.push_str(format!($($arg)*).trim_end());
-            out.push('\n');
-        }};
-    }
     let (unit, units) = if backend.name() == "cpu" {
         ("op", "ops")
     } else {
         ("launch", "launches")
     };
     say!(
+        out,
         "streamdit profile: profile {}, backend {}, one eager call timed per {unit} by the {}",
         profile.name,
         backend.name(),
         clock.name()
     );
     say!(
+        out,
         "{:>4}  {:>10} {:>6}  {:>9} {:>9} {:>9} {:>8}  {:<11} {}",
         "#",
         "time us",
@@ -151,6 +147,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
     );
     for (i, r) in rows.iter().enumerate() {
         say!(
+            out,
             "{i:>4}  {:>10.1} {:>5.1}%  {:>9.4} {:>9.3} {:>9} {:>8}  {:<11} {}",
             r.seconds * 1e6,
             100.0 * share(r.seconds),
@@ -163,6 +160,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         );
     }
     say!(
+        out,
         "\nby class\n  {:<11} {:>6} {:>10} {:>7} {:>10} {:>9}",
         "class",
         unit,
@@ -178,6 +176,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         let f: f64 = mine.iter().map(|r| r.flops).sum();
         let b: f64 = mine.iter().map(|r| r.bytes).sum();
         say!(
+            out,
             "  {:<11} {:>6} {:>10.3} {:>6.1}% {:>10.4} {:>9}",
             class.name(),
             mine.len(),
@@ -193,7 +192,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
     }
     let flops = cost.call.total.flops as f64;
     let bytes = cost.call.total.bytes() as f64;
-    say!(
+    say!(out,
         "\ncall: {} {units}, {:.3} ms summed ({:.3} ms wall around the traced call), {} and {:.3} MB, {} GFLOP/s, {} GB/s",
         rows.len(),
         total * 1e3,
@@ -204,12 +203,18 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         fmt_rate(rate(bytes, total))
     );
     if backend.name() == "emu" {
-        say!("times are the host's time emulating each launch, not GPU time");
+        say!(
+            out,
+            "times are the host's time emulating each launch, not GPU time"
+        );
     }
     match nvtx::injection() {
-        Some(lib) => say!("NVTX ranges (one per {unit}) recorded by {lib}"),
+        Some(lib) => say!(out, "NVTX ranges (one per {unit}) recorded by {lib}"),
         None => {
-            say!("NVTX ranges (one per {unit}) emitted; run under `nsys profile` to record them")
+            say!(
+                out,
+                "NVTX ranges (one per {unit}) emitted; run under `nsys profile` to record them"
+            )
         }
     }
 
