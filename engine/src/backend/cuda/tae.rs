@@ -163,71 +163,125 @@ fn tensor<'a>(weights: &'a Weights, name: &str, shape: &[usize]) -> Result<&'a [
     Ok(&t.data)
 }
 
-/// The decoder's weights, converted to f16 and packed for the kernels, by name.
-fn pack_weights(graph: &TaeGraph, weights: &Weights) -> Result<Vec<(String, Vec<u16>)>> {
-    let bits = |v: &[f32]| {
-        v.iter()
-            .map(|&x| f16::from_f32(x).to_bits())
-            .collect::<Vec<_>>()
-    };
-    let pack_err = |e: String| lowering_error(e);
+/// How a packed tensor is made from its checkpoint tensors.
+#[derive(Debug, Clone, Copy)]
+enum Packing {
+    /// The sources as they are, one after the other.
+    Concat,
+    /// `[cout, cin, 3, 3]` to the kernel's `[cout, 3, 3, cin]`.
+    Conv3x3 { cout: usize, cin: usize },
+    /// `[cout, cin, 3]` to the kernel's `[cout, 3, cin]`.
+    ConvT3 { cout: usize, cin: usize },
+}
+
+/// One tensor of the device decoder: its name in the lowering (`decoder.` dropped), the
+/// checkpoint tensors it is made of with their shapes, and how.
+struct Packed {
+    name: String,
+    sources: Vec<(String, Vec<usize>)>,
+    packing: Packing,
+}
+
+impl Packed {
+    fn len(&self) -> usize {
+        self.sources
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>())
+            .sum()
+    }
+}
+
+/// The device decoder's tensors in upload order: the checkpoint's, with the attention's q,
+/// k and v stacked into one `{attn}.qkv` projection and the convolutions repacked.
+fn packed_tensors(graph: &TaeGraph) -> Vec<Packed> {
     let mut out = Vec::new();
-    let mut vec = |name: String, v: Vec<u16>| out.push((name, v));
+    // One checkpoint tensor `name` of `shape`, packed by `packing`.
+    let mut one = |name: String, shape: Vec<usize>, packing| {
+        out.push(Packed {
+            sources: vec![(name.clone(), shape)],
+            name,
+            packing,
+        })
+    };
+    let mut qkv = Vec::new();
     for step in &graph.steps {
         match &step.op {
             TaeOp::Save | TaeOp::RepeatFrames | TaeOp::AddSaved { skip: None, .. } => {}
             TaeOp::GroupNorm { name, ch, .. } => {
-                for p in ["weight", "bias"] {
-                    let n = format!("{name}.{p}");
-                    vec(n.clone(), bits(tensor(weights, &n, &[*ch])?));
-                }
+                one(format!("{name}.weight"), vec![*ch], Packing::Concat);
+                one(format!("{name}.bias"), vec![*ch], Packing::Concat);
             }
-            TaeOp::Conv2d {
-                name, cin, cout, ..
+            &TaeOp::Conv2d {
+                ref name,
+                cin,
+                cout,
+                ..
             } => {
-                let w = tensor(weights, &format!("{name}.weight"), &[*cout, *cin, 3, 3])?;
-                let w = conv::pack_conv3x3_weight(w, *cout, *cin).map_err(pack_err)?;
-                vec(format!("{name}.weight"), bits(&w));
-                let b = tensor(weights, &format!("{name}.bias"), &[*cout])?;
-                vec(format!("{name}.bias"), bits(b));
+                let packing = Packing::Conv3x3 { cout, cin };
+                one(format!("{name}.weight"), vec![cout, cin, 3, 3], packing);
+                one(format!("{name}.bias"), vec![cout], Packing::Concat);
             }
-            TaeOp::ConvT { name, ch, .. } => {
-                let w = tensor(weights, &format!("{name}.weight"), &[*ch, *ch, 3])?;
-                let w = conv::pack_conv_t3_weight(w, *ch, *ch).map_err(pack_err)?;
-                vec(format!("{name}.weight"), bits(&w));
-                let b = tensor(weights, &format!("{name}.bias"), &[*ch])?;
-                vec(format!("{name}.bias"), bits(b));
+            &TaeOp::ConvT { ref name, ch, .. } => {
+                let packing = Packing::ConvT3 { cout: ch, cin: ch };
+                one(format!("{name}.weight"), vec![ch, ch, 3], packing);
+                one(format!("{name}.bias"), vec![ch], Packing::Concat);
             }
             TaeOp::Attention { name, ch, .. } => {
-                let (mut w, mut b) = (Vec::new(), Vec::new());
-                for p in ["q", "k", "v"] {
-                    w.extend_from_slice(tensor(
-                        weights,
-                        &format!("{name}.{p}.weight"),
-                        &[*ch, *ch],
-                    )?);
-                    b.extend_from_slice(tensor(weights, &format!("{name}.{p}.bias"), &[*ch])?);
+                // q, k and v stacked: one projection to [3 ch] (placed first, see below).
+                for (part, shape) in [("weight", vec![*ch, *ch]), ("bias", vec![*ch])] {
+                    qkv.push(Packed {
+                        name: format!("{name}.qkv.{part}"),
+                        sources: ["q", "k", "v"]
+                            .map(|p| (format!("{name}.{p}.{part}"), shape.clone()))
+                            .to_vec(),
+                        packing: Packing::Concat,
+                    });
                 }
-                vec(format!("{name}.qkv.weight"), bits(&w));
-                vec(format!("{name}.qkv.bias"), bits(&b));
-                let w = tensor(weights, &format!("{name}.out.weight"), &[*ch, *ch])?;
-                vec(format!("{name}.out.weight"), bits(w));
-                let b = tensor(weights, &format!("{name}.out.bias"), &[*ch])?;
-                vec(format!("{name}.out.bias"), bits(b));
+                one(
+                    format!("{name}.out.weight"),
+                    vec![*ch, *ch],
+                    Packing::Concat,
+                );
+                one(format!("{name}.out.bias"), vec![*ch], Packing::Concat);
             }
-            TaeOp::AddSaved {
-                skip: Some(name),
+            &TaeOp::AddSaved {
+                skip: Some(ref name),
                 cin,
                 cout,
             } => {
-                let w = tensor(weights, &format!("{name}.weight"), &[*cout, *cin, 1, 1])?;
-                vec(format!("{name}.weight"), bits(w));
-                let b = tensor(weights, &format!("{name}.bias"), &[*cout])?;
-                vec(format!("{name}.bias"), bits(b));
+                one(
+                    format!("{name}.weight"),
+                    vec![cout, cin, 1, 1],
+                    Packing::Concat,
+                );
+                one(format!("{name}.bias"), vec![cout], Packing::Concat);
             }
         }
     }
-    Ok(out)
+    // The upload order does not matter to the lowering, which looks tensors up by name.
+    out.extend(qkv);
+    out
+}
+
+/// The decoder's weights, converted to f16 and packed for the kernels, by name.
+fn pack_weights(graph: &TaeGraph, weights: &Weights) -> Result<Vec<(String, Vec<u16>)>> {
+    packed_tensors(graph)
+        .into_iter()
+        .map(|p| {
+            let mut data = Vec::with_capacity(p.len());
+            for (name, shape) in &p.sources {
+                data.extend_from_slice(tensor(weights, name, shape)?);
+            }
+            let data = match p.packing {
+                Packing::Concat => Ok(data),
+                Packing::Conv3x3 { cout, cin } => conv::pack_conv3x3_weight(&data, cout, cin),
+                Packing::ConvT3 { cout, cin } => conv::pack_conv_t3_weight(&data, cout, cin),
+            }
+            .map_err(lowering_error)?;
+            let bits = data.iter().map(|&x| f16::from_f32(x).to_bits()).collect();
+            Ok((p.name, bits))
+        })
+        .collect()
 }
 
 /// The regions' element counts for chunks of `n` latent frames.
@@ -304,17 +358,19 @@ fn layout(weights: &[(String, usize)], s: &Sizes, pool_count: usize) -> Layout {
 /// The allocation's layout for chunks of up to `max_frames` latent frames, with the weights
 /// `packed` (names and f16 lengths): a dry run of the lowering at offset 0 counts the
 /// activation buffers the largest chunk needs.
-fn plan_layout<T>(
-    graph: &TaeGraph,
-    packed: &[(String, Vec<T>)],
-    max_frames: usize,
-) -> Result<Layout> {
+fn plan_layout(graph: &TaeGraph, max_frames: usize) -> Result<Layout> {
     if max_frames == 0 {
         return Err(Error::Invalid(
             "TAE decoder: chunks must have at least one latent frame".into(),
         ));
     }
-    let lens: Vec<(String, usize)> = packed.iter().map(|(n, v)| (n.clone(), v.len())).collect();
+    let lens: Vec<(String, usize)> = packed_tensors(graph)
+        .into_iter()
+        .map(|p| {
+            let len = p.len();
+            (p.name, len)
+        })
+        .collect();
     let s = sizes(graph, max_frames)?;
     let probe = layout(&lens, &s, 0);
     let (_, _, first_count) = lower_list(graph, &probe, 0, max_frames, true)?;
@@ -343,23 +399,7 @@ pub struct TaeMemory {
 /// What [`DeviceTae::new`] allocates for `graph` and chunks of up to `max_frames` latent
 /// frames, without a device: the same lowering on zero weights of the graph's shapes.
 pub fn device_memory(graph: &TaeGraph, max_frames: usize) -> Result<TaeMemory> {
-    let zeros = graph
-        .tensors()
-        .into_iter()
-        .map(|t| {
-            let n = t.shape.iter().product();
-            let data = vec![0.0; n];
-            (
-                t.name,
-                crate::tensor::Tensor {
-                    shape: t.shape,
-                    data,
-                },
-            )
-        })
-        .collect();
-    let packed = pack_weights(graph, &Weights::from_tensors("zeros", zeros))?;
-    let l = plan_layout(graph, &packed, max_frames)?;
+    let l = plan_layout(graph, max_frames)?;
     // The regions follow each other in this order (see `layout`).
     let caches_at = l.caches.first().copied().unwrap_or(l.gn_part);
     Ok(TaeMemory {
@@ -767,7 +807,7 @@ impl<D: Device> DeviceTae<D> {
     /// tensor is an error naming it.
     pub fn new(graph: TaeGraph, weights: &Weights, max_frames: usize, mut dev: D) -> Result<Self> {
         let packed = pack_weights(&graph, weights)?;
-        let l = plan_layout(&graph, &packed, max_frames)?;
+        let l = plan_layout(&graph, max_frames)?;
         let mem = dev.alloc::<u8>("TAE decoder (weights, activations, caches)", l.total)?;
         let mut bytes = vec![0u8; l.weight_bytes];
         for (name, v) in &packed {
