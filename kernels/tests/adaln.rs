@@ -12,7 +12,6 @@ use common::Rng;
 use half::f16;
 use streamdit_kernels::adaln::{self, ModLayout};
 use streamdit_kernels::emu::{self, LaunchConfig, ThreadOrder};
-use streamdit_kernels::{BuildStatus, BUILD_STATUS, KERNEL_RESOURCES};
 
 /// f16 rounding (round to nearest even): half an ulp, 2^-11 relative, for normal values.
 const U_F16: f64 = 1.0 / 2048.0;
@@ -301,22 +300,12 @@ fn shapes_outside_the_contract_are_errors() {
 
 #[test]
 fn adaln_sass_and_resources() {
-    let reason = match BUILD_STATUS {
-        BuildStatus::Built { .. } => String::new(),
-        BuildStatus::NotBuilt { reason } => reason.to_string(),
-    };
-    if !common::require(
-        reason.is_empty(),
-        &format!("kernels were not built with nvcc: {reason}"),
-    ) {
+    if !common::nvcc_built() {
         return;
     }
     for kernel in [adaln::KERNEL_WARP, adaln::KERNEL_CTA] {
         for arch in ["sm_80", "sm_90"] {
-            let r = KERNEL_RESOURCES
-                .iter()
-                .find(|r| r.module == "adaln" && r.kernel == kernel && r.arch == arch)
-                .unwrap_or_else(|| panic!("{kernel}: no ptxas report for {arch}"));
+            let r = common::resources("adaln", kernel, arch);
             eprintln!(
                 "{kernel} {arch}: {} regs, {} B static smem, stack {}, spills {}/{}, LDG.128 {}",
                 r.registers,

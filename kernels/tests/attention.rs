@@ -28,7 +28,6 @@ use common::Rng;
 use half::f16;
 use streamdit_kernels::attention::{self, AttnLaunch, CrossShape, WindowShape};
 use streamdit_kernels::emu::{self, ThreadOrder};
-use streamdit_kernels::{BuildStatus, BUILD_STATUS, KERNEL_RESOURCES};
 
 /// Sanity bound on the kernel's relative L2 error, besides the 2x-plain-f16 rule.
 const REL_L2_MAX: f64 = 2e-3;
@@ -574,14 +573,7 @@ fn shapes_outside_the_contract_are_errors() {
 
 #[test]
 fn attention_sass_and_resources() {
-    let reason = match BUILD_STATUS {
-        BuildStatus::Built { .. } => String::new(),
-        BuildStatus::NotBuilt { reason } => reason.to_string(),
-    };
-    if !common::require(
-        reason.is_empty(),
-        &format!("kernels were not built with nvcc: {reason}"),
-    ) {
+    if !common::nvcc_built() {
         return;
     }
     let kernels = [
@@ -592,10 +584,7 @@ fn attention_sass_and_resources() {
     ];
     for (kernel, dh) in kernels {
         for arch in ["sm_80", "sm_90"] {
-            let r = KERNEL_RESOURCES
-                .iter()
-                .find(|r| r.module == "attention" && r.kernel == kernel && r.arch == arch)
-                .unwrap_or_else(|| panic!("{kernel}: no ptxas report for {arch}"));
+            let r = common::resources("attention", kernel, arch);
             eprintln!(
                 "{kernel} {arch}: {} regs, {} B static smem + {} B dynamic, stack {}, spills \
                  {}/{}, HMMA {}, LDSM {}, LDGSTS {}, LDG.128 {}",

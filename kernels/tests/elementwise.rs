@@ -15,7 +15,7 @@ use common::Rng;
 use half::{bf16, f16};
 use streamdit_kernels::elementwise::{self as ew, EulerControl, PhiloxBlock, PhiloxKey};
 use streamdit_kernels::emu::{self, EmuError, EmuErrorKind, LaunchConfig, ThreadOrder};
-use streamdit_kernels::{BuildStatus, BUILD_STATUS, KERNEL_RESOURCES};
+use streamdit_kernels::KERNEL_RESOURCES;
 
 const POISON_F16: u16 = 0x7fff;
 
@@ -889,14 +889,7 @@ fn shapes_outside_the_contract_are_errors() {
 
 #[test]
 fn elementwise_resources_and_sass() {
-    let reason = match BUILD_STATUS {
-        BuildStatus::Built { .. } => String::new(),
-        BuildStatus::NotBuilt { reason } => reason.to_string(),
-    };
-    if !common::require(
-        reason.is_empty(),
-        &format!("kernels were not built with nvcc: {reason}"),
-    ) {
+    if !common::nvcc_built() {
         return;
     }
     // Kernels whose inputs are read with 16-byte loads.

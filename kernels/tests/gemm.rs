@@ -11,7 +11,6 @@ use common::Rng;
 use half::f16;
 use streamdit_kernels::emu::{self, LaunchConfig, ThreadOrder};
 use streamdit_kernels::gemm::{self, GateLayout};
-use streamdit_kernels::{BuildStatus, BUILD_STATUS, KERNEL_RESOURCES};
 
 /// Acceptance bound of the issue: relative L2 error against the f64 reference.
 const REL_L2_MAX: f64 = 1e-3;
@@ -512,14 +511,7 @@ fn swizzle_is_bank_conflict_free() {
 
 #[test]
 fn gemm_sass_and_resources() {
-    let reason = match BUILD_STATUS {
-        BuildStatus::Built { .. } => String::new(),
-        BuildStatus::NotBuilt { reason } => reason.to_string(),
-    };
-    if !common::require(
-        reason.is_empty(),
-        &format!("kernels were not built with nvcc: {reason}"),
-    ) {
+    if !common::nvcc_built() {
         return;
     }
     let kernels = [
@@ -530,10 +522,7 @@ fn gemm_sass_and_resources() {
     ];
     for kernel in kernels {
         for arch in ["sm_80", "sm_90"] {
-            let r = KERNEL_RESOURCES
-                .iter()
-                .find(|r| r.module == "gemm" && r.kernel == kernel && r.arch == arch)
-                .unwrap_or_else(|| panic!("{kernel}: no ptxas report for {arch}"));
+            let r = common::resources("gemm", kernel, arch);
             eprintln!(
                 "{kernel} {arch}: {} regs, {} B static smem + {} B dynamic, stack {}, spills \
                  {}/{}, HMMA {}, LDSM {}, LDGSTS {}, LDG.128 {}",

@@ -11,17 +11,6 @@ use streamdit_kernels::{
     emu, kernels_built, ptx, BuildStatus, BUILD_STATUS, KERNEL_RESOURCES, MODULES,
 };
 
-fn nvcc_available() -> bool {
-    let reason = match BUILD_STATUS {
-        BuildStatus::Built { .. } => String::new(),
-        BuildStatus::NotBuilt { reason } => reason.to_string(),
-    };
-    common::require(
-        reason.is_empty(),
-        &format!("kernels were not built with nvcc: {reason}"),
-    )
-}
-
 fn print_table() {
     eprintln!(
         "{:<14} {:<30} {:<6} {:>5} {:>6} {:>6} {:>7} {:>5} {:>5} {:>6} {:>7}",
@@ -58,7 +47,7 @@ fn print_table() {
 
 #[test]
 fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
-    if !nvcc_available() {
+    if !common::nvcc_built() {
         return;
     }
     assert!(kernels_built().is_ok());
@@ -97,16 +86,11 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
 
 #[test]
 fn ptx_wrappers_become_the_intended_sass() {
-    if !nvcc_available() {
+    if !common::nvcc_built() {
         return;
     }
     for arch in ["sm_80", "sm_90"] {
-        let get = |k: &str| {
-            KERNEL_RESOURCES
-                .iter()
-                .find(|r| r.kernel == k && r.arch == arch)
-                .unwrap_or_else(|| panic!("{k} {arch}"))
-        };
+        let get = |k: &str| common::resources("emu_selftest", k, arch);
         assert!(
             get("selftest_mma").hmma >= 2,
             "{arch}: mma.sync f16 and bf16 must be HMMA: {:?}",
@@ -127,15 +111,12 @@ fn ptx_wrappers_become_the_intended_sass() {
 
 #[test]
 fn adaln_reads_rows_with_16_byte_loads() {
-    if !nvcc_available() {
+    if !common::nvcc_built() {
         return;
     }
     for kernel in ["adaln_rows_warp", "adaln_row_cta"] {
         for arch in ["sm_80", "sm_90"] {
-            let r = KERNEL_RESOURCES
-                .iter()
-                .find(|r| r.kernel == kernel && r.arch == arch)
-                .unwrap_or_else(|| panic!("{kernel} {arch}"));
+            let r = common::resources("adaln", kernel, arch);
             // Four chunk slots per thread, each two float4 of x plus two of shift and scale.
             assert!(
                 r.ldg128 >= 24,
@@ -163,16 +144,11 @@ fn kernels_not_built_is_an_error_not_a_panic() {
 
 #[test]
 fn decoder_convolutions_are_tensor_core_pipelines() {
-    if !nvcc_available() {
+    if !common::nvcc_built() {
         return;
     }
     for arch in ["sm_80", "sm_90"] {
-        let get = |k: &str| {
-            KERNEL_RESOURCES
-                .iter()
-                .find(|r| r.module == "conv" && r.kernel == k && r.arch == arch)
-                .unwrap_or_else(|| panic!("conv.cu: no ptxas report for {k} on {arch}"))
-        };
+        let get = |k: &str| common::resources("conv", k, arch);
         for kernel in [
             "conv3x3_f16",
             "conv_t3_f16",

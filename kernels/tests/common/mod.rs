@@ -5,6 +5,7 @@ use std::ffi::c_void;
 use std::path::PathBuf;
 
 use streamdit_kernels::emu::{self, EmuError, LaunchConfig, ThreadOrder};
+use streamdit_kernels::{BuildStatus, KernelResources, BUILD_STATUS, KERNEL_RESOURCES};
 
 /// `CI=true` (or 1): missing prerequisites fail the tests instead of skipping them.
 pub fn ci() -> bool {
@@ -19,6 +20,27 @@ pub fn require(available: bool, what: &str) -> bool {
     assert!(!ci(), "CI=true and {what}");
     eprintln!("skipped: {what}");
     false
+}
+
+/// Whether nvcc built the kernels (their ptxas reports exist); otherwise skips with the
+/// reason, or fails under CI.
+pub fn nvcc_built() -> bool {
+    let reason = match BUILD_STATUS {
+        BuildStatus::Built { .. } => String::new(),
+        BuildStatus::NotBuilt { reason } => reason.to_string(),
+    };
+    require(
+        reason.is_empty(),
+        &format!("kernels were not built with nvcc: {reason}"),
+    )
+}
+
+/// The ptxas report of `kernel` of `module` on `arch`.
+pub fn resources(module: &str, kernel: &str, arch: &str) -> &'static KernelResources {
+    KERNEL_RESOURCES
+        .iter()
+        .find(|r| r.module == module && r.kernel == kernel && r.arch == arch)
+        .unwrap_or_else(|| panic!("{module}.cu: no ptxas report for {kernel} on {arch}"))
 }
 
 /// splitmix64: small, seeded, good enough for test data.
