@@ -3,8 +3,8 @@
 //! Throughput is in FLOPs (criterion's "elements"). Run with `cargo bench --bench cpu`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use streamdit::backend::cpu::ops;
-use streamdit::model::checkpoint::DType;
+use streamdit::checkpoint::DType;
+use streamdit::math as ops;
 use streamdit::model::plan::window_sum_sq;
 use streamdit::rng::noise_frame;
 use streamdit::text::stack;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use streamdit::abi::{EngineParamsC, GeometryC, StreamParamsC};
-use streamdit::model::checkpoint::DType;
+use streamdit::checkpoint::DType;
 use streamdit::{BackendKind, Engine, EngineParams, Profile, StreamParams, WeightsSource};
 
 fn repo() -> PathBuf {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use half::{bf16, f16};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use streamdit::model::checkpoint::{self, Checkpoint, DType, Weights};
+use streamdit::checkpoint::{self, Checkpoint, DType, Weights};
 use streamdit::model::schema::{self, Group, Init};
 use streamdit::model::ModelConfig;
 use streamdit::{rng, Error, Profile, Tensor};

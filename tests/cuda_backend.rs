@@ -11,7 +11,7 @@ use streamdit::backend::cuda::device::ThreadOrder;
 use streamdit::backend::cuda::emu::EmuDevice;
 use streamdit::backend::cuda::{CudaBackend, DeviceWeights};
 use streamdit::backend::{Backend, StepParams};
-use streamdit::model::checkpoint::{DType, Weights};
+use streamdit::checkpoint::{DType, Weights};
 use streamdit::model::graph::Graph;
 use streamdit::stream::schedule::Schedule;
 use streamdit::text::{stack, ByteEmbedding};
@@ -377,7 +377,7 @@ fn device_random_weights_equal_the_checkpoint_init() {
 /// the DiT weights.
 #[test]
 fn checkpoint_weights_upload_from_the_memory_map() {
-    use streamdit::model::checkpoint::{write_random_checkpoint, Checkpoint};
+    use streamdit::checkpoint::{write_random_checkpoint, Checkpoint};
     use streamdit::model::graph::Kind;
     use streamdit::model::schema::Group;
     let m = Profile::builtin("tiny").unwrap().model;

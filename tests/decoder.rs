@@ -9,8 +9,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{assert_close, Rng};
+use streamdit::checkpoint::{self, DType, Weights};
 use streamdit::decoder::{Decoder, TaeDecoder};
-use streamdit::model::checkpoint::{self, DType, Weights};
 use streamdit::model::profile::DecoderConfig;
 use streamdit::model::tae::TaeGraph;
 use streamdit::Tensor;

@@ -8,8 +8,8 @@ mod common;
 use common::{f64s, rel_l2, Rng};
 use streamdit::backend::cuda::emu::EmuDevice;
 use streamdit::backend::cuda::DeviceTae;
+use streamdit::checkpoint::{DType, Weights};
 use streamdit::decoder::{Decoder, TaeDecoder};
-use streamdit::model::checkpoint::{DType, Weights};
 use streamdit::model::profile::DecoderConfig;
 use streamdit::model::tae::TaeGraph;
 

@@ -12,7 +12,7 @@ use common::naive::{naive_model_call, NaiveConfig, NaiveWeights};
 use common::{f64s, rel_l2, Rng};
 use streamdit::backend::cpu::{CpuBackend, OpTrace};
 use streamdit::backend::Backend;
-use streamdit::model::checkpoint::{write_random_checkpoint, write_tensors, DType, Weights};
+use streamdit::checkpoint::{write_random_checkpoint, write_tensors, DType, Weights};
 use streamdit::model::graph::{Graph, Op};
 use streamdit::model::schema::Group;
 use streamdit::model::ModelConfig;

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use common::naive::{self, NaiveConfig, NaiveWeights};
 use common::{assert_close, f64s, poisoned, rel_l2, Rng};
-use streamdit::backend::cpu::ops;
+use streamdit::math as ops;
 
 const RTOL: f64 = 1e-5;
 const ATOL_OF_RMS: f64 = 1e-5;

@@ -2,7 +2,7 @@
 //! pop order, and classifier-free guidance batching.
 
 use streamdit::backend::StepParams;
-use streamdit::model::checkpoint::DType;
+use streamdit::checkpoint::DType;
 use streamdit::rng::noise_frame;
 use streamdit::text::stack;
 use streamdit::{BackendKind, Engine, EngineParams, Profile, StreamParams, WeightsSource};

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use common::naive::NaiveWeights;
 use common::Rng;
 use serde_json::Value;
-use streamdit::model::checkpoint::{write_tensors, DType};
+use streamdit::checkpoint::{write_tensors, DType};
 use streamdit::model::profile::{RandomEncoderConfig, TextConfig, TextEncoderConfig};
 use streamdit::text::clip::ClipEncoder;
 use streamdit::text::conditioner::{Adapters, Conditioner};
@@ -457,7 +457,8 @@ fn clip_gelu_matches_the_reference() {
 #[test]
 fn encoders_on_the_emulated_device_match_the_reference_in_f16() {
     use streamdit::backend::cuda::emu::EmuDevice;
-    use streamdit::text::device::{DeviceLinear, LinearExec};
+    use streamdit::backend::cuda::text::DeviceLinear;
+    use streamdit::text::exec::LinearExec;
     let mut rng = Rng::new(fresh_seed("emu"));
     let t5_dir = write_folder(
         "t5",
@@ -779,7 +780,7 @@ fn conditioning_concatenates_adapted_encoders_and_caches_prompts() {
         DType::F32,
     )
     .unwrap();
-    let ckpt = streamdit::model::checkpoint::Checkpoint::open(&ckpt_path).unwrap();
+    let ckpt = streamdit::checkpoint::Checkpoint::open(&ckpt_path).unwrap();
     let cond = Conditioner::new(&text, dim, &Adapters::Checkpoint(&ckpt), None).unwrap();
     let prompt = "a red car in the rain";
     let got = cond.encode(prompt).unwrap();
@@ -821,7 +822,7 @@ fn conditioning_concatenates_adapted_encoders_and_caches_prompts() {
     // Without the adapter in the checkpoint, a 24-wide encoder is an error naming it.
     let empty = ckpt_dir.0.join("empty.safetensors");
     write_tensors(&empty, &[("other", &ab)], DType::F32).unwrap();
-    let ckpt = streamdit::model::checkpoint::Checkpoint::open(&empty).unwrap();
+    let ckpt = streamdit::checkpoint::Checkpoint::open(&empty).unwrap();
     let e = Conditioner::new(&text, dim, &Adapters::Checkpoint(&ckpt), None)
         .err()
         .unwrap()
@@ -865,7 +866,7 @@ fn tiny_random_encoders_equal_their_written_folders() {
 
 #[test]
 fn engine_caches_prompts_and_can_run_text_on_the_emulated_device() {
-    use streamdit::model::checkpoint::DType;
+    use streamdit::checkpoint::DType;
     use streamdit::{BackendKind, Engine, EngineParams, Profile, StreamParams, WeightsSource};
     let mut profile = Profile::builtin("tiny").unwrap();
     let weights = WeightsSource::Random {
@@ -981,9 +982,8 @@ fn a_random_checkpoint_stands_for_the_random_adapters_of_its_seed() {
     let profile = streamdit::Profile::builtin("tiny").unwrap();
     let dir = TempDir::new("random-ckpt");
     let path = dir.0.join("tiny.safetensors");
-    streamdit::model::checkpoint::write_random_checkpoint(&profile.model, 7, DType::F16, &path)
-        .unwrap();
-    let ckpt = streamdit::model::checkpoint::Checkpoint::open(&path).unwrap();
+    streamdit::checkpoint::write_random_checkpoint(&profile.model, 7, DType::F16, &path).unwrap();
+    let ckpt = streamdit::checkpoint::Checkpoint::open(&path).unwrap();
     let text = TextConfig {
         device: None,
         encoders: vec![

@@ -6,8 +6,10 @@
 
 pub mod abi;
 pub mod backend;
+pub mod checkpoint;
 pub mod decoder;
 pub mod error;
+pub mod math;
 pub mod model;
 pub mod nvtx;
 pub mod rng;

@@ -15,7 +15,7 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
-use crate::model::checkpoint::DType;
+use crate::checkpoint::DType;
 use crate::{BackendKind, DecoderKind, Engine, EngineParams, Error, Profile, Stream, StreamParams};
 use crate::{Result, WeightsSource};
 

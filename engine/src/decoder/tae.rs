@@ -7,10 +7,10 @@
 
 use rayon::prelude::*;
 
-use crate::backend::cpu::ops::{attend, linear, matmul, View};
+use crate::checkpoint::Weights;
 use crate::decoder::Decoder;
 use crate::error::{fmt_shape, Error, Result};
-use crate::model::checkpoint::Weights;
+use crate::math::{attend, linear, matmul, View};
 use crate::model::tae::{TaeGraph, TaeOp, GN_EPS, SPATIAL_UPSAMPLE, TEMPORAL_UPSAMPLE};
 
 /// Elements a parallel task of an elementwise op or a norm should at least get.

@@ -1,7 +1,6 @@
 //! The model as a description: profiles, the checkpoint schema and loader, and the static
 //! graph of one model call. Nothing here executes a model; backends do.
 
-pub mod checkpoint;
 pub mod graph;
 pub mod plan;
 pub mod profile;

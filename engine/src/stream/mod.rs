@@ -8,7 +8,6 @@ pub mod sink;
 
 use crate::backend::{Backend, StepParams};
 use crate::decoder::Decoder;
-use crate::engine::{Engine, StreamParams};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -43,41 +42,48 @@ pub struct Stream {
     chunk: Vec<f32>,
 }
 
+/// Everything a stream is made of, built by the engine: the stream receives ready parts and
+/// never calls back into the engine.
+pub(crate) struct Parts {
+    pub backend: Box<dyn Backend>,
+    pub decoder: Box<dyn Decoder>,
+    pub schedule: Schedule,
+    pub encoders: Arc<Conditioner>,
+    pub prompt: Arc<TextInput>,
+    pub negative: Option<Arc<TextInput>>,
+    pub seed: u64,
+    pub guidance: f32,
+    /// Latent frames in the buffer (the first noise frame to enter it after the initial fill).
+    pub buffer_frames: usize,
+    pub chunk_frames: usize,
+    /// Elements of one latent frame `C*H*W`.
+    pub frame_elems: usize,
+    /// Video frame rate of the profile.
+    pub fps: f64,
+}
+
 impl Stream {
-    pub(crate) fn new(engine: &Engine, params: StreamParams) -> Result<Stream> {
-        let profile = engine.profile();
-        let m = &profile.model;
-        let guidance = params.guidance.unwrap_or(profile.run.guidance);
-        if !guidance.is_finite() {
-            return Err(Error::Invalid(format!(
-                "guidance: expected a finite number, found {guidance}"
-            )));
-        }
-        let seed = params.seed.unwrap_or(profile.run.seed);
-        let encoders = engine.text_encoders().clone();
-        let prompt = match params.text {
-            Some(t) => {
-                check_text(&t, m.text_len, m.text_dim)?;
-                Arc::new(t)
-            }
-            None => encoders.encode(&params.prompt)?,
-        };
-        let negative = if guidance != 1.0 {
-            let neg = params
-                .negative_prompt
-                .as_deref()
-                .unwrap_or(&profile.run.negative_prompt);
-            Some(encoders.encode(neg)?)
-        } else {
-            None
-        };
-        let mut backend = engine.create_backend(guidance)?;
+    /// Starts a stream from its parts: fills the buffer with the noise of `seed`.
+    pub(crate) fn new(parts: Parts) -> Result<Stream> {
+        let Parts {
+            mut backend,
+            decoder,
+            schedule,
+            encoders,
+            prompt,
+            negative,
+            seed,
+            guidance,
+            buffer_frames,
+            chunk_frames,
+            frame_elems,
+            fps,
+        } = parts;
         backend.reset(seed, 0)?;
-        let c = profile.stream.chunk_frames;
         Ok(Stream {
             backend,
-            decoder: engine.decoder(params.decoder)?,
-            schedule: Schedule::new(&profile.stream),
+            decoder,
+            schedule,
             encoders,
             prompt,
             negative,
@@ -86,11 +92,11 @@ impl Stream {
             seed,
             guidance,
             calls: 0,
-            next_noise_frame: m.latent_frames as u64,
+            next_noise_frame: buffer_frames as u64,
             chunks_emitted: 0,
-            chunk_frames: c,
-            fps: profile.video.fps,
-            chunk: vec![0.0; c * m.frame_elems()],
+            chunk_frames,
+            fps,
+            chunk: vec![0.0; chunk_frames * frame_elems],
         })
     }
 
@@ -249,7 +255,7 @@ impl Stream {
     }
 }
 
-fn check_text(t: &TextInput, len: usize, dim: usize) -> Result<()> {
+pub(crate) fn check_text(t: &TextInput, len: usize, dim: usize) -> Result<()> {
     t.text.expect_shape("text", &[len, dim])?;
     if t.mask.len() != len {
         return Err(Error::shape(
@@ -258,5 +264,5 @@ fn check_text(t: &TextInput, len: usize, dim: usize) -> Result<()> {
             format!("[{}]", t.mask.len()),
         ));
     }
-    crate::backend::cpu::validate_mask(&t.mask, 1, len)
+    crate::math::validate_mask(&t.mask, 1, len)
 }

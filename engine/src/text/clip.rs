@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::device::{CpuLinear, LinearExec};
+use super::exec::{CpuLinear, LinearExec};
 use super::nn::{self, Act, AttnShape};
 use super::t5::check_ids;
 use super::weights::{ConfigReader, TensorSource};

@@ -9,15 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::clip::{ClipConfig, ClipEncoder};
-use super::device::{CpuLinear, LinearExec};
+use super::exec::{CpuLinear, LinearExec};
 use super::nn;
 use super::random::random_model;
 use super::t5::{T5Config, T5Encoder};
 use super::tokenize::PromptTokenizer;
 use super::weights::TensorSource;
 use super::TextInput;
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::model::checkpoint::Checkpoint;
 use crate::model::profile::{TextConfig, TextEncoderConfig};
 use crate::model::schema::TEXT_VOCAB;
 use crate::rng;

@@ -9,7 +9,7 @@
 
 pub mod clip;
 pub mod conditioner;
-pub mod device;
+pub mod exec;
 pub mod nn;
 pub mod random;
 pub mod t5;
@@ -18,8 +18,8 @@ pub mod weights;
 
 use std::path::Path;
 
+use crate::checkpoint;
 use crate::error::{fmt_shape, Error, Result};
-use crate::model::checkpoint;
 use crate::model::schema::TEXT_VOCAB;
 use crate::tensor::Tensor;
 
@@ -89,7 +89,7 @@ pub fn load_text_embeddings(path: &Path, len: usize, text_dim: usize) -> Result<
     };
     let text = take("text", &[len, text_dim])?;
     let mask = take("text_mask", &[len])?.data;
-    crate::backend::cpu::validate_mask(&mask, 1, len)?;
+    crate::math::validate_mask(&mask, 1, len)?;
     Ok(TextInput { text, mask })
 }
 

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::cpu::ops;
+use crate::math as ops;
 use crate::tensor::Tensor;
 
 /// `out [t, n] = x [t, k] W^T + b`, `W [n, k]` in PyTorch layout.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::device::{CpuLinear, LinearExec};
+use super::exec::{CpuLinear, LinearExec};
 use super::nn::{self, Act, AttnShape};
 use super::weights::{ConfigReader, TensorSource};
 use crate::error::{Error, Result};

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::checkpoint::Checkpoint;
 use crate::error::{fmt_shape, path_str, Error, Result};
-use crate::model::checkpoint::Checkpoint;
 use crate::tensor::Tensor;
 
 /// The single-file weights of a Hugging Face folder.

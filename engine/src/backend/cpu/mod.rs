@@ -1,14 +1,13 @@
 //! The CPU backend: interprets the model graph in f32, multi-threaded. It is the reference
 //! every other backend is checked against, and a real fallback without a GPU.
 
-pub mod ops;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{check_len, Backend, Clock, StepParams, TimedStep};
+use crate::checkpoint::Weights;
 use crate::error::{fmt_shape, Error, Result};
-use crate::model::checkpoint::Weights;
+use crate::math::{self as ops, validate_mask};
 use crate::model::graph::{Graph, Kind, Op, TensorDesc, TensorId};
 use crate::model::plan::op_kind;
 use crate::rng;
@@ -434,21 +433,4 @@ impl Backend for CpuBackend {
         self.forward_traced(x, tau, v, Some(&mut tracer))?;
         Ok(Clock::HostWall)
     }
-}
-
-/// Rejects a mask that is not 0/1 or has a branch without a single 1.
-pub fn validate_mask(mask: &[f32], batch: usize, text_len: usize) -> Result<()> {
-    if let Some(v) = mask.iter().find(|&&v| v != 0.0 && v != 1.0) {
-        return Err(Error::Invalid(format!(
-            "text_mask: expected values 0 or 1, found {v}"
-        )));
-    }
-    for b in 0..batch {
-        if !mask[b * text_len..(b + 1) * text_len].contains(&1.0) {
-            return Err(Error::Invalid(format!(
-                "text_mask of branch {b}: expected at least one 1 (every encoder emits an end token), found none"
-            )));
-        }
-    }
-    Ok(())
 }

@@ -21,11 +21,11 @@ use streamdit_kernels::elementwise as ew;
 
 use super::device::{backend_error, Device, DeviceBuffer, Event, GraphId, PinnedBuffer, Stream};
 use super::lower::{self, DeviceParams, Lowered, Step};
-use crate::backend::cpu::validate_mask;
 use crate::backend::{check_len, Backend, Clock, StepParams, TimedStep};
+use crate::checkpoint::{Checkpoint, DType, Weights};
 use crate::error::fmt_shape;
 use crate::error::{Error, Result};
-use crate::model::checkpoint::{Checkpoint, DType, Weights};
+use crate::math::validate_mask;
 use crate::model::graph::{Graph, Kind, Precision};
 use crate::model::plan::MemoryPlan;
 use crate::model::schema::{checkpoint_tensors, Init};

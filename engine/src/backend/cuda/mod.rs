@@ -33,6 +33,7 @@ pub mod emu;
 pub mod lower;
 pub mod real;
 pub mod tae;
+pub mod text;
 
 pub use backend::{CudaBackend, DeviceWeights};
 pub use tae::{device_memory, DeviceTae, TaeMemory};

@@ -32,10 +32,10 @@ use streamdit_kernels::{attention, conv};
 
 use super::device::{Device, DeviceBuffer, GraphId, PinnedBuffer, Stream};
 use super::lower::{self, Params, Step, Trace};
+use crate::checkpoint::Weights;
 use crate::decoder::tae::to_bytes;
 use crate::decoder::Decoder;
 use crate::error::{fmt_shape, Error, Result};
-use crate::model::checkpoint::Weights;
 use crate::model::tae::{TaeGraph, TaeOp, TEMPORAL_UPSAMPLE};
 
 /// Byte alignment of every region of the allocation.

@@ -2,8 +2,6 @@
 //! creates owns a backend instance, a latent buffer and a decoder. Several engines and
 //! streams can live in one process: nothing here is global.
 
-use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
 use crate::backend::cpu::CpuBackend;
@@ -13,59 +11,19 @@ use crate::backend::cuda::real::CudaDevice;
 use crate::backend::cuda::{CudaBackend, DeviceTae, DeviceWeights};
 use crate::backend::Backend;
 use crate::decoder::{Preview, TaeDecoder};
+
+mod params;
+use crate::backend::cuda::text::DeviceLinear;
+use crate::checkpoint::{Checkpoint, DType, Weights};
 use crate::error::{Error, Result};
-use crate::model::checkpoint::{Checkpoint, DType, Weights};
 use crate::model::graph::Graph;
 use crate::model::schema::{checkpoint_tensors, Group};
 use crate::model::tae::TaeGraph;
 use crate::model::Profile;
-use crate::stream::Stream;
+use crate::stream::{check_text, Parts, Schedule, Stream};
 use crate::text::conditioner::Adapters;
-use crate::text::device::DeviceLinear;
 use crate::text::{Conditioner, TextInput};
-
-/// Where the weights come from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum WeightsSource {
-    /// A safetensors checkpoint.
-    File(PathBuf),
-    /// The deterministic random weights `streamdit weights init` writes, rounded to `dtype`.
-    Random { seed: u64, dtype: DType },
-}
-
-/// Which backend executes the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
-    /// The CUDA backend when it can run, otherwise the CPU backend.
-    Auto,
-    Cpu,
-    Cuda,
-    /// The CUDA backend's launch plan on the kernel emulator.
-    Emu,
-}
-
-impl FromStr for BackendKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(BackendKind::Auto),
-            "cpu" => Ok(BackendKind::Cpu),
-            "cuda" => Ok(BackendKind::Cuda),
-            "emu" => Ok(BackendKind::Emu),
-            _ => Err(Error::Invalid(format!(
-                "backend `{s}`: expected one of auto, cpu, cuda, emu"
-            ))),
-        }
-    }
-}
-
-/// Everything an engine is created from.
-#[derive(Debug, Clone)]
-pub struct EngineParams {
-    pub profile: Profile,
-    pub weights: WeightsSource,
-    pub backend: BackendKind,
-}
+pub use params::{BackendKind, DecoderKind, EngineParams, StreamParams, WeightsSource};
 
 /// A loaded model: profile, weights and the choice of backend. Cheap to share between
 /// streams (the weights are reference-counted).
@@ -329,44 +287,48 @@ impl Engine {
         })
     }
 
-    /// Starts a stream.
+    /// Starts a stream: resolves its settings against the profile, encodes its prompts,
+    /// and hands the stream its backend, decoder and schedule.
     pub fn stream(&self, params: StreamParams) -> Result<Stream> {
-        Stream::new(self, params)
-    }
-}
-
-/// Per-stream settings; `None` takes the profile's run setting.
-#[derive(Debug, Clone, Default)]
-pub struct StreamParams {
-    pub prompt: String,
-    pub negative_prompt: Option<String>,
-    pub seed: Option<u64>,
-    pub guidance: Option<f32>,
-    /// Precomputed text condition replacing the prompt's encoding.
-    pub text: Option<TextInput>,
-    /// Which decoder turns latents into frames (the TAE decoder unless told otherwise).
-    pub decoder: DecoderKind,
-}
-
-/// Which decoder a stream uses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum DecoderKind {
-    /// The temporal-autoencoder decoder of TAE_SPEC: full-resolution frames.
-    #[default]
-    Tae,
-    /// The cheap latent-to-RGB preview (`preview.*`), upscaled by nearest neighbour.
-    Preview,
-}
-
-impl FromStr for DecoderKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "tae" => Ok(DecoderKind::Tae),
-            "preview" => Ok(DecoderKind::Preview),
-            _ => Err(Error::Invalid(format!(
-                "decoder `{s}`: expected one of tae, preview"
-            ))),
+        let profile = self.profile();
+        let m = &profile.model;
+        let guidance = params.guidance.unwrap_or(profile.run.guidance);
+        if !guidance.is_finite() {
+            return Err(Error::Invalid(format!(
+                "guidance: expected a finite number, found {guidance}"
+            )));
         }
+        let seed = params.seed.unwrap_or(profile.run.seed);
+        let encoders = self.text_encoders().clone();
+        let prompt = match params.text {
+            Some(t) => {
+                check_text(&t, m.text_len, m.text_dim)?;
+                Arc::new(t)
+            }
+            None => encoders.encode(&params.prompt)?,
+        };
+        let negative = if guidance != 1.0 {
+            let neg = params
+                .negative_prompt
+                .as_deref()
+                .unwrap_or(&profile.run.negative_prompt);
+            Some(encoders.encode(neg)?)
+        } else {
+            None
+        };
+        Stream::new(Parts {
+            backend: self.create_backend(guidance)?,
+            decoder: self.decoder(params.decoder)?,
+            schedule: Schedule::new(&profile.stream),
+            encoders,
+            prompt,
+            negative,
+            seed,
+            guidance,
+            buffer_frames: m.latent_frames,
+            chunk_frames: profile.stream.chunk_frames,
+            frame_elems: m.frame_elems(),
+            fps: profile.video.fps,
+        })
     }
 }

@@ -1,47 +1,22 @@
-//! Where the encoders' linear layers run: on the CPU (f32, the `gemm` crate), or on a
-//! device through the engine's own FP16 tensor-core GEMM (`gemm_bias_f32`: f16 inputs and
-//! weights, f32 accumulation and output), on the real GPU or on the kernel emulator.
-//!
-//! Only the linear layers (nearly all of an encoder's FLOPs) go to the device. Attention
-//! stays on the CPU: the engine's attention kernels fuse the DiT's per-head RMSNorm of q and
-//! k into their loads and take neither an additive per-head bias (T5's relative positions)
-//! nor a causal mask (CLIP), so they do not compute these encoders' attention. A linear
-//! whose shape breaks the GEMM's contract (N, K multiples of 8) also runs on the CPU.
+//! The text encoders' linear layers on a device (`--text-device backend`): the FP16
+//! tensor-core GEMM (`gemm_bias_f32`: f16 inputs and weights, f32 accumulation and output)
+//! behind the text room's [`LinearExec`].
 
 use std::collections::HashMap;
 
 use half::f16;
 use streamdit_kernels::gemm;
 
-use super::nn;
-use crate::backend::cuda::device::{Device, DeviceBuffer, Kernel};
-use crate::backend::cuda::lower::DeviceParams;
+use super::device::{Device, DeviceBuffer, Kernel};
+use super::lower::DeviceParams;
 use crate::error::Result;
 use crate::tensor::Tensor;
-
-/// Executes `out [t, n] = x [t, k] W^T + b` for the encoders.
-pub trait LinearExec: Send {
-    fn linear(&mut self, x: &[f32], w: &Tensor, b: Option<&Tensor>, t: usize) -> Result<Vec<f32>>;
-    /// `cpu`, `emu` or `cuda`.
-    fn name(&self) -> &'static str;
-}
-
-/// The CPU in f32.
-pub struct CpuLinear;
-
-impl LinearExec for CpuLinear {
-    fn linear(&mut self, x: &[f32], w: &Tensor, b: Option<&Tensor>, t: usize) -> Result<Vec<f32>> {
-        Ok(nn::linear(x, w, b, t))
-    }
-
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
-}
+use crate::text::exec::LinearExec;
+use crate::text::nn;
 
 /// A device running the FP16 GEMM kernel. Weights are uploaded (as f16) on first use and
 /// kept, keyed by the host tensor's address: use one per set of encoders that outlive it
-/// (the [`Conditioner`](super::Conditioner) owns both).
+/// (the [`Conditioner`](crate::text::Conditioner) owns both).
 pub struct DeviceLinear<D: Device> {
     dev: D,
     kernel: Option<Kernel>,

@@ -1,0 +1,89 @@
+//! What an engine and its streams are created from: the weights' source, the backend and
+//! decoder choices, and per-stream settings.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::checkpoint::DType;
+use crate::error::{Error, Result};
+use crate::model::Profile;
+use crate::text::TextInput;
+
+/// Where the weights come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeightsSource {
+    /// A safetensors checkpoint.
+    File(PathBuf),
+    /// The deterministic random weights `streamdit weights init` writes, rounded to `dtype`.
+    Random { seed: u64, dtype: DType },
+}
+
+/// Which backend executes the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The CUDA backend when it can run, otherwise the CPU backend.
+    Auto,
+    Cpu,
+    Cuda,
+    /// The CUDA backend's launch plan on the kernel emulator.
+    Emu,
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(BackendKind::Auto),
+            "cpu" => Ok(BackendKind::Cpu),
+            "cuda" => Ok(BackendKind::Cuda),
+            "emu" => Ok(BackendKind::Emu),
+            _ => Err(Error::Invalid(format!(
+                "backend `{s}`: expected one of auto, cpu, cuda, emu"
+            ))),
+        }
+    }
+}
+
+/// Everything an engine is created from.
+#[derive(Debug, Clone)]
+pub struct EngineParams {
+    pub profile: Profile,
+    pub weights: WeightsSource,
+    pub backend: BackendKind,
+}
+
+/// Per-stream settings; `None` takes the profile's run setting.
+#[derive(Debug, Clone, Default)]
+pub struct StreamParams {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub seed: Option<u64>,
+    pub guidance: Option<f32>,
+    /// Precomputed text condition replacing the prompt's encoding.
+    pub text: Option<TextInput>,
+    /// Which decoder turns latents into frames (the TAE decoder unless told otherwise).
+    pub decoder: DecoderKind,
+}
+
+/// Which decoder a stream uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DecoderKind {
+    /// The temporal-autoencoder decoder of TAE_SPEC: full-resolution frames.
+    #[default]
+    Tae,
+    /// The cheap latent-to-RGB preview (`preview.*`), upscaled by nearest neighbour.
+    Preview,
+}
+
+impl FromStr for DecoderKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tae" => Ok(DecoderKind::Tae),
+            "preview" => Ok(DecoderKind::Preview),
+            _ => Err(Error::Invalid(format!(
+                "decoder `{s}`: expected one of tae, preview"
+            ))),
+        }
+    }
+}
