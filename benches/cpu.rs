@@ -4,8 +4,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use streamdit::checkpoint::DType;
+use streamdit::cost::window_sum_sq;
 use streamdit::math as ops;
-use streamdit::model::plan::window_sum_sq;
 use streamdit::rng::noise_frame;
 use streamdit::text::stack;
 use streamdit::{BackendKind, Engine, EngineParams, Profile, WeightsSource};

@@ -7,7 +7,7 @@ mod common;
 
 use common::Rng;
 use streamdit::backend::cuda::device::{
-    Device, DeviceBuffer, Dim3, GraphId, LaunchConfig, Stream, ThreadOrder,
+    Device, DeviceBuffer, Dim3, GraphId, LaunchConfig, Queue, ThreadOrder,
 };
 use streamdit::backend::cuda::emu::{EmuDevice, POISON};
 use streamdit::backend::cuda::real::{self, CudaDevice};
@@ -259,16 +259,16 @@ fn pinned_buffers_and_the_copy_stream_round_trip() {
         dev.create_event().unwrap(),
         dev.create_event().unwrap(),
     );
-    dev.record(start, Stream::Compute).unwrap();
-    dev.write_async(Stream::Copy, p.x, staged_x).unwrap();
-    dev.record(uploaded, Stream::Copy).unwrap();
-    dev.wait(Stream::Compute, uploaded).unwrap();
+    dev.record(start, Queue::Compute).unwrap();
+    dev.write_async(Queue::Copy, p.x, staged_x).unwrap();
+    dev.record(uploaded, Queue::Copy).unwrap();
+    dev.wait(Queue::Compute, uploaded).unwrap();
     dev.memset(p.y, POISON).unwrap();
     // SAFETY: live buffers of n elements (y has n + TAIL).
     unsafe { dev.launch(k, config(N), &p.params) }.unwrap();
-    dev.record(computed, Stream::Compute).unwrap();
-    dev.wait(Stream::Copy, computed).unwrap();
-    dev.read_async(Stream::Copy, p.y.slice(0, N).unwrap(), chunk)
+    dev.record(computed, Queue::Compute).unwrap();
+    dev.wait(Queue::Copy, computed).unwrap();
+    dev.read_async(Queue::Copy, p.y.slice(0, N).unwrap(), chunk)
         .unwrap();
     let got = dev.pinned(chunk).unwrap().to_vec();
     assert_eq!(bits(&got), bits(&reference(0.5, &x, &b)));

@@ -608,7 +608,7 @@ fn random_weights_keep_activations_order_one() {
         let kinds: Vec<String> = graph
             .steps
             .iter()
-            .map(|s| streamdit::model::plan::tae_op_kind(&s.op).to_string())
+            .map(|s| streamdit::cost::tae_op_kind(&s.op).to_string())
             .collect();
         let mut decoder = TaeDecoder::new(graph, &weights).unwrap();
         let z = latents(&mut Rng::new(seed), 2, h, w);

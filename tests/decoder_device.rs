@@ -7,8 +7,8 @@ mod common;
 
 use common::{f64s, rel_l2, Rng};
 use streamdit::backend::cuda::emu::EmuDevice;
-use streamdit::backend::cuda::DeviceTae;
 use streamdit::checkpoint::{DType, Weights};
+use streamdit::decoder::DeviceTae;
 use streamdit::decoder::{Decoder, TaeDecoder};
 use streamdit::model::profile::DecoderConfig;
 use streamdit::model::tae::TaeGraph;
@@ -117,7 +117,7 @@ fn device_decoder_names_missing_tensors() {
 #[test]
 fn device_memory_report_equals_the_allocation() {
     let (graph, weights) = setup(2);
-    let report = streamdit::backend::cuda::device_memory(&graph, 2).unwrap();
+    let report = streamdit::decoder::tae::device_memory(&graph, 2).unwrap();
     let dev = DeviceTae::new(graph, &weights, 2, EmuDevice::new()).unwrap();
     assert_eq!(report.total, dev.device_bytes());
     assert_eq!(

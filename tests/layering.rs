@@ -19,6 +19,7 @@ const ROOMS: &[&str] = &[
     "math",
     "model",
     "checkpoint",
+    "memory",
     "cost",
     "text",
     "backend",

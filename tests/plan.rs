@@ -1,12 +1,13 @@
-//! The cost model, memory plan and roofline of `streamdit::model::plan`: `tiny` against
+//! The cost model, memory plan and roofline of `streamdit::cost` and `streamdit::memory`: `tiny` against
 //! hand computations, `streamdit-4b` against MODEL_SPEC section 7, the memory checker on
 //! real and deliberately corrupted plans, and the roofline arithmetic.
 
-use streamdit::model::graph::{Graph, Op};
-use streamdit::model::plan::{
+use streamdit::cost::{
     axis_windows, op_cost, op_kind, video_frames_per_call, window_sum_sq, Bound, GpuSpec,
-    GraphCost, MemoryPlan, OpClass, ParamCount, Prediction, Region, ALIGNMENT,
+    GraphCost, OpClass, ParamCount, Prediction,
 };
+use streamdit::memory::{MemoryPlan, Region, ALIGNMENT};
+use streamdit::model::graph::{Graph, Op};
 use streamdit::model::schema::dit_parameters;
 use streamdit::Profile;
 
@@ -378,7 +379,7 @@ fn roofline_arithmetic() {
 #[test]
 fn fused_launches_keep_inputs_and_outputs_apart() {
     use streamdit::backend::cuda::lower;
-    use streamdit::model::plan::MemoryPlan;
+    use streamdit::memory::MemoryPlan;
     for profile in ["tiny", "streamdit-4b"] {
         let m = Profile::builtin(profile).unwrap().model;
         let g = Graph::build(&m, 1.0);
@@ -402,7 +403,7 @@ fn fused_launches_keep_inputs_and_outputs_apart() {
 /// 3x3 convolutions checked by hand.
 #[test]
 fn decoder_costs_match_the_spec() {
-    use streamdit::model::plan::{tae_op_kind, DecoderCost};
+    use streamdit::cost::{tae_op_kind, DecoderCost};
     use streamdit::model::tae::TaeGraph;
     let p = Profile::builtin("streamdit-4b").unwrap();
     let m = &p.model;

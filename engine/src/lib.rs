@@ -7,9 +7,11 @@
 pub mod abi;
 pub mod backend;
 pub mod checkpoint;
+pub mod cost;
 pub mod decoder;
 pub mod error;
 pub mod math;
+pub mod memory;
 pub mod model;
 pub mod nvtx;
 pub mod rng;

@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
+use streamdit::cost::GraphCost;
+use streamdit::memory::MemoryPlan;
 use streamdit::model::graph::Graph;
-use streamdit::model::plan::{GraphCost, MemoryPlan};
 use streamdit::{DecoderKind, Error, Result, Stream, StreamParams};
 
-use crate::{fmt_bytes, fmt_flops, print_stdout, ModelArgs};
+use crate::common::{fmt_bytes, fmt_flops, print_stdout, ModelArgs};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -459,7 +460,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .and_then(|a| a.name.as_deref())
         .and_then(|name| {
             let name = name.to_lowercase().replace(' ', "");
-            streamdit::model::plan::GpuSpec::ALL
+            streamdit::cost::GpuSpec::ALL
                 .into_iter()
                 .find(|g| name.contains(g.key))
         })

@@ -7,14 +7,14 @@ use std::time::Instant;
 
 use clap::Args;
 use serde_json::{json, Value};
-use streamdit::model::plan::{op_kind, GraphCost, OpClass, OpCost};
+use streamdit::cost::{op_kind, GraphCost, OpClass, OpCost};
 use streamdit::nvtx;
 use streamdit::rng::noise_frame;
 use streamdit::stream::Schedule;
 use streamdit::text;
 use streamdit::{Error, Result};
 
-use crate::{fmt_flops, print_stdout, ModelArgs};
+use crate::common::{fmt_flops, print_stdout, ModelArgs};
 
 #[derive(Args)]
 pub struct ProfileArgs {

@@ -80,7 +80,7 @@ fn weights_init_then_forward_matches_random_weights() {
     // random weights generated in memory: both must give the same v.
     let input = temp("call.safetensors");
     {
-        use streamdit::model::checkpoint::{write_tensors, DType};
+        use streamdit::checkpoint::{write_tensors, DType};
         use streamdit::rng::noise_frame;
         use streamdit::{Profile, Tensor};
         let m = Profile::builtin("tiny").unwrap().model;
@@ -149,8 +149,8 @@ fn weights_init_then_forward_matches_random_weights() {
         "--out",
         v_rand.to_str().unwrap(),
     ]);
-    let a = streamdit::model::checkpoint::read_tensors(&v_file).unwrap();
-    let b = streamdit::model::checkpoint::read_tensors(&v_rand).unwrap();
+    let a = streamdit::checkpoint::read_tensors(&v_file).unwrap();
+    let b = streamdit::checkpoint::read_tensors(&v_rand).unwrap();
     assert_eq!(a["v"].shape, vec![8, 8, 16, 16]);
     assert_eq!(a["v"], b["v"]);
     assert!(a["v"].data.iter().all(|v| v.is_finite()));
@@ -215,7 +215,7 @@ fn profiles_list_and_show() {
 
 #[test]
 fn text_embeddings_replace_the_prompt() {
-    use streamdit::model::checkpoint::{write_tensors, DType};
+    use streamdit::checkpoint::{write_tensors, DType};
     use streamdit::{Profile, Tensor};
     let m = Profile::builtin("tiny").unwrap().model;
     let text = Tensor::new(
@@ -886,8 +886,8 @@ fn nvtx_ranges_reach_an_injected_tool() {
 /// any chunk size; `generate --preview` keeps the cheap preview.
 #[test]
 fn decode_latents_file_and_preview() {
+    use streamdit::checkpoint::{write_tensors, DType, Weights};
     use streamdit::decoder::{Decoder, TaeDecoder};
-    use streamdit::model::checkpoint::{write_tensors, DType, Weights};
     use streamdit::model::tae::TaeGraph;
     use streamdit::{Profile, Tensor};
     let ckpt = temp("tiny-decoder.safetensors");

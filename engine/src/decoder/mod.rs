@@ -7,7 +7,7 @@ pub mod tae;
 use crate::error::Result;
 
 pub use preview::Preview;
-pub use tae::TaeDecoder;
+pub use tae::{DeviceTae, TaeDecoder};
 
 /// Latents `[n, C, H, W]` to RGB8 video frames.
 pub trait Decoder: Send {
@@ -24,4 +24,15 @@ pub trait Decoder: Send {
     /// Forgets what earlier chunks left behind (a decoder with temporal context keeps
     /// some), so the next chunk starts a new stream. Stateless decoders keep the default.
     fn reset(&mut self) {}
+}
+
+/// `round(clamp((v + 1) / 2, 0, 1) * 255)`, TAE_SPEC's RGB mapping (NaN maps to 0).
+pub fn to_byte(v: f32) -> u8 {
+    (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8
+}
+
+/// Appends the bytes of RGB values `rgb` to `out` ([`to_byte`] each).
+pub fn to_bytes(rgb: &[f32], out: &mut Vec<u8>) {
+    out.reserve(rgb.len());
+    out.extend(rgb.iter().map(|&v| to_byte(v)));
 }

@@ -2,8 +2,7 @@
 //! nearest neighbour. Cheap enough to run on every chunk, and shaped like the real decoder's
 //! output so sinks and players can be tested without it.
 
-use crate::decoder::tae::to_byte;
-use crate::decoder::Decoder;
+use crate::decoder::{to_byte, Decoder};
 use crate::error::{fmt_shape, Error, Result};
 use crate::model::profile::{ModelConfig, VideoConfig};
 use crate::tensor::Tensor;

@@ -8,9 +8,9 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::device::Device;
 use crate::backend::cuda::emu::EmuDevice;
 use crate::backend::cuda::real::CudaDevice;
-use crate::backend::cuda::{CudaBackend, DeviceTae, DeviceWeights};
+use crate::backend::cuda::{CudaBackend, DeviceWeights};
 use crate::backend::Backend;
-use crate::decoder::{Preview, TaeDecoder};
+use crate::decoder::{DeviceTae, Preview, TaeDecoder};
 
 mod params;
 use crate::backend::cuda::text::DeviceLinear;

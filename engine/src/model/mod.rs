@@ -2,7 +2,6 @@
 //! graph of one model call. Nothing here executes a model; backends do.
 
 pub mod graph;
-pub mod plan;
 pub mod profile;
 pub mod schema;
 pub mod tae;

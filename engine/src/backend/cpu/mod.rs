@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use super::{check_len, Backend, Clock, StepParams, TimedStep};
 use crate::checkpoint::Weights;
+use crate::cost::op_kind;
 use crate::error::{fmt_shape, Error, Result};
 use crate::math::{self as ops, validate_mask};
 use crate::model::graph::{Graph, Kind, Op, TensorDesc, TensorId};
-use crate::model::plan::op_kind;
 use crate::rng;
 use crate::tensor::Tensor;
 

@@ -19,15 +19,15 @@ use half::f16;
 
 use streamdit_kernels::elementwise as ew;
 
-use super::device::{backend_error, Device, DeviceBuffer, Event, GraphId, PinnedBuffer, Stream};
+use super::device::{backend_error, Device, DeviceBuffer, Event, GraphId, PinnedBuffer, Queue};
 use super::lower::{self, DeviceParams, Lowered, Step};
 use crate::backend::{check_len, Backend, Clock, StepParams, TimedStep};
 use crate::checkpoint::{Checkpoint, DType, Weights};
 use crate::error::fmt_shape;
 use crate::error::{Error, Result};
 use crate::math::validate_mask;
+use crate::memory::MemoryPlan;
 use crate::model::graph::{Graph, Kind, Precision};
-use crate::model::plan::MemoryPlan;
 use crate::model::schema::{checkpoint_tensors, Init};
 use crate::tensor::Tensor;
 
@@ -44,7 +44,7 @@ pub enum DeviceWeights<'a> {
     Random { seed: u64 },
 }
 
-/// Stream state outside the model graph, in one allocation.
+/// Queue state outside the model graph, in one allocation.
 struct StateBuffers {
     /// The buffer after the step: `[F, C, H, W]`, copied into the graph's input `x`.
     x_next: DeviceBuffer<f32>,
@@ -457,10 +457,10 @@ impl<D: Device> CudaBackend<D> {
         }
         if shift > 0 {
             // The chunk goes to pinned memory on the copy stream, after the step's work.
-            self.dev.record(self.copy_ready, Stream::Compute)?;
-            self.dev.wait(Stream::Copy, self.copy_ready)?;
+            self.dev.record(self.copy_ready, Queue::Compute)?;
+            self.dev.wait(Queue::Copy, self.copy_ready)?;
             self.dev
-                .read_async(Stream::Copy, self.state.emit, self.pinned)?;
+                .read_async(Queue::Copy, self.state.emit, self.pinned)?;
         }
         Ok(shift)
     }
@@ -593,10 +593,10 @@ impl<D: Device> Backend for CudaBackend<D> {
             self.timing.push(event);
         }
         self.eager_call(x, tau, v, |b| {
-            b.dev.record(b.timing[0], Stream::Compute)?;
+            b.dev.record(b.timing[0], Queue::Compute)?;
             for k in 0..b.call.len() {
                 lower::run(&mut b.dev, b.mem, &b.call[k..k + 1])?;
-                b.dev.record(b.timing[k + 1], Stream::Compute)?;
+                b.dev.record(b.timing[k + 1], Queue::Compute)?;
             }
             b.dev.synchronize()
         })?;

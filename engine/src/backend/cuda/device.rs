@@ -19,10 +19,11 @@ use crate::error::{Error, Result};
 
 pub use streamdit_kernels::emu::{Dim3, LaunchConfig, ThreadOrder};
 
-/// The two streams of a device: kernels, memsets, device copies and graphs run on
-/// `Compute`; `Copy` carries the asynchronous host copies that overlap the next step.
+/// The two queues (CUDA streams) of a device: kernels, memsets, device copies and graphs
+/// run on `Compute`; `Copy` carries the asynchronous host copies that overlap the next
+/// step. Named `Queue` so that `Stream` means only the video stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Stream {
+pub enum Queue {
     Compute,
     Copy,
 }
@@ -188,7 +189,7 @@ pub struct GraphId {
 /// The device operations the CUDA backend needs, implemented by the real device
 /// ([`super::real::CudaDevice`]) and the emulated one ([`super::emu::EmuDevice`]).
 ///
-/// Ordering: everything on one [`Stream`] runs in call order; [`Device::record`] and
+/// Ordering: everything on one [`Queue`] runs in call order; [`Device::record`] and
 /// [`Device::wait`] order one stream after the other. The synchronous host copies
 /// ([`write`](Device::write), [`read`](Device::read)) run after all work already queued on
 /// `Compute` and return when done.
@@ -231,14 +232,14 @@ pub trait Device: Send {
     /// Queues `src -> dst` (same length) on `stream`; returns at once.
     fn write_async<T: Pod>(
         &mut self,
-        stream: Stream,
+        stream: Queue,
         dst: DeviceBuffer<T>,
         src: PinnedBuffer<T>,
     ) -> Result<()>;
     /// Queues `src -> dst` (same length) on `stream`; returns at once.
     fn read_async<T: Pod>(
         &mut self,
-        stream: Stream,
+        stream: Queue,
         src: DeviceBuffer<T>,
         dst: PinnedBuffer<T>,
     ) -> Result<()>;
@@ -264,9 +265,9 @@ pub trait Device: Send {
 
     fn create_event(&mut self) -> Result<Event>;
     /// Records `event` after the work queued so far on `stream`.
-    fn record(&mut self, event: Event, stream: Stream) -> Result<()>;
+    fn record(&mut self, event: Event, stream: Queue) -> Result<()>;
     /// Makes later work on `stream` wait for `event`.
-    fn wait(&mut self, stream: Stream, event: Event) -> Result<()>;
+    fn wait(&mut self, stream: Queue, event: Event) -> Result<()>;
     /// Milliseconds between two recorded events, waiting for `end`.
     fn elapsed_ms(&mut self, start: Event, end: Event) -> Result<f32>;
     /// Waits for all work on both streams.

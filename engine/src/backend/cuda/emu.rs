@@ -17,7 +17,7 @@ use streamdit_kernels::emu::{self, EmuError};
 
 use super::device::{
     fmt_bytes, Book, Device, DeviceBuffer, Event, GraphId, Kernel, LaunchConfig, PinnedBuffer,
-    Stream, ThreadOrder,
+    Queue, ThreadOrder,
 };
 use crate::error::Result;
 
@@ -314,7 +314,7 @@ impl Device for EmuDevice {
 
     fn write_async<T: Pod>(
         &mut self,
-        _stream: Stream,
+        _stream: Queue,
         dst: DeviceBuffer<T>,
         src: PinnedBuffer<T>,
     ) -> Result<()> {
@@ -329,7 +329,7 @@ impl Device for EmuDevice {
 
     fn read_async<T: Pod>(
         &mut self,
-        _stream: Stream,
+        _stream: Queue,
         src: DeviceBuffer<T>,
         dst: PinnedBuffer<T>,
     ) -> Result<()> {
@@ -433,7 +433,7 @@ impl Device for EmuDevice {
         })
     }
 
-    fn record(&mut self, event: Event, _stream: Stream) -> Result<()> {
+    fn record(&mut self, event: Event, _stream: Queue) -> Result<()> {
         self.book.not_capturing("record event")?;
         self.book
             .check_event("record event", &event, self.events.len())?;
@@ -441,7 +441,7 @@ impl Device for EmuDevice {
         Ok(())
     }
 
-    fn wait(&mut self, _stream: Stream, event: Event) -> Result<()> {
+    fn wait(&mut self, _stream: Queue, event: Event) -> Result<()> {
         self.book.not_capturing("wait for event")?;
         self.book
             .check_event("wait for event", &event, self.events.len())

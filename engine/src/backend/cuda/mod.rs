@@ -23,17 +23,16 @@
 //! - [`backend`]: `CudaBackend<D: Device>` implementing [`Backend`](super::Backend) on
 //!   either device: weights upload, the step graph (per-step tau/dtau/flags in device buffers
 //!   written before each replay), prefetch of the next step, timed eager calls.
-//! - [`tae`]: `DeviceTae<D: Device>`, the TAE decoder's op list lowered to the decoder
-//!   kernels with its causal caches on the device, one graph per chunk size; the `cuda`
-//!   backend's streams decode with it.
+//! - [`text`]: the text encoders' linear layers on a device.
+//!
+//! The TAE decoder's lowering to its kernels lives with the decoder, in
+//! `crate::decoder::tae::device`, built on this module's device layer and launch steps.
 
 pub mod backend;
 pub mod device;
 pub mod emu;
 pub mod lower;
 pub mod real;
-pub mod tae;
 pub mod text;
 
 pub use backend::{CudaBackend, DeviceWeights};
-pub use tae::{device_memory, DeviceTae, TaeMemory};

@@ -22,7 +22,7 @@ use cudarc::driver::sys;
 
 use super::device::{
     backend_error, fmt_bytes, Book, Device, DeviceBuffer, Event, GraphId, Kernel, LaunchConfig,
-    PinnedBuffer, Stream,
+    PinnedBuffer, Queue,
 };
 use crate::error::{Error, Result};
 
@@ -244,10 +244,10 @@ impl CudaDevice {
         unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| err(op, driver_message(e)))
     }
 
-    fn stream(&self, stream: Stream) -> sys::CUstream {
+    fn stream(&self, stream: Queue) -> sys::CUstream {
         match stream {
-            Stream::Compute => self.compute,
-            Stream::Copy => self.copy,
+            Queue::Compute => self.compute,
+            Queue::Copy => self.copy,
         }
     }
 
@@ -454,7 +454,7 @@ impl Device for CudaDevice {
 
     fn write_async<T: Pod>(
         &mut self,
-        stream: Stream,
+        stream: Queue,
         dst: DeviceBuffer<T>,
         src: PinnedBuffer<T>,
     ) -> Result<()> {
@@ -476,7 +476,7 @@ impl Device for CudaDevice {
 
     fn read_async<T: Pod>(
         &mut self,
-        stream: Stream,
+        stream: Queue,
         src: DeviceBuffer<T>,
         dst: PinnedBuffer<T>,
     ) -> Result<()> {
@@ -640,7 +640,7 @@ impl Device for CudaDevice {
         })
     }
 
-    fn record(&mut self, event: Event, stream: Stream) -> Result<()> {
+    fn record(&mut self, event: Event, stream: Queue) -> Result<()> {
         let op = "record event";
         self.book.not_capturing(op)?;
         self.book.check_event(op, &event, self.events.len())?;
@@ -650,7 +650,7 @@ impl Device for CudaDevice {
             .map_err(|e| err(op, driver_message(e)))
     }
 
-    fn wait(&mut self, stream: Stream, event: Event) -> Result<()> {
+    fn wait(&mut self, stream: Queue, event: Event) -> Result<()> {
         let op = "wait for event";
         self.book.not_capturing(op)?;
         self.book.check_event(op, &event, self.events.len())?;

@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use crate::checkpoint::Weights;
-use crate::decoder::Decoder;
+use crate::decoder::{to_bytes, Decoder};
 use crate::error::{fmt_shape, Error, Result};
 use crate::math::{attend, linear, matmul, View};
 use crate::model::tae::{TaeGraph, TaeOp, GN_EPS, SPATIAL_UPSAMPLE, TEMPORAL_UPSAMPLE};
@@ -325,17 +325,6 @@ impl TaeDecoder {
         );
         Ok(x.data)
     }
-}
-
-/// `round(clamp((v + 1) / 2, 0, 1) * 255)`, TAE_SPEC's RGB mapping (NaN maps to 0).
-pub fn to_byte(v: f32) -> u8 {
-    (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8
-}
-
-/// Appends the bytes of RGB values `rgb` to `out` ([`to_byte`] each).
-pub fn to_bytes(rgb: &[f32], out: &mut Vec<u8>) {
-    out.reserve(rgb.len());
-    out.extend(rgb.iter().map(|&v| to_byte(v)));
 }
 
 impl Decoder for TaeDecoder {

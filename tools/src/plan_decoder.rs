@@ -2,11 +2,11 @@
 //! weights, caches and arena, and the end-to-end roofline of a call with the decoder.
 
 use serde_json::{json, Value};
-use streamdit::model::plan::{tae_op_kind, DecoderCost, GpuSpec, Prediction};
+use streamdit::cost::{tae_op_kind, DecoderCost, GpuSpec, Prediction};
 use streamdit::model::tae::{TaeGraph, TaeOp};
 use streamdit::{Profile, Result};
 
-use crate::{fmt_bytes, fmt_count, fmt_flops};
+use crate::common::{fmt_bytes, fmt_count, fmt_flops};
 
 /// The decoder's sections of the plan report.
 pub struct DecoderReport {
@@ -117,7 +117,7 @@ pub fn report(
         fmt_bytes(cost.cache_bytes)
     );
     // What the device lowering really allocates (backend/cuda/tae.rs), beside the estimate.
-    let lowered = streamdit::backend::cuda::device_memory(&graph, c)?;
+    let lowered = streamdit::decoder::tae::device_memory(&graph, c)?;
     totals += &format!(
         "  device lowering  {} allocated by the CUDA backend's decoder: weights {}, {} activation buffers of {}, context {}, caches {}, scratch {}\n",
         fmt_bytes(lowered.total as u64),

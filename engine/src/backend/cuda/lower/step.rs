@@ -1,0 +1,310 @@
+//! Lowered lists as data: the launches and copies of a list ([`Step`]), each kernel's
+//! parameter struct ([`Params`]), looking kernels up and running a list on a device, and
+//! the two device steps outside the model graph (the Euler update and the noise fill).
+
+use streamdit_kernels::{adaln, attention, conv, elementwise as ew, gemm};
+
+use crate::backend::cuda::device::{backend_error, Device, DeviceBuffer, Kernel, LaunchConfig};
+use crate::error::{Error, Result};
+use crate::model::graph::TensorId;
+
+/// A kernel's parameter struct as a launch argument. The structs hold device addresses as
+/// raw pointers, which makes them `!Send`; the addresses are plain numbers to the host.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceParams<P>(pub P);
+
+// SAFETY: the wrapped structs hold device addresses and scalars only; the host never
+// dereferences them, and on the emulator the memory they point to is owned by the device
+// object, which is itself `Send` and moves with the backend that holds these parameters.
+unsafe impl<P: Copy> Send for DeviceParams<P> {}
+
+/// The parameter struct of one launch, by kernel.
+#[derive(Clone, Copy, Debug)]
+pub enum Params {
+    GemmBiasF16(gemm::GemmBiasF16Params),
+    GemmBiasF32(gemm::GemmBiasF32Params),
+    GemmGatedResidual(gemm::GemmGatedResidualParams),
+    GemmSwiglu(gemm::GemmSwigluParams),
+    AdaLn(adaln::AdaLnParams),
+    Patchify(ew::PatchifyParams),
+    AddPositions(ew::AddPositionsParams),
+    TimestepFeatures(ew::TimestepFeaturesParams),
+    Activation(ew::ActivationParams),
+    Modulation(ew::ModulationParams),
+    Unpatchify(ew::UnpatchifyParams),
+    EulerStep(ew::EulerStepParams),
+    NoiseFill(ew::NoiseFillParams),
+    WindowAttention(attention::AttnWindowParams),
+    CrossAttention(attention::AttnCrossParams),
+    Conv3x3(conv::Conv3x3Params),
+    ConvT3(conv::ConvT3Params),
+    Conv1x1(conv::Conv1x1Params),
+    GroupNormStats(conv::GroupNormStatsParams),
+    GroupNormFinalize(conv::GroupNormFinalizeParams),
+    GroupNormApply(conv::GroupNormApplyParams),
+}
+
+// SAFETY: as for `DeviceParams`: the structs carry device addresses the host never
+// dereferences; the memory belongs to the device object that travels with the backend.
+unsafe impl Send for Params {}
+
+/// One device operation of a lowered list.
+#[derive(Clone, Debug)]
+pub enum Step {
+    Launch {
+        /// The graph op(s) it computes, for errors and listings.
+        label: String,
+        module: &'static str,
+        kernel_name: &'static str,
+        /// Looked up by [`resolve`].
+        kernel: Option<Kernel>,
+        config: LaunchConfig,
+        params: Params,
+        trace: Trace,
+    },
+    /// `bytes` bytes from offset `src` to offset `dst` of the model allocation.
+    Copy {
+        label: String,
+        src: usize,
+        dst: usize,
+        bytes: usize,
+        trace: Trace,
+    },
+}
+
+/// Which graph op a step completes and the tensor it leaves its result in, so a traced run
+/// can compare each step with the CPU backend's trace of the same op.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// Index of the last graph op the step computes, in its op list.
+    pub op: usize,
+    pub output: TensorId,
+}
+
+impl Step {
+    pub fn label(&self) -> &str {
+        match self {
+            Step::Launch { label, .. } | Step::Copy { label, .. } => label,
+        }
+    }
+
+    pub fn trace(&self) -> Trace {
+        match self {
+            Step::Launch { trace, .. } | Step::Copy { trace, .. } => *trace,
+        }
+    }
+
+    pub(super) fn set_trace(&mut self, t: Trace) {
+        match self {
+            Step::Launch { trace, .. } | Step::Copy { trace, .. } => *trace = t,
+        }
+    }
+}
+
+/// The lowered prompt and call lists.
+#[derive(Debug)]
+pub struct Lowered {
+    pub prompt: Vec<Step>,
+    pub call: Vec<Step>,
+}
+
+/// Looks every kernel up on `dev` (loading its module), so running a list does no lookups.
+pub fn resolve<D: Device>(dev: &mut D, mut steps: Vec<Step>) -> Result<Vec<Step>> {
+    for step in &mut steps {
+        if let Step::Launch {
+            module,
+            kernel_name,
+            kernel,
+            label,
+            ..
+        } = step
+        {
+            let k = dev.kernel(module, kernel_name).map_err(|e| {
+                backend_error(
+                    dev.backend(),
+                    label.clone(),
+                    format!("kernel {kernel_name}: {e}"),
+                )
+            })?;
+            *kernel = Some(k);
+        }
+    }
+    Ok(steps)
+}
+
+/// Launches one parameter struct.
+///
+/// # Safety
+/// `params` must be the mirror of `kernel`'s struct, with addresses inside live allocations
+/// of `dev` large enough for `config` (what [`lower`] builds from a verified memory plan).
+unsafe fn launch<D: Device>(
+    dev: &mut D,
+    kernel: Kernel,
+    config: LaunchConfig,
+    params: &Params,
+) -> Result<()> {
+    macro_rules! go {
+        ($($v:ident),*) => {
+            match params {
+                // SAFETY: forwarded from this function's contract.
+                $(Params::$v(p) => unsafe { dev.launch(kernel, config, &DeviceParams(*p)) },)*
+            }
+        };
+    }
+    go!(
+        GemmBiasF16,
+        GemmBiasF32,
+        GemmGatedResidual,
+        GemmSwiglu,
+        AdaLn,
+        Patchify,
+        AddPositions,
+        TimestepFeatures,
+        Activation,
+        Modulation,
+        Unpatchify,
+        EulerStep,
+        NoiseFill,
+        WindowAttention,
+        CrossAttention,
+        Conv3x3,
+        ConvT3,
+        Conv1x1,
+        GroupNormStats,
+        GroupNormFinalize,
+        GroupNormApply
+    )
+}
+
+/// Runs a resolved list on `dev`; `mem` is the model allocation the list was lowered for.
+pub fn run<D: Device>(dev: &mut D, mem: DeviceBuffer<u8>, steps: &[Step]) -> Result<()> {
+    for step in steps {
+        // Eager runs name each launch for Nsight; a capture records the names once.
+        let _range = crate::nvtx::Range::push(step.label());
+        match step {
+            Step::Launch {
+                label,
+                kernel,
+                config,
+                params,
+                kernel_name,
+                ..
+            } => {
+                let kernel = kernel.ok_or_else(|| {
+                    Error::Invalid(format!("{label}: kernel {kernel_name} was not resolved"))
+                })?;
+                // SAFETY: the list was lowered from a verified memory plan for `mem`, whose
+                // allocation is alive while the backend holds it; every config was checked
+                // against the shapes its addresses were sized for.
+                unsafe { launch(dev, kernel, *config, params) }
+                    .map_err(|e| backend_error(dev.backend(), label.clone(), e.to_string()))?;
+            }
+            Step::Copy {
+                label,
+                src,
+                dst,
+                bytes,
+                ..
+            } => {
+                let (s, d) = (mem.slice(*src, *bytes)?, mem.slice(*dst, *bytes)?);
+                dev.copy(s, d)
+                    .map_err(|e| backend_error(dev.backend(), label.clone(), e.to_string()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn kernel_err(label: impl Into<String>) -> impl Fn(String) -> Error {
+    let label = label.into();
+    move |e| Error::Invalid(format!("lowering `{label}`: {e}"))
+}
+
+/// The Euler update with pop/push (`euler_step`), launched now or recorded when capturing.
+#[allow(clippy::too_many_arguments)]
+pub fn euler_step<D: Device>(
+    dev: &mut D,
+    x: DeviceBuffer<f32>,
+    v: DeviceBuffer<f32>,
+    dtau: &DeviceBuffer<f32>,
+    control: &DeviceBuffer<u64>,
+    x_next: &DeviceBuffer<f32>,
+    emit: &DeviceBuffer<f32>,
+    seed: u64,
+    frames: usize,
+    frame_elems: usize,
+) -> Result<()> {
+    let label = "euler step";
+    let emit_frames = emit.len() / frame_elems;
+    let config =
+        ew::euler_step_config(frames, frame_elems, emit_frames).map_err(kernel_err(label))?;
+    let n = frames * frame_elems;
+    for (what, len) in [("x", x.len()), ("v", v.len()), ("x_next", x_next.len())] {
+        if len != n {
+            return Err(Error::shape(format!("{label}: {what}"), n, len));
+        }
+    }
+    let params = ew::EulerStepParams {
+        x: x.addr() as *const f32,
+        v: v.addr() as *const f32,
+        dtau: dtau.addr() as *const f32,
+        control: control.addr() as *const ew::EulerControl,
+        x_next: x_next.addr() as *mut f32,
+        emit: emit.addr() as *mut f32,
+        seed,
+        frames: frames as i32,
+        frame_elems: frame_elems as i32,
+        emit_frames: emit_frames as i32,
+    };
+    let kernel = dev.kernel("elementwise", ew::KERNEL_EULER_STEP)?;
+    // SAFETY: x, v, x_next hold frames * frame_elems f32 (checked above), dtau `frames`,
+    // control the 16-byte control block, emit `emit_frames` frames; all live on `dev`.
+    unsafe { dev.launch(kernel, config, &DeviceParams(params)) }
+        .map_err(|e| backend_error(dev.backend(), label, e.to_string()))
+}
+
+/// Fills `x [frames, frame_elems]` with the noise of frames `first_frame..` (`noise_fill`).
+pub fn noise_fill<D: Device>(
+    dev: &mut D,
+    x: DeviceBuffer<f32>,
+    seed: u64,
+    first_frame: u64,
+    frames: usize,
+    frame_elems: usize,
+) -> Result<()> {
+    let label = "noise fill";
+    let config = ew::noise_fill_config(frames, frame_elems).map_err(kernel_err(label))?;
+    if x.len() != frames * frame_elems {
+        return Err(Error::shape(label, frames * frame_elems, x.len()));
+    }
+    let params = ew::NoiseFillParams {
+        out: x.addr() as *mut f32,
+        seed,
+        first_frame,
+        frames: frames as i32,
+        frame_elems: frame_elems as i32,
+    };
+    let kernel = dev.kernel("elementwise", ew::KERNEL_NOISE_FILL)?;
+    // SAFETY: x holds frames * frame_elems f32 (checked above) on `dev`.
+    unsafe { dev.launch(kernel, config, &DeviceParams(params)) }
+        .map_err(|e| backend_error(dev.backend(), label, e.to_string()))
+}
+
+pub(super) fn launch_step(
+    label: String,
+    module: &'static str,
+    kernel_name: &'static str,
+    config: LaunchConfig,
+    params: Params,
+) -> Step {
+    Step::Launch {
+        label,
+        module,
+        kernel_name,
+        kernel: None,
+        config,
+        params,
+        trace: Trace::default(),
+    }
+}

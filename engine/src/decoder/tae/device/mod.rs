@@ -1,0 +1,220 @@
+//! The TAE decoder (TAE_SPEC) on a device: the op list of [`crate::model::tae`] lowered to
+//! the decoder kernels (`kernels/cuda/conv.cu`, and the window attention kernel for the
+//! mid-block) over one allocation, and replayed as one captured graph per chunk size.
+//!
+//! | op list | launches |
+//! |---|---|
+//! | `GroupNorm` (+ SiLU) | `groupnorm_stats`, `groupnorm_finalize`, `groupnorm_apply` |
+//! | `Conv2d` (nearest 2x fused) | `conv3x3_f16` (writing straight into the context buffer when a `ConvT` follows) |
+//! | [`RepeatFrames`] + `ConvT` | `conv_t3_f16` with `upsample_t` |
+//! | `ConvT` + `AddSaved` | the 1x1 `skip` (`conv1x1_f16`) if any, then `conv_t3_f16` with it as the fused residual |
+//! | `Attention` + `AddSaved` | `conv1x1_f16` (QKV), `attn_window` over whole frames without q/k norm, `conv1x1_f16` (out, residual fused) |
+//!
+//! Every `ConvT` reads `[2 + T, H*W, ch]` from one shared context buffer: its producer
+//! writes the chunk's frames after two context frames, which copies fill first from the
+//! layer's cache (the previous chunk's last two input frames) or, at a stream's start, from
+//! the first frame (TAE_SPEC's replicate padding). After the launch the layer's last two
+//! input frames are copied to its cache. Any op sequence without a lowering is an error.
+//!
+//! Latents come in as the host's `[n, C, H, W]` f32 (a popped chunk), are converted to
+//! channels-last f16 on the host into pinned memory and copied in; the RGB result
+//! `[4n, 8H, 8W, 3]` comes back in f16 through pinned memory and is mapped to bytes on the
+//! host. The allocation is separate from the DiT's, on the
+//! device's own streams, so on a GPU the decode of chunk `k` runs beside the DiT call the
+//! stream prefetched.
+//!
+//! [`RepeatFrames`]: TaeOp::RepeatFrames
+
+mod layout;
+mod lower;
+
+use std::collections::HashMap;
+
+use half::f16;
+
+use self::layout::{pack_weights, plan_layout, Layout};
+use self::lower::lower_list;
+use crate::backend::cuda::device::{Device, DeviceBuffer, GraphId, PinnedBuffer, Queue};
+use crate::backend::cuda::lower as launches;
+use crate::backend::cuda::lower::Step;
+use crate::checkpoint::Weights;
+use crate::decoder::{to_bytes, Decoder};
+use crate::error::{Error, Result};
+use crate::model::tae::{TaeGraph, TEMPORAL_UPSAMPLE};
+
+pub use self::layout::{device_memory, TaeMemory};
+
+fn lowering_error(what: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("TAE decoder lowering: {what}"))
+}
+
+/// A lowered list with its graph, once captured, and the pinned host buffers of its input
+/// latents and output RGB.
+struct List {
+    steps: Vec<Step>,
+    graph: Option<GraphId>,
+    output: usize,
+    pinned_in: PinnedBuffer<u16>,
+    pinned_out: PinnedBuffer<u16>,
+}
+
+/// The TAE decoder on device `D`, implementing [`Decoder`] for chunks of any size (longer
+/// inputs are decoded in pieces of the size it was made for).
+pub struct DeviceTae<D: Device> {
+    dev: D,
+    graph: TaeGraph,
+    mem: DeviceBuffer<u8>,
+    layout: Layout,
+    max_frames: usize,
+    /// By (latent frames, stream start).
+    lists: HashMap<(usize, bool), List>,
+    started: bool,
+    use_graphs: bool,
+}
+
+impl<D: Device> DeviceTae<D> {
+    /// The decoder of `graph` with the `decoder.*` tensors of `weights` (converted to f16),
+    /// for chunks of up to `max_frames` latent frames, on `dev`. A missing or mis-shaped
+    /// tensor is an error naming it.
+    pub fn new(graph: TaeGraph, weights: &Weights, max_frames: usize, mut dev: D) -> Result<Self> {
+        let packed = pack_weights(&graph, weights)?;
+        let l = plan_layout(&graph, max_frames)?;
+        let mem = dev.alloc::<u8>("TAE decoder (weights, activations, caches)", l.total)?;
+        let mut bytes = vec![0u8; l.weight_bytes];
+        for (name, v) in &packed {
+            let off = l.weights[name];
+            bytes[off..off + v.len() * 2].copy_from_slice(bytemuck::cast_slice(v));
+        }
+        if !bytes.is_empty() {
+            dev.write(mem.slice(0, bytes.len())?, &bytes)?;
+        }
+        Ok(DeviceTae {
+            dev,
+            graph,
+            mem,
+            layout: l,
+            max_frames,
+            lists: HashMap::new(),
+            started: false,
+            use_graphs: true,
+        })
+    }
+
+    /// Bytes of device memory the decoder holds ([`device_memory`]'s total).
+    pub fn device_bytes(&self) -> usize {
+        self.layout.total
+    }
+
+    /// Whether chunks run as captured graphs (default) or launch by launch.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.use_graphs = on;
+    }
+
+    /// Decodes `latents [n, C, H, W]` to the RGB values `[4n, 8H, 8W, 3]` before the
+    /// mapping to bytes (f16 on the device, widened), carrying the temporal caches.
+    pub fn decode_f32(&mut self, latents: &[f32]) -> Result<Vec<f32>> {
+        let g = &self.graph;
+        let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
+        let fe = c * h * w;
+        if latents.len() % fe != 0 {
+            return Err(Error::shape(
+                "TAE decoder latents",
+                format!("a multiple of C*H*W = {fe} values"),
+                latents.len(),
+            ));
+        }
+        let mut out = Vec::new();
+        for piece in latents.chunks(self.max_frames * fe) {
+            self.decode_piece(piece, piece.len() / fe, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn decode_piece(&mut self, latents: &[f32], n: usize, out: &mut Vec<f32>) -> Result<()> {
+        let g = &self.graph;
+        let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
+        let (fw, fh) = g.frame_size();
+        let out_len = n * TEMPORAL_UPSAMPLE * fw * fh * 3;
+        let first = !self.started;
+        let key = (n, first);
+        if !self.lists.contains_key(&key) {
+            let (steps, output, _) =
+                lower_list(&self.graph, &self.layout, self.mem.addr(), n, first)?;
+            let steps = launches::resolve(&mut self.dev, steps)?;
+            let pinned_in = self
+                .dev
+                .alloc_pinned("TAE decoder latents", n * c * h * w)?;
+            let pinned_out = self.dev.alloc_pinned("TAE decoder RGB", out_len)?;
+            self.lists.insert(
+                key,
+                List {
+                    steps,
+                    graph: None,
+                    output,
+                    pinned_in,
+                    pinned_out,
+                },
+            );
+        }
+        let list = self.lists.get_mut(&key).expect("inserted above");
+        // [n, C, H, W] f32 to [n, H, W, C] f16, straight into pinned memory.
+        let staged = self.dev.pinned(list.pinned_in)?;
+        for f in 0..n {
+            for p in 0..h * w {
+                for ch in 0..c {
+                    let v = latents[(f * c + ch) * h * w + p];
+                    staged[(f * h * w + p) * c + ch] = f16::from_f32(v).to_bits();
+                }
+            }
+        }
+        let input = self
+            .mem
+            .slice(self.layout.input, n * c * h * w * 2)?
+            .cast::<u16>()?;
+        self.dev
+            .write_async(Queue::Compute, input, list.pinned_in)?;
+        if self.use_graphs {
+            let graph = match list.graph {
+                Some(gid) => gid,
+                None => {
+                    self.dev.begin_capture()?;
+                    let run = launches::run(&mut self.dev, self.mem, &list.steps);
+                    let gid = self.dev.end_capture()?;
+                    run?;
+                    self.dev.upload(gid)?;
+                    list.graph = Some(gid);
+                    gid
+                }
+            };
+            self.dev.replay(graph)?;
+        } else {
+            launches::run(&mut self.dev, self.mem, &list.steps)?;
+        }
+        let output = self.mem.slice(list.output, out_len * 2)?.cast::<u16>()?;
+        self.dev
+            .read_async(Queue::Compute, output, list.pinned_out)?;
+        let rgb = self.dev.pinned(list.pinned_out)?;
+        out.extend(rgb.iter().map(|&b| f16::from_bits(b).to_f32()));
+        self.started = true;
+        Ok(())
+    }
+}
+
+impl<D: Device + Send> Decoder for DeviceTae<D> {
+    fn frame_size(&self) -> (usize, usize) {
+        self.graph.frame_size()
+    }
+
+    fn frames_per_latent(&self) -> usize {
+        TEMPORAL_UPSAMPLE
+    }
+
+    fn decode(&mut self, latents: &[f32], out: &mut Vec<u8>) -> Result<()> {
+        to_bytes(&self.decode_f32(latents)?, out);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.started = false;
+    }
+}

@@ -1,0 +1,102 @@
+//! `streamdit encode`: the text encoders alone.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use streamdit::checkpoint::{self, DType};
+use streamdit::text::{self};
+use streamdit::Result;
+
+use crate::common::{load_profile, parse_text_dir};
+
+#[derive(Args)]
+pub(crate) struct EncodeArgs {
+    /// A built-in profile name or a profile TOML file.
+    #[arg(long, default_value = "tiny")]
+    profile: String,
+    /// A Hugging Face folder for text encoder NAME (repeatable): `--text-dir ul2=/models/ul2`.
+    #[arg(long, value_name = "NAME=PATH", value_parser = parse_text_dir)]
+    text_dir: Vec<(String, String)>,
+    /// The DiT checkpoint holding the adapters `text_adapter.NAME.weight`; without it, the
+    /// random weights' adapters (seed `--random-weights`).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    #[arg(long, value_name = "SEED", default_value_t = 0)]
+    random_weights: u64,
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Output safetensors file.
+    #[arg(long, required_unless_present = "write_folders")]
+    out: Option<PathBuf>,
+    /// Write each random (folder-less) encoder of the profile as a Hugging Face folder
+    /// `DIR/NAME` (config.json, model.safetensors, tokenizer.json) and stop.
+    #[arg(long, value_name = "DIR")]
+    write_folders: Option<PathBuf>,
+}
+
+pub(crate) fn encode(args: EncodeArgs) -> Result<()> {
+    use streamdit::model::schema::Group;
+    use streamdit::text::conditioner::Adapters;
+    let profile = load_profile(&args.profile, &args.text_dir)?;
+    if let Some(dir) = &args.write_folders {
+        for e in &profile.text.encoders {
+            if let (None, Some(spec)) = (&e.dir, &e.random) {
+                let bytes = e.tokenizer.as_deref() == Some("bytes");
+                let out = dir.join(&e.name);
+                text::random::random_model(&e.kind, spec, bytes)?.write_folder(&out)?;
+                eprintln!("streamdit: wrote {} ({})", out.display(), e.kind);
+            }
+        }
+        return Ok(());
+    }
+    let m = &profile.model;
+    let ckpt = args
+        .weights
+        .as_ref()
+        .map(checkpoint::Checkpoint::open)
+        .transpose()?;
+    let byte_table = match &ckpt {
+        Some(c) => c.read_f32("text_embed.weight", &[256 + 3, m.text_dim]).ok(),
+        None => checkpoint::Weights::random_groups(
+            m,
+            args.random_weights,
+            DType::F32,
+            &[Group::TextEmbed],
+        )
+        .get("text_embed.weight")
+        .ok()
+        .cloned(),
+    };
+    let adapters = match &ckpt {
+        Some(c) => Adapters::Checkpoint(c),
+        None => Adapters::Random {
+            seed: args.random_weights,
+        },
+    };
+    let enc = text::Conditioner::new(&profile.text, m.text_dim, &adapters, byte_table.as_ref())?;
+    for n in enc.notes() {
+        eprintln!("streamdit: {n}");
+    }
+    let t = Instant::now();
+    let cond = enc.encode_uncached(&args.prompt)?;
+    let secs = t.elapsed().as_secs_f64();
+    let mask = streamdit::Tensor::new(vec![cond.mask.len()], cond.mask.clone())?;
+    let out = args
+        .out
+        .as_deref()
+        .unwrap_or(std::path::Path::new("text.safetensors"));
+    checkpoint::write_tensors(
+        out,
+        &[("text", &cond.text), ("text_mask", &mask)],
+        DType::F32,
+    )?;
+    let real = cond.mask.iter().filter(|&&v| v != 0.0).count();
+    eprintln!(
+        "streamdit: wrote {} (text {:?}, {real} real tokens): encoders took {:.1} ms",
+        out.display(),
+        cond.text.shape,
+        secs * 1e3
+    );
+    Ok(())
+}

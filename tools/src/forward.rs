@@ -1,0 +1,91 @@
+//! `streamdit forward`: one model call on tensors from a file (the golden-test hook).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use streamdit::checkpoint::{self, DType};
+use streamdit::text::{self};
+use streamdit::{Error, Result};
+
+use crate::common::ModelArgs;
+
+#[derive(Args)]
+pub(crate) struct ForwardArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Safetensors with `x [F,C,H,W]`, `tau [F]`, `text [Lt,Dtxt]`, `text_mask [Lt]`, and with
+    /// guidance optionally `negative_text`, `negative_text_mask` (default: the empty prompt).
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write `v [F,C,H,W]` (f32 safetensors).
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Classifier-free guidance scale (1 disables CFG).
+    #[arg(long, default_value_t = 1.0)]
+    guidance: f32,
+}
+
+pub(crate) fn forward(args: ForwardArgs) -> Result<()> {
+    let engine = args.model.engine()?;
+    let m = engine.profile().model.clone();
+    let mut tensors = checkpoint::read_tensors(&args.input)?;
+    let path = args.input.display().to_string();
+    let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let t = tensors.remove(name).ok_or_else(|| Error::Tensor {
+            path: path.clone(),
+            tensor: name.into(),
+            expected: format!("shape {shape:?}"),
+            found: "no such tensor".into(),
+        })?;
+        if t.shape != shape {
+            return Err(Error::Tensor {
+                path: path.clone(),
+                tensor: name.into(),
+                expected: format!("shape {shape:?}"),
+                found: format!("shape {:?}", t.shape),
+            });
+        }
+        Ok(t.data)
+    };
+    let frame_shape = [
+        m.latent_frames,
+        m.latent_channels,
+        m.latent_height,
+        m.latent_width,
+    ];
+    let x = take("x", &frame_shape)?;
+    let tau = take("tau", &[m.latent_frames])?;
+    let cond = text::TextInput {
+        text: streamdit::Tensor::new(
+            vec![m.text_len, m.text_dim],
+            take("text", &[m.text_len, m.text_dim])?,
+        )?,
+        mask: take("text_mask", &[m.text_len])?,
+    };
+    let mut backend = engine.create_backend(args.guidance)?;
+    let negative = if backend.graph().batch == 2 {
+        Some(match take("negative_text", &[m.text_len, m.text_dim]) {
+            Ok(t) => text::TextInput {
+                text: streamdit::Tensor::new(vec![m.text_len, m.text_dim], t)?,
+                mask: take("negative_text_mask", &[m.text_len])?,
+            },
+            Err(_) => engine.encode_prompt("")?,
+        })
+    } else {
+        None
+    };
+    let branches: Vec<&text::TextInput> = std::iter::once(&cond).chain(&negative).collect();
+    let (text, mask) = text::stack(&branches);
+    backend.set_text(&text, &mask)?;
+    let mut v = vec![0.0; x.len()];
+    let t = Instant::now();
+    backend.forward(&x, &tau, &mut v)?;
+    eprintln!(
+        "streamdit: model call in {:.1} ms on {}",
+        t.elapsed().as_secs_f64() * 1e3,
+        backend.name()
+    );
+    let v = streamdit::Tensor::new(frame_shape.to_vec(), v)?;
+    checkpoint::write_tensors(&args.out, &[("v", &v)], DType::F32)
+}

@@ -1,0 +1,351 @@
+//! `streamdit plan`: the static graph op by op with FLOPs, bytes, the memory plan and a roofline.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use streamdit::{Error, Profile, Result};
+
+use crate::common::{fmt_bytes, fmt_count, fmt_flops, print_stdout};
+
+#[derive(Args)]
+pub(crate) struct PlanArgs {
+    /// A built-in profile name or a profile TOML file.
+    #[arg(long, default_value = "tiny")]
+    profile: String,
+    /// Classifier-free guidance scale (default: the profile's; 1 disables CFG).
+    #[arg(long)]
+    guidance: Option<f32>,
+    /// Roofline times on this GPU: h100, h200, a100, l40s or rtx4090.
+    #[arg(long)]
+    gpu: Option<String>,
+    /// Fraction of the roofline a real run reaches, for the second prediction.
+    #[arg(long, default_value_t = 0.6)]
+    efficiency: f64,
+    /// Also write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+pub(crate) fn plan(args: PlanArgs) -> Result<()> {
+    use serde_json::{json, Value};
+    use streamdit::cost::{
+        op_kind, video_frames_per_call, CostSum, GpuSpec, GraphCost, ListCost, OpClass, ParamCount,
+        Prediction,
+    };
+    use streamdit::memory::{lifetimes_fused, MemoryPlan, OpList, ALIGNMENT};
+    use streamdit::model::graph::Graph;
+
+    let profile = Profile::load(&args.profile)?;
+    let guidance = args.guidance.unwrap_or(profile.run.guidance);
+    let gpu = args.gpu.as_deref().map(GpuSpec::by_key).transpose()?;
+    let graph = Graph::build(&profile.model, guidance);
+    let cost = GraphCost::of(&graph);
+    // The plan of the CUDA backend: ops it runs in one launch share one liveness step.
+    let fusion = streamdit::backend::cuda::lower::fusion(&graph);
+    let mem = MemoryPlan::build_fused(&graph, &fusion);
+    mem.verify_fused(&graph, &fusion)
+        .map_err(|e| Error::Invalid(format!("memory plan: {e}")))?;
+    let params = ParamCount::of(&graph);
+    let frames = video_frames_per_call(&profile);
+    let prediction = gpu
+        .map(|g| Prediction::new(g, &cost, frames, args.efficiency))
+        .transpose()?;
+    let (bytes, flops, count) = (fmt_bytes, fmt_flops, fmt_count);
+    // The report is built in memory and written at once; a closed pipe (`| head`) ends it.
+    let mut text = String::new();
+
+    say!(
+        text,
+        "streamdit plan: profile {}, guidance {guidance} ({} branch{}), {}",
+        profile.name,
+        graph.batch,
+        if graph.batch == 1 { "" } else { "es" },
+        match gpu {
+            Some(g) => format!(
+                "{} ({} TFLOP/s dense FP16, {} GB/s)",
+                g.name, g.fp16_tflops, g.hbm_gbps
+            ),
+            None => "no GPU (add --gpu for roofline times)".into(),
+        }
+    );
+    let time_header = if gpu.is_some() {
+        "   time us  bound"
+    } else {
+        ""
+    };
+    let mut ops_json = Vec::new();
+    for (list, ops, costs, title) in [
+        (
+            OpList::Prompt,
+            &graph.prompt_ops,
+            &cost.prompt,
+            "prompt ops (once per prompt)",
+        ),
+        (
+            OpList::Call,
+            &graph.call_ops,
+            &cost.call,
+            "call ops (once per model call)",
+        ),
+    ] {
+        say!(
+            text,
+            "\n{title}\n{:>4}  {:<15} {:<26} {:<18} {:>11} {:>9} {:>9}  {:<11} {:<15}{time_header}",
+            "#",
+            "op",
+            "output",
+            "shape",
+            "GFLOP",
+            "MB read",
+            "MB write",
+            "class",
+            "at (MiB)"
+        );
+        for (i, (op, c)) in ops.iter().zip(&costs.ops).enumerate() {
+            let out = graph.tensor(op.output());
+            let at = mem.placements[op.output()];
+            let time = gpu.map(|g| g.op_time(c));
+            say!(
+                text,
+                "{i:>4}  {:<15} {:<26} {:<18} {:>11.3} {:>9.2} {:>9.2}  {:<11} {:<15}{}",
+                op_kind(op),
+                out.name,
+                format!("{:?}", out.shape),
+                c.flops as f64 / 1e9,
+                c.bytes_read as f64 / 1e6,
+                c.bytes_written as f64 / 1e6,
+                c.class.name(),
+                format!(
+                    "{}+{:.2}",
+                    at.region.name(),
+                    at.offset as f64 / (1 << 20) as f64
+                ),
+                time.map_or(String::new(), |t| format!(
+                    " {:>9.2}  {}",
+                    t.seconds * 1e6,
+                    t.bound.name()
+                )),
+            );
+            ops_json.push(json!({
+                "list": format!("{list:?}").to_lowercase(),
+                "index": i,
+                "op": op_kind(op),
+                "output": out.name,
+                "shape": out.shape,
+                "flops": c.flops,
+                "bytes_read": c.bytes_read,
+                "bytes_written": c.bytes_written,
+                "class": c.class.name(),
+                "region": at.region.name(),
+                "offset": at.offset,
+                "time_us": time.map(|t| t.seconds * 1e6),
+                "bound": time.map(|t| t.bound.name()),
+            }));
+        }
+    }
+
+    let decoder =
+        crate::plan_decoder::report(&profile, gpu, prediction.as_ref(), mem.peak_bytes())?;
+    text.push_str(&decoder.ops);
+
+    let ms = |ops: &[streamdit::cost::OpCost]| gpu.map(|g| g.list_seconds(ops) * 1e3);
+    let class_rows = |costs: &ListCost| -> Vec<(OpClass, CostSum, Option<f64>)> {
+        OpClass::ALL
+            .iter()
+            .map(|&k| {
+                let ops: Vec<_> = costs.ops.iter().copied().filter(|c| c.class == k).collect();
+                (k, costs.class(k), ms(&ops))
+            })
+            .collect()
+    };
+    let mut classes_json = serde_json::Map::new();
+    for (name, costs) in [("prompt", &cost.prompt), ("call", &cost.call)] {
+        let total_ms = ms(&costs.ops);
+        say!(
+            text,
+            "\n{name} ops by class\n  {:<11} {:>5} {:>14} {:>10}{}",
+            "class",
+            "ops",
+            "GFLOP",
+            "GB moved",
+            if gpu.is_some() {
+                "    time ms   share"
+            } else {
+                ""
+            }
+        );
+        let mut rows = Vec::new();
+        for (k, s, t) in class_rows(costs) {
+            say!(
+                text,
+                "  {:<11} {:>5} {:>14.3} {:>10.4}{}",
+                k.name(),
+                s.ops,
+                s.flops as f64 / 1e9,
+                s.bytes() as f64 / 1e9,
+                match (t, total_ms) {
+                    (Some(t), Some(all)) => format!(" {t:>10.3} {:>6.1}%", 100.0 * t / all),
+                    _ => String::new(),
+                }
+            );
+            rows.push(json!({
+                "class": k.name(), "ops": s.ops, "flops": s.flops,
+                "bytes_read": s.bytes_read, "bytes_written": s.bytes_written, "time_ms": t,
+            }));
+        }
+        let s = costs.total;
+        say!(
+            text,
+            "  {:<11} {:>5} {:>14.3} {:>10.4}{}",
+            "total",
+            s.ops,
+            s.flops as f64 / 1e9,
+            s.bytes() as f64 / 1e9,
+            total_ms.map_or(String::new(), |t| format!(" {t:>10.3}")),
+        );
+        classes_json.insert(name.into(), Value::Array(rows));
+    }
+
+    let stats = |s: streamdit::memory::ArenaStats| {
+        json!({
+            "buffers": s.buffers, "sum_bytes": s.sum_bytes,
+            "live_bound_bytes": s.live_bound_bytes, "planned_bytes": s.planned_bytes,
+        })
+    };
+    say!(text, "\ntotals");
+    say!(
+        text,
+        "  parameters       {} in the {} blocks, {} in the DiT",
+        count(params.blocks),
+        profile.model.depth,
+        count(params.dit)
+    );
+    say!(
+        text,
+        "  weights          {} (f16, {ALIGNMENT}-byte aligned)",
+        bytes(mem.weight_bytes())
+    );
+    say!(
+        text,
+        "  arena            {} (fused launches; prompt ops reuse the call arena)",
+        bytes(mem.arena_bytes())
+    );
+    for (name, s) in [("call", mem.call), ("prompt", mem.prompt)] {
+        say!(
+            text,
+            "    {name:<6} ops     {} buffers: {} planned, live lower bound {}, {} without reuse",
+            s.buffers,
+            bytes(s.planned_bytes),
+            bytes(s.live_bound_bytes),
+            bytes(s.sum_bytes)
+        );
+    }
+    say!(
+        text,
+        "  persistent       {} (cross-attention K/V)",
+        bytes(mem.persistent_bytes())
+    );
+    say!(text, "  inputs, output   {}", bytes(mem.io_bytes()));
+    say!(
+        text,
+        "  peak device mem  {}{}",
+        bytes(mem.peak_bytes()),
+        gpu.map_or(String::new(), |g| format!(
+            ": {} the {} GiB of the {}",
+            if mem.peak_bytes() <= g.memory_bytes() {
+                "fits"
+            } else {
+                "does NOT fit"
+            },
+            g.memory_gib,
+            g.name
+        ))
+    );
+    say!(
+        text,
+        "  call FLOPs       {} per call ({} per prompt)",
+        flops(cost.call.total.flops),
+        flops(cost.prompt.total.flops)
+    );
+    if let Some(p) = &prediction {
+        say!(
+            text,
+            "  roofline         {:.2} ms per call, {:.2} video FPS ({} frames per call)",
+            p.seconds_per_call * 1e3,
+            p.fps,
+            p.video_frames_per_call
+        );
+        say!(
+            text,
+            "  {:<17}{:.2} ms per call, {:.2} video FPS",
+            format!("at {:.0}% of it", p.efficiency * 100.0),
+            p.seconds_per_call_at_efficiency * 1e3,
+            p.fps_at_efficiency
+        );
+    }
+    text.push_str(&decoder.totals);
+
+    if let Some(path) = &args.json {
+        let life = lifetimes_fused(&graph, &fusion);
+        let tensors: Vec<Value> = graph
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(id, t)| {
+                let p = mem.placements[id];
+                json!({
+                    "name": t.name, "kind": format!("{:?}", t.kind), "shape": t.shape,
+                    "precision": format!("{:?}", t.precision), "region": p.region.name(),
+                    "offset": p.offset, "bytes": p.bytes,
+                    "live": life[id].iter().map(|l| json!({
+                        "list": format!("{:?}", l.list).to_lowercase(),
+                        "first": l.first, "last": l.last,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let report = json!({
+            "profile": profile.name,
+            "guidance": guidance,
+            "batch": graph.batch,
+            "gpu": gpu.map(|g| json!({
+                "key": g.key, "name": g.name, "fp16_tflops": g.fp16_tflops,
+                "hbm_gbps": g.hbm_gbps, "memory_gib": g.memory_gib,
+            })),
+            "efficiency": args.efficiency,
+            "parameters": { "blocks": params.blocks, "dit": params.dit },
+            "memory": {
+                "alignment": ALIGNMENT,
+                "weight_bytes": mem.weight_bytes(),
+                "weight_bytes_unpadded": mem.weight_bytes_unpadded,
+                "persistent_bytes": mem.persistent_bytes(),
+                "io_bytes": mem.io_bytes(),
+                "arena_bytes": mem.arena_bytes(),
+                "peak_bytes": mem.peak_bytes(),
+                "fits_gpu": gpu.map(|g| mem.peak_bytes() <= g.memory_bytes()),
+                "call_arena": stats(mem.call),
+                "prompt_arena": stats(mem.prompt),
+            },
+            "totals": {
+                "call_flops": cost.call.total.flops,
+                "call_bytes": cost.call.total.bytes(),
+                "prompt_flops": cost.prompt.total.flops,
+                "prompt_bytes": cost.prompt.total.bytes(),
+                "video_frames_per_call": frames,
+                "ms_per_call": prediction.map(|p| p.seconds_per_call * 1e3),
+                "fps": prediction.map(|p| p.fps),
+                "ms_per_call_at_efficiency": prediction.map(|p| p.seconds_per_call_at_efficiency * 1e3),
+                "fps_at_efficiency": prediction.map(|p| p.fps_at_efficiency),
+                "prompt_ms": ms(&cost.prompt.ops),
+            },
+            "classes": classes_json,
+            "ops": ops_json,
+            "decoder": decoder.json,
+            "tensors": tensors,
+        });
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Invalid(format!("JSON report: {e}")))?;
+        std::fs::write(path, json).map_err(|e| Error::io(path, e))?;
+    }
+    print_stdout(&text)
+}
