@@ -12,7 +12,7 @@ use half::{bf16, f16};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use streamdit::checkpoint::{self, Checkpoint, DType, Weights};
-use streamdit::model::schema::{self, Group, Init};
+use streamdit::model::streamdit::schema::{self, Group, Init};
 use streamdit::model::ModelConfig;
 use streamdit::{rng, Error, Profile, Tensor};
 

@@ -379,7 +379,7 @@ fn device_random_weights_equal_the_checkpoint_init() {
 fn checkpoint_weights_upload_from_the_memory_map() {
     use streamdit::checkpoint::{write_random_checkpoint, Checkpoint};
     use streamdit::model::graph::Kind;
-    use streamdit::model::schema::Group;
+    use streamdit::model::streamdit::schema::Group;
     let m = Profile::builtin("tiny").unwrap().model;
     for dtype in [DType::BF16, DType::F32, DType::F16] {
         let path = std::env::temp_dir().join(format!(

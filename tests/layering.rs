@@ -220,15 +220,14 @@ fn rooms_import_downward_only() {
                 continue;
             }
             match rank(target) {
-                Some(r) if r < own => {
-                    if room == "abi" && !ABI_MAY_USE.contains(&target.as_str()) {
-                        bad.push(format!(
-                            "{}: the C ABI names `crate::{}` (it may use only the crate root's public API)",
-                            f.display(),
-                            path.join("::")
-                        ));
-                    }
+                Some(r) if r < own && room == "abi" && !ABI_MAY_USE.contains(&target.as_str()) => {
+                    bad.push(format!(
+                        "{}: the C ABI names `crate::{}` (it may use only the crate root's public API)",
+                        f.display(),
+                        path.join("::")
+                    ))
                 }
+                Some(r) if r < own => {}
                 Some(_) => bad.push(format!(
                     "{}: `{room}` imports `crate::{}`, a room at or above it",
                     f.display(),

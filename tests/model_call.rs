@@ -14,7 +14,7 @@ use streamdit::backend::cpu::{CpuBackend, OpTrace};
 use streamdit::backend::Backend;
 use streamdit::checkpoint::{write_random_checkpoint, write_tensors, DType, Weights};
 use streamdit::model::graph::{Graph, Op};
-use streamdit::model::schema::Group;
+use streamdit::model::streamdit::schema::Group;
 use streamdit::model::ModelConfig;
 use streamdit::text::{stack, ByteEmbedding, TextInput};
 use streamdit::{Profile, Tensor};

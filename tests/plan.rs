@@ -8,7 +8,7 @@ use streamdit::cost::{
 };
 use streamdit::memory::{MemoryPlan, Region, ALIGNMENT};
 use streamdit::model::graph::{Graph, Op};
-use streamdit::model::schema::dit_parameters;
+use streamdit::model::streamdit::schema::dit_parameters;
 use streamdit::Profile;
 
 fn graph(profile: &str, guidance: f32) -> Graph {
@@ -473,7 +473,7 @@ fn decoder_costs_match_the_spec() {
     assert_eq!(convs[0], 2 * 256 * 9 * 8 * 64);
     assert_eq!(*convs.last().unwrap(), 2 * 4 * 128 * 128 * 9 * 16 * 3);
     assert_eq!(c.parameters, {
-        let specs = streamdit::model::schema::decoder_tensors(&tiny.decoder, 8).unwrap();
+        let specs = streamdit::model::streamdit::schema::decoder_tensors(&tiny.decoder, 8).unwrap();
         specs.iter().map(|s| s.numel() as u64).sum::<u64>()
     });
 }

@@ -2,7 +2,7 @@
 //! and the rule a bad profile breaks.
 
 use streamdit::model::profile::BUILTIN_PROFILES;
-use streamdit::model::schema::{checkpoint_tensors, dit_parameters};
+use streamdit::model::streamdit::schema::{checkpoint_tensors, dit_parameters};
 use streamdit::{Error, Profile};
 
 #[test]

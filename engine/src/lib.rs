@@ -1,28 +1,108 @@
 //! StreamDiT inference engine: streaming text-to-video with a moving buffer of latent frames
-//! at staggered noise levels (arXiv 2507.03745), run by the definition in `MODEL_SPEC.md`.
+//! at staggered noise levels (arXiv 2507.03745), run by the definition in
+//! `docs/streamdit.md` (its decoder: `docs/tae.md`).
 //!
 //! The library holds no global state: every engine and stream is an owned value, so one
 //! process can run several of each.
+//!
+//! # The public API
+//! - [`Engine`] (created from [`EngineParams`]) loads a [`Profile`] and its weights and
+//!   chooses a backend; [`Engine::stream`] starts a [`Stream`] (settings in
+//!   [`StreamParams`]) that produces latents and decoded RGB8 frames chunk by chunk.
+//! - [`sink`]: Y4M, PNG-sequence and raw RGB24 writers for those frames.
+//! - [`conditioning`]: the text encoders alone and their outputs.
+//! - [`files`]: tensor files (safetensors) in and out: checkpoints, random checkpoints.
+//! - [`tae_decoder`]: the TAE decoder alone, for decoding latents without the DiT.
+//! - [`inspect`]: what a profile costs and where its memory goes, without running it (the
+//!   static graph, op costs, memory plans, rooflines, the schedule); what `streamdit plan`,
+//!   `bench` and `profile` print.
+//! - [`Backend`]: one model call on the engine's backend (`Engine::create_backend`), for
+//!   golden tests and per-op timing.
+//!
+//! Everything else is internal (`pub(crate)`); the integration tests see it through the
+//! `internals` feature, which nothing else enables. The C ABI (`abi`, `include/streamdit.h`)
+//! is built on the same public API. `docs/architecture.md` maps the rooms.
+
+/// Declares the internal rooms: `pub(crate)`, or `pub` with the `internals` feature (for the
+/// integration tests only).
+macro_rules! rooms {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = "internals")]
+            pub mod $name;
+            #[cfg(not(feature = "internals"))]
+            pub(crate) mod $name;
+        )*
+    };
+}
+
+rooms!(backend, checkpoint, cost, decoder, math, memory, model, rng, stream, text);
 
 pub mod abi;
-pub mod backend;
-pub mod checkpoint;
-pub mod cost;
-pub mod decoder;
-pub mod error;
-pub mod math;
-pub mod memory;
-pub mod model;
+mod engine;
+mod error;
 pub mod nvtx;
-pub mod rng;
-pub mod stream;
-pub mod tensor;
-pub mod text;
+mod tensor;
 
+pub use backend::{Backend, Clock, StepParams, TimedStep};
+pub use checkpoint::DType;
+pub use decoder::Decoder;
+pub use engine::{
+    tae_decoder, BackendKind, DecoderKind, Engine, EngineParams, StreamParams, WeightsSource,
+};
 pub use error::{Error, Result};
-pub use model::Profile;
-pub use tensor::Tensor;
-pub mod engine;
-
-pub use engine::{BackendKind, DecoderKind, Engine, EngineParams, StreamParams, WeightsSource};
+pub use model::profile::{
+    builtin_names, DecoderConfig, ModelConfig, Profile, RunConfig, StreamConfig, TextConfig,
+    VideoConfig, BUILTIN_PROFILES,
+};
 pub use stream::Stream;
+pub use tensor::Tensor;
+pub use text::TextInput;
+
+/// Writers of decoded RGB8 frames: Y4M, a PNG sequence, raw RGB24.
+pub mod sink {
+    pub use crate::stream::sink::{open_sink, FrameSink, PngSequence, RawRgbSink, Y4mSink};
+}
+
+/// Text conditioning: the profile's encoders (without an engine), their outputs, and the
+/// stacking of guidance branches a model call takes.
+pub mod conditioning {
+    pub use crate::engine::{text_encoders, write_random_encoder_folders};
+    pub use crate::text::{load_text_embeddings, stack, Conditioner, TextInput};
+}
+
+/// Tensor files (safetensors) in and out.
+pub mod files {
+    pub use crate::checkpoint::{
+        read_tensors, write_random_checkpoint, write_random_profile_checkpoint, write_tensors,
+        Checkpoint, TensorInfo, Weights,
+    };
+}
+
+/// What a profile costs and where its memory goes, without running it.
+///
+/// - the static graph of one model call ([`Graph`], [`Op`]) and the TAE decoder's op list
+///   ([`TaeGraph`]);
+/// - FLOPs and bytes per op and per list ([`GraphCost`], [`DecoderCost`]), parameter counts;
+/// - the device memory plan ([`MemoryPlan`], with the launches the CUDA backend fuses:
+///   [`device_fusion`]) and the device decoder's allocation ([`decoder_device_memory`]);
+/// - roofline predictions on named GPUs ([`GpuSpec`], [`Prediction`]);
+/// - the streaming schedule ([`Schedule`]) and the noise of a latent frame ([`noise_frame`]).
+pub mod inspect {
+    pub use crate::backend::cuda::lower::fusion as device_fusion;
+    pub use crate::cost::{
+        axis_windows, op_cost, op_kind, tae_op_cost, tae_op_kind, video_frames_per_call,
+        window_sum_sq, Bound, CostSum, DecoderCost, GpuSpec, GraphCost, ListCost, OpClass, OpCost,
+        OpTime, ParamCount, Prediction,
+    };
+    pub use crate::decoder::tae::{device_memory as decoder_device_memory, TaeMemory};
+    pub use crate::memory::{
+        lifetimes, lifetimes_fused, ArenaStats, Fusion, Lifetime, MemoryPlan, OpList, Placement,
+        Region, ALIGNMENT,
+    };
+    pub use crate::model::graph::{Graph, Kind, Op, Precision, TensorDesc, TensorId};
+    pub use crate::model::streamdit::schema::{dit_parameters, Group};
+    pub use crate::model::tae::{TaeGraph, TaeOp, TaeStep, TEMPORAL_UPSAMPLE};
+    pub use crate::rng::noise_frame;
+    pub use crate::stream::{Schedule, ScheduledStep};
+}

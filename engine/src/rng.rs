@@ -75,6 +75,7 @@ pub const WEIGHT_INIT_DOMAIN: u32 = 0x5749_4E49;
 /// `(mean - half_width, mean + half_width]` from output `i mod 4` of the Philox block with
 /// key `seed` and counter `[i / 4, tensor, WEIGHT_INIT_DOMAIN]`. Computed in f32 as
 /// `mean + half_width * (2u - 1)`, each operation rounded separately (no fused multiply-add).
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
 pub fn init_value(seed: u64, tensor: u32, i: u64, mean: f32, half_width: f32) -> f32 {
     let [q0, q1] = split64(i / 4);
     let r = philox4x32_10([q0, q1, tensor, WEIGHT_INIT_DOMAIN], split64(seed));

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
-use streamdit::cost::GraphCost;
-use streamdit::memory::MemoryPlan;
-use streamdit::model::graph::Graph;
+use streamdit::inspect::Graph;
+use streamdit::inspect::GraphCost;
+use streamdit::inspect::MemoryPlan;
 use streamdit::{DecoderKind, Error, Result, Stream, StreamParams};
 
 use crate::common::{fmt_bytes, fmt_flops, print_stdout, ModelArgs};
@@ -298,7 +298,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let jitter = std_dev(&intervals);
     let achieved_tflops = mean(&dit).and_then(|s| per_s(cost.call.total.flops as f64 / 1e12, s));
     let device_plan = (backend != "cpu").then(|| {
-        let fusion = streamdit::backend::cuda::lower::fusion(&graph);
+        let fusion = streamdit::inspect::device_fusion(&graph);
         MemoryPlan::build_fused(&graph, &fusion).peak_bytes()
     });
     let rss = peak_rss_bytes();
@@ -460,7 +460,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .and_then(|a| a.name.as_deref())
         .and_then(|name| {
             let name = name.to_lowercase().replace(' ', "");
-            streamdit::cost::GpuSpec::ALL
+            streamdit::inspect::GpuSpec::ALL
                 .into_iter()
                 .find(|g| name.contains(g.key))
         })

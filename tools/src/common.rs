@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use streamdit::checkpoint::DType;
+use streamdit::DType;
 use streamdit::{BackendKind, Engine, EngineParams, Error, Profile, Result, WeightsSource};
 
 /// `NAME=PATH` of `--text-dir`.

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use streamdit::checkpoint::{self, DType};
-use streamdit::stream::sink::open_sink;
-use streamdit::{Error, Profile, Result};
+use streamdit::sink::open_sink;
+use streamdit::{files, DType};
+use streamdit::{Decoder, Error, Profile, Result, WeightsSource};
 
 #[derive(Args)]
 pub(crate) struct DecodeArgs {
@@ -36,14 +36,10 @@ pub(crate) struct DecodeArgs {
 }
 
 pub(crate) fn decode(args: DecodeArgs) -> Result<()> {
-    use streamdit::checkpoint::Weights;
-    use streamdit::decoder::{Decoder, TaeDecoder};
-    use streamdit::model::tae::TaeGraph;
-
     let profile = Profile::load(&args.profile)?;
     let m = &profile.model;
     let (c, h, w) = (m.latent_channels, m.latent_height, m.latent_width);
-    let latents = checkpoint::read_tensors(&args.latents)?
+    let latents = files::read_tensors(&args.latents)?
         .remove("latents")
         .ok_or_else(|| Error::Tensor {
             path: args.latents.display().to_string(),
@@ -68,16 +64,14 @@ pub(crate) fn decode(args: DecodeArgs) -> Result<()> {
             "--chunk: expected at least 1 latent frame".into(),
         ));
     }
-    let weights = match &args.weights {
-        Some(path) => Weights::load_decoder(path, &profile.decoder, c)?,
-        None => Weights::random_decoder(
-            &profile.decoder,
-            c,
-            args.random_weights.unwrap_or(0),
-            args.dtype,
-        )?,
+    let source = match &args.weights {
+        Some(path) => WeightsSource::File(path.clone()),
+        None => WeightsSource::Random {
+            seed: args.random_weights.unwrap_or(0),
+            dtype: args.dtype,
+        },
     };
-    let mut decoder = TaeDecoder::new(TaeGraph::new(&profile.decoder, c, h, w)?, &weights)?;
+    let mut decoder = streamdit::tae_decoder(&profile, &source)?;
     let (fw, fh) = decoder.frame_size();
     let mut sink = open_sink(&args.out, fw, fh, profile.video.fps)?;
     let start = Instant::now();

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use streamdit::checkpoint::{self, DType};
-use streamdit::text::{self};
-use streamdit::Result;
+use streamdit::conditioning as text;
+use streamdit::{files, DType};
+use streamdit::{Result, WeightsSource};
 
 use crate::common::{load_profile, parse_text_dir};
 
@@ -36,45 +36,21 @@ pub(crate) struct EncodeArgs {
 }
 
 pub(crate) fn encode(args: EncodeArgs) -> Result<()> {
-    use streamdit::model::schema::Group;
-    use streamdit::text::conditioner::Adapters;
     let profile = load_profile(&args.profile, &args.text_dir)?;
     if let Some(dir) = &args.write_folders {
-        for e in &profile.text.encoders {
-            if let (None, Some(spec)) = (&e.dir, &e.random) {
-                let bytes = e.tokenizer.as_deref() == Some("bytes");
-                let out = dir.join(&e.name);
-                text::random::random_model(&e.kind, spec, bytes)?.write_folder(&out)?;
-                eprintln!("streamdit: wrote {} ({})", out.display(), e.kind);
-            }
+        for written in text::write_random_encoder_folders(&profile, dir)? {
+            eprintln!("streamdit: wrote {written}");
         }
         return Ok(());
     }
-    let m = &profile.model;
-    let ckpt = args
-        .weights
-        .as_ref()
-        .map(checkpoint::Checkpoint::open)
-        .transpose()?;
-    let byte_table = match &ckpt {
-        Some(c) => c.read_f32("text_embed.weight", &[256 + 3, m.text_dim]).ok(),
-        None => checkpoint::Weights::random_groups(
-            m,
-            args.random_weights,
-            DType::F32,
-            &[Group::TextEmbed],
-        )
-        .get("text_embed.weight")
-        .ok()
-        .cloned(),
-    };
-    let adapters = match &ckpt {
-        Some(c) => Adapters::Checkpoint(c),
-        None => Adapters::Random {
+    let source = match &args.weights {
+        Some(path) => WeightsSource::File(path.clone()),
+        None => WeightsSource::Random {
             seed: args.random_weights,
+            dtype: DType::F32,
         },
     };
-    let enc = text::Conditioner::new(&profile.text, m.text_dim, &adapters, byte_table.as_ref())?;
+    let enc = text::text_encoders(&profile, &source)?;
     for n in enc.notes() {
         eprintln!("streamdit: {n}");
     }
@@ -86,7 +62,7 @@ pub(crate) fn encode(args: EncodeArgs) -> Result<()> {
         .out
         .as_deref()
         .unwrap_or(std::path::Path::new("text.safetensors"));
-    checkpoint::write_tensors(
+    files::write_tensors(
         out,
         &[("text", &cond.text), ("text_mask", &mask)],
         DType::F32,

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use streamdit::checkpoint::{self, DType};
-use streamdit::text::{self};
+use streamdit::conditioning as text;
+use streamdit::{files, DType};
 use streamdit::{Error, Result};
 
 use crate::common::ModelArgs;
@@ -29,7 +29,7 @@ pub(crate) struct ForwardArgs {
 pub(crate) fn forward(args: ForwardArgs) -> Result<()> {
     let engine = args.model.engine()?;
     let m = engine.profile().model.clone();
-    let mut tensors = checkpoint::read_tensors(&args.input)?;
+    let mut tensors = files::read_tensors(&args.input)?;
     let path = args.input.display().to_string();
     let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
         let t = tensors.remove(name).ok_or_else(|| Error::Tensor {
@@ -87,5 +87,5 @@ pub(crate) fn forward(args: ForwardArgs) -> Result<()> {
         backend.name()
     );
     let v = streamdit::Tensor::new(frame_shape.to_vec(), v)?;
-    checkpoint::write_tensors(&args.out, &[("v", &v)], DType::F32)
+    files::write_tensors(&args.out, &[("v", &v)], DType::F32)
 }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use streamdit::stream::sink::open_sink;
-use streamdit::text::load_text_embeddings;
+use streamdit::conditioning::load_text_embeddings;
+use streamdit::sink::open_sink;
 use streamdit::{DecoderKind, Error, Result, StreamParams};
 
 use crate::common::ModelArgs;

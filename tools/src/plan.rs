@@ -28,12 +28,12 @@ pub(crate) struct PlanArgs {
 
 pub(crate) fn plan(args: PlanArgs) -> Result<()> {
     use serde_json::{json, Value};
-    use streamdit::cost::{
+    use streamdit::inspect::Graph;
+    use streamdit::inspect::{lifetimes_fused, MemoryPlan, OpList, ALIGNMENT};
+    use streamdit::inspect::{
         op_kind, video_frames_per_call, CostSum, GpuSpec, GraphCost, ListCost, OpClass, ParamCount,
         Prediction,
     };
-    use streamdit::memory::{lifetimes_fused, MemoryPlan, OpList, ALIGNMENT};
-    use streamdit::model::graph::Graph;
 
     let profile = Profile::load(&args.profile)?;
     let guidance = args.guidance.unwrap_or(profile.run.guidance);
@@ -41,7 +41,7 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
     let graph = Graph::build(&profile.model, guidance);
     let cost = GraphCost::of(&graph);
     // The plan of the CUDA backend: ops it runs in one launch share one liveness step.
-    let fusion = streamdit::backend::cuda::lower::fusion(&graph);
+    let fusion = streamdit::inspect::device_fusion(&graph);
     let mem = MemoryPlan::build_fused(&graph, &fusion);
     mem.verify_fused(&graph, &fusion)
         .map_err(|e| Error::Invalid(format!("memory plan: {e}")))?;
@@ -148,7 +148,7 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
         crate::plan_decoder::report(&profile, gpu, prediction.as_ref(), mem.peak_bytes())?;
     text.push_str(&decoder.ops);
 
-    let ms = |ops: &[streamdit::cost::OpCost]| gpu.map(|g| g.list_seconds(ops) * 1e3);
+    let ms = |ops: &[streamdit::inspect::OpCost]| gpu.map(|g| g.list_seconds(ops) * 1e3);
     let class_rows = |costs: &ListCost| -> Vec<(OpClass, CostSum, Option<f64>)> {
         OpClass::ALL
             .iter()
@@ -206,7 +206,7 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
         classes_json.insert(name.into(), Value::Array(rows));
     }
 
-    let stats = |s: streamdit::memory::ArenaStats| {
+    let stats = |s: streamdit::inspect::ArenaStats| {
         json!({
             "buffers": s.buffers, "sum_bytes": s.sum_bytes,
             "live_bound_bytes": s.live_bound_bytes, "planned_bytes": s.planned_bytes,

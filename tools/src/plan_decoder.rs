@@ -2,8 +2,8 @@
 //! weights, caches and arena, and the end-to-end roofline of a call with the decoder.
 
 use serde_json::{json, Value};
-use streamdit::cost::{tae_op_kind, DecoderCost, GpuSpec, Prediction};
-use streamdit::model::tae::{TaeGraph, TaeOp};
+use streamdit::inspect::{tae_op_kind, DecoderCost, GpuSpec, Prediction};
+use streamdit::inspect::{TaeGraph, TaeOp};
 use streamdit::{Profile, Result};
 
 use crate::common::{fmt_bytes, fmt_count, fmt_flops};
@@ -56,7 +56,7 @@ pub fn report(
     };
     ops += &format!(
         "\ndecoder ops (TAE_SPEC; once per chunk of {c} latent frames = {} video frames, every {s} call{})\n{:>4}  {:<14} {:<22} {:<22} {:>11} {:>9} {:>9}  {:<11}{time_header}\n",
-        c * streamdit::model::tae::TEMPORAL_UPSAMPLE,
+        c * streamdit::inspect::TEMPORAL_UPSAMPLE,
         if s == 1 { "" } else { "s" },
         "#",
         "op",
@@ -117,7 +117,7 @@ pub fn report(
         fmt_bytes(cost.cache_bytes)
     );
     // What the device lowering really allocates (backend/cuda/tae.rs), beside the estimate.
-    let lowered = streamdit::decoder::tae::device_memory(&graph, c)?;
+    let lowered = streamdit::inspect::decoder_device_memory(&graph, c)?;
     totals += &format!(
         "  device lowering  {} allocated by the CUDA backend's decoder: weights {}, {} activation buffers of {}, context {}, caches {}, scratch {}\n",
         fmt_bytes(lowered.total as u64),

@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use clap::Args;
 use serde_json::{json, Value};
-use streamdit::cost::{op_kind, GraphCost, OpClass, OpCost};
+use streamdit::conditioning as text;
+use streamdit::inspect::noise_frame;
+use streamdit::inspect::Schedule;
+use streamdit::inspect::{op_kind, GraphCost, OpClass, OpCost};
 use streamdit::nvtx;
-use streamdit::rng::noise_frame;
-use streamdit::stream::Schedule;
-use streamdit::text;
 use streamdit::{Error, Result};
 
 use crate::common::{fmt_flops, print_stdout, ModelArgs};

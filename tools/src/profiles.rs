@@ -1,7 +1,7 @@
 //! `streamdit profiles`: list and show run profiles.
 
 use clap::Subcommand;
-use streamdit::model::profile::builtin_names;
+use streamdit::builtin_names;
 use streamdit::{Profile, Result};
 
 use crate::common::print_stdout;

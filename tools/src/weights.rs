@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Subcommand;
-use streamdit::checkpoint::{self, DType};
+use streamdit::{files, DType};
 use streamdit::{Profile, Result};
 
 #[derive(Subcommand)]
@@ -33,7 +33,7 @@ pub(crate) fn weights(command: WeightsCommand) -> Result<()> {
         } => {
             let profile = Profile::load(&profile)?;
             let t = Instant::now();
-            let bytes = checkpoint::write_random_profile_checkpoint(&profile, seed, dtype, &out)?;
+            let bytes = files::write_random_profile_checkpoint(&profile, seed, dtype, &out)?;
             eprintln!(
                 "streamdit: wrote {} ({} profile, seed {seed}, {dtype}): {:.1} MB in {:.1} s",
                 out.display(),

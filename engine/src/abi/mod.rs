@@ -15,8 +15,9 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
-use crate::checkpoint::DType;
-use crate::{BackendKind, DecoderKind, Engine, EngineParams, Error, Profile, Stream, StreamParams};
+use crate::{
+    BackendKind, DType, DecoderKind, Engine, EngineParams, Error, Profile, Stream, StreamParams,
+};
 use crate::{Result, WeightsSource};
 
 /// Version of this C interface; bumped on any incompatible change to `streamdit.h`.

@@ -11,7 +11,7 @@ use super::file::write_file;
 use super::{Checkpoint, DType, BLOCK};
 use crate::error::{path_str, Error, Result};
 use crate::model::profile::{DecoderConfig, ModelConfig, Profile};
-use crate::model::schema::{self, Group, Init, TensorSpec};
+use crate::model::streamdit::schema::{self, Group, Init, TensorSpec};
 use crate::rng;
 use crate::tensor::Tensor;
 

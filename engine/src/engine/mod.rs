@@ -13,17 +13,19 @@ use crate::backend::Backend;
 use crate::decoder::{DeviceTae, Preview, TaeDecoder};
 
 mod params;
+mod parts;
 use crate::backend::cuda::text::DeviceLinear;
 use crate::checkpoint::{Checkpoint, DType, Weights};
 use crate::error::{Error, Result};
 use crate::model::graph::Graph;
-use crate::model::schema::{checkpoint_tensors, Group};
+use crate::model::streamdit::schema::{checkpoint_tensors, Group};
 use crate::model::tae::TaeGraph;
 use crate::model::Profile;
 use crate::stream::{check_text, Parts, Schedule, Stream};
 use crate::text::conditioner::Adapters;
 use crate::text::{Conditioner, TextInput};
 pub use params::{BackendKind, DecoderKind, EngineParams, StreamParams, WeightsSource};
+pub use parts::{tae_decoder, text_encoders, write_random_encoder_folders};
 
 /// A loaded model: profile, weights and the choice of backend. Cheap to share between
 /// streams (the weights are reference-counted).
@@ -248,27 +250,11 @@ impl Engine {
 
     /// The decoder's op list and its tensors (loaded or generated once per engine).
     fn tae_parts(&self) -> Result<(TaeGraph, Arc<Weights>)> {
-        let p = &self.profile;
-        let c = p.model.latent_channels;
-        let graph = TaeGraph::new(&p.decoder, c, p.model.latent_height, p.model.latent_width)?;
-        if p.video.temporal_upsample != crate::model::tae::TEMPORAL_UPSAMPLE
-            || p.video.spatial_upsample != crate::model::tae::SPATIAL_UPSAMPLE
-        {
-            return Err(Error::Invalid(format!(
-                "profile `{}`: the TAE decoder upsamples 4x in time and 8x in space, but \
-                 video.temporal_upsample is {} and video.spatial_upsample is {} (use the preview)",
-                p.name, p.video.temporal_upsample, p.video.spatial_upsample
-            )));
-        }
+        let graph = parts::tae_graph(&self.profile)?;
         let weights = match self.decoder_weights.get() {
             Some(w) => w.clone(),
             None => {
-                let loaded = Arc::new(match &self.source {
-                    WeightsSource::File(path) => Weights::load_decoder(path, &p.decoder, c)?,
-                    WeightsSource::Random { seed, dtype } => {
-                        Weights::random_decoder(&p.decoder, c, *seed, *dtype)?
-                    }
-                });
+                let loaded = Arc::new(parts::tae_weights(&self.profile, &self.source)?);
                 // Another thread may have loaded them meanwhile: either copy is the same.
                 self.decoder_weights.get_or_init(|| loaded).clone()
             }

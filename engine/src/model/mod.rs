@@ -1,9 +1,11 @@
-//! The model as a description: profiles, the checkpoint schema and loader, and the static
-//! graph of one model call. Nothing here executes a model; backends do.
+//! The model as a description: profiles, the graph vocabulary every backend executes
+//! ([`graph`]), and per model family its checkpoint schema and graph builder
+//! ([`streamdit`]); the TAE decoder's op list ([`tae`]). Nothing here executes a model or
+//! touches a file: backends execute, `crate::checkpoint` reads and writes tensors.
 
 pub mod graph;
 pub mod profile;
-pub mod schema;
+pub mod streamdit;
 pub mod tae;
 
 pub use profile::{ModelConfig, Profile};

@@ -19,7 +19,7 @@ use super::TextInput;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::model::profile::{TextConfig, TextEncoderConfig};
-use crate::model::schema::TEXT_VOCAB;
+use crate::model::streamdit::schema::TEXT_VOCAB;
 use crate::rng;
 use crate::tensor::Tensor;
 

@@ -20,11 +20,13 @@ use std::path::Path;
 
 use crate::checkpoint;
 use crate::error::{fmt_shape, Error, Result};
-use crate::model::schema::TEXT_VOCAB;
+use crate::model::streamdit::schema::TEXT_VOCAB;
 use crate::tensor::Tensor;
 
 pub use conditioner::Conditioner;
-pub use tokenize::{byte_tokens, BYTE_EOS as END_ID, BYTE_OFFSET, BYTE_PAD as PAD_ID};
+pub use tokenize::byte_tokens;
+#[cfg_attr(not(feature = "internals"), allow(unused_imports))] // for the integration tests
+pub use tokenize::{BYTE_EOS as END_ID, BYTE_OFFSET, BYTE_PAD as PAD_ID};
 
 /// The text condition of one branch: `text [Lt, Dtxt]` and `mask [Lt]` (1 = real token).
 #[derive(Debug, Clone, PartialEq)]
@@ -34,12 +36,14 @@ pub struct TextInput {
 }
 
 /// The byte-level embedding table.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
 #[derive(Debug, Clone)]
 pub struct ByteEmbedding {
     table: Tensor,
     len: usize,
 }
 
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 impl ByteEmbedding {
     /// A table `[259, text_dim]` producing `len` tokens per prompt.
     pub fn new(table: Tensor, len: usize, text_dim: usize) -> Result<ByteEmbedding> {

@@ -40,6 +40,7 @@ pub struct OpTrace<'a> {
     pub op: &'a Op,
     /// The tensor the op wrote, and its values.
     pub output: &'a TensorDesc,
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
     pub values: &'a [f32],
     /// Wall-clock time of the op.
     pub elapsed: Duration,

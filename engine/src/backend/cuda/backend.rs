@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::math::validate_mask;
 use crate::memory::MemoryPlan;
 use crate::model::graph::{Graph, Kind, Precision};
-use crate::model::schema::{checkpoint_tensors, Init};
+use crate::model::streamdit::schema::{checkpoint_tensors, Init};
 use crate::tensor::Tensor;
 
 /// Where the device's weights come from.
@@ -160,16 +160,19 @@ impl<D: Device> CudaBackend<D> {
     }
 
     /// The device this backend runs on.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
     pub fn device(&mut self) -> &mut D {
         &mut self.dev
     }
 
     /// The memory plan of the graph.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
     pub fn memory_plan(&self) -> &MemoryPlan {
         &self.plan
     }
 
     /// The call's launches, in order (for `streamdit plan` and tests).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
     pub fn call_steps(&self) -> &[Step] {
         &self.call
     }
@@ -202,6 +205,7 @@ impl<D: Device> CudaBackend<D> {
 
     /// Reads any graph tensor as f32 (f16 tensors converted), for traces and tests. Only
     /// meaningful while the tensor is live: the arena reuses memory.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
     pub fn read_tensor(&mut self, id: usize) -> Result<Vec<f32>> {
         let t = &self.graph.tensors[id];
         let n = t.numel();
@@ -253,6 +257,7 @@ impl<D: Device> CudaBackend<D> {
 
     /// [`Backend::forward`] step by step, calling `tracer` after every step of the call
     /// list with the step and the values of the tensor it wrote.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
     pub fn forward_traced(
         &mut self,
         x: &[f32],

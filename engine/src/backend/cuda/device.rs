@@ -17,6 +17,7 @@ use bytemuck::Pod;
 
 use crate::error::{Error, Result};
 
+#[cfg_attr(not(feature = "internals"), allow(unused_imports))] // Dim3: for the integration tests
 pub use streamdit_kernels::emu::{Dim3, LaunchConfig, ThreadOrder};
 
 /// The two queues (CUDA streams) of a device: kernels, memsets, device copies and graphs

@@ -119,21 +119,25 @@ impl EmuDevice {
 
     /// Limits device memory (pinned memory is not counted), so out-of-memory paths can be
     /// tested.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
     pub fn with_memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;
         self
     }
 
     /// The order in which later launches and replays resume threads and run blocks.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
     pub fn set_thread_order(&mut self, order: ThreadOrder) {
         self.order = order;
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
     pub fn thread_order(&self) -> ThreadOrder {
         self.order
     }
 
     /// Bytes of device memory allocated now.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
     pub fn memory_used(&self) -> usize {
         self.memory_used
     }

@@ -233,5 +233,5 @@ pub(super) fn unpatchify(at: &At, out: &mut Vec<Step>) -> Result<usize> {
         config,
         params,
     ));
-    return Ok(used);
+    Ok(used)
 }

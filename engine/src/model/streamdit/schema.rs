@@ -3,8 +3,8 @@
 //! random checkpoint. The order matters: a tensor's position is its Philox counter word, so
 //! a device can regenerate the same weights without reading a file.
 
-use super::profile::{DecoderConfig, ModelConfig};
-use super::tae::{TaeGraph, TensorRole};
+use crate::model::profile::{DecoderConfig, ModelConfig};
+use crate::model::tae::{TaeGraph, TensorRole};
 use crate::error::Result;
 
 /// Which part of the engine needs a tensor.
