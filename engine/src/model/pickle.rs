@@ -14,6 +14,7 @@
 //! tensor may not be larger than the file, nor all tensors together more than
 //! `OUTPUT_FACTOR` times it.
 
+mod torch;
 mod vm;
 mod zip;
 
@@ -25,7 +26,8 @@ use std::path::Path;
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-use vm::{Pickle, TensorRef, Value};
+use torch::TensorRef;
+use vm::{Pickle, Value};
 
 /// All tensors together may hold at most this many times the input file's bytes (views of
 /// one storage, such as tied weights, are written once per name).
