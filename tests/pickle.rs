@@ -546,8 +546,8 @@ fn hostile_archives_give_named_errors() {
     ));
     // Deep nesting, and a list that contains itself.
     let mut p = vec![0x80, 2, b'}', b'(', b'X', 1, 0, 0, 0, b'a'];
-    p.extend(std::iter::repeat(b']').take(200));
-    p.extend(std::iter::repeat(b'a').take(199));
+    p.extend([b']'; 200]);
+    p.extend([b'a'; 199]);
     p.extend(b"u.");
     assert!(matches!(err(&one(p, vec![])), PtError::TooDeep(_)));
     let p = vec![
