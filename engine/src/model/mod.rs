@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod graph;
+pub mod lora;
 pub mod pickle;
 pub mod plan;
 pub mod profile;
