@@ -252,7 +252,7 @@ fn random_weights_follow_the_schema_init() {
             );
         }
     }
-    // MODEL_SPEC split6 order [sh1, sc1, g1, sh2, sc2, g2]: rows 2 and 5 are gates.
+    // docs/streamdit.md split6 order [sh1, sc1, g1, sh2, sc2, g2]: rows 2 and 5 are gates.
     for dtype in DType::ALL {
         let w = Weights::random(&cfg, seed, dtype);
         for l in 0..cfg.depth {

@@ -1,4 +1,4 @@
-//! The TAE decoder on the CPU (TAE_SPEC.md) against an independent naive f64 implementation
+//! The TAE decoder on the CPU (docs/tae.md) against an independent naive f64 implementation
 //! written here from the spec: whole-sequence decoding with replicate padding done the
 //! obvious way, channels-first layout, direct loops. Then: chunked decoding equals decoding
 //! at once, random weights give O(1) activations and a spread of colours with every branch
@@ -293,7 +293,7 @@ impl Naive<'_> {
         self.conv_t(&rep, name)
     }
 
-    /// TAE_SPEC's decoder over the whole sequence `z [T, C, h, w]`; returns `[4T, 8h, 8w, 3]`.
+    /// docs/tae.md's decoder over the whole sequence `z [T, C, h, w]`; returns `[4T, 8h, 8w, 3]`.
     fn decode(&self, z: &[f32], t: usize, h: usize, w: usize, widths: [usize; 4]) -> Vec<f64> {
         let [c0, c1, c2, c3] = widths;
         let x = A {

@@ -1,5 +1,5 @@
 //! One full model call of the CPU backend against the naive f64 implementation written
-//! straight from MODEL_SPEC (tests/common/naive.rs), and the properties random weights
+//! straight from docs/streamdit.md (tests/common/naive.rs), and the properties random weights
 //! must have: activations O(1) through every block, every sub-layer visible in the output.
 
 mod common;

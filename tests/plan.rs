@@ -1,5 +1,5 @@
 //! The cost model, memory plan and roofline of `streamdit::cost` and `streamdit::memory`: `tiny` against
-//! hand computations, `streamdit-4b` against MODEL_SPEC section 7, the memory checker on
+//! hand computations, `streamdit-4b` against docs/streamdit.md section 7, the memory checker on
 //! real and deliberately corrupted plans, and the roofline arithmetic.
 
 use streamdit::cost::{
@@ -135,11 +135,11 @@ fn tiny_costs_match_hand_computation() {
     assert_eq!(cost.call.class(OpClass::Layout).flops, 0);
 }
 
-/// MODEL_SPEC section 7: about 4.2B parameters (28 x ~151M per block) and about 128 TFLOP
+/// docs/streamdit.md section 7: about 4.2B parameters (28 x ~151M per block) and about 128 TFLOP
 /// per call, 121 in linear layers, 6 in window attention, 1.4 in cross-attention.
 ///
 /// The spec's 6 TFLOP of window attention counts every layer with full 1024-token windows:
-/// `28 * 4 * N * 1024 * D = 5.77e12`. With MODEL_SPEC section 3's windows the 14 shifted
+/// `28 * 4 * N * 1024 * D = 5.77e12`. With docs/streamdit.md section 3's windows the 14 shifted
 /// layers have partial edge windows along every axis (sizes 2,4,4,4,2 x 8,16,8 x 8,16,8),
 /// `sum n^2 = 56 * 384 * 384 = 8.26M` against `16 * 1024^2 = 16.8M`, so they cost 49% of
 /// an unshifted layer and the real total is 4.31e12, 28% under the round number. The
@@ -399,7 +399,7 @@ fn fused_launches_keep_inputs_and_outputs_apart() {
 }
 
 /// The TAE decoder of `streamdit-4b`: about 2.4 TFLOP per video frame and 19.3 TFLOP per
-/// call's 8 frames (TAE_SPEC, MODEL_SPEC section 7), a 148 TFLOP call with the DiT; `tiny`'s
+/// call's 8 frames (docs/tae.md, docs/streamdit.md section 7), a 148 TFLOP call with the DiT; `tiny`'s
 /// 3x3 convolutions checked by hand.
 #[test]
 fn decoder_costs_match_the_spec() {
@@ -432,7 +432,7 @@ fn decoder_costs_match_the_spec() {
     );
     let dit = GraphCost::of(&graph("streamdit-4b", 1.0)).call.total.flops as f64;
     assert_within("4b call with the decoder", dit + per_call, 148e12, 0.02);
-    // MODEL_SPEC's 150 ms floor is the FLOPs at the H100's dense FP16 peak; the roofline adds
+    // docs/streamdit.md's 150 ms floor is the FLOPs at the H100's dense FP16 peak; the roofline adds
     // the memory-bound ops (norms, residuals, the temporal caches at 512x512).
     let h100 = GpuSpec::H100;
     let flop_floor = (dit + per_call) / (h100.fp16_tflops * 1e12);

@@ -1,4 +1,4 @@
-//! Built-in profiles carry MODEL_SPEC section 7's numbers, and validation names the field
+//! Built-in profiles carry docs/streamdit.md section 7's numbers, and validation names the field
 //! and the rule a bad profile breaks.
 
 use streamdit::model::profile::BUILTIN_PROFILES;
@@ -58,7 +58,7 @@ fn builtin_profiles_have_the_spec_numbers() {
 #[test]
 fn streamdit_4b_has_about_4_2_billion_parameters() {
     let m = Profile::builtin("streamdit-4b").unwrap().model;
-    // MODEL_SPEC section 7: "about 4.2B parameters (28 x ~151M per block)". That figure
+    // docs/streamdit.md section 7: "about 4.2B parameters (28 x ~151M per block)". That figure
     // counts the blocks; the embeddings, time modulation (6D x D) and text projection add
     // about 90M more.
     let blocks: usize = checkpoint_tensors(&m)

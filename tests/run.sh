@@ -21,5 +21,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== the library and the CLI against the public API alone (no 'internals' feature)"
+cargo clippy -p streamdit -p streamdit-tools --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked

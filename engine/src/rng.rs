@@ -1,5 +1,5 @@
 //! Counter-based randomness: Philox4x32-10 (Salmon et al., SC'11, as in Random123) and the
-//! Box-Muller map of MODEL_SPEC section 5. Every value is a pure function of a key and a
+//! Box-Muller map of docs/streamdit.md section 5. Every value is a pure function of a key and a
 //! counter, so any backend, and any thread of it, reproduces the same numbers.
 
 const M0: u32 = 0xD251_1F53;
@@ -56,7 +56,7 @@ pub fn normals4(counter: [u32; 4], key: [u32; 2]) -> [f32; 4] {
     [z0, z1, z2, z3]
 }
 
-/// The noise of global latent frame `frame` (MODEL_SPEC section 5): element `e` is output
+/// The noise of global latent frame `frame` (docs/streamdit.md section 5): element `e` is output
 /// `e mod 4` of the Philox block with key `seed` and counter `[q, frame]`, `q = e / 4`.
 pub fn noise_frame(seed: u64, frame: u64, out: &mut [f32]) {
     let key = split64(seed);

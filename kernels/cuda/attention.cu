@@ -1,4 +1,4 @@
-// Attention kernels, FlashAttention-2 style (MODEL_SPEC sections 2.4 and 3):
+// Attention kernels, FlashAttention-2 style (docs/streamdit.md sections 2.4 and 3):
 //
 //   attn_window_d64, attn_window_d128   window self-attention on the fused QKV GEMM output
 //   attn_cross_d64,  attn_cross_d128    masked cross-attention of the tokens to the text
@@ -402,7 +402,7 @@ ATTN_UNROLL
 }
 
 // ---------------------------------------------------------------------------------------
-// Window self-attention (MODEL_SPEC section 3).
+// Window self-attention (docs/streamdit.md section 3).
 //
 // Grid: x = window * q_tiles + query tile, y = head, z = batch element; q_tiles =
 // ceil(Fw Hw Ww / kBM) (a full window's tiles; tiles past a smaller edge window exit at

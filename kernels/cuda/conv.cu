@@ -1,4 +1,4 @@
-// The temporal-autoencoder decoder's kernels (/work/shared/TAE_SPEC.md): implicit-GEMM
+// The temporal-autoencoder decoder's kernels (docs/tae.md): implicit-GEMM
 // convolutions on tensor cores and a split GroupNorm with fused SiLU. Activations are f16,
 // channels last.
 //

@@ -1,4 +1,4 @@
-// The small per-element kernels of one StreamDiT streaming step (MODEL_SPEC sections 2 and 5)
+// The small per-element kernels of one StreamDiT streaming step (docs/streamdit.md sections 2 and 5)
 // and of weight upload: everything the CUDA backend launches besides the GEMMs, attention and
 // adaLN. Each is one launch over a 1-D grid-stride loop (the grid is a launch choice of
 // kernels/src/elementwise.rs, the loop covers any size), with 16-byte global accesses
@@ -57,7 +57,7 @@ __device__ __forceinline__ size_t grid_stride() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Philox4x32-10 (Salmon et al., SC'11; Random123) and the Box-Muller map of MODEL_SPEC
+// Philox4x32-10 (Salmon et al., SC'11; Random123) and the Box-Muller map of docs/streamdit.md
 // section 5, exactly as engine/src/rng.rs: the same words, and the same f32 operations in
 // the same order (the accurate logf/sqrtf/cosf/sinf may differ from the host's libm in the
 // last bits on a GPU).
@@ -381,7 +381,7 @@ EMU_REGISTER_KERNEL(unpatchify, UnpatchifyParams)
 
 // ---------------------------------------------------------------------------------------
 // euler_step: the sampler update of one streaming step, out of place, for a CUDA graph that
-// serves every step (MODEL_SPEC section 5; the CPU backend's step). Item (frame f, Philox
+// serves every step (docs/streamdit.md section 5; the CPU backend's step). Item (frame f, Philox
 // block q) covers elements [4q, 4q + 4) of frame f:
 //   f <  F - shift:  x_next[f] = x[f + shift] + dtau[f + shift] * v[f + shift]
 //   f >= F - shift:  x_next[f] = noise(seed, first_frame + f - (F - shift), 4q ..)

@@ -203,7 +203,7 @@ fn launch(kernel: &'static str, grid: Dim3, head_dim: usize) -> AttnLaunch {
 
 /// Entry point and launch configuration of window self-attention. Rules: dh in {64, 128}
 /// (D = heads * dh), batch and heads >= 1, every grid and window extent >= 1, the grid a
-/// multiple of the window on every axis (MODEL_SPEC section 3), shift < window.
+/// multiple of the window on every axis (docs/streamdit.md section 3), shift < window.
 pub fn window_config(s: &WindowShape) -> Result<AttnLaunch, String> {
     let kernel = entry(
         "attn_window",

@@ -200,7 +200,7 @@ fn run_and_check<P: Copy>(
     }
 }
 
-/// Window token lists of MODEL_SPEC section 3, written directly from the key definition
+/// Window token lists of docs/streamdit.md section 3, written directly from the key definition
 /// (group tokens by `((f+sf)/Fw, (i+sh)/Hw, (j+sw)/Ww)`), independent of the kernel's
 /// extent arithmetic.
 fn windows(grid: [usize; 3], window: [usize; 3], shift: [usize; 3]) -> Vec<Vec<usize>> {

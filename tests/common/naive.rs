@@ -1,11 +1,11 @@
-//! A deliberately naive f64 StreamDiT written straight from MODEL_SPEC sections 1-4, sharing
+//! A deliberately naive f64 StreamDiT written straight from docs/streamdit.md sections 1-4, sharing
 //! no code with the engine: plain loops, one scalar at a time. It is the ground truth the
 //! CPU ops (per op) and the backends (per model call) are checked against.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-/// The model's plain numbers (MODEL_SPEC section 1).
+/// The model's plain numbers (docs/streamdit.md section 1).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NaiveConfig {
     /// Latent channels `C`.
@@ -45,7 +45,7 @@ impl NaiveConfig {
         self.f * (self.h / 2) * (self.w / 2)
     }
 
-    /// Every checkpoint tensor of MODEL_SPEC section 6 with its shape.
+    /// Every checkpoint tensor of docs/streamdit.md section 6 with its shape.
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (d, dh, p) = (self.d, self.dh(), self.c * 4);
         let [ft, ht, wt] = self.grid();
@@ -305,7 +305,7 @@ pub fn head_rms_norm(
     }
 }
 
-/// The window key of token `(f, i, j)` (MODEL_SPEC section 3).
+/// The window key of token `(f, i, j)` (docs/streamdit.md section 3).
 pub fn window_key(pos: [usize; 3], window: [usize; 3], shift: [usize; 3]) -> [usize; 3] {
     [0, 1, 2].map(|a| (pos[a] + shift[a]) / window[a])
 }
@@ -542,7 +542,7 @@ pub fn guidance(v: &[f64], scale: f64) -> Vec<f64> {
 }
 
 // ---------------------------------------------------------------------------------------
-// One model call (MODEL_SPEC sections 2-4), per token straight from the spec.
+// One model call (docs/streamdit.md sections 2-4), per token straight from the spec.
 
 /// Per-head RMS norm of one vector of `heads * dh` entries.
 fn rms_heads(v: &mut [f64], dh: usize, gain: &[f64]) {
@@ -815,7 +815,7 @@ pub fn naive_branch(
     v
 }
 
-/// One model call `v [F, C, H, W]` (MODEL_SPEC sections 2-4). With `negative = Some((text,
+/// One model call `v [F, C, H, W]` (docs/streamdit.md sections 2-4). With `negative = Some((text,
 /// mask))` it computes both branches and combines them as `v_u + guidance (v_c - v_u)`
 /// (section 4), even for `guidance == 1`; with `None` it requires `guidance == 1` and
 /// returns the conditional branch.

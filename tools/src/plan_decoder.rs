@@ -55,7 +55,7 @@ pub fn report(
         ""
     };
     ops += &format!(
-        "\ndecoder ops (TAE_SPEC; once per chunk of {c} latent frames = {} video frames, every {s} call{})\n{:>4}  {:<14} {:<22} {:<22} {:>11} {:>9} {:>9}  {:<11}{time_header}\n",
+        "\ndecoder ops (docs/tae.md; once per chunk of {c} latent frames = {} video frames, every {s} call{})\n{:>4}  {:<14} {:<22} {:<22} {:>11} {:>9} {:>9}  {:<11}{time_header}\n",
         c * streamdit::inspect::TEMPORAL_UPSAMPLE,
         if s == 1 { "" } else { "s" },
         "#",
@@ -96,7 +96,7 @@ pub fn report(
 
     let per_call = cost.flops_per_call(s);
     let mut totals = String::new();
-    totals += "\ndecoder (TAE_SPEC, f16 on a device)\n";
+    totals += "\ndecoder (docs/tae.md, f16 on a device)\n";
     totals += &format!(
         "  parameters       {} ({} f16 weights)\n",
         fmt_count(cost.parameters),

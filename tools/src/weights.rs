@@ -9,8 +9,8 @@ use streamdit::{Profile, Result};
 
 #[derive(Subcommand)]
 pub(crate) enum WeightsCommand {
-    /// Write a deterministic random checkpoint with exactly the MODEL_SPEC tensor names and
-    /// the TAE decoder's (`decoder.*`, TAE_SPEC).
+    /// Write a deterministic random checkpoint with exactly the docs/streamdit.md tensor names and
+    /// the TAE decoder's (`decoder.*`, docs/tae.md).
     Init {
         #[arg(long, default_value = "tiny")]
         profile: String,

@@ -319,7 +319,7 @@ fn plan_reports_flops_memory_and_roofline() {
             "{pointer}: {got} vs {want}"
         );
     };
-    // MODEL_SPEC section 7: ~128 TFLOP per call, ~4.2B parameters in the blocks, f16 weights.
+    // docs/streamdit.md section 7: ~128 TFLOP per call, ~4.2B parameters in the blocks, f16 weights.
     within("/totals/call_flops", 128e12, 0.02);
     within("/parameters/blocks", 4.2e9, 0.02);
     within("/memory/weight_bytes", 2.0 * num("/parameters/dit"), 1e-3);

@@ -9,6 +9,8 @@
 mod dtype;
 mod file;
 mod header;
+pub mod lora;
+pub mod pickle;
 mod weights;
 
 pub use dtype::DType;

@@ -92,7 +92,7 @@ impl OpCost {
 }
 
 /// Sizes of the windows along one axis of `len` tokens with window `w` and shift `s`:
-/// token `i` has key `floor((i + s) / w)` (MODEL_SPEC section 3, no modulo), so a shifted
+/// token `i` has key `floor((i + s) / w)` (docs/streamdit.md section 3, no modulo), so a shifted
 /// axis has a partial window at each edge.
 pub fn axis_windows(len: usize, w: usize, s: usize) -> Vec<usize> {
     if len == 0 || w == 0 {
@@ -301,7 +301,7 @@ impl GraphCost {
 /// Parameter counts of a graph's weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParamCount {
-    /// In the `L` transformer blocks (`blocks.*`): MODEL_SPEC's "28 x ~151M".
+    /// In the `L` transformer blocks (`blocks.*`): docs/streamdit.md's "28 x ~151M".
     pub blocks: u64,
     /// The whole DiT, with embeddings, time modulation, text projection and final layer.
     pub dit: u64,

@@ -15,9 +15,9 @@
 //!   modulation tensor they use. Attention never materialises its score matrix (flash style).
 //! - **FLOPs**: a multiply-accumulate is 2 FLOPs. `Linear` is `2*T*K*N`; its fused bias add
 //!   (`T*N`, `1/(2K)` of the GEMM) is not counted. Window attention is `4*n^2*D` per window
-//!   of `n` tokens (`Q K^T` and `P V`) over the real windows of MODEL_SPEC section 3, so a
+//!   of `n` tokens (`Q K^T` and `P V`) over the real windows of docs/streamdit.md section 3, so a
 //!   shifted layer with its partial edge windows costs less than an unshifted one
-//!   (MODEL_SPEC section 7's "6 TFLOP" for `streamdit-4b` counts every layer with full
+//!   (docs/streamdit.md section 7's "6 TFLOP" for `streamdit-4b` counts every layer with full
 //!   windows, 5.77e12; the real windows give 4.31e12). Cross-attention is `4*T*Lt*D` over
 //!   all `Lt` text tokens, as a dense kernel computes them whatever the mask. The attention
 //!   softmax (max, subtract, exp, sum, scale: about 5 ops per score, ~1% of the attention

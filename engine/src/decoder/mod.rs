@@ -1,5 +1,5 @@
 //! Decoders turn clean latent chunks into RGB video frames. The preview decoder is the cheap
-//! stand-in; the temporal-autoencoder decoder (TAE_SPEC) implements the same trait.
+//! stand-in; the temporal-autoencoder decoder (docs/tae.md) implements the same trait.
 
 pub mod preview;
 pub mod tae;
@@ -26,7 +26,7 @@ pub trait Decoder: Send {
     fn reset(&mut self) {}
 }
 
-/// `round(clamp((v + 1) / 2, 0, 1) * 255)`, TAE_SPEC's RGB mapping (NaN maps to 0).
+/// `round(clamp((v + 1) / 2, 0, 1) * 255)`, docs/tae.md's RGB mapping (NaN maps to 0).
 pub fn to_byte(v: f32) -> u8 {
     (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8
 }

@@ -8,7 +8,7 @@ use crate::model::profile::{ModelConfig, VideoConfig};
 use crate::tensor::Tensor;
 
 /// Linear latent-to-RGB preview: `rgb_k = sum_c weight[k][c] * latent[c] + bias[k]` per latent
-/// pixel, mapped to bytes like TAE_SPEC's output (`round(clamp((v + 1) / 2, 0, 1) * 255)`),
+/// pixel, mapped to bytes like docs/tae.md's output (`round(clamp((v + 1) / 2, 0, 1) * 255)`),
 /// each latent pixel shown as a `spatial_upsample`-square block and each latent frame as
 /// `temporal_upsample` video frames.
 #[derive(Debug, Clone)]

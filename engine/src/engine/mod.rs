@@ -231,7 +231,7 @@ impl Engine {
         )
     }
 
-    /// The temporal-autoencoder decoder (TAE_SPEC) of this engine's checkpoint, on the CPU
+    /// The temporal-autoencoder decoder (docs/tae.md) of this engine's checkpoint, on the CPU
     /// in f32. Its tensors are read, or generated for random weights, on first use; a
     /// checkpoint without them is an error naming the first missing tensor.
     pub fn tae_decoder(&self) -> Result<TaeDecoder> {

@@ -68,7 +68,7 @@ pub struct StreamParams {
 /// Which decoder a stream uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DecoderKind {
-    /// The temporal-autoencoder decoder of TAE_SPEC: full-resolution frames.
+    /// The temporal-autoencoder decoder of docs/tae.md: full-resolution frames.
     #[default]
     Tae,
     /// The cheap latent-to-RGB preview (`preview.*`), upscaled by nearest neighbour.

@@ -100,7 +100,7 @@ fn windows(grid: [usize; 3], window: [usize; 3], shift: [usize; 3]) -> Vec<Vec<u
     out
 }
 
-/// Window self-attention (MODEL_SPEC section 3). `qkv [batch*N, 3D]` (q columns `[0, D)`,
+/// Window self-attention (docs/streamdit.md section 3). `qkv [batch*N, 3D]` (q columns `[0, D)`,
 /// k `[D, 2D)`, v `[2D, 3D)`, head `e` using `[e*dh, (e+1)*dh)` of each); branch `b` owns
 /// rows `[b*N, (b+1)*N)`, token `n = (f*Ht + i)*Wt + j` of `grid = [Ft, Ht, Wt]`. Token
 /// `(f, i, j)` attends to every token of its branch with the same window key

@@ -1,4 +1,4 @@
-//! The static graph of StreamDiT (MODEL_SPEC sections 2-4): every tensor with its shape and
+//! The static graph of StreamDiT (docs/streamdit.md sections 2-4): every tensor with its shape and
 //! every op in execution order. It is a description only: the CPU backend interprets it, the
 //! CUDA backend lowers it to launches over one arena, and `plan` counts its FLOPs and bytes.
 //!
@@ -120,7 +120,7 @@ pub enum Op {
         heads: usize,
         gain: TensorId,
     },
-    /// Window self-attention (MODEL_SPEC section 3) of `qkv [B*N, 3D]` into `out [B*N, D]`.
+    /// Window self-attention (docs/streamdit.md section 3) of `qkv [B*N, 3D]` into `out [B*N, D]`.
     WindowAttention {
         qkv: TensorId,
         out: TensorId,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The profiles shipped inside the engine (MODEL_SPEC section 7), as `(name, TOML)`.
+/// The profiles shipped inside the engine (docs/streamdit.md section 7), as `(name, TOML)`.
 pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
     ("tiny", include_str!("../../../profiles/tiny.toml")),
     (
@@ -35,7 +35,7 @@ pub struct Profile {
     pub text: TextConfig,
 }
 
-/// The DiT's dimensions (MODEL_SPEC section 1). The patch is `(1, 2, 2)`.
+/// The DiT's dimensions (docs/streamdit.md section 1). The patch is `(1, 2, 2)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -63,7 +63,7 @@ pub struct ModelConfig {
     pub text_dim: usize,
 }
 
-/// The moving buffer and its schedule (MODEL_SPEC section 5).
+/// The moving buffer and its schedule (docs/streamdit.md section 5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamConfig {
@@ -103,7 +103,7 @@ pub struct RunConfig {
     pub negative_prompt: String,
 }
 
-/// The temporal-autoencoder decoder this profile pairs with (TAE_SPEC).
+/// The temporal-autoencoder decoder this profile pairs with (docs/tae.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecoderConfig {

@@ -1,4 +1,4 @@
-//! The temporal-autoencoder decoder of `TAE_SPEC.md` as data: a flat list of ops over one
+//! The temporal-autoencoder decoder of `docs/tae.md` as data: a flat list of ops over one
 //! activation `[T, H, W, Ch]` (channels last), built from a profile's decoder widths and
 //! groups. Every backend executes this list (the CPU decoder in `decoder::tae`; a device
 //! lowers it to kernels), the checkpoint schema takes its tensors from it, and the plan
@@ -34,7 +34,7 @@ pub enum TaeOp {
     GroupNorm { name: String, ch: usize, silu: bool },
     /// 3x3 convolution, stride 1, zero padding 1, per frame: `{name}.weight [cout, cin, 3,
     /// 3]`, `{name}.bias [cout]`. With `upsample`, the input is first repeated 2x2 (nearest)
-    /// in H and W (TAE_SPEC's `UpS`, the upsampling fused into the convolution).
+    /// in H and W (docs/tae.md's `UpS`, the upsampling fused into the convolution).
     Conv2d {
         name: String,
         cin: usize,
@@ -49,7 +49,7 @@ pub enum TaeOp {
         ch: usize,
         cache: usize,
     },
-    /// Every frame twice in time (frame `t` becomes `2t, 2t + 1`): TAE_SPEC's `UpT` before
+    /// Every frame twice in time (frame `t` becomes `2t, 2t + 1`): docs/tae.md's `UpT` before
     /// its `ConvT`.
     RepeatFrames,
     /// Per-frame multi-head self-attention over the pixels of an already normalised input,
@@ -195,7 +195,7 @@ impl Builder {
         self.push(TaeOp::AddSaved { skip, cin, cout });
     }
 
-    /// `Res(cin, cout)` of TAE_SPEC at prefix `p`.
+    /// `Res(cin, cout)` of docs/tae.md at prefix `p`.
     fn res(&mut self, p: &str, cout: usize) {
         let cin = self.channels;
         self.save();
@@ -208,7 +208,7 @@ impl Builder {
         self.add_saved((cin != cout).then(|| format!("{p}.skip")));
     }
 
-    /// `Attn(ch)` of TAE_SPEC at prefix `p`.
+    /// `Attn(ch)` of docs/tae.md at prefix `p`.
     fn attn(&mut self, p: &str, head_dim: usize) {
         let ch = self.channels;
         self.save();

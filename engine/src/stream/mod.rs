@@ -1,6 +1,6 @@
 //! The streaming sampler: a moving buffer of latent frames at staggered noise levels. Every
 //! model call advances the whole buffer one micro-step; at the end of a stage the clean
-//! oldest chunk is popped, decoded, and fresh noise enters at the new end (MODEL_SPEC
+//! oldest chunk is popped, decoded, and fresh noise enters at the new end (docs/streamdit.md
 //! section 5). The stream drives any [`Backend`] and any [`Decoder`].
 
 pub mod schedule;

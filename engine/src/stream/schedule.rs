@@ -1,4 +1,4 @@
-//! The moving buffer's noise schedule (MODEL_SPEC section 5): for every model call of a
+//! The moving buffer's noise schedule (docs/streamdit.md section 5): for every model call of a
 //! stream, the noise level `tau` and Euler step `dtau` of each buffer frame.
 //!
 //! A stream starts with `(N-1)*s` prefill calls that stagger the chunks from pure noise to

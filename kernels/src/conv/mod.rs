@@ -1,5 +1,5 @@
 //! The temporal-autoencoder decoder's kernels (`kernels/cuda/conv.cu`, the math of
-//! `/work/shared/TAE_SPEC.md`): parameter structs mirroring the C++ ones, launch
+//! `docs/tae.md`): parameter structs mirroring the C++ ones, launch
 //! configurations that check the shape contract and return errors (never panic), the
 //! weight packing the engine applies once at load time, and CPU references.
 //!
@@ -62,7 +62,7 @@ pub const GN_THREADS: u32 = 256;
 pub const GN_APPLY_CHUNKS: usize = 8;
 /// Splits per frame the statistics aim at (each a CTA).
 pub const GN_TARGET_SPLITS: usize = 256;
-/// `GroupNorm` eps of TAE_SPEC.
+/// `GroupNorm` eps of docs/tae.md.
 pub const GN_EPS: f64 = 1e-6;
 
 /// Entry point names in the PTX and in the emulator.

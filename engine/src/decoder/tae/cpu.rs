@@ -1,4 +1,4 @@
-//! The temporal-autoencoder decoder of `TAE_SPEC.md` on the CPU, in f32: it executes the op
+//! The temporal-autoencoder decoder of `docs/tae.md` on the CPU, in f32: it executes the op
 //! list of [`TaeGraph`] over channels-last activations `[T, H, W, Ch]`. 3x3 convolutions are
 //! nine accumulated GEMMs per frame over shifted views of a zero-padded copy of the input
 //! (the nearest 2x upsampling of `UpS` folded into that copy); the causal temporal convolution is three accumulated GEMMs per frame

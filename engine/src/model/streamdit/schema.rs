@@ -1,4 +1,4 @@
-//! The tensors of a checkpoint (MODEL_SPEC section 6, plus the preview map and the byte-level
+//! The tensors of a checkpoint (docs/streamdit.md section 6, plus the preview map and the byte-level
 //! text embedding), in one canonical order, each with the rule that initialises it in a
 //! random checkpoint. The order matters: a tensor's position is its Philox counter word, so
 //! a device can regenerate the same weights without reading a file.
@@ -10,13 +10,13 @@ use crate::error::Result;
 /// Which part of the engine needs a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
-    /// The DiT itself (MODEL_SPEC section 6): required to run a model call.
+    /// The DiT itself (docs/streamdit.md section 6): required to run a model call.
     Dit,
     /// `preview.*`: the latent-to-RGB preview decoder.
     Preview,
     /// `text_embed.weight`: the byte-level text embedding.
     TextEmbed,
-    /// `decoder.*`: the temporal-autoencoder decoder (TAE_SPEC), listed by
+    /// `decoder.*`: the temporal-autoencoder decoder (docs/tae.md), listed by
     /// [`decoder_tensors`] since its shapes come from the profile's decoder section.
     Decoder,
 }
@@ -229,7 +229,7 @@ pub fn checkpoint_tensors(m: &ModelConfig) -> Vec<TensorSpec> {
     out
 }
 
-/// Parameters of the DiT alone (MODEL_SPEC section 6).
+/// Parameters of the DiT alone (docs/streamdit.md section 6).
 pub fn dit_parameters(m: &ModelConfig) -> usize {
     checkpoint_tensors(m)
         .iter()
@@ -243,7 +243,7 @@ pub fn dit_parameters(m: &ModelConfig) -> usize {
 /// own, so that the decoder's random values do not move when DiT or text tensors are added.
 pub const DECODER_COUNTER: u32 = 0x0100_0000;
 
-/// The decoder's tensors (TAE_SPEC) for latents with `latent_channels` channels, in
+/// The decoder's tensors (docs/tae.md) for latents with `latent_channels` channels, in
 /// canonical order, with their init rules. Random weights keep activations O(1): GroupNorm
 /// gains around 1, every convolution and projection `std = gain / sqrt(fan_in)` so each
 /// keeps its input's scale, every residual branch as large as its input (never a

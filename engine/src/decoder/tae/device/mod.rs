@@ -1,4 +1,4 @@
-//! The TAE decoder (TAE_SPEC) on a device: the op list of [`crate::model::tae`] lowered to
+//! The TAE decoder (docs/tae.md) on a device: the op list of [`crate::model::tae`] lowered to
 //! the decoder kernels (`kernels/cuda/conv.cu`, and the window attention kernel for the
 //! mid-block) over one allocation, and replayed as one captured graph per chunk size.
 //!
@@ -13,7 +13,7 @@
 //! Every `ConvT` reads `[2 + T, H*W, ch]` from one shared context buffer: its producer
 //! writes the chunk's frames after two context frames, which copies fill first from the
 //! layer's cache (the previous chunk's last two input frames) or, at a stream's start, from
-//! the first frame (TAE_SPEC's replicate padding). After the launch the layer's last two
+//! the first frame (docs/tae.md's replicate padding). After the launch the layer's last two
 //! input frames are copied to its cache. Any op sequence without a lowering is an error.
 //!
 //! Latents come in as the host's `[n, C, H, W]` f32 (a popped chunk), are converted to
