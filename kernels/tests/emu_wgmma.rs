@@ -509,3 +509,69 @@ fn misuse_is_an_error_in_every_order() {
     let e = run.error();
     assert!(e.message.contains("outside"), "{e}");
 }
+
+/// Evaluates a rank-2 CuTe layout ((shape..),(shape..)):((stride..),(stride..)) at (i, j).
+fn cute(shape: [&[usize]; 2], stride: [&[usize]; 2], i: usize, j: usize) -> usize {
+    let mut off = 0;
+    for (mode, mut c) in [i, j].into_iter().enumerate() {
+        for (s, d) in shape[mode].iter().zip(stride[mode]) {
+            off += (c % s) * d;
+            c /= s;
+        }
+    }
+    off
+}
+
+/// MN-major operands (imm-trans = 1) against the PTX ISA's worked examples of the
+/// "Canonical Layouts" (MN-major, no swizzle / 32B / 64B, f16: the "exact layout" strings of
+/// the figures, in elements, with their LBO and SBO), swizzled with the README's Swizzle<B,4,3>.
+#[test]
+fn mn_major_operands_follow_the_ptx_worked_examples() {
+    type Example = (
+        u64,
+        usize,
+        usize,
+        [&'static [usize]; 2],
+        [&'static [usize]; 2],
+        usize,
+    );
+    let examples: [Example; 3] = [
+        (
+            0,
+            256,
+            128,
+            [&[8, 1, 2], &[8, 2]],
+            [&[1, 8, 64], &[8, 128]],
+            16,
+        ),
+        (
+            3,
+            256,
+            512,
+            [&[8, 2, 2], &[8, 2]],
+            [&[1, 8, 128], &[16, 256]],
+            32,
+        ),
+        (
+            2,
+            512,
+            1024,
+            [&[8, 4, 2], &[8, 2]],
+            [&[1, 8, 256], &[32, 512]],
+            64,
+        ),
+    ];
+    let start = 0x1000usize;
+    for (mode, lbo, sbo, shape, stride, mn_extent) in examples {
+        let b = [0, 3, 2, 1][mode as usize];
+        let swz = |a: usize| a ^ (((a >> 7) & ((1 << b) - 1)) << 4);
+        let d = desc(start, lbo, sbo, mode);
+        for mn in 0..mn_extent {
+            for k in 0..16 {
+                let want = swz(start + 2 * cute(shape, stride, mn, k)) as u32;
+                let got = emu::wgmma_operand_address(d, mn as u32, k as u32, true).unwrap();
+                assert_eq!(got, want, "swizzle mode {mode}: mn {mn} k {k}");
+            }
+        }
+    }
+}
