@@ -201,7 +201,8 @@ EMU_REGISTER_KERNEL(selftest_mbarrier, MbarrierProbeParams)
 // ---------------------------------------------------------------------------------------
 // TMA: thread 0 loads the box at `coords` of `map` to dynamic shared memory `dst_offset`
 // bytes past the first 1024-byte aligned address; after the mbarrier phase all 64 threads
-// copy the box's bytes to `out`. Mode 1 copies without waiting (the load has not landed).
+// copy the box's bytes to `out`. Mode 1 copies before anybody waits (the load has not
+// landed: emulator only, a race).
 // ---------------------------------------------------------------------------------------
 struct TmaProbeParams {
     ptx::TmaDesc map;
@@ -233,7 +234,10 @@ extern "C" __global__ void selftest_tma(const __grid_constant__ TmaProbeParams p
     }
     if (p.mode == 0) ptx::mbarrier_wait(&bar, 0);
     for (int i = threadIdx.x; i < p.box_bytes; i += blockDim.x) p.out[i] = box[i];
-    if (p.mode != 0) ptx::mbarrier_wait(&bar, 0);
+    if (p.mode != 0) {
+        __syncthreads();  // every thread has read the box before anyone waits
+        ptx::mbarrier_wait(&bar, 0);
+    }
 }
 EMU_REGISTER_KERNEL(selftest_tma, TmaProbeParams)
 

@@ -50,8 +50,7 @@ struct Fiber {
     unsigned tid = 0;  // linear thread index in the block
     unsigned lane = 0, warp = 0;
     FState state = FState::Runnable;
-    const void* barrier_site = nullptr;
-    const char* barrier_file = nullptr;
+    const char* barrier_file = "";  // the __syncthreads it waits at
     int barrier_line = 0;
     uint32_t out[4] = {};  // this lane's result of its last warp collective
     std::vector<CpOp> uncommitted;

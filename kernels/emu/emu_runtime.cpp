@@ -228,8 +228,11 @@ void resolve_stall(Launch& L) {
     unsigned n_barrier = 0, n_warp = 0, n_wg = 0, n_mbar = 0;
     for (const Fiber& f : L.fibers) {
         if (f.state == FState::Barrier) {
+            // Call sites compare by source line: the compiler may duplicate one call.
             if (!at_barrier) at_barrier = &f;
-            else if (f.barrier_site != at_barrier->barrier_site && !other_site) other_site = &f;
+            else if ((f.barrier_line != at_barrier->barrier_line ||
+                      strcmp(f.barrier_file, at_barrier->barrier_file) != 0) && !other_site)
+                other_site = &f;
             n_barrier += 1;
         } else if (f.state == FState::Warp) {
             n_warp += 1;
@@ -243,7 +246,7 @@ void resolve_stall(Launch& L) {
             exited = &f;
         }
     }
-    char a[128], b[128];
+    char a[512], b[512];
     if (n_warp == 0 && n_wg == 0 && n_mbar == 0 && n_barrier > 0) {
         if (exited) {
             describe_thread(*exited, a, sizeof a);
@@ -316,7 +319,8 @@ void run_block(Launch& L, EmuDim3 block_idx) {
         f.lane = i % 32;
         f.warp = i / 32;
         f.state = FState::Runnable;
-        f.barrier_site = nullptr;
+        f.barrier_file = "";
+        f.barrier_line = 0;
         f.uncommitted.clear();
         f.groups.clear();
         f.cp_groups_committed = 0;
@@ -423,10 +427,9 @@ void fail(int status, const char* fmt, ...) {
     for (;;) yield_to_scheduler(L, f);  // the scheduler abandons the block
 }
 
-__attribute__((noinline)) void syncthreads(const char* file, int line) {
+void syncthreads(const char* file, int line) {
     Launch& L = launch();
     Fiber* f = L.current;
-    f->barrier_site = __builtin_return_address(0);
     f->barrier_file = file;
     f->barrier_line = line;
     f->state = FState::Barrier;
