@@ -1,8 +1,12 @@
 //! Builds the kernels twice:
 //! 1. the CUDA-on-CPU emulator: every `cuda/*.cu` compiled as C++17 by the host compiler
-//!    (after `emu/cuda_emu.h`) into one static library with `emu/emu_runtime.cpp`;
+//!    (after `emu/cuda_emu.h`) into one static library with the runtime `emu/*.cpp`; each
+//!    file a second time instrumented for the race checker (`-fsanitize=thread`, kernels
+//!    renamed inside a namespace), and once more per `// streamdit-emu-variant: NAME` line
+//!    with `EMU_VARIANT_<NAME>` defined (test-only variants, e.g. a planted race);
 //! 2. with nvcc, when one is found: PTX for sm_80, and `ptxas -v` for sm_80 and sm_90, whose
-//!    report (registers, shared memory, spills) becomes `KERNEL_RESOURCES`.
+//!    report (registers, shared memory, spills) becomes `KERNEL_RESOURCES`. Modules whose
+//!    first line is `// streamdit-arch: sm_90a` are skipped (they need another target).
 //!
 //! Without nvcc the build succeeds and the generated code says why the kernels were not
 //! built. Everything is written to `$OUT_DIR/kernels_generated.rs`.
@@ -16,10 +20,15 @@ use std::process::Command;
 /// Architectures ptxas checks; PTX is generated for the first.
 const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
 
+#[derive(Clone)]
 struct Module {
     name: String,
     source: PathBuf,
     emu_kernels: Vec<String>,
+    /// `// streamdit-arch: sm_90a` on the first line: nvcc must not build it for sm_80.
+    arch: Option<String>,
+    /// `// streamdit-emu-variant: NAME` lines.
+    variants: Vec<String>,
 }
 
 #[derive(Default)]
@@ -57,6 +66,8 @@ fn main() {
 
     let modules = find_modules(&cuda_dir);
     build_emulator(&modules, &emu_dir, &cuda_dir, &out);
+    // Modules marked for another architecture (sm_90a) are emulated but not built for sm_80.
+    let modules: Vec<Module> = modules.into_iter().filter(|m| m.arch.is_none()).collect();
 
     let nvcc = find_nvcc(&manifest);
     if let Ok(path) = &nvcc {
@@ -107,28 +118,100 @@ fn find_modules(cuda_dir: &Path) -> Vec<Module> {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
+            let arch = text
+                .lines()
+                .next()
+                .and_then(|l| l.trim().strip_prefix("// streamdit-arch:"))
+                .map(|a| a.trim().to_string());
+            let variants = text
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("// streamdit-emu-variant:"))
+                .filter_map(|rest| rest.split_whitespace().next())
+                .map(str::to_string)
+                .collect();
             Module {
                 name,
                 source,
                 emu_kernels,
+                arch,
+                variants,
             }
         })
         .collect()
 }
 
+/// The `#include <...>` lines of every source under `cuda/`: the instrumented copies include
+/// them before opening their namespace, so that a .cu file's own includes of them are no-ops.
+fn system_includes(cuda_dir: &Path) -> String {
+    let mut files = Vec::new();
+    collect_files(cuda_dir, &mut files);
+    let mut seen = std::collections::BTreeSet::new();
+    for f in files {
+        let text = fs::read_to_string(&f).unwrap_or_default();
+        for l in text.lines() {
+            let l = l.trim();
+            if l.starts_with("#include <") {
+                seen.insert(l.to_string());
+            }
+        }
+    }
+    seen.into_iter().map(|l| l + "\n").collect()
+}
+
+/// A wrapper that compiles `m` inside namespace `ns` with each kernel renamed `prefix<name>`.
+fn instrumented_wrapper(
+    m: &Module,
+    defines: &str,
+    includes: &str,
+    ns: &str,
+    prefix: &str,
+) -> String {
+    let mut text = format!("{defines}#include \"cuda_emu.h\"\n{includes}");
+    for k in &m.emu_kernels {
+        let _ = writeln!(text, "#define {k} {prefix}{k}");
+    }
+    let _ = write!(
+        text,
+        "namespace {ns} {{\n// The kernels' block-scope `extern __shared__ ... smem[]` names the runtime's.\n\
+         extern thread_local unsigned char smem[] __asm__(\"smem\");\n#include \"{}\"\n}}\n",
+        m.source.display().to_string().replace('\\', "/")
+    );
+    text
+}
+
 fn build_emulator(modules: &[Module], emu_dir: &Path, cuda_dir: &Path, out: &Path) {
-    let mut build = cc::Build::new();
-    build
-        .cpp(true)
-        .std("c++17")
-        .opt_level(2)
-        .include(emu_dir)
-        .include(emu_dir.join("shim"))
-        .include(cuda_dir)
-        .flag_if_supported("-Wno-unused-parameter")
-        .file(emu_dir.join("emu_runtime.cpp"));
+    let base = || {
+        let mut build = cc::Build::new();
+        build
+            .cpp(true)
+            .std("c++17")
+            .opt_level(2)
+            .include(emu_dir)
+            .include(emu_dir.join("shim"))
+            .include(cuda_dir)
+            .flag_if_supported("-Wno-unused-parameter")
+            // 64-byte aligned parameter structs (tensor maps): only a note on an old ABI change
+            .flag_if_supported("-Wno-psabi");
+        build
+    };
+    let mut build = base();
+    let mut runtime = Vec::new();
+    collect_files(emu_dir, &mut runtime);
+    for f in runtime
+        .iter()
+        .filter(|p| p.parent() == Some(emu_dir) && p.extension().is_some_and(|e| e == "cpp"))
+    {
+        build.file(f);
+    }
+    // The race-checking copies and the test-only variants: every memory access instrumented.
+    let mut instrumented = base();
+    instrumented.flag("-fsanitize=thread");
+    let includes = system_includes(cuda_dir);
     let mut registry = String::from("#include \"emu_runtime.h\"\nextern \"C\" {\n");
     let mut entries = String::new();
+    let mut variant_decls = String::new();
+    let mut variant_entries = String::new();
+    let mut variant_count = 0usize;
     for m in modules {
         // A .cu file is compiled as C++ after the dialect header; this wrapper keeps the
         // original path in diagnostics.
@@ -139,6 +222,39 @@ fn build_emulator(modules: &[Module], emu_dir: &Path, cuda_dir: &Path, out: &Pat
         );
         fs::write(&wrapper, text).expect("write OUT_DIR");
         build.file(wrapper);
+        let rc = out.join(format!("emu_rc_{}.cpp", m.name));
+        let text = instrumented_wrapper(
+            m,
+            "#define EMU_RACECHECK_BUILD 1\n",
+            &includes,
+            &format!("emu_rc_{}", m.name),
+            "emu_rc_",
+        );
+        fs::write(&rc, text).expect("write OUT_DIR");
+        instrumented.file(rc);
+        for v in &m.variants {
+            let ns = format!("emu_var_{}_{v}", m.name);
+            let path = out.join(format!("{ns}.cpp"));
+            let text = instrumented_wrapper(
+                m,
+                &format!("#define EMU_VARIANT_NAME \"{v}\"\n#define EMU_VARIANT_{v} 1\n"),
+                &includes,
+                &ns,
+                &format!("{ns}_"),
+            );
+            fs::write(&path, text).expect("write OUT_DIR");
+            instrumented.file(path);
+            let _ = write!(variant_decls, "namespace {ns} {{\n");
+            for k in &m.emu_kernels {
+                let _ = writeln!(
+                    variant_decls,
+                    "extern const EmuKernel emu_variant_kernel_{k};"
+                );
+                let _ = write!(variant_entries, "&{ns}::emu_variant_kernel_{k}, ");
+                variant_count += 1;
+            }
+            variant_decls.push_str("}\n");
+        }
         for k in &m.emu_kernels {
             let _ = writeln!(registry, "extern const EmuKernel emu_kernel_{k};");
             let _ = write!(entries, "&emu_kernel_{k}, ");
@@ -150,11 +266,18 @@ fn build_emulator(modules: &[Module], emu_dir: &Path, cuda_dir: &Path, out: &Pat
         "extern const EmuKernel* const emu_kernel_table[];\n\
          const EmuKernel* const emu_kernel_table[] = {{{entries}nullptr}};\n\
          extern const size_t emu_kernel_table_len;\n\
-         const size_t emu_kernel_table_len = {count};\n}}\n"
+         const size_t emu_kernel_table_len = {count};\n}}\n{variant_decls}extern \"C\" {{\n\
+         extern const EmuKernel* const emu_variant_table[];\n\
+         const EmuKernel* const emu_variant_table[] = {{{variant_entries}nullptr}};\n\
+         extern const size_t emu_variant_table_len;\n\
+         const size_t emu_variant_table_len = {variant_count};\n}}\n"
     );
     let registry_path = out.join("emu_registry.cpp");
     fs::write(&registry_path, registry).expect("write OUT_DIR");
     build.file(registry_path);
+    for object in instrumented.compile_intermediates() {
+        build.object(object);
+    }
     build.compile("streamdit_kernels_emu");
 }
 

@@ -13,6 +13,15 @@
 //    OS thread) and fills its first `shared_bytes` with 0xff (NaN for f16 and f32) before
 //    every block, so reading shared memory that no thread wrote gives NaN.
 // Launches on different OS threads are independent: all emulator state is thread_local.
+//
+// Three builds include this header before a .cu file (build.rs):
+//  - the plain emulator build;
+//  - EMU_RACECHECK_BUILD: the same source compiled with -fsanitize=thread (every memory
+//    access reports to the race checker, emu_race.cpp), inside a namespace with its kernels
+//    renamed; EMU_REGISTER_KERNEL then defines the extern "C" emu_rc_entry_<name> that the
+//    plain build's registration points to;
+//  - EMU_VARIANT_NAME ("no_sync", ...): a test-only variant of a file with EMU_VARIANT_<name>
+//    defined, also instrumented, registered as "<kernel>/<name>" (emu_variant_at).
 #pragma once
 
 #define STREAMDIT_EMU 1
@@ -74,7 +83,7 @@ static constexpr int warpSize = 32;
 
 // ---- synchronization and warp collectives (CUDA C++ Programming Guide, "Synchronization
 // Functions", "Warp Vote Functions", "Warp Shuffle Functions") ----
-#define __syncthreads() ::emu::syncthreads()
+#define __syncthreads() ::emu::syncthreads(__FILE__, __LINE__)
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::syncwarp(mask); }
 inline unsigned __activemask() { return ::emu::activemask(); }
 inline void __threadfence() {}
@@ -162,29 +171,51 @@ template <class T>
 inline T __ldg(const T* p) { return *p; }
 
 // ---- atomics: a fiber is never preempted inside one, so a plain read-modify-write is
-// atomic with respect to every other emulated thread. ----
+// atomic with respect to every other emulated thread. Not instrumented: the race checker
+// is told of an atomic access instead (two atomics never race). ----
+#define EMU_ATOMIC __attribute__((no_sanitize("thread")))
 template <class T>
-inline T atomicAdd(T* p, T v) { T old = *p; *p = old + v; return old; }
+EMU_ATOMIC inline T atomicAdd(T* p, T v) { ::emu::race_atomic(p, sizeof(T)); T old = *p; *p = old + v; return old; }
 template <class T>
-inline T atomicSub(T* p, T v) { T old = *p; *p = old - v; return old; }
+EMU_ATOMIC inline T atomicSub(T* p, T v) { ::emu::race_atomic(p, sizeof(T)); T old = *p; *p = old - v; return old; }
 template <class T>
-inline T atomicMax(T* p, T v) { T old = *p; *p = old > v ? old : v; return old; }
+EMU_ATOMIC inline T atomicMax(T* p, T v) { ::emu::race_atomic(p, sizeof(T)); T old = *p; *p = old > v ? old : v; return old; }
 template <class T>
-inline T atomicMin(T* p, T v) { T old = *p; *p = old < v ? old : v; return old; }
+EMU_ATOMIC inline T atomicMin(T* p, T v) { ::emu::race_atomic(p, sizeof(T)); T old = *p; *p = old < v ? old : v; return old; }
 template <class T>
-inline T atomicExch(T* p, T v) { T old = *p; *p = v; return old; }
+EMU_ATOMIC inline T atomicExch(T* p, T v) { ::emu::race_atomic(p, sizeof(T)); T old = *p; *p = v; return old; }
 template <class T>
-inline T atomicCAS(T* p, T cmp, T v) { T old = *p; if (old == cmp) *p = v; return old; }
+EMU_ATOMIC inline T atomicCAS(T* p, T cmp, T v) { ::emu::race_atomic(p, sizeof(T)); T old = *p; if (old == cmp) *p = v; return old; }
 
 // ---- registration: EMU_REGISTER_KERNEL(name, Params) after `__global__ void name(Params)`
-// defines the launch trampoline and the EmuKernel the registry lists (emu_kernel_<name>).
-// Under nvcc the macro (from ptx.cuh) expands to nothing. ----
+// defines the launch trampoline and the EmuKernel the registry lists (emu_kernel_<name>),
+// whose race-checking entry is the instrumented copy's emu_rc_entry_<name>. In the
+// instrumented builds `name` is a macro for the renamed copy (build.rs), which the call
+// below expands while the ## pastes keep the original name. Under nvcc the macro (from
+// ptx.cuh) expands to nothing. ----
+#if defined(EMU_VARIANT_NAME)
+#define EMU_REGISTER_KERNEL(name, Params)                                              \
+    static void emu_entry_##name(void** params) {                                      \
+        name(*static_cast<const Params*>(params[0]));                                  \
+    }                                                                                  \
+    extern const EmuKernel emu_variant_kernel_##name;                                  \
+    const EmuKernel emu_variant_kernel_##name = {#name "/" EMU_VARIANT_NAME,           \
+                                                 &emu_entry_##name, &emu_entry_##name, \
+                                                 sizeof(Params), alignof(Params)};
+#elif defined(EMU_RACECHECK_BUILD)
+#define EMU_REGISTER_KERNEL(name, Params)                                              \
+    extern "C" void emu_rc_entry_##name(void** params) {                               \
+        name(*static_cast<const Params*>(params[0]));                                  \
+    }
+#else
 #define EMU_REGISTER_KERNEL(name, Params)                                              \
     static void emu_entry_##name(void** params) {                                      \
         name(*static_cast<const Params*>(params[0]));                                  \
     }                                                                                  \
     extern "C" {                                                                       \
+    void emu_rc_entry_##name(void** params);                                           \
     extern const EmuKernel emu_kernel_##name;                                          \
-    const EmuKernel emu_kernel_##name = {#name, &emu_entry_##name, sizeof(Params),     \
-                                         alignof(Params)};                             \
+    const EmuKernel emu_kernel_##name = {#name, &emu_entry_##name, &emu_rc_entry_##name, \
+                                         sizeof(Params), alignof(Params)};             \
     }
+#endif

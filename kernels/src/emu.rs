@@ -4,7 +4,13 @@
 //! Blocks run one after another on the calling thread, the threads of a block as fibers
 //! resumed in a selectable [`ThreadOrder`]; see `kernels/README.md` for what is emulated.
 //! Launches from different threads are independent.
+//!
+//! **Race checking.** With `STREAMDIT_EMU_RACECHECK=1` in the environment, or while a
+//! [`RaceCheck`] guard from [`racecheck`] lives on the calling thread, launches run the
+//! instrumented copy of the kernel and fail with [`EmuErrorKind::Race`] when two accesses to
+//! shared memory are not ordered by any synchronisation, naming both.
 
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::fmt;
 
@@ -24,6 +30,7 @@ mod ffi {
     pub struct EmuKernel {
         pub name: *const c_char,
         pub entry: *const c_void,
+        pub entry_racecheck: *const c_void,
         pub params_size: usize,
         pub params_align: usize,
     }
@@ -37,11 +44,23 @@ mod ffi {
             params: *mut *mut c_void,
             order: c_int,
             seed: u64,
+            flags: c_uint,
             err: *mut c_char,
             err_len: usize,
         ) -> c_int;
         pub fn emu_kernel_count() -> usize;
         pub fn emu_kernel_at(index: usize) -> *const EmuKernel;
+        pub fn emu_variant_count() -> usize;
+        pub fn emu_variant_at(index: usize) -> *const EmuKernel;
+        pub fn emu_wgmma_operand_address(
+            desc: u64,
+            mn: c_int,
+            k: c_int,
+            major: c_int,
+            addr: *mut u32,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
     }
 }
 
@@ -120,6 +139,10 @@ pub enum EmuErrorKind {
     Address,
     /// `__trap()` or another error raised by the kernel.
     Trap,
+    /// The race checker found shared-memory accesses that no synchronisation orders.
+    Race,
+    /// An mbarrier or warpgroup wait that can never complete.
+    Deadlock,
     /// A status code this wrapper does not know.
     Other(i32),
 }
@@ -186,11 +209,37 @@ impl fmt::Debug for Kernel {
 pub fn kernels() -> Vec<Kernel> {
     // SAFETY: emu_kernel_count reads a constant from the generated registry.
     let n = unsafe { ffi::emu_kernel_count() };
+    table(n, ffi::emu_kernel_at)
+}
+
+/// The test-only variants (`// streamdit-emu-variant: NAME` in a .cu file), named
+/// `"<kernel>/<NAME>"`.
+pub fn variants() -> Vec<Kernel> {
+    // SAFETY: emu_variant_count reads a constant from the generated registry.
+    let n = unsafe { ffi::emu_variant_count() };
+    table(n, ffi::emu_variant_at)
+}
+
+/// Looks up variant `variant` of `kernel` (e.g. a planted race).
+pub fn variant(kernel: &str, variant: &str) -> Result<Kernel, EmuError> {
+    let name = format!("{kernel}/{variant}");
+    variants()
+        .into_iter()
+        .find(|k| k.name == name)
+        .ok_or_else(|| {
+            error(
+                EmuErrorKind::UnknownKernel,
+                format!("no emulated variant named {name:?}"),
+            )
+        })
+}
+
+fn table(n: usize, at: unsafe extern "C" fn(usize) -> *const ffi::EmuKernel) -> Vec<Kernel> {
     (0..n)
         .filter_map(|i| {
-            // SAFETY: i < count, so emu_kernel_at returns a pointer into the static table
-            // (null only out of range).
-            let p = unsafe { ffi::emu_kernel_at(i) };
+            // SAFETY: i < count, so `at` returns a pointer into the static table (null only
+            // out of range).
+            let p = unsafe { at(i) };
             // SAFETY: non-null pointers in the table point to `const EmuKernel` objects with
             // static storage duration, never written.
             let raw: &'static ffi::EmuKernel = unsafe { p.as_ref() }?;
@@ -213,6 +262,68 @@ pub fn kernel(name: &str) -> Result<Kernel, EmuError> {
                 format!("no emulated kernel named {name:?}"),
             )
         })
+}
+
+thread_local! {
+    static RACECHECK: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Race checking switched on (or off) for the launches of the calling thread while it lives;
+/// see [`racecheck`].
+#[must_use = "race checking lasts while the guard lives"]
+pub struct RaceCheck {
+    previous: Option<bool>,
+}
+
+impl Drop for RaceCheck {
+    fn drop(&mut self) {
+        RACECHECK.with(|c| c.set(self.previous));
+    }
+}
+
+/// Switches race checking on (`true`) or off for the launches made on this thread until the
+/// returned guard is dropped, whatever `STREAMDIT_EMU_RACECHECK` says.
+pub fn racecheck(on: bool) -> RaceCheck {
+    RaceCheck {
+        previous: RACECHECK.with(|c| c.replace(Some(on))),
+    }
+}
+
+/// Whether a launch on this thread now runs under the race checker: the innermost
+/// [`racecheck`] guard, else `STREAMDIT_EMU_RACECHECK=1` (or `true`).
+pub fn racecheck_enabled() -> bool {
+    RACECHECK.with(|c| c.get()).unwrap_or_else(|| {
+        std::env::var("STREAMDIT_EMU_RACECHECK").is_ok_and(|v| v == "1" || v == "true")
+    })
+}
+
+/// Test hook: the shared-memory address from which a wgmma reads element `(mn, k)` of an
+/// operand described by the 64-bit matrix descriptor `desc` (K-major, or MN-major when
+/// `mn_major`), as the emulator decodes it; an error for what it refuses (a non-zero base
+/// offset).
+pub fn wgmma_operand_address(desc: u64, mn: u32, k: u32, mn_major: bool) -> Result<u32, String> {
+    let mut addr = 0u32;
+    let mut err = [0 as c_char; 512];
+    // SAFETY: plain arithmetic on the arguments; `addr` and `err` are writable for their
+    // sizes and the callee NUL-terminates `err`.
+    let status = unsafe {
+        ffi::emu_wgmma_operand_address(
+            desc,
+            mn as c_int,
+            k as c_int,
+            c_int::from(mn_major),
+            &mut addr,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    if status == 0 {
+        return Ok(addr);
+    }
+    // SAFETY: NUL-terminated by the callee within its length.
+    Err(unsafe { CStr::from_ptr(err.as_ptr()) }
+        .to_string_lossy()
+        .into_owned())
 }
 
 /// Launches `kernel` in the emulator and returns when every block has finished.
@@ -251,7 +362,8 @@ pub unsafe fn launch(
         y: d.y,
         z: d.z,
     };
-    let mut err = [0 as c_char; 1024];
+    let flags = if racecheck_enabled() { 1 } else { 0 };
+    let mut err = vec![0 as c_char; 16384];
     // SAFETY: kernel.raw is a registered EmuKernel; the runtime only reads `params` (the
     // cast to *mut follows the C signature) and, per this function's contract, the caller
     // guarantees the parameter struct and its pointers. `err` is writable for its length.
@@ -264,6 +376,7 @@ pub unsafe fn launch(
             params.as_ptr() as *mut *mut c_void,
             order_code,
             seed,
+            flags,
             err.as_mut_ptr(),
             err.len(),
         )
@@ -281,6 +394,8 @@ pub unsafe fn launch(
         3 => EmuErrorKind::Warp,
         4 => EmuErrorKind::Address,
         5 => EmuErrorKind::Trap,
+        6 => EmuErrorKind::Race,
+        7 => EmuErrorKind::Deadlock,
         other => EmuErrorKind::Other(other),
     };
     Err(error(kind, message))

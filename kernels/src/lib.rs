@@ -10,6 +10,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod emu;
 pub mod gemm;
+pub mod tma;
 
 /// What ptxas reported for one kernel on one architecture (`ptxas -v`), and what
 /// `cuobjdump -sass` shows of it.

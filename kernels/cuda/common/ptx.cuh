@@ -8,18 +8,22 @@
 
 #ifdef STREAMDIT_EMU
 #define PTX_EMU 1
+// The emulated helpers take their caller's source line (for error and race reports).
+#define PTX_SITE , const char* site_file = __builtin_FILE(), int site_line = __builtin_LINE()
 #else
 #define PTX_EMU 0
+#define PTX_SITE
 // EMU_REGISTER_KERNEL lists a kernel for the host emulator; nvcc ignores it.
 #define EMU_REGISTER_KERNEL(name, Params)
 #endif
 
 namespace ptx {
 
-// Shared-state-space address of a generic pointer into shared memory.
+// Shared-state-space address of a generic pointer into shared memory (in the emulator:
+// dynamic shared memory only, which starts at shared address 0x400).
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 #if PTX_EMU
-    return static_cast<uint32_t>(reinterpret_cast<uintptr_t>(p));
+    return ::emu::shared_address(p);
 #else
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 #endif
@@ -65,7 +69,7 @@ __device__ __forceinline__ void mma_m16n8k16_bf16_f32(float (&d)[4], const uint3
 // ldmatrix"). Lanes whose address the shape does not use may pass anything.
 #if PTX_EMU
 #define PTX_LDMATRIX(N, TRANS, SUFFIX)                                                   \
-    ::emu::ldmatrix_m8n8_b16(r, N, TRANS, row)
+    ::emu::ldmatrix_m8n8_b16(r, N, TRANS, row, site_file, site_line)
 #else
 #define PTX_LDMATRIX(N, TRANS, SUFFIX) PTX_LDMATRIX_ASM_##N(SUFFIX)
 #define PTX_LDMATRIX_ASM_1(SUFFIX)                                                       \
@@ -86,22 +90,22 @@ __device__ __forceinline__ void mma_m16n8k16_bf16_f32(float (&d)[4], const uint3
                  : "memory")
 #endif
 
-__device__ __forceinline__ void ldmatrix_x1(uint32_t (&r)[1], const void* row) {
+__device__ __forceinline__ void ldmatrix_x1(uint32_t (&r)[1], const void* row PTX_SITE) {
     PTX_LDMATRIX(1, false, "");
 }
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* row) {
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* row PTX_SITE) {
     PTX_LDMATRIX(2, false, "");
 }
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row PTX_SITE) {
     PTX_LDMATRIX(4, false, "");
 }
-__device__ __forceinline__ void ldmatrix_x1_trans(uint32_t (&r)[1], const void* row) {
+__device__ __forceinline__ void ldmatrix_x1_trans(uint32_t (&r)[1], const void* row PTX_SITE) {
     PTX_LDMATRIX(1, true, ".trans");
 }
-__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* row) {
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* row PTX_SITE) {
     PTX_LDMATRIX(2, true, ".trans");
 }
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row PTX_SITE) {
     PTX_LDMATRIX(4, true, ".trans");
 }
 
@@ -109,9 +113,9 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 // Copies global -> shared without going through registers. The copy is complete (and the
 // destination may be read) only after a cp_async_wait that retires its group.
 // 16 bytes bypass L1 (.cg); 8 and 4 bytes use .ca, the only form allowed for them.
-__device__ __forceinline__ void cp_async_16(void* dst_smem, const void* src_gmem) {
+__device__ __forceinline__ void cp_async_16(void* dst_smem, const void* src_gmem PTX_SITE) {
 #if PTX_EMU
-    ::emu::cp_async(dst_smem, src_gmem, 16, 16);
+    ::emu::cp_async(dst_smem, src_gmem, 16, 16, site_file, site_line);
 #else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst_smem)),
                  "l"(src_gmem)
@@ -121,27 +125,27 @@ __device__ __forceinline__ void cp_async_16(void* dst_smem, const void* src_gmem
 // Copies the first src_bytes (0..16) of src and zero-fills the rest of the 16 bytes; with
 // src_bytes = 0 nothing is read, so src may be out of bounds (ragged tiles).
 __device__ __forceinline__ void cp_async_16_zfill(void* dst_smem, const void* src_gmem,
-                                                  uint32_t src_bytes) {
+                                                  uint32_t src_bytes PTX_SITE) {
 #if PTX_EMU
-    ::emu::cp_async(dst_smem, src_gmem, 16, src_bytes);
+    ::emu::cp_async(dst_smem, src_gmem, 16, src_bytes, site_file, site_line);
 #else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst_smem)),
                  "l"(src_gmem), "r"(src_bytes)
                  : "memory");
 #endif
 }
-__device__ __forceinline__ void cp_async_8(void* dst_smem, const void* src_gmem) {
+__device__ __forceinline__ void cp_async_8(void* dst_smem, const void* src_gmem PTX_SITE) {
 #if PTX_EMU
-    ::emu::cp_async(dst_smem, src_gmem, 8, 8);
+    ::emu::cp_async(dst_smem, src_gmem, 8, 8, site_file, site_line);
 #else
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem_u32(dst_smem)),
                  "l"(src_gmem)
                  : "memory");
 #endif
 }
-__device__ __forceinline__ void cp_async_4(void* dst_smem, const void* src_gmem) {
+__device__ __forceinline__ void cp_async_4(void* dst_smem, const void* src_gmem PTX_SITE) {
 #if PTX_EMU
-    ::emu::cp_async(dst_smem, src_gmem, 4, 4);
+    ::emu::cp_async(dst_smem, src_gmem, 4, 4, site_file, site_line);
 #else
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(dst_smem)),
                  "l"(src_gmem)

@@ -163,3 +163,39 @@ pub fn rows<'a>(v: &'a serde_json::Value, path: &[&str]) -> &'a Vec<serde_json::
 }
 
 pub type VoidPtr = *mut c_void;
+
+/// `<repo>/../shared/ptx/wgmma.json`, the Hopper wgmma and TMA tables.
+pub fn wgmma_tables_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/ptx/wgmma.json")
+}
+
+/// The wgmma/TMA tables, or None (skip) when the file is missing outside CI.
+pub fn wgmma_tables() -> Option<serde_json::Value> {
+    let path = wgmma_tables_path();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            require(
+                false,
+                &format!("the wgmma tables are missing ({}: {e})", path.display()),
+            );
+            return None;
+        }
+    };
+    Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// A JSON number as usize.
+pub fn num(v: &serde_json::Value) -> usize {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{v} is not a non-negative integer")) as usize
+}
+
+/// A JSON string "0x..." as u64.
+pub fn hex(v: &serde_json::Value) -> u64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("{v} is not a string"));
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// Where the emulator puts dynamic shared memory in the shared window (kernels/README.md).
+pub const SHARED_BASE: usize = 0x400;
