@@ -13,6 +13,7 @@ macro_rules! say {
 mod bench;
 mod decoder_plan;
 mod profile;
+mod serve;
 mod telemetry;
 
 use std::io::Write;
@@ -73,6 +74,9 @@ enum Command {
     /// (safetensors, f32), to compare with another implementation; `--write-folders DIR`
     /// writes the random encoders as Hugging Face folders instead.
     Encode(EncodeArgs),
+    /// Serve the stream live to a browser page (WebSocket, MJPEG) steered by prompts, with
+    /// JSON endpoints for scripts.
+    Serve(serve::ServeArgs),
 }
 
 /// `NAME=PATH` of `--text-dir`.
@@ -952,6 +956,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::bench(args),
         Command::Profile(args) => profile::profile(args),
         Command::Encode(args) => encode(args),
+        Command::Serve(args) => serve::serve(args),
         Command::Weights {
             command:
                 WeightsCommand::Init {
