@@ -1,5 +1,5 @@
-//! `streamdit serve` from outside: a real server process on a loopback port (`tiny`, preview
-//! decoder, CPU) and real clients (tokio-tungstenite, plain HTTP/1.1 over TCP). The page in
+//! `streamdit serve` from outside: a real server process on a loopback port (`tiny`, CPU,
+//! the preview decoder but for the MJPEG test) and real clients (tokio-tungstenite, plain HTTP/1.1 over TCP). The page in
 //! a headless browser is `serve_page.rs`.
 
 mod serve_common;
@@ -385,7 +385,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 #[test]
 fn mjpeg_parts_are_jpegs_of_the_frame_size_and_closing_frees_the_stream() {
-    let server = Server::start(&[]);
+    // The TAE decoder here (the other tests use the preview for speed).
+    let server = Server::start_tae(&[]);
     let mut s = TcpStream::connect(server.addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     write!(
@@ -475,5 +476,48 @@ fn shared_stream_is_one_stream_that_every_viewer_sees_and_steers() {
     });
     server.wait_status(None, "the shared stream ends with its last viewer", |s| {
         s["streams_active"] == 0 && s["workers_alive"] == 0
+    });
+}
+
+#[test]
+fn guidance_and_negative_prompt_restart_the_stream_and_frames_continue() {
+    let server = Server::start(&["--guidance", "3", "--negative-prompt", "blurry"]);
+    runtime().block_on(async {
+        let mut ws = connect(&server.ws_url("?format=rgb")).await;
+        let hello = next_json(&mut ws, &["hello"], &mut Vec::new()).await;
+        assert_eq!(hello["cfg"], true, "{hello}");
+        assert_eq!(hello["guidance"], 3.0);
+        assert_eq!(hello["negative_prompt"], "blurry");
+        let mut frames = Vec::new();
+        while frames.is_empty() {
+            next_json(&mut ws, &["stats"], &mut frames).await;
+        }
+        let before = parse_header(frames.last().unwrap());
+        let ack = ask(
+            &mut ws,
+            json!({"guidance": 1.5, "negative_prompt": "dark"}).to_string(),
+        )
+        .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        assert_eq!(ack["restart"]["restarted"], true, "{ack}");
+        let at = ack["restart"]["applies_at_call"].as_u64().unwrap();
+        let stats = loop {
+            let s = next_json(&mut ws, &["stats"], &mut Vec::new()).await;
+            if s["restarts"] == 1 {
+                break s;
+            }
+        };
+        assert_eq!(stats["guidance"], 1.5, "{stats}");
+        assert_eq!(stats["negative_prompt"], "dark");
+        assert_eq!(stats["prompt_since_call"], at);
+        // Frames go on after the restart: later indices, calls counted on.
+        let mut later = Vec::new();
+        while !later.iter().any(|f: &Vec<u8>| parse_header(f).call >= at) {
+            if let Some(Message::Binary(b)) = next(&mut ws).await {
+                later.push(b.to_vec());
+            }
+        }
+        let h = check_rgb_frame(later.last().unwrap());
+        assert!(h.index > before.index, "{h:?} after {before:?}");
     });
 }

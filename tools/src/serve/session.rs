@@ -90,6 +90,7 @@ pub struct Stats {
     pub width: usize,
     pub height: usize,
     pub frames_per_chunk: usize,
+    pub calls_per_chunk: u64,
     /// Model calls made (over restarts).
     pub calls: u64,
     pub chunks: u64,
@@ -118,6 +119,7 @@ impl Stats {
     fn json(&self) -> Value {
         let fps_of = |ms: Option<f64>, frames: f64| ms.map(|m| frames * 1e3 / m.max(1e-9));
         let per_chunk = self.frames_per_chunk as f64;
+        let per_call = per_chunk / self.calls_per_chunk.max(1) as f64;
         let delivered = match (self.recent.front(), self.recent.back()) {
             (Some(a), Some(b)) if self.recent.len() > 1 && b > a => {
                 Some((self.recent.len() - 1) as f64 / b.duration_since(*a).as_secs_f64())
@@ -143,9 +145,8 @@ impl Stats {
             },
             "fps": {
                 "delivered": delivered,
-                // What each stage alone could sustain (one model call pops one chunk in
-                // the steady state of a one-micro-step profile; otherwise this is per call).
-                "model": fps_of(self.call_ms, per_chunk),
+                // What each stage alone could sustain in the steady state.
+                "model": fps_of(self.call_ms, per_call),
                 "decode": fps_of(self.decode_ms, per_chunk),
                 "jpeg": fps_of(self.jpeg_ms, 1.0),
             },

@@ -29,6 +29,8 @@ use super::session::{Frame, Hub, Session, StreamRequest, ViewerGuard};
 
 pub const MAGIC: &[u8; 4] = b"SDIT";
 pub const HEADER_LEN: usize = 48;
+/// Steering messages of one WebSocket waiting for their answers at once.
+const MAX_IN_FLIGHT: usize = 4;
 /// How often a WebSocket viewer is sent its stream's figures.
 const STATS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -178,6 +180,8 @@ async fn run_ws(mut socket: WebSocket, hub: Arc<Hub>, viewer: ViewerGuard, forma
     frames.mark_changed();
     let mut last = None;
     let mut tick = tokio::time::interval(STATS_EVERY);
+    let (replies_tx, mut replies) = tokio::sync::mpsc::channel::<Value>(MAX_IN_FLIGHT);
+    let mut in_flight = 0;
     loop {
         tokio::select! {
             changed = frames.changed() => {
@@ -203,16 +207,32 @@ async fn run_ws(mut socket: WebSocket, hub: Arc<Hub>, viewer: ViewerGuard, forma
             msg = socket.recv() => match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                 Some(Ok(Message::Text(text))) => {
-                    let answer = match parse_control(text.as_str(), "message") {
-                        Ok(c) => steer(&session, c).await,
-                        Err(e) => Err(e),
+                    // Answered from a task of its own, so frames keep flowing while the
+                    // worker gets to the command (up to one model call).
+                    let reply = match parse_control(text.as_str(), "message") {
+                        Ok(_) if in_flight >= MAX_IN_FLIGHT => Some(ApiError::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            format!("{MAX_IN_FLIGHT} requests are waiting for answers; wait for one"),
+                        ).json()),
+                        Ok(c) => {
+                            in_flight += 1;
+                            let (session, tx) = (session.clone(), replies_tx.clone());
+                            tokio::spawn(async move {
+                                let v = match steer(&session, c).await {
+                                    Ok(mut v) => { v["type"] = json!("ack"); v }
+                                    Err(e) => { let mut v = e.json(); v["type"] = json!("error"); v }
+                                };
+                                let _ = tx.send(v).await;
+                            });
+                            None
+                        }
+                        Err(e) => Some(e.json()),
                     };
-                    let reply = match answer {
-                        Ok(mut v) => { v["type"] = json!("ack"); v }
-                        Err(e) => { let mut v = e.json(); v["type"] = json!("error"); v }
-                    };
-                    if !send_json(&mut socket, reply).await {
-                        break;
+                    if let Some(mut v) = reply {
+                        v["type"] = json!("error");
+                        if !send_json(&mut socket, v).await {
+                            break;
+                        }
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
@@ -224,6 +244,12 @@ async fn run_ws(mut socket: WebSocket, hub: Arc<Hub>, viewer: ViewerGuard, forma
                 }
                 Some(Ok(_)) => {}
             },
+            Some(v) = replies.recv() => {
+                in_flight -= 1;
+                if !send_json(&mut socket, v).await {
+                    break;
+                }
+            }
             _ = tick.tick() => {
                 let mut v = super::api::stream_figures(&hub, &session);
                 v["type"] = json!("stats");

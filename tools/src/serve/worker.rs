@@ -151,6 +151,7 @@ impl Worker {
         st.seed = s.seed();
         (st.width, st.height) = s.frame_size();
         st.frames_per_chunk = s.frames_per_chunk();
+        st.calls_per_chunk = Schedule::new(&self.engine.profile().stream).calls_per_chunk();
     }
 
     fn run(

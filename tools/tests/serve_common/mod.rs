@@ -20,20 +20,29 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `streamdit serve --profile tiny --preview --listen 127.0.0.1:0 EXTRA...` and
-    /// reads the bound address from its start line.
+    /// Starts `streamdit serve --profile tiny --backend cpu --preview --listen 127.0.0.1:0
+    /// EXTRA...` and reads the bound address from its start line.
     pub fn start(extra: &[&str]) -> Server {
+        Self::start_with(&["--preview"], extra)
+    }
+
+    /// Like [`Server::start`] with the TAE decoder (about a second per chunk on a CPU).
+    pub fn start_tae(extra: &[&str]) -> Server {
+        Self::start_with(&[], extra)
+    }
+
+    fn start_with(decoder: &[&str], extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_streamdit"))
             .args([
                 "serve",
                 "--profile",
                 "tiny",
-                "--preview",
                 "--backend",
                 "cpu",
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(decoder)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
