@@ -29,8 +29,10 @@ pub const GUIDANCE_RANGE: (f32, f32) = (0.0, 30.0);
 /// A frame a viewer has not taken in this long ends its connection (a client that stopped
 /// reading must not hold a stream for ever).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a new stream waits for a slot that a just-closed stream is still freeing.
-pub const SLOT_WAIT: Duration = Duration::from_secs(3);
+/// How long a new stream waits for a slot before it is refused: a stream whose client just
+/// left frees its slot once the server notices (an MJPEG client's on the next frame it
+/// fails to send) and its worker ends the model call in flight.
+pub const SLOT_WAIT: Duration = Duration::from_secs(2);
 
 /// A refusal: an HTTP status and a message naming the problem, sent as
 /// `{"error": message, "status": code}`.

@@ -349,29 +349,19 @@ impl Hub {
         Ok(s)
     }
 
+    /// A stream slot, waiting up to `SLOT_WAIT` for one being freed.
     async fn slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Ok(p);
-        }
-        let refusal = || {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "all {} stream slots are in use (--max-streams {}); close a stream or try \
-                     again later",
-                    self.config.max_streams, self.config.max_streams
-                ),
-            )
-        };
-        // A stream whose connection just closed frees its slot when its worker finishes the
-        // model call in flight: wait for that one, not for live streams.
-        let closing = self.workers_alive.load(Ordering::SeqCst) > self.sessions().len();
-        if !closing {
-            return Err(refusal());
-        }
         match tokio::time::timeout(SLOT_WAIT, self.slots.clone().acquire_owned()).await {
             Ok(Ok(p)) => Ok(p),
-            _ => Err(refusal()),
+            _ => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "all {n} stream slots are in use (--max-streams {n}; waited {:?}): close a \
+                     stream or try again later",
+                    SLOT_WAIT,
+                    n = self.config.max_streams
+                ),
+            )),
         }
     }
 
