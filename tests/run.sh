@@ -17,6 +17,25 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}"
 fi
+echo "== Chromium (the page test of streamdit serve, tools/tests/serve_page.rs)"
+chromium_bin=""
+for b in chromium chromium-browser; do
+    command -v "$b" >/dev/null && chromium_bin="$b" && break
+done
+if [ -z "$chromium_bin" ]; then
+    echo "installing chromium from Debian's archive"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    if $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; then
+        chromium_bin=chromium
+    else
+        echo "WARNING: chromium could not be installed: the page test will be SKIPPED" >&2
+    fi
+fi
+# Installed means tested: the page test fails, rather than skips, without the browser.
+if [ -n "$chromium_bin" ]; then
+    export STREAMDIT_REQUIRE_CHROMIUM=1
+fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -20,6 +20,7 @@ mod plan;
 mod plan_decoder;
 mod profile;
 mod profiles;
+mod serve;
 mod telemetry;
 mod weights;
 
@@ -71,6 +72,9 @@ enum Command {
     /// (safetensors, f32), to compare with another implementation; `--write-folders DIR`
     /// writes the random encoders as Hugging Face folders instead.
     Encode(encode::EncodeArgs),
+    /// Serve the stream live to a browser page (WebSocket, MJPEG) steered by prompts, with
+    /// JSON endpoints for scripts.
+    Serve(serve::ServeArgs),
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -82,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::bench(args),
         Command::Profile(args) => profile::profile(args),
         Command::Encode(args) => encode::encode(args),
+        Command::Serve(args) => serve::serve(args),
         Command::Weights { command } => weights::weights(command),
         Command::Profiles { command } => profiles::profiles(command),
     }
