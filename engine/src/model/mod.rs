@@ -7,5 +7,9 @@ pub mod plan;
 pub mod profile;
 pub mod schema;
 pub mod tae;
+pub mod taehv;
+pub mod video_checkpoint;
+pub mod video_ops;
+pub mod wan_vae;
 
 pub use profile::{ModelConfig, Profile};
