@@ -298,6 +298,8 @@ mod tests {
         );
         assert_eq!(find("decoder.head.2.weight"), Some(vec![3, 96, 3, 3, 3]));
         assert_eq!(g.parameters(), 73_295_603);
+        // conv1, two per residual block (14), head.2, and the two time_conv caches.
+        assert_eq!(g.caches.len(), 1 + 28 + 1 + 2);
         assert_eq!(g.frames_out(1, true), 1);
         assert_eq!(g.frames_out(3, true), 9);
         assert_eq!(g.frames_out(3, false), 12);
