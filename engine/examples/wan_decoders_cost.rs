@@ -38,7 +38,9 @@ fn report(name: &str, g: &VideoGraph) {
 fn run(name: &str, dec: &mut VideoDecoder, chunks: usize) {
     let g = dec.graph().clone();
     let n = g.latent_channels * g.latent_height * g.latent_width;
-    let z: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+    let z: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+        .collect();
     let mut out = Vec::new();
     for c in 0..chunks {
         let first = dec.at_stream_start();

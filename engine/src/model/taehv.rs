@@ -15,11 +15,16 @@ pub const SOFT_CLAMP: f32 = 3.0;
 /// Largest latent height or width the decoder accepts (8192 output pixels).
 pub const MAX_LATENT_SIDE: usize = 1024;
 
-/// Gain of a MemBlock's last convolution's random weights: each block adds a residual
-/// `sqrt(1 + RES_GAIN^2)` times its input, so nine blocks stay O(1).
-const RES_GAIN: f32 = 0.5;
+/// Gain of a MemBlock's first convolution's random weights: half its input (the memory) is
+/// zero on a stream's first frame.
+const MEM_GAIN: f32 = 1.8;
+/// Gain of a MemBlock's last convolution's random weights: the residual it adds is smaller
+/// than the block's input, so nine blocks stay O(1).
+const RES_GAIN: f32 = 0.7;
+/// Gain of each stage's last convolution's random weights (its input is a ReLU's).
+const STAGE_GAIN: f32 = 1.2;
 /// Gain of the output convolution's random weights: RGB spread around 0.5.
-const OUT_GAIN: f32 = 0.35;
+const OUT_GAIN: f32 = 0.25;
 
 /// A TAEHV decoder's hyper-parameters (taehv.py `TAEHV.__init__`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +100,7 @@ pub fn graph(cfg: &TaehvConfig, height: usize, width: usize) -> Result<VideoGrap
             // relu(conv.4(relu(conv.2(relu(conv.0([x, past]))))) + x)
             b.save();
             b.with_past();
-            b.conv(format!("{p}.0"), n, [1, 3], conv(false, true, sqrt2));
+            b.conv(format!("{p}.0"), n, [1, 3], conv(false, true, MEM_GAIN));
             b.push(VideoOp::Relu);
             b.conv(format!("{p}.2"), n, [1, 3], conv(false, true, sqrt2));
             b.push(VideoOp::Relu);
@@ -127,25 +132,14 @@ pub fn graph(cfg: &TaehvConfig, height: usize, width: usize) -> Result<VideoGrap
             format!("decoder.{}", first + 5),
             cfg.widths[stage + 1],
             [1, 3],
-            conv(cfg.space_upscale[stage], false, 1.0),
+            conv(cfg.space_upscale[stage], false, STAGE_GAIN),
         );
     }
     b.push(VideoOp::Relu);
     b.conv("decoder.22".into(), 3, [1, 3], conv(false, true, OUT_GAIN));
-    debug_assert!(b.balanced());
-    let out_frames = b.frames;
-    debug_assert_eq!(out_frames.per_latent, cfg.time_factor());
-    Ok(VideoGraph {
-        family: "TAEHV decoder",
-        latent_channels: cfg.latent_channels,
-        latent_height: height,
-        latent_width: width,
-        steps: b.steps,
-        caches: b.caches,
-        output: RgbRange::Unit,
-        out_frames,
-        upscale: cfg.space_factor(),
-    })
+    let g = b.finish("TAEHV decoder", RgbRange::Unit, cfg.space_factor())?;
+    debug_assert_eq!(g.out_frames.per_latent, cfg.time_factor());
+    Ok(g)
 }
 
 /// Rejects a zero or absurd latent size, naming `what`.

@@ -11,6 +11,8 @@
 //! chunk of `n` latent frames gives `4n - 3` frames when it starts a stream and `4n` after.
 //! [`Frames`] carries that rule through the list.
 
+use crate::error::{Error, Result};
+
 /// `F.normalize`'s floor on the L2 norm (PyTorch default `eps = 1e-12`).
 pub const RMS_EPS: f32 = 1e-12;
 
@@ -115,6 +117,28 @@ pub enum VideoOp {
         ch: usize,
         heads: usize,
     },
+}
+
+impl VideoOp {
+    /// A short name of the op's kind, for reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VideoOp::Save => "save",
+            VideoOp::AddSaved { skip: Some(_), .. } => "add_skip",
+            VideoOp::AddSaved { skip: None, .. } => "add",
+            VideoOp::Denormalize { .. } => "denormalize",
+            VideoOp::SoftClamp { .. } => "soft_clamp",
+            VideoOp::Relu => "relu",
+            VideoOp::RmsNorm { .. } => "rms_norm",
+            VideoOp::Conv(c) if c.taps_t == 3 => "conv3d_causal",
+            VideoOp::Conv(c) if c.upsample => "conv_up2",
+            VideoOp::Conv(_) => "conv",
+            VideoOp::WithPast { .. } => "with_past",
+            VideoOp::TemporalUp { .. } => "temporal_up",
+            VideoOp::DropFirst { .. } => "drop_first",
+            VideoOp::Attention { .. } => "attention",
+        }
+    }
 }
 
 /// Frames of an activation for a chunk of `n` latent frames: `per_latent * n`, less
@@ -397,8 +421,10 @@ impl VideoGraph {
     }
 }
 
-/// Builds an op list while tracking the activation's shape; the family modules drive it.
-pub(crate) struct Builder {
+/// Builds an op list while tracking the activation's shape: the family modules drive it,
+/// and tests build single blocks with it.
+#[derive(Debug)]
+pub struct Builder {
     pub steps: Vec<VideoStep>,
     pub frames: Frames,
     pub height: usize,
@@ -504,15 +530,38 @@ impl Builder {
         self.push(VideoOp::WithPast { ch, cache });
     }
 
-    /// Every step's frame rule is affine; a builder that leaves anything saved is a bug.
-    pub fn balanced(&self) -> bool {
-        self.saved.is_empty()
+    /// The graph built so far, for latents `[T, latent_channels, height, width]` as given
+    /// to [`Builder::new`]; an unmatched `Save` is an error.
+    pub fn finish(
+        self,
+        family: &'static str,
+        output: RgbRange,
+        upscale: usize,
+    ) -> Result<VideoGraph> {
+        if !self.saved.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{family}: {} saved activations never added back",
+                self.saved.len()
+            )));
+        }
+        let first = self.steps.first();
+        Ok(VideoGraph {
+            family,
+            latent_channels: first.map_or(self.channels, |s| s.channels),
+            latent_height: first.map_or(self.height, |s| s.height),
+            latent_width: first.map_or(self.width, |s| s.width),
+            out_frames: self.frames,
+            steps: self.steps,
+            caches: self.caches,
+            output,
+            upscale,
+        })
     }
 }
 
 /// The flags of a convolution.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ConvFlags {
+pub struct ConvFlags {
     pub upsample: bool,
     pub bias: bool,
     pub conv3d: bool,

@@ -24,7 +24,7 @@ pub const LATENT_STD: [f32; 16] = [
 ];
 
 /// Gain of the output convolution's random weights: RGB spread inside `[-1, 1]`.
-const OUT_GAIN: f32 = 0.9;
+const OUT_GAIN: f32 = 0.7;
 
 /// A Wan VAE decoder's hyper-parameters (vae.py `_video_vae` and `Decoder3d`).
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +82,7 @@ fn conv3d(bias: bool, gain: f32) -> ConvFlags {
 }
 
 /// `ResidualBlock(in, cout)` at prefix `p`.
-fn residual(b: &mut Builder, p: &str, cout: usize) {
+pub fn residual(b: &mut Builder, p: &str, cout: usize) {
     b.save();
     for (norm, conv) in [("0", "2"), ("3", "6")] {
         b.push(VideoOp::RmsNorm {
@@ -102,7 +102,7 @@ fn residual(b: &mut Builder, p: &str, cout: usize) {
 }
 
 /// `AttentionBlock(ch)` at prefix `p`: one head over the frame's pixels.
-fn attention(b: &mut Builder, p: &str) {
+pub fn attention(b: &mut Builder, p: &str) {
     let ch = b.channels;
     b.save();
     b.push(VideoOp::RmsNorm {
@@ -121,7 +121,7 @@ fn attention(b: &mut Builder, p: &str) {
 }
 
 /// `Resample(ch, upsample3d | upsample2d)` at prefix `p`.
-fn resample(b: &mut Builder, p: &str, temporal: bool) {
+pub fn resample(b: &mut Builder, p: &str, temporal: bool) {
     let ch = b.channels;
     if temporal {
         let time_conv = b.conv_spec(format!("{p}.time_conv"), 2 * ch, [3, 1], conv3d(true, 1.0));
@@ -189,18 +189,7 @@ pub fn graph(cfg: &WanVaeConfig, height: usize, width: usize) -> Result<VideoGra
         gamma_rank: 4,
     });
     b.conv("decoder.head.2".into(), 3, [3, 3], conv3d(true, OUT_GAIN));
-    debug_assert!(b.balanced());
-    Ok(VideoGraph {
-        family: "Wan VAE decoder",
-        latent_channels: cfg.z_dim,
-        latent_height: height,
-        latent_width: width,
-        steps: b.steps,
-        caches: b.caches,
-        output: RgbRange::Signed,
-        out_frames: b.frames,
-        upscale: 8,
-    })
+    b.finish("Wan VAE decoder", RgbRange::Signed, 8)
 }
 
 /// The diffusers (`AutoencoderKLWan`) name of a canonical tensor name of `cfg`'s decoder.
