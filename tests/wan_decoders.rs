@@ -81,8 +81,8 @@ fn check_taehv_against_naive(cfg: &TaehvConfig, (t, h, w): (usize, usize, usize)
         &format!("TAEHV {:?} vs naive", cfg.widths),
         &got,
         &want,
-        1e-4,
-        1e-4,
+        2e-5,
+        2e-5,
     );
 }
 
