@@ -70,7 +70,7 @@ fn main() {
         .iter()
         .find(|a| !a.starts_with('-') && a.parse::<usize>().is_err());
     let (lh, lw) = (h / 8, w / 8);
-    if which.is_none_or(|a| a == "taehv") {
+    if which.map_or(true, |a| a == "taehv") {
         let cfg = TaehvConfig::taew2_1();
         let weights = TaehvDecoder::random_weights(&cfg, 0, DType::F16).unwrap();
         let mut dec = TaehvDecoder::new(&cfg, lh, lw, &weights).unwrap();
@@ -79,7 +79,7 @@ fn main() {
             run("TAEHV", &mut dec, chunks);
         }
     }
-    if which.is_none_or(|a| a == "wan-vae") {
+    if which.map_or(true, |a| a == "wan-vae") {
         let cfg = WanVaeConfig::wan2_1();
         let weights = WanVaeDecoder::random_weights(&cfg, 0, DType::F16).unwrap();
         let mut dec = WanVaeDecoder::new(&cfg, lh, lw, &weights).unwrap();

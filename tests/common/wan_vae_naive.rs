@@ -113,9 +113,9 @@ pub fn causal_conv3d(
                 *o += v;
             }
         }
-        for o in 0..cout {
+        for (o, bias) in b.iter().enumerate() {
             for p in 0..x.h * x.w {
-                out.v[(t * cout + o) * x.h * x.w + p] += b[o];
+                out.v[(t * cout + o) * x.h * x.w + p] += bias;
             }
         }
     }
@@ -134,8 +134,8 @@ pub fn rms_norm(x: &Video, gamma: &[f64]) -> Video {
                     .sum::<f64>()
                     .sqrt()
                     .max(1e-12);
-                for c in 0..x.c {
-                    out.set(t, c, y, xx, x.at(t, c, y, xx) / n * scale * gamma[c]);
+                for (c, g) in gamma.iter().enumerate() {
+                    out.set(t, c, y, xx, x.at(t, c, y, xx) / n * scale * g);
                 }
             }
         }
