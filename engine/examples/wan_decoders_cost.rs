@@ -35,6 +35,17 @@ fn report(name: &str, g: &VideoGraph) {
     }
 }
 
+/// CPU seconds of this process so far (user + system, from /proc/self/stat, 100 ticks per
+/// second), when the system has them: on a shared machine, wall time overstates the cost.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which ends with the last ')'): utime is field 14.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn run(name: &str, dec: &mut VideoDecoder, chunks: usize) {
     let g = dec.graph().clone();
     let n = g.latent_channels * g.latent_height * g.latent_width;
@@ -44,13 +55,15 @@ fn run(name: &str, dec: &mut VideoDecoder, chunks: usize) {
     let mut out = Vec::new();
     for c in 0..chunks {
         let first = dec.at_stream_start();
-        let t = Instant::now();
+        let (t, cpu0) = (Instant::now(), cpu_seconds());
         dec.decode(&z, &mut out).unwrap();
         let s = t.elapsed().as_secs_f64();
+        let cpu = cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
         let frames = g.frames_out(1, first);
         println!(
-            "  {name} chunk {c} (1 latent frame{}): {frames} frames in {s:.2} s, {:.2} s per video frame, {:.1} GFLOP/s",
+            "  {name} chunk {c} (1 latent frame{}): {frames} frames in {s:.2} s wall ({} CPU), {:.2} s per video frame, {:.1} GFLOP/s",
             if first { ", stream start" } else { "" },
+            cpu.map_or("?".into(), |c| format!("{c:.1} s")),
             s / frames as f64,
             g.flops(1, first) as f64 / s / 1e9
         );
