@@ -20,7 +20,7 @@ use streamdit::model::checkpoint::{self, DType, Weights};
 use streamdit::model::profile::DecoderConfig;
 use streamdit::model::taehv::TaehvConfig;
 use streamdit::model::video_checkpoint as vc;
-use streamdit::model::video_ops::{Builder, RgbRange};
+use streamdit::model::video_ops::{Builder, ConvFlags, RgbRange};
 use streamdit::model::wan_vae::{self, WanVaeConfig};
 use streamdit::Tensor;
 use taehv_naive::NaiveTaehv;
@@ -486,6 +486,24 @@ fn bad_latents_and_sizes_are_named() {
     dec.decode_tensor(&ok, &mut out).unwrap();
     assert_eq!(out.len(), 5 * 16 * 24 * 3);
     assert_eq!((dec.frames_per_latent(), dec.startup_frames()), (4, 3));
+    // A chunk too long for memory: an error before anything is allocated.
+    let mut b = Builder::new(1, 1, 1);
+    let flags = ConvFlags {
+        upsample: false,
+        bias: true,
+        conv3d: false,
+        gain: 1.0,
+    };
+    b.conv("wide".into(), 1 << 20, [1, 1], flags);
+    let g = b.finish("wide test", RgbRange::Unit, 1).unwrap();
+    let weights = vc::random(&g, 0, 0x0500_0000, DType::F32);
+    let mut wide = VideoDecoder::new(g, &weights).unwrap();
+    let msg = wide.decode_f32(&vec![0.5; 4097]).unwrap_err().to_string();
+    assert!(
+        msg.contains("chunk of 4097 latent frames") && msg.contains("fewer latent frames"),
+        "{msg}"
+    );
+    assert!(wide.at_stream_start());
     // Absurd sizes.
     let wan = tiny_wan();
     let w = WanVaeDecoder::random_weights(&wan, 1, DType::F32).unwrap();

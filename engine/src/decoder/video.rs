@@ -8,7 +8,7 @@ use crate::decoder::video_kernels::{self as k, Act, ConvWeights};
 use crate::decoder::Decoder;
 use crate::error::{fmt_shape, Error, Result};
 use crate::model::checkpoint::Weights;
-use crate::model::video_ops::{Conv, VideoGraph, VideoOp};
+use crate::model::video_ops::{Conv, VideoGraph, VideoOp, MAX_ACTIVATION_ELEMS};
 use crate::tensor::Tensor;
 
 /// An op with its weights in the CPU layout.
@@ -232,6 +232,16 @@ impl VideoDecoder {
         let g = &self.graph;
         let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
         let n = latents.len() / elems;
+        let first = !self.started;
+        let (largest, at) = g.largest_activation(n, first);
+        if largest > MAX_ACTIVATION_ELEMS {
+            let what = g.steps.get(at).map_or("the output", |s| s.op.kind());
+            return Err(Error::shape(
+                format!("{} chunk of {n} latent frames", g.family),
+                format!("at most {MAX_ACTIVATION_ELEMS} elements per activation (decode fewer latent frames per call)"),
+                format!("{largest} elements at op {at} ({what})"),
+            ));
+        }
         // [n, C, H, W] -> [n, H, W, C]
         let mut data = vec![0.0; latents.len()];
         for f in 0..n {
@@ -248,7 +258,6 @@ impl VideoDecoder {
             width: w,
             channels: c,
         };
-        let first = !self.started;
         let mut saved: Vec<Act> = Vec::new();
         for (index, layer) in self.layers.iter().enumerate() {
             x = match layer {

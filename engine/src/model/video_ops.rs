@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 
 /// `F.normalize`'s floor on the L2 norm (PyTorch default `eps = 1e-12`).
 pub const RMS_EPS: f32 = 1e-12;
+/// Most elements one activation of a chunk may have (16 GiB in f32): a longer chunk is an
+/// error asking for fewer latent frames per call, not an allocation failure.
+pub const MAX_ACTIVATION_ELEMS: usize = 1 << 32;
 
 /// A convolution over frames: `taps_t` taps in time (1, or 3 = causal: output frame `t` reads
 /// input frames `t-2, t-1, t`, the earlier ones from cache `cache` across chunks, zeros
@@ -413,6 +416,28 @@ impl VideoGraph {
         (0..self.steps.len())
             .map(|i| self.step_flops(i, n, first))
             .sum()
+    }
+
+    /// Elements of the largest activation (an op's input, or the output) for a chunk of `n`
+    /// latent frames, with the index of the op that reads it (`steps.len()` for the
+    /// output); saturating, so absurd sizes compare as huge.
+    pub fn largest_activation(&self, n: usize, first: bool) -> (usize, usize) {
+        let elems = |f: Frames, h: usize, w: usize, c: usize| {
+            f.count(n, first)
+                .saturating_mul(h)
+                .saturating_mul(w)
+                .saturating_mul(c)
+        };
+        let out = self.steps.last().map_or(0, |s| {
+            let (f, h, w, c) = s.output();
+            elems(f, h, w, c)
+        });
+        let out = (out, self.steps.len());
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (elems(s.frames, s.height, s.width, s.channels), i))
+            .fold(out, |a, b| if b.0 > a.0 { b } else { a })
     }
 
     /// Elements of every per-stream cache together.

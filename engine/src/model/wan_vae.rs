@@ -245,6 +245,7 @@ pub fn diffusers_name(cfg: &WanVaeConfig, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::video_ops::MAX_ACTIVATION_ELEMS;
 
     #[test]
     fn wan2_1_has_the_released_shapes() {
@@ -289,6 +290,9 @@ mod tests {
         assert_eq!(g.parameters(), 73_295_603);
         // conv1, two per residual block (14), head.2, and the two time_conv caches.
         assert_eq!(g.caches.len(), 1 + 28 + 1 + 2);
+        // The largest activation: the full-size 96-channel frames (4 per latent frame).
+        assert_eq!(g.largest_activation(1, false).0, 4 * 480 * 832 * 96);
+        assert!(g.largest_activation(usize::MAX / 4, false).0 > MAX_ACTIVATION_ELEMS);
         assert_eq!(g.frames_out(1, true), 1);
         assert_eq!(g.frames_out(3, true), 9);
         assert_eq!(g.frames_out(3, false), 12);
