@@ -244,7 +244,7 @@ fn build_emulator(modules: &[Module], emu_dir: &Path, cuda_dir: &Path, out: &Pat
             );
             fs::write(&path, text).expect("write OUT_DIR");
             instrumented.file(path);
-            let _ = write!(variant_decls, "namespace {ns} {{\n");
+            let _ = writeln!(variant_decls, "namespace {ns} {{");
             for k in &m.emu_kernels {
                 let _ = writeln!(
                     variant_decls,

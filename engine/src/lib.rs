@@ -46,7 +46,7 @@ mod tensor;
 
 pub use backend::{Backend, Clock, StepParams, TimedStep};
 pub use checkpoint::DType;
-pub use decoder::Decoder;
+pub use decoder::{Decoder, TaehvDecoder, WanVaeDecoder};
 pub use engine::{
     tae_decoder, BackendKind, DecoderKind, Engine, EngineParams, StreamParams, WeightsSource,
 };
@@ -73,6 +73,7 @@ pub mod conditioning {
 
 /// Tensor files (safetensors) in and out.
 pub mod files {
+    pub use crate::checkpoint::pickle::{convert as convert_pt, ConvertOptions, ConvertReport};
     pub use crate::checkpoint::{
         read_tensors, write_random_checkpoint, write_random_profile_checkpoint, write_tensors,
         Checkpoint, TensorInfo, Weights,

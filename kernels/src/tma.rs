@@ -373,9 +373,12 @@ mod tests {
         assert_eq!(map().box_bytes(), 64 * 16 * 2);
     }
 
+    /// A rule's field name and a mutation that breaks it.
+    type Case = (&'static str, Box<dyn Fn(&mut Tiled)>);
+
     #[test]
     fn each_rule_names_its_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Tiled)>)> = vec![
+        let cases: Vec<Case> = vec![
             ("tensorRank", Box::new(|m| m.global_dim = vec![1; 6])),
             ("globalAddress", Box::new(|m| m.global_address = 0x1008)),
             ("globalDim", Box::new(|m| m.global_dim[1] = 0)),

@@ -4,6 +4,7 @@
 //! strides and out-of-bounds fill against a model written from the CUDA Programming Guide;
 //! loads that have not landed before the wait; mbarrier phases, and the deadlocks and misuse
 //! the emulator must report. Every launch runs in forward, reverse and shuffled order.
+#![allow(clippy::needless_range_loop)] // index loops mirror the tensor-map coordinates
 
 mod common;
 

@@ -7,7 +7,7 @@
 //! --bench frame_encode`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use streamdit::model::checkpoint::DType;
+use streamdit::checkpoint::DType;
 use streamdit::{BackendKind, DecoderKind, Engine, EngineParams, Profile, StreamParams};
 
 const QUALITY: u8 = 85;

@@ -12,6 +12,7 @@ macro_rules! say {
 
 mod bench;
 mod common;
+mod convert;
 mod decode;
 mod encode;
 mod forward;
@@ -72,6 +73,9 @@ enum Command {
     /// (safetensors, f32), to compare with another implementation; `--write-folders DIR`
     /// writes the random encoders as Hugging Face folders instead.
     Encode(encode::EncodeArgs),
+    /// Convert a PyTorch `.pt`/`.pth` checkpoint (torch.save zip) to safetensors, without
+    /// executing anything from the file.
+    Convert(convert::ConvertArgs),
     /// Serve the stream live to a browser page (WebSocket, MJPEG) steered by prompts, with
     /// JSON endpoints for scripts.
     Serve(serve::ServeArgs),
@@ -86,6 +90,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::bench(args),
         Command::Profile(args) => profile::profile(args),
         Command::Encode(args) => encode::encode(args),
+        Command::Convert(args) => convert::convert(args),
         Command::Serve(args) => serve::serve(args),
         Command::Weights { command } => weights::weights(command),
         Command::Profiles { command } => profiles::profiles(command),

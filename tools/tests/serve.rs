@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use serve_common::{http, jpeg_size, parse_header, runtime, Header, Server, HEADER_LEN};
-use streamdit::model::checkpoint::DType;
+use streamdit::checkpoint::DType;
 use streamdit::{BackendKind, DecoderKind, Engine, EngineParams, Profile, StreamParams};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};

@@ -7,5 +7,8 @@ pub mod graph;
 pub mod profile;
 pub mod streamdit;
 pub mod tae;
+pub mod taehv;
+pub mod video_ops;
+pub mod wan_vae;
 
 pub use profile::{ModelConfig, Profile};

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use clap::Args;
 use streamdit::{BackendKind, DecoderKind, Error, Result};
 
-use crate::ModelArgs;
+use crate::common::ModelArgs;
 use session::{Config, Hub};
 
 #[derive(Args)]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use streamdit::stream::Schedule;
+use streamdit::inspect::Schedule;
 use streamdit::{Engine, Stream, StreamParams};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
 
