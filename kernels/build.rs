@@ -4,10 +4,13 @@
 //!    file a second time instrumented for the race checker (`-fsanitize=thread`, kernels
 //!    renamed inside a namespace), and once more per `// streamdit-emu-variant: NAME` line
 //!    with `EMU_VARIANT_<NAME>` defined (test-only variants, e.g. a planted race);
-//! 2. with nvcc, when one is found: PTX for sm_80, and `ptxas -v` for sm_80 and sm_90, whose
-//!    report (registers, shared memory, spills) becomes `KERNEL_RESOURCES`. Modules whose
-//!    first line is `// streamdit-arch: sm_90a` are skipped (they need another target).
+//! 2. with nvcc, when one is found: per module the images a device loads (`src/arch.rs`
+//!    decides which): a cubin per real architecture (sm_80, sm_86, sm_89, sm_90; sm_90a
+//!    only for modules marked Hopper-only by `// streamdit-arch: sm_90a` on their first
+//!    line) and PTX as the JIT fallback for other architectures, plus the `ptxas -v` report
+//!    of every cubin and the SASS counts of some (`KERNEL_RESOURCES`, read by the gates).
 //!
+//! The emulator and the nvcc modules compile concurrently (`NUM_JOBS` threads for nvcc).
 //! Without nvcc the build succeeds and the generated code says why the kernels were not
 //! built. Everything is written to `$OUT_DIR/kernels_generated.rs`.
 
@@ -15,35 +18,44 @@ use std::env;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-/// Architectures ptxas checks; PTX is generated for the first.
-const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
+#[allow(dead_code)]
+#[path = "src/arch.rs"]
+mod arch;
+#[path = "build/generate.rs"]
+mod generate;
+#[path = "build/nvcc.rs"]
+mod nvcc;
 
+/// One `cuda/*.cu` file.
 #[derive(Clone)]
-struct Module {
-    name: String,
-    source: PathBuf,
-    emu_kernels: Vec<String>,
-    /// `// streamdit-arch: sm_90a` on the first line: nvcc must not build it for sm_80.
-    arch: Option<String>,
+pub struct Module {
+    pub name: String,
+    pub source: PathBuf,
+    pub emu_kernels: Vec<String>,
+    /// What nvcc makes of it (from its first line).
+    pub targets: arch::Targets,
     /// `// streamdit-emu-variant: NAME` lines.
-    variants: Vec<String>,
+    pub variants: Vec<String>,
 }
 
-#[derive(Default)]
-struct Resources {
-    kernel: String,
-    arch: String,
-    registers: u32,
-    shared_bytes: u32,
-    stack_frame_bytes: u32,
-    spill_store_bytes: u32,
-    spill_load_bytes: u32,
-    hmma: u32,
-    ldsm: u32,
-    ldgsts: u32,
-    ldg128: u32,
+/// One module compiled by nvcc.
+pub struct BuiltModule {
+    pub ptx: PathBuf,
+    /// `.version` of the PTX.
+    pub ptx_isa: (u32, u32),
+    pub cubins: Vec<(String, PathBuf)>,
+    pub resources: Vec<nvcc::Resources>,
+}
+
+/// Every module compiled by nvcc.
+pub struct Built {
+    pub nvcc: String,
+    pub version: String,
+    /// In the order of the module list.
+    pub modules: Vec<BuiltModule>,
 }
 
 fn main() {
@@ -55,30 +67,49 @@ fn main() {
     for var in ["CUDA_HOME", "CUDA_PATH", "STREAMDIT_NVCC", "NVCC_CCBIN"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
-    println!("cargo:rerun-if-changed={}", cuda_dir.display());
-    println!("cargo:rerun-if-changed={}", emu_dir.display());
-    let mut watched = Vec::new();
-    collect_files(&cuda_dir, &mut watched);
-    collect_files(&emu_dir, &mut watched);
+    let mut watched = vec![manifest.join("src/arch.rs")];
+    for dir in [&cuda_dir, &emu_dir, &manifest.join("build")] {
+        println!("cargo:rerun-if-changed={}", dir.display());
+        collect_files(dir, &mut watched);
+    }
     for f in &watched {
         println!("cargo:rerun-if-changed={}", f.display());
     }
 
-    let modules = find_modules(&cuda_dir);
-    build_emulator(&modules, &emu_dir, &cuda_dir, &out);
-    // Modules marked for another architecture (sm_90a) are emulated but not built for sm_80.
-    let modules: Vec<Module> = modules.into_iter().filter(|m| m.arch.is_none()).collect();
-
+    let modules = match find_modules(&cuda_dir) {
+        Ok(m) => m,
+        Err(e) => panic!("kernels/cuda: {e}"),
+    };
     let nvcc = find_nvcc(&manifest);
     if let Ok(path) = &nvcc {
         println!("cargo:rerun-if-changed={}", path.display());
     }
-    let outcome = nvcc.and_then(|nvcc| build_ptx(&nvcc, &modules, &cuda_dir, &out));
-    if let Err(reason) = &outcome {
-        let first = reason.lines().next().unwrap_or_default();
-        println!("cargo:warning=CUDA kernels not built: {first}");
+    // The emulator (one host compiler job) and the nvcc modules run side by side.
+    let outcome = std::thread::scope(|s| {
+        let emulator = s.spawn(|| build_emulator(&modules, &emu_dir, &cuda_dir, &out));
+        let outcome = nvcc.and_then(|nvcc| build_modules(&nvcc, &modules, &cuda_dir, &out));
+        if let Err(panic) = emulator.join() {
+            std::panic::resume_unwind(panic);
+        }
+        outcome
+    });
+    match &outcome {
+        Err(reason) => {
+            let first = reason.lines().next().unwrap_or_default();
+            println!("cargo:warning=CUDA kernels not built: {first}");
+        }
+        Ok(built) => {
+            let (major, minor) = arch::OLDEST_DRIVER_PTX_ISA;
+            if let Some(m) = built.modules.iter().find(|m| m.ptx_isa > (major, minor)) {
+                println!(
+                    "cargo:warning=the PTX is ISA {}.{} ({}): a CUDA 13.0 driver JITs at most \
+                     {major}.{minor}; kernels/scripts/install-nvcc.sh installs the pinned nvcc",
+                    m.ptx_isa.0, m.ptx_isa.1, built.version
+                );
+            }
+        }
     }
-    let generated = generate(&modules, &outcome);
+    let generated = generate::generate(&modules, &outcome);
     fs::write(out.join("kernels_generated.rs"), generated).expect("write OUT_DIR");
 }
 
@@ -98,15 +129,18 @@ fn collect_files(dir: &Path, acc: &mut Vec<PathBuf>) {
 }
 
 /// `cuda/*.cu`, each a module; its `EMU_REGISTER_KERNEL(name, Params)` lines name the
-/// kernels the emulator can launch.
-fn find_modules(cuda_dir: &Path) -> Vec<Module> {
+/// kernels the emulator can launch, its first line its nvcc targets (`src/arch.rs`).
+fn find_modules(cuda_dir: &Path) -> Result<Vec<Module>, String> {
     let mut files = Vec::new();
     collect_files(cuda_dir, &mut files);
     files
         .into_iter()
         .filter(|p| p.parent() == Some(cuda_dir) && p.extension().is_some_and(|e| e == "cu"))
         .map(|source| {
-            let text = fs::read_to_string(&source).unwrap_or_default();
+            let text =
+                fs::read_to_string(&source).map_err(|e| format!("{}: {e}", source.display()))?;
+            let targets =
+                arch::targets_of(&text).map_err(|e| format!("{}: {e}", source.display()))?;
             let emu_kernels = text
                 .lines()
                 .filter_map(|l| l.trim().strip_prefix("EMU_REGISTER_KERNEL("))
@@ -118,24 +152,19 @@ fn find_modules(cuda_dir: &Path) -> Vec<Module> {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            let arch = text
-                .lines()
-                .next()
-                .and_then(|l| l.trim().strip_prefix("// streamdit-arch:"))
-                .map(|a| a.trim().to_string());
             let variants = text
                 .lines()
                 .filter_map(|l| l.trim().strip_prefix("// streamdit-emu-variant:"))
                 .filter_map(|rest| rest.split_whitespace().next())
                 .map(str::to_string)
                 .collect();
-            Module {
+            Ok(Module {
                 name,
                 source,
                 emu_kernels,
-                arch,
+                targets,
                 variants,
-            }
+            })
         })
         .collect()
 }
@@ -318,212 +347,69 @@ fn find_nvcc(manifest: &Path) -> Result<PathBuf, String> {
     })
 }
 
-fn run(cmd: &mut Command) -> Result<String, String> {
-    let shown = format!("{cmd:?}");
-    let output = cmd
-        .output()
-        .map_err(|e| format!("cannot run {shown}: {e}"))?;
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    if !output.status.success() {
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let program = Path::new(cmd.get_program()).file_name().unwrap_or_default();
-        return Err(format!(
-            "{} failed ({}): {}\n{stdout}\ncommand: {shown}",
-            program.to_string_lossy(),
-            output.status,
-            stderr.trim()
-        ));
-    }
-    Ok(stderr + &String::from_utf8_lossy(&output.stdout))
-}
-
-struct Built {
-    nvcc: String,
-    version: String,
-    resources: Vec<(String, Resources)>,
-}
-
-fn build_ptx(
-    nvcc: &Path,
+/// Compiles every module with nvcc on `NUM_JOBS` threads (each takes the next module).
+fn build_modules(
+    nvcc_path: &Path,
     modules: &[Module],
     cuda_dir: &Path,
     out: &Path,
 ) -> Result<Built, String> {
-    let bin = nvcc.parent().unwrap_or(Path::new("."));
-    let ptxas = bin.join("ptxas");
-    let cuobjdump = bin.join("cuobjdump");
-    let version = run(Command::new(nvcc).arg("--version"))?
-        .lines()
-        .find(|l| l.contains("release"))
-        .unwrap_or("unknown version")
-        .trim()
-        .to_string();
-    let mut resources = Vec::new();
-    for m in modules {
-        let ptx = out.join(format!("{}.ptx", m.name));
-        run(Command::new(nvcc)
-            .args(["--ptx", "-std=c++17", "-arch=sm_80", "-I"])
-            .arg(cuda_dir)
-            .arg("-o")
-            .arg(&ptx)
-            .arg(&m.source))?;
-        for arch in ARCHS {
-            let cubin = out.join(format!("{}.{arch}.cubin", m.name));
-            let report = run(Command::new(&ptxas)
-                .args(["-v", &format!("-arch={arch}"), "-o"])
-                .arg(&cubin)
-                .arg(&ptx))?;
-            let mut table = parse_ptxas(&report, arch);
-            if cuobjdump.is_file() {
-                let sass = run(Command::new(&cuobjdump).arg("-sass").arg(&cubin))?;
-                count_sass(&sass, &mut table);
-            }
-            resources.extend(table.into_iter().map(|r| (m.name.clone(), r)));
+    let tools = nvcc::Tools::beside(nvcc_path);
+    let version = tools.version()?;
+    let jobs = env::var("NUM_JOBS")
+        .ok()
+        .and_then(|j| j.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, modules.len().max(1));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<BuiltModule, String>>>> =
+        Mutex::new((0..modules.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(m) = modules.get(i) else { break };
+                let result = build_module(&tools, m, cuda_dir, out);
+                results.lock().expect("no worker panics")[i] = Some(result);
+            });
         }
-    }
+    });
+    let modules = results
+        .into_inner()
+        .expect("no worker panics")
+        .into_iter()
+        .map(|r| r.expect("every module taken"))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Built {
-        nvcc: nvcc.display().to_string(),
+        nvcc: nvcc_path.display().to_string(),
         version,
-        resources,
+        modules,
     })
 }
 
-fn number_before(text: &str, unit: &str) -> Option<u32> {
-    let i = text.find(unit)?;
-    text[..i].split_whitespace().last()?.parse().ok()
-}
-
-/// Reads `ptxas -v`: per entry function, "N bytes stack frame, N bytes spill stores, N bytes
-/// spill loads" and "Used N registers, ..., N bytes smem".
-fn parse_ptxas(report: &str, arch: &str) -> Vec<Resources> {
-    let mut table: Vec<Resources> = Vec::new();
-    let mut props_for: Option<String> = None;
-    for line in report.lines() {
-        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-            let name = rest.split('\'').next().unwrap_or_default().to_string();
-            table.push(Resources {
-                kernel: name,
-                arch: arch.to_string(),
-                ..Default::default()
-            });
-        } else if let Some(rest) = line.split("Function properties for ").nth(1) {
-            props_for = Some(rest.trim().to_string());
-        } else if line.contains("bytes stack frame") {
-            let target = props_for.take();
-            if let Some(r) = table
-                .iter_mut()
-                .rev()
-                .find(|r| Some(&r.kernel) == target.as_ref())
-            {
-                r.stack_frame_bytes = number_before(line, "bytes stack frame").unwrap_or(0);
-                r.spill_store_bytes = number_before(line, "bytes spill stores").unwrap_or(0);
-                r.spill_load_bytes = number_before(line, "bytes spill loads").unwrap_or(0);
-            }
-        } else if line.contains("Used") && line.contains("registers") {
-            if let Some(r) = table.last_mut() {
-                r.registers = number_before(line, "registers").unwrap_or(0);
-                r.shared_bytes = number_before(line, "bytes smem").unwrap_or(0);
-            }
-        }
+fn build_module(
+    tools: &nvcc::Tools,
+    m: &Module,
+    cuda_dir: &Path,
+    out: &Path,
+) -> Result<BuiltModule, String> {
+    let t = m.targets;
+    let compiled = nvcc::compile_module(
+        tools, &m.name, &m.source, cuda_dir, t.cubins, t.ptx, t.sass, out,
+    )?;
+    let text = fs::read_to_string(&compiled.ptx).map_err(|e| format!("{}: {e}", m.name))?;
+    let (ptx_isa, target) = arch::ptx_header(&text)
+        .ok_or_else(|| format!("{}.ptx: no .version / .target header", m.name))?;
+    if target != t.ptx {
+        return Err(format!(
+            "{}.ptx: .target {target}, expected {}",
+            m.name, t.ptx
+        ));
     }
-    table
-}
-
-/// Counts, per function in `cuobjdump -sass`, the instructions the quality gates look for:
-/// HMMA (tensor core mma), LDSM (ldmatrix), LDGSTS (cp.async), 128-bit global loads.
-fn count_sass(sass: &str, table: &mut [Resources]) {
-    let mut current: Option<usize> = None;
-    for line in sass.lines() {
-        if let Some(rest) = line.split("Function : ").nth(1) {
-            let name = rest.trim();
-            current = table.iter().position(|r| r.kernel == name);
-            continue;
-        }
-        let Some(i) = current else { continue };
-        let Some(code) = line.split("*/").nth(1) else {
-            continue;
-        };
-        let mut tokens = code.split_whitespace();
-        let mut op = tokens.next().unwrap_or_default();
-        if op.starts_with('@') {
-            op = tokens.next().unwrap_or_default(); // after the predicate
-        }
-        let r = &mut table[i];
-        if op.starts_with("HMMA") {
-            r.hmma += 1;
-        } else if op.starts_with("LDSM") {
-            r.ldsm += 1;
-        } else if op.starts_with("LDGSTS") {
-            r.ldgsts += 1;
-        } else if op.starts_with("LDG") && op.contains(".128") {
-            r.ldg128 += 1;
-        }
-    }
-}
-
-fn generate(modules: &[Module], outcome: &Result<Built, String>) -> String {
-    let mut g = String::from("// @generated by kernels/build.rs\n");
-    let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
-    let _ = writeln!(g, "/// The modules (`kernels/cuda/*.cu`), by file stem.");
-    let _ = writeln!(g, "pub static MODULES: &[&str] = &{names:?};");
-    match outcome {
-        Ok(built) => {
-            let _ = writeln!(
-                g,
-                "/// What build.rs did with nvcc.\npub static BUILD_STATUS: BuildStatus = \
-                 BuildStatus::Built {{ nvcc: {:?}, version: {:?} }};",
-                built.nvcc, built.version
-            );
-            let _ = writeln!(g, "/// ptxas -v per kernel and architecture.");
-            let _ = writeln!(g, "pub static KERNEL_RESOURCES: &[KernelResources] = &[");
-            for (module, r) in &built.resources {
-                let _ = writeln!(
-                    g,
-                    "    KernelResources {{ module: {module:?}, kernel: {:?}, arch: {:?}, \
-                     registers: {}, shared_bytes: {}, stack_frame_bytes: {}, \
-                     spill_store_bytes: {}, spill_load_bytes: {}, hmma: {}, ldsm: {}, \
-                     ldgsts: {}, ldg128: {} }},",
-                    r.kernel,
-                    r.arch,
-                    r.registers,
-                    r.shared_bytes,
-                    r.stack_frame_bytes,
-                    r.spill_store_bytes,
-                    r.spill_load_bytes,
-                    r.hmma,
-                    r.ldsm,
-                    r.ldgsts,
-                    r.ldg128
-                );
-            }
-            let _ = writeln!(g, "];");
-            let _ = writeln!(g, "fn ptx_source(module: &str) -> Option<&'static str> {{");
-            let _ = writeln!(g, "    match module {{");
-            for m in modules {
-                let _ = writeln!(
-                    g,
-                    "        {:?} => Some(include_str!(concat!(env!(\"OUT_DIR\"), \"/{}.ptx\"))),",
-                    m.name, m.name
-                );
-            }
-            let _ = writeln!(g, "        _ => None,\n    }}\n}}");
-        }
-        Err(reason) => {
-            let _ = writeln!(
-                g,
-                "/// What build.rs did with nvcc.\npub static BUILD_STATUS: BuildStatus = \
-                 BuildStatus::NotBuilt {{ reason: {reason:?} }};"
-            );
-            let _ = writeln!(
-                g,
-                "/// ptxas -v per kernel and architecture (none: not built)."
-            );
-            let _ = writeln!(g, "pub static KERNEL_RESOURCES: &[KernelResources] = &[];");
-            let _ = writeln!(
-                g,
-                "fn ptx_source(_module: &str) -> Option<&'static str> {{ None }}"
-            );
-        }
-    }
-    g
+    Ok(BuiltModule {
+        ptx: compiled.ptx,
+        ptx_isa,
+        cubins: compiled.cubins,
+        resources: compiled.resources,
+    })
 }

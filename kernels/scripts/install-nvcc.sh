@@ -3,7 +3,17 @@
 # prints the path of nvcc. Idempotent: when the pinned wheels are already there it only
 # checks that nvcc runs, which takes well under a second.
 #
-# Recipe (checked with nvcc 13.5.37 on x86_64 Debian 12, gcc 12):
+# Why 13.0: the embedded images must load on the oldest CUDA 13 driver (13.0, branch R580,
+# the driver of the H100/H200 machines the kernels are checked on). Cubins from any 13.x
+# toolkit would (minor-version compatibility), but the fallback PTX is JIT-compiled by the
+# driver, which accepts only PTX ISA versions it knows: nvcc 13.0 writes `.version 9.0`, the
+# newest a 13.0 driver JITs, where nvcc 13.5 writes 9.5 (CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+# on R580). One pinned toolchain for cubins and PTX; its ptxas reports match 13.5.37's
+# (registers equal on every kernel but one, which needs fewer). cuobjdump and nvdisasm only
+# read cubins and have no 13.0 wheels (the oldest is 13.2.51), so they stay at 13.5.37.
+# kernels/tests/nvcc_gates.rs fails when the embedded PTX is newer than ISA 9.0.
+#
+# Recipe (checked with nvcc 13.0.88 on x86_64 Debian 12, gcc 12):
 #   The wheels unpack into one CUDA tree, <venv>/lib/python3.X/site-packages/nvidia/cu13:
 #     bin/nvcc bin/ptxas bin/cudafe++ bin/fatbinary bin/nvlink  (nvidia-cuda-nvcc)
 #     bin/cuobjdump                                            (nvidia-cuda-cuobjdump)
@@ -21,11 +31,12 @@
 #   host preprocessor, so a C++ compiler is required.
 #
 #   nvcc --ptx -arch=sm_80 -std=c++17 -I kernels/cuda x.cu -o x.ptx
-#   ptxas -v -arch=sm_80 x.ptx -o x.sm_80.cubin     (and -arch=sm_90)
+#   ptxas -v -arch=sm_86 x.ptx -o x.sm_86.cubin     (per target arch: kernels/src/arch.rs)
 set -euo pipefail
 
-NVCC_VERSION=13.5.37  # nvidia-cuda-{nvcc,crt,runtime,cuobjdump,nvdisasm}, nvidia-nvvm
-CCCL_VERSION=13.3.5.0.6  # nvidia-cuda-cccl is versioned on its own
+NVCC_VERSION=13.0.88  # nvidia-cuda-{nvcc,crt,runtime}, nvidia-nvvm
+CCCL_VERSION=13.0.85  # nvidia-cuda-cccl is versioned on its own
+TOOLS_VERSION=13.5.37  # nvidia-cuda-{cuobjdump,nvdisasm}: cubin readers, no 13.0 wheels
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv="${STREAMDIT_VENV:-$repo/.venv}"
@@ -44,8 +55,8 @@ wanted=(
     "nvidia-cuda-crt==$NVCC_VERSION"
     "nvidia-nvvm==$NVCC_VERSION"
     "nvidia-cuda-runtime==$NVCC_VERSION"
-    "nvidia-cuda-cuobjdump==$NVCC_VERSION"
-    "nvidia-cuda-nvdisasm==$NVCC_VERSION"
+    "nvidia-cuda-cuobjdump==$TOOLS_VERSION"
+    "nvidia-cuda-nvdisasm==$TOOLS_VERSION"
     "nvidia-cuda-cccl==$CCCL_VERSION"
 )
 # The stamp names the exact package set, so changing a pin reinstalls.
@@ -63,7 +74,7 @@ fi
 
 nvcc="$(find_nvcc)" || { echo "install-nvcc: nvcc not found under $venv after install" >&2; exit 1; }
 
-# Smoke test: PTX for sm_80 and ptxas for sm_80 and sm_90.
+# Smoke test: PTX for sm_80 (ISA 9.0) and ptxas for each target arch, sm_90a from its own PTX.
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 cat >"$tmp/smoke.cu" <<'CU'
@@ -74,8 +85,15 @@ extern "C" __global__ void smoke(const __half* x, float* y) {
 CU
 bin="$(dirname "$nvcc")"
 "$nvcc" --ptx -arch=sm_80 -std=c++17 "$tmp/smoke.cu" -o "$tmp/smoke.ptx" >&2
-"$bin/ptxas" -arch=sm_80 "$tmp/smoke.ptx" -o "$tmp/smoke.sm_80.cubin" >&2
-"$bin/ptxas" -arch=sm_90 "$tmp/smoke.ptx" -o "$tmp/smoke.sm_90.cubin" >&2
+grep -q '^\.version 9\.0$' "$tmp/smoke.ptx" || {
+    echo "install-nvcc: $nvcc does not write PTX ISA 9.0: $(grep '^\.version' "$tmp/smoke.ptx")" >&2
+    exit 1
+}
+for arch in sm_80 sm_86 sm_89 sm_90; do
+    "$bin/ptxas" -arch=$arch "$tmp/smoke.ptx" -o "$tmp/smoke.$arch.cubin" >&2
+done
+"$nvcc" --ptx -arch=sm_90a -std=c++17 "$tmp/smoke.cu" -o "$tmp/smoke90a.ptx" >&2
+"$bin/ptxas" -arch=sm_90a "$tmp/smoke90a.ptx" -o "$tmp/smoke.sm_90a.cubin" >&2
 "$bin/cuobjdump" -sass "$tmp/smoke.sm_90.cubin" >/dev/null
 
 touch "$stamp"

@@ -1,16 +1,21 @@
-//! The CUDA kernels of streamdit-engine: their sources (`kernels/cuda/*.cu`), the PTX and
-//! ptxas resource report that build.rs produces with nvcc when one is found, and the
-//! CUDA-on-CPU emulator ([`emu`]) that runs the same sources on the host.
+//! The CUDA kernels of streamdit-engine: their sources (`kernels/cuda/*.cu`), the images
+//! build.rs produces with nvcc when one is found (a cubin per architecture and the fallback
+//! PTX, [`images`]; which one a device loads: [`arch`]) with the ptxas resource report, and
+//! the CUDA-on-CPU emulator ([`emu`]) that runs the same sources on the host.
 //!
 //! See `kernels/README.md`.
 
 pub mod adaln;
+pub mod arch;
 pub mod attention;
 pub mod conv;
 pub mod elementwise;
 pub mod emu;
 pub mod gemm;
+pub mod images;
 pub mod tma;
+
+pub use images::{image_for, module_images, Cubin, Image, ModuleImages, Ptx};
 
 /// What ptxas reported for one kernel on one architecture (`ptxas -v`), and what
 /// `cuobjdump -sass` shows of it.
@@ -20,7 +25,7 @@ pub struct KernelResources {
     pub module: &'static str,
     /// Entry function name as in the PTX (kernels are `extern "C"`).
     pub kernel: &'static str,
-    /// `sm_80` or `sm_90`.
+    /// The cubin's architecture: `sm_80`, `sm_86`, `sm_89`, `sm_90` (or `sm_90a`).
     pub arch: &'static str,
     pub registers: u32,
     /// Static shared memory in bytes (dynamic shared memory is a launch parameter).
@@ -28,6 +33,9 @@ pub struct KernelResources {
     pub stack_frame_bytes: u32,
     pub spill_store_bytes: u32,
     pub spill_load_bytes: u32,
+    /// Whether the SASS was disassembled for this arch (`arch::Targets::sass`); the counts
+    /// below are zero otherwise.
+    pub sass: bool,
     /// SASS instruction counts: tensor-core mma, ldmatrix, cp.async, 128-bit global loads.
     pub hmma: u32,
     pub ldsm: u32,
@@ -38,26 +46,23 @@ pub struct KernelResources {
 /// Whether build.rs compiled the kernels with nvcc.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BuildStatus {
-    /// PTX for sm_80 is embedded; ptxas checked sm_80 and sm_90.
+    /// The cubins and fallback PTX of every module are embedded (`MODULE_IMAGES`).
     Built {
         nvcc: &'static str,
         version: &'static str,
     },
-    /// No PTX: nvcc was missing or failed, for the reason given.
+    /// No images: nvcc was missing or failed, for the reason given.
     NotBuilt { reason: &'static str },
 }
 
 mod generated {
-    use super::{BuildStatus, KernelResources};
+    use super::{BuildStatus, Cubin, KernelResources, ModuleImages, Ptx};
     include!(concat!(env!("OUT_DIR"), "/kernels_generated.rs"));
-    pub(crate) fn ptx(module: &str) -> Option<&'static str> {
-        ptx_source(module)
-    }
 }
 
-pub use generated::{BUILD_STATUS, KERNEL_RESOURCES, MODULES};
+pub use generated::{BUILD_STATUS, KERNEL_RESOURCES, MODULES, MODULE_IMAGES};
 
-/// `Ok` when the kernels were compiled to PTX; otherwise "kernels not built: <reason>", the
+/// `Ok` when nvcc compiled the kernels; otherwise "kernels not built: <reason>", the
 /// error a CUDA backend reports.
 pub fn kernels_built() -> Result<(), String> {
     match BUILD_STATUS {
@@ -66,7 +71,8 @@ pub fn kernels_built() -> Result<(), String> {
     }
 }
 
-/// The PTX (sm_80) of a module, by `.cu` file stem; `None` when not built or unknown.
+/// The fallback PTX of a module (`compute_80`, or `compute_90a` for a Hopper-only one), by
+/// `.cu` file stem; `None` when not built or unknown.
 pub fn ptx(module: &str) -> Option<&'static str> {
-    generated::ptx(module)
+    module_images(module)?.ptx.as_ref().map(|p| p.text)
 }
