@@ -10,6 +10,8 @@ pub mod conv;
 pub mod elementwise;
 pub mod emu;
 pub mod gemm;
+pub mod wan_attention;
+pub mod wan_qk;
 
 /// What ptxas reported for one kernel on one architecture (`ptxas -v`), and what
 /// `cuobjdump -sass` shows of it.
