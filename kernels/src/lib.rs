@@ -11,6 +11,7 @@ pub mod elementwise;
 pub mod emu;
 pub mod gemm;
 pub mod wan_attention;
+pub mod wan_embed;
 pub mod wan_qk;
 
 /// What ptxas reported for one kernel on one architecture (`ptxas -v`), and what

@@ -100,7 +100,6 @@ fn rms_plain(x: &[f32], g: &[f32]) -> Vec<f32> {
 struct Rope {
     dh: usize,
     split: wan_qk::RopeSplit,
-    hp: usize,
     wp: usize,
     row: Vec<f32>,
     col: Vec<f32>,
@@ -112,7 +111,6 @@ impl Rope {
         Rope {
             dh,
             split,
-            hp,
             wp,
             row: wan_qk::rope_axis_table(0..hp as i64, split.row),
             col: wan_qk::rope_axis_table(0..wp as i64, split.col),
@@ -606,6 +604,24 @@ fn kvcache_d128_longlive_window_and_recache() {
     s.chunk(&win, 18);
 }
 
+/// Wan2.1-1.3B's width (12 heads of 128: the RMSNorm spans D = 1536, six 16-byte chunks per
+/// lane) on small 2 x 3 frames, Self-Forcing's layout scaled down (window 6, no sink, chunks
+/// of 3): empty cache, full, then evicting frames 0..2 and reusing their slots.
+#[test]
+fn kvcache_1p3b_width_small_frames() {
+    let dims = Dims {
+        heads: 12,
+        dh: 128,
+        hp: 2,
+        wp: 3,
+    };
+    let win = KvWindow::new(6, 0, 3).unwrap();
+    let mut s = Stream::new("1.3b width 2x3", 250, dims, win.window);
+    for f0 in [0, 3, 6] {
+        s.chunk(&win, f0);
+    }
+}
+
 /// `STREAMDIT_FULL=1`: Wan2.1-1.3B's width (12 heads of 128: the RMSNorm spans D = 1536, six
 /// chunks per lane) over Self-Forcing's window (21 frames, no sink) on an 8 x 13 frame,
 /// chunks of 3 until the ring wraps (the chunk at 21 evicts frames 0..2 and reuses slots
@@ -783,13 +799,14 @@ fn cross_wan_tiny() {
     check_wan_cross("cross tiny", 400, 40, 8, 3, 16);
 }
 
-/// dh = 128: 2 heads, 70 queries (a ragged query tile), 77 text keys (a ragged key tile);
-/// with `STREAMDIT_FULL=1` also the 1.3B width (12 heads, D = 1536) over Wan's 512 keys.
+/// The 1.3B width (12 heads of 128, D = 1536: six chunks per lane in the row norm), 70
+/// queries (a ragged query tile), 77 text keys (a ragged key tile); with `STREAMDIT_FULL=1`
+/// also Wan's 512 text keys (8 key tiles, the K/V ring wraps).
 #[test]
 fn cross_wan_d128() {
-    check_wan_cross("cross d128", 401, 70, 77, 2, 128);
+    check_wan_cross("cross d128", 401, 70, 77, 12, 128);
     if full() {
-        check_wan_cross("cross 1.3b width", 402, 70, 512, 12, 128);
+        check_wan_cross("cross 1.3b, Lt 512", 402, 130, 512, 12, 128);
     }
 }
 
