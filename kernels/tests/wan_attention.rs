@@ -1019,7 +1019,7 @@ fn wan_kernels_sass_and_resources() {
             // dh/8 n8 tiles of P V.
             let hmma = 8 * dh / 16 + 4 * dh / 8;
             assert!(
-                r.hmma >= hmma as u32 && r.ldsm > 0 && r.ldgsts > 0 && r.ldg128 == 0,
+                r.hmma >= hmma && r.ldsm > 0 && r.ldgsts > 0 && r.ldg128 == 0,
                 "{kernel} on {arch}: HMMA fed by LDSM, operands by LDGSTS: {r:?}"
             );
             // __launch_bounds__(128, 2) for dh = 128, (128, 4) for dh = 16.
