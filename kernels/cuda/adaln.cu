@@ -1,7 +1,9 @@
-// Fused adaLN: out[r, :] = LN(x[r, :]) * (1 + mods[f, scale, :]) + mods[f, shift, :] in f16,
-// with LN(v) = (v - mean(v)) / sqrt(var(v) + 1e-6) (biased variance, no affine) and
-// f = (r % tokens) / tokens_per_frame the frame of row r. With mods == null it is the plain
-// LN(x) (the cross-attention's c = LN(h)). x and mods are f32 (the residual stream and the
+// Fused adaLN: out[r, :] = A(LN(x[r, :])) * (1 + mods[f, scale, :]) + mods[f, shift, :] in
+// f16, with LN(v) = (v - mean(v)) / sqrt(var(v) + 1e-6) (biased variance) and f = (r %
+// tokens) / tokens_per_frame the frame of row r; A(y) = y * weight + bias, the optional
+// affine (f16 vectors, each may be null; Wan's norm3, docs/wan.md section 2.3). With mods ==
+// null it is the plain LN(x) (the cross-attention's c = LN(h)), or with weight and bias the
+// affine LayerNorm. x and mods are f32 (the residual stream and the
 // per-frame modulation vectors), out is f16 (the next GEMM's A operand).
 //
 // One pass over x in global memory: each thread loads its 8-element chunks of the row with
@@ -64,9 +66,11 @@ struct AdaLnTraits {
 };
 
 struct AdaLnParams {
-    const float* x;     // (m, d) f32
-    const float* mods;  // (frames, mod_k, d) f32, or null: plain LN(x)
-    __half* out;        // (m, d) f16
+    const float* x;       // (m, d) f32
+    const float* mods;    // (frames, mod_k, d) f32, or null: plain LN(x)
+    const __half* weight; // (d) f16 affine weight, or null (Wan's norm3: LN(x) w + b)
+    const __half* bias;   // (d) f16 affine bias, or null
+    __half* out;          // (m, d) f16
     int m;
     int d;
     int mod_k;             // vectors per frame in mods (6 in a DiT block, 2 in the final layer)
@@ -149,6 +153,18 @@ ADALN_UNROLL
         float y[T::kChunk];
 ADALN_UNROLL
         for (int e = 0; e < T::kChunk; ++e) y[e] = (v[i][e] - mean) * inv;
+        if (p.weight != nullptr) {
+            float w[T::kChunk];
+            vec8::load_f16(w, p.weight + c * T::kChunk);
+ADALN_UNROLL
+            for (int e = 0; e < T::kChunk; ++e) y[e] *= w[e];
+        }
+        if (p.bias != nullptr) {
+            float b[T::kChunk];
+            vec8::load_f16(b, p.bias + c * T::kChunk);
+ADALN_UNROLL
+            for (int e = 0; e < T::kChunk; ++e) y[e] += b[e];
+        }
         if (sh != nullptr) {
             float s0[T::kChunk];
             float s1[T::kChunk];

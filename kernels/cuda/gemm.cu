@@ -9,6 +9,7 @@
 //   gemm_gated_residual  h_f32[M, N]   += mods[frame(r), gate, n] * (acc + bias[n])
 //   gemm_swiglu          out_f16[M, Dff] = SiLU(u) * g,  [u; g] = A * W13^T (W13 [2 Dff, K])
 //   gemm_bias_f32        out_f32[M, N]  = acc + bias                        (bias optional)
+//   gemm_bias_gelu_f16   out_f16[M, N]  = GELU_tanh(acc + bias)             (bias optional)
 //
 // Shape contract (checked with clear errors by kernels/src/gemm.rs before any launch):
 //   M >= 1, any value (ragged rows: zero-filled loads, guarded stores);
@@ -280,10 +281,22 @@ struct GemmBiasF16Params {
     int k;
 };
 
-extern "C" __global__ void __launch_bounds__(GemmTraits::kThreads, 2)
-    gemm_bias_f16(GemmBiasF16Params p) {
+// The epilogue of (a) and (e): out = f16(act(acc + bias)).
+struct Identity {
+    __device__ __forceinline__ float operator()(float z) const { return z; }
+};
+
+// GELU_tanh(z) = 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) with the accurate tanhf
+// (elementwise.cu's GeluTanhOp, the same expression).
+struct GeluTanh {
+    __device__ __forceinline__ float operator()(float z) const {
+        return 0.5f * z * (1.0f + tanhf(0.7978845608f * (z + 0.044715f * z * z * z)));
+    }
+};
+
+template <class Act>
+__device__ __forceinline__ void gemm_bias_act_f16(const GemmBiasF16Params& p, unsigned char* smem, Act act) {
     using T = GemmTraits;
-    extern __shared__ __align__(16) unsigned char smem[];
     const int m0 = blockIdx.y * T::kBM;
     const int n0 = blockIdx.x * T::kBN;
     float acc[T::kMmaM][T::kMmaN][4];
@@ -301,12 +314,29 @@ GEMM_UNROLL
                 const int row = fc.row0 + i * 16 + h * 8;
                 if (row < p.m) {
                     *reinterpret_cast<__half2*>(p.out + static_cast<size_t>(row) * p.n + col) =
-                        __floats2half2_rn(acc[i][j][2 * h] + b.x, acc[i][j][2 * h + 1] + b.y);
+                        __floats2half2_rn(act(acc[i][j][2 * h] + b.x), act(acc[i][j][2 * h + 1] + b.y));
                 }
             }
     }
 }
+
+extern "C" __global__ void __launch_bounds__(GemmTraits::kThreads, 2)
+    gemm_bias_f16(GemmBiasF16Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    gemm_bias_act_f16(p, smem, Identity{});
+}
 EMU_REGISTER_KERNEL(gemm_bias_f16, GemmBiasF16Params)
+
+// ---------------------------------------------------------------------------------------
+// (e) out_f16 = GELU_tanh(acc + bias): Wan's FFN up projection (docs/wan.md section 2.3) and
+// its text-embedding MLP; the same parameters as (a).
+// ---------------------------------------------------------------------------------------
+extern "C" __global__ void __launch_bounds__(GemmTraits::kThreads, 2)
+    gemm_bias_gelu_f16(GemmBiasF16Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    gemm_bias_act_f16(p, smem, GeluTanh{});
+}
+EMU_REGISTER_KERNEL(gemm_bias_gelu_f16, GemmBiasF16Params)
 
 // ---------------------------------------------------------------------------------------
 // (b) Gated residual into the f32 residual stream:

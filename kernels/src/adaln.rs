@@ -1,6 +1,7 @@
 //! The fused adaLN kernel (`kernels/cuda/adaln.cu`):
 //! `out[r, :] = LN(x[r, :]) * (1 + mods[f, scale, :]) + mods[f, shift, :]` in f16, or the
-//! plain `LN(x)` without modulation, with `x` and `mods` f32 and one pass over `x`.
+//! plain `LN(x)` without modulation, with `x` and `mods` f32 and one pass over `x`; with an
+//! optional f16 affine `LN(x) * weight + bias` before the modulation (Wan's `norm3`).
 //!
 //! Shape contract: `M >= 1`; `D % 8 == 0` (a thread's unit is 8 elements: two 16-byte f32
 //! loads, one 16-byte f16 store) and `8 <= D <= 16384` (the row lives in registers); with a
@@ -44,6 +45,11 @@ pub struct AdaLnParams {
     pub x: *const f32,
     /// (frames, mod_k, D) f32, or null for the plain LN(x)
     pub mods: *const f32,
+    /// (D) f16 affine weight applied before the modulation, or null (see
+    /// [`AdaLnParams::with_affine`])
+    pub weight: *const u16,
+    /// (D) f16 affine bias, or null
+    pub bias: *const u16,
     /// (M, D) f16
     pub out: *mut u16,
     pub m: i32,
@@ -195,6 +201,8 @@ pub fn params(
     AdaLnParams {
         x,
         mods: mods_ptr,
+        weight: std::ptr::null(),
+        bias: std::ptr::null(),
         out,
         m: m as i32,
         d: d as i32,
@@ -203,6 +211,19 @@ pub fn params(
         scale: l.scale as i32,
         tokens: l.tokens as i32,
         tokens_per_frame: l.tokens_per_frame as i32,
+    }
+}
+
+impl AdaLnParams {
+    /// The affine LayerNorm `A(LN(x)) = LN(x) * weight + bias` (f16 `[D]` vectors, 16-byte
+    /// aligned; either may be null), applied before any modulation: Wan's `norm3`
+    /// (docs/wan.md section 2.3) is [`params`] with no modulation, then this.
+    pub fn with_affine(self, weight: *const u16, bias: *const u16) -> Self {
+        AdaLnParams {
+            weight,
+            bias,
+            ..self
+        }
     }
 }
 

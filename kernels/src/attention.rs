@@ -22,11 +22,12 @@ pub const BLOCK_KV: u32 = 64;
 /// K/V pipeline depth; mirrors `AttnTraits::kStages`.
 pub const STAGES: u32 = 3;
 pub const THREADS: u32 = 128;
-/// Supported head dims (one entry point each).
+/// Supported head dims (one entry point each; cross-attention also has dh = 16).
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
 
 pub const KERNEL_WINDOW_D64: &str = "attn_window_d64";
 pub const KERNEL_WINDOW_D128: &str = "attn_window_d128";
+pub const KERNEL_CROSS_D16: &str = "attn_cross_d16";
 pub const KERNEL_CROSS_D64: &str = "attn_cross_d64";
 pub const KERNEL_CROSS_D128: &str = "attn_cross_d128";
 
@@ -270,16 +271,15 @@ pub fn window_config(s: &WindowShape) -> Result<AttnLaunch, String> {
     ))
 }
 
-/// Entry point and launch configuration of cross-attention. Rules: dh in {64, 128}
+/// Entry point and launch configuration of cross-attention. Rules: dh in {16, 64, 128}
 /// (D = heads * dh), batch, heads, tokens and text_len >= 1 (a ragged last key tile is
 /// masked, so Lt need not be a multiple of [`BLOCK_KV`]).
 pub fn cross_config(s: &CrossShape) -> Result<AttnLaunch, String> {
-    let kernel = entry(
-        "attn_cross",
-        s.head_dim,
-        KERNEL_CROSS_D64,
-        KERNEL_CROSS_D128,
-    )?;
+    // dh = 16: wan-tiny's heads (Wan's cross-attention, null gains and a mask of ones).
+    let kernel = match s.head_dim {
+        16 => KERNEL_CROSS_D16,
+        dh => entry("attn_cross", dh, KERNEL_CROSS_D64, KERNEL_CROSS_D128)?,
+    };
     if s.tokens == 0 {
         return Err(format!("{kernel}: tokens must be at least 1 (got 0)"));
     }

@@ -31,11 +31,13 @@ pub const KERNEL_BIAS_F16: &str = "gemm_bias_f16";
 pub const KERNEL_GATED_RESIDUAL: &str = "gemm_gated_residual";
 pub const KERNEL_SWIGLU: &str = "gemm_swiglu";
 pub const KERNEL_BIAS_F32: &str = "gemm_bias_f32";
+/// `out = GELU_tanh(A W^T + bias)` in f16, with [`GemmBiasF16Params`].
+pub const KERNEL_BIAS_GELU_F16: &str = "gemm_bias_gelu_f16";
 
 /// Largest grid y (row tiles).
 const MAX_GRID_Y: u32 = 65535;
 
-/// `gemm_bias_f16`: `out = A W^T + bias` in f16.
+/// `gemm_bias_f16`: `out = A W^T + bias` in f16; also `gemm_bias_gelu_f16`'s parameters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct GemmBiasF16Params {
@@ -173,6 +175,12 @@ fn launch_config(grid: Dim3) -> LaunchConfig {
 /// Launch configuration of `gemm_bias_f16`, `out[M, N] = A[M, K] W[N, K]^T + bias`.
 pub fn bias_f16_config(m: usize, n: usize, k: usize) -> Result<LaunchConfig, String> {
     check(KERNEL_BIAS_F16, m, n, k, BLOCK_N).map(launch_config)
+}
+
+/// Launch configuration of `gemm_bias_gelu_f16`, `out = GELU_tanh(A W^T + bias)` in f16
+/// (Wan's FFN up projection and text-embedding MLP); parameters [`GemmBiasF16Params`].
+pub fn bias_gelu_f16_config(m: usize, n: usize, k: usize) -> Result<LaunchConfig, String> {
+    check(KERNEL_BIAS_GELU_F16, m, n, k, BLOCK_N).map(launch_config)
 }
 
 /// Launch configuration of `gemm_bias_f32`, the same product stored in f32.

@@ -14,6 +14,9 @@ pub mod emu;
 pub mod gemm;
 pub mod images;
 pub mod tma;
+pub mod wan_attention;
+pub mod wan_embed;
+pub mod wan_qk;
 
 pub use images::{image_for, module_images, Cubin, Image, ModuleImages, Ptx};
 

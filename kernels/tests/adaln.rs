@@ -254,6 +254,171 @@ fn cta_per_row() {
     }
 }
 
+/// One Wan norm call (docs/wan.md sections 2.3, 2.6): `affine` = (weight, bias present),
+/// `mods` = (mod_k, shift, scale) of the per-frame `[frames, mod_k, D]` modulation.
+struct WanCase {
+    label: &'static str,
+    frames: usize,
+    tokens_per_frame: usize,
+    d: usize,
+    affine: (bool, bool),
+    mods: Option<(usize, usize, usize)>,
+}
+
+/// `A(LN(x)) (1 + sc) + sh` with `A(y) = y w + b` in f64, and the tolerance: the f16
+/// rounding `u16 |y|` plus the f32 evaluation allowance of [`F32_EVAL`] scaled by the terms
+/// `(|w| + |b|) |1 + sc| + |sh|` (the affine and modulation products and sums in f32).
+fn check_wan(case: &WanCase, seed: u64) {
+    let WanCase {
+        label,
+        frames,
+        tokens_per_frame,
+        d,
+        affine,
+        mods,
+    } = *case;
+    let m = frames * tokens_per_frame;
+    let mut rng = Rng::new(seed);
+    let mut x = Vec::with_capacity(m * d);
+    for _ in 0..m {
+        let offset = rng.nonzero(-4.0, 4.0);
+        let spread = rng.uniform(0.5, 2.0);
+        x.extend((0..d).map(|_| offset + rng.nonzero(-spread, spread)));
+    }
+    let vec16 = |rng: &mut Rng, lo: f32, hi: f32| -> (Vec<u16>, Vec<f64>) {
+        let bits: Vec<u16> = (0..d)
+            .map(|_| f16::from_f32(rng.nonzero(lo, hi)).to_bits())
+            .collect();
+        let vals = bits.iter().map(|&b| f16::from_bits(b).to_f64()).collect();
+        (bits, vals)
+    };
+    let (w_bits, w) = vec16(&mut rng, 0.5, 1.5);
+    let (b_bits, b) = vec16(&mut rng, -0.5, 0.5);
+    let (mod_k, shift, scale) = mods.unwrap_or((1, 0, 0));
+    let layout = ModLayout {
+        frames,
+        mod_k,
+        shift,
+        scale,
+        tokens: m,
+        tokens_per_frame,
+    };
+    let mv: Vec<f32> = (0..frames * mod_k * d)
+        .map(|_| rng.nonzero(-0.5, 0.5))
+        .collect();
+    let launch = adaln::config(m, d, mods.map(|_| &layout)).unwrap();
+    let mut want = vec![0.0; m * d];
+    let mut tol = vec![0.0; m * d];
+    for r in 0..m {
+        let row = &x[r * d..(r + 1) * d];
+        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / d as f64;
+        let var = row
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / d as f64;
+        let inv = 1.0 / (var + 1e-6).sqrt();
+        let f = r / tokens_per_frame;
+        for c in 0..d {
+            let (wc, bc) = (
+                if affine.0 { w[c] } else { 1.0 },
+                if affine.1 { b[c] } else { 0.0 },
+            );
+            let (sh, sc) = match mods {
+                Some(_) => (
+                    f64::from(mv[(f * mod_k + shift) * d + c]),
+                    f64::from(mv[(f * mod_k + scale) * d + c]),
+                ),
+                None => (0.0, 0.0),
+            };
+            let y = ((f64::from(row[c]) - mean) * inv * wc + bc) * (1.0 + sc) + sh;
+            want[r * d + c] = y;
+            tol[r * d + c] =
+                U_F16 * y.abs() + F32_EVAL * ((wc.abs() + bc.abs()) * (1.0 + sc).abs() + sh.abs());
+        }
+    }
+    let null = std::ptr::null();
+    for order in ThreadOrder::all(seed) {
+        let mut out = vec![0x7fffu16; m * d];
+        let params = adaln::params(
+            x.as_ptr(),
+            out.as_mut_ptr(),
+            m,
+            d,
+            mods.map(|_| (mv.as_ptr(), &layout)),
+        )
+        .with_affine(
+            if affine.0 { w_bits.as_ptr() } else { null },
+            if affine.1 { b_bits.as_ptr() } else { null },
+        );
+        // SAFETY: x (m, d) f32, mods (frames, mod_k, d) f32 or null, weight and bias (d) f16
+        // or null, out (m, d) f16: the extents of this shape (validated by adaln::config).
+        unsafe { run(launch.kernel, launch.config, &params, order) };
+        let mut worst = 0.0f64;
+        for i in 0..m * d {
+            let got = f16::from_bits(out[i]).to_f64();
+            let err = (got - want[i]).abs();
+            assert!(
+                err <= tol[i],
+                "{label} {order:?}: row {} col {}: got {got}, want {} (tol {:e})",
+                i / d,
+                i % d,
+                want[i],
+                tol[i]
+            );
+            worst = worst.max(err / tol[i]);
+        }
+        eprintln!(
+            "{label}: M={m} D={d} {} {order:?}: worst err/tol {worst:.3}",
+            launch.kernel
+        );
+    }
+}
+
+/// Wan's norms (docs/wan.md sections 2.3, 2.6) with its per-frame layouts: norm1 (shift 0,
+/// scale 1 of the 6 vectors per frame), norm2 (3, 4), the affine norm3 (weight and bias, no
+/// modulation), the head (2 vectors per frame: shift 0, scale 1); wan-tiny's D = 48 (warp
+/// per row, 6 chunks) with 2 frames of 16 tokens, and the 1.3B width D = 1536 (CTA per row);
+/// plus an affine weight without a bias.
+#[test]
+fn wan_norms() {
+    let tiny = |label, affine, mods| WanCase {
+        label,
+        frames: 2,
+        tokens_per_frame: 16,
+        d: 48,
+        affine,
+        mods,
+    };
+    let wide = |label, affine, mods| WanCase {
+        label,
+        frames: 3,
+        tokens_per_frame: 3,
+        d: 1536,
+        affine,
+        mods,
+    };
+    let cases = [
+        tiny("tiny norm1", (false, false), Some((6, 0, 1))),
+        tiny("tiny norm2", (false, false), Some((6, 3, 4))),
+        tiny("tiny norm3", (true, true), None),
+        tiny("tiny head", (false, false), Some((2, 0, 1))),
+        wide("1.3b norm3", (true, true), None),
+        wide("1.3b norm1", (false, false), Some((6, 0, 1))),
+        WanCase {
+            label: "weight only, d40",
+            frames: 1,
+            tokens_per_frame: 11,
+            d: 40,
+            affine: (true, false),
+            mods: None,
+        },
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        check_wan(c, 300 + i as u64);
+    }
+}
+
 #[test]
 fn shapes_outside_the_contract_are_errors() {
     let l = ModLayout {

@@ -637,6 +637,60 @@ fn timestep_features_match_the_f64_reference() {
     }
 }
 
+/// Wan's features (docs/wan.md section 2.2; kernels/cuda/wan_embed.cu): t itself on the
+/// 0..1000 scale, any freq_dim: wan-tiny's 16 and Wan-1.3B's 256, at the warped steps of
+/// docs/wan.md section 6, the timestep-0 pass and an odd value; a ragged 5 x 3 item count
+/// (freq_dim 6); every order, poisoned output; the f64 reference written from the docs.
+#[test]
+fn wan_timestep_features_match_the_f64_reference() {
+    use streamdit_kernels::wan_embed;
+    let t = [1000.0f32, 937.5, 833.333_3, 625.0, 0.0, 3.7];
+    for (freq_dim, frames) in [(16, 6), (256, 4), (6, 5)] {
+        let config = wan_embed::timestep_features_config(frames, freq_dim).unwrap();
+        let half = freq_dim / 2;
+        for order in ThreadOrder::all(freq_dim as u64) {
+            let mut out = vec![POISON_F16; frames * freq_dim];
+            let params = wan_embed::WanTimestepParams {
+                t: t.as_ptr(),
+                out: out.as_mut_ptr(),
+                frames: frames as i32,
+                half: half as i32,
+            };
+            // SAFETY: t holds >= frames f32, out frames * freq_dim f16.
+            unsafe { run(wan_embed::KERNEL_TIMESTEP_FEATURES, config, &params, order) };
+            let mut worst = 0.0f64;
+            for (f, &tf) in t[..frames].iter().enumerate() {
+                for k in 0..half {
+                    let a = f64::from(tf) * 10000f64.powf(-(k as f64) / half as f64);
+                    for (col, want) in [(k, a.cos()), (half + k, a.sin())] {
+                        let got = f64::from(f16_val(out[f * freq_dim + col]));
+                        let tol = (2f64.powi(-11) + 2f64.powi(-24)) * want.abs() + 2f64.powi(-25);
+                        let err = (got - want).abs();
+                        assert!(
+                            err <= tol,
+                            "freq_dim {freq_dim} t {tf} column {col}: got {got}, want {want} \
+                             ({order:?})"
+                        );
+                        worst = worst.max(err / tol);
+                    }
+                }
+            }
+            eprintln!("wan_timestep_features freq_dim {freq_dim} F={frames} {order:?}: worst err/tol {worst:.3}");
+        }
+    }
+    for (frames, freq_dim, rule) in [
+        (0, 16, "frames = 0"),
+        (2, 7, "freq_dim = 7"),
+        (2, 0, "freq_dim = 0"),
+    ] {
+        let err = wan_embed::timestep_features_config(frames, freq_dim).unwrap_err();
+        assert!(
+            err.starts_with("wan_timestep_features") && err.contains(rule),
+            "{err}"
+        );
+    }
+}
+
 // ---- layout kernels: patchify, positions, modulation, unpatchify ----
 
 #[test]

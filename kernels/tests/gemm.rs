@@ -193,6 +193,47 @@ fn check_bias_f16(label: &str, seed: u64, m: usize, n: usize, k: usize, with_bia
     }
 }
 
+/// `GELU_tanh(A W^T + bias)` stored f16 (Wan's FFN up projection). Tolerance: the
+/// accumulation bound times `max |GELU'| = 1.13`, the f16 store (2 u16 |ref|), and the f32
+/// evaluation of GELU itself, `8 u32 |z|` (the argument polynomial, sqrt(2/pi) rounded to
+/// f32 and tanhf's ulps enter as absolute errors of `0.5 z tanh(.)`, largest where
+/// `1 + tanh` cancels for negative z).
+fn check_bias_gelu_f16(label: &str, seed: u64, m: usize, n: usize, k: usize, with_bias: bool) {
+    let inp = inputs(seed, m, n, k, with_bias);
+    let config = gemm::bias_gelu_f16_config(m, n, k).unwrap();
+    let gelu = |z: f64| {
+        0.5 * z * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (z + 0.044715 * z * z * z)).tanh())
+    };
+    let z: Vec<f64> = (0..m * n)
+        .map(|i| inp.prod.value[i] + inp.bias[i % n])
+        .collect();
+    let want: Vec<f64> = z.iter().map(|&z| gelu(z)).collect();
+    let tol: Vec<f64> = (0..m * n)
+        .map(|i| {
+            tolerance(k, inp.prod.abs[i], 1.13, 2.0 * U_F16, want[i]) + 8.0 * U_F32 * z[i].abs()
+        })
+        .collect();
+    for order in ThreadOrder::all(seed) {
+        let r = {
+            let mut out = vec![0xffffu16; m * n];
+            let params = gemm::GemmBiasF16Params {
+                a: inp.a_bits.as_ptr(),
+                w: inp.w_bits.as_ptr(),
+                bias: bias_ptr(&inp.bias_bits),
+                out: out.as_mut_ptr(),
+                m: m as i32,
+                n: n as i32,
+                k: k as i32,
+            };
+            // SAFETY: a (m, k), w (n, k), bias (n) or null, out (m, n): the extents of this
+            // shape (validated by bias_gelu_f16_config).
+            unsafe { run(gemm::KERNEL_BIAS_GELU_F16, config, &params, order) };
+            compare(label, &f16_to_f64(&out), &want, &tol)
+        };
+        eprintln!("{label} M={m} N={n} K={k} bias={with_bias} {order:?}: {r}");
+    }
+}
+
 fn check_bias_f32(label: &str, seed: u64, m: usize, n: usize, k: usize, with_bias: bool) {
     let inp = inputs(seed, m, n, k, with_bias);
     let config = gemm::bias_f32_config(m, n, k).unwrap();
@@ -411,6 +452,19 @@ fn gated_residual_ragged() {
     );
 }
 
+/// wan-tiny's FFN up (32 tokens, D = 48 -> Dff = 96: a ragged column tile and a K tail of
+/// 16) and its text-embedding MLP (8 text rows, 32 -> 48); a ragged 130 x 264 x 200 without
+/// bias; `STREAMDIT_FULL=1`: a 1.3B-shaped slice (K = D = 1536, 1024 of the 8960 columns).
+#[test]
+fn bias_gelu_f16_wan_shapes() {
+    check_bias_gelu_f16("wan-tiny ffn.0", 80, 32, 96, 48, true);
+    check_bias_gelu_f16("wan-tiny text_embedding.0", 81, 8, 48, 32, true);
+    check_bias_gelu_f16("ragged, no bias", 82, 130, 264, 200, false);
+    if std::env::var("STREAMDIT_FULL").is_ok_and(|v| v == "1") {
+        check_bias_gelu_f16("1.3b ffn.0 slice", 83, 128, 1024, 1536, true);
+    }
+}
+
 #[test]
 fn bias_f32_shapes() {
     // tiny final layer: C * 4 = 32 outputs from D = 256.
@@ -432,6 +486,10 @@ fn shapes_outside_the_contract_are_errors() {
     expect_err(gemm::bias_f32_config(512, 256, 12), "K = 12");
     expect_err(gemm::bias_f32_config(512, 256, 0), "K = 0");
     expect_err(gemm::swiglu_config(512, 100, 256), "N = 100");
+    expect_err(
+        gemm::bias_gelu_f16_config(512, 100, 256),
+        "gemm_bias_gelu_f16: N = 100",
+    );
     expect_err(
         gemm::bias_f16_config(65536 * 128, 256, 256),
         "grid's y limit",
@@ -519,6 +577,7 @@ fn gemm_sass_and_resources() {
         gemm::KERNEL_GATED_RESIDUAL,
         gemm::KERNEL_SWIGLU,
         gemm::KERNEL_BIAS_F32,
+        gemm::KERNEL_BIAS_GELU_F16,
     ];
     for kernel in kernels {
         for arch in ["sm_80", "sm_90"] {
