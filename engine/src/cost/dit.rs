@@ -72,6 +72,14 @@ pub fn op_kind(op: &Op) -> &'static str {
         Op::SwiGlu { .. } => "SwiGlu",
         Op::Unpatchify { .. } => "Unpatchify",
         Op::Guidance { .. } => "Guidance",
+        Op::Sinusoid { .. } => "Sinusoid",
+        Op::MaskRows { .. } => "MaskRows",
+        Op::AffineLayerNorm { .. } => "AffineLayerNorm",
+        Op::Rope3d { .. } => "Rope3d",
+        Op::CacheAttention { .. } => "CacheAttention",
+        Op::CacheWrite { .. } => "CacheWrite",
+        Op::TextAttention { .. } => "TextAttention",
+        Op::UnpatchifyPacked { .. } => "UnpatchifyPacked",
     }
 }
 
@@ -226,6 +234,17 @@ pub fn op_cost(graph: &Graph, op: &Op) -> OpCost {
         ),
         Op::Residual { h, y } => per_elem(Elementwise, 1, numel(h), bytes(h) + bytes(y), bytes(h)),
         Op::Guidance { v, out, .. } => per_elem(Elementwise, 3, numel(out), bytes(v), bytes(out)),
+        Op::Sinusoid { .. }
+        | Op::MaskRows { .. }
+        | Op::AffineLayerNorm { .. }
+        | Op::Rope3d { .. }
+        | Op::CacheAttention { .. }
+        | Op::CacheWrite { .. }
+        | Op::TextAttention { .. }
+        | Op::UnpatchifyPacked { .. } => match super::wan::op_cost(graph, op) {
+            Some(c) => c,
+            None => unreachable!("cost/wan.rs counts every Wan op"),
+        },
     }
 }
 

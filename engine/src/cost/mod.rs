@@ -35,6 +35,7 @@
 mod decoder;
 mod dit;
 mod roofline;
+mod wan;
 
 pub use decoder::{tae_op_cost, tae_op_kind, DecoderCost};
 pub use dit::{

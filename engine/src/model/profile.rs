@@ -5,9 +5,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::family::{Family, RawProfile};
+use super::wan::config::WanConfig;
 use crate::error::{Error, Result};
 
-/// The profiles shipped inside the engine (docs/streamdit.md section 7), as `(name, TOML)`.
+/// The profiles shipped inside the engine (docs/streamdit.md section 7, docs/wan.md section
+/// 8), as `(name, TOML)`.
 pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
     ("tiny", include_str!("../../../profiles/tiny.toml")),
     (
@@ -18,21 +21,32 @@ pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
         "streamdit-4b-teacher",
         include_str!("../../../profiles/streamdit-4b-teacher.toml"),
     ),
+    ("wan-tiny", include_str!("../../../profiles/wan-tiny.toml")),
+    ("wan-1.3b", include_str!("../../../profiles/wan-1.3b.toml")),
+    (
+        "wan-1.3b-longlive",
+        include_str!("../../../profiles/wan-1.3b-longlive.toml"),
+    ),
 ];
 
-/// A complete run profile.
+/// A complete run profile. In TOML it is a [`RawProfile`]: the sections of its family
+/// (`crate::model::family`); a Wan profile's `model` and `stream` are views of its `[wan]`
+/// section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawProfile", into = "RawProfile")]
 pub struct Profile {
     pub name: String,
-    #[serde(default)]
     pub description: String,
+    /// The model family (StreamDiT unless the profile says `family = "wan"`).
+    pub family: Family,
     pub model: ModelConfig,
     pub stream: StreamConfig,
     pub video: VideoConfig,
     pub run: RunConfig,
     pub decoder: DecoderConfig,
     pub text: TextConfig,
+    /// The Wan family's section (`family = "wan"` only).
+    pub wan: Option<WanConfig>,
 }
 
 /// The DiT's dimensions (docs/streamdit.md section 1). The patch is `(1, 2, 2)`.
@@ -243,10 +257,11 @@ impl VideoConfig {
 impl Profile {
     /// Parses and validates a profile from TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Profile> {
-        let profile: Profile = toml::from_str(text).map_err(|e| Error::ProfileParse {
+        let raw: RawProfile = toml::from_str(text).map_err(|e| Error::ProfileParse {
             path: origin.to_string(),
             msg: e.to_string(),
         })?;
+        let profile = Profile::from_raw(raw)?;
         profile.validate()?;
         Ok(profile)
     }
@@ -284,7 +299,18 @@ impl Profile {
     /// Renders the profile as TOML.
     pub fn to_toml(&self) -> String {
         // Serialising plain structs of numbers, strings and vectors cannot fail.
-        toml::to_string_pretty(self).unwrap_or_default()
+        toml::to_string_pretty(&self.to_raw()).unwrap_or_default()
+    }
+
+    /// The `[wan]` section, or an error naming the profile's family.
+    pub fn wan(&self) -> Result<&WanConfig> {
+        self.wan.as_ref().ok_or_else(|| {
+            Error::Invalid(format!(
+                "profile `{}` is of the {} family, not wan",
+                self.name,
+                self.family.name()
+            ))
+        })
     }
 
     /// Whether classifier-free guidance is on (two branches per call).
@@ -301,6 +327,12 @@ impl Profile {
                 rule,
             })
         };
+        if self.family == Family::Wan {
+            return self.validate_wan(&fail);
+        }
+        if self.wan.is_some() {
+            return fail("wan", "belongs to `family = \"wan\"` profiles only".into());
+        }
         let m = &self.model;
         let positive = [
             ("model.latent_channels", m.latent_channels),
@@ -454,7 +486,7 @@ impl TextConfig {
 }
 
 impl Profile {
-    fn validate_text(&self, fail: &dyn Fn(&str, String) -> Result<()>) -> Result<()> {
+    pub(super) fn validate_text(&self, fail: &dyn Fn(&str, String) -> Result<()>) -> Result<()> {
         if let Some(d) = &self.text.device {
             if d != "cpu" && d != "backend" {
                 return fail(
