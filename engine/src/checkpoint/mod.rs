@@ -11,6 +11,7 @@ mod file;
 mod header;
 pub mod lora;
 pub mod pickle;
+pub mod wan;
 mod weights;
 
 pub use dtype::DType;

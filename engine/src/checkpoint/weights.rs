@@ -160,7 +160,12 @@ impl Weights {
 
 /// The named tensor of `spec` drawn with Philox counter word `counter`, each value rounded
 /// to `dtype`.
-fn random_tensor(seed: u64, counter: u32, spec: &TensorSpec, dtype: DType) -> (String, Tensor) {
+pub(super) fn random_tensor(
+    seed: u64,
+    counter: u32,
+    spec: &TensorSpec,
+    dtype: DType,
+) -> (String, Tensor) {
     let mut data = vec![0.0; spec.numel()];
     fill_counter(seed, counter, spec, 0, &mut data);
     data.par_chunks_mut(BLOCK).for_each(|chunk| {
@@ -182,7 +187,13 @@ fn fill_random(seed: u64, index: usize, spec: &TensorSpec, start: usize, out: &m
 }
 
 /// [`fill_random`] for the tensor with Philox counter word `counter`.
-fn fill_counter(seed: u64, counter: u32, spec: &TensorSpec, start: usize, out: &mut [f32]) {
+pub(super) fn fill_counter(
+    seed: u64,
+    counter: u32,
+    spec: &TensorSpec,
+    start: usize,
+    out: &mut [f32],
+) {
     out.par_chunks_mut(BLOCK)
         .enumerate()
         .for_each(|(k, chunk)| init_range(seed, counter, spec, start + k * BLOCK, chunk));
@@ -256,7 +267,8 @@ fn dims_metadata(cfg: &ModelConfig) -> String {
 }
 
 /// [`write_random_checkpoint`] followed by the decoder's tensors of `profile`
-/// ([`Weights::random_decoder`]): the whole checkpoint `streamdit weights init` writes.
+/// ([`Weights::random_decoder`]): the whole checkpoint `streamdit weights init` writes. A Wan
+/// profile's is its network in the original Wan names plus `preview.*`.
 /// Returns the file size in bytes.
 pub fn write_random_profile_checkpoint(
     profile: &Profile,
@@ -264,6 +276,9 @@ pub fn write_random_profile_checkpoint(
     dtype: DType,
     path: &Path,
 ) -> Result<u64> {
+    if profile.family == crate::model::Family::Wan {
+        return super::wan::write_random_wan_checkpoint(profile, seed, dtype, path);
+    }
     let cfg = &profile.model;
     let mut specs: Vec<(u32, TensorSpec)> = schema::checkpoint_tensors(cfg)
         .into_iter()

@@ -30,7 +30,7 @@ pub use kv_attention::segment_attention;
 pub use layout::{add_positions, patchify, unpatchify, unpatchify_packed};
 pub use mask::validate_mask;
 pub use norm::{ada_ln, head_rms_norm, layer_norm, layer_norm_affine};
-pub use rope::{rope_3d, rope_angle};
+pub use rope::rope_3d;
 
 /// Epsilon of LayerNorm and RMSNorm.
 pub(crate) const EPS: f32 = 1e-6;
