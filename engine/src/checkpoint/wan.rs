@@ -36,7 +36,12 @@ pub fn detect_family(ckpt: &Checkpoint) -> Option<(Family, String, Vec<usize>)> 
     ckpt.names().find_map(|n| {
         let (orig, _) = canonical_name(n, &marker)?;
         let info = ckpt.info(n)?;
-        Some((Family::Wan, format!("{n} (as {orig})"), info.shape.clone()))
+        let tensor = if n == orig {
+            orig
+        } else {
+            format!("{n}` (as `{orig}")
+        };
+        Some((Family::Wan, tensor, info.shape.clone()))
     })
 }
 
@@ -89,9 +94,7 @@ pub fn load_wan(path: &Path, profile: &str, w: &WanConfig) -> Result<(Weights, W
         }
     }
     if let Some(e) = wrong_family(&ckpt, profile, Family::Wan) {
-        if stored.is_empty() {
-            return Err(e);
-        }
+        return Err(e);
     }
     let mut plan = Vec::new();
     for spec in &specs {
