@@ -222,7 +222,10 @@ fn wan_profiles_have_the_documented_numbers() {
     assert_eq!((w.freq_dim, w.text_len, w.text_dim), (256, 512, 4096));
     assert_eq!(w.tokens_per_frame(), 1560);
     assert_eq!(w.rope_split(), [22, 21, 21]);
-    assert_eq!((w.chunk_frames, w.window, w.sink, w.recache), (3, 21, 0, false));
+    assert_eq!(
+        (w.chunk_frames, w.window, w.sink, w.recache),
+        (3, 21, 0, false)
+    );
     // 832x480 video from the 8x spatial compression.
     assert_eq!(
         (
@@ -250,7 +253,10 @@ fn wan_profiles_have_the_documented_numbers() {
     assert_eq!((lora.rank, lora.alpha), (256, 256.0));
     let tiny = Profile::builtin("wan-tiny").unwrap();
     let t = tiny.wan().unwrap();
-    assert_eq!((t.chunk_frames, t.window, t.sink, t.recache), (2, 4, 1, true));
+    assert_eq!(
+        (t.chunk_frames, t.window, t.sink, t.recache),
+        (2, 4, 1, true)
+    );
     assert_eq!(t.rope_split(), [4, 2, 2]);
 }
 
@@ -267,12 +273,32 @@ fn wan_tiny_with(from: &str, to: &str) -> String {
 #[test]
 fn bad_wan_profiles_name_the_field_and_the_rule() {
     let cases = [
-        ("window = 4 ", "window = 1 ", "wan.chunk_frames", "not exceed wan.window"),
-        ("sink = 1", "sink = 3", "wan.sink", "must not exceed wan.window"),
+        (
+            "window = 4 ",
+            "window = 1 ",
+            "wan.chunk_frames",
+            "not exceed wan.window",
+        ),
+        (
+            "sink = 1",
+            "sink = 3",
+            "wan.sink",
+            "must not exceed wan.window",
+        ),
         ("heads = 3", "heads = 5", "wan.heads", "divide wan.dim"),
         ("heads = 3", "heads = 16", "wan.heads", "at least 6"),
-        ("patch = [1, 2, 2]", "patch = [1, 4, 4]", "wan.patch", "[1, 2, 2]"),
-        ("latent_width = 8", "latent_width = 7", "wan.latent_width", "even"),
+        (
+            "patch = [1, 2, 2]",
+            "patch = [1, 4, 4]",
+            "wan.patch",
+            "[1, 2, 2]",
+        ),
+        (
+            "latent_width = 8",
+            "latent_width = 7",
+            "wan.latent_width",
+            "even",
+        ),
         ("freq_dim = 16", "freq_dim = 15", "wan.freq_dim", "even"),
         ("depth = 2", "depth = 0", "wan.depth", "at least 1"),
         (
@@ -300,8 +326,18 @@ fn bad_wan_profiles_name_the_field_and_the_rule() {
             "wan.context_timestep",
             "[0, 1000]",
         ),
-        ("guidance = 1.0", "guidance = 3.0", "run.guidance", "distilled"),
-        ("len = 8", "len = 9", "text.encoders", "sum to model.text_len"),
+        (
+            "guidance = 1.0",
+            "guidance = 3.0",
+            "run.guidance",
+            "distilled",
+        ),
+        (
+            "len = 8",
+            "len = 9",
+            "text.encoders",
+            "sum to model.text_len",
+        ),
         (
             "[video]",
             "[wan.lora]\nrank = 0\nalpha = 1.0\n\n[video]",
@@ -323,9 +359,14 @@ fn bad_wan_profiles_name_the_field_and_the_rule() {
     ];
     for (from, to, field, rule) in cases {
         match Profile::from_toml(&wan_tiny_with(from, to), "test") {
-            Err(Error::Profile { field: f, rule: r, .. }) => {
+            Err(Error::Profile {
+                field: f, rule: r, ..
+            }) => {
                 assert_eq!(f, field, "replacing `{from}` by `{to}`: {r}");
-                assert!(r.contains(rule), "`{field}`: rule `{r}` does not say `{rule}`");
+                assert!(
+                    r.contains(rule),
+                    "`{field}`: rule `{r}` does not say `{rule}`"
+                );
             }
             Err(e) => panic!("`{to}`: expected a profile error, got {e}"),
             Ok(_) => panic!("`{to}` was accepted"),

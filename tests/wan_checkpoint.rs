@@ -42,10 +42,22 @@ fn load(profile: Profile, path: &PathBuf) -> streamdit::Result<Engine> {
 /// (independently of the loader's map).
 fn diffusers(orig: &str) -> String {
     let top = [
-        ("text_embedding.0.", "condition_embedder.text_embedder.linear_1."),
-        ("text_embedding.2.", "condition_embedder.text_embedder.linear_2."),
-        ("time_embedding.0.", "condition_embedder.time_embedder.linear_1."),
-        ("time_embedding.2.", "condition_embedder.time_embedder.linear_2."),
+        (
+            "text_embedding.0.",
+            "condition_embedder.text_embedder.linear_1.",
+        ),
+        (
+            "text_embedding.2.",
+            "condition_embedder.text_embedder.linear_2.",
+        ),
+        (
+            "time_embedding.0.",
+            "condition_embedder.time_embedder.linear_1.",
+        ),
+        (
+            "time_embedding.2.",
+            "condition_embedder.time_embedder.linear_2.",
+        ),
         ("time_projection.1.", "condition_embedder.time_proj."),
         ("head.head.", "proj_out."),
     ];
@@ -111,7 +123,9 @@ fn weights_init_round_trips_and_every_naming_loads() {
             (format!("generator_ema.model.{d}"), t.clone())
         })
         .collect();
-    assert!(renamed.iter().any(|(n, _)| n.contains("attn2.to_out.0.weight")));
+    assert!(renamed
+        .iter()
+        .any(|(n, _)| n.contains("attn2.to_out.0.weight")));
     let refs: Vec<(&str, &Tensor)> = renamed.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let dpath = tmp("diffusers.safetensors");
     files::write_tensors(&dpath, &refs, DType::BF16).unwrap();
@@ -122,7 +136,9 @@ fn weights_init_round_trips_and_every_naming_loads() {
         assert_eq!(got.data, bf16, "{name} from diffusers bf16");
     }
     assert!(
-        e.weight_notes().iter().any(|n| n.contains("generator_ema.model.")),
+        e.weight_notes()
+            .iter()
+            .any(|n| n.contains("generator_ema.model.")),
         "{:?}",
         e.weight_notes()
     );
@@ -187,7 +203,10 @@ fn checkpoints_of_another_family_size_or_shape_are_named_errors() {
     let mpath = tmp("missing.safetensors");
     files::write_tensors(&mpath, &refs, DType::F16).unwrap();
     let m = message(load(wan.clone(), &mpath));
-    assert!(m.contains("blocks.1.norm3.bias") && m.contains("[48]"), "{m}");
+    assert!(
+        m.contains("blocks.1.norm3.bias") && m.contains("[48]"),
+        "{m}"
+    );
 }
 
 /// PEFT factors of rank `r` for every target of a 2-block model.
@@ -240,7 +259,9 @@ fn a_lora_is_merged_at_load_and_a_rank_mismatch_is_named() {
     let (lpath, factors) = lora_file(2, "lora.safetensors");
     let e = load(with_lora(2, 6.0, &lpath), &base_path).unwrap();
     assert!(
-        e.weight_notes().iter().any(|n| n.contains("merged 20 modules")),
+        e.weight_notes()
+            .iter()
+            .any(|n| n.contains("merged 20 modules")),
         "{:?}",
         e.weight_notes()
     );
@@ -265,12 +286,18 @@ fn a_lora_is_merged_at_load_and_a_rank_mismatch_is_named() {
         }
     }
     assert!(worst < 1e-6, "merge error {worst:e}");
-    assert_eq!(e.weights().get("head.head.weight").unwrap(), &base["head.head.weight"]);
+    assert_eq!(
+        e.weights().get("head.head.weight").unwrap(),
+        &base["head.head.weight"]
+    );
 
     // The profile says rank 3, the file holds rank 2.
     let m = message(load(with_lora(3, 3.0, &lpath), &base_path));
     assert!(m.contains("rank 3") && m.contains("lora_A.weight"), "{m}");
-    assert!(m.contains(&lpath.display().to_string()), "the file is named: {m}");
+    assert!(
+        m.contains(&lpath.display().to_string()),
+        "the file is named: {m}"
+    );
     // A factor of a module that is not a target.
     let (bad, mut extra) = lora_file(2, "lora-extra.safetensors");
     extra.insert(

@@ -55,7 +55,13 @@ fn text(cfg: &WanCfg, seed: u64, real: usize) -> (TextInput, Vec<f64>) {
     let zeroed = data
         .iter()
         .enumerate()
-        .map(|(i, &v)| if i / cfg.dtxt < real { f64::from(v) } else { 0.0 })
+        .map(|(i, &v)| {
+            if i / cfg.dtxt < real {
+                f64::from(v)
+            } else {
+                0.0
+            }
+        })
         .collect();
     let t = TextInput {
         text: Tensor::new(vec![cfg.lt, cfg.dtxt], data).unwrap(),
@@ -218,7 +224,10 @@ fn wan_tiny_stream_with_eviction_sink_and_switches_matches_the_naive_stream() {
         let err = common::max_abs_err(&got, &want);
         println!("chunk {k}: max |x0| {scale:.3}, max abs error {err:.3e}");
         assert!(err <= 1e-5 * (1.0 + scale), "chunk {k}: error {err:e}");
-        assert!(scale > 0.1 && scale < 50.0, "chunk {k}: x0 out of O(1) range");
+        assert!(
+            scale > 0.1 && scale < 50.0,
+            "chunk {k}: x0 out of O(1) range"
+        );
     }
     assert_eq!(s.chunks_emitted(), 6);
     assert_eq!(s.calls(), 24, "4 denoising calls per chunk");
@@ -267,7 +276,11 @@ fn latents_do_not_depend_on_how_the_stream_is_driven() {
         }
         let n = by_frames.next_frames(&mut frames).unwrap();
         assert_eq!(n, 2 * 4, "2 latent frames, 4 video frames each");
-        assert_eq!(by_frames.chunk_latents(), &want[k][..], "next_frames, chunk {k}");
+        assert_eq!(
+            by_frames.chunk_latents(),
+            &want[k][..],
+            "next_frames, chunk {k}"
+        );
     }
     assert_eq!(by_frames.frame_size(), (64, 64));
 
@@ -285,7 +298,11 @@ fn latents_do_not_depend_on_how_the_stream_is_driven() {
     let fe = cfg.frame_len();
     for (name, t) in &trace {
         assert_eq!(t.shape, [2, cfg.c, cfg.h, cfg.w], "{name}");
-        let parts: Vec<usize> = name.split('.').skip(1).map(|p| p.parse().unwrap()).collect();
+        let parts: Vec<usize> = name
+            .split('.')
+            .skip(1)
+            .map(|p| p.parse().unwrap())
+            .collect();
         if let [k, s] = parts[..] {
             for f in 0..2 {
                 let mut z = vec![0.0; fe];

@@ -1,5 +1,5 @@
-//! `streamdit`: generate video, run one model call, write random checkpoints, list profiles,
-//! plan, benchmark and profile.
+//! `streamdit`: generate video, run one model call, write random checkpoints, convert
+//! PyTorch checkpoints, list profiles, plan, benchmark and profile.
 
 /// Appends one formatted line, trailing spaces trimmed, to the report `out` being built
 /// (reports are built in memory and printed at once).
@@ -12,13 +12,16 @@ macro_rules! say {
 
 mod bench;
 mod common;
+mod convert;
 mod decode;
 mod encode;
 mod forward;
 mod generate;
 mod plan;
 mod plan_decoder;
+mod plan_wan;
 mod profile;
+mod profile_wan;
 mod profiles;
 mod telemetry;
 mod weights;
@@ -32,7 +35,7 @@ use streamdit::Result;
 #[command(
     name = "streamdit",
     version,
-    about = "StreamDiT streaming text-to-video inference engine"
+    about = "Streaming text-to-video inference engine: StreamDiT and the Wan2.1 streaming family"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,6 +51,9 @@ enum Command {
     /// Decode latents (`latents [T, C, H, W]` in a safetensors file) to video with the TAE
     /// decoder on the CPU, chunk by chunk as a stream does.
     Decode(decode::DecodeArgs),
+    /// Convert a PyTorch `.pt`/`.pth` checkpoint to safetensors (restricted unpickler:
+    /// tensors and plain containers only), optionally keeping one subtree (`--prefix`).
+    Convert(convert::ConvertArgs),
     /// Checkpoint tools.
     Weights {
         #[command(subcommand)]
@@ -82,6 +88,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::bench(args),
         Command::Profile(args) => profile::profile(args),
         Command::Encode(args) => encode::encode(args),
+        Command::Convert(args) => convert::convert(args),
         Command::Weights { command } => weights::weights(command),
         Command::Profiles { command } => profiles::profiles(command),
     }

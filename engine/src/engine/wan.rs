@@ -41,7 +41,10 @@ fn choose(kind: BackendKind) -> Result<(BackendKind, String)> {
 }
 
 /// The Wan weights of `profile` from `source`, with notes on what was read and merged.
-pub(crate) fn wan_weights(profile: &Profile, source: &WeightsSource) -> Result<(Weights, Vec<String>)> {
+pub(crate) fn wan_weights(
+    profile: &Profile,
+    source: &WeightsSource,
+) -> Result<(Weights, Vec<String>)> {
     let w = profile.wan()?;
     match source {
         WeightsSource::File(path) => {
@@ -55,7 +58,9 @@ pub(crate) fn wan_weights(profile: &Profile, source: &WeightsSource) -> Result<(
             let source = format!("random Wan weights (seed {seed}, {dtype})");
             Ok((
                 Weights::from_tensors(source.clone(), tensors),
-                std::iter::once(format!("weights: {source}")).chain(note).collect(),
+                std::iter::once(format!("weights: {source}"))
+                    .chain(note)
+                    .collect(),
             ))
         }
     }
