@@ -54,7 +54,7 @@ pub use engine::{
     tae_decoder, BackendKind, DecoderKind, Engine, EngineParams, StreamParams, WeightsSource,
 };
 pub use error::{Error, Result};
-pub use model::family::Family;
+pub use model::profile::Family;
 pub use model::profile::{
     builtin_names, DecoderConfig, ModelConfig, Profile, RunConfig, StreamConfig, TextConfig,
     VideoConfig, BUILTIN_PROFILES,

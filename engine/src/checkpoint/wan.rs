@@ -10,10 +10,10 @@ use rayon::prelude::*;
 
 use super::file::write_file;
 use super::lora::{merge, wan_lora_targets, LoraSpec, PEFT_PREFIX};
-use super::weights::{fill_counter, random_tensor};
+use super::weights::{fill_counter, random_tensor, write_random_streamdit_checkpoint};
 use super::{read_tensors, Checkpoint, DType, Weights};
 use crate::error::{fmt_shape, path_str, Error, Result};
-use crate::model::family::Family;
+use crate::model::profile::Family;
 use crate::model::profile::Profile;
 use crate::model::streamdit::schema::Group;
 use crate::model::wan::schema::{
@@ -247,6 +247,21 @@ pub fn random_wan(w: &WanConfig, seed: u64, dtype: DType) -> Weights {
         .map(|(i, spec)| random_tensor(seed, i as u32, spec, dtype))
         .collect();
     Weights::from_tensors(format!("random Wan weights (seed {seed}, {dtype})"), tensors)
+}
+
+/// The whole random checkpoint `streamdit weights init` writes for `profile`: StreamDiT's
+/// tensors and its TAE decoder's, or a Wan profile's network in the original names plus
+/// `preview.*` ([`write_random_wan_checkpoint`]). Returns the file size in bytes.
+pub fn write_random_profile_checkpoint(
+    profile: &Profile,
+    seed: u64,
+    dtype: DType,
+    path: &Path,
+) -> Result<u64> {
+    match profile.family {
+        Family::StreamDit => write_random_streamdit_checkpoint(profile, seed, dtype, path),
+        Family::Wan => write_random_wan_checkpoint(profile, seed, dtype, path),
+    }
 }
 
 /// Writes the random checkpoint of [`random_wan`] for a Wan profile in the original names,

@@ -99,7 +99,7 @@ impl Weights {
     }
 
     /// The deterministic random decoder weights, each value rounded to `dtype`: equal, bit
-    /// for bit, to the decoder tensors [`write_random_profile_checkpoint`] writes.
+    /// for bit, to the decoder tensors [`write_random_streamdit_checkpoint`] writes.
     pub fn random_decoder(
         dec: &DecoderConfig,
         latent_channels: usize,
@@ -267,18 +267,15 @@ fn dims_metadata(cfg: &ModelConfig) -> String {
 }
 
 /// [`write_random_checkpoint`] followed by the decoder's tensors of `profile`
-/// ([`Weights::random_decoder`]): the whole checkpoint `streamdit weights init` writes. A Wan
-/// profile's is its network in the original Wan names plus `preview.*`.
+/// ([`Weights::random_decoder`]): the whole checkpoint `streamdit weights init` writes for a
+/// StreamDiT profile (`checkpoint::wan::write_random_profile_checkpoint` chooses by family).
 /// Returns the file size in bytes.
-pub fn write_random_profile_checkpoint(
+pub fn write_random_streamdit_checkpoint(
     profile: &Profile,
     seed: u64,
     dtype: DType,
     path: &Path,
 ) -> Result<u64> {
-    if profile.family == crate::model::Family::Wan {
-        return super::wan::write_random_wan_checkpoint(profile, seed, dtype, path);
-    }
     let cfg = &profile.model;
     let mut specs: Vec<(u32, TensorSpec)> = schema::checkpoint_tensors(cfg)
         .into_iter()

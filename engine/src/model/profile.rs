@@ -5,7 +5,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::family::{Family, RawProfile};
 use super::wan::config::WanConfig;
 use crate::error::{Error, Result};
 
@@ -29,11 +28,31 @@ pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
     ),
 ];
 
-/// A complete run profile. In TOML it is a [`RawProfile`]: the sections of its family
-/// (`crate::model::family`); a Wan profile's `model` and `stream` are views of its `[wan]`
-/// section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "RawProfile", into = "RawProfile")]
+/// Which model family a profile runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// StreamDiT's moving buffer (docs/streamdit.md): sections `[model]`, `[stream]`,
+    /// `[decoder]`.
+    #[default]
+    StreamDit,
+    /// The Wan2.1 causal streaming family (docs/wan.md): section `[wan]`.
+    Wan,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::StreamDit => "streamdit",
+            Family::Wan => "wan",
+        }
+    }
+}
+
+/// A complete run profile. In TOML each family writes its own sections
+/// (`crate::model::profile_toml`: [`Profile::from_toml`], [`Profile::to_toml`]); a Wan
+/// profile's `model` and `stream` are views of its `[wan]` section.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     pub name: String,
     pub description: String,
@@ -255,17 +274,6 @@ impl VideoConfig {
 }
 
 impl Profile {
-    /// Parses and validates a profile from TOML text; `origin` names it in errors.
-    pub fn from_toml(text: &str, origin: &str) -> Result<Profile> {
-        let raw: RawProfile = toml::from_str(text).map_err(|e| Error::ProfileParse {
-            path: origin.to_string(),
-            msg: e.to_string(),
-        })?;
-        let profile = Profile::from_raw(raw)?;
-        profile.validate()?;
-        Ok(profile)
-    }
-
     /// A built-in profile by name.
     pub fn builtin(name: &str) -> Result<Profile> {
         let (_, text) = BUILTIN_PROFILES
@@ -294,12 +302,6 @@ impl Profile {
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Profile::from_toml(&text, &path.display().to_string())
-    }
-
-    /// Renders the profile as TOML.
-    pub fn to_toml(&self) -> String {
-        // Serialising plain structs of numbers, strings and vectors cannot fail.
-        toml::to_string_pretty(&self.to_raw()).unwrap_or_default()
     }
 
     /// The `[wan]` section, or an error naming the profile's family.

@@ -1,10 +1,9 @@
 //! The `[wan]` section of a profile (docs/wan.md section 8): the network's dimensions, the
 //! causal sampler's settings (chunk, steps, window, sink, re-cache) and an optional LoRA,
-//! validated field by field, and the shared views the rest of the engine reads.
+//! validated field by field. The shared views the rest of the engine reads
+//! (`model_view`, `stream_view`) are built in `model/profile_toml.rs`.
 
 use serde::{Deserialize, Serialize};
-
-use crate::model::profile::{ModelConfig, StreamConfig};
 
 /// How keys are positioned for RoPE (docs/wan.md section 4).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,36 +173,6 @@ impl WanConfig {
             (Some(t), Some(s), _, _) => (t.clone(), s.clone()),
             (_, _, Some(shift), Some(steps)) => schedule_from_shift(shift, steps, self.warp),
             _ => (Vec::new(), Vec::new()),
-        }
-    }
-
-    /// The view of these dimensions as the shared model section: `latent_frames` is the
-    /// frames of one call (a chunk), `window` the whole chunk (a call attends to all of its
-    /// own tokens). The Wan graph and the shared parts (text encoders, preview) read it.
-    pub fn model_view(&self, frames: usize) -> ModelConfig {
-        let [hp, wp] = self.frame_grid();
-        ModelConfig {
-            latent_channels: self.latent_channels,
-            latent_frames: frames,
-            latent_height: self.latent_height,
-            latent_width: self.latent_width,
-            dim: self.dim,
-            depth: self.depth,
-            heads: self.heads,
-            ffn_dim: self.ffn_dim,
-            window: [frames, hp, wp],
-            text_len: self.text_len,
-            text_dim: self.text_dim,
-        }
-    }
-
-    /// The view as the shared stream section: one chunk in flight, one call per step.
-    pub fn stream_view(&self) -> StreamConfig {
-        StreamConfig {
-            chunks: 1,
-            chunk_frames: self.chunk_frames,
-            micro_steps: self.steps().max(1),
-            boundaries: None,
         }
     }
 

@@ -1,41 +1,21 @@
-//! Model families and the profile's file form. A profile names its family (`family =
-//! "streamdit"`, the default, or `"wan"`); each family has its own sections. [`RawProfile`]
-//! is the TOML as written, every section optional; [`Profile`] is the resolved form every
-//! stage reads: a Wan profile's `[wan]` section also fills the shared `model` and `stream`
-//! views (`WanConfig::model_view`, `stream_view`), so the text encoders, the preview and
-//! the tools' common code read one shape whatever the family.
+//! The profile's file form. A profile names its family (`family = "streamdit"`, the
+//! default, or `"wan"`); each family has its own sections. [`RawProfile`] is the TOML as
+//! written, every section optional; [`Profile`] is the resolved form every stage reads: a
+//! Wan profile's `[wan]` section also fills the shared `model` and `stream` views
+//! ([`WanConfig::model_view`], [`WanConfig::stream_view`]), so the text encoders, the
+//! preview and the tools' common code read one shape whatever the family.
 //!
-//! A new family adds a variant here, its section to [`RawProfile`] and one arm to
-//! [`Profile::from_raw`] and [`Family`]'s resolution, and its own module under `model/`.
+//! A new family adds a variant to [`Family`], its section to [`RawProfile`], one arm to
+//! [`Profile::from_raw`] and [`Profile::to_raw`], and its own module under `model/`.
 
 use serde::{Deserialize, Serialize};
 
 use super::profile::{
-    DecoderConfig, ModelConfig, Profile, RunConfig, StreamConfig, TextConfig, VideoConfig,
+    DecoderConfig, Family, ModelConfig, Profile, RunConfig, StreamConfig, TextConfig,
+    VideoConfig,
 };
 use super::wan::config::WanConfig;
 use crate::error::{Error, Result};
-
-/// Which model family a profile runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    /// StreamDiT's moving buffer (docs/streamdit.md): sections `[model]`, `[stream]`,
-    /// `[decoder]`.
-    #[default]
-    StreamDit,
-    /// The Wan2.1 causal streaming family (docs/wan.md): section `[wan]`.
-    Wan,
-}
-
-impl Family {
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::StreamDit => "streamdit",
-            Family::Wan => "wan",
-        }
-    }
-}
 
 /// A profile as written in TOML: sections of every family, all optional.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +49,23 @@ fn section_error(name: &str, family: Family, msg: String) -> Error {
 }
 
 impl Profile {
+    /// Parses and validates a profile from TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Profile> {
+        let raw: RawProfile = toml::from_str(text).map_err(|e| Error::ProfileParse {
+            path: origin.to_string(),
+            msg: e.to_string(),
+        })?;
+        let profile = Profile::from_raw(raw)?;
+        profile.validate()?;
+        Ok(profile)
+    }
+
+    /// Renders the profile as TOML (its family's sections).
+    pub fn to_toml(&self) -> String {
+        // Serialising plain structs of numbers, strings and vectors cannot fail.
+        toml::to_string_pretty(&self.to_raw()).unwrap_or_default()
+    }
+
     /// Resolves the file form: the family's sections must be present and no other family's.
     pub fn from_raw(raw: RawProfile) -> Result<Profile> {
         let family = raw.family.unwrap_or_default();
@@ -202,15 +199,34 @@ impl Profile {
     }
 }
 
-impl TryFrom<RawProfile> for Profile {
-    type Error = Error;
-    fn try_from(raw: RawProfile) -> Result<Profile> {
-        Profile::from_raw(raw)
+impl WanConfig {
+    /// The view of these dimensions as the shared model section: `latent_frames` is the
+    /// frames of one call (a chunk), `window` the whole chunk (a call attends to all of its
+    /// own tokens). The Wan graph and the shared parts (text encoders, preview) read it.
+    pub fn model_view(&self, frames: usize) -> ModelConfig {
+        let [hp, wp] = self.frame_grid();
+        ModelConfig {
+            latent_channels: self.latent_channels,
+            latent_frames: frames,
+            latent_height: self.latent_height,
+            latent_width: self.latent_width,
+            dim: self.dim,
+            depth: self.depth,
+            heads: self.heads,
+            ffn_dim: self.ffn_dim,
+            window: [frames, hp, wp],
+            text_len: self.text_len,
+            text_dim: self.text_dim,
+        }
     }
-}
 
-impl From<Profile> for RawProfile {
-    fn from(p: Profile) -> RawProfile {
-        p.to_raw()
+    /// The view as the shared stream section: one chunk in flight, one call per step.
+    pub fn stream_view(&self) -> StreamConfig {
+        StreamConfig {
+            chunks: 1,
+            chunk_frames: self.chunk_frames,
+            micro_steps: self.steps().max(1),
+            boundaries: None,
+        }
     }
 }
