@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use streamdit::checkpoint::wan::random_wan;
 use streamdit::model::profile::BUILTIN_PROFILES;
@@ -30,10 +30,10 @@ fn wan_tiny_text() -> String {
         .to_string()
 }
 
-fn load(profile: Profile, path: &PathBuf) -> streamdit::Result<Engine> {
+fn load(profile: Profile, path: &Path) -> streamdit::Result<Engine> {
     Engine::new(EngineParams {
         profile,
-        weights: WeightsSource::File(path.clone()),
+        weights: WeightsSource::File(path.to_path_buf()),
         backend: BackendKind::Cpu,
     })
 }
@@ -239,7 +239,7 @@ fn lora_file(rank: usize, name: &str) -> (PathBuf, BTreeMap<String, Tensor>) {
     (path, out)
 }
 
-fn with_lora(rank: usize, alpha: f32, file: &PathBuf) -> Profile {
+fn with_lora(rank: usize, alpha: f32, file: &Path) -> Profile {
     let text = wan_tiny_text().replace(
         "[video]",
         &format!(

@@ -41,7 +41,7 @@ fn temp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-fn s(p: &PathBuf) -> &str {
+fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
 
@@ -366,4 +366,40 @@ fn wan_errors_are_named() {
         s(&out),
     ]);
     assert!(m.contains("KV cache"), "{m}");
+}
+
+/// The trace hook for StreamDiT: the buffer's initial noise frames, each popped chunk's
+/// fresh noise, and every chunk, in the order drawn.
+#[test]
+fn streamdit_trace_names_every_noise_frame_and_chunk() {
+    let path = temp("tiny-trace.safetensors");
+    ok(&[
+        "generate",
+        "--profile",
+        "tiny",
+        "--preview",
+        "--frames",
+        "16",
+        "--seed",
+        "5",
+        "--trace",
+        s(&path),
+        "--out",
+        "-",
+    ]);
+    let t = read_tensors(&path).unwrap();
+    let mut names: Vec<&String> = t.keys().collect();
+    names.sort();
+    // 8 buffer frames, 2 chunks popped (frames 8..11 pushed), 2 chunks emitted.
+    assert_eq!(t.len(), 12 + 2, "{names:?}");
+    for f in 0..12u64 {
+        let n = &t[&format!("noise.{f}")];
+        assert_eq!(n.shape, [8, 16, 16]);
+        let mut z = vec![0.0; 8 * 16 * 16];
+        streamdit::inspect::noise_frame(5, f, &mut z);
+        assert_eq!(n.data, z, "noise.{f}");
+    }
+    for k in 0..2 {
+        assert_eq!(t[&format!("chunk.{k}")].shape, [2, 8, 16, 16]);
+    }
 }

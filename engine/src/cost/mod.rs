@@ -34,6 +34,7 @@
 
 mod decoder;
 mod dit;
+mod op;
 mod roofline;
 mod wan;
 

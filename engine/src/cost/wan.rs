@@ -10,7 +10,7 @@
 //! - `Rope3d` 4 per element (a rotation is 4 multiplies and 2 adds per pair, plus the
 //!   angles), `AffineLayerNorm` 7, `Sinusoid` 2, `MaskRows` 1; `UnpatchifyPacked` is layout.
 
-use super::dit::{OpClass, OpCost};
+use super::op::{OpClass, OpCost};
 use crate::model::graph::{Graph, Op, TensorId};
 
 /// The cost of a Wan op; `None` for the ops [`super::op_cost`] counts itself.

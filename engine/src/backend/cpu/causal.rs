@@ -107,6 +107,9 @@ impl CpuBackend {
     }
 }
 
+/// Per block, the frames a committing call staged for the cache.
+type Staged = Vec<Vec<FrameKv>>;
+
 /// A call graph with its interpreter.
 struct Call {
     wan: WanGraph,
@@ -133,7 +136,7 @@ impl Call {
         visible: usize,
         commit: bool,
         tracer: Option<super::Tracer>,
-    ) -> Result<(Option<Vec<f32>>, Vec<Vec<FrameKv>>)> {
+    ) -> Result<(Option<Vec<f32>>, Staged)> {
         let g = &self.wan.graph;
         let m = &g.config;
         check_len("x", x.len(), m.buffer_elems())?;
