@@ -31,6 +31,14 @@ pub(crate) fn call(
             w.window - c
         )));
     }
+    if cached + c < w.window {
+        eprintln!(
+            "streamdit: note: this call attends to {} latent frames; the FLOP and byte columns \
+             count a full window of {} (plan's steady state), so attention rates read high",
+            cached + c,
+            w.window
+        );
+    }
     let mut backend = engine.create_causal_backend()?;
     let cond = engine.encode_prompt(prompt)?;
     backend.set_text(&cond.text, &cond.mask)?;
