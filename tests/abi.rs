@@ -327,3 +327,49 @@ fn examples_build_and_run() {
         Err(e) => println!("python3 not runnable ({e}): the Python example was not run"),
     }
 }
+
+/// The Wan family by profile name through the C ABI: `wan-tiny` with the preview decoder
+/// streams the Rust API's frames; CUDA and the TAE decoder are named errors.
+#[test]
+fn c_program_streams_wan_tiny_by_profile_name() {
+    use streamdit::DecoderKind;
+    let lib = lib_dir();
+    let exe = compile(&lib, "tests/abi/wan_test.c", "wan");
+    let frames_path = temp("wan-frames.rgb");
+    let out = Command::new(&exe).arg(&frames_path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("failures 0"),
+        "wan_test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = std::fs::read(&frames_path).unwrap();
+    std::fs::remove_file(&frames_path).unwrap();
+    std::fs::remove_file(&exe).unwrap();
+    let engine = Engine::new(EngineParams {
+        profile: Profile::load("wan-tiny").unwrap(),
+        weights: WeightsSource::Random {
+            seed: 3,
+            dtype: DType::F16,
+        },
+        backend: BackendKind::Cpu,
+    })
+    .unwrap();
+    let mut stream = engine
+        .stream(StreamParams {
+            prompt: "a red kite over the sea".into(),
+            seed: Some(11),
+            decoder: DecoderKind::Preview,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut want = Vec::new();
+    for chunk in 0..3 {
+        if chunk == 2 {
+            stream.set_prompt("a blue whale");
+        }
+        stream.next_frames(&mut want).unwrap();
+    }
+    assert_eq!(got.len(), 3 * 8 * 64 * 64 * 3);
+    assert!(got == want, "C and Rust streams differ");
+}

@@ -205,3 +205,171 @@ fn unknown_profile_names_the_builtins() {
     let e = Profile::load("no-such-profile").unwrap_err().to_string();
     assert!(e.contains("tiny") && e.contains("streamdit-4b"), "{e}");
 }
+
+/// The Wan profiles carry docs/wan.md section 8's numbers.
+#[test]
+fn wan_profiles_have_the_documented_numbers() {
+    use streamdit::inspect::wan_parameters;
+    use streamdit::Family;
+    let sf = Profile::builtin("wan-1.3b").unwrap();
+    assert_eq!(sf.family, Family::Wan);
+    let w = sf.wan().unwrap();
+    assert_eq!(
+        (w.latent_channels, w.latent_height, w.latent_width),
+        (16, 60, 104)
+    );
+    assert_eq!((w.dim, w.depth, w.heads, w.ffn_dim), (1536, 30, 12, 8960));
+    assert_eq!((w.freq_dim, w.text_len, w.text_dim), (256, 512, 4096));
+    assert_eq!(w.tokens_per_frame(), 1560);
+    assert_eq!(w.rope_split(), [22, 21, 21]);
+    assert_eq!(
+        (w.chunk_frames, w.window, w.sink, w.recache),
+        (3, 21, 0, false)
+    );
+    // 832x480 video from the 8x spatial compression.
+    assert_eq!(
+        (
+            w.latent_width * sf.video.spatial_upsample,
+            w.latent_height * sf.video.spatial_upsample
+        ),
+        (832, 480)
+    );
+    let (t, s) = w.schedule();
+    let want = [1000.0, 937.5, 833.333_333_333_333_4, 625.0];
+    for (a, b) in t.iter().zip(want) {
+        assert!((a - b).abs() < 1e-9, "{t:?}");
+    }
+    assert_eq!(s.len(), 4);
+    // docs/wan.md section 1: 1,418,996,800 parameters.
+    assert_eq!(wan_parameters(w), 1_418_996_800);
+    // The shared views: one chunk per call, one call per step.
+    assert_eq!(sf.model.latent_frames, 3);
+    assert_eq!(sf.stream.micro_steps, 4);
+
+    let ll = Profile::builtin("wan-1.3b-longlive").unwrap();
+    let l = ll.wan().unwrap();
+    assert_eq!((l.window, l.sink, l.recache), (12, 3, true));
+    let lora = l.lora.as_ref().unwrap();
+    assert_eq!((lora.rank, lora.alpha), (256, 256.0));
+    let tiny = Profile::builtin("wan-tiny").unwrap();
+    let t = tiny.wan().unwrap();
+    assert_eq!(
+        (t.chunk_frames, t.window, t.sink, t.recache),
+        (2, 4, 1, true)
+    );
+    assert_eq!(t.rope_split(), [4, 2, 2]);
+}
+
+fn wan_tiny_with(from: &str, to: &str) -> String {
+    let text = BUILTIN_PROFILES
+        .iter()
+        .find(|(n, _)| *n == "wan-tiny")
+        .unwrap()
+        .1;
+    assert!(text.contains(from), "wan-tiny.toml has no `{from}`");
+    text.replacen(from, to, 1)
+}
+
+#[test]
+fn bad_wan_profiles_name_the_field_and_the_rule() {
+    let cases = [
+        (
+            "window = 4 ",
+            "window = 1 ",
+            "wan.chunk_frames",
+            "not exceed wan.window",
+        ),
+        (
+            "sink = 1",
+            "sink = 3",
+            "wan.sink",
+            "must not exceed wan.window",
+        ),
+        ("heads = 3", "heads = 5", "wan.heads", "divide wan.dim"),
+        ("heads = 3", "heads = 16", "wan.heads", "at least 6"),
+        (
+            "patch = [1, 2, 2]",
+            "patch = [1, 4, 4]",
+            "wan.patch",
+            "[1, 2, 2]",
+        ),
+        (
+            "latent_width = 8",
+            "latent_width = 7",
+            "wan.latent_width",
+            "even",
+        ),
+        ("freq_dim = 16", "freq_dim = 15", "wan.freq_dim", "even"),
+        ("depth = 2", "depth = 0", "wan.depth", "at least 1"),
+        (
+            "rope_positions = \"absolute\"",
+            "rope_positions = \"window\"",
+            "wan.rope_positions",
+            "not implemented",
+        ),
+        (
+            "shift = 5.0",
+            "shift = 5.0\ntimesteps = [1000.0]\nsigmas = [1.0]",
+            "wan.timesteps",
+            "one pair",
+        ),
+        ("shift = 5.0", "shift = -1.0", "wan.shift", "positive"),
+        (
+            "denoising_steps = [1000.0, 750.0, 500.0, 250.0]",
+            "denoising_steps = [750.0, 1000.0]",
+            "wan.denoising_steps",
+            "strictly decreasing",
+        ),
+        (
+            "context_timestep = 0.0",
+            "context_timestep = 2000.0",
+            "wan.context_timestep",
+            "[0, 1000]",
+        ),
+        (
+            "guidance = 1.0",
+            "guidance = 3.0",
+            "run.guidance",
+            "distilled",
+        ),
+        (
+            "len = 8",
+            "len = 9",
+            "text.encoders",
+            "sum to model.text_len",
+        ),
+        (
+            "[video]",
+            "[wan.lora]\nrank = 0\nalpha = 1.0\n\n[video]",
+            "wan.lora.rank",
+            "at least 1",
+        ),
+        (
+            "[video]",
+            "[decoder]\nwidths = [8]\ngroups = 1\n\n[video]",
+            "family = \"wan\"",
+            "no [decoder] section",
+        ),
+        (
+            "family = \"wan\"",
+            "",
+            "family = \"streamdit\"",
+            "no [wan] section",
+        ),
+    ];
+    for (from, to, field, rule) in cases {
+        match Profile::from_toml(&wan_tiny_with(from, to), "test") {
+            Err(Error::Profile {
+                field: f, rule: r, ..
+            }) => {
+                assert_eq!(f, field, "replacing `{from}` by `{to}`: {r}");
+                assert!(
+                    r.contains(rule),
+                    "`{field}`: rule `{r}` does not say `{rule}`"
+                );
+            }
+            Err(e) => panic!("`{to}`: expected a profile error, got {e}"),
+            Ok(_) => panic!("`{to}` was accepted"),
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! StreamDiT inference engine: streaming text-to-video with a moving buffer of latent frames
 //! at staggered noise levels (arXiv 2507.03745), run by the definition in
-//! `docs/streamdit.md` (its decoder: `docs/tae.md`).
+//! `docs/streamdit.md` (its decoder: `docs/tae.md`), and the Wan2.1 causal streaming family
+//! (Self-Forcing, CausVid, LongLive: chunks over a KV cache, `docs/wan.md`), chosen by the
+//! profile's `family`.
 //!
 //! The library holds no global state: every engine and stream is an owned value, so one
 //! process can run several of each.
@@ -17,7 +19,8 @@
 //!   static graph, op costs, memory plans, rooflines, the schedule); what `streamdit plan`,
 //!   `bench` and `profile` print.
 //! - [`Backend`]: one model call on the engine's backend (`Engine::create_backend`), for
-//!   golden tests and per-op timing.
+//!   golden tests and per-op timing; [`CausalBackend`] the same for a causal family's calls
+//!   over a KV cache (`Engine::create_causal_backend`).
 //!
 //! Everything else is internal (`pub(crate)`); the integration tests see it through the
 //! `internals` feature, which nothing else enables. The C ABI (`abi`, `include/streamdit.h`)
@@ -44,17 +47,19 @@ mod error;
 pub mod nvtx;
 mod tensor;
 
-pub use backend::{Backend, Clock, StepParams, TimedStep};
+pub use backend::{Backend, CausalBackend, Clock, StepParams, TimedStep};
 pub use checkpoint::DType;
 pub use decoder::{Decoder, TaehvDecoder, WanVaeDecoder};
 pub use engine::{
     tae_decoder, BackendKind, DecoderKind, Engine, EngineParams, StreamParams, WeightsSource,
 };
 pub use error::{Error, Result};
+pub use model::profile::Family;
 pub use model::profile::{
     builtin_names, DecoderConfig, ModelConfig, Profile, RunConfig, StreamConfig, TextConfig,
     VideoConfig, BUILTIN_PROFILES,
 };
+pub use model::wan::{LoraConfig, RopePositions, WanConfig};
 pub use stream::Stream;
 pub use tensor::Tensor;
 pub use text::TextInput;
@@ -71,9 +76,10 @@ pub mod conditioning {
     pub use crate::text::{load_text_embeddings, stack, Conditioner, TextInput};
 }
 
-/// Tensor files (safetensors) in and out.
+/// Tensor files (safetensors) in and out, and PyTorch `.pt` checkpoints converted to
+/// safetensors by a restricted unpickler ([`convert`]).
 pub mod files {
-    pub use crate::checkpoint::pickle::{convert as convert_pt, ConvertOptions, ConvertReport};
+    pub use crate::checkpoint::pickle::{convert, ConvertOptions, ConvertReport, PtDtype};
     pub use crate::checkpoint::{
         read_tensors, write_random_checkpoint, write_random_profile_checkpoint, write_tensors,
         Checkpoint, TensorInfo, Weights,
@@ -88,7 +94,9 @@ pub mod files {
 /// - the device memory plan ([`MemoryPlan`], with the launches the CUDA backend fuses:
 ///   [`device_fusion`]) and the device decoder's allocation ([`decoder_device_memory`]);
 /// - roofline predictions on named GPUs ([`GpuSpec`], [`Prediction`]);
-/// - the streaming schedule ([`Schedule`]) and the noise of a latent frame ([`noise_frame`]).
+/// - the streaming schedule ([`Schedule`]) and the noise of a latent frame ([`noise_frame`]);
+/// - the Wan family's call graph over a KV cache ([`WanGraph`]), its parameter count
+///   ([`wan_parameters`]) and its sampler's noise ([`wan_noise_frame`]).
 pub mod inspect {
     pub use crate::backend::cuda::lower::fusion as device_fusion;
     pub use crate::cost::{
@@ -104,6 +112,8 @@ pub mod inspect {
     pub use crate::model::graph::{Graph, Kind, Op, Precision, TensorDesc, TensorId};
     pub use crate::model::streamdit::schema::{dit_parameters, Group};
     pub use crate::model::tae::{TaeGraph, TaeOp, TaeStep, TEMPORAL_UPSAMPLE};
-    pub use crate::rng::noise_frame;
+    pub use crate::model::wan::graph::WanGraph;
+    pub use crate::model::wan::schema::wan_parameters;
+    pub use crate::rng::{noise_frame, wan_noise_frame};
     pub use crate::stream::{Schedule, ScheduledStep};
 }

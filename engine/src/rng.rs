@@ -68,6 +68,21 @@ pub fn noise_frame(seed: u64, frame: u64, out: &mut [f32]) {
     }
 }
 
+/// Counter word of the Wan family's noise draws (ASCII "WAN1", docs/wan.md section 6).
+pub const WAN_NOISE_DOMAIN: u32 = 0x5741_4E31;
+
+/// The Wan sampler's noise of absolute latent frame `frame` at step `step` (0 the initial
+/// noise, `s >= 1` the re-noise before step `s`): element `e` is output `e mod 4` of the
+/// Philox block with key `seed` and counter `[e / 4, frame, step, WAN_NOISE_DOMAIN]`
+/// (docs/wan.md section 6), each pair mapped by [`box_muller`].
+pub fn wan_noise_frame(seed: u64, frame: u64, step: u32, out: &mut [f32]) {
+    let key = split64(seed);
+    for (q, block) in out.chunks_mut(4).enumerate() {
+        let z = normals4([q as u32, frame as u32, step, WAN_NOISE_DOMAIN], key);
+        block.copy_from_slice(&z[..block.len()]);
+    }
+}
+
 /// Counter word that separates weight-init draws from noise draws (ASCII "WINI").
 pub const WEIGHT_INIT_DOMAIN: u32 = 0x5749_4E49;
 

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
-use streamdit::inspect::Graph;
 use streamdit::inspect::GraphCost;
 use streamdit::inspect::MemoryPlan;
 use streamdit::{DecoderKind, Error, Result, Stream, StreamParams};
@@ -178,7 +177,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let cold_s = secs(t0.elapsed());
     let cold_calls = stream.calls();
     let profile = engine.profile().clone();
-    let graph = Graph::build(&profile.model, stream.guidance());
+    // A Wan profile's call: one chunk over a full window (plan's steady state).
+    let (graph, _) = crate::plan_wan::graph(&profile, stream.guidance())?;
     let cost = GraphCost::of(&graph);
 
     // Steady state: warm-up calls, then the measured window.

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 use streamdit::DType;
-use streamdit::{BackendKind, Engine, EngineParams, Error, Profile, Result, WeightsSource};
+use streamdit::{
+    BackendKind, Engine, EngineParams, Error, LoraConfig, Profile, Result, WeightsSource,
+};
 
 /// `NAME=PATH` of `--text-dir`.
 pub(crate) fn parse_text_dir(s: &str) -> std::result::Result<(String, String), String> {
@@ -49,6 +51,17 @@ pub(crate) struct ModelArgs {
     /// `backend` (the model's cuda/emu device, FP16 GEMM kernel; attention stays on the CPU).
     #[arg(long, value_name = "cpu|backend")]
     pub(crate) text_device: Option<String>,
+    /// Wan family: a LoRA (safetensors of PEFT factors, e.g. LongLive's `lora.pt` after
+    /// `streamdit convert --prefix generator_lora.`) merged into the weights at load; rank
+    /// and alpha from the profile's `[wan.lora]` or `--lora-rank`/`--lora-alpha`.
+    #[arg(long, value_name = "F")]
+    pub(crate) lora: Option<PathBuf>,
+    /// The LoRA's rank (overrides the profile's).
+    #[arg(long, requires = "lora")]
+    pub(crate) lora_rank: Option<usize>,
+    /// The LoRA's alpha (overrides the profile's; the merge scales by alpha / rank).
+    #[arg(long, requires = "lora")]
+    pub(crate) lora_alpha: Option<f32>,
 }
 
 impl ModelArgs {
@@ -57,6 +70,9 @@ impl ModelArgs {
         if let Some(d) = &self.text_device {
             profile.text.device = Some(d.clone());
             profile.validate()?;
+        }
+        if let Some(file) = &self.lora {
+            set_lora(&mut profile, file, self.lora_rank, self.lora_alpha)?;
         }
         let weights = match &self.weights {
             Some(path) => WeightsSource::File(path.clone()),
@@ -72,11 +88,43 @@ impl ModelArgs {
         })?;
         let (kind, why) = engine.backend_choice();
         eprintln!("streamdit: backend {kind:?} ({why})");
-        for n in engine.text_notes() {
+        for n in engine.weight_notes().iter().chain(engine.text_notes()) {
             eprintln!("streamdit: {n}");
         }
         Ok(engine)
     }
+}
+
+/// Points a Wan profile's LoRA at `file`, with rank and alpha from the arguments or the
+/// profile's `[wan.lora]`.
+fn set_lora(
+    profile: &mut Profile,
+    file: &std::path::Path,
+    rank: Option<usize>,
+    alpha: Option<f32>,
+) -> Result<()> {
+    let name = profile.name.clone();
+    let wan = profile.wan.as_mut().ok_or_else(|| {
+        Error::Invalid(format!(
+            "--lora: profile `{name}` is not of the wan family (a LoRA merges into Wan weights)"
+        ))
+    })?;
+    let (rank, alpha) = match (&wan.lora, rank, alpha) {
+        (_, Some(r), Some(a)) => (r, a),
+        (Some(l), r, a) => (r.unwrap_or(l.rank), a.unwrap_or(l.alpha)),
+        (None, _, _) => {
+            return Err(Error::Invalid(format!(
+                "--lora: profile `{name}` has no [wan.lora] section; give --lora-rank and \
+                 --lora-alpha"
+            )))
+        }
+    };
+    wan.lora = Some(LoraConfig {
+        rank,
+        alpha,
+        file: Some(file.display().to_string()),
+    });
+    profile.validate()
 }
 
 /// `1.234 GB (1.15 GiB)` or `1.234 MB (1.18 MiB)`.

@@ -28,6 +28,14 @@ pub(crate) struct ForwardArgs {
 
 pub(crate) fn forward(args: ForwardArgs) -> Result<()> {
     let engine = args.model.engine()?;
+    if engine.profile().family == streamdit::Family::Wan {
+        return Err(Error::Invalid(format!(
+            "forward runs StreamDiT's one-call graph; a call of profile `{}` (wan family) \
+             needs a KV cache: use `generate --trace` for golden tensors or `profile` to time \
+             a call",
+            engine.profile().name
+        )));
+    }
     let m = engine.profile().model.clone();
     let mut tensors = files::read_tensors(&args.input)?;
     let path = args.input.display().to_string();

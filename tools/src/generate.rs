@@ -35,7 +35,8 @@ pub(crate) struct GenerateArgs {
     /// Seconds of video to write.
     #[arg(long)]
     seconds: Option<f64>,
-    /// Precomputed text condition (`text [Lt, Dtxt]`, `text_mask [Lt]`) replacing the prompt.
+    /// Precomputed text condition replacing the prompt: `text [Lt, Dtxt]` and optionally
+    /// `text_mask [Lt]` (all rows real without it).
     #[arg(long)]
     text_embeddings: Option<PathBuf>,
     /// `out.y4m`, a directory (or `*.png`) for a PNG sequence, or `-` for raw RGB24 on stdout.
@@ -44,6 +45,12 @@ pub(crate) struct GenerateArgs {
     /// Show the cheap latent preview instead of decoding with the TAE decoder.
     #[arg(long)]
     preview: bool,
+    /// Golden-test hook: write every noise tensor the sampler drew and every finished
+    /// chunk's clean latents to this safetensors file (f32). StreamDiT: `noise.{global
+    /// frame}` `[C, H, W]`; Wan: `noise.{chunk}.{step}` `[c, C, H, W]` (step 0 the initial
+    /// noise, step k the re-noise before step k); both: `chunk.{k}` `[c, C, H, W]`.
+    #[arg(long, value_name = "F.safetensors")]
+    trace: Option<PathBuf>,
 }
 
 fn parse_prompt_at(s: &str) -> std::result::Result<(u64, String), String> {
@@ -81,6 +88,9 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
             DecoderKind::Tae
         },
     })?;
+    if args.trace.is_some() {
+        stream.set_trace(true);
+    }
     let fps = profile.video.fps;
     let total = match (args.frames, args.seconds) {
         (Some(f), _) => f,
@@ -125,6 +135,17 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
     }
     sink.finish()?;
     let secs = start.elapsed().as_secs_f64();
+    if let Some(path) = &args.trace {
+        let trace = stream.take_trace();
+        let refs: Vec<(&str, &streamdit::Tensor)> =
+            trace.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        streamdit::files::write_tensors(path, &refs, streamdit::DType::F32)?;
+        eprintln!(
+            "\nstreamdit: wrote the trace ({} tensors) to {}",
+            refs.len(),
+            path.display()
+        );
+    }
     let first = first_chunk.unwrap_or_default().as_secs_f64();
     let steady_frames = written.saturating_sub(stream.frames_per_chunk() as u64);
     let steady = if steady_frames > 0 && secs > first {

@@ -1,5 +1,5 @@
-//! `streamdit`: generate video, run one model call, write random checkpoints, list profiles,
-//! plan, benchmark and profile.
+//! `streamdit`: generate video, run one model call, write random checkpoints, convert
+//! PyTorch checkpoints, list profiles, plan, benchmark and profile.
 
 /// Appends one formatted line, trailing spaces trimmed, to the report `out` being built
 /// (reports are built in memory and printed at once).
@@ -19,7 +19,9 @@ mod forward;
 mod generate;
 mod plan;
 mod plan_decoder;
+mod plan_wan;
 mod profile;
+mod profile_wan;
 mod profiles;
 mod serve;
 mod telemetry;
@@ -34,7 +36,7 @@ use streamdit::Result;
 #[command(
     name = "streamdit",
     version,
-    about = "StreamDiT streaming text-to-video inference engine"
+    about = "Streaming text-to-video inference engine: StreamDiT and the Wan2.1 streaming family"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,6 +52,9 @@ enum Command {
     /// Decode latents (`latents [T, C, H, W]` in a safetensors file) to video with the TAE
     /// decoder on the CPU, chunk by chunk as a stream does.
     Decode(decode::DecodeArgs),
+    /// Convert a PyTorch `.pt`/`.pth` checkpoint to safetensors (restricted unpickler:
+    /// tensors and plain containers only), optionally keeping one subtree (`--prefix`).
+    Convert(convert::ConvertArgs),
     /// Checkpoint tools.
     Weights {
         #[command(subcommand)]
@@ -73,9 +78,6 @@ enum Command {
     /// (safetensors, f32), to compare with another implementation; `--write-folders DIR`
     /// writes the random encoders as Hugging Face folders instead.
     Encode(encode::EncodeArgs),
-    /// Convert a PyTorch `.pt`/`.pth` checkpoint (torch.save zip) to safetensors, without
-    /// executing anything from the file.
-    Convert(convert::ConvertArgs),
     /// Serve the stream live to a browser page (WebSocket, MJPEG) steered by prompts, with
     /// JSON endpoints for scripts.
     Serve(serve::ServeArgs),

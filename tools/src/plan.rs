@@ -28,7 +28,6 @@ pub(crate) struct PlanArgs {
 
 pub(crate) fn plan(args: PlanArgs) -> Result<()> {
     use serde_json::{json, Value};
-    use streamdit::inspect::Graph;
     use streamdit::inspect::{lifetimes_fused, MemoryPlan, OpList, ALIGNMENT};
     use streamdit::inspect::{
         op_kind, video_frames_per_call, CostSum, GpuSpec, GraphCost, ListCost, OpClass, ParamCount,
@@ -38,7 +37,7 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
     let profile = Profile::load(&args.profile)?;
     let guidance = args.guidance.unwrap_or(profile.run.guidance);
     let gpu = args.gpu.as_deref().map(GpuSpec::by_key).transpose()?;
-    let graph = Graph::build(&profile.model, guidance);
+    let (graph, wan) = crate::plan_wan::graph(&profile, guidance)?;
     let cost = GraphCost::of(&graph);
     // The plan of the CUDA backend: ops it runs in one launch share one liveness step.
     let fusion = streamdit::inspect::device_fusion(&graph);
@@ -144,8 +143,13 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
         }
     }
 
-    let decoder =
-        crate::plan_decoder::report(&profile, gpu, prediction.as_ref(), mem.peak_bytes())?;
+    let decoder = match &wan {
+        None => crate::plan_decoder::report(&profile, gpu, prediction.as_ref(), mem.peak_bytes())?,
+        Some(_) => crate::plan_decoder::DecoderReport::none(
+            "decoder: the Wan decoders (TAEHV, the Wan VAE) are not in this build; the preview \
+             costs next to nothing",
+        ),
+    };
     text.push_str(&decoder.ops);
 
     let ms = |ops: &[streamdit::inspect::OpCost]| gpu.map(|g| g.list_seconds(ops) * 1e3);
@@ -242,8 +246,9 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
     }
     say!(
         text,
-        "  persistent       {} (cross-attention K/V)",
-        bytes(mem.persistent_bytes())
+        "  persistent       {} (cross-attention K/V{})",
+        bytes(mem.persistent_bytes()),
+        if wan.is_some() { ", KV cache" } else { "" }
     );
     say!(text, "  inputs, output   {}", bytes(mem.io_bytes()));
     say!(
@@ -267,7 +272,7 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
         flops(cost.call.total.flops),
         flops(cost.prompt.total.flops)
     );
-    if let Some(p) = &prediction {
+    if let (Some(p), None) = (&prediction, &wan) {
         say!(
             text,
             "  roofline         {:.2} ms per call, {:.2} video FPS ({} frames per call)",
@@ -284,6 +289,11 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
         );
     }
     text.push_str(&decoder.totals);
+    let wan_json = wan.as_ref().map(|p| {
+        let (t, j) = crate::plan_wan::report(p, &graph, &cost, gpu, args.efficiency);
+        text.push_str(&t);
+        j
+    });
 
     if let Some(path) = &args.json {
         let life = lifetimes_fused(&graph, &fusion);
@@ -341,6 +351,7 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
             "classes": classes_json,
             "ops": ops_json,
             "decoder": decoder.json,
+            "wan": wan_json,
             "tensors": tensors,
         });
         let json = serde_json::to_string_pretty(&report)

@@ -17,6 +17,17 @@ pub struct DecoderReport {
     pub json: Value,
 }
 
+impl DecoderReport {
+    /// A report without a decoder section, saying why.
+    pub fn none(why: &str) -> DecoderReport {
+        DecoderReport {
+            ops: String::new(),
+            totals: format!("  {why}\n"),
+            json: Value::Null,
+        }
+    }
+}
+
 fn op_name(op: &TaeOp) -> &str {
     match op {
         TaeOp::GroupNorm { name, .. }

@@ -9,10 +9,11 @@ use clap::Args;
 use serde_json::{json, Value};
 use streamdit::conditioning as text;
 use streamdit::inspect::noise_frame;
+use streamdit::inspect::Graph;
 use streamdit::inspect::Schedule;
 use streamdit::inspect::{op_kind, GraphCost, OpClass, OpCost};
 use streamdit::nvtx;
-use streamdit::{Error, Result};
+use streamdit::{Backend, Clock, Engine, Error, Family, Result, TimedStep};
 
 use crate::common::{fmt_flops, print_stdout, ModelArgs};
 
@@ -35,6 +36,10 @@ pub struct ProfileArgs {
     /// Write a Chrome trace (open it in https://ui.perfetto.dev or chrome://tracing).
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
+    /// Wan family: latent frames committed to the KV cache before the profiled call
+    /// (default: the steady state, window minus one chunk).
+    #[arg(long, value_name = "FRAMES")]
+    cache_frames: Option<usize>,
 }
 
 /// One timed piece of the call with its share of the plan's costs.
@@ -56,41 +61,84 @@ fn dominant_class(ops: &[OpCost]) -> OpClass {
         .map_or(OpClass::ALL[OpClass::ALL.len() - 1], |c| c.class)
 }
 
+/// A model call the tool can repeat and time: StreamDiT's (a steady-state buffer) or a
+/// Wan chunk's (over a populated KV cache, `profile_wan.rs`).
+pub(crate) trait Profiled {
+    fn name(&self) -> &'static str;
+    fn graph(&self) -> Graph;
+    fn call(&mut self) -> Result<()>;
+    fn timed(&mut self, on_step: &mut dyn FnMut(&TimedStep)) -> Result<Clock>;
+}
+
+/// A steady-state StreamDiT call: the buffer's noise levels after prefill.
+struct StreamDitCall {
+    backend: Box<dyn Backend>,
+    x: Vec<f32>,
+    tau: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl StreamDitCall {
+    fn new(engine: &Engine, prompt: &str, guidance: f32) -> Result<StreamDitCall> {
+        let profile = engine.profile();
+        let m = &profile.model;
+        let mut backend = engine.create_backend(guidance)?;
+        let cond = engine.encode_prompt(prompt)?;
+        let negative = (backend.graph().batch == 2)
+            .then(|| engine.encode_prompt(&profile.run.negative_prompt))
+            .transpose()?;
+        let branches: Vec<&text::TextInput> = std::iter::once(&cond).chain(&negative).collect();
+        let (t, mask) = text::stack(&branches);
+        {
+            let _range = nvtx::Range::push("prompt");
+            backend.set_text(&t, &mask)?;
+        }
+        let schedule = Schedule::new(&profile.stream);
+        let tau = schedule.step(schedule.prefill_calls()).tau;
+        let mut x = vec![0.0; m.buffer_elems()];
+        for (k, frame) in x.chunks_mut(m.frame_elems()).enumerate() {
+            noise_frame(profile.run.seed, k as u64, frame);
+        }
+        let v = vec![0.0; x.len()];
+        Ok(StreamDitCall { backend, x, tau, v })
+    }
+}
+
+impl Profiled for StreamDitCall {
+    fn name(&self) -> &'static str {
+        self.backend.name()
+    }
+    fn graph(&self) -> Graph {
+        self.backend.graph().clone()
+    }
+    fn call(&mut self) -> Result<()> {
+        self.backend.forward(&self.x, &self.tau, &mut self.v)
+    }
+    fn timed(&mut self, on_step: &mut dyn FnMut(&TimedStep)) -> Result<Clock> {
+        self.backend
+            .forward_timed(&self.x, &self.tau, &mut self.v, on_step)
+    }
+}
+
 pub fn profile(args: ProfileArgs) -> Result<()> {
     let engine = args.model.engine()?;
     let profile = engine.profile().clone();
-    let m = profile.model.clone();
     let guidance = args.guidance.unwrap_or(profile.run.guidance);
-    let mut backend = engine.create_backend(guidance)?;
-    let cond = engine.encode_prompt(&args.prompt)?;
-    let negative = (backend.graph().batch == 2)
-        .then(|| engine.encode_prompt(&profile.run.negative_prompt))
-        .transpose()?;
-    let branches: Vec<&text::TextInput> = std::iter::once(&cond).chain(&negative).collect();
-    let (t, mask) = text::stack(&branches);
-    {
-        let _range = nvtx::Range::push("prompt");
-        backend.set_text(&t, &mask)?;
-    }
-    // A steady-state call: the buffer's noise levels after prefill.
-    let schedule = Schedule::new(&profile.stream);
-    let tau = schedule.step(schedule.prefill_calls()).tau;
-    let mut x = vec![0.0; m.buffer_elems()];
-    for (k, frame) in x.chunks_mut(m.frame_elems()).enumerate() {
-        noise_frame(profile.run.seed, k as u64, frame);
-    }
-    let mut v = vec![0.0; x.len()];
+    let mut backend: Box<dyn Profiled> = match profile.family {
+        Family::Wan => crate::profile_wan::call(&engine, &args.prompt, args.cache_frames)?,
+        Family::StreamDit => Box::new(StreamDitCall::new(&engine, &args.prompt, guidance)?),
+    };
     for k in 0..args.warmup {
         let _range = nvtx::Range::push(format_args!("warm-up call {k}"));
-        backend.forward(&x, &tau, &mut v)?;
+        backend.call()?;
     }
-    let graph = backend.graph().clone();
+    let graph = backend.graph();
     let cost = GraphCost::of(&graph);
     let mut rows: Vec<Row> = Vec::new();
     let mut at = 0.0;
     let wall = Instant::now();
     let call_range = nvtx::Range::push("profiled call");
-    let clock = backend.forward_timed(&x, &tau, &mut v, &mut |s| {
+    let clock = backend.timed(&mut |s| {
         let ops = &cost.call.ops[s.ops.clone()];
         let parts = s.parts.max(1) as f64;
         let kinds: Vec<&str> = graph.call_ops[s.ops.clone()].iter().map(op_kind).collect();

@@ -1,8 +1,12 @@
-//! Backends execute the model graph. The stream drives every backend through [`Backend`],
-//! so a new backend (CUDA, emulated CUDA) plugs in without touching the sampler.
+//! Backends execute the model graph. The stream drives every backend through [`Backend`]
+//! (StreamDiT's moving buffer) or [`CausalBackend`] (a causal family's calls over a KV
+//! cache), so a new backend (CUDA, emulated CUDA) plugs in without touching the sampler.
 
+pub mod causal;
 pub mod cpu;
 pub mod cuda;
+
+pub use causal::CausalBackend;
 
 use std::ops::Range;
 

@@ -12,12 +12,14 @@ mod header;
 pub mod lora;
 pub mod pickle;
 pub mod video;
+pub mod wan;
 mod weights;
 
 pub use dtype::DType;
 pub use file::{read_tensors, write_tensors, Checkpoint};
 pub use header::TensorInfo;
-pub use weights::{write_random_checkpoint, write_random_profile_checkpoint, Weights};
+pub use wan::write_random_profile_checkpoint;
+pub use weights::{write_random_checkpoint, Weights};
 
 /// Elements per parallel task when generating, converting or encoding values.
 const BLOCK: usize = 1 << 16;

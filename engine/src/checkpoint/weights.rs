@@ -99,7 +99,7 @@ impl Weights {
     }
 
     /// The deterministic random decoder weights, each value rounded to `dtype`: equal, bit
-    /// for bit, to the decoder tensors [`write_random_profile_checkpoint`] writes.
+    /// for bit, to the decoder tensors [`write_random_streamdit_checkpoint`] writes.
     pub fn random_decoder(
         dec: &DecoderConfig,
         latent_channels: usize,
@@ -160,7 +160,12 @@ impl Weights {
 
 /// The named tensor of `spec` drawn with Philox counter word `counter`, each value rounded
 /// to `dtype`.
-fn random_tensor(seed: u64, counter: u32, spec: &TensorSpec, dtype: DType) -> (String, Tensor) {
+pub(super) fn random_tensor(
+    seed: u64,
+    counter: u32,
+    spec: &TensorSpec,
+    dtype: DType,
+) -> (String, Tensor) {
     let mut data = vec![0.0; spec.numel()];
     fill_counter(seed, counter, spec, 0, &mut data);
     data.par_chunks_mut(BLOCK).for_each(|chunk| {
@@ -182,7 +187,13 @@ fn fill_random(seed: u64, index: usize, spec: &TensorSpec, start: usize, out: &m
 }
 
 /// [`fill_random`] for the tensor with Philox counter word `counter`.
-fn fill_counter(seed: u64, counter: u32, spec: &TensorSpec, start: usize, out: &mut [f32]) {
+pub(super) fn fill_counter(
+    seed: u64,
+    counter: u32,
+    spec: &TensorSpec,
+    start: usize,
+    out: &mut [f32],
+) {
     out.par_chunks_mut(BLOCK)
         .enumerate()
         .for_each(|(k, chunk)| init_range(seed, counter, spec, start + k * BLOCK, chunk));
@@ -256,9 +267,10 @@ fn dims_metadata(cfg: &ModelConfig) -> String {
 }
 
 /// [`write_random_checkpoint`] followed by the decoder's tensors of `profile`
-/// ([`Weights::random_decoder`]): the whole checkpoint `streamdit weights init` writes.
+/// ([`Weights::random_decoder`]): the whole checkpoint `streamdit weights init` writes for a
+/// StreamDiT profile (`checkpoint::wan::write_random_profile_checkpoint` chooses by family).
 /// Returns the file size in bytes.
-pub fn write_random_profile_checkpoint(
+pub fn write_random_streamdit_checkpoint(
     profile: &Profile,
     seed: u64,
     dtype: DType,

@@ -1,55 +1,7 @@
 //! FLOPs and bytes of the DiT graph's ops (conventions in the [module docs](super)).
 
-use std::fmt;
-
+pub use super::op::{OpClass, OpCost};
 use crate::model::graph::{Graph, Kind, Op, TensorId};
-
-/// The kind of kernel an op lowers to, for grouping costs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OpClass {
-    /// `Linear`: tensor-core GEMMs.
-    Gemm,
-    /// Window self-attention and cross-attention.
-    Attention,
-    /// `LayerNorm`, `AdaLn`, `HeadRmsNorm`: per-row reductions.
-    Norm,
-    /// Per-element arithmetic: activations, residuals, modulation, embeddings, guidance.
-    Elementwise,
-    /// Pure data movement: `Patchify`, `Unpatchify`, `Repeat`.
-    Layout,
-}
-
-impl OpClass {
-    /// Every class, in report order.
-    pub const ALL: [OpClass; 5] = [
-        OpClass::Gemm,
-        OpClass::Attention,
-        OpClass::Norm,
-        OpClass::Elementwise,
-        OpClass::Layout,
-    ];
-
-    /// Lower-case name (`gemm`, `attention`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            OpClass::Gemm => "gemm",
-            OpClass::Attention => "attention",
-            OpClass::Norm => "norm",
-            OpClass::Elementwise => "elementwise",
-            OpClass::Layout => "layout",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl fmt::Display for OpClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// The name of an op's variant (`Linear`, `WindowAttention`, ...).
 pub fn op_kind(op: &Op) -> &'static str {
@@ -72,22 +24,14 @@ pub fn op_kind(op: &Op) -> &'static str {
         Op::SwiGlu { .. } => "SwiGlu",
         Op::Unpatchify { .. } => "Unpatchify",
         Op::Guidance { .. } => "Guidance",
-    }
-}
-
-/// FLOPs and compulsory bytes of one op (see the module's conventions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpCost {
-    pub flops: u64,
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-    pub class: OpClass,
-}
-
-impl OpCost {
-    /// Bytes read plus bytes written.
-    pub fn bytes(&self) -> u64 {
-        self.bytes_read + self.bytes_written
+        Op::Sinusoid { .. } => "Sinusoid",
+        Op::MaskRows { .. } => "MaskRows",
+        Op::AffineLayerNorm { .. } => "AffineLayerNorm",
+        Op::Rope3d { .. } => "Rope3d",
+        Op::CacheAttention { .. } => "CacheAttention",
+        Op::CacheWrite { .. } => "CacheWrite",
+        Op::TextAttention { .. } => "TextAttention",
+        Op::UnpatchifyPacked { .. } => "UnpatchifyPacked",
     }
 }
 
@@ -226,6 +170,17 @@ pub fn op_cost(graph: &Graph, op: &Op) -> OpCost {
         ),
         Op::Residual { h, y } => per_elem(Elementwise, 1, numel(h), bytes(h) + bytes(y), bytes(h)),
         Op::Guidance { v, out, .. } => per_elem(Elementwise, 3, numel(out), bytes(v), bytes(out)),
+        Op::Sinusoid { .. }
+        | Op::MaskRows { .. }
+        | Op::AffineLayerNorm { .. }
+        | Op::Rope3d { .. }
+        | Op::CacheAttention { .. }
+        | Op::CacheWrite { .. }
+        | Op::TextAttention { .. }
+        | Op::UnpatchifyPacked { .. } => match super::wan::op_cost(graph, op) {
+            Some(c) => c,
+            None => unreachable!("cost/wan.rs counts every Wan op"),
+        },
     }
 }
 

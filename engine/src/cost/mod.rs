@@ -34,7 +34,9 @@
 
 mod decoder;
 mod dit;
+mod op;
 mod roofline;
+mod wan;
 
 pub use decoder::{tae_op_cost, tae_op_kind, DecoderCost};
 pub use dit::{

@@ -14,14 +14,15 @@ use crate::decoder::{DeviceTae, Preview, TaeDecoder};
 
 mod params;
 mod parts;
+mod wan;
 use crate::backend::cuda::text::DeviceLinear;
 use crate::checkpoint::{Checkpoint, DType, Weights};
 use crate::error::{Error, Result};
 use crate::model::graph::Graph;
 use crate::model::streamdit::schema::{checkpoint_tensors, Group};
 use crate::model::tae::TaeGraph;
-use crate::model::Profile;
-use crate::stream::{check_text, Parts, Schedule, Stream};
+use crate::model::{Family, Profile};
+use crate::stream::{check_text, MovingSampler, Parts, Schedule, Stream};
 use crate::text::conditioner::Adapters;
 use crate::text::{Conditioner, TextInput};
 pub use params::{BackendKind, DecoderKind, EngineParams, StreamParams, WeightsSource};
@@ -47,6 +48,8 @@ pub struct Engine {
     decoder_weights: OnceLock<Arc<Weights>>,
     /// The text encoders with their prompt cache (they run on the CPU).
     text: Arc<Conditioner>,
+    /// What loading the weights did worth telling (a Wan checkpoint's names, its LoRA).
+    notes: Vec<String>,
 }
 
 impl Engine {
@@ -58,6 +61,9 @@ impl Engine {
     /// [`Engine::new`] on CUDA device `device` (for the `cuda` and `auto` backends).
     pub fn with_device(params: EngineParams, device: usize) -> Result<Engine> {
         params.profile.validate()?;
+        if params.profile.family == Family::Wan {
+            return Engine::new_wan(params);
+        }
         let (backend, backend_reason) = match params.backend {
             BackendKind::Cpu => (BackendKind::Cpu, "cpu: requested".to_string()),
             BackendKind::Emu => (
@@ -115,6 +121,13 @@ impl Engine {
         } else {
             &all
         };
+        if let WeightsSource::File(path) = &params.weights {
+            let ckpt = Checkpoint::open(path)?;
+            let name = &params.profile.name;
+            if let Some(e) = crate::checkpoint::wan::wrong_family(&ckpt, name, Family::StreamDit) {
+                return Err(e);
+            }
+        }
         let weights = match &params.weights {
             WeightsSource::File(path) => Weights::load(path, &params.profile.model, groups)?,
             WeightsSource::Random { seed, dtype } => {
@@ -158,6 +171,7 @@ impl Engine {
             backend_reason,
             source: params.weights,
             decoder_weights: OnceLock::new(),
+            notes: Vec::new(),
         })
     }
 
@@ -177,8 +191,22 @@ impl Engine {
         (self.backend, &self.backend_reason)
     }
 
-    /// A fresh backend instance executing the model graph with `guidance`.
+    /// One line per fact worth telling about the weights (a Wan checkpoint's names and
+    /// prefix, the preview map's source, a LoRA merged or missing).
+    pub fn weight_notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// A fresh backend instance executing StreamDiT's model graph with `guidance` (a Wan
+    /// profile runs through [`Engine::create_causal_backend`]).
     pub fn create_backend(&self, guidance: f32) -> Result<Box<dyn Backend>> {
+        if self.profile.family == Family::Wan {
+            return Err(Error::Invalid(format!(
+                "profile `{}` is of the wan family: its model calls run over a KV cache \
+                 through Engine::create_causal_backend",
+                self.profile.name
+            )));
+        }
         let graph = Graph::build(&self.profile.model, guidance);
         let chunk = self.profile.stream.chunk_frames;
         let device_weights = match (self.device_random, &self.device_file) {
@@ -276,6 +304,9 @@ impl Engine {
     /// Starts a stream: resolves its settings against the profile, encodes its prompts,
     /// and hands the stream its backend, decoder and schedule.
     pub fn stream(&self, params: StreamParams) -> Result<Stream> {
+        if self.profile.family == Family::Wan {
+            return self.stream_wan(params);
+        }
         let profile = self.profile();
         let m = &profile.model;
         let guidance = params.guidance.unwrap_or(profile.run.guidance);
@@ -302,18 +333,23 @@ impl Engine {
         } else {
             None
         };
-        Stream::new(Parts {
-            backend: self.create_backend(guidance)?,
-            decoder: self.decoder(params.decoder)?,
-            schedule: Schedule::new(&profile.stream),
-            encoders,
-            prompt,
+        let sampler = MovingSampler::new(
+            self.create_backend(guidance)?,
+            Schedule::new(&profile.stream),
             negative,
             seed,
+            profile.stream.chunk_frames,
+            [m.latent_channels, m.latent_height, m.latent_width],
+        )?;
+        Stream::new(Parts {
+            sampler: Box::new(sampler),
+            decoder: self.decoder(params.decoder)?,
+            encoders,
+            prompt,
+            seed,
             guidance,
-            buffer_frames: m.latent_frames,
             chunk_frames: profile.stream.chunk_frames,
-            frame_elems: m.frame_elems(),
+            frame: [m.latent_channels, m.latent_height, m.latent_width],
             fps: profile.video.fps,
         })
     }

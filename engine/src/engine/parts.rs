@@ -10,12 +10,19 @@ use crate::decoder::TaeDecoder;
 use crate::error::{Error, Result};
 use crate::model::streamdit::schema::{Group, TEXT_VOCAB};
 use crate::model::tae::{TaeGraph, SPATIAL_UPSAMPLE, TEMPORAL_UPSAMPLE};
-use crate::model::Profile;
+use crate::model::{Family, Profile};
 use crate::text::conditioner::Adapters;
 use crate::text::Conditioner;
 
 /// The TAE decoder's op list for `profile`, or the error saying why the profile cannot use it.
 pub(super) fn tae_graph(p: &Profile) -> Result<TaeGraph> {
+    if p.family == Family::Wan {
+        return Err(Error::Invalid(format!(
+            "profile `{}` (wan family): the TAE decoder is StreamDiT's, and the Wan decoders \
+             (TAEHV, the Wan VAE) have not landed yet: use the preview (--preview)",
+            p.name
+        )));
+    }
     let m = &p.model;
     let graph = TaeGraph::new(
         &p.decoder,
@@ -56,6 +63,9 @@ pub fn tae_decoder(profile: &Profile, source: &WeightsSource) -> Result<TaeDecod
 /// The text encoders of `profile` with the adapters and byte table of `source` (random
 /// weights: those of its seed, in f32); the DiT is not loaded (what `streamdit encode` runs).
 pub fn text_encoders(profile: &Profile, source: &WeightsSource) -> Result<Conditioner> {
+    if profile.family == Family::Wan {
+        return super::wan::wan_text(profile, source);
+    }
     let m = &profile.model;
     match source {
         WeightsSource::File(path) => {

@@ -108,6 +108,38 @@ pub fn timestep_embedding(tau: &[f32], out: &mut [f32]) {
     }
 }
 
+/// Wan's timestep embedding `out [F, width]` of `t [F]` taken as given (0..1000 scale):
+/// with `half = width/2` and `w_k = 10000^(-k/half)`, `out[f] = [cos(t w_k), sin(t w_k)]`;
+/// argument, cos and sin in f64, rounded once (as [`timestep_embedding`]).
+pub fn sinusoid(t: &[f32], width: usize, out: &mut [f32]) {
+    debug_assert_eq!(out.len(), t.len() * width);
+    let half = width / 2;
+    if half == 0 {
+        return;
+    }
+    for (row, &tt) in out.chunks_exact_mut(width).zip(t) {
+        for k in 0..half {
+            let a = f64::from(tt) * 10000f64.powf(-(k as f64) / half as f64);
+            row[k] = a.cos() as f32;
+            row[half + k] = a.sin() as f32;
+        }
+    }
+}
+
+/// `out[r] = x[r]` for the rows of `x [R, cols]` whose `mask [R]` is nonzero, zeros for the
+/// others.
+pub fn mask_rows(x: &[f32], cols: usize, mask: &[f32], out: &mut [f32]) {
+    debug_assert_eq!(x.len(), out.len());
+    debug_assert_eq!(x.len(), mask.len() * cols);
+    for ((o, x), &m) in out.chunks_exact_mut(cols).zip(x.chunks_exact(cols)).zip(mask) {
+        if m != 0.0 {
+            o.copy_from_slice(x);
+        } else {
+            o.fill(0.0);
+        }
+    }
+}
+
 /// Per-frame modulation `out [frames, k, d]`: `out[f][i] = src[f][i*d..(i+1)*d] + table[i]`
 /// when `src_k == k` (`src [frames, k*d]`), or `src[f][..d] + table[i]` when `src_k == 1`.
 pub fn modulation(

@@ -63,6 +63,30 @@ pub fn unpatchify(
         });
 }
 
+/// Wan's unpatchify: `x [F*Ht*Wt, 4C]` whose token entries are ordered `(a, b, ch)` to
+/// `out [F, C, H, W]`, `out[f, ch, 2i+a, 2j+b] = x[n, (a*2 + b)*C + ch]`.
+pub fn unpatchify_packed(x: &[f32], f: usize, c: usize, h: usize, w: usize, out: &mut [f32]) {
+    debug_assert_eq!(x.len(), f * c * h * w);
+    debug_assert_eq!(out.len(), x.len());
+    let (ht, wt, p) = (h / 2, w / 2, c * 4);
+    if h * w == 0 {
+        return;
+    }
+    out.par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(plane, o)| {
+            let (ff, cc) = (plane / c, plane % c);
+            for (y, o_row) in o.chunks_exact_mut(w).enumerate() {
+                let (i, a) = (y / 2, y % 2);
+                for (xx, o) in o_row.iter_mut().enumerate() {
+                    let (j, b) = (xx / 2, xx % 2);
+                    let token = (ff * ht + i) * wt + j;
+                    *o = x[token * p + (a * 2 + b) * c + cc];
+                }
+            }
+        });
+}
+
 /// `h [Ft*Ht*Wt, D] += pos_t[f] + pos_h[i] + pos_w[j]` for token `n = (f*Ht + i)*Wt + j`.
 pub fn add_positions(
     h: &mut [f32],

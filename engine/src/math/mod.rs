@@ -12,20 +12,25 @@
 mod attention;
 mod elementwise;
 mod gemm;
+mod kv_attention;
 mod layout;
 mod mask;
 mod norm;
+mod rope;
 
 pub(crate) use attention::attend;
 pub use attention::{cross_attention, window_attention};
 pub use elementwise::{
-    gated_residual, gelu_tanh, guidance, modulation, residual, silu, swiglu, timestep_embedding,
+    gated_residual, gelu_tanh, guidance, mask_rows, modulation, residual, silu, sinusoid, swiglu,
+    timestep_embedding,
 };
 pub use gemm::linear;
 pub(crate) use gemm::{matmul, View};
-pub use layout::{add_positions, patchify, unpatchify};
+pub use kv_attention::segment_attention;
+pub use layout::{add_positions, patchify, unpatchify, unpatchify_packed};
 pub use mask::validate_mask;
-pub use norm::{ada_ln, head_rms_norm, layer_norm};
+pub use norm::{ada_ln, head_rms_norm, layer_norm, layer_norm_affine};
+pub use rope::rope_3d;
 
 /// Epsilon of LayerNorm and RMSNorm.
 pub(crate) const EPS: f32 = 1e-6;

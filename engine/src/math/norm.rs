@@ -29,6 +29,23 @@ pub fn layer_norm(x: &[f32], d: usize, out: &mut [f32]) {
         });
 }
 
+/// Row-wise LayerNorm with affine: `out = LN(x) * weight + bias` per row of width `d`.
+pub fn layer_norm_affine(x: &[f32], d: usize, weight: &[f32], bias: &[f32], out: &mut [f32]) {
+    debug_assert_eq!(x.len(), out.len());
+    debug_assert!(weight.len() == d && bias.len() == d);
+    let rows = rows_per_task(d);
+    out.par_chunks_mut(rows * d)
+        .zip(x.par_chunks(rows * d))
+        .for_each(|(o, x)| {
+            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                ln_row(x, o);
+                for ((o, &w), &b) in o.iter_mut().zip(weight).zip(bias) {
+                    *o = *o * w + b;
+                }
+            }
+        });
+}
+
 /// `out[t] = LN(x[t]) * (1 + mods[f][scale]) + mods[f][shift]` for rows of width `d`, with
 /// `mods [frames, k, d]` and `f = (t % tokens) / tokens_per_frame`,
 /// `tokens = frames * tokens_per_frame`.

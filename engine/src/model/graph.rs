@@ -156,6 +156,75 @@ pub enum Op {
         scale: f32,
         out: TensorId,
     },
+    // The ops below were added for the Wan family (docs/wan.md section 2); a call graph
+    // holding them also binds `pos` and reads a KV cache (`model/wan/graph.rs`).
+    /// Wan's timestep embedding of `t [F]` (0..1000 scale, taken as given) into `out [F, w]`:
+    /// with `half = w/2`, `out[f][k] = cos(t[f] w_k)`, `out[f][half+k] = sin(t[f] w_k)`,
+    /// `w_k = 10000^(-k/half)`, argument, cos and sin in f64, rounded once.
+    Sinusoid { t: TensorId, out: TensorId },
+    /// `out[r] = x[r]` for rows whose `mask [R]` is 1, zeros where it is 0 (`x [R, C]`).
+    MaskRows {
+        x: TensorId,
+        mask: TensorId,
+        out: TensorId,
+    },
+    /// `out = LN(x) * weight + bias` per row (LayerNorm with affine, eps 1e-6).
+    AffineLayerNorm {
+        x: TensorId,
+        weight: TensorId,
+        bias: TensorId,
+        out: TensorId,
+    },
+    /// In place 3-D RoPE of `x [F*Hp*Wp, heads*dh]` (docs/wan.md section 4): token
+    /// `n = (f*Hp + i)*Wp + j` sits at `(pos[f], i, j)` with `pos [F]` absolute latent frame
+    /// indices; channel pair `m` of each head is `(2m, 2m+1)`, the first `pairs[0]` pairs
+    /// turn with the frame (`omega = 10000^(-m/pairs[0])`), the next `pairs[1]` with the row,
+    /// the last `pairs[2]` with the column (`10000^(-m'/pairs[1])` each); angles in f64,
+    /// `(x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos)`.
+    Rope3d {
+        x: TensorId,
+        pos: TensorId,
+        heads: usize,
+        pairs: [usize; 3],
+        grid: [usize; 2],
+    },
+    /// Self-attention of the call's queries `q [F*P, D]` (rotated) over the frames the KV
+    /// cache `cache_k`, `cache_v` (`[Wf*P, D]` each, keys stored rotated) held when the call
+    /// began, then the call's own frames `[skip, F)` of `k`, `v [F*P, D]`; no mask, scale
+    /// `1/sqrt(dh)`, `heads` heads of `dh` consecutive channels, into `out [F*P, D]`.
+    CacheAttention {
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        cache_k: TensorId,
+        cache_v: TensorId,
+        out: TensorId,
+        heads: usize,
+        skip: usize,
+    },
+    /// In a committing call (the timestep-0 pass of a chunk, a re-cache), the call's frames
+    /// `[skip, F)` of `k` (rotated) and `v` become the cache's newest frames once the call
+    /// ends; attention ops of the same call never see them as cached frames. A denoising
+    /// call skips it.
+    CacheWrite {
+        k: TensorId,
+        v: TensorId,
+        cache_k: TensorId,
+        cache_v: TensorId,
+        skip: usize,
+    },
+    /// Unmasked cross-attention of `q [T, D]` to every row of `k`, `v [Lt, D]`, scale
+    /// `1/sqrt(dh)`, into `out [T, D]`.
+    TextAttention {
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        out: TensorId,
+        heads: usize,
+    },
+    /// Tokens `x [F*Hp*Wp, 4C]` whose entries are ordered `(a, b, ch)` (Wan's head) to
+    /// `out [F, C, H, W]`: `out[f, ch, 2i+a, 2j+b] = x[n, (a*2 + b)*C + ch]`.
+    UnpatchifyPacked { x: TensorId, out: TensorId },
 }
 
 impl Op {
@@ -187,6 +256,33 @@ impl Op {
             Op::GatedResidual { h, y, mods, .. } => vec![h, y, mods],
             Op::Residual { h, y } => vec![h, y],
             Op::Guidance { v, out, .. } => vec![v, out],
+            Op::Sinusoid { t, out } => vec![t, out],
+            Op::UnpatchifyPacked { x, out } => vec![x, out],
+            Op::MaskRows { x, mask, out } => vec![x, mask, out],
+            Op::AffineLayerNorm {
+                x,
+                weight,
+                bias,
+                out,
+            } => vec![x, weight, bias, out],
+            Op::Rope3d { x, pos, .. } => vec![x, pos],
+            Op::CacheAttention {
+                q,
+                k,
+                v,
+                cache_k,
+                cache_v,
+                out,
+                ..
+            } => vec![q, k, v, cache_k, cache_v, out],
+            Op::CacheWrite {
+                k,
+                v,
+                cache_k,
+                cache_v,
+                ..
+            } => vec![k, v, cache_k, cache_v],
+            Op::TextAttention { q, k, v, out, .. } => vec![q, k, v, out],
         }
     }
 }
@@ -208,9 +304,16 @@ impl Op {
             | Op::CrossAttention { out, .. }
             | Op::SwiGlu { out, .. }
             | Op::Unpatchify { out, .. }
-            | Op::Guidance { out, .. } => out,
+            | Op::Guidance { out, .. }
+            | Op::Sinusoid { out, .. }
+            | Op::MaskRows { out, .. }
+            | Op::AffineLayerNorm { out, .. }
+            | Op::CacheAttention { out, .. }
+            | Op::TextAttention { out, .. }
+            | Op::UnpatchifyPacked { out, .. } => out,
             Op::AddPositions { h, .. } | Op::GatedResidual { h, .. } | Op::Residual { h, .. } => h,
-            Op::HeadRmsNorm { x, .. } => x,
+            Op::HeadRmsNorm { x, .. } | Op::Rope3d { x, .. } => x,
+            Op::CacheWrite { cache_k, .. } => cache_k,
         }
     }
 
@@ -222,7 +325,14 @@ impl Op {
                 | Op::GatedResidual { .. }
                 | Op::Residual { .. }
                 | Op::HeadRmsNorm { .. }
+                | Op::Rope3d { .. }
+                | Op::CacheWrite { .. }
         )
+    }
+
+    /// Whether the op reads or writes a KV cache (its executor needs the cache's state).
+    pub fn uses_cache(&self) -> bool {
+        matches!(self, Op::CacheAttention { .. } | Op::CacheWrite { .. })
     }
 }
 

@@ -1,14 +1,16 @@
-//! The model as a description: profiles, the graph vocabulary every backend executes
-//! ([`graph`]), and per model family its checkpoint schema and graph builder
-//! ([`streamdit`]); the TAE decoder's op list ([`tae`]). Nothing here executes a model or
+//! The model as a description: profiles and their file form ([`profile`], [`profile_toml`]), the
+//! graph vocabulary every backend executes ([`graph`]), and per model family its checkpoint
+//! schema and graph builder ([`streamdit`], [`wan`]); the TAE decoder's op list ([`tae`]). Nothing here executes a model or
 //! touches a file: backends execute, `crate::checkpoint` reads and writes tensors.
 
 pub mod graph;
 pub mod profile;
+pub mod profile_toml;
 pub mod streamdit;
 pub mod tae;
 pub mod taehv;
 pub mod video_ops;
+pub mod wan;
 pub mod wan_vae;
 
-pub use profile::{ModelConfig, Profile};
+pub use profile::{Family, ModelConfig, Profile};

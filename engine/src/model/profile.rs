@@ -5,9 +5,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::wan::config::WanConfig;
 use crate::error::{Error, Result};
 
-/// The profiles shipped inside the engine (docs/streamdit.md section 7), as `(name, TOML)`.
+/// The profiles shipped inside the engine (docs/streamdit.md section 7, docs/wan.md section
+/// 8), as `(name, TOML)`.
 pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
     ("tiny", include_str!("../../../profiles/tiny.toml")),
     (
@@ -18,21 +20,52 @@ pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
         "streamdit-4b-teacher",
         include_str!("../../../profiles/streamdit-4b-teacher.toml"),
     ),
+    ("wan-tiny", include_str!("../../../profiles/wan-tiny.toml")),
+    ("wan-1.3b", include_str!("../../../profiles/wan-1.3b.toml")),
+    (
+        "wan-1.3b-longlive",
+        include_str!("../../../profiles/wan-1.3b-longlive.toml"),
+    ),
 ];
 
-/// A complete run profile.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Which model family a profile runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// StreamDiT's moving buffer (docs/streamdit.md): sections `[model]`, `[stream]`,
+    /// `[decoder]`.
+    #[default]
+    StreamDit,
+    /// The Wan2.1 causal streaming family (docs/wan.md): section `[wan]`.
+    Wan,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::StreamDit => "streamdit",
+            Family::Wan => "wan",
+        }
+    }
+}
+
+/// A complete run profile. In TOML each family writes its own sections
+/// (`crate::model::profile_toml`: [`Profile::from_toml`], [`Profile::to_toml`]); a Wan
+/// profile's `model` and `stream` are views of its `[wan]` section.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     pub name: String,
-    #[serde(default)]
     pub description: String,
+    /// The model family (StreamDiT unless the profile says `family = "wan"`).
+    pub family: Family,
     pub model: ModelConfig,
     pub stream: StreamConfig,
     pub video: VideoConfig,
     pub run: RunConfig,
     pub decoder: DecoderConfig,
     pub text: TextConfig,
+    /// The Wan family's section (`family = "wan"` only).
+    pub wan: Option<WanConfig>,
 }
 
 /// The DiT's dimensions (docs/streamdit.md section 1). The patch is `(1, 2, 2)`.
@@ -241,16 +274,6 @@ impl VideoConfig {
 }
 
 impl Profile {
-    /// Parses and validates a profile from TOML text; `origin` names it in errors.
-    pub fn from_toml(text: &str, origin: &str) -> Result<Profile> {
-        let profile: Profile = toml::from_str(text).map_err(|e| Error::ProfileParse {
-            path: origin.to_string(),
-            msg: e.to_string(),
-        })?;
-        profile.validate()?;
-        Ok(profile)
-    }
-
     /// A built-in profile by name.
     pub fn builtin(name: &str) -> Result<Profile> {
         let (_, text) = BUILTIN_PROFILES
@@ -281,10 +304,15 @@ impl Profile {
         Profile::from_toml(&text, &path.display().to_string())
     }
 
-    /// Renders the profile as TOML.
-    pub fn to_toml(&self) -> String {
-        // Serialising plain structs of numbers, strings and vectors cannot fail.
-        toml::to_string_pretty(self).unwrap_or_default()
+    /// The `[wan]` section, or an error naming the profile's family.
+    pub fn wan(&self) -> Result<&WanConfig> {
+        self.wan.as_ref().ok_or_else(|| {
+            Error::Invalid(format!(
+                "profile `{}` is of the {} family, not wan",
+                self.name,
+                self.family.name()
+            ))
+        })
     }
 
     /// Whether classifier-free guidance is on (two branches per call).
@@ -301,6 +329,12 @@ impl Profile {
                 rule,
             })
         };
+        if self.family == Family::Wan {
+            return self.validate_wan(&fail);
+        }
+        if self.wan.is_some() {
+            return fail("wan", "belongs to `family = \"wan\"` profiles only".into());
+        }
         let m = &self.model;
         let positive = [
             ("model.latent_channels", m.latent_channels),
@@ -454,7 +488,7 @@ impl TextConfig {
 }
 
 impl Profile {
-    fn validate_text(&self, fail: &dyn Fn(&str, String) -> Result<()>) -> Result<()> {
+    pub(super) fn validate_text(&self, fail: &dyn Fn(&str, String) -> Result<()>) -> Result<()> {
         if let Some(d) = &self.text.device {
             if d != "cpu" && d != "backend" {
                 return fail(

@@ -1,106 +1,136 @@
-//! The streaming sampler: a moving buffer of latent frames at staggered noise levels. Every
-//! model call advances the whole buffer one micro-step; at the end of a stage the clean
-//! oldest chunk is popped, decoded, and fresh noise enters at the new end (docs/streamdit.md
-//! section 5). The stream drives any [`Backend`] and any [`Decoder`].
+//! A stream of video: a model family's sampler ([`Sampler`]) over its backend, a decoder,
+//! and the text condition. StreamDiT's sampler is the moving buffer of [`moving`]
+//! (docs/streamdit.md section 5); the Wan family's is the causal chunk-by-chunk loop of
+//! [`causal`] (docs/wan.md section 6). The stream drives any sampler and any [`Decoder`].
 
+pub mod causal;
+mod moving;
 pub mod schedule;
 pub mod sink;
+mod trace;
 
-use crate::backend::{Backend, StepParams};
 use crate::decoder::Decoder;
 use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 use std::sync::Arc;
 
-use crate::text::{self, Conditioner, TextInput};
+use crate::text::{Conditioner, TextInput};
 
+pub(crate) use causal::CausalSampler;
+pub(crate) use moving::MovingSampler;
 pub use schedule::{Schedule, ScheduledStep};
+pub(crate) use trace::Trace;
+
+/// What a stream drives: one model family's sampler with its backend. A new family adds an
+/// implementation in its own file.
+pub(crate) trait Sampler: Send {
+    /// Checks that a text condition has the shape this sampler's model takes.
+    fn check_text(&self, t: &TextInput) -> Result<()>;
+
+    /// The text condition changed; the sampler applies it when its family does (StreamDiT
+    /// at the next call, a causal family at the next chunk).
+    fn set_text(&mut self, prompt: &TextInput) -> Result<()>;
+
+    /// One model call (with whatever bookkeeping its family attaches to it); when a chunk
+    /// is finished, its latents `[c, C, H, W]` are written to `chunk` and it returns true.
+    /// Noise it draws goes to `trace` when given.
+    fn step(&mut self, chunk: &mut [f32], trace: Option<&mut Trace>) -> Result<bool>;
+
+    /// A chunk was just emitted: a device may start the next call now.
+    fn prefetch(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Model calls made so far (denoising calls for a causal family).
+    fn calls(&self) -> u64;
+
+    /// Model calls before the first chunk is emitted.
+    fn calls_to_first_chunk(&self) -> u64;
+
+    fn backend_name(&self) -> &'static str;
+
+    fn synchronize(&mut self) -> Result<()>;
+
+    fn graphs(&self) -> Option<bool>;
+
+    fn set_graphs(&mut self, on: bool) -> Result<()>;
+}
 
 /// One stream of video. Use it from one thread at a time.
 pub struct Stream {
-    backend: Box<dyn Backend>,
+    sampler: Box<dyn Sampler>,
     decoder: Box<dyn Decoder>,
-    schedule: Schedule,
     encoders: Arc<Conditioner>,
-    /// The condition of branch 0, and of branch 1 when guidance is on.
+    /// The condition of the prompt (branch 0).
     prompt: Arc<TextInput>,
-    negative: Option<Arc<TextInput>>,
     /// A prompt set by [`Stream::set_prompt`], encoded at the next model call.
     pending: Option<String>,
-    /// The condition changed since the backend last saw it.
+    /// The condition changed since the sampler last saw it.
     text_changed: bool,
     seed: u64,
     guidance: f32,
-    /// Model calls made so far.
-    calls: u64,
-    /// Global latent frame number of the next noise frame to enter the buffer.
-    next_noise_frame: u64,
     chunks_emitted: u64,
     chunk_frames: usize,
+    /// Latent frame shape `[C, H, W]`.
+    frame: [usize; 3],
     /// Video frame rate of the profile.
     fps: f64,
-    /// The last popped chunk `[c, C, H, W]`.
+    /// The last emitted chunk `[c, C, H, W]`.
     chunk: Vec<f32>,
+    /// What the sampler drew and produced, when recording (`set_trace`).
+    trace: Option<Trace>,
 }
 
 /// Everything a stream is made of, built by the engine: the stream receives ready parts and
 /// never calls back into the engine.
 pub(crate) struct Parts {
-    pub backend: Box<dyn Backend>,
+    pub sampler: Box<dyn Sampler>,
     pub decoder: Box<dyn Decoder>,
-    pub schedule: Schedule,
     pub encoders: Arc<Conditioner>,
     pub prompt: Arc<TextInput>,
-    pub negative: Option<Arc<TextInput>>,
     pub seed: u64,
     pub guidance: f32,
-    /// Latent frames in the buffer (the first noise frame to enter it after the initial fill).
-    pub buffer_frames: usize,
     pub chunk_frames: usize,
-    /// Elements of one latent frame `C*H*W`.
-    pub frame_elems: usize,
+    /// Latent frame shape `[C, H, W]`.
+    pub frame: [usize; 3],
     /// Video frame rate of the profile.
     pub fps: f64,
 }
 
 impl Stream {
-    /// Starts a stream from its parts: fills the buffer with the noise of `seed`.
+    /// Starts a stream from its parts.
     pub(crate) fn new(parts: Parts) -> Result<Stream> {
         let Parts {
-            mut backend,
+            sampler,
             decoder,
-            schedule,
             encoders,
             prompt,
-            negative,
             seed,
             guidance,
-            buffer_frames,
             chunk_frames,
-            frame_elems,
+            frame,
             fps,
         } = parts;
-        backend.reset(seed, 0)?;
         Ok(Stream {
-            backend,
+            sampler,
             decoder,
-            schedule,
             encoders,
             prompt,
-            negative,
             pending: None,
             text_changed: true,
             seed,
             guidance,
-            calls: 0,
-            next_noise_frame: buffer_frames as u64,
             chunks_emitted: 0,
             chunk_frames,
+            frame,
             fps,
-            chunk: vec![0.0; chunk_frames * frame_elems],
+            chunk: vec![0.0; chunk_frames * frame.iter().product::<usize>()],
+            trace: None,
         })
     }
 
-    /// Switches the prompt; it takes effect at the next model call, the buffer is kept. The
+    /// Switches the prompt; it takes effect at the next model call (StreamDiT, the buffer
+    /// is kept) or at the next chunk (the Wan family, with a re-cache where the profile says). The
     /// prompt is encoded then (once: the engine caches recent prompts), so an encoder error
     /// is returned by that call.
     pub fn set_prompt(&mut self, prompt: &str) {
@@ -122,8 +152,7 @@ impl Stream {
 
     /// Switches to a precomputed text condition, like [`Stream::set_prompt`].
     pub fn set_text(&mut self, text: TextInput) -> Result<()> {
-        let g = self.backend.graph();
-        check_text(&text, g.config.text_len, g.config.text_dim)?;
+        self.sampler.check_text(&text)?;
         self.prompt = Arc::new(text);
         self.pending = None;
         self.text_changed = true;
@@ -133,44 +162,49 @@ impl Stream {
     /// Runs model calls until the next chunk is clean and returns its latents `[c, C, H, W]`.
     pub fn next_latents(&mut self) -> Result<&[f32]> {
         while !self.step()? {}
-        // Let the device start the next call while this chunk is decoded; a prompt switch
-        // before the next call makes the backend drop it (it is never committed).
-        let next = self.schedule.step(self.calls);
-        self.backend.prefetch(&StepParams {
-            tau: next.tau,
-            dtau: next.dtau,
-            pop: next.pop.then_some(self.next_noise_frame),
-        })?;
+        self.sampler.prefetch()?;
         Ok(&self.chunk)
     }
 
-    /// Runs exactly one model call (one micro-step of the whole buffer); returns whether it
-    /// popped a clean chunk, whose latents [`Stream::chunk_latents`] then holds and
-    /// [`Stream::decode_chunk`] decodes.
+    /// Runs exactly one model call (one micro-step of StreamDiT's buffer, one denoising
+    /// step of a Wan chunk); returns whether it finished a chunk, whose latents
+    /// [`Stream::chunk_latents`] then holds and [`Stream::decode_chunk`] decodes.
     pub fn step(&mut self) -> Result<bool> {
-        let _range = crate::nvtx::Range::push(format_args!("step {}", self.calls));
+        let _range = crate::nvtx::Range::push(format_args!("step {}", self.sampler.calls()));
         if self.text_changed {
             self.encode_pending()?;
-            let branches: Vec<&TextInput> = std::iter::once(&*self.prompt)
-                .chain(self.negative.as_deref())
-                .collect();
-            let (text, mask) = text::stack(&branches);
-            self.backend.set_text(&text, &mask)?;
+            self.sampler.set_text(&self.prompt)?;
             self.text_changed = false;
         }
-        let s = self.schedule.step(self.calls);
-        let params = StepParams {
-            tau: s.tau,
-            dtau: s.dtau,
-            pop: s.pop.then_some(self.next_noise_frame),
-        };
-        self.backend.step(&params, &mut self.chunk)?;
-        self.calls += 1;
-        if s.pop {
-            self.next_noise_frame += self.chunk_frames as u64;
+        let popped = self.sampler.step(&mut self.chunk, self.trace.as_mut())?;
+        if popped {
+            if let Some(t) = self.trace.as_mut() {
+                let [c, h, w] = self.frame;
+                let shape = vec![self.chunk_frames, c, h, w];
+                t.push(
+                    format!("chunk.{}", self.chunks_emitted),
+                    shape,
+                    self.chunk.clone(),
+                );
+            }
             self.chunks_emitted += 1;
         }
-        Ok(s.pop)
+        Ok(popped)
+    }
+
+    /// Starts (or stops) recording what the sampler draws and emits from now on: every
+    /// noise tensor and every finished chunk (names in `docs/wan.md` section 6 and the
+    /// README's `--trace`). Set it before the first step to record the initial noise.
+    pub fn set_trace(&mut self, on: bool) {
+        self.trace = on.then(Trace::default);
+    }
+
+    /// The recorded tensors, in order, leaving the record empty (still recording).
+    pub fn take_trace(&mut self) -> Vec<(String, Tensor)> {
+        self.trace
+            .as_mut()
+            .map(|t| std::mem::take(&mut t.entries))
+            .unwrap_or_default()
     }
 
     /// The latents `[c, C, H, W]` of the last popped chunk (zeros before the first).
@@ -198,18 +232,18 @@ impl Stream {
     /// Waits until the backend finished the work of earlier steps (a step that pops no chunk
     /// may return while the device is still computing it).
     pub fn synchronize(&mut self) -> Result<()> {
-        self.backend.synchronize()
+        self.sampler.synchronize()
     }
 
     /// Whether model calls replay a captured device graph (`None`: the backend has none).
     pub fn graphs(&self) -> Option<bool> {
-        self.backend.graphs()
+        self.sampler.graphs()
     }
 
     /// Turns device graph replay on or off (eager launches); an error on a backend without
     /// graphs, such as the CPU backend.
     pub fn set_graphs(&mut self, on: bool) -> Result<()> {
-        self.backend.set_graphs(on)
+        self.sampler.set_graphs(on)
     }
 
     /// Video frame `(width, height)`.
@@ -229,7 +263,7 @@ impl Stream {
 
     /// Model calls made so far.
     pub fn calls(&self) -> u64 {
-        self.calls
+        self.sampler.calls()
     }
 
     /// Chunks emitted so far.
@@ -237,9 +271,10 @@ impl Stream {
         self.chunks_emitted
     }
 
-    /// Model calls before the first chunk is emitted (prefill plus one stage).
+    /// Model calls before the first chunk is emitted (StreamDiT: prefill plus one stage;
+    /// Wan: the steps of one chunk).
     pub fn calls_to_first_chunk(&self) -> u64 {
-        self.schedule.prefill_calls() + self.schedule.calls_per_chunk()
+        self.sampler.calls_to_first_chunk()
     }
 
     pub fn seed(&self) -> u64 {
@@ -251,7 +286,7 @@ impl Stream {
     }
 
     pub fn backend_name(&self) -> &'static str {
-        self.backend.name()
+        self.sampler.backend_name()
     }
 }
 

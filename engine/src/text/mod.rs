@@ -70,10 +70,11 @@ impl ByteEmbedding {
     }
 }
 
-/// Reads precomputed text embeddings (`text [Lt, Dtxt]`, `text_mask [Lt]`) from a
-/// safetensors file, checking them against the profile's `Lt` and `Dtxt`.
+/// Reads precomputed text embeddings (`text [Lt, Dtxt]`, optionally `text_mask [Lt]`) from
+/// a safetensors file, checking them against the profile's `Lt` and `Dtxt`.
 pub fn load_text_embeddings(path: &Path, len: usize, text_dim: usize) -> Result<TextInput> {
     let mut tensors = checkpoint::read_tensors(path)?;
+    let has_mask = tensors.contains_key("text_mask");
     let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
         let t = tensors.remove(name).ok_or_else(|| Error::Tensor {
             path: path.display().to_string(),
@@ -92,7 +93,12 @@ pub fn load_text_embeddings(path: &Path, len: usize, text_dim: usize) -> Result<
         Ok(t)
     };
     let text = take("text", &[len, text_dim])?;
-    let mask = take("text_mask", &[len])?.data;
+    // Without a mask every row is real (a ready context, such as a Wan family text input).
+    let mask = if has_mask {
+        take("text_mask", &[len])?.data
+    } else {
+        vec![1.0; len]
+    };
     crate::math::validate_mask(&mask, 1, len)?;
     Ok(TextInput { text, mask })
 }

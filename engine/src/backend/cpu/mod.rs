@@ -13,6 +13,12 @@ use crate::model::graph::{Graph, Kind, Op, TensorDesc, TensorId};
 use crate::rng;
 use crate::tensor::Tensor;
 
+mod causal;
+mod wan_ops;
+
+pub use causal::CpuCausal;
+use causal::CacheRun;
+
 /// Executes a [`Graph`] on the host. Owns its latent buffer and the per-prompt state; shares
 /// the weights with other streams of the same engine.
 pub struct CpuBackend {
@@ -127,13 +133,22 @@ impl CpuBackend {
     }
 
     /// Runs the prompt or the call op list, allocating each output when it is first written
-    /// and dropping each activation after its last use.
-    fn run(&self, list: OpList, env: &mut Env, mut tracer: Option<Tracer>) -> Result<()> {
+    /// and dropping each activation after its last use. A call list with cache ops (the Wan
+    /// family's) needs `kv`, which also says where the run ends (a committing pass stops
+    /// after the last cache write).
+    fn run(
+        &self,
+        list: OpList,
+        env: &mut Env,
+        mut tracer: Option<Tracer>,
+        mut kv: Option<&mut CacheRun>,
+    ) -> Result<()> {
         let (ops, frees) = match list {
             OpList::Prompt => (&self.graph.prompt_ops, &self.prompt_frees),
             OpList::Call => (&self.graph.call_ops, &self.call_frees),
         };
-        for (i, op) in ops.iter().enumerate() {
+        let end = kv.as_ref().map_or(ops.len(), |k| k.end.min(ops.len()));
+        for (i, op) in ops[..end].iter().enumerate() {
             let out = op.output();
             let _range = crate::nvtx::Range::push(format_args!(
                 "{} `{}`",
@@ -141,23 +156,33 @@ impl CpuBackend {
                 self.graph.tensors[out].name
             ));
             let started = Instant::now();
-            let mut o = if op.in_place() {
-                self.take(env, out)?
+            let o = if op.uses_cache() {
+                let kv = kv.as_deref_mut().ok_or_else(|| {
+                    self.internal(format!("{} needs a KV cache", op_kind(op)))
+                })?;
+                self.exec_cache(op, env, kv)?
             } else {
-                vec![0.0f32; self.graph.tensors[out].numel()]
+                let mut o = if op.in_place() {
+                    self.take(env, out)?
+                } else {
+                    vec![0.0f32; self.graph.tensors[out].numel()]
+                };
+                self.exec(op, env, &mut o)?;
+                Some(o)
             };
-            self.exec(op, env, &mut o)?;
             let elapsed = started.elapsed();
             if let Some(trace) = tracer.as_mut() {
                 trace(&OpTrace {
                     index: i,
                     op,
                     output: &self.graph.tensors[out],
-                    values: &o,
+                    values: o.as_deref().unwrap_or(&[]),
                     elapsed,
                 });
             }
-            env.values[out] = Some(o);
+            if let Some(o) = o {
+                env.values[out] = Some(o);
+            }
             for &id in &frees[i] {
                 env.values[id] = None;
             }
@@ -186,7 +211,7 @@ impl CpuBackend {
         let mut env = self.env();
         env.values[g.inputs.x] = Some(x.to_vec());
         env.values[g.inputs.tau] = Some(tau.to_vec());
-        self.run(OpList::Call, &mut env, tracer)?;
+        self.run(OpList::Call, &mut env, tracer, None)?;
         let out = env.values[g.output]
             .as_ref()
             .ok_or_else(|| self.internal("the graph did not write its output".into()))?;
@@ -236,7 +261,9 @@ impl CpuBackend {
             Op::Silu { x, .. } => ops::silu(val(x)?, o),
             Op::GeluTanh { x, .. } => ops::gelu_tanh(val(x)?, o),
             Op::Modulation { src, table, .. } => {
-                let (k, d) = (shape(table)[0], shape(table)[1]);
+                // A table is `[k, D]` (StreamDiT) or `[1, k, D]` (Wan): its last two dims.
+                let ts = shape(table);
+                let (k, d) = (ts[ts.len() - 2], ts[ts.len() - 1]);
                 ops::modulation(val(src)?, shape(src)[1] / d, val(table)?, k, d, frames, o)
             }
             Op::LayerNorm { x, .. } => ops::layer_norm(val(x)?, shape(x)[1], o),
@@ -293,6 +320,14 @@ impl CpuBackend {
                 ops::unpatchify(val(x)?, batch, f, c, h, w, o)
             }
             Op::Guidance { v, scale, .. } => ops::guidance(val(v)?, scale, o),
+            Op::Sinusoid { .. }
+            | Op::MaskRows { .. }
+            | Op::AffineLayerNorm { .. }
+            | Op::Rope3d { .. }
+            | Op::TextAttention { .. }
+            | Op::UnpatchifyPacked { .. }
+            | Op::CacheAttention { .. }
+            | Op::CacheWrite { .. } => self.exec_wan(op, env, o)?,
         }
         Ok(())
     }
@@ -339,7 +374,7 @@ impl Backend for CpuBackend {
         let mut env = self.env();
         env.values[g.inputs.text] = Some(text.data.clone());
         env.values[g.inputs.text_mask] = Some(mask.to_vec());
-        self.run(OpList::Prompt, &mut env, None)?;
+        self.run(OpList::Prompt, &mut env, None, None)?;
         for (id, t) in g.tensors.iter().enumerate() {
             match t.kind {
                 Kind::Persistent => self.persistent[id] = env.values[id].take(),

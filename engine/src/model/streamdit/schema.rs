@@ -47,8 +47,10 @@ impl TensorSpec {
 
 const SQRT3: f32 = 1.732_050_8;
 
+// The init helpers below are shared with the other families' schemas (`model/wan`).
+
 /// Uniform with standard deviation `std` around zero.
-fn std_init(std: f32) -> Init {
+pub(crate) fn std_init(std: f32) -> Init {
     Init::Uniform {
         mean: 0.0,
         half_width: std * SQRT3,
@@ -56,12 +58,12 @@ fn std_init(std: f32) -> Init {
 }
 
 /// A linear layer's weight, `std = gain / sqrt(fan_in)`, so outputs keep their inputs' scale.
-fn fan_in(gain: f32, inputs: usize) -> Init {
+pub(crate) fn fan_in(gain: f32, inputs: usize) -> Init {
     std_init(gain / (inputs as f32).sqrt())
 }
 
 /// Small biases.
-fn bias() -> Init {
+pub(crate) fn bias() -> Init {
     Init::Uniform {
         mean: 0.0,
         half_width: 0.02,

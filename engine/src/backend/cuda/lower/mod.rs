@@ -163,6 +163,20 @@ fn lower_list(
                     at.label
                 )));
             }
+                    Op::Sinusoid { .. }
+            | Op::MaskRows { .. }
+            | Op::AffineLayerNorm { .. }
+            | Op::Rope3d { .. }
+            | Op::CacheAttention { .. }
+            | Op::CacheWrite { .. }
+            | Op::TextAttention { .. }
+            | Op::UnpatchifyPacked { .. } => {
+                return Err(Error::Invalid(format!(
+                    "{}: the Wan family's ops have no CUDA lowering yet (the Wan family runs \
+                     on the CPU backend until its CUDA lowering lands)",
+                    at.label
+                )));
+            }
         };
     }
     if !ops.is_empty() {

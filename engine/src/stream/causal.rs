@@ -1,0 +1,222 @@
+//! The Wan family's causal few-step sampler (docs/wan.md sections 5 and 6). Chunk `k`
+//! (absolute latent frames `f0 = k c .. f0 + c - 1`) starts from fresh noise and is
+//! denoised in `m` steps, each a model call over the KV cache and the chunk itself:
+//!
+//! ```text
+//! x = eps_0
+//! for s in 0..m:   v = model(x, t_s); x0 = x - sigma_s v (f64, stored f32)
+//!                  if s < m-1: x = (1 - sigma_{s+1}) x0 + sigma_{s+1} eps_{s+1} (f32)
+//! emit x0; model(x0, context_timestep) writes the chunk into the cache
+//! ```
+//!
+//! Before a chunk's first step, frames after the sink are evicted until the chunk fits the
+//! window (an endless stream: positions keep growing, keys keep their rotation). A prompt
+//! switch takes effect at the next chunk; with `recache` (LongLive) the last
+//! `R = min(window, f0)` clean frames are first re-run under the new prompt, keeping the old
+//! sink when `f0 > window`. Noise is Philox with the counter layout of docs/wan.md section 6.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::{Sampler, Trace};
+use crate::backend::CausalBackend;
+use crate::error::Result;
+use crate::model::wan::WanConfig;
+use crate::rng;
+use crate::text::TextInput;
+
+pub(crate) struct CausalSampler {
+    backend: Box<dyn CausalBackend>,
+    chunk_frames: usize,
+    window: usize,
+    sink: usize,
+    recache: bool,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f64>,
+    context_timestep: f64,
+    seed: u64,
+    /// Latent frame shape `[C, H, W]` and its element count.
+    frame: [usize; 3],
+    frame_elems: usize,
+    /// The chunk in progress and its next denoising step (0: not started).
+    chunk: u64,
+    step: usize,
+    x: Vec<f32>,
+    x0: Vec<f32>,
+    v: Vec<f32>,
+    /// A text condition waiting for the next chunk, and whether one was ever applied.
+    pending: Option<Arc<TextInput>>,
+    has_text: bool,
+    /// The last `window` clean frames, for a re-cache.
+    history: VecDeque<Vec<f32>>,
+    calls: u64,
+}
+
+impl CausalSampler {
+    /// The sampler of `w` over `backend`, its cache emptied.
+    pub(crate) fn new(
+        mut backend: Box<dyn CausalBackend>,
+        w: &WanConfig,
+        seed: u64,
+    ) -> CausalSampler {
+        backend.clear();
+        let (timesteps, sigmas) = w.schedule();
+        let frame = [w.latent_channels, w.latent_height, w.latent_width];
+        let n = w.chunk_frames * w.frame_elems();
+        CausalSampler {
+            backend,
+            chunk_frames: w.chunk_frames,
+            window: w.window,
+            sink: w.sink,
+            recache: w.recache,
+            timesteps,
+            sigmas,
+            context_timestep: w.context_timestep,
+            seed,
+            frame,
+            frame_elems: w.frame_elems(),
+            chunk: 0,
+            step: 0,
+            x: vec![0.0; n],
+            x0: vec![0.0; n],
+            v: vec![0.0; n],
+            pending: None,
+            has_text: false,
+            history: VecDeque::new(),
+            calls: 0,
+        }
+    }
+
+    fn f0(&self) -> u64 {
+        self.chunk * self.chunk_frames as u64
+    }
+
+    /// The noise of the chunk's frames at `step`, recorded as `noise.{chunk}.{step}`.
+    fn noise(&self, step: usize, trace: Option<&mut Trace>) -> Vec<f32> {
+        let mut z = vec![0.0; self.chunk_frames * self.frame_elems];
+        for (i, frame) in z.chunks_mut(self.frame_elems).enumerate() {
+            rng::wan_noise_frame(self.seed, self.f0() + i as u64, step as u32, frame);
+        }
+        if let Some(t) = trace {
+            let [c, h, w] = self.frame;
+            let shape = vec![self.chunk_frames, c, h, w];
+            t.push(format!("noise.{}.{step}", self.chunk), shape, z.clone());
+        }
+        z
+    }
+
+    /// What happens before a chunk's first step: a pending prompt (with its re-cache),
+    /// eviction, the initial noise.
+    fn start_chunk(&mut self, trace: Option<&mut Trace>) -> Result<()> {
+        let f0 = self.f0();
+        if let Some(text) = self.pending.take() {
+            self.backend.set_text(&text.text, &text.mask)?;
+            let switch = self.has_text;
+            self.has_text = true;
+            if switch && self.recache && f0 > 0 {
+                self.recache_window(f0)?;
+            }
+        }
+        let held = self.backend.cached_frames().len();
+        if held + self.chunk_frames > self.window {
+            self.backend.evict(held + self.chunk_frames - self.window)?;
+        }
+        self.x = self.noise(0, trace);
+        Ok(())
+    }
+
+    /// LongLive's re-cache of the last `min(window, f0)` clean frames under the new prompt.
+    fn recache_window(&mut self, f0: u64) -> Result<()> {
+        let r = (self.window as u64).min(f0) as usize;
+        let frames: Vec<f32> = self
+            .history
+            .iter()
+            .skip(self.history.len() - r)
+            .flatten()
+            .copied()
+            .collect();
+        let keep = if f0 > self.window as u64 { self.sink } else { 0 };
+        self.backend
+            .recache(&frames, self.context_timestep as f32, f0 - r as u64, keep)
+    }
+}
+
+impl Sampler for CausalSampler {
+    fn check_text(&self, t: &TextInput) -> Result<()> {
+        let m = &self.backend.graph().graph.config;
+        super::check_text(t, m.text_len, m.text_dim)
+    }
+
+    fn set_text(&mut self, prompt: &TextInput) -> Result<()> {
+        self.check_text(prompt)?;
+        self.pending = Some(Arc::new(prompt.clone()));
+        Ok(())
+    }
+
+    fn step(&mut self, chunk: &mut [f32], mut trace: Option<&mut Trace>) -> Result<bool> {
+        if self.step == 0 {
+            self.start_chunk(trace.as_deref_mut())?;
+        }
+        let (s, m) = (self.step, self.timesteps.len());
+        let t = vec![self.timesteps[s] as f32; self.chunk_frames];
+        let f0 = self.f0();
+        self.backend.denoise(&self.x, &t, f0, &mut self.v)?;
+        self.calls += 1;
+        let sigma = self.sigmas[s];
+        for ((o, &x), &v) in self.x0.iter_mut().zip(&self.x).zip(&self.v) {
+            *o = (f64::from(x) - sigma * f64::from(v)) as f32;
+        }
+        if s + 1 < m {
+            let eps = self.noise(s + 1, trace);
+            let sn = self.sigmas[s + 1] as f32;
+            for ((x, &x0), &e) in self.x.iter_mut().zip(&self.x0).zip(&eps) {
+                *x = (1.0 - sn) * x0 + sn * e;
+            }
+            self.step += 1;
+            return Ok(false);
+        }
+        self.backend
+            .commit(&self.x0, self.context_timestep as f32, f0)?;
+        if self.recache {
+            for frame in self.x0.chunks(self.frame_elems) {
+                self.history.push_back(frame.to_vec());
+            }
+            while self.history.len() > self.window {
+                self.history.pop_front();
+            }
+        }
+        super::super::backend::check_len("chunk", chunk.len(), self.x0.len())?;
+        chunk.copy_from_slice(&self.x0);
+        self.chunk += 1;
+        self.step = 0;
+        Ok(true)
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    fn calls_to_first_chunk(&self) -> u64 {
+        self.timesteps.len() as u64
+    }
+
+    fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    fn synchronize(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn graphs(&self) -> Option<bool> {
+        None
+    }
+
+    fn set_graphs(&mut self, on: bool) -> Result<()> {
+        Err(crate::error::Error::Invalid(format!(
+            "{} backend: has no device graphs to turn {}",
+            self.backend.name(),
+            if on { "on" } else { "off" }
+        )))
+    }
+}

@@ -1,0 +1,129 @@
+//! `streamdit plan` for the Wan family: the call graph of one chunk over a full KV cache
+//! (the steady state), and the per-chunk summary: `m` denoising calls plus the committing
+//! pass (the call list's prefix up to the last cache write), the KV cache's memory, and the
+//! roofline video FPS beside the published figures.
+
+use serde_json::{json, Value};
+use streamdit::inspect::{GpuSpec, Graph, GraphCost, Kind, WanGraph};
+use streamdit::{Error, Family, Profile, Result};
+
+use crate::common::{fmt_bytes, fmt_flops};
+
+/// Published real-time figures on one H100 at 832x480 (their PyTorch code), as issue 16
+/// quotes them.
+const PUBLISHED: [(&str, f64); 2] = [("Self-Forcing", 17.0), ("LongLive", 20.7)];
+
+/// What the Wan summary needs beyond the graph.
+pub(crate) struct WanPlan {
+    commit_len: usize,
+    steps: usize,
+    chunk_frames: usize,
+    window: usize,
+    video_frames_per_chunk: usize,
+}
+
+/// The graph `plan` reports: StreamDiT's call with `guidance`, or one Wan chunk's call.
+pub(crate) fn graph(profile: &Profile, guidance: f32) -> Result<(Graph, Option<WanPlan>)> {
+    if profile.family != Family::Wan {
+        return Ok((Graph::build(&profile.model, guidance), None));
+    }
+    if guidance != 1.0 {
+        return Err(Error::Invalid(format!(
+            "--guidance {guidance}: the Wan family runs without classifier-free guidance"
+        )));
+    }
+    let w = profile.wan()?;
+    let g = WanGraph::build(w, w.chunk_frames, 0);
+    let plan = WanPlan {
+        commit_len: g.commit_len,
+        steps: w.steps(),
+        chunk_frames: w.chunk_frames,
+        window: w.window,
+        video_frames_per_chunk: profile.video.frames_per_chunk(w.chunk_frames),
+    };
+    Ok((g.graph, Some(plan)))
+}
+
+/// The per-chunk summary as text and JSON.
+pub(crate) fn report(
+    p: &WanPlan,
+    graph: &Graph,
+    cost: &GraphCost,
+    gpu: Option<GpuSpec>,
+    efficiency: f64,
+) -> (String, Value) {
+    let mut text = String::new();
+    let calls = &cost.call.ops;
+    let commit = &calls[..p.commit_len];
+    let flops = |ops: &[streamdit::inspect::OpCost]| ops.iter().map(|c| c.flops).sum::<u64>();
+    let chunk_flops = p.steps as u64 * flops(calls) + flops(commit);
+    let cache_bytes: u64 = graph
+        .tensors
+        .iter()
+        .filter(|t| t.kind == Kind::Persistent && t.name.contains(".cache_"))
+        .map(|t| t.bytes() as u64)
+        .sum();
+    say!(
+        text,
+        "\nwan chunk: {} latent frames ({} video frames), {} denoising calls + the committing \
+         pass (call ops 0..{}), attention over a full window of {} latent frames",
+        p.chunk_frames,
+        p.video_frames_per_chunk,
+        p.steps,
+        p.commit_len,
+        p.window
+    );
+    say!(
+        text,
+        "  FLOPs            {} per chunk ({} per call, {} the committing pass)",
+        fmt_flops(chunk_flops),
+        fmt_flops(flops(calls)),
+        fmt_flops(flops(commit))
+    );
+    say!(
+        text,
+        "  KV cache         {} (f16 K and V of {} frames in every block, in `persistent`)",
+        fmt_bytes(cache_bytes),
+        p.window
+    );
+    let mut timing = Value::Null;
+    if let Some(g) = gpu {
+        let chunk_s = p.steps as f64 * g.list_seconds(calls) + g.list_seconds(commit);
+        let fps = p.video_frames_per_chunk as f64 / chunk_s;
+        say!(
+            text,
+            "  roofline         {:.2} ms per chunk, {:.2} video FPS; at {:.0}% of it {:.2} ms, {:.2} FPS",
+            chunk_s * 1e3,
+            fps,
+            efficiency * 100.0,
+            chunk_s / efficiency * 1e3,
+            fps * efficiency
+        );
+        let published: Vec<String> = PUBLISHED
+            .iter()
+            .map(|(n, f)| format!("{n} {f} FPS"))
+            .collect();
+        say!(
+            text,
+            "  published        {} (one H100, their PyTorch code, as quoted in issue 16)",
+            published.join(", ")
+        );
+        timing = json!({
+            "ms_per_chunk": chunk_s * 1e3, "fps": fps,
+            "ms_per_chunk_at_efficiency": chunk_s / efficiency * 1e3,
+            "fps_at_efficiency": fps * efficiency,
+        });
+    }
+    let json = json!({
+        "chunk_frames": p.chunk_frames,
+        "video_frames_per_chunk": p.video_frames_per_chunk,
+        "steps": p.steps,
+        "commit_ops": p.commit_len,
+        "window": p.window,
+        "chunk_flops": chunk_flops,
+        "kv_cache_bytes": cache_bytes,
+        "roofline": timing,
+        "published_fps": PUBLISHED.iter().map(|(n, f)| json!({"name": n, "fps": f})).collect::<Vec<_>>(),
+    });
+    (text, json)
+}
