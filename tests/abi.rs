@@ -21,19 +21,23 @@ fn repo() -> PathBuf {
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    // A test's dependencies are built as rlibs only: the cdylib beside them may be stale,
-    // so build it (a no-op when it is up to date) with this test's profile and target dir.
+    // The cdylib beside the test may be stale when only some targets were rebuilt, so
+    // build it with this test's profile and target dir. The build resolves features exactly
+    // as `cargo test --workspace` (tests/run.sh) does: then it reuses the library unit the
+    // tests linked and is a no-op, where `cargo build -p streamdit --lib` resolves other
+    // features for shared dependencies (memchr, serde_core, smallvec, ...) and recompiled
+    // most of them, minutes on a 2-core CI machine.
     let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
     let mut cargo = Command::new(env!("CARGO"));
     cargo
-        .args(["build", "--locked", "-p", "streamdit", "--lib"])
+        .args(["test", "--locked", "--workspace", "--no-run", "--quiet"])
         .env("CARGO_TARGET_DIR", dir.parent().unwrap())
         .current_dir(repo());
     if profile == "release" {
         cargo.arg("--release");
     }
     let status = cargo.status().unwrap();
-    assert!(status.success(), "cargo build -p streamdit failed");
+    assert!(status.success(), "cargo test --workspace --no-run failed");
     assert!(
         dir.join("libstreamdit.so").exists(),
         "no libstreamdit.so in {}",

@@ -19,9 +19,14 @@ const H: usize = 4;
 const W: usize = 6;
 
 fn setup(seed: u64) -> (TaeGraph, Weights) {
-    // `tiny`'s decoder: widths (64, 64, 32, 16), 8 groups.
+    // The full tier decodes with `tiny`'s widths (64, 64, 32, 16); the default tier with
+    // narrower upper stages (the first stays 64: its attention runs at head dim 64).
     let dec = DecoderConfig {
-        widths: vec![64, 64, 32, 16],
+        widths: if common::full() {
+            vec![64, 64, 32, 16]
+        } else {
+            vec![64, 32, 16, 16]
+        },
         groups: 8,
     };
     let graph = TaeGraph::new(&dec, C, H, W).unwrap();

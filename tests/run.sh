@@ -42,5 +42,14 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== the library and the CLI against the public API alone (no 'internals' feature)"
 cargo clippy -p streamdit -p streamdit-tools --locked -- -D warnings
-echo "== cargo test"
-cargo test --workspace --locked
+echo "== cargo test: build every test binary, then run each target timed (tests/run_targets.py)"
+if [ "${STREAMDIT_FULL:-}" = "1" ]; then
+    echo "tier: full (STREAMDIT_FULL=1: the slow emulator, valgrind and CLI cases too)"
+else
+    echo "tier: default (STREAMDIT_FULL=1 ./tests/run.sh adds the slow cases; run it before each stop)"
+fi
+mkdir -p target
+cargo test --workspace --locked --no-run --message-format=json-render-diagnostics >target/test-binaries.json
+python3 tests/run_targets.py target/test-binaries.json
+echo "== doc tests"
+cargo test --workspace --locked --doc

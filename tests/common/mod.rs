@@ -119,3 +119,21 @@ pub fn assert_close(name: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
     );
     max_err
 }
+
+/// Whether the opt-in full tier runs (`STREAMDIT_FULL=1`): the slow emulator and valgrind
+/// cases that the default `./tests/run.sh` leaves out (README, "Tests").
+pub fn full() -> bool {
+    std::env::var("STREAMDIT_FULL").is_ok_and(|v| v == "1")
+}
+
+/// The profile the emulator's whole-model tests run: `tests/profiles/small.toml` (every op
+/// of a `tiny` call at about a second per call on the emulator) in the default tier, the
+/// built-in `tiny` in the full tier.
+pub fn emu_profile() -> streamdit::Profile {
+    if full() {
+        streamdit::Profile::builtin("tiny").unwrap()
+    } else {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/profiles/small.toml");
+        streamdit::Profile::load(path).unwrap()
+    }
+}
