@@ -998,6 +998,18 @@ fn size_and_output_errors_name_the_cause_and_leave_no_file() {
         .output()
         .unwrap();
     fail(&out, "stdout is closed");
+    // A shell's `>/dev/null` is an open stdout and stays allowed.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$0\" generate --frames 8 --out - >/dev/null")
+        .arg(env!("CARGO_BIN_EXE_streamdit"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let tiny = streamdit::Profile::builtin("tiny").unwrap().to_toml();
     let huge = temp("huge.toml");

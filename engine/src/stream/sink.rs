@@ -307,20 +307,34 @@ impl FrameSink for Y4mFile {
     }
 }
 
-/// Refuses a closed standard output: Rust's `stdout()` silently discards writes to a
-/// closed descriptor 1, so a run would succeed having written nothing.
+/// Refuses a closed standard output: a run would otherwise succeed having written nothing.
 fn check_stdout() -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsFd;
-        // Duplicating descriptor 1 fails exactly when it is not open.
-        if let Err(e) = std::io::stdout().as_fd().try_clone_to_owned() {
-            return Err(Error::Invalid(format!(
-                "output `-`: expected an open standard output for the raw frames, but stdout                  is closed ({e})"
-            )));
-        }
+    if stdout_was_closed() {
+        return Err(Error::Invalid(
+            "output `-`: expected an open standard output for the raw frames, but stdout is \
+             closed (`>&-`); redirect it to a file or a pipe"
+                .into(),
+        ));
     }
     Ok(())
+}
+
+/// Whether descriptor 1 was closed when the process started. Rust's runtime puts
+/// `/dev/null`, opened read-write, in place of a closed standard descriptor before `main`;
+/// a shell's `>/dev/null` opens it write-only, which stays allowed. Linux only (it reads
+/// `/proc/self`); elsewhere `false`.
+fn stdout_was_closed() -> bool {
+    let target = std::fs::read_link("/proc/self/fd/1");
+    let info = std::fs::read_to_string("/proc/self/fdinfo/1");
+    let (Ok(target), Ok(info)) = (target, info) else {
+        return false;
+    };
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
+    // O_ACCMODE is 3 and O_RDWR 2 on Linux.
+    target == Path::new("/dev/null") && flags.is_some_and(|f| f & 3 == 2)
 }
 
 /// Opens a sink from an output spec: `-` = raw RGB24 on stdout; `*.y4m` = Y4M file; a path
@@ -429,7 +443,8 @@ mod tests {
         assert!(!path.exists(), "visible before finish");
         sink.finish().unwrap();
         drop(sink);
-        assert!(std::fs::read(&path).unwrap().ends_with(&[128; 4]));
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.windows(6).filter(|w| w == b"FRAME\n").count(), 1);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
