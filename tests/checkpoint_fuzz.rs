@@ -71,7 +71,7 @@ fn scratch(name: &str) -> PathBuf {
 /// A safetensors file from a JSON header and data bytes (the header padded to 8 bytes).
 fn file(header: &str, data: &[u8]) -> Vec<u8> {
     let mut json = header.as_bytes().to_vec();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();

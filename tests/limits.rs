@@ -25,6 +25,9 @@ fn builtin_with(name: &str, edits: &[(&str, &str)]) -> String {
     text
 }
 
+/// Line edits of a built-in profile, the field refused and a word of its rule.
+type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+
 fn check_refused(text: &str, field: &str, rule: &str, case: &str) {
     match Profile::from_toml(text, "test") {
         Err(Error::Profile {
@@ -43,7 +46,7 @@ fn check_refused(text: &str, field: &str, rule: &str, case: &str) {
 #[test]
 fn absurd_streamdit_sizes_name_the_field() {
     let limit = "the engine's limit";
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    let cases: &[Case] = &[
         (&[("dim = 256", "dim = 1000000000")], "model.dim", limit),
         (&[("depth = 4", "depth = 1000000000")], "model.depth", limit),
         (&[("heads = 4", "heads = 4096")], "model.heads", limit),
@@ -159,7 +162,7 @@ fn absurd_streamdit_sizes_name_the_field() {
 #[test]
 fn absurd_wan_sizes_name_the_field() {
     let limit = "the engine's limit";
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    let cases: &[Case] = &[
         (&[("dim = 48", "dim = 1000000002")], "wan.dim", limit),
         (&[("depth = 2", "depth = 1000000000")], "wan.depth", limit),
         (
