@@ -81,8 +81,8 @@ pub mod conditioning {
 pub mod files {
     pub use crate::checkpoint::pickle::{convert, ConvertOptions, ConvertReport, PtDtype};
     pub use crate::checkpoint::{
-        read_tensors, write_random_checkpoint, write_random_profile_checkpoint, write_tensors,
-        Checkpoint, TensorInfo, Weights,
+        read_tensors, write_atomic, write_random_checkpoint, write_random_profile_checkpoint,
+        write_tensors, Checkpoint, PendingFile, TensorInfo, Weights,
     };
 }
 

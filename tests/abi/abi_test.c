@@ -4,6 +4,8 @@
  * Prints the struct layouts ("layout NAME SIZE OFFSETS..."), streams three chunks of PROFILE
  * on the CPU (switching the prompt before the third) into FRAMES_OUT as raw RGB8, and checks
  * every error path. Exits 0 when every check passed, 1 otherwise (each failure printed). */
+/* setenv and unsetenv (POSIX) under -std=c99. */
+#define _POSIX_C_SOURCE 200112L
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -110,6 +112,53 @@ static void error_paths(const char *corrupt) {
     streamdit_stream_free(NULL);
 }
 
+/* Sizes no host can hold come back as statuses, never as an abort of this process: a
+ * profile with `dim = 1000000000` (refused by validation, naming the field) and, under a
+ * host memory limit of 1 KiB (STREAMDIT_MEMORY_LIMIT), an engine and a stream of PROFILE. */
+static void size_limits(const char *scratch, const char *profile) {
+    static const char *huge =
+        "name = \"huge\"\n[model]\nlatent_channels = 8\nlatent_frames = 4\n"
+        "latent_height = 8\nlatent_width = 8\ndim = 1000000000\ndepth = 1\nheads = 1\n"
+        "ffn_dim = 128\nwindow = [2, 4, 4]\ntext_len = 8\ntext_dim = 32\n"
+        "[stream]\nchunks = 2\nchunk_frames = 2\nmicro_steps = 1\n"
+        "[video]\nfps = 16.0\ntemporal_upsample = 4\nspatial_upsample = 8\n"
+        "[run]\nseed = 0\nguidance = 1.0\n[decoder]\nwidths = [16, 16, 16, 16]\ngroups = 4\n"
+        "[text]\n[[text.encoders]]\nname = \"byte\"\nkind = \"byte\"\nlen = 8\n";
+    char path[4096];
+    snprintf(path, sizeof path, "%s.huge.toml", scratch);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL, "cannot write %s", path);
+    if (!f) return;
+    fputs(huge, f);
+    fclose(f);
+    streamdit_engine_params p = streamdit_engine_default_params();
+    p.profile = path;
+    p.backend = STREAMDIT_BACKEND_CPU;
+    streamdit_engine *e = (streamdit_engine *)1;
+    EXPECT_STATUS(streamdit_engine_create(&p, &e), STREAMDIT_ERR_PROFILE);
+    CHECK(strstr(streamdit_last_error(), "model.dim") != NULL, "the huge field is named");
+    CHECK(e == NULL, "out not cleared on a huge profile");
+    remove(path);
+
+    p.profile = profile;
+    e = NULL;
+    EXPECT_STATUS(streamdit_engine_create(&p, &e), STREAMDIT_OK);
+    if (!e) return;
+    setenv("STREAMDIT_MEMORY_LIMIT", "1K", 1);
+    streamdit_stream *s = (streamdit_stream *)1;
+    streamdit_stream_params sp = streamdit_stream_default_params();
+    EXPECT_STATUS(streamdit_stream_create(e, &sp, &s), STREAMDIT_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(streamdit_last_error(), "host memory") != NULL, "the memory limit is named");
+    CHECK(s == NULL, "stream out not cleared under the memory limit");
+    streamdit_engine *e2 = (streamdit_engine *)1;
+    EXPECT_STATUS(streamdit_engine_create(&p, &e2), STREAMDIT_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(streamdit_last_error(), "STREAMDIT_MEMORY_LIMIT") != NULL,
+          "the limit's source is named");
+    CHECK(e2 == NULL, "out not cleared under the memory limit");
+    unsetenv("STREAMDIT_MEMORY_LIMIT");
+    streamdit_engine_free(e);
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s FRAMES_OUT CORRUPT_CHECKPOINT PROFILE\n", argv[0]);
@@ -122,6 +171,7 @@ int main(int argc, char **argv) {
            streamdit_abi_version());
     CHECK(streamdit_abi_version() == STREAMDIT_ABI_VERSION, "ABI version");
     error_paths(argv[2]);
+    size_limits(argv[1], argv[3]);
 
     streamdit_engine_params p = streamdit_engine_default_params();
     p.profile = argv[3];

@@ -561,7 +561,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         });
         let json = serde_json::to_string_pretty(&report)
             .map_err(|e| Error::Invalid(format!("JSON report: {e}")))?;
-        std::fs::write(path, json).map_err(|e| Error::io(path, e))?;
+        streamdit::files::write_atomic(path, json.as_bytes())?;
     }
     print_stdout(&text)
 }

@@ -29,8 +29,9 @@ pub(crate) struct GenerateArgs {
     /// Classifier-free guidance scale (default: the profile's; 1 disables CFG).
     #[arg(long)]
     guidance: Option<f32>,
-    /// Video frames to write (rounded up to whole chunks).
-    #[arg(long, conflicts_with = "seconds")]
+    /// Video frames to write, at least 1: exactly this many (the last chunk's extra frames
+    /// are dropped).
+    #[arg(long, conflicts_with = "seconds", value_parser = clap::value_parser!(u64).range(1..))]
     frames: Option<u64>,
     /// Seconds of video to write.
     #[arg(long)]

@@ -356,7 +356,7 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
         });
         let json = serde_json::to_string_pretty(&report)
             .map_err(|e| Error::Invalid(format!("JSON report: {e}")))?;
-        std::fs::write(path, json).map_err(|e| Error::io(path, e))?;
+        streamdit::files::write_atomic(path, json.as_bytes())?;
     }
     print_stdout(&text)
 }

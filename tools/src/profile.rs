@@ -282,7 +282,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         let trace = json!({ "traceEvents": events, "displayTimeUnit": "ms" });
         let text = serde_json::to_string(&trace)
             .map_err(|e| Error::Invalid(format!("Chrome trace: {e}")))?;
-        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+        streamdit::files::write_atomic(path, text.as_bytes())?;
     }
     if let Some(path) = &args.json {
         let steps: Vec<Value> = rows
@@ -326,7 +326,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         });
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| Error::Invalid(format!("JSON report: {e}")))?;
-        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+        streamdit::files::write_atomic(path, text.as_bytes())?;
     }
     print_stdout(&out)
 }

@@ -986,3 +986,68 @@ fn decode_latents_file_and_preview() {
     assert_eq!(px(&preview.stdout, 0), px(&preview.stdout, 7));
     assert!((0..8).any(|x| px(&tae.stdout, x) != px(&tae.stdout, 0)));
 }
+
+/// Sizes and outputs (issue 14): `--frames 0` is an error naming the flag and help says
+/// exactly N frames are written; a closed stdout is an error naming it; a profile too large
+/// for the engine is refused naming the field, before `weights init` writes anything.
+#[test]
+fn size_and_output_errors_name_the_cause_and_leave_no_file() {
+    let fail = |out: &Output, needle: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "should fail: {stderr}");
+        assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "`{stderr}` should mention `{needle}`"
+        );
+    };
+    let y4m = temp("zero.y4m");
+    let out = streamdit(&["generate", "--frames", "0", "--out", y4m.to_str().unwrap()]);
+    fail(&out, "--frames");
+    assert!(!y4m.exists(), "--frames 0 left {}", y4m.display());
+    let help = String::from_utf8_lossy(&ok(&["generate", "--help"]).stdout).into_owned();
+    assert!(
+        help.contains("exactly this many") && !help.contains("rounded up"),
+        "{help}"
+    );
+
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$0\" generate --frames 8 --out - >&-")
+        .arg(env!("CARGO_BIN_EXE_streamdit"))
+        .output()
+        .unwrap();
+    fail(&out, "stdout is closed");
+    // A shell's `>/dev/null` is an open stdout and stays allowed.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$0\" generate --frames 8 --out - >/dev/null")
+        .arg(env!("CARGO_BIN_EXE_streamdit"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let tiny = streamdit::Profile::builtin("tiny").unwrap().to_toml();
+    let huge = temp("huge.toml");
+    std::fs::write(&huge, tiny.replacen("\ndim = 256", "\ndim = 1000000000", 1)).unwrap();
+    let weights = temp("huge.safetensors");
+    let out = streamdit(&[
+        "weights",
+        "init",
+        "--profile",
+        huge.to_str().unwrap(),
+        "--out",
+        weights.to_str().unwrap(),
+    ]);
+    fail(&out, "model.dim");
+    let left: Vec<_> = std::fs::read_dir(weights.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("huge.safetensors"))
+        .collect();
+    assert!(left.is_empty(), "weights init left {left:?}");
+}

@@ -10,6 +10,7 @@ use memmap2::Mmap;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
+use super::atomic::PendingFile;
 use super::header::{parse_file, TensorInfo};
 use super::DType;
 use crate::error::{fmt_shape, path_str, Error, Result};
@@ -142,7 +143,17 @@ impl Checkpoint {
 
     fn decode(&self, info: &TensorInfo) -> Result<Tensor> {
         let dtype = self.dtype_of(info)?;
-        let mut data = vec![0.0; info.numel()];
+        // The size comes from the file: allocate fallibly rather than abort.
+        let numel = info.numel();
+        let mut data = Vec::new();
+        data.try_reserve_exact(numel).map_err(|e| {
+            self.tensor_error(
+                &info.name,
+                format!("{numel} f32 values that fit in memory"),
+                format!("an allocation failure ({e})"),
+            )
+        })?;
+        data.resize(numel, 0.0);
         dtype.decode_par(&self.map[info.bytes.clone()], &mut data);
         Ok(Tensor {
             shape: info.shape.clone(),
@@ -213,7 +224,8 @@ pub(super) fn write_file(
     metadata: &[(&str, String)],
     mut fill: impl FnMut(usize, usize, &mut [f32]),
 ) -> Result<u64> {
-    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    // The file appears under `path` only once every block is written.
+    let file = PendingFile::create(path)?;
     let (send, blocks) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
     let written = std::thread::scope(|scope| {
         let writer = scope.spawn(move || {
@@ -223,8 +235,8 @@ pub(super) fn write_file(
                 out.write_all(&block)?;
                 written += block.len() as u64;
             }
-            out.flush()?;
-            Ok(written)
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            Ok((written, file))
         });
         // A failed send means the writer stopped on an error, which `join` returns.
         let mut values = Vec::new();
@@ -247,7 +259,9 @@ pub(super) fn write_file(
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     });
-    written.map_err(|e: std::io::Error| Error::io(path, e))
+    let (written, mut file) = written.map_err(|e: std::io::Error| Error::io(path, e))?;
+    file.commit()?;
+    Ok(written)
 }
 
 /// The 8-byte little-endian header length and the JSON header, padded with spaces to a

@@ -6,6 +6,7 @@
 //! the tensor and the byte positions involved; the crate then checks the same file as a
 //! second opinion, so nothing is accepted that the reference implementation rejects.
 
+pub mod atomic;
 mod dtype;
 mod file;
 mod header;
@@ -15,6 +16,7 @@ pub mod video;
 pub mod wan;
 mod weights;
 
+pub use atomic::{write_atomic, PendingFile};
 pub use dtype::DType;
 pub use file::{read_tensors, write_tensors, Checkpoint};
 pub use header::TensorInfo;

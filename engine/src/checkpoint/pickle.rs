@@ -25,6 +25,7 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
+use super::atomic::PendingFile;
 use crate::error::{Error, Result};
 use torch::TensorRef;
 use vm::{Pickle, Value};
@@ -488,7 +489,8 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     while json.len() % 8 != 0 {
         json.push(b' ');
     }
-    let out = File::create(output).map_err(|e| Error::io(output, e))?;
+    // The output appears only once every tensor is written.
+    let out = PendingFile::create(output)?;
     let mut w = BufWriter::new(out);
     let io = |e| Error::io(output, e);
     w.write_all(&(json.len() as u64).to_le_bytes())
@@ -501,7 +503,9 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
             .tensors
             .push((name.clone(), t.dtype, t.shape.clone()));
     }
-    w.flush().map_err(io)?;
+    w.into_inner()
+        .map_err(|e| Error::io(output, e.into_error()))?
+        .commit()?;
     report.data_bytes = off;
     Ok(report)
 }

@@ -18,6 +18,7 @@ mod wan;
 use crate::backend::cuda::text::DeviceLinear;
 use crate::checkpoint::{Checkpoint, DType, Weights};
 use crate::error::{Error, Result};
+use crate::memory::host::check_host_memory;
 use crate::model::graph::Graph;
 use crate::model::streamdit::schema::{checkpoint_tensors, Group};
 use crate::model::tae::TaeGraph;
@@ -89,6 +90,7 @@ impl Engine {
                 ),
             },
         };
+        params.check_host_weights(backend == BackendKind::Cpu)?;
         // A device generates random f16 DiT weights itself (the values `weights init
         // --dtype f16` writes); the host then holds only the preview and text tables.
         let device_random = match (&params.weights, backend) {
@@ -309,6 +311,12 @@ impl Engine {
         }
         let profile = self.profile();
         let m = &profile.model;
+        if self.backend == BackendKind::Cpu {
+            check_host_memory(
+                &format!("a stream of profile `{}`", profile.name),
+                profile.memory_need().stream_bytes,
+            )?;
+        }
         let guidance = params.guidance.unwrap_or(profile.run.guidance);
         if !guidance.is_finite() {
             return Err(Error::Invalid(format!(

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use crate::checkpoint::DType;
 use crate::error::{Error, Result};
+use crate::memory::host::check_host_memory;
 use crate::model::Profile;
 use crate::text::TextInput;
 
@@ -50,6 +51,27 @@ pub struct EngineParams {
     pub profile: Profile,
     pub weights: WeightsSource,
     pub backend: BackendKind,
+}
+
+impl EngineParams {
+    /// Refuses a profile whose host weights do not fit the host memory limit
+    /// (`crate::memory::host`): all of them as f32 when `cpu` (the CPU backend's copy),
+    /// otherwise the random text encoders (they run on the host).
+    pub(crate) fn check_host_weights(&self, cpu: bool) -> Result<()> {
+        let need = self.profile.memory_need();
+        let params = if cpu {
+            need.parameters
+        } else {
+            need.text_parameters
+        };
+        check_host_memory(
+            &format!(
+                "profile `{}` ({params} parameters as f32 on the host)",
+                self.profile.name
+            ),
+            params * 4,
+        )
+    }
 }
 
 /// Per-stream settings; `None` takes the profile's run setting.

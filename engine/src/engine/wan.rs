@@ -11,6 +11,7 @@ use crate::backend::CausalBackend;
 use crate::checkpoint::wan::{load_wan, random_wan};
 use crate::checkpoint::{Checkpoint, Weights};
 use crate::error::{Error, Result};
+use crate::memory::host::check_host_memory;
 use crate::model::wan::WanConfig;
 use crate::model::Profile;
 use crate::stream::{CausalSampler, Parts, Stream};
@@ -84,6 +85,7 @@ impl Engine {
     /// [`Engine::with_device`] for a Wan profile.
     pub(super) fn new_wan(params: EngineParams) -> Result<Engine> {
         let (backend, backend_reason) = choose(params.backend)?;
+        params.check_host_weights(true)?;
         let (weights, notes) = wan_weights(&params.profile, &params.weights)?;
         let text = wan_text(&params.profile, &params.weights)?;
         Ok(Engine {
@@ -111,6 +113,10 @@ impl Engine {
     pub(super) fn stream_wan(&self, params: StreamParams) -> Result<Stream> {
         let profile = self.profile();
         let w: &WanConfig = profile.wan()?;
+        check_host_memory(
+            &format!("a stream of profile `{}`", profile.name),
+            profile.memory_need().stream_bytes,
+        )?;
         if let Some(g) = params.guidance.filter(|&g| g != 1.0) {
             return Err(Error::Invalid(format!(
                 "guidance {g}: the Wan streaming models are distilled and run without \

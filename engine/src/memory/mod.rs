@@ -5,6 +5,7 @@
 
 pub mod arena;
 mod dit;
+pub mod host;
 
 pub use dit::{
     lifetimes, lifetimes_fused, ArenaStats, Fusion, Lifetime, MemoryPlan, OpList, Placement, Region,

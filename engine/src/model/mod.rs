@@ -4,6 +4,7 @@
 //! touches a file: backends execute, `crate::checkpoint` reads and writes tensors.
 
 pub mod graph;
+pub mod limits;
 pub mod profile;
 pub mod profile_toml;
 pub mod streamdit;

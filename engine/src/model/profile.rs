@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::streamdit::schema::decoder_tensors;
 use super::wan::config::WanConfig;
 use crate::error::{Error, Result};
 
@@ -362,6 +363,7 @@ impl Profile {
         if self.name.is_empty() {
             return fail("name", "must not be empty".into());
         }
+        self.check_limits(&fail)?;
         for (field, v) in [
             ("model.latent_height", m.latent_height),
             ("model.latent_width", m.latent_width),
@@ -463,8 +465,11 @@ impl Profile {
                 ),
             );
         }
+        if let Err(e) = decoder_tensors(&self.decoder, m.latent_channels) {
+            return fail("decoder.widths", format!("must suit the TAE decoder: {e}"));
+        }
         self.validate_text(&fail)?;
-        Ok(())
+        self.check_totals(&fail)
     }
 }
 

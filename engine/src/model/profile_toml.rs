@@ -164,6 +164,7 @@ impl Profile {
         if let Err((field, rule)) = wan.check() {
             return fail(&field, rule);
         }
+        self.check_common_limits(fail)?;
         if self.model != wan.model_view(wan.chunk_frames) || self.stream != wan.stream_view() {
             return fail(
                 "model",
@@ -195,7 +196,8 @@ impl Profile {
                 ),
             );
         }
-        self.validate_text(fail)
+        self.validate_text(fail)?;
+        self.check_totals(fail)
     }
 }
 

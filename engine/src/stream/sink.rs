@@ -1,10 +1,10 @@
 //! Frame sinks: where decoded RGB8 video frames go. A Y4M file plays in most players and
 //! feeds encoders; a PNG sequence is easy to inspect; raw RGB24 on stdout pipes into ffmpeg.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::PendingFile;
 use crate::error::{Error, Result};
 
 /// Takes RGB8 video frames (`width * height * 3` bytes, row-major) one at a time.
@@ -270,7 +270,10 @@ impl PngSequence {
         let mut writer = encoder.write_header()?;
         writer.write_image_data(rgb)?;
         writer.finish()?;
-        std::fs::write(path, bytes)
+        // Each frame appears whole or not at all.
+        let mut file = PendingFile::create(path).map_err(std::io::Error::other)?;
+        file.write_all(&bytes)?;
+        file.commit().map_err(std::io::Error::other)
     }
 }
 
@@ -289,12 +292,58 @@ impl FrameSink for PngSequence {
     }
 }
 
+/// A Y4M file that appears under its name only when [`FrameSink::finish`] succeeds: a run
+/// that fails midway leaves no partial video.
+struct Y4mFile(Y4mSink<PendingFile>);
+
+impl FrameSink for Y4mFile {
+    fn write_frame(&mut self, rgb: &[u8]) -> Result<()> {
+        self.0.write_frame(rgb)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.0.finish()?;
+        self.0.out.get_mut().commit()
+    }
+}
+
+/// Refuses a closed standard output: a run would otherwise succeed having written nothing.
+fn check_stdout() -> Result<()> {
+    if stdout_was_closed() {
+        return Err(Error::Invalid(
+            "output `-`: expected an open standard output for the raw frames, but stdout is \
+             closed (`>&-`); redirect it to a file or a pipe"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether descriptor 1 was closed when the process started. Rust's runtime puts
+/// `/dev/null`, opened read-write, in place of a closed standard descriptor before `main`;
+/// a shell's `>/dev/null` opens it write-only, which stays allowed. Linux only (it reads
+/// `/proc/self`); elsewhere `false`.
+fn stdout_was_closed() -> bool {
+    let target = std::fs::read_link("/proc/self/fd/1");
+    let info = std::fs::read_to_string("/proc/self/fdinfo/1");
+    let (Ok(target), Ok(info)) = (target, info) else {
+        return false;
+    };
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
+    // O_ACCMODE is 3 and O_RDWR 2 on Linux.
+    target == Path::new("/dev/null") && flags.is_some_and(|f| f & 3 == 2)
+}
+
 /// Opens a sink from an output spec: `-` = raw RGB24 on stdout; `*.y4m` = Y4M file; a path
 /// ending in `/` or an existing directory = PNG sequence `frame_000000.png`, ... in it; a
 /// `*.png` pattern = PNG sequence named by it (see [`PngSequence::with_pattern`]).
 pub fn open_sink(spec: &str, width: usize, height: usize, fps: f64) -> Result<Box<dyn FrameSink>> {
     let lower = spec.to_ascii_lowercase();
     if spec == "-" {
+        check_stdout()?;
         Ok(Box::new(RawRgbSink::new(
             std::io::stdout(),
             "<stdout>",
@@ -302,8 +351,8 @@ pub fn open_sink(spec: &str, width: usize, height: usize, fps: f64) -> Result<Bo
             height,
         )))
     } else if lower.ends_with(".y4m") {
-        let file = File::create(spec).map_err(|e| Error::io(spec, e))?;
-        Ok(Box::new(Y4mSink::new(file, spec, width, height, fps)?))
+        let file = PendingFile::create(spec)?;
+        Ok(Box::new(Y4mFile(Y4mSink::new(file, spec, width, height, fps)?)))
     } else if spec.ends_with('/') || Path::new(spec).is_dir() {
         Ok(Box::new(PngSequence::new(spec, width, height)?))
     } else if lower.ends_with(".png") {
@@ -319,6 +368,7 @@ pub fn open_sink(spec: &str, width: usize, height: usize, fps: f64) -> Result<Bo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     /// A fresh, empty scratch directory for one test.
     fn scratch(name: &str) -> PathBuf {
@@ -373,6 +423,29 @@ mod tests {
         assert_eq!(bytes.len(), header + 5 * frame);
         let frames = bytes.windows(6).filter(|w| w == b"FRAME\n").count();
         assert_eq!(frames, 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A Y4M file appears only when finished: a run that stops midway leaves nothing, not
+    /// a header and some frames.
+    #[test]
+    fn y4m_file_appears_only_when_finished() {
+        let dir = scratch("y4m-atomic");
+        let path = dir.join("out.y4m");
+        let spec = path.to_str().unwrap();
+        let mut sink = open_sink(spec, 4, 2, 16.0).unwrap();
+        sink.write_frame(&solid(4, 2, [1, 2, 3])).unwrap();
+        drop(sink);
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "an unfinished run left {left:?}");
+        let mut sink = open_sink(spec, 4, 2, 16.0).unwrap();
+        sink.write_frame(&solid(4, 2, [1, 2, 3])).unwrap();
+        assert!(!path.exists(), "visible before finish");
+        sink.finish().unwrap();
+        drop(sink);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.windows(6).filter(|w| w == b"FRAME\n").count(), 1);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -180,6 +180,24 @@ pub fn read_config(dir: &Path) -> Result<Value> {
         .map_err(|e| Error::Invalid(format!("{}: not valid JSON: {e}", path_str(&path))))
 }
 
+/// The largest value the engine accepts for an integer field of a text encoder's
+/// `config.json`: far above every released T5, umT5 and CLIP, and small enough that the
+/// model's sizes cannot overflow or ask for more memory than a machine has before the
+/// weights file is even read (the profile's own bounds are in `crate::model::limits`).
+pub fn config_limit(key: &str) -> usize {
+    use crate::model::limits::{MAX_DEPTH, MAX_FFN, MAX_HEADS, MAX_TEXT_LEN, MAX_WIDTH};
+    match key {
+        "num_layers" | "num_decoder_layers" | "num_hidden_layers" => MAX_DEPTH,
+        "num_heads" | "num_attention_heads" => MAX_HEADS,
+        "d_ff" | "intermediate_size" => MAX_FFN,
+        "vocab_size" => 1 << 22,
+        "max_position_embeddings" | "relative_attention_max_distance" => MAX_TEXT_LEN,
+        "relative_attention_num_buckets" => 4_096,
+        // d_model, d_kv, hidden_size and anything else.
+        _ => MAX_WIDTH,
+    }
+}
+
 /// Typed access to a config object, naming the file and field in errors.
 pub struct ConfigReader<'a> {
     pub origin: &'a str,
@@ -195,11 +213,17 @@ impl ConfigReader<'_> {
         ))
     }
 
-    /// A positive integer field.
+    /// A positive integer field, at most [`config_limit`] of the key.
     pub fn usize(&self, key: &str) -> Result<usize> {
         let v = self.json.get(key);
+        let max = config_limit(key);
         match v.and_then(Value::as_u64) {
-            Some(n) if n > 0 => Ok(n as usize),
+            Some(n) if n > 0 && n <= max as u64 => Ok(n as usize),
+            Some(n) if n > 0 => Err(self.bad(
+                key,
+                &format!("at most {max} (the engine's limit)"),
+                v,
+            )),
             _ => Err(self.bad(key, "a positive integer", v)),
         }
     }

@@ -197,6 +197,7 @@ impl WanConfig {
                 return fail(f, "must be at least 1, found 0".into());
             }
         }
+        self.check_limits()?;
         if self.patch != [1, 2, 2] {
             return fail(
                 "patch",
