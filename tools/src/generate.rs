@@ -52,7 +52,7 @@ pub(crate) struct GenerateArgs {
     #[arg(long, value_name = "F.safetensors")]
     trace: Option<PathBuf>,
     /// Debugging: check every op's output for NaN and infinity, so that a stream turning
-    /// non-finite names the first op that produced one (slow; CPU backend, StreamDiT).
+    /// non-finite names the first op that produced one (slow; CPU backend).
     #[arg(long)]
     check_ops: bool,
 }

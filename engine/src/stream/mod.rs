@@ -244,7 +244,7 @@ impl Stream {
 
     /// Turns on (or off) checking every op's output for NaN and infinity, so that a stream
     /// turning non-finite names the first op that produced such a value (slow; the CPU
-    /// backend of StreamDiT profiles only).
+    /// backend, both families).
     pub fn set_check_ops(&mut self, on: bool) -> Result<()> {
         self.sampler.set_check_ops(on)
     }
