@@ -1144,6 +1144,10 @@ fn wrong_answers_are_errors() {
             "--prompt-at 100000: the run writes".into(),
         ),
         (
+            vec!["plan", "--guidance", "inf"],
+            "guidance: expected a finite number in [0, 30], found inf".into(),
+        ),
+        (
             vec!["generate", "--guidance", "1e30", "--out", "-"],
             "guidance: expected a finite number in [0, 30], found 1".into(),
         ),
