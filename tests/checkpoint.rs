@@ -750,3 +750,107 @@ fn random_byte_flips_never_panic_and_agree_with_the_reference() {
         "{accepted} accepted, {rejected} rejected"
     );
 }
+
+/// The tiny model's random weights with `value` written at flat `index` of tensor `name`,
+/// saved in `dtype`.
+fn weights_with(name: &str, index: usize, value: f32, dtype: DType) -> TempFile {
+    let mut tensors = Weights::random(&tiny(), 3, dtype).into_tensors();
+    tensors.get_mut(name).unwrap().data[index] = value;
+    let file = TempFile::new("non-finite");
+    let list: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    checkpoint::write_tensors(file.path(), &list, dtype).unwrap();
+    file
+}
+
+#[test]
+fn non_finite_weights_are_refused_at_load_naming_the_tensor_and_index() {
+    let cfg = tiny();
+    let specs = schema::checkpoint_tensors(&cfg);
+    let shape_of = |n: &str| specs.iter().find(|s| s.name == n).unwrap().shape.clone();
+    let cases = [
+        ("patch_embed.weight", f32::NAN, DType::F16),
+        ("patch_embed.weight", f32::INFINITY, DType::BF16),
+        ("preview.weight", f32::NEG_INFINITY, DType::F32),
+        ("patch_embed.bias", f32::NAN, DType::F32),
+    ];
+    for (name, value, dtype) in cases {
+        let shape = shape_of(name);
+        // The last element of the second row (or element 1 of a vector).
+        let index = if shape.len() > 1 {
+            2 * shape[1..].iter().product::<usize>() - 1
+        } else {
+            1
+        };
+        let multi = if shape.len() > 1 {
+            let mut m = vec![1];
+            m.extend(shape[1..].iter().map(|d| d - 1));
+            format!("{m:?}")
+        } else {
+            "[1]".to_string()
+        };
+        let file = weights_with(name, index, value, dtype);
+        let msg = tensor_msg(Weights::load(file.path(), &cfg, &ALL_GROUPS));
+        let want = format!(
+            "tensor `{name}`: expected finite values, found {value} at index {index} ({multi})"
+        );
+        assert!(
+            msg.contains(&want),
+            "{dtype} {name}: `{msg}` lacks `{want}`"
+        );
+        // Uploads of the stored bytes (the CUDA backend's path) refuse it the same way.
+        let ckpt = Checkpoint::open(file.path()).unwrap();
+        let msg = tensor_msg(ckpt.raw(name));
+        assert!(
+            msg.contains(&want),
+            "raw {dtype} {name}: `{msg}` lacks `{want}`"
+        );
+        // The other tensors still read.
+        let other = if name == "preview.weight" {
+            "preview.bias"
+        } else {
+            "preview.weight"
+        };
+        ckpt.read_f32(other, &shape_of(other)).unwrap();
+    }
+    // The first bad value is named even past the first parallel block, where blocks are
+    // checked in parallel.
+    let big = Tensor::new(vec![3, 1 << 16], vec![0.5; 3 << 16]).unwrap();
+    let mut data = big.data.clone();
+    data[(2 << 16) + 5] = f32::NAN;
+    data[(1 << 16) + 7] = f32::INFINITY;
+    let bad = Tensor::new(big.shape.clone(), data).unwrap();
+    let file = TempFile::new("non-finite-big");
+    checkpoint::write_tensors(file.path(), &[("w", &bad)], DType::F16).unwrap();
+    let msg = tensor_msg(checkpoint::read_tensors(file.path()));
+    let want = format!("found inf at index {} ([1, 7])", (1 << 16) + 7);
+    assert!(msg.contains(&want), "`{msg}` lacks `{want}`");
+}
+
+#[test]
+fn a_directory_given_as_a_checkpoint_says_so() {
+    let dir = std::env::temp_dir();
+    let msg = checkpoint_msg(Checkpoint::open(&dir), &dir);
+    assert_eq!(msg, "is a directory; expected a safetensors file");
+    let err = Weights::load(&dir, &tiny(), &ALL_GROUPS)
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("No such device"), "{err}");
+}
+
+#[test]
+fn an_offset_moved_past_the_end_names_the_moved_tensor() {
+    // `patch_embed.weight` should be [0, 8]; its offsets were corrupted to lie past the
+    // data, which leaves a gap where it was: the message blames it, not its neighbour.
+    let f32x2 = r#""dtype":"F32","shape":[2]"#;
+    let header = format!(
+        r#"{{"patch_embed.weight":{{{f32x2},"data_offsets":[1000,1008]}},"patch_embed.bias":{{{f32x2},"data_offsets":[8,16]}}}}"#
+    );
+    let bytes = raw_file(header, &[0; 16]);
+    assert!(SafeTensors::deserialize(&bytes).is_err());
+    let file = TempFile::with_bytes("moved", &bytes);
+    let msg = checkpoint_msg(Checkpoint::open(file.path()), file.path());
+    assert_eq!(
+        msg,
+        "header: tensor `patch_embed.weight` has data offsets [1000, 1008], past the end of the data section (16 bytes)"
+    );
+}

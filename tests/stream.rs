@@ -308,3 +308,178 @@ fn stepping_call_by_call_and_timed_calls_match() {
     let ops = backend.graph().call_ops.len();
     assert_eq!(ranges, (0..ops).map(|i| i..i + 1).collect::<Vec<_>>());
 }
+
+// ------------------------------------------------------------ non-finite values
+
+/// A tiny engine over a checkpoint file whose `patch_embed.weight` is all `value` (finite
+/// in f32, so it loads), the file removed on drop.
+struct HugeEngine(Engine, std::path::PathBuf);
+
+impl Drop for HugeEngine {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+fn engine_with_patch_embed(value: f32) -> HugeEngine {
+    let profile = Profile::builtin("tiny").unwrap();
+    let mut tensors =
+        streamdit::checkpoint::Weights::random(&profile.model, 7, DType::F32).into_tensors();
+    tensors
+        .get_mut("patch_embed.weight")
+        .unwrap()
+        .data
+        .iter_mut()
+        .for_each(|x| *x = value);
+    let path = std::env::temp_dir().join(format!(
+        "streamdit-stream-huge-{}-{value}.safetensors",
+        std::process::id()
+    ));
+    let list: Vec<(&str, &streamdit::Tensor)> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    streamdit::checkpoint::write_tensors(&path, &list, DType::F32).unwrap();
+    let engine = Engine::new(EngineParams {
+        profile,
+        weights: WeightsSource::File(path.clone()),
+        backend: BackendKind::Cpu,
+    })
+    .unwrap();
+    HugeEngine(engine, path)
+}
+
+fn preview_stream(engine: &Engine) -> streamdit::Stream {
+    engine
+        .stream(StreamParams {
+            prompt: "overflow".into(),
+            decoder: streamdit::DecoderKind::Preview,
+            ..Default::default()
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_stream_turning_non_finite_stops_naming_the_chunk_and_with_checks_the_op() {
+    // Weights of 1e38 overflow f32 in the first linear layer: the stream must stop with an
+    // error rather than emit a black chunk.
+    let huge = engine_with_patch_embed(1e38);
+    let mut stream = preview_stream(&huge.0);
+    let mut frames = Vec::new();
+    let e = stream.next_frames(&mut frames).unwrap_err().to_string();
+    assert!(
+        e.contains("stream: chunk 0 (after") && e.contains("turned non-finite"),
+        "{e}"
+    );
+    assert!(frames.is_empty());
+    // With per-op checks the first op producing a non-finite value is named, with the
+    // model call it happened in.
+    let mut stream = preview_stream(&huge.0);
+    stream.set_check_ops(true).unwrap();
+    let e = stream.next_frames(&mut frames).unwrap_err().to_string();
+    assert!(
+        e.contains("Linear `h.embed`")
+            && e.contains("first op whose output is not finite")
+            && e.contains("model call 0 of the stream, computing chunk 0"),
+        "{e}"
+    );
+    // Ordinary weights pass the same checks.
+    let mut stream = preview_stream(&tiny_engine());
+    stream.set_check_ops(true).unwrap();
+    stream.next_frames(&mut frames).unwrap();
+}
+
+#[test]
+fn guidance_is_checked_once_for_forward_and_streams() {
+    let engine = tiny_engine();
+    let (lo, hi) = streamdit::GUIDANCE_RANGE;
+    for g in [f32::NAN, f32::INFINITY, 3e38, hi + 1.0, lo - 1.0] {
+        let e = engine.create_backend(g).err().unwrap().to_string();
+        let want = format!("guidance: expected a finite number in [{lo}, {hi}], found {g}");
+        assert_eq!(e, want);
+        let e = engine
+            .stream(StreamParams {
+                guidance: Some(g),
+                ..Default::default()
+            })
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(e, want);
+    }
+    assert!(engine.create_backend(hi).is_ok());
+}
+
+#[test]
+fn non_finite_inputs_are_refused_at_the_boundary() {
+    let engine = tiny_engine();
+    let m = engine.profile().model.clone();
+    let text = engine.encode_prompt("x").unwrap();
+    let (t, mask) = stack(&[&text]);
+    let mut b = engine.create_backend(1.0).unwrap();
+    b.set_text(&t, &mask).unwrap();
+    let tau = vec![0.5; m.latent_frames];
+    let mut x = vec![0.0; m.buffer_elems()];
+    let mut v = vec![0.0; m.buffer_elems()];
+    x[m.frame_elems() + 1] = f32::NAN;
+    let e = b.forward(&x, &tau, &mut v).unwrap_err().to_string();
+    let at = format!("at index {} ([1, 0, 0, 1])", m.frame_elems() + 1);
+    assert_eq!(
+        e,
+        format!("model call input `x`: expected finite values, found NaN {at}")
+    );
+    x[m.frame_elems() + 1] = 0.0;
+    let mut bad_tau = tau.clone();
+    bad_tau[1] = f32::INFINITY;
+    let e = b.forward(&x, &bad_tau, &mut v).unwrap_err().to_string();
+    assert!(
+        e.contains("model call input `tau`") && e.contains("inf at index 1"),
+        "{e}"
+    );
+    b.forward(&x, &tau, &mut v).unwrap();
+
+    let mut bad = t.clone();
+    bad.data[m.text_dim + 2] = f32::NAN;
+    let e = b.set_text(&bad, &mask).unwrap_err().to_string();
+    assert!(
+        e.contains("text condition `text`") && e.contains("NaN at index"),
+        "{e}"
+    );
+    // The same through the stream API.
+    let mut nan_text = text.clone();
+    nan_text.text.data[3] = f32::NEG_INFINITY;
+    let e = engine
+        .stream(StreamParams {
+            text: Some(nan_text.clone()),
+            ..Default::default()
+        })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("text condition `text`: expected finite values, found -inf at index 3 ([0, 3])"),
+        "{e}"
+    );
+    let mut stream = engine.stream(StreamParams::default()).unwrap();
+    assert!(stream.set_text(nan_text).is_err());
+
+    // Decoders refuse non-finite latents rather than decode them to black.
+    let mut latents = vec![0.0; m.frame_elems()];
+    latents[2] = f32::NAN;
+    let mut out = Vec::new();
+    let mut preview = engine.preview_decoder().unwrap();
+    let e = streamdit::Decoder::decode(&mut preview, &latents, &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("preview latents") && e.contains("NaN at index 2"),
+        "{e}"
+    );
+    let mut tae = engine.tae_decoder().unwrap();
+    let e = streamdit::Decoder::decode(&mut tae, &latents, &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("TAE decoder latents") && e.contains("NaN at index 2"),
+        "{e}"
+    );
+    assert!(out.is_empty());
+}

@@ -596,7 +596,8 @@ fn folder_errors_are_named() {
     edit_config(&dir.0, "num_layers", 3.into());
     let e = T5Encoder::load(&dir.0).err().unwrap().to_string();
     assert!(
-        e.contains("encoder.block.2.layer.") && e.contains("found none"),
+        e.contains("field `num_layers` declares 3 layers but the weights hold 2")
+            && e.contains("encoder.block.2.layer.0.SelfAttention.q.weight` is missing"),
         "{e}"
     );
     edit_config(&dir.0, "num_layers", 2.into());
@@ -1076,4 +1077,138 @@ fn a_tokenizer_json_shaped_like_openai_clip_reads_and_tokenizes() {
     let (ids, _) = tok.encode("é", 10).unwrap();
     assert_eq!(ids[0], 100);
     assert!(ids[1..].iter().all(|&i| i == 101), "{ids:?}");
+}
+
+// ------------------------------------------------- layouts, layer counts, bad values
+
+/// Rewrites the folder's `model.safetensors` with every tensor renamed by `rename` (`None`
+/// drops it) and `edit` applied to the values.
+fn rewrite_weights(
+    dir: &Path,
+    rename: impl Fn(&str) -> Option<String>,
+    edit: impl Fn(&str, &mut Tensor),
+) {
+    let w = NaiveWeights::load(dir.join("model.safetensors"));
+    let tensors: Vec<(String, Tensor)> = w
+        .tensors
+        .iter()
+        .filter_map(|(n, (s, v))| {
+            let mut t = Tensor::new(s.clone(), v.iter().map(|&x| x as f32).collect()).unwrap();
+            edit(n, &mut t);
+            rename(n).map(|n| (n, t))
+        })
+        .collect();
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    write_tensors(&dir.join("model.safetensors"), &refs, DType::F32).unwrap();
+}
+
+/// transformers 5.x saves a CLIPTextModel without the `text_model.` prefix; a bare T5 stack
+/// has no `encoder.` prefix. Both load and give exactly the prefixed folder's output.
+#[test]
+fn prefixless_layouts_load_like_the_prefixed_ones() {
+    let (ids, mask) = (vec![3, 9, 60, 17, 5], vec![1.0, 1.0, 1.0, 1.0, 0.0]);
+    let clip = write_folder("clip", &spec(32, 4, None, "gelu", 8), false, "clip-v5");
+    let want = ClipEncoder::load(&clip.0)
+        .unwrap()
+        .forward(&ids, &mask)
+        .unwrap();
+    rewrite_weights(
+        &clip.0,
+        |n| n.strip_prefix("text_model.").map(String::from),
+        |_, _| {},
+    );
+    let names = NaiveWeights::load(clip.0.join("model.safetensors"));
+    assert!(names
+        .tensors
+        .contains_key("embeddings.token_embedding.weight"));
+    let got = ClipEncoder::load(&clip.0)
+        .unwrap()
+        .forward(&ids, &mask)
+        .unwrap();
+    assert_eq!(got, want);
+
+    let t5 = write_folder(
+        "t5",
+        &spec(32, 4, Some(6), "gated-gelu", 9),
+        false,
+        "t5-bare",
+    );
+    let want = T5Encoder::load(&t5.0)
+        .unwrap()
+        .forward(&ids, &mask)
+        .unwrap();
+    // The stack alone: `block.*`, `final_layer_norm.weight`, the table as `embed_tokens`.
+    rewrite_weights(
+        &t5.0,
+        |n| match n {
+            "shared.weight" => Some("embed_tokens.weight".into()),
+            _ => n.strip_prefix("encoder.").map(String::from),
+        },
+        |_, _| {},
+    );
+    let got = T5Encoder::load(&t5.0)
+        .unwrap()
+        .forward(&ids, &mask)
+        .unwrap();
+    assert_eq!(got, want);
+
+    // Neither layout: the error names both names it looked for.
+    rewrite_weights(&t5.0, |n| Some(format!("model.{n}")), |_, _| {});
+    let e = T5Encoder::load(&t5.0).err().unwrap().to_string();
+    assert!(
+        e.contains("`encoder.final_layer_norm.weight` or `final_layer_norm.weight`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_config_declaring_another_layer_count_than_the_weights_is_refused() {
+    let t5 = write_folder(
+        "t5",
+        &spec(32, 4, None, "gated-gelu", 4),
+        false,
+        "t5-layers",
+    );
+    for (n, found) in [(1, "exists"), (1_000_000_000, "is missing")] {
+        edit_config(&t5.0, "num_layers", n.into());
+        let e = T5Encoder::load(&t5.0).err().unwrap().to_string();
+        let want = format!("field `num_layers` declares {n} layers but the weights hold 2");
+        assert!(e.contains(&want) && e.contains(found), "{e}");
+    }
+    let clip = write_folder("clip", &spec(32, 4, None, "gelu", 4), false, "clip-layers");
+    edit_config(&clip.0, "num_hidden_layers", 1.into());
+    let e = ClipEncoder::load(&clip.0).err().unwrap().to_string();
+    assert!(
+        e.contains("field `num_hidden_layers` declares 1 layers but the weights hold 2")
+            && e.contains("`text_model.encoder.layers.1.self_attn.q_proj.weight` exists"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_non_finite_encoder_weight_is_refused_by_name() {
+    let clip = write_folder("clip", &spec(32, 4, None, "gelu", 6), false, "clip-nan");
+    let bad = "text_model.encoder.layers.1.mlp.fc1.weight";
+    rewrite_weights(
+        &clip.0,
+        |n| Some(n.to_string()),
+        |n, t| {
+            if n == bad {
+                t.data[33] = f32::NAN;
+            }
+        },
+    );
+    match ClipEncoder::load(&clip.0) {
+        Err(Error::Tensor {
+            tensor,
+            expected,
+            found,
+            ..
+        }) => {
+            assert_eq!(tensor, bad);
+            assert_eq!(expected, "finite values");
+            assert_eq!(found, "NaN at index 33 ([1, 1])");
+        }
+        other => panic!("expected a tensor error, got {:?}", other.err()),
+    }
 }

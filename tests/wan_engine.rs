@@ -314,3 +314,25 @@ fn latents_do_not_depend_on_how_the_stream_is_driven() {
         }
     }
 }
+
+/// Per-op non-finite checks (`Stream::set_check_ops`) run on the Wan family's calls too,
+/// re-cache included, and leave the latents bit for bit unchanged.
+#[test]
+fn per_op_checks_run_on_the_wan_stream_and_change_nothing() {
+    let cfg = WanCfg::tiny();
+    let (a, b) = (text(&cfg, 3, 5).0, text(&cfg, 4, 8).0);
+    let e = engine();
+    let run = |check: bool| {
+        let mut s = stream(&e, &a, 9);
+        s.set_check_ops(check).unwrap();
+        (0..3)
+            .map(|k| {
+                if k == 2 {
+                    s.set_text(b.clone()).unwrap();
+                }
+                s.next_latents().unwrap().to_vec()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(true), run(false));
+}

@@ -51,7 +51,8 @@ pub use backend::{Backend, CausalBackend, Clock, StepParams, TimedStep};
 pub use checkpoint::DType;
 pub use decoder::{Decoder, TaehvDecoder, WanVaeDecoder};
 pub use engine::{
-    tae_decoder, BackendKind, DecoderKind, Engine, EngineParams, StreamParams, WeightsSource,
+    check_guidance, tae_decoder, BackendKind, DecoderKind, Engine, EngineParams, StreamParams,
+    WeightsSource, GUIDANCE_RANGE,
 };
 pub use error::{Error, Result};
 pub use model::profile::Family;

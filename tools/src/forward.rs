@@ -38,6 +38,7 @@ pub(crate) fn forward(args: ForwardArgs) -> Result<()> {
     }
     let m = engine.profile().model.clone();
     let mut tensors = files::read_tensors(&args.input)?;
+    let has_negative = tensors.contains_key("negative_text");
     let path = args.input.display().to_string();
     let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
         let t = tensors.remove(name).ok_or_else(|| Error::Tensor {
@@ -72,17 +73,31 @@ pub(crate) fn forward(args: ForwardArgs) -> Result<()> {
         mask: take("text_mask", &[m.text_len])?,
     };
     let mut backend = engine.create_backend(args.guidance)?;
-    let negative = if backend.graph().batch == 2 {
-        Some(match take("negative_text", &[m.text_len, m.text_dim]) {
-            Ok(t) => text::TextInput {
-                text: streamdit::Tensor::new(vec![m.text_len, m.text_dim], t)?,
-                mask: take("negative_text_mask", &[m.text_len])?,
-            },
-            Err(_) => engine.encode_prompt("")?,
-        })
-    } else {
-        None
+    // A negative condition in the file is used as given (a wrong shape is an error, never
+    // a silent fall back to the empty prompt); without one, the empty prompt's.
+    let negative = match (backend.graph().batch == 2, has_negative) {
+        (true, true) => Some(text::TextInput {
+            text: streamdit::Tensor::new(
+                vec![m.text_len, m.text_dim],
+                take("negative_text", &[m.text_len, m.text_dim])?,
+            )?,
+            mask: take("negative_text_mask", &[m.text_len])?,
+        }),
+        (true, false) => Some(engine.encode_prompt("")?),
+        (false, _) => None,
     };
+    let unused: Vec<&str> = tensors.keys().map(String::as_str).collect();
+    if !unused.is_empty() {
+        eprintln!(
+            "streamdit: warning: {path} holds tensors this call does not use: {}{}",
+            unused.join(", "),
+            if has_negative {
+                " (a negative condition is used only with --guidance other than 1)"
+            } else {
+                ""
+            }
+        );
+    }
     let branches: Vec<&text::TextInput> = std::iter::once(&cond).chain(&negative).collect();
     let (text, mask) = text::stack(&branches);
     backend.set_text(&text, &mask)?;

@@ -37,8 +37,8 @@ pub(crate) struct GenerateArgs {
     #[arg(long)]
     seconds: Option<f64>,
     /// Precomputed text condition replacing the prompt: `text [Lt, Dtxt]` and optionally
-    /// `text_mask [Lt]` (all rows real without it).
-    #[arg(long)]
+    /// `text_mask [Lt]` (all rows real without it). Conflicts with `--prompt`.
+    #[arg(long, conflicts_with = "prompt")]
     text_embeddings: Option<PathBuf>,
     /// `out.y4m`, a directory (or `*.png`) for a PNG sequence, or `-` for raw RGB24 on stdout.
     #[arg(long, short, default_value = "streamdit.y4m")]
@@ -52,6 +52,10 @@ pub(crate) struct GenerateArgs {
     /// noise, step k the re-noise before step k); both: `chunk.{k}` `[c, C, H, W]`.
     #[arg(long, value_name = "F.safetensors")]
     trace: Option<PathBuf>,
+    /// Debugging: check every op's output for NaN and infinity, so that a stream turning
+    /// non-finite names the first op that produced one (slow; CPU backend).
+    #[arg(long)]
+    check_ops: bool,
 }
 
 fn parse_prompt_at(s: &str) -> std::result::Result<(u64, String), String> {
@@ -92,6 +96,9 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
     if args.trace.is_some() {
         stream.set_trace(true);
     }
+    if args.check_ops {
+        stream.set_check_ops(true)?;
+    }
     let fps = profile.video.fps;
     let total = match (args.frames, args.seconds) {
         (Some(f), _) => f,
@@ -103,6 +110,13 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
         }
         (None, None) => 4 * stream.frames_per_chunk() as u64,
     };
+    if let Some((at, _)) = args.prompt_at.iter().find(|(at, _)| *at >= total) {
+        return Err(Error::Invalid(format!(
+            "--prompt-at {at}: the run writes {total} frames (0 to {}), so this prompt \
+             switch would never happen",
+            total.saturating_sub(1)
+        )));
+    }
     let (w, h) = stream.frame_size();
     let mut sink = open_sink(&args.out, w, h, fps)?;
     let mut schedule = args.prompt_at.clone();

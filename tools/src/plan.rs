@@ -35,7 +35,7 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
     };
 
     let profile = Profile::load(&args.profile)?;
-    let guidance = args.guidance.unwrap_or(profile.run.guidance);
+    let guidance = streamdit::check_guidance(args.guidance.unwrap_or(profile.run.guidance))?;
     let gpu = args.gpu.as_deref().map(GpuSpec::by_key).transpose()?;
     let (graph, wan) = crate::plan_wan::graph(&profile, guidance)?;
     let cost = GraphCost::of(&graph);

@@ -243,7 +243,8 @@ fn text_embeddings_replace_the_prompt() {
         "--out",
         "-",
     ]);
-    let prompt_a = ok(&[
+    // A prompt given with embeddings is a conflict, not silently ignored.
+    let prompt_a = streamdit(&[
         "generate",
         "--frames",
         "8",
@@ -254,11 +255,16 @@ fn text_embeddings_replace_the_prompt() {
         "--out",
         "-",
     ]);
-    let plain = ok(&["generate", "--frames", "8", "--out", "-"]);
-    assert_eq!(
-        with.stdout, prompt_a.stdout,
-        "the prompt is ignored when embeddings are given"
+    assert!(!prompt_a.status.success());
+    let stderr = String::from_utf8_lossy(&prompt_a.stderr);
+    assert!(
+        stderr.contains("--text-embeddings")
+            && stderr.contains("cannot be used with")
+            && stderr.contains("--prompt"),
+        "{stderr}"
     );
+    assert!(prompt_a.stdout.is_empty());
+    let plain = ok(&["generate", "--frames", "8", "--out", "-"]);
     assert_ne!(
         with.stdout, plain.stdout,
         "the embeddings condition the video"
@@ -1050,4 +1056,210 @@ fn size_and_output_errors_name_the_cause_and_leave_no_file() {
         .filter(|e| e.file_name().to_string_lossy().contains("huge.safetensors"))
         .collect();
     assert!(left.is_empty(), "weights init left {left:?}");
+}
+
+/// A `forward` input file for the tiny profile: `x`, `tau`, `text`, `text_mask`, plus
+/// `extra` tensors; `poison` puts a NaN at that flat index of that tensor.
+fn forward_input(
+    name: &str,
+    extra: &[(&str, Vec<usize>)],
+    poison: Option<(&str, usize)>,
+) -> PathBuf {
+    use streamdit::checkpoint::{write_tensors, DType};
+    use streamdit::{Profile, Tensor};
+    let m = Profile::builtin("tiny").unwrap().model;
+    let mut shapes: Vec<(&str, Vec<usize>)> = vec![
+        (
+            "x",
+            vec![
+                m.latent_frames,
+                m.latent_channels,
+                m.latent_height,
+                m.latent_width,
+            ],
+        ),
+        ("tau", vec![m.latent_frames]),
+        ("text", vec![m.text_len, m.text_dim]),
+        ("text_mask", vec![m.text_len]),
+    ];
+    shapes.extend(extra.iter().cloned());
+    let tensors: Vec<(&str, Tensor)> = shapes
+        .into_iter()
+        .map(|(n, shape)| {
+            let len = shape.iter().product();
+            let mut data: Vec<f32> = (0..len).map(|i| ((i % 7) as f32) / 7.0).collect();
+            if n.ends_with("mask") {
+                data.iter_mut().for_each(|v| *v = 1.0);
+            }
+            if let Some((p, at)) = poison {
+                if p == n {
+                    data[at] = f32::NAN;
+                }
+            }
+            (n, Tensor::new(shape, data).unwrap())
+        })
+        .collect();
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let path = temp(name);
+    write_tensors(&path, &refs, DType::F32).unwrap();
+    path
+}
+
+/// Inputs that used to give a wrong answer with exit status 0 are errors naming the input.
+#[test]
+fn wrong_answers_are_errors() {
+    let m = streamdit::Profile::builtin("tiny").unwrap().model;
+    let out_v = temp("v-refused.safetensors");
+    let out_v = out_v.to_str().unwrap();
+    let clean = forward_input("clean.safetensors", &[], None);
+    let clean = clean.to_str().unwrap();
+    let nan_x = forward_input("nan-x.safetensors", &[], Some(("x", 3)));
+    let nan_tau = forward_input("nan-tau.safetensors", &[], Some(("tau", 1)));
+    let nan_text = forward_input("nan-text.safetensors", &[], Some(("text", 0)));
+    let short_negative = forward_input(
+        "short-negative.safetensors",
+        &[
+            ("negative_text", vec![m.text_len - 1, m.text_dim]),
+            ("negative_text_mask", vec![m.text_len - 1]),
+        ],
+        None,
+    );
+    let latents = {
+        use streamdit::checkpoint::{write_tensors, DType};
+        let mut t =
+            streamdit::Tensor::zeros(vec![1, m.latent_channels, m.latent_height, m.latent_width]);
+        t.data[m.latent_width + 2] = f32::INFINITY;
+        let path = temp("inf-latents.safetensors");
+        write_tensors(&path, &[("latents", &t)], DType::F32).unwrap();
+        path
+    };
+    let dir = std::env::temp_dir();
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec![
+                "forward",
+                "--input",
+                clean,
+                "--out",
+                out_v,
+                "--guidance",
+                "nan",
+            ],
+            "guidance: expected a finite number in [0, 30], found NaN".into(),
+        ),
+        (
+            vec![
+                "forward",
+                "--input",
+                clean,
+                "--out",
+                out_v,
+                "--guidance",
+                "inf",
+            ],
+            "found inf".into(),
+        ),
+        (
+            vec![
+                "forward",
+                "--input",
+                nan_x.to_str().unwrap(),
+                "--out",
+                out_v,
+            ],
+            "tensor `x`: expected finite values, found NaN at index 3 ([0, 0, 0, 3])".into(),
+        ),
+        (
+            vec![
+                "forward",
+                "--input",
+                nan_tau.to_str().unwrap(),
+                "--out",
+                out_v,
+            ],
+            "tensor `tau`: expected finite values, found NaN at index 1 ([1])".into(),
+        ),
+        (
+            vec![
+                "forward",
+                "--input",
+                nan_text.to_str().unwrap(),
+                "--out",
+                out_v,
+            ],
+            "tensor `text`: expected finite values, found NaN at index 0 ([0, 0])".into(),
+        ),
+        (
+            vec![
+                "forward",
+                "--input",
+                short_negative.to_str().unwrap(),
+                "--out",
+                out_v,
+                "--guidance",
+                "3",
+            ],
+            format!(
+                "tensor `negative_text`: expected shape [{}, {}], found shape [{}, {}]",
+                m.text_len,
+                m.text_dim,
+                m.text_len - 1,
+                m.text_dim
+            ),
+        ),
+        (
+            vec![
+                "decode",
+                "--latents",
+                latents.to_str().unwrap(),
+                "--out",
+                "-",
+            ],
+            format!(
+                "tensor `latents`: expected finite values, found inf at index {} ([0, 0, 1, 2])",
+                m.latent_width + 2
+            ),
+        ),
+        (
+            vec!["generate", "--weights", dir.to_str().unwrap(), "--out", "-"],
+            "is a directory; expected a safetensors file".into(),
+        ),
+        (
+            vec!["generate", "--prompt-at", "100000:later", "--out", "-"],
+            "--prompt-at 100000: the run writes".into(),
+        ),
+        (
+            vec!["plan", "--guidance", "inf"],
+            "guidance: expected a finite number in [0, 30], found inf".into(),
+        ),
+        (
+            vec!["generate", "--guidance", "1e30", "--out", "-"],
+            "guidance: expected a finite number in [0, 30], found 1".into(),
+        ),
+    ];
+    for (args, needle) in &cases {
+        let out = streamdit(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        assert!(
+            stderr.contains(needle.as_str()),
+            "{args:?}: `{stderr}` lacks `{needle}`"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} wrote to stdout");
+    }
+    // The clean input still runs, and a negative condition with guidance 1 is reported as
+    // unused rather than silently dropped.
+    let out = ok(&[
+        "forward",
+        "--input",
+        short_negative.to_str().unwrap(),
+        "--out",
+        out_v,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning") && stderr.contains("negative_text"),
+        "{stderr}"
+    );
 }

@@ -658,4 +658,30 @@ mod tests {
             assert!(e.is_null());
         }
     }
+
+    #[test]
+    fn stream_create_checks_guidance_with_the_engines_rule() {
+        // SAFETY: every pointer is NULL or valid for the call; handles are freed once.
+        unsafe {
+            let mut e = std::ptr::null_mut();
+            let mut p = streamdit_engine_default_params();
+            p.profile = c"tiny".as_ptr();
+            p.backend = BACKEND_CPU;
+            assert_eq!(streamdit_engine_create(&p, &mut e), OK, "{}", last_error());
+            let mut s = std::ptr::null_mut();
+            for g in [f32::INFINITY, 1e30, -2.0] {
+                let mut sp = streamdit_stream_default_params();
+                sp.guidance = g;
+                assert_eq!(
+                    streamdit_stream_create(e, &sp, &mut s),
+                    ERR_INVALID_ARGUMENT
+                );
+                assert!(s.is_null());
+                let (lo, hi) = crate::engine::GUIDANCE_RANGE;
+                let want = format!("guidance: expected a finite number in [{lo}, {hi}], found {g}");
+                assert_eq!(last_error(), want);
+            }
+            streamdit_engine_free(e);
+        }
+    }
 }

@@ -61,4 +61,16 @@ pub trait CausalBackend: Send {
         v: &mut [f32],
         on_step: &mut dyn FnMut(&TimedStep),
     ) -> Result<Clock>;
+
+    /// Checks every op's output for NaN and infinity as calls run (see
+    /// [`crate::Backend::set_check_ops`]); an error for a backend that cannot.
+    fn set_check_ops(&mut self, on: bool) -> Result<()> {
+        if !on {
+            return Ok(());
+        }
+        Err(crate::error::Error::Invalid(format!(
+            "{} backend: cannot check each op's output for non-finite values",
+            self.name()
+        )))
+    }
 }

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::model::graph::Graph;
-use crate::tensor::Tensor;
+use crate::tensor::{check_finite, Tensor};
 
 /// One streaming step: a model call on the whole buffer, the Euler update
 /// `x[f] += dtau[f] * v[f]`, and optionally popping the oldest chunk.
@@ -120,6 +120,19 @@ pub trait Backend: Send {
         None
     }
 
+    /// Turns on (or off) checking every op's output for NaN and infinity as a call runs,
+    /// so that the first op producing one is named in the error (slow: one more pass over
+    /// every activation). An error for a backend that cannot check its ops.
+    fn set_check_ops(&mut self, on: bool) -> Result<()> {
+        if !on {
+            return Ok(());
+        }
+        Err(Error::Invalid(format!(
+            "{} backend: cannot check each op's output for non-finite values (the cpu backend can)",
+            self.name()
+        )))
+    }
+
     /// Turns graph replay of steps on or off; an error for a backend without graphs.
     fn set_graphs(&mut self, on: bool) -> Result<()> {
         Err(Error::Invalid(format!(
@@ -128,6 +141,32 @@ pub trait Backend: Send {
             if on { "on" } else { "off" }
         )))
     }
+}
+
+/// The boundary check of a model call's inputs: NaN or infinity in `x` or `tau` is an
+/// error naming the input (the lengths are checked separately).
+pub(crate) fn check_call_inputs(graph: &Graph, x: &[f32], tau: &[f32]) -> Result<()> {
+    let m = &graph.config;
+    let x_shape = [
+        m.latent_frames,
+        m.latent_channels,
+        m.latent_height,
+        m.latent_width,
+    ];
+    check_finite("model call input `x`", &x_shape, x)?;
+    check_finite("model call input `tau`", &[tau.len()], tau)
+}
+
+/// The boundary check of [`Backend::set_text`]'s arguments: their shapes, finite values
+/// (NaN or infinity is an error naming the input) and a mask of zeros and ones with a real
+/// token in every branch.
+pub(crate) fn check_text_inputs(graph: &Graph, text: &Tensor, mask: &[f32]) -> Result<()> {
+    let (b, lt) = (graph.batch, graph.config.text_len);
+    text.expect_shape("text", &graph.tensors[graph.inputs.text].shape)?;
+    check_len("text_mask", mask.len(), b * lt)?;
+    check_finite("text condition `text`", &text.shape, &text.data)?;
+    check_finite("text condition `text_mask`", &[mask.len()], mask)?;
+    crate::math::validate_mask(mask, b, lt)
 }
 
 /// An error unless a slice argument holds exactly `want` values.

@@ -69,16 +69,22 @@ impl DType {
         }
     }
 
-    /// Decodes little-endian `bytes` into `out` as f32.
-    fn decode(self, bytes: &[u8], out: &mut [f32]) {
+    /// Decodes little-endian `bytes` into `out` as f32; returns the index (in `out`) of the
+    /// first value that is NaN or infinite, found in the same pass.
+    fn decode(self, bytes: &[u8], out: &mut [f32]) -> Option<usize> {
         let size = self.size_bytes();
-        for (b, o) in bytes.chunks_exact(size).zip(out.iter_mut()) {
+        let mut bad = None;
+        for (i, (b, o)) in bytes.chunks_exact(size).zip(out.iter_mut()).enumerate() {
             *o = match self {
                 DType::F16 => f16::from_le_bytes([b[0], b[1]]).to_f32(),
                 DType::BF16 => bf16::from_le_bytes([b[0], b[1]]).to_f32(),
                 DType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             };
+            if bad.is_none() && !o.is_finite() {
+                bad = Some(i);
+            }
         }
+        bad
     }
 
     pub(super) fn encode_par(self, values: &[f32], out: &mut [u8]) {
@@ -88,11 +94,39 @@ impl DType {
             .for_each(|(v, o)| self.encode(v, o));
     }
 
-    pub(super) fn decode_par(self, bytes: &[u8], out: &mut [f32]) {
+    /// [`decode`](Self::decode) in parallel blocks; returns the flat index of the first
+    /// non-finite value, if any.
+    pub(super) fn decode_par(self, bytes: &[u8], out: &mut [f32]) -> Option<usize> {
         bytes
             .par_chunks(BLOCK * self.size_bytes())
             .zip(out.par_chunks_mut(BLOCK))
-            .for_each(|(b, o)| self.decode(b, o));
+            .enumerate()
+            .filter_map(|(k, (b, o))| self.decode(b, o).map(|i| k * BLOCK + i))
+            .min()
+    }
+
+    /// The flat index of the first NaN or infinity among the little-endian values `bytes`,
+    /// without converting them (for tensors uploaded as stored).
+    pub(super) fn first_non_finite(self, bytes: &[u8]) -> Option<usize> {
+        let size = self.size_bytes();
+        bytes
+            .par_chunks(BLOCK * size)
+            .enumerate()
+            .filter_map(|(k, block)| {
+                block
+                    .chunks_exact(size)
+                    .position(|b| match self {
+                        // Exponent all ones: infinity or NaN.
+                        DType::F16 => u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00,
+                        DType::BF16 => u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80,
+                        DType::F32 => {
+                            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000
+                                == 0x7f80_0000
+                        }
+                    })
+                    .map(|i| k * BLOCK + i)
+            })
+            .min()
     }
 }
 

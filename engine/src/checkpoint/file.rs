@@ -14,7 +14,7 @@ use super::atomic::PendingFile;
 use super::header::{parse_file, TensorInfo};
 use super::DType;
 use crate::error::{fmt_shape, path_str, Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{describe_non_finite, Tensor};
 
 /// Elements generated and written at a time by the streaming writer.
 const WRITE_BLOCK: usize = 1 << 22;
@@ -45,6 +45,14 @@ impl Checkpoint {
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // A directory opens like a file on Linux, and mapping it then fails with "No such
+        // device": say what it is instead.
+        if file.metadata().map_err(|e| Error::io(path, e))?.is_dir() {
+            return Err(Error::Checkpoint {
+                path: path_str(path),
+                msg: "is a directory; expected a safetensors file".into(),
+            });
+        }
         // SAFETY: a memory map aliases the file, so `Mmap::map` is unsafe: if another process
         // truncates the file while it is mapped, touching a page past the new end raises
         // SIGBUS and kills this process; if it rewrites the file, the bytes behind the
@@ -102,10 +110,20 @@ impl Checkpoint {
         self.index.get(name).map(|&i| &self.tensors[i])
     }
 
-    /// A tensor's header entry and its bytes, as stored (for upload to a device).
+    /// A tensor's header entry and its bytes, as stored (for upload to a device); an error
+    /// when a value is NaN or infinite, as [`Checkpoint::read_f32`].
     pub fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
         let info = self.find(name, "a tensor of that name".into())?;
-        Ok((info, &self.map[info.bytes.clone()]))
+        let bytes = &self.map[info.bytes.clone()];
+        if let Some(dtype) = DType::from_safetensors(info.dtype) {
+            if let Some(i) = dtype.first_non_finite(bytes) {
+                let size = dtype.size_bytes();
+                let mut value = [0.0];
+                let _ = dtype.decode_par(&bytes[i * size..(i + 1) * size], &mut value);
+                return Err(self.non_finite(info, value[0], i));
+            }
+        }
+        Ok((info, bytes))
     }
 
     /// A tensor of shape `expected_shape`, converted to f32.
@@ -154,11 +172,22 @@ impl Checkpoint {
             )
         })?;
         data.resize(numel, 0.0);
-        dtype.decode_par(&self.map[info.bytes.clone()], &mut data);
+        if let Some(i) = dtype.decode_par(&self.map[info.bytes.clone()], &mut data) {
+            return Err(self.non_finite(info, data[i], i));
+        }
         Ok(Tensor {
             shape: info.shape.clone(),
             data,
         })
+    }
+
+    /// A weight holding NaN or infinity: the tensor, the value and where it is.
+    fn non_finite(&self, info: &TensorInfo, value: f32, index: usize) -> Error {
+        self.tensor_error(
+            &info.name,
+            "finite values".into(),
+            describe_non_finite(value, index, &info.shape),
+        )
     }
 
     fn tensor_error(&self, name: &str, expected: String, found: String) -> Error {

@@ -74,6 +74,7 @@ pub(super) fn parse_file(buf: &[u8]) -> std::result::Result<Header, String> {
         }
     }
     tensors.sort_by_key(|t| (t.bytes.start, t.bytes.end));
+    let data_len = file_len - data_start;
     let mut end = 0;
     for i in 0..tensors.len() {
         let t = &tensors[i];
@@ -83,6 +84,13 @@ pub(super) fn parse_file(buf: &[u8]) -> std::result::Result<Header, String> {
             return Err(format!(
                 "header: tensor `{name}` has data offsets [{s}, {e}], which end before they start"
             ));
+        }
+        if s != end {
+            // A tensor moved out of the file breaks the tiling where it used to be: blame
+            // it rather than its neighbour.
+            if let Some(out) = out_of_range(&tensors, data_len) {
+                return Err(out);
+            }
         }
         if s < end {
             let other = &tensors[i - 1].name;
@@ -111,7 +119,6 @@ pub(super) fn parse_file(buf: &[u8]) -> std::result::Result<Header, String> {
         }
         end = e;
     }
-    let data_len = file_len - data_start;
     if end > data_len {
         // `end > data_len` implies at least one tensor.
         let last = &tensors[tensors.len() - 1].name;
@@ -131,6 +138,17 @@ pub(super) fn parse_file(buf: &[u8]) -> std::result::Result<Header, String> {
         t.bytes = data_start + t.bytes.start..data_start + t.bytes.end;
     }
     Ok((tensors, metadata))
+}
+
+/// An error naming the first tensor (in offset order) whose data offsets reach past the
+/// `data_len` bytes of the data section, if any.
+fn out_of_range(tensors: &[TensorInfo], data_len: usize) -> Option<String> {
+    tensors.iter().find(|t| t.bytes.end > data_len).map(|t| {
+        format!(
+            "header: tensor `{}` has data offsets [{}, {}], past the end of the data section ({data_len} bytes)",
+            t.name, t.bytes.start, t.bytes.end
+        )
+    })
 }
 
 /// One tensor's header entry, with offsets relative to the data section. Fields are

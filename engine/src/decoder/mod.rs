@@ -11,6 +11,7 @@ mod video_kernels;
 pub mod wan_vae;
 
 use crate::error::Result;
+use crate::tensor::check_finite;
 
 pub use preview::Preview;
 pub use tae::{DeviceTae, TaeDecoder};
@@ -51,4 +52,13 @@ pub fn to_byte(v: f32) -> u8 {
 pub fn to_bytes(rgb: &[f32], out: &mut Vec<u8>) {
     out.reserve(rgb.len());
     out.extend(rgb.iter().map(|&v| to_byte(v)));
+}
+
+/// The boundary check of a decoder's input: NaN or infinity in `latents [n, C, H, W]`
+/// (`frame` is `[C, H, W]`, the length already checked) is an error naming `what` and the
+/// first bad value; it would otherwise decode to black pixels without a word.
+pub(crate) fn check_latents(what: &str, latents: &[f32], frame: [usize; 3]) -> Result<()> {
+    let [c, h, w] = frame;
+    let n = latents.len() / (c * h * w).max(1);
+    check_finite(what, &[n, c, h, w], latents)
 }

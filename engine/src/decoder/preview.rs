@@ -103,6 +103,8 @@ impl Decoder for Preview {
                 format!("{} elements", latents.len()),
             ));
         }
+        let frame = [self.channels, self.height, self.width];
+        super::check_latents("preview latents", latents, frame)?;
         let (fw, fh) = self.frame_size();
         let frame_bytes = fw * fh * 3;
         out.reserve(latents.len() / elems * self.temporal * frame_bytes);

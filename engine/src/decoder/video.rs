@@ -231,6 +231,8 @@ impl VideoDecoder {
         }
         let g = &self.graph;
         let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
+        let what = format!("{} latents", g.family);
+        crate::decoder::check_latents(&what, latents, [c, h, w])?;
         let n = latents.len() / elems;
         let first = !self.started;
         let (largest, at) = g.largest_activation(n, first);

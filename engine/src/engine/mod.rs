@@ -26,7 +26,10 @@ use crate::model::{Family, Profile};
 use crate::stream::{check_text, MovingSampler, Parts, Schedule, Stream};
 use crate::text::conditioner::Adapters;
 use crate::text::{Conditioner, TextInput};
-pub use params::{BackendKind, DecoderKind, EngineParams, StreamParams, WeightsSource};
+pub use params::{
+    check_guidance, BackendKind, DecoderKind, EngineParams, StreamParams, WeightsSource,
+    GUIDANCE_RANGE,
+};
 pub use parts::{tae_decoder, text_encoders, write_random_encoder_folders};
 
 /// A loaded model: profile, weights and the choice of backend. Cheap to share between
@@ -209,6 +212,7 @@ impl Engine {
                 self.profile.name
             )));
         }
+        check_guidance(guidance)?;
         let graph = Graph::build(&self.profile.model, guidance);
         let chunk = self.profile.stream.chunk_frames;
         let device_weights = match (self.device_random, &self.device_file) {
@@ -317,12 +321,7 @@ impl Engine {
                 profile.memory_need().stream_bytes,
             )?;
         }
-        let guidance = params.guidance.unwrap_or(profile.run.guidance);
-        if !guidance.is_finite() {
-            return Err(Error::Invalid(format!(
-                "guidance: expected a finite number, found {guidance}"
-            )));
-        }
+        let guidance = check_guidance(params.guidance.unwrap_or(profile.run.guidance))?;
         let seed = params.seed.unwrap_or(profile.run.seed);
         let encoders = self.text_encoders().clone();
         let prompt = match params.text {

@@ -109,3 +109,22 @@ impl FromStr for DecoderKind {
         }
     }
 }
+
+/// The classifier-free guidance scales the engine accepts: `v = v_neg + g (v_pos - v_neg)`
+/// stays meaningful (and finite in f32 for finite velocities) well inside this range;
+/// published samplers use 1 to about 15.
+pub const GUIDANCE_RANGE: (f32, f32) = (0.0, 30.0);
+
+/// The one check of a guidance scale, used by [`crate::Engine::stream`],
+/// [`crate::Engine::create_backend`] (so `forward` and the C ABI too): a finite number in
+/// [`GUIDANCE_RANGE`].
+pub fn check_guidance(guidance: f32) -> Result<f32> {
+    let (lo, hi) = GUIDANCE_RANGE;
+    if guidance.is_finite() && (lo..=hi).contains(&guidance) {
+        Ok(guidance)
+    } else {
+        Err(Error::Invalid(format!(
+            "guidance: expected a finite number in [{lo}, {hi}], found {guidance}"
+        )))
+    }
+}

@@ -212,6 +212,10 @@ impl Sampler for CausalSampler {
         None
     }
 
+    fn set_check_ops(&mut self, on: bool) -> Result<()> {
+        self.backend.set_check_ops(on)
+    }
+
     fn set_graphs(&mut self, on: bool) -> Result<()> {
         Err(crate::error::Error::Invalid(format!(
             "{} backend: has no device graphs to turn {}",

@@ -11,7 +11,7 @@ mod trace;
 
 use crate::decoder::Decoder;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{check_finite, describe_non_finite, first_non_finite, Tensor};
 use std::sync::Arc;
 
 use crate::text::{Conditioner, TextInput};
@@ -54,6 +54,17 @@ pub(crate) trait Sampler: Send {
     fn graphs(&self) -> Option<bool>;
 
     fn set_graphs(&mut self, on: bool) -> Result<()>;
+
+    /// Checks every op's output for NaN and infinity ([`crate::Backend::set_check_ops`]).
+    fn set_check_ops(&mut self, on: bool) -> Result<()> {
+        if !on {
+            return Ok(());
+        }
+        Err(Error::Invalid(format!(
+            "{} backend of this model family: cannot check each op's output for non-finite values",
+            self.backend_name()
+        )))
+    }
 }
 
 /// One stream of video. Use it from one thread at a time.
@@ -176,8 +187,11 @@ impl Stream {
             self.sampler.set_text(&self.prompt)?;
             self.text_changed = false;
         }
-        let popped = self.sampler.step(&mut self.chunk, self.trace.as_mut())?;
+        let call = self.sampler.calls();
+        let popped = self.sampler.step(&mut self.chunk, self.trace.as_mut());
+        let popped = popped.map_err(|e| self.at_call(call, e))?;
         if popped {
+            self.check_chunk()?;
             if let Some(t) = self.trace.as_mut() {
                 let [c, h, w] = self.frame;
                 let shape = vec![self.chunk_frames, c, h, w];
@@ -190,6 +204,49 @@ impl Stream {
             self.chunks_emitted += 1;
         }
         Ok(popped)
+    }
+
+    /// A non-finite value found while computing model call `call` (with per-op checks on),
+    /// placed in the stream: which call and which chunk it was computing.
+    fn at_call(&self, call: u64, e: Error) -> Error {
+        match e {
+            Error::Backend { backend, op, msg } if msg.contains("not finite") => Error::Backend {
+                backend,
+                op,
+                msg: format!(
+                    "{msg} (model call {call} of the stream, computing chunk {})",
+                    self.chunks_emitted
+                ),
+            },
+            e => e,
+        }
+    }
+
+    /// An error naming the chunk when the chunk just finished holds NaN or infinity (a
+    /// guidance scale or weights that overflow f32): the stream stops rather than decode it.
+    fn check_chunk(&self) -> Result<()> {
+        match first_non_finite(&self.chunk) {
+            None => Ok(()),
+            Some((i, x)) => {
+                let [c, h, w] = self.frame;
+                let shape = [self.chunk_frames, c, h, w];
+                Err(Error::Invalid(format!(
+                    "stream: chunk {} (after {} model calls) turned non-finite: latents hold {}; \
+                     the stream stops here. Turn on per-op checks (`--check-ops`, \
+                     Stream::set_check_ops) to find the first op that produced it",
+                    self.chunks_emitted,
+                    self.sampler.calls(),
+                    describe_non_finite(x, i, &shape)
+                )))
+            }
+        }
+    }
+
+    /// Turns on (or off) checking every op's output for NaN and infinity, so that a stream
+    /// turning non-finite names the first op that produced such a value (slow; the CPU
+    /// backend, both families).
+    pub fn set_check_ops(&mut self, on: bool) -> Result<()> {
+        self.sampler.set_check_ops(on)
     }
 
     /// Starts (or stops) recording what the sampler draws and emits from now on: every
@@ -299,5 +356,7 @@ pub(crate) fn check_text(t: &TextInput, len: usize, dim: usize) -> Result<()> {
             format!("[{}]", t.mask.len()),
         ));
     }
+    check_finite("text condition `text`", &t.text.shape, &t.text.data)?;
+    check_finite("text condition `text_mask`", &[len], &t.mask)?;
     crate::math::validate_mask(&t.mask, 1, len)
 }

@@ -130,4 +130,8 @@ impl Sampler for MovingSampler {
     fn set_graphs(&mut self, on: bool) -> Result<()> {
         self.backend.set_graphs(on)
     }
+
+    fn set_check_ops(&mut self, on: bool) -> Result<()> {
+        self.backend.set_check_ops(on)
+    }
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::exec::{CpuLinear, LinearExec};
 use super::nn::{self, Act, AttnShape};
 use super::t5::check_ids;
-use super::weights::{ConfigReader, TensorSource};
+use super::weights::{ConfigReader, Layout, Prefix, TensorSource};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -117,13 +117,18 @@ impl ClipConfig {
     }
 }
 
+/// The layouts of a CLIP text encoder's tensors: transformers 4.x (and CLIPModel,
+/// CLIPTextModelWithProjection) nest them under `text_model.`; CLIPTextModel saved by
+/// transformers 5.x does not.
+pub const LAYOUTS: [Prefix; 2] = [("", ""), ("text_model.", "")];
+
 struct Linear {
     w: Tensor,
     b: Tensor,
 }
 
 impl Linear {
-    fn load(src: &TensorSource, name: &str, out: usize, inp: usize) -> Result<Linear> {
+    fn load(src: &Layout, name: &str, out: usize, inp: usize) -> Result<Linear> {
         Ok(Linear {
             w: src.get(&format!("{name}.weight"), &[out, inp])?,
             b: src.get(&format!("{name}.bias"), &[out])?,
@@ -138,7 +143,7 @@ impl Linear {
 /// An affine layer norm's weight and bias.
 type Norm = Linear;
 
-fn load_norm(src: &TensorSource, name: &str, d: usize) -> Result<Norm> {
+fn load_norm(src: &Layout, name: &str, d: usize) -> Result<Norm> {
     Ok(Linear {
         w: src.get(&format!("{name}.weight"), &[d])?,
         b: src.get(&format!("{name}.bias"), &[d])?,
@@ -173,10 +178,16 @@ impl ClipEncoder {
         ClipEncoder::from_source(config, &TensorSource::open(dir)?)
     }
 
+    /// Builds the encoder from `config` and tensors in either layout transformers writes
+    /// ([`LAYOUTS`]), checking every shape and the layer count against the config.
     pub fn from_source(config: ClipConfig, src: &TensorSource) -> Result<ClipEncoder> {
         let c = &config;
         let (d, ff) = (c.hidden_size, c.intermediate_size);
         let e = "text_model.embeddings";
+        let src = &Layout::detect(src, &format!("{e}.token_embedding.weight"), &LAYOUTS)?;
+        src.check_layers("num_hidden_layers", c.num_layers, |i| {
+            format!("text_model.encoder.layers.{i}.self_attn.q_proj.weight")
+        })?;
         let token = src.get(&format!("{e}.token_embedding.weight"), &[c.vocab_size, d])?;
         let position = src.get(
             &format!("{e}.position_embedding.weight"),

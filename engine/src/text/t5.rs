@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::exec::{CpuLinear, LinearExec};
 use super::nn::{self, Act, AttnShape};
-use super::weights::{ConfigReader, TensorSource};
+use super::weights::{ConfigReader, Layout, Prefix, TensorSource};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -180,6 +180,12 @@ pub fn relative_bucket(rel: i64, num_buckets: usize, max_distance: usize) -> usi
     ret
 }
 
+/// The layouts of a T5 encoder's tensors: T5EncoderModel, UMT5EncoderModel and
+/// T5ForConditionalGeneration store the stack under `encoder.` (the embedding as
+/// `shared.weight` and/or `encoder.embed_tokens.weight`); a bare T5Stack saved alone
+/// stores `block.*`, `final_layer_norm.weight` and `embed_tokens.weight`.
+pub const LAYOUTS: [Prefix; 2] = [("", ""), ("encoder.", "")];
+
 struct Block {
     q: Tensor,
     k: Tensor,
@@ -211,11 +217,15 @@ impl T5Encoder {
         T5Encoder::from_source(config, &TensorSource::open(dir)?)
     }
 
-    /// Builds the encoder from `config` and tensors in transformers' names, checking every
-    /// shape against the config.
+    /// Builds the encoder from `config` and tensors in transformers' names (either layout
+    /// of [`LAYOUTS`]), checking every shape and the layer count against the config.
     pub fn from_source(config: T5Config, src: &TensorSource) -> Result<T5Encoder> {
         let c = &config;
         let (d, inner, ff) = (c.d_model, c.inner(), c.d_ff);
+        let src = &Layout::detect(src, "encoder.final_layer_norm.weight", &LAYOUTS)?;
+        src.check_layers("num_layers", c.num_layers, |i| {
+            format!("encoder.block.{i}.layer.0.SelfAttention.q.weight")
+        })?;
         let embed = src.get_any(
             &["shared.weight", "encoder.embed_tokens.weight"],
             &[c.vocab_size, d],

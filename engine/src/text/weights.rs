@@ -166,6 +166,92 @@ impl TensorSource {
     }
 }
 
+/// How a folder names an encoder's tensors: a tensor the engine calls `from` + rest is
+/// stored as `to` + rest (`("text_model.", "")`: the CLIPTextModel layout of transformers
+/// 5.x, without the `text_model.` prefix). `("", "")` is the engine's own naming.
+pub type Prefix = (&'static str, &'static str);
+
+/// A [`TensorSource`] read through the layout detected for it: every name given is the
+/// engine's (transformers 4.x) name, mapped to the name the folder stores.
+pub struct Layout<'a> {
+    src: &'a TensorSource,
+    prefix: Prefix,
+}
+
+impl<'a> Layout<'a> {
+    /// The first of `layouts` under which `telltale` (an engine name) exists in `src`; an
+    /// error naming every name tried when none does.
+    pub fn detect(src: &'a TensorSource, telltale: &str, layouts: &[Prefix]) -> Result<Layout<'a>> {
+        let found = layouts
+            .iter()
+            .find(|&&p| src.has(&Self::map(p, telltale)));
+        match found {
+            Some(&prefix) => Ok(Layout { src, prefix }),
+            None => {
+                let tried: Vec<String> = layouts
+                    .iter()
+                    .map(|&p| format!("`{}`", Self::map(p, telltale)))
+                    .collect();
+                Err(Error::Tensor {
+                    path: src.origin().to_string(),
+                    tensor: telltale.into(),
+                    expected: format!("a tensor named {}", tried.join(" or ")),
+                    found: "none".into(),
+                })
+            }
+        }
+    }
+
+    fn map((from, to): Prefix, name: &str) -> String {
+        match name.strip_prefix(from) {
+            Some(rest) => format!("{to}{rest}"),
+            None => name.to_string(),
+        }
+    }
+
+    /// The stored name of engine name `name`.
+    pub fn stored(&self, name: &str) -> String {
+        Self::map(self.prefix, name)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.src.has(&self.stored(name))
+    }
+
+    /// Tensor `name` (an engine name) of shape `shape` in f32.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.src.get(&self.stored(name), shape)
+    }
+
+    /// The first of `names` that exists (tied embeddings have several names).
+    pub fn get_any(&self, names: &[&str], shape: &[usize]) -> Result<Tensor> {
+        let name = names.iter().find(|n| self.has(n)).unwrap_or(&names[0]);
+        self.get(name, shape)
+    }
+
+    /// Checks that the weights hold exactly the `declared` layers of the config (field
+    /// `field`): layer `i` exists when `layer_tensor(i)` does. Counting stops at the first
+    /// missing layer, so a config of a billion layers costs one look-up more than the file
+    /// holds.
+    pub fn check_layers(
+        &self,
+        field: &str,
+        declared: usize,
+        layer_tensor: impl Fn(usize) -> String,
+    ) -> Result<()> {
+        let held = (0..).take_while(|&i| self.has(&layer_tensor(i))).count();
+        if held != declared {
+            return Err(Error::Invalid(format!(
+                "{}: config.json: field `{field}` declares {declared} layers but the weights hold {held} (tensor `{}` {})",
+                self.src.origin(),
+                self.stored(&layer_tensor(declared.min(held))),
+                if held > declared { "exists" } else { "is missing" }
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Reads `config.json` of a model folder.
 pub fn read_config(dir: &Path) -> Result<Value> {
     let path = dir.join("config.json");

@@ -24,8 +24,8 @@ pub const MAX_WS_MESSAGE_BYTES: usize = 64 * 1024;
 /// Prompt switches per stream: a bucket of this many, refilled at `SWITCH_RATE` per second.
 pub const SWITCH_BURST: f64 = 4.0;
 pub const SWITCH_RATE: f64 = 2.0;
-/// Guidance scales accepted from the network.
-pub const GUIDANCE_RANGE: (f32, f32) = (0.0, 30.0);
+/// Guidance scales accepted from the network: the engine's own range.
+pub const GUIDANCE_RANGE: (f32, f32) = streamdit::GUIDANCE_RANGE;
 /// A frame a viewer has not taken in this long ends its connection (a client that stopped
 /// reading must not hold a stream for ever).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);

@@ -276,6 +276,11 @@ impl CausalBackend for CpuCausal {
         crate::backend::Backend::set_text(&mut self.chunk.cpu, text, mask)
     }
 
+    fn set_check_ops(&mut self, on: bool) -> Result<()> {
+        self.chunk.cpu.check_ops = on;
+        Ok(())
+    }
+
     fn cached_frames(&self) -> Vec<u64> {
         self.cache
             .first()
@@ -348,6 +353,7 @@ impl CausalBackend for CpuCausal {
             .get_mut(&(r, keep))
             .ok_or_else(|| Error::Invalid("re-cache graph missing".into()))?;
         call.copy_text(chunk_cpu);
+        call.cpu.check_ops = chunk_cpu.check_ops;
         let pos = Self::positions(f0, r);
         let (_, staged) = call.run(frames, &vec![t; r], &pos, &self.cache, keep, true, None)?;
         for (layer, new) in self.cache.iter_mut().zip(staged) {

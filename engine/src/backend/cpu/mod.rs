@@ -4,14 +4,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{check_len, Backend, Clock, StepParams, TimedStep};
+use super::{
+    check_call_inputs, check_len, check_text_inputs, Backend, Clock, StepParams, TimedStep,
+};
 use crate::checkpoint::Weights;
 use crate::cost::op_kind;
 use crate::error::{fmt_shape, Error, Result};
-use crate::math::{self as ops, validate_mask};
+use crate::math::{self as ops};
 use crate::model::graph::{Graph, Kind, Op, TensorDesc, TensorId};
 use crate::rng;
-use crate::tensor::Tensor;
+use crate::tensor::{describe_non_finite, first_non_finite, Tensor};
 
 mod causal;
 mod wan_ops;
@@ -37,6 +39,8 @@ pub struct CpuBackend {
     /// Activations to drop after each op of the prompt and call op lists.
     prompt_frees: Vec<Vec<TensorId>>,
     call_frees: Vec<Vec<TensorId>>,
+    /// Check every op's output for NaN and infinity ([`Backend::set_check_ops`]).
+    check_ops: bool,
 }
 
 /// What the executor reports after each op when traced.
@@ -88,6 +92,7 @@ impl CpuBackend {
         Ok(CpuBackend {
             prompt_frees: frees(&graph, &graph.prompt_ops),
             call_frees: frees(&graph, &graph.call_ops),
+            check_ops: false,
             persistent: vec![None; graph.tensors.len()],
             weight_index,
             weights,
@@ -171,6 +176,9 @@ impl CpuBackend {
                 Some(o)
             };
             let elapsed = started.elapsed();
+            if let (true, Some(values)) = (self.check_ops, o.as_deref()) {
+                self.check_op_output(i, op, values)?;
+            }
             if let Some(trace) = tracer.as_mut() {
                 trace(&OpTrace {
                     index: i,
@@ -190,6 +198,22 @@ impl CpuBackend {
         Ok(())
     }
 
+    /// An error naming op `index` when its output `values` hold NaN or infinity.
+    fn check_op_output(&self, index: usize, op: &Op, values: &[f32]) -> Result<()> {
+        let out = &self.graph.tensors[op.output()];
+        match first_non_finite(values) {
+            None => Ok(()),
+            Some((i, x)) => Err(Error::Backend {
+                backend: "cpu".into(),
+                op: format!("op {index} ({} `{}`)", op_kind(op), out.name),
+                msg: format!(
+                    "first op whose output is not finite: {}",
+                    describe_non_finite(x, i, &out.shape)
+                ),
+            }),
+        }
+    }
+
     /// [`Backend::forward`], calling `tracer` after every op with its output and time.
     pub fn forward_traced(
         &mut self,
@@ -198,10 +222,17 @@ impl CpuBackend {
         v: &mut [f32],
         tracer: Option<Tracer>,
     ) -> Result<()> {
-        let g = &self.graph;
-        let m = &g.config;
+        let m = &self.graph.config;
         check_len("x", x.len(), m.buffer_elems())?;
         check_len("tau", tau.len(), m.latent_frames)?;
+        check_call_inputs(&self.graph, x, tau)?;
+        self.call(x, tau, v, tracer)
+    }
+
+    /// A model call on inputs already checked (or produced by this backend).
+    fn call(&mut self, x: &[f32], tau: &[f32], v: &mut [f32], tracer: Option<Tracer>) -> Result<()> {
+        let g = &self.graph;
+        let m = &g.config;
         check_len("v", v.len(), m.buffer_elems())?;
         if !self.text_set {
             return Err(Error::Invalid(
@@ -367,10 +398,7 @@ impl Backend for CpuBackend {
 
     fn set_text(&mut self, text: &Tensor, mask: &[f32]) -> Result<()> {
         let g = &self.graph;
-        let (b, lt) = (g.batch, g.config.text_len);
-        text.expect_shape("text", &g.tensors[g.inputs.text].shape)?;
-        check_len("text_mask", mask.len(), b * lt)?;
-        validate_mask(mask, b, lt)?;
+        check_text_inputs(g, text, mask)?;
         let mut env = self.env();
         env.values[g.inputs.text] = Some(text.data.clone());
         env.values[g.inputs.text_mask] = Some(mask.to_vec());
@@ -408,7 +436,7 @@ impl Backend for CpuBackend {
         check_len("step dtau", step.dtau.len(), f)?;
         let mut v = std::mem::take(&mut self.v);
         let buffer = std::mem::take(&mut self.buffer);
-        let result = self.forward(&buffer, &step.tau, &mut v);
+        let result = self.call(&buffer, &step.tau, &mut v, None);
         self.buffer = buffer;
         self.v = v;
         result?;
@@ -438,6 +466,11 @@ impl Backend for CpuBackend {
                 rng::noise_frame(self.seed, next_frame + k as u64, frame);
             }
         }
+        Ok(())
+    }
+
+    fn set_check_ops(&mut self, on: bool) -> Result<()> {
+        self.check_ops = on;
         Ok(())
     }
 

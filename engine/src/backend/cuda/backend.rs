@@ -21,11 +21,12 @@ use streamdit_kernels::elementwise as ew;
 
 use super::device::{backend_error, Device, DeviceBuffer, Event, GraphId, PinnedBuffer, Queue};
 use super::lower::{self, DeviceParams, Lowered, Step};
-use crate::backend::{check_len, Backend, Clock, StepParams, TimedStep};
+use crate::backend::{
+    check_call_inputs, check_len, check_text_inputs, Backend, Clock, StepParams, TimedStep,
+};
 use crate::checkpoint::{Checkpoint, DType, Weights};
 use crate::error::fmt_shape;
 use crate::error::{Error, Result};
-use crate::math::validate_mask;
 use crate::memory::MemoryPlan;
 use crate::model::graph::{Graph, Kind, Precision};
 use crate::model::streamdit::schema::{checkpoint_tensors, Init};
@@ -246,6 +247,7 @@ impl<D: Device> CudaBackend<D> {
         check_len("x", x.len(), x_buf.len())?;
         check_len("tau", tau.len(), tau_buf.len())?;
         check_len("v", v.len(), v_buf.len())?;
+        check_call_inputs(g, x, tau)?;
         self.dev.copy(x_buf, self.state.x_next)?;
         self.dev.write(x_buf, x)?;
         self.dev.write(tau_buf, tau)?;
@@ -516,10 +518,7 @@ impl<D: Device> Backend for CudaBackend<D> {
     fn set_text(&mut self, text: &Tensor, mask: &[f32]) -> Result<()> {
         self.cancel_pending();
         let g = &self.graph;
-        let (b, lt) = (g.batch, g.config.text_len);
-        text.expect_shape("text", &g.tensors[g.inputs.text].shape)?;
-        check_len("text_mask", mask.len(), b * lt)?;
-        validate_mask(mask, b, lt)?;
+        check_text_inputs(g, text, mask)?;
         debug_assert_eq!(g.tensors[g.inputs.text].precision, Precision::F16);
         let text_buf = self.tensor_bytes(g.inputs.text)?.cast::<u16>()?;
         let mask_buf = self.tensor_f32(g.inputs.text_mask)?;

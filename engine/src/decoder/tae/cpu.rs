@@ -253,6 +253,7 @@ impl TaeDecoder {
         }
         let g = &self.graph;
         let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
+        crate::decoder::check_latents("TAE decoder latents", latents, [c, h, w])?;
         let n = latents.len() / elems;
         // [n, C, H, W] -> [n, H, W, C]
         let mut data = vec![0.0; latents.len()];

@@ -123,6 +123,7 @@ impl<D: Device> DeviceTae<D> {
                 latents.len(),
             ));
         }
+        crate::decoder::check_latents("TAE decoder latents", latents, [c, h, w])?;
         let mut out = Vec::new();
         for piece in latents.chunks(self.max_frames * fe) {
             self.decode_piece(piece, piece.len() / fe, &mut out)?;
