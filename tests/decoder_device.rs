@@ -1,7 +1,7 @@
 //! The TAE decoder lowered to the decoder kernels (`DeviceTae`), on the emulated device,
 //! against the CPU decoder (f32) on the same random weights and latents: chunk by chunk with
 //! the temporal caches carried on the device, a stream restart, and graph replay against
-//! launch-by-launch execution.
+//! launch-by-launch execution (the replayed decode under the emulator's race checker).
 
 mod common;
 
@@ -96,7 +96,12 @@ fn device_decoder_graph_replay_equals_eager_launches() {
     eager.set_graphs(false);
     let mut replay = DeviceTae::new(graph, &weights, 1, EmuDevice::new()).unwrap();
     let a = eager.decode_f32(&latents).unwrap();
-    let b = replay.decode_f32(&latents).unwrap();
+    // Every decoder kernel of one frame under the race checker (a race fails the decode);
+    // the instrumented kernels must give the same bits.
+    let b = {
+        let _race = streamdit_kernels::emu::racecheck(true);
+        replay.decode_f32(&latents).unwrap()
+    };
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
 }
 
