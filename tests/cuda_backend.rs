@@ -1,6 +1,7 @@
 //! The CUDA backend's whole launch plan on the emulated device: a `tiny` stream against the
 //! CPU backend (prefill, steady steps, a prompt switch, with and without guidance), graph
-//! replay against eager launches, and the errors of the backend choice.
+//! replay against eager launches, and the errors of the backend choice. One step of the
+//! replayed run runs every kernel under the emulator's race checker (`emu::racecheck`).
 
 mod common;
 
@@ -102,7 +103,7 @@ fn assert_bits(what: &str, a: &[f32], b: &[f32]) {
 /// Steps of a CFG stream ([`common::emu_profile`]) run through a backend on the emulator:
 /// popped chunks and the final buffer.
 fn run_steps(graphs: bool, order: ThreadOrder) -> (Vec<Vec<f32>>, Vec<f32>) {
-    run_steps_prefetching(graphs, order, Prefetch::None)
+    run_steps_prefetching(graphs, order, Prefetch::None, None)
 }
 
 /// What to prefetch before every step.
@@ -114,10 +115,12 @@ enum Prefetch {
     NextAndWrong,
 }
 
+/// `race_checked`: the step whose launches run under the race checker (a race fails it).
 fn run_steps_prefetching(
     graphs: bool,
     order: ThreadOrder,
     prefetch: Prefetch,
+    race_checked: Option<u64>,
 ) -> (Vec<Vec<f32>>, Vec<f32>) {
     let profile = common::emu_profile();
     let m = profile.model.clone();
@@ -160,6 +163,7 @@ fn run_steps_prefetching(
             }
         }
         let mut out = vec![f32::NAN; chunk * m.frame_elems()];
+        let _race = (race_checked == Some(i)).then(|| streamdit_kernels::emu::racecheck(true));
         backend
             .step(
                 &StepParams {
@@ -185,7 +189,10 @@ fn run_steps_prefetching(
 #[test]
 fn graph_replay_is_bit_identical_to_eager_launches() {
     let (eager_chunks, eager_buffer) = run_steps(false, ThreadOrder::Forward);
-    let (replay_chunks, replay_buffer) = run_steps(true, ThreadOrder::Shuffle(9));
+    // The first replayed step (every kernel of a CFG model call and the Euler update) runs
+    // under the race checker: no race, and the instrumented kernels give the same bits.
+    let (replay_chunks, replay_buffer) =
+        run_steps_prefetching(true, ThreadOrder::Shuffle(9), Prefetch::None, Some(0));
     let profile = common::emu_profile();
     let schedule = Schedule::new(&profile.stream);
     let pops = (0..5).filter(|&i| schedule.step(i).pop).count();
@@ -200,7 +207,7 @@ fn graph_replay_is_bit_identical_to_eager_launches() {
     assert_bits("buffer", &eager_buffer, &replay_buffer);
     // A prefetched step is taken when it is the next one and dropped when it is not.
     let (chunks, buffer) =
-        run_steps_prefetching(true, ThreadOrder::Forward, Prefetch::NextAndWrong);
+        run_steps_prefetching(true, ThreadOrder::Forward, Prefetch::NextAndWrong, None);
     for (k, (a, b)) in eager_chunks.iter().zip(&chunks).enumerate() {
         assert_bits(&format!("prefetched chunk {k}"), a, b);
     }

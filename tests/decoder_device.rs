@@ -1,7 +1,7 @@
 //! The TAE decoder lowered to the decoder kernels (`DeviceTae`), on the emulated device,
 //! against the CPU decoder (f32) on the same random weights and latents: chunk by chunk with
 //! the temporal caches carried on the device, a stream restart, and graph replay against
-//! launch-by-launch execution.
+//! launch-by-launch execution, and one small decode under the emulator's race checker.
 
 mod common;
 
@@ -19,6 +19,10 @@ const H: usize = 4;
 const W: usize = 6;
 
 fn setup(seed: u64) -> (TaeGraph, Weights) {
+    setup_hw(seed, H, W)
+}
+
+fn setup_hw(seed: u64, h: usize, w: usize) -> (TaeGraph, Weights) {
     // The full tier decodes with `tiny`'s widths (64, 64, 32, 16); the default tier with
     // narrower upper stages (the first stays 64: its attention runs at head dim 64).
     let dec = DecoderConfig {
@@ -29,7 +33,7 @@ fn setup(seed: u64) -> (TaeGraph, Weights) {
         },
         groups: 8,
     };
-    let graph = TaeGraph::new(&dec, C, H, W).unwrap();
+    let graph = TaeGraph::new(&dec, C, h, w).unwrap();
     let weights = Weights::random_decoder(&dec, C, seed, DType::F32).unwrap();
     (graph, weights)
 }
@@ -102,6 +106,27 @@ fn device_decoder_graph_replay_equals_eager_launches() {
     let mut replay = DeviceTae::new(graph, &weights, 1, EmuDevice::new()).unwrap();
     let a = eager.decode_f32(&latents).unwrap();
     let b = replay.decode_f32(&latents).unwrap();
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+}
+
+/// Every decoder kernel (convolutions, GroupNorm, the mid-block attention, the layout
+/// kernels) of one stream-start frame under the race checker: a race fails the decode, and
+/// the instrumented kernels give the bits of the plain ones. A 2 x 2 latent (16 x 16
+/// pixels) keeps the checked decode to seconds: the checker costs several times the plain
+/// emulation (kernels/README.md, "Race checker").
+#[test]
+fn device_decoder_is_race_free() {
+    let (graph, weights) = setup_hw(4, 2, 2);
+    let mut rng = Rng::new(11);
+    let latents = rng.f32s(C * 2 * 2, -2.0, 2.0);
+    let mut plain = DeviceTae::new(graph.clone(), &weights, 1, EmuDevice::new()).unwrap();
+    let mut checked = DeviceTae::new(graph, &weights, 1, EmuDevice::new()).unwrap();
+    let a = plain.decode_f32(&latents).unwrap();
+    let b = {
+        let _race = streamdit_kernels::emu::racecheck(true);
+        checked.decode_f32(&latents).unwrap()
+    };
+    assert!(a.iter().all(|v| v.is_finite()));
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
 }
 

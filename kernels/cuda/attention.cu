@@ -13,6 +13,16 @@
 // kernels/src/attention.rs): dh = 64 or 128 (16 for cross), D = heads * dh (so rows are
 // 16-byte aligned for cp.async), window self-attention: grid divisible by the window, shift <
 // window; cross-attention: Lt >= 1 (any value: the ragged last key tile is masked).
+//
+// Test-only variants (kernels/tests/race_check.rs; never built by nvcc): planted races in
+// the shared core that the emulator's race checker must report:
+// streamdit-emu-variant: no_gain_sync
+//   the barrier after the Q and gain copies is left out: warps other than the one that
+//   copied the gains read them unordered (read-after-write on cp.async data);
+// streamdit-emu-variant: no_key_sync
+//   the key loop's barrier is left out: ldmatrix of K/V rows another thread copied and the
+//   key bias another thread wrote (read-after-write), and the refill of the stage of tile
+//   kt-1 while other warps may still read it (write-after-read).
 #include "common/attention_core.cuh"
 // ---------------------------------------------------------------------------------------
 // Window self-attention (docs/streamdit.md section 3).

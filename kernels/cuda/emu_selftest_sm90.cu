@@ -4,7 +4,15 @@
 // for sm_90a only (first line). Modes marked "emulator only" misuse the instructions on
 // purpose and must never run on a GPU.
 //
+// Test-only variants (planted races the race checker must report; kernels/tests/
+// emu_hopper_tile.rs and race_check.rs):
 // streamdit-emu-variant: early_release
+//   hopper tile: the consumer releases a stage before the wgmma reading it has retired;
+// streamdit-emu-variant: no_full_wait
+//   hopper tile: the consumer does not wait on the stage's full barrier before its wgmma
+//   reads the TMA data;
+// streamdit-emu-variant: no_proxy_fence
+//   wgmma probe: the threads' copy of the operands is not followed by fence.proxy.async.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -151,7 +159,9 @@ extern "C" __global__ void selftest_wgmma(WgmmaProbeParams p) {
     extern __shared__ __align__(16) unsigned char smem[];
     const int base = static_cast<int>(ptx::smem_u32(smem));
     for (int i = base + threadIdx.x; i < p.image_bytes; i += blockDim.x) smem[i - base] = p.image[i];
+#if !defined(EMU_VARIANT_no_proxy_fence)  // planted race when defined (top of the file)
     ptx::fence_proxy_async();  // these generic-proxy writes are read by wgmma (async proxy)
+#endif
     __syncthreads();
     if (p.bf16) wgmma_probe_n<true>(p);
     else wgmma_probe_n<false>(p);
@@ -324,7 +334,9 @@ SM90_UNROLL
     for (int r = 0; r < N / 2; ++r) acc[r] = 0.0f;
     for (int kt = 0; kt < k_tiles; ++kt) {
         const int s = kt % kStages;
+#if !defined(EMU_VARIANT_no_full_wait)  // planted race when defined (top of the file)
         ptx::mbarrier_wait(&full[s], (kt / kStages) & 1);
+#endif
         const uint32_t a = aligned + s * (kTileA + kTileB);
         ptx::wgmma_fence();
         for (int j = 0; j < 4; ++j)

@@ -20,6 +20,18 @@
 //
 // Pipeline: a GemmTraits::kStages-deep cp.async ring of (A, W) k-tiles, one __syncthreads
 // per k-tile (wait for tile kt, barrier, refill the slot tile kt-1 used, compute tile kt).
+//
+// Test-only variants (kernels/tests/race_check.rs; never built by nvcc), each a planted race
+// the emulator's race checker must report:
+// streamdit-emu-variant: no_tile_sync
+//   the main loop's __syncthreads is left out: a warp's ldmatrix reads k-tile data another
+//   thread's cp.async wrote (read-after-write), and refills overwrite a slot other warps may
+//   still read (write-after-read);
+// streamdit-emu-variant: refill_before_sync
+//   the refill is issued before the barrier instead of after it: the data of tile kt is still
+//   ordered (wait, barrier) but the copy into the slot tile kt-1 used is not ordered after
+//   the other warps' reads of it in the previous iteration (write-after-read across a loop
+//   iteration; in the emulator the copy lands only at the wait, so results stay right).
 #include <cuda_fp16.h>
 #include <stdint.h>
 
@@ -209,13 +221,24 @@ GEMM_UNROLL
         // barrier makes it visible to all and guarantees every warp is done reading the
         // slot of tile kt-1, which the refill below overwrites.
         ptx::cp_async_wait<T::kStages - 2>();
-        __syncthreads();
         const int next = kt + T::kStages - 1;
+#if defined(EMU_VARIANT_refill_before_sync)
+        if (next < k_tiles) {  // planted race, see the top of the file
+            load_tile<kPaired>(s + (next % T::kStages) * T::kStageHalves, a, w, m, n_or_dff, k, m0, n0,
+                               next);
+        }
+        ptx::cp_async_commit();
+        __syncthreads();
+#else
+#if !defined(EMU_VARIANT_no_tile_sync)  // planted race when defined, see the top of the file
+        __syncthreads();
+#endif
         if (next < k_tiles) {
             load_tile<kPaired>(s + (next % T::kStages) * T::kStageHalves, a, w, m, n_or_dff, k, m0, n0,
                                next);
         }
         ptx::cp_async_commit();
+#endif
 
         const __half* s_a = s + (kt % T::kStages) * T::kStageHalves;
         const __half* s_w = s_a + T::kTileA;

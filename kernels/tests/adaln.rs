@@ -5,6 +5,10 @@
 //! F = 1, D from 8 to 16384; every case in forward, reverse and shuffled thread order with a
 //! NaN-poisoned output. Inputs have a large common offset (|mean| >> std) so a one-pass
 //! E[x^2] - mean^2 variance would fail. Plus the launch-config contract and the SASS gates.
+//!
+//! Race checker: the first case of each test (both entries, the CTA entry's shared-memory
+//! reduction included) runs under `emu::racecheck` in the default tier; with
+//! `STREAMDIT_FULL=1` every launch does.
 
 mod common;
 
@@ -24,6 +28,7 @@ const F32_EVAL: f64 = 1e-5;
 /// # Safety
 /// `params` mirrors the kernel's parameter struct; its pointers cover the kernel's accesses.
 unsafe fn run<P: Copy>(name: &str, config: LaunchConfig, params: &P, order: ThreadOrder) {
+    let _race = common::race_check_full();
     let kernel = emu::kernel(name).unwrap_or_else(|e| panic!("{e}"));
     // SAFETY: forwarded contract of this function.
     unsafe { emu::launch_with(kernel, config, params, order) }
@@ -192,6 +197,7 @@ fn warp_per_row() {
         },
     ];
     for (i, c) in cases.iter().enumerate() {
+        let _race = (i == 0).then(|| emu::racecheck(true));
         check(c, 100 + i as u64);
     }
 }
@@ -250,6 +256,7 @@ fn cta_per_row() {
         },
     ];
     for (i, c) in cases.iter().enumerate() {
+        let _race = (i == 0).then(|| emu::racecheck(true));
         check(c, 200 + i as u64);
     }
 }
@@ -415,6 +422,8 @@ fn wan_norms() {
         },
     ];
     for (i, c) in cases.iter().enumerate() {
+        // The first tiny case (warp entry) and the first 1.3B one (CTA entry).
+        let _race = (i == 0 || i == 4).then(|| emu::racecheck(true));
         check_wan(c, 300 + i as u64);
     }
 }

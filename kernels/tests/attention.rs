@@ -21,10 +21,15 @@
 //! batch 2, cross-attention with a mask that has zeros and a fully masked batch element,
 //! with a ragged text length (not a multiple of the 64-key tile) and a ragged query tile.
 //! Plus the launch-config contract and the nvcc resource / SASS gates.
+//!
+//! Race checker: in the default tier one small window case (dh = 128 with the RMSNorm) runs
+//! under `emu::racecheck`; with `STREAMDIT_FULL=1` every launch does. tests/race_check.rs
+//! runs the cross entry (dh = 64) with a wrapping key ring under it and plants races in the
+//! shared core.
 
 mod common;
 
-use common::Rng;
+use common::{race_checked, Rng};
 use half::f16;
 use streamdit_kernels::attention::{self, AttnLaunch, CrossShape, WindowShape};
 use streamdit_kernels::emu::{self, ThreadOrder};
@@ -161,6 +166,7 @@ fn run_and_check<P: Copy>(
     plain: &[f64],
     zero_rows: &[std::ops::Range<usize>],
 ) {
+    let _race = common::race_check_full();
     let plain_err = rel_l2(plain, want);
     let kernel = emu::kernel(launch.kernel).unwrap_or_else(|e| panic!("{e}"));
     for order in ThreadOrder::all(seed) {
@@ -408,6 +414,23 @@ fn window_d128_non_square_odd_shift_batch2() {
         head_dim: 128,
     };
     check_window("window dh128 2x3x5 shift 1,1,2", 13, s, true);
+}
+
+/// The default tier's race-checked case: one head of 128 with the RMSNorm over one window
+/// of 2 x 8 x 8 tokens (two query tiles, each over two key tiles). The checker costs about
+/// four times the plain emulation, so the case is small; tests/race_check.rs runs the core
+/// with a wrapping key ring (dh = 64) and planted races under it.
+#[test]
+fn window_d128_one_window_under_the_race_checker() {
+    let s = WindowShape {
+        batch: 1,
+        grid: [2, 8, 8],
+        window: [2, 8, 8],
+        shift: [0, 0, 0],
+        heads: 1,
+        head_dim: 128,
+    };
+    race_checked(|| check_window("window dh128 2x8x8, race-checked", 17, s, true));
 }
 
 #[test]

@@ -6,10 +6,14 @@
 //! repeat, residual), and GroupNorm (+ SiLU) at both decoders' group sizes, including a frame
 //! whose statistics are split over 256 CTAs. Every case runs in forward, reverse and shuffled
 //! thread order with NaN-poisoned outputs and fresh random non-zero inputs.
+//!
+//! Race checker: in the default tier one small case of every entry point (narrow and wide
+//! 3x3, temporal and 1x1 convolutions, the three GroupNorm kernels) runs under
+//! `emu::racecheck`; with `STREAMDIT_FULL=1` every launch does.
 
 mod common;
 
-use common::Rng;
+use common::{race_checked, Rng};
 use half::f16;
 use streamdit_kernels::conv::{self, Conv3x3Shape, ConvT3Shape, GroupNormShape};
 use streamdit_kernels::emu::{self, LaunchConfig, ThreadOrder};
@@ -90,6 +94,7 @@ fn compare(what: &str, got: &[f64], want: &[f64], tol: &[f64]) -> Report {
 /// # Safety
 /// `params` mirrors the kernel's parameter struct; its pointers cover the kernel's accesses.
 unsafe fn run<P: Copy>(name: &str, config: LaunchConfig, params: &P, order: ThreadOrder) {
+    let _race = common::race_check_full();
     let kernel = emu::kernel(name).unwrap_or_else(|e| panic!("{e}"));
     // SAFETY: forwarded contract of this function.
     unsafe { emu::launch_with(kernel, config, params, order) }
@@ -421,7 +426,7 @@ fn c3(t: usize, h_in: usize, w_in: usize, cin: usize, cout: usize, upsample: boo
 #[test]
 fn conv3x3_tiny_channels() {
     // conv_in 8 -> 64 (Cin one 16-byte chunk, K = 72: a K tail in the third k-tile).
-    check_conv3x3("conv_in", 1, c3(2, 7, 9, 8, 64, false), true, false);
+    race_checked(|| check_conv3x3("conv_in", 1, c3(2, 7, 9, 8, 64, false), true, false));
     // up-block UpS 64 -> 32 with the fused 2x upsample (13x5 -> 26x10) and a residual.
     check_conv3x3("ups 64->32", 2, c3(1, 13, 5, 64, 32, true), true, true);
     // Res conv 32 -> 16, residual, no bias; ragged 9x7 over 3 frames (tiles cross frames).
@@ -435,7 +440,7 @@ fn conv3x3_4b_channels() {
     // 512 -> 512 (K = 4608, 144 k-tiles, 8 column tiles) at 4x5.
     check_conv3x3("mid 512->512", 5, c3(1, 4, 5, 512, 512, false), true, true);
     // 256 -> 128 with the fused upsample, 3x4 -> 6x8.
-    check_conv3x3("ups 256->128", 6, c3(1, 3, 4, 256, 128, true), true, false);
+    race_checked(|| check_conv3x3("ups 256->128", 6, c3(1, 3, 4, 256, 128, true), true, false));
     // up.2 UpS 256 -> 256 over 2 frames, 5x7 -> 10x14: 3 pixel tiles (ragged, crossing the
     // frame boundary) x 2 column tiles of the wide entry, residual.
     check_conv3x3(
@@ -503,11 +508,11 @@ fn check_conv1x1(label: &str, seed: u64, (m, cin, cout): (usize, usize, usize), 
 #[test]
 fn conv1x1_skip_and_projection() {
     // tiny: up.2's skip 64 -> 32 over 2 x 7 x 9 pixels; mid attention out 64 -> 64 + x.
-    check_conv1x1("skip 64->32", 50, (126, 64, 32), false);
+    race_checked(|| check_conv1x1("skip 64->32", 50, (126, 64, 32), false));
     check_conv1x1("attn out 64->64", 51, (130, 64, 64), true);
     // 4b: up.2's skip 512 -> 256 (wide entry), up.3's 256 -> 128 with a residual; 16 -> 3
     // (odd Cout) for the narrow entry's scalar path.
-    check_conv1x1("skip 512->256", 52, (40, 512, 256), false);
+    race_checked(|| check_conv1x1("skip 512->256", 52, (40, 512, 256), false));
     check_conv1x1("256->128 residual", 53, (300, 256, 128), true);
     check_conv1x1("16->3", 54, (77, 16, 3), true);
 }
@@ -543,14 +548,16 @@ fn conv_t3_tiny_channels() {
         true,
     );
     // Narrow widths, one frame.
-    check_conv_t3(
-        "16->16",
-        22,
-        t3(1, 35, 16, 16, false),
-        Context::Cached,
-        true,
-        true,
-    );
+    race_checked(|| {
+        check_conv_t3(
+            "16->16",
+            22,
+            t3(1, 35, 16, 16, false),
+            Context::Cached,
+            true,
+            true,
+        )
+    });
     check_conv_t3(
         "32->16",
         23,
@@ -593,14 +600,16 @@ fn conv_t3_4b_channels() {
         true,
     );
     // up.3 width, 3 frames of 50 pixels: 2 pixel tiles of the wide entry.
-    check_conv_t3(
-        "4b 128->128",
-        28,
-        t3(3, 50, 128, 128, false),
-        Context::Cached,
-        true,
-        true,
-    );
+    race_checked(|| {
+        check_conv_t3(
+            "4b 128->128",
+            28,
+            t3(3, 50, 128, 128, false),
+            Context::Cached,
+            true,
+            true,
+        )
+    });
     check_conv_t3(
         "4b 256->256 upt",
         27,
@@ -623,7 +632,7 @@ fn gn(frames: usize, hw: usize, c: usize, groups: usize) -> GroupNormShape {
 #[test]
 fn groupnorm_tiny_groups() {
     // tiny: 8 groups of 64 / 32 / 16 channels (8, 4, 2 channels a group).
-    check_groupnorm("tiny c64", 30, gn(2, 63, 64, 8), true, 3.0);
+    race_checked(|| check_groupnorm("tiny c64", 30, gn(2, 63, 64, 8), true, 3.0));
     check_groupnorm("tiny c32", 31, gn(3, 65, 32, 8), false, 3.0);
     check_groupnorm("tiny c16", 32, gn(2, 35, 16, 8), true, 3.0);
 }

@@ -8,6 +8,10 @@
 //! outputs, at ragged sizes (n not a multiple of 8, frames not a multiple of 4 elements,
 //! start offsets), B = 1 and 2, F = 1, and once with a grid smaller than the work (the
 //! grid-stride loop). Plus the shape contract and the resource / SASS gates.
+//!
+//! Race checker: these kernels use no shared memory, so it has nothing to order; the small
+//! Euler step cases still run under `emu::racecheck` in the default tier (the instrumented
+//! build gives the same results), and with `STREAMDIT_FULL=1` every launch does.
 
 mod common;
 
@@ -27,6 +31,7 @@ unsafe fn try_run<P: Copy>(
     params: &P,
     order: ThreadOrder,
 ) -> Result<(), EmuError> {
+    let _race = common::race_check_full();
     let kernel = emu::kernel(name).unwrap_or_else(|e| panic!("{e}"));
     // SAFETY: forwarded contract of this function.
     unsafe { emu::launch_with(kernel, config, params, order) }
@@ -339,6 +344,7 @@ fn euler_step_pops_and_pushes() {
         31,
         false,
     );
+    let _race = emu::racecheck(true);
     check_euler(
         &EulerCase {
             frames: 5,

@@ -7,7 +7,7 @@ use common::{
     config, field, fragments, launch, mut_ptr, poisoned_f32, poisoned_u32, ptr, rows, Rng,
 };
 use half::{bf16, f16};
-use streamdit_kernels::emu::ThreadOrder;
+use streamdit_kernels::emu::{self, ThreadOrder};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -41,6 +41,8 @@ const SLOTS: usize = 41;
 
 #[test]
 fn ldmatrix_matches_the_ptx_fragment_tables() {
+    // Every tier: the probe's rows are written by threads and read by ldmatrix of others.
+    let _race = emu::racecheck(true);
     let Some(tables) = fragments() else { return };
     let variants = [
         ("x1", 1, 0),
@@ -224,6 +226,7 @@ fn exact_product(p: &Problem) -> [[f64; 8]; 16] {
 /// any element of A, B, C or D the emulator places differently from the tables shows.
 #[test]
 fn mma_fragments_match_the_ptx_tables_exactly() {
+    let _race = common::race_check_full();
     let Some(tables) = fragments() else { return };
     for ty in [Ty::F16, Ty::Bf16] {
         let mut rng = Rng::new(11);
@@ -270,6 +273,7 @@ fn decode(v: f32) -> usize {
 /// A per output column (two launches cover k = 0..7 and 8..15); A = I selects the rows of B.
 #[test]
 fn mma_decodes_every_a_and_b_element() {
+    let _race = common::race_check_full();
     let Some(tables) = fragments() else { return };
     for ty in [Ty::F16, Ty::Bf16] {
         let mut problems = Vec::new();
@@ -338,6 +342,7 @@ fn mma_decodes_every_a_and_b_element() {
 /// f32 accumulation of 17 terms, 17 * 2^-24 * (|c| + sum |a b|).
 #[test]
 fn mma_numerics_match_an_f32_accumulation_reference() {
+    let _race = common::race_check_full();
     let Some(tables) = fragments() else { return };
     for ty in [Ty::F16, Ty::Bf16] {
         let mut rng = Rng::new(23);

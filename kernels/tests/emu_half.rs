@@ -6,7 +6,7 @@ mod common;
 
 use common::{config, launch, mut_ptr, ptr, Rng};
 use half::{bf16, f16};
-use streamdit_kernels::emu::ThreadOrder;
+use streamdit_kernels::emu::{self, ThreadOrder};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -81,6 +81,7 @@ fn conversion_inputs() -> Vec<f32> {
 
 #[test]
 fn conversions_match_the_half_crate_bit_for_bit() {
+    let _race = common::race_check_full();
     let h: Vec<u16> = (0..=u16::MAX).collect();
     let f = conversion_inputs();
     let mut h_to_f32 = vec![f32::NAN; h.len()];
@@ -188,6 +189,8 @@ fn exact_fma(a: f16, b: f16, c: f16) -> u16 {
 
 #[test]
 fn arithmetic_matches_the_half_crate_and_exact_fma() {
+    // Every tier (no shared memory: the instrumented build must give the same bits).
+    let _race = emu::racecheck(true);
     let mut rng = Rng::new(17);
     // Random finite patterns, values of moderate magnitude (where sums round), and edge
     // values (zeros, subnormals, the largest finite, infinities, NaN).

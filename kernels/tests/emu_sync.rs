@@ -49,6 +49,7 @@ fn reduce_error(kernel: &str, order: ThreadOrder, seed: u64) -> f64 {
 #[test]
 fn reduction_with_barriers_is_right_in_every_order() {
     for (i, order) in orders().into_iter().enumerate() {
+        let _race = common::race_check_case(i == 0);
         let err = reduce_error("selftest_reduce", order, 100 + i as u64);
         assert!(err < 1e-5, "{order:?}: relative error {err:e}");
     }
@@ -73,6 +74,54 @@ fn reduction_missing_a_barrier_is_wrong_in_some_order() {
     );
 }
 
+/// What the orders find only sometimes, the race checker reports in every order, naming the
+/// two unordered accesses; the cp.async read of another thread's copy (mode 3) likewise.
+#[test]
+fn missing_barriers_are_races_in_every_order() {
+    let _check = emu::racecheck(true);
+    for order in orders() {
+        let x = vec![1.0f32; 256];
+        let mut out = poisoned_f32(1);
+        let params = ReduceParams {
+            x: ptr(&x),
+            out: mut_ptr(&mut out),
+        };
+        // SAFETY: x has 256 values, out one.
+        let e = unsafe {
+            launch(
+                "selftest_reduce_missing_sync",
+                config(1, 256, 0),
+                &params,
+                order,
+            )
+        }
+        .unwrap_err();
+        assert_eq!(e.kind, EmuErrorKind::Race, "{order:?}: {e}");
+        assert!(e.message.contains("a static __shared__ variable"), "{e}");
+        assert!(e.message.contains("kernels/cuda/emu_selftest.cu"), "{e}");
+        let mut out = poisoned_f32(64 * 11);
+        let src = vec![1.0f32; 64 * 16];
+        let params = CpAsyncParams {
+            src: ptr(&src),
+            out: mut_ptr(&mut out),
+            mode: 3,
+        };
+        // SAFETY: src holds 16 floats per thread, out 11, for 64 threads.
+        let e = unsafe {
+            launch(
+                "selftest_cp_async",
+                config(1, 64, CP_SHARED_BYTES),
+                &params,
+                order,
+            )
+        }
+        .unwrap_err();
+        assert_eq!(e.kind, EmuErrorKind::Race, "{order:?}: {e}");
+        assert!(e.message.contains("read-after-write"), "{e}");
+        assert!(e.message.contains("the cp.async copy of thread"), "{e}");
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct TicketParams {
@@ -95,6 +144,7 @@ fn tickets(order: ThreadOrder) -> Vec<u32> {
 
 #[test]
 fn thread_orders_are_the_ones_asked_for() {
+    let _race = common::race_check_full();
     let forward = tickets(ThreadOrder::Forward);
     assert_eq!(
         forward,
@@ -169,6 +219,7 @@ fn shfl_model(values: &[u32], lane: usize, kind: &str, arg: i32, width: usize) -
 
 #[test]
 fn shuffles_and_votes_follow_cuda_semantics() {
+    let _race = common::race_check_full();
     for order in orders() {
         let (blocks, threads) = (2usize, 64usize);
         let n = blocks * threads;
@@ -272,7 +323,8 @@ fn cp_expected(src: &[f32], t: usize) -> Vec<f32> {
 
 #[test]
 fn cp_async_copies_and_zero_fills_after_wait() {
-    for order in orders() {
+    for (i, order) in orders().into_iter().enumerate() {
+        let _race = common::race_check_case(i == 0);
         let (src, out) = cp_async(0, order);
         for t in 0..64 {
             assert_eq!(

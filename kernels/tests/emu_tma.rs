@@ -10,7 +10,7 @@ mod common;
 
 use common::{config, hex, num, wgmma_tables, SHARED_BASE};
 use half::f16;
-use streamdit_kernels::emu::{EmuError, EmuErrorKind, ThreadOrder};
+use streamdit_kernels::emu::{self, EmuError, EmuErrorKind, ThreadOrder};
 use streamdit_kernels::tma::{
     DataType, Interleave, L2Promotion, OobFill, Swizzle, TensorMap, Tiled,
 };
@@ -154,6 +154,7 @@ fn model(t: &Tiled, global: &[u8], coords: &[i32], nan_fill: bool) -> Vec<u8> {
 
 #[test]
 fn swizzle_128b_places_every_element_as_the_table_says() {
+    let _race = common::race_check_full();
     let Some(tables) = wgmma_tables() else { return };
     let offsets = tables["tma_sw128_f16_64x64"]["offset"].as_array().unwrap();
     // A [64, 64] u16 tensor holding row * 64 + col, the box its whole self.
@@ -186,6 +187,7 @@ fn swizzle_128b_places_every_element_as_the_table_says() {
 /// table's sw128 k-step descriptors returns the logical tile (rows and columns as f16 codes).
 #[test]
 fn a_swizzled_tma_tile_reads_back_through_the_sw128_descriptors() {
+    let _race = common::race_check_full();
     let Some(tables) = wgmma_tables() else { return };
     let v = &tables["smem_k_major_f16_64x64"]["sw128"];
     let start = num(&v["tile_start"]);
@@ -298,6 +300,7 @@ fn wgmma_identity(tile: &[u8], start: usize, desc: u64) -> Vec<[f32; 16]> {
 
 #[test]
 fn boxes_of_every_rank_swizzle_stride_and_edge_match_the_model() {
+    let _race = common::race_check_full();
     // (map, coords, global bytes, NaN fill)
     let pattern = |n: usize| -> Vec<u8> { (0..n).map(|i| (i * 7 + i / 251) as u8).collect() };
     let mut nan_map = tiled(
@@ -412,6 +415,21 @@ fn a_load_lands_only_for_a_wait_and_misuse_is_an_error() {
             "{order:?}: the load landed before any wait"
         );
     }
+    // Under the race checker that read is a race in every order, the waited-for one is not.
+    let want = load(&t, &global, &[0, 0], 0, 0, ThreadOrder::Forward).unwrap();
+    for order in ThreadOrder::all(10) {
+        let _race = emu::racecheck(true);
+        let out = load(&t, &global, &[0, 0], 0, 0, order).unwrap();
+        assert_eq!(out, want, "{order:?}");
+        let e = load(&t, &global, &[0, 0], 0, 1, order).unwrap_err();
+        assert_eq!(e.kind, EmuErrorKind::Race, "{order:?}: {e}");
+        assert!(e.message.contains("read-after-write"), "{e}");
+        assert!(e.message.contains("cp.async.bulk.tensor at"), "{e}");
+        assert!(
+            e.message.contains("the TMA load issued by thread (0,0,0)"),
+            "{e}"
+        );
+    }
     let e = load(&t, &global, &[0, 0], 64, 0, ThreadOrder::Forward).unwrap_err();
     assert!(e.message.contains("128-byte aligned"), "{e}");
     let narrow = tiled(
@@ -440,6 +458,8 @@ fn mbarrier(mode: i32, order: ThreadOrder) -> Result<Vec<i32>, EmuError> {
 #[test]
 fn mbarrier_phases_order_the_rounds_and_deadlocks_are_reported() {
     for order in ThreadOrder::all(4) {
+        // The rounds reuse the two slots: the race checker must find them ordered.
+        let _race = emu::racecheck(true);
         let out = mbarrier(0, order).unwrap();
         assert!(
             out.iter().all(|&b| b == 0),

@@ -218,6 +218,7 @@ fn the_test_layout_formula_reproduces_the_unswizzled_json_tables() {
 
 #[test]
 fn accumulator_layout_matches_the_table_for_every_n() {
+    let _race = common::race_check_full();
     let Some(t) = wgmma_tables() else { return };
     for n in [8, 16, 32, 64, 128, 256] {
         let table = acc_table(&t, n);
@@ -252,6 +253,7 @@ fn accumulator_layout_matches_the_table_for_every_n() {
 
 #[test]
 fn scale_d_adds_the_accumulators_and_scale_a_negates() {
+    let _race = common::race_check_full();
     let Some(t) = wgmma_tables() else { return };
     let n = 64;
     let table = acc_table(&t, n);
@@ -287,6 +289,7 @@ fn scale_d_adds_the_accumulators_and_scale_a_negates() {
 
 #[test]
 fn a_from_registers_follows_the_register_table() {
+    let _race = common::race_check_full();
     let Some(t) = wgmma_tables() else { return };
     let acc16 = acc_table(&t, 16);
     let a_table = t["a_regs_f16"]["table"].as_array().unwrap();
@@ -328,6 +331,7 @@ fn a_from_registers_follows_the_register_table() {
 /// emulator's descriptor decoding, equals the table (README of wgmma.json, check 3).
 #[test]
 fn descriptors_decode_to_the_canonical_k_major_addresses() {
+    let _race = common::race_check_full();
     let Some(t) = wgmma_tables() else { return };
     for variant in ["sw128", "none_lbo1024_sbo128", "none_lbo128_sbo1024"] {
         let v = &t["smem_k_major_f16_64x64"][variant];
@@ -386,6 +390,7 @@ fn descriptors_decode_to_the_canonical_k_major_addresses() {
 /// the identity, and D returns which element each (row, k) read.
 #[test]
 fn wgmma_reads_each_variant_from_the_table_addresses() {
+    let _race = common::race_check_full();
     let Some(t) = wgmma_tables() else { return };
     let acc16 = acc_table(&t, 16);
     const B_ID: usize = 0x3000;
@@ -456,6 +461,8 @@ fn small_run(mode: i32) -> Run {
 
 #[test]
 fn accumulators_are_poisoned_until_the_wait_that_retires_them() {
+    // Every tier: the operands are copied by the threads, fenced for the async proxy.
+    let _race = emu::racecheck(true);
     let reference = small_run(0).launch(ThreadOrder::Forward).unwrap().0;
     assert!(reference.iter().all(|v| v.is_finite()));
     // Read before wait_group 0: NaN; after it: the result.
@@ -527,6 +534,7 @@ fn cute(shape: [&[usize]; 2], stride: [&[usize]; 2], i: usize, j: usize) -> usiz
 /// the figures, in elements, with their LBO and SBO), swizzled with the README's Swizzle<B,4,3>.
 #[test]
 fn mn_major_operands_follow_the_ptx_worked_examples() {
+    let _race = common::race_check_full();
     type Example = (
         u64,
         usize,

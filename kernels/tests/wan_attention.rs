@@ -23,6 +23,10 @@
 //!
 //! `STREAMDIT_FULL=1` adds the 1.3B width (12 heads of 128, D = 1536) over a Self-Forcing
 //! window of 21 frames through its wrap-around, and a 12-head cross-attention to 512 keys.
+//!
+//! Race checker: the wan-tiny stream, the full-cache chunk of the 1.3B-width stream and the
+//! tiny cross-attention run under `emu::racecheck` in the default tier; with
+//! `STREAMDIT_FULL=1` every launch does.
 
 mod common;
 
@@ -70,6 +74,7 @@ fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
 /// # Safety
 /// `params` mirrors the kernel's parameter struct; its pointers cover the kernel's accesses.
 unsafe fn run<P: Copy>(name: &str, config: LaunchConfig, params: &P, order: ThreadOrder) {
+    let _race = common::race_check_full();
     let kernel = emu::kernel(name).unwrap_or_else(|e| panic!("{e}"));
     // SAFETY: forwarded contract of this function.
     unsafe { emu::launch_with(kernel, config, params, order) }
@@ -562,6 +567,8 @@ fn kvcache_wan_tiny_stream() {
     };
     let win = KvWindow::new(4, 1, 2).unwrap();
     let mut s = Stream::new("tiny", 100, dims, win.window);
+    // Under the race checker in every tier: the prep and attention kernels, dh = 16.
+    let _race = emu::racecheck(true);
     for f0 in [0, 2, 4, 6] {
         s.chunk(&win, f0);
     }
@@ -618,6 +625,8 @@ fn kvcache_1p3b_width_small_frames() {
     let win = KvWindow::new(6, 0, 3).unwrap();
     let mut s = Stream::new("1.3b width 2x3", 250, dims, win.window);
     for f0 in [0, 3, 6] {
+        // The full-cache chunk under the race checker in every tier (dh = 128).
+        let _race = (f0 == 3).then(|| emu::racecheck(true));
         s.chunk(&win, f0);
     }
 }
@@ -796,6 +805,7 @@ fn check_wan_cross(
 /// ragged query tile (40).
 #[test]
 fn cross_wan_tiny() {
+    let _race = emu::racecheck(true);
     check_wan_cross("cross tiny", 400, 40, 8, 3, 16);
 }
 

@@ -245,12 +245,15 @@ ATTN_UNROLL
 
     // Q and the gains: this thread's own copies have landed (kStages - 1 newer groups may be
     // pending). Barrier: orders the gain copies (made by warp 0) before every thread reads
-    // them. (The emulator cannot catch its absence: every thread reaches the shuffle in
-    // rms_norm_row_half, which warp 0 reaches only after its wait, before reading a gain.) Then each thread normalizes its half of its Q row in place; the __syncwarp
-    // orders those writes (and the partner's) before the warp's ldmatrix of its rows: rows
-    // [16w, 16w+16) are loaded and read by warp w only.
+    // them. (Running threads in different orders cannot expose its absence, since warp 0
+    // waits for its copies before any gain is read; the race checker reports it: variant
+    // no_gain_sync.) Then each thread normalizes its half of its Q row in place; the
+    // __syncwarp orders those writes (and the partner's) before the warp's ldmatrix of its
+    // rows: rows [16w, 16w+16) are loaded and read by warp w only.
     ptx::cp_async_wait<T::kStages - 1>();
+#if !defined(EMU_VARIANT_no_gain_sync)  // planted race when defined (attention.cu)
     __syncthreads();
+#endif
     if (norm) rms_norm_row_half<T>(s_q, ld_r, part, s_gq);
     __syncwarp();
 
@@ -294,9 +297,12 @@ ATTN_UNROLL
         // Barrier: (1) orders every thread's K normalization, bias and landed V of tile kt
         // before any warp's ldmatrix of them below; (2) every warp has finished reading the
         // stage of tile kt-1 (previous iteration), which the refill below overwrites
-        // (write-after-read; the emulator lands cp.async data only at the wait, so it cannot
-        // catch a missing barrier here).
+        // (write-after-read: the emulator lands cp.async data only at the wait, so no thread
+        // order exposes a missing barrier here; the race checker reports it, variant
+        // no_key_sync).
+#if !defined(EMU_VARIANT_no_key_sync)  // planted race when defined (attention.cu)
         __syncthreads();
+#endif
         const int next = kt + T::kStages - 1;
         if (next < k_tiles) load_kv(next);
         ptx::cp_async_commit();

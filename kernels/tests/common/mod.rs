@@ -12,6 +12,34 @@ pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// `STREAMDIT_FULL=1`: the slow tier (every case, larger shapes).
+pub fn full() -> bool {
+    std::env::var("STREAMDIT_FULL").is_ok_and(|v| v == "1")
+}
+
+/// The race-checker policy of the kernel tests ("every kernel test runs under the race
+/// checker"): with `STREAMDIT_FULL=1` every emulator launch made while the returned guard
+/// lives runs under it; in the default tier nothing changes (each test file runs its fast
+/// case under [`race_checked`] instead). Call it at the top of each test, or in the file's
+/// launch helper.
+pub fn race_check_full() -> Option<emu::RaceCheck> {
+    full().then(|| emu::racecheck(true))
+}
+
+/// A guard for one case of a loop over cases: the race checker for the `first` (fast,
+/// default-tier) case, and for every case with `STREAMDIT_FULL=1`.
+pub fn race_check_case(first: bool) -> Option<emu::RaceCheck> {
+    (first || full()).then(|| emu::racecheck(true))
+}
+
+/// Runs `f` with every emulator launch on this thread under the race checker: a race fails
+/// the launch with `EmuErrorKind::Race`, which the tests' launch helpers turn into a panic
+/// naming both accesses. Used for each test file's fast default case.
+pub fn race_checked<R>(f: impl FnOnce() -> R) -> R {
+    let _check = emu::racecheck(true);
+    f()
+}
+
 /// Skips (returns false) with a printed reason, or fails under CI.
 pub fn require(available: bool, what: &str) -> bool {
     if available {
