@@ -18,6 +18,8 @@
 //!   loaded at run time; a machine without a driver or GPU gets an error naming the missing
 //!   piece, never a panic. Modules load lazily from the PTX embedded by `streamdit-kernels`.
 //!
+//! - [`limits`]: shared memory per block; each lowered launch is fitted to the device's
+//!   opt-in limit (a narrower variant, or a refusal naming kernel, bytes and limit).
 //! - [`lower`]: the model graph's op lists lowered to launches over one liveness-planned
 //!   arena (fusing where a kernel does two ops in one pass), run eagerly or captured.
 //! - [`backend`]: `CudaBackend<D: Device>` implementing [`Backend`](super::Backend) on
@@ -31,6 +33,7 @@
 pub mod backend;
 pub mod device;
 pub mod emu;
+pub mod limits;
 pub mod lower;
 pub mod real;
 pub mod text;
