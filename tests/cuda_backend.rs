@@ -178,6 +178,50 @@ fn run_steps_prefetching(
     (popped, buffer)
 }
 
+/// A streaming step writes tau, dtau and the control block through one pinned block copied
+/// on the compute stream: no synchronous host-to-device copy per step (there were three),
+/// while the values still reach the kernels (the chunks match eager launches, below).
+#[test]
+fn steps_make_no_synchronous_host_copies() {
+    let profile = Profile::builtin("tiny").unwrap();
+    let m = profile.model.clone();
+    let weights = Weights::random(&m, 5, DType::F16);
+    let chunk = profile.stream.chunk_frames;
+    let mut backend = CudaBackend::new(
+        Graph::build(&m, 1.0),
+        DeviceWeights::Host(&weights),
+        chunk,
+        EmuDevice::new(),
+    )
+    .unwrap();
+    let table = weights.get("text_embed.weight").unwrap().clone();
+    let emb = ByteEmbedding::new(table, m.text_len, m.text_dim).unwrap();
+    let (text, mask) = stack(&[&emb.embed("a fox in the snow")]);
+    backend.set_text(&text, &mask).unwrap();
+    backend.reset(23, 0).unwrap();
+    let schedule = Schedule::new(&profile.stream);
+    let mut next = m.latent_frames as u64;
+    let mut out = vec![f32::NAN; chunk * m.frame_elems()];
+    for graphs in [true, false] {
+        backend.set_graphs(graphs).unwrap();
+        for i in 0..3 {
+            let s = schedule.step(i);
+            let before = backend.device().synchronous_writes();
+            let params = StepParams {
+                tau: s.tau,
+                dtau: s.dtau,
+                pop: s.pop.then_some(next),
+            };
+            backend.step(&params, &mut out).unwrap();
+            let writes = backend.device().synchronous_writes() - before;
+            assert_eq!(writes, 0, "graphs {graphs}, step {i}: synchronous writes");
+            if s.pop {
+                next += chunk as u64;
+            }
+        }
+    }
+}
+
 /// One captured step graph replayed for prefill and steady steps gives the same bits as
 /// launching the same list eagerly, in another thread order.
 #[test]

@@ -84,6 +84,8 @@ pub struct EmuDevice {
     /// Shared memory per block, as a GPU's opt-in limit ([`emu::MAX_SHARED_BYTES`] unless
     /// set lower to model a smaller device).
     shared_limit: u32,
+    /// Synchronous host-to-device copies (`write`): each is a host round trip on a GPU.
+    sync_writes: u64,
     /// Host memory of each allocation and pinned buffer, by id.
     memory: std::collections::HashMap<u64, HostMemory>,
     kernels: Vec<KernelRecord>,
@@ -113,6 +115,7 @@ impl EmuDevice {
             memory_limit: usize::MAX,
             memory_used: 0,
             shared_limit: emu::MAX_SHARED_BYTES,
+            sync_writes: 0,
             memory: Default::default(),
             kernels: Vec::new(),
             events: Vec::new(),
@@ -136,6 +139,13 @@ impl EmuDevice {
     pub fn with_shared_memory_limit(mut self, bytes: u32) -> Self {
         self.shared_limit = bytes.min(emu::MAX_SHARED_BYTES);
         self
+    }
+
+    /// How many synchronous host-to-device copies (`write`) were made: a GPU waits for the
+    /// compute stream at each, so the streaming step must make none.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
+    pub fn synchronous_writes(&self) -> u64 {
+        self.sync_writes
     }
 
     /// The order in which later launches and replays resume threads and run blocks.
@@ -284,6 +294,7 @@ impl Device for EmuDevice {
         let op = "write host to device";
         self.book.not_capturing(op)?;
         self.book.check_host_copy(op, &dst, src.len())?;
+        self.sync_writes += 1;
         // SAFETY: `dst` is checked live and exactly `src.len()` elements long; host memory
         // of a device allocation never aliases a Rust slice.
         unsafe {

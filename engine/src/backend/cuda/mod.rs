@@ -36,6 +36,7 @@ pub mod emu;
 pub mod limits;
 pub mod lower;
 pub mod real;
+pub mod step_block;
 pub mod text;
 
 pub use backend::{CudaBackend, DeviceWeights};
