@@ -18,7 +18,16 @@ bundle="${1:-gpu-bundle}"
 tests=(gpu cuda_device)
 limit=$((64 * 1024 * 1024))
 
-if [ ! -x .venv/bin/nvcc ] && ! command -v nvcc >/dev/null; then
+# Where kernels/build.rs looks for nvcc, in its order.
+nvcc=""
+for c in "${STREAMDIT_NVCC:-}" "${CUDA_HOME:+$CUDA_HOME/bin/nvcc}" "${CUDA_PATH:+$CUDA_PATH/bin/nvcc}" \
+    "$(command -v nvcc || true)" .venv/lib/*/site-packages/nvidia/cu13/bin/nvcc; do
+    if [ -n "$c" ] && [ -f "$c" ]; then
+        nvcc="$c"
+        break
+    fi
+done
+if [ -z "$nvcc" ]; then
     echo "gpu-bundle: no nvcc (run kernels/scripts/install-nvcc.sh): the kernels would not be built" >&2
     exit 1
 fi
@@ -60,7 +69,7 @@ jq -n --arg commit "$(git rev-parse HEAD)" \
     --arg dirty "$(git status --porcelain --untracked-files=no | head -c 1)" \
     --arg built "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     --arg host "$(uname -srm)" \
-    --arg nvcc "$( (.venv/bin/nvcc --version 2>/dev/null || nvcc --version) | tail -n 2 | tr '\n' ' ')" \
+    --arg nvcc "$("$nvcc" --version | tail -n 2 | tr '\n' ' ')" \
     --argjson files "$files" --argjson bytes "$size" \
     '{commit: $commit, dirty: ($dirty != ""), built: $built, host: $host, nvcc: $nvcc,
       bytes: $bytes, files: $files}' >"$bundle/MANIFEST.json"

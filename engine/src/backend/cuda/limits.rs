@@ -19,10 +19,13 @@ use streamdit_kernels::conv;
 use super::lower::Step;
 
 /// The opt-in limit of sm_80 (A100): 163 KiB.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
 pub const OPTIN_SM80: u32 = 163 * 1024;
 /// The opt-in limit of sm_86 and sm_89 (RTX 30/40, A10, L4, L40S): 99 KiB.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
 pub const OPTIN_SM86: u32 = 99 * 1024;
 /// The opt-in limit of sm_90 (H100, H200): 227 KiB.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
 pub const OPTIN_SM90: u32 = 227 * 1024;
 
 /// One way to run a launch: an entry point and the shared memory it needs.
@@ -108,7 +111,7 @@ pub fn fit_step(step: &mut Step, limit: u32) -> std::result::Result<(), String> 
     if config.shared_bytes <= limit {
         return Ok(());
     }
-    let table = variants(*kernel_name);
+    let table = variants(kernel_name);
     if table.is_empty() {
         let only = [Candidate {
             kernel: kernel_name,
@@ -128,7 +131,7 @@ pub fn fit_step(step: &mut Step, limit: u32) -> std::result::Result<(), String> 
     let i = pick(label, &candidates, limit)?;
     let (wide, block_n) = (table[0].1, table[i].1);
     // The channel tiles: grid.x CTAs of `wide` channels become grid.x * wide / block_n.
-    config.grid.x = config.grid.x * (wide / block_n);
+    config.grid.x *= wide / block_n;
     config.shared_bytes = candidates[i].dynamic;
     *kernel_name = table[i].0;
     Ok(())

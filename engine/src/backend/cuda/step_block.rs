@@ -100,10 +100,6 @@ impl StepBlock {
         })
     }
 
-    pub fn layout(&self) -> StepLayout {
-        self.layout
-    }
-
     /// `dtau [F]` on the device, read by the Euler kernel.
     pub fn dtau(&self) -> Result<DeviceBuffer<f32>> {
         let l = self.layout;
@@ -140,14 +136,6 @@ impl StepBlock {
         dev.copy(self.tau()?, tau_input)?;
         self.next = 1 - self.next;
         Ok(())
-    }
-
-    /// Frees the device and host blocks.
-    pub fn free<D: Device>(self, dev: &mut D) -> Result<()> {
-        for h in self.host {
-            dev.free_pinned(h)?;
-        }
-        dev.free(self.device)
     }
 }
 
@@ -201,6 +189,5 @@ mod tests {
             assert_eq!(control, [step as u64 + 100, step as u64]);
             assert_eq!(block.next, (step as usize + 1) % 2, "the host blocks alternate");
         }
-        block.free(&mut dev).unwrap();
     }
 }

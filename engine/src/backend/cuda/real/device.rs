@@ -3,10 +3,8 @@
 
 use std::ffi::{c_void, CString};
 
-use cudarc::driver::result::DriverError;
-
 use bytemuck::Pod;
-use cudarc::driver::result;
+use cudarc::driver::result::{self, DriverError};
 use cudarc::driver::sys;
 
 use crate::backend::cuda::device::{
@@ -343,13 +341,14 @@ impl Device for CudaDevice {
                 ),
             ));
         }
-        if config.shared_bytes as u64 + record.static_shared as u64 > self.shared_optin as u64 {
-            let c = Candidate {
-                kernel: &record.name,
-                dynamic: config.shared_bytes,
-                static_bytes: record.static_shared,
-            };
-            return Err(err(&op, limits::pick("the launch", &[c], self.shared_optin).unwrap_err()));
+        // Lowered lists are fitted when resolved; this catches a direct launch that is not.
+        let c = Candidate {
+            kernel: &record.name,
+            dynamic: config.shared_bytes,
+            static_bytes: record.static_shared,
+        };
+        if let Err(msg) = limits::pick("the launch", &[c], self.shared_optin) {
+            return Err(err(&op, msg));
         }
         self.bind(&op)?;
         let func = record.func;

@@ -20,7 +20,7 @@ pub const LOG_BYTES: usize = 16 * 1024;
 /// aligned memory, since the embedded bytes have no alignment guarantee and the driver
 /// reads the ELF headers as 64-bit words; PTX as NUL-terminated text.
 pub enum ImageBytes {
-    Cubin { words: Vec<u64>, len: usize },
+    Cubin(Vec<u64>),
     Ptx(CString),
 }
 
@@ -36,10 +36,7 @@ impl ImageBytes {
                 let mut words = vec![0u64; c.image.len().div_ceil(8)];
                 bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..c.image.len()]
                     .copy_from_slice(c.image);
-                Ok(ImageBytes::Cubin {
-                    words,
-                    len: c.image.len(),
-                })
+                Ok(ImageBytes::Cubin(words))
             }
             Image::Ptx(p) => CString::new(p.text)
                 .map(ImageBytes::Ptx)
@@ -47,17 +44,19 @@ impl ImageBytes {
         }
     }
 
-    /// The image's bytes (for a cubin, without the padding; for PTX, with the NUL).
-    pub fn bytes(&self) -> &[u8] {
+    /// The image's bytes (for a cubin, with the zero padding to 8 bytes; for PTX, with the
+    /// NUL).
+    #[cfg(test)]
+    fn bytes(&self) -> &[u8] {
         match self {
-            ImageBytes::Cubin { words, len } => &bytemuck::cast_slice::<u64, u8>(words)[..*len],
+            ImageBytes::Cubin(words) => bytemuck::cast_slice::<u64, u8>(words),
             ImageBytes::Ptx(text) => text.as_bytes_with_nul(),
         }
     }
 
     fn as_ptr(&self) -> *const c_void {
         match self {
-            ImageBytes::Cubin { words, .. } => words.as_ptr() as *const c_void,
+            ImageBytes::Cubin(words) => words.as_ptr() as *const c_void,
             ImageBytes::Ptx(text) => text.as_ptr() as *const c_void,
         }
     }
@@ -162,8 +161,10 @@ pub unsafe fn load(image: &ImageBytes) -> Result<Loaded, LoadError> {
             values.as_mut_ptr(),
         )
     };
-    let error_log = log_text(&error_buf, values[1] as usize);
-    let info_log = log_text(&info_buf, values[3] as usize);
+    // The filled sizes are unsigned ints written into the slots: read the low 32 bits.
+    let filled = |v: *mut c_void| (v as usize) & 0xffff_ffff;
+    let error_log = log_text(&error_buf, filled(values[1]));
+    let info_log = log_text(&info_buf, filled(values[3]));
     if code == sys::CUresult::CUDA_SUCCESS && !module.is_null() {
         Ok(Loaded { module, info_log })
     } else {
@@ -193,7 +194,9 @@ mod tests {
     #[test]
     fn images_become_loadable_bytes() {
         let b = ImageBytes::new(Image::Cubin(&CUBIN)).unwrap();
-        assert_eq!(b.bytes(), CUBIN.image, "the cubin's bytes, no padding");
+        let n = CUBIN.image.len();
+        assert_eq!(&b.bytes()[..n], CUBIN.image, "the cubin's bytes");
+        assert!(b.bytes().len() < n + 8 && b.bytes()[n..].iter().all(|&x| x == 0));
         assert_eq!(b.as_ptr() as usize % 8, 0, "8-byte aligned");
         let p = ImageBytes::new(Image::Ptx(&PTX)).unwrap();
         assert_eq!(p.bytes().last(), Some(&0), "NUL-terminated");

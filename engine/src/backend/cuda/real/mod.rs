@@ -67,6 +67,7 @@ pub fn driver_library_present() -> bool {
 /// The fallback PTX of `module` as NUL-terminated text, or why there is none: "kernels not
 /// built: <reason>" when nvcc did not run, or an unknown module. (A device loads the image
 /// for its compute capability, [`streamdit_kernels::image_for`]; this is the PTX alone.)
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
 pub fn module_image(module: &str) -> Result<CString> {
     let op = format!("load module {module}");
     streamdit_kernels::kernels_built().map_err(|reason| err(&op, reason))?;

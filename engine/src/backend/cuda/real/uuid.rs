@@ -24,6 +24,7 @@ pub fn format(bytes: &[u8; 16]) -> String {
 
 /// Whether `s` has the form [`format`] writes (what a UUID given on a command line or read
 /// from NVML must look like before it is matched).
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
 pub fn is_valid(s: &str) -> bool {
     let Some(rest) = s.strip_prefix("GPU-") else {
         return false;
