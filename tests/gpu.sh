@@ -103,8 +103,13 @@ cp "$bundle/MANIFEST.json" "$out/bundle.json" 2>/dev/null
 
 # The GPU as the driver sees it.
 if command -v nvidia-smi >/dev/null; then
-    step nvidia-smi 20 nvidia-smi --query-gpu=index,uuid,name,driver_version,compute_cap,memory.total,clocks.max.sm \
-        --format=csv,noheader
+    fields=index,uuid,name,driver_version,compute_cap,memory.total,clocks.max.sm
+    step nvidia-smi 20 nvidia-smi --query-gpu=$fields --format=csv,noheader
+    # One JSON object per GPU, the fields as strings.
+    awk -F', ' -v f="$fields" 'BEGIN { n = split(f, k, ","); printf "[" }
+        NF == n { printf "%s{", (c++ ? "," : ""); for (i = 1; i <= n; i++)
+            printf "%s\"%s\":\"%s\"", (i > 1 ? "," : ""), k[i], $i; printf "}" }
+        END { print "]" }' "$out/nvidia-smi.log" >"$out/nvidia-smi.json"
 else
     skip nvidia-smi "nvidia-smi not found"
 fi
@@ -130,15 +135,17 @@ for f in profiles/*.toml; do
     esac
 done
 backend=cuda
+calls=(--warmup 2 --steps 10)
 if [ $dry = 1 ]; then
     profiles=(tiny)
     backend=cpu
+    calls=(--warmup 0 --steps 2)
 fi
 
 for p in "${profiles[@]}"; do
-    step "bench-$p" 60 "$streamdit" bench --profile "$p" --random-weights 1 --backend "$backend" \
-        --warmup 2 --steps 10 --json "$out/bench-$p.json"
-    step "profile-$p" 45 "$streamdit" profile --profile "$p" --random-weights 1 --backend "$backend" \
+    step "bench-$p" 90 "$streamdit" bench --profile "$p" --random-weights 1 --backend "$backend" \
+        "${calls[@]}" --json "$out/bench-$p.json"
+    step "profile-$p" 60 "$streamdit" profile --profile "$p" --random-weights 1 --backend "$backend" \
         --json "$out/profile-$p.json"
 done
 
