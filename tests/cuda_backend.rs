@@ -242,6 +242,37 @@ fn graph_replay_is_bit_identical_to_eager_launches() {
     assert_bits("prefetched buffer", &eager_buffer, &buffer);
 }
 
+/// A device with less shared memory per block than a kernel needs (modelled on the
+/// emulator) refuses the backend when it is built, naming the kernel, its bytes and the
+/// limit, instead of failing at a launch; with enough, the same backend builds.
+#[test]
+fn a_device_without_the_shared_memory_refuses_the_backend() {
+    let profile = Profile::builtin("tiny").unwrap();
+    let m = profile.model.clone();
+    let weights = Weights::random(&m, 5, DType::F16);
+    let build = |limit: u32| {
+        CudaBackend::new(
+            Graph::build(&m, 1.0),
+            DeviceWeights::Host(&weights),
+            profile.stream.chunk_frames,
+            EmuDevice::new().with_shared_memory_limit(limit),
+        )
+    };
+    // tiny's GEMMs need 64 KiB (its attention, head dim 64, 57 984 B): below that, the
+    // first list's first GEMM is refused.
+    let err = build(60_000).err().unwrap().to_string();
+    for part in [
+        "Prompt op 0",
+        "gemm_bias_f32",
+        "65536 B",
+        "60000 B",
+        "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN",
+    ] {
+        assert!(err.contains(part), "{part:?} in {err}");
+    }
+    assert!(build(99 * 1024).is_ok(), "an sm_86-sized device runs tiny");
+}
+
 /// Misuse of the backend is an error naming what is missing.
 #[test]
 fn cuda_backend_misuse_is_an_error() {
