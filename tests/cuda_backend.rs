@@ -184,6 +184,50 @@ fn run_steps_prefetching(
     (popped, buffer)
 }
 
+/// A streaming step writes tau, dtau and the control block through one pinned block copied
+/// on the compute stream: no synchronous host-to-device copy per step (there were three),
+/// while the values still reach the kernels (the chunks match eager launches, below).
+#[test]
+fn steps_make_no_synchronous_host_copies() {
+    let profile = Profile::builtin("tiny").unwrap();
+    let m = profile.model.clone();
+    let weights = Weights::random(&m, 5, DType::F16);
+    let chunk = profile.stream.chunk_frames;
+    let mut backend = CudaBackend::new(
+        Graph::build(&m, 1.0),
+        DeviceWeights::Host(&weights),
+        chunk,
+        EmuDevice::new(),
+    )
+    .unwrap();
+    let table = weights.get("text_embed.weight").unwrap().clone();
+    let emb = ByteEmbedding::new(table, m.text_len, m.text_dim).unwrap();
+    let (text, mask) = stack(&[&emb.embed("a fox in the snow")]);
+    backend.set_text(&text, &mask).unwrap();
+    backend.reset(23, 0).unwrap();
+    let schedule = Schedule::new(&profile.stream);
+    let mut next = m.latent_frames as u64;
+    let mut out = vec![f32::NAN; chunk * m.frame_elems()];
+    for graphs in [true, false] {
+        backend.set_graphs(graphs).unwrap();
+        for i in 0..3 {
+            let s = schedule.step(i);
+            let before = backend.device().synchronous_writes();
+            let params = StepParams {
+                tau: s.tau,
+                dtau: s.dtau,
+                pop: s.pop.then_some(next),
+            };
+            backend.step(&params, &mut out).unwrap();
+            let writes = backend.device().synchronous_writes() - before;
+            assert_eq!(writes, 0, "graphs {graphs}, step {i}: synchronous writes");
+            if s.pop {
+                next += chunk as u64;
+            }
+        }
+    }
+}
+
 /// One captured step graph replayed for prefill and steady steps gives the same bits as
 /// launching the same list eagerly, in another thread order.
 #[test]
@@ -212,6 +256,37 @@ fn graph_replay_is_bit_identical_to_eager_launches() {
         assert_bits(&format!("prefetched chunk {k}"), a, b);
     }
     assert_bits("prefetched buffer", &eager_buffer, &buffer);
+}
+
+/// A device with less shared memory per block than a kernel needs (modelled on the
+/// emulator) refuses the backend when it is built, naming the kernel, its bytes and the
+/// limit, instead of failing at a launch; with enough, the same backend builds.
+#[test]
+fn a_device_without_the_shared_memory_refuses_the_backend() {
+    let profile = Profile::builtin("tiny").unwrap();
+    let m = profile.model.clone();
+    let weights = Weights::random(&m, 5, DType::F16);
+    let build = |limit: u32| {
+        CudaBackend::new(
+            Graph::build(&m, 1.0),
+            DeviceWeights::Host(&weights),
+            profile.stream.chunk_frames,
+            EmuDevice::new().with_shared_memory_limit(limit),
+        )
+    };
+    // tiny's GEMMs need 64 KiB (its attention, head dim 64, 57 984 B): below that, the
+    // first list's first GEMM is refused.
+    let err = build(60_000).err().unwrap().to_string();
+    for part in [
+        "Prompt op 0",
+        "gemm_bias_f32",
+        "65536 B",
+        "60000 B",
+        "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN",
+    ] {
+        assert!(err.contains(part), "{part:?} in {err}");
+    }
+    assert!(build(99 * 1024).is_ok(), "an sm_86-sized device runs tiny");
 }
 
 /// Misuse of the backend is an error naming what is missing.
@@ -283,7 +358,12 @@ fn backend_choice_without_a_gpu() {
     let e = engine(BackendKind::Auto);
     let (kind, why) = e.backend_choice();
     assert_eq!(kind, BackendKind::Cpu);
-    assert!(why.contains("no CUDA"), "{why}");
+    // The reason is the probe's error: the same piece `cuda` named.
+    assert!(
+        why.starts_with("auto: using the CPU, the CUDA probe failed (")
+            && (why.contains("kernels not built") || why.contains("libcuda")),
+        "{why}"
+    );
     let emu = engine(BackendKind::Emu);
     let backend = emu.create_backend(1.0).unwrap();
     assert_eq!(backend.name(), "emu");

@@ -156,3 +156,22 @@ fn device_memory_report_equals_the_allocation() {
     );
     assert!(report.buffers >= 2 && report.activations >= report.buffers * report.buffer_bytes);
 }
+
+/// The decoder's launches are fitted to the device's shared memory per block when its
+/// lists are lowered (at the first decode of a chunk size): below what its narrowest
+/// convolution needs (48 KiB) that is an error naming the kernel, the bytes and the limit,
+/// before any launch; at an sm_86-sized limit it decodes.
+#[test]
+fn device_decoder_refuses_a_device_without_the_shared_memory() {
+    let (graph, weights) = setup(4);
+    let latents = Rng::new(1).f32s(C * H * W, -2.0, 2.0);
+    let small = EmuDevice::new().with_shared_memory_limit(40_000);
+    let mut dec = DeviceTae::new(graph.clone(), &weights, 1, small).unwrap();
+    let err = dec.decode_f32(&latents).err().unwrap().to_string();
+    for part in ["needs", "40000 B", "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN"] {
+        assert!(err.contains(part), "{part:?} in {err}");
+    }
+    let sm86 = EmuDevice::new().with_shared_memory_limit(99 * 1024);
+    let mut dec = DeviceTae::new(graph, &weights, 1, sm86).unwrap();
+    assert!(dec.decode_f32(&latents).is_ok());
+}

@@ -201,7 +201,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     stream.synchronize()?;
     // NVML on the CUDA backend only: the emulator and the CPU have no GPU to read.
     let telemetry = match stream.backend_name() {
-        "cuda" => crate::telemetry::Telemetry::open(0),
+        "cuda" => crate::telemetry::Telemetry::open(engine.cuda_device_uuid()),
         other => Err(format!("no GPU telemetry on the {other} backend")),
     };
     let before = telemetry.as_ref().ok().map(|t| t.snapshot());

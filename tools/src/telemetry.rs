@@ -5,10 +5,11 @@ use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::Nvml;
 use serde_json::{json, Value};
 
-/// An NVML session on one device.
+/// An NVML session on one device, found by its UUID (NVML's indices follow PCI order and
+/// need not match CUDA ordinals).
 pub struct Telemetry {
     nvml: Nvml,
-    index: u32,
+    uuid: String,
 }
 
 /// What NVML reports at one moment; `None` for what the device does not support.
@@ -30,16 +31,21 @@ pub struct Snapshot {
 }
 
 impl Telemetry {
-    /// Opens device `index`, or says why there is no telemetry.
-    pub fn open(index: u32) -> Result<Telemetry, String> {
+    /// Opens the device with `uuid` (`GPU-...`, what `Engine::cuda_device_uuid` reports for
+    /// the CUDA device that runs), or says why there is no telemetry.
+    pub fn open(uuid: Option<&str>) -> Result<Telemetry, String> {
+        let uuid = uuid.ok_or("the CUDA device's UUID is unknown")?;
         let nvml = Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
-        nvml.device_by_index(index)
-            .map_err(|e| format!("NVML device {index}: {e}"))?;
-        Ok(Telemetry { nvml, index })
+        nvml.device_by_uuid(uuid)
+            .map_err(|e| format!("NVML device {uuid}: {e}"))?;
+        Ok(Telemetry {
+            nvml,
+            uuid: uuid.to_string(),
+        })
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let Ok(d) = self.nvml.device_by_index(self.index) else {
+        let Ok(d) = self.nvml.device_by_uuid(self.uuid.as_str()) else {
             return Snapshot::default();
         };
         Snapshot {
@@ -95,10 +101,16 @@ mod tests {
     /// panic; with a GPU, a snapshot names it.
     #[test]
     fn opening_nvml_never_panics() {
-        match Telemetry::open(0) {
+        let uuid = "GPU-00000000-0000-0000-0000-000000000000";
+        match Telemetry::open(Some(uuid)) {
             Ok(t) => assert!(t.snapshot().name.is_some()),
-            Err(why) => assert!(why.contains("NVML"), "{why}"),
+            Err(why) => assert!(
+                why.contains("NVML") && why.contains(uuid) || why.contains("NVML unavailable"),
+                "{why}"
+            ),
         }
+        let why = Telemetry::open(None).err().unwrap();
+        assert!(why.contains("UUID"), "{why}");
     }
 
     #[test]

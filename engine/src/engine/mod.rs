@@ -46,6 +46,8 @@ pub struct Engine {
     backend: BackendKind,
     /// Why `auto` chose the backend it did, for one log line.
     backend_reason: String,
+    /// The UUID of the CUDA device streams run on (`GPU-...`), for NVML.
+    device_uuid: Option<String>,
     /// Where the weights come from (the decoder's are read on first use).
     source: WeightsSource,
     /// The `decoder.*` tensors, loaded by the first stream that uses the TAE decoder.
@@ -54,6 +56,30 @@ pub struct Engine {
     text: Arc<Conditioner>,
     /// What loading the weights did worth telling (a Wan checkpoint's names, its LoRA).
     notes: Vec<String>,
+}
+
+/// Opens CUDA device `device` and loads one module on it ([`CudaDevice::probe`]): a GPU
+/// whose driver cannot load the kernels fails here, not at the first call.
+fn probe_cuda(device: usize) -> Result<CudaDevice> {
+    streamdit_kernels::kernels_built().map_err(Error::Invalid)?;
+    CudaDevice::probe(device)
+}
+
+/// What `auto` chooses from the CUDA probe's outcome: the GPU (with its UUID), or the CPU
+/// with the reason.
+pub(crate) fn auto_choice(probe: Result<CudaDevice>) -> (BackendKind, String, Option<String>) {
+    match probe {
+        Ok(dev) => (
+            BackendKind::Cuda,
+            format!("auto: {}", dev.describe()),
+            Some(dev.uuid().to_string()),
+        ),
+        Err(e) => (
+            BackendKind::Cpu,
+            format!("auto: using the CPU, the CUDA probe failed ({e})"),
+            None,
+        ),
+    }
 }
 
 impl Engine {
@@ -68,30 +94,22 @@ impl Engine {
         if params.profile.family == Family::Wan {
             return Engine::new_wan(params);
         }
-        let (backend, backend_reason) = match params.backend {
-            BackendKind::Cpu => (BackendKind::Cpu, "cpu: requested".to_string()),
+        let (backend, backend_reason, device_uuid) = match params.backend {
+            BackendKind::Cpu => (BackendKind::Cpu, "cpu: requested".to_string(), None),
             BackendKind::Emu => (
                 BackendKind::Emu,
                 "emu: requested (the CUDA launch plan on the kernel emulator; slow)".to_string(),
+                None,
             ),
             BackendKind::Cuda => {
-                streamdit_kernels::kernels_built().map_err(Error::Invalid)?;
-                let dev = CudaDevice::new(device)?;
+                let dev = probe_cuda(device)?;
                 (
                     BackendKind::Cuda,
                     format!("cuda: requested, {}", dev.describe()),
+                    Some(dev.uuid().to_string()),
                 )
             }
-            BackendKind::Auto => match streamdit_kernels::kernels_built()
-                .map_err(Error::Invalid)
-                .and_then(|_| CudaDevice::new(device))
-            {
-                Ok(dev) => (BackendKind::Cuda, format!("auto: {}", dev.describe())),
-                Err(e) => (
-                    BackendKind::Cpu,
-                    format!("auto: using the CPU, no CUDA ({e})"),
-                ),
-            },
+            BackendKind::Auto => auto_choice(probe_cuda(device)),
         };
         params.check_host_weights(backend == BackendKind::Cpu)?;
         // A device generates random f16 DiT weights itself (the values `weights init
@@ -174,6 +192,7 @@ impl Engine {
             weights: Arc::new(weights),
             backend,
             backend_reason,
+            device_uuid,
             source: params.weights,
             decoder_weights: OnceLock::new(),
             notes: Vec::new(),
@@ -194,6 +213,13 @@ impl Engine {
     /// The backend streams run on, and why it was chosen.
     pub fn backend_choice(&self) -> (BackendKind, &str) {
         (self.backend, &self.backend_reason)
+    }
+
+    /// The UUID of the CUDA device streams run on, as NVML and `nvidia-smi -L` name it
+    /// (`GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`); `None` off the `cuda` backend. NVML
+    /// indices need not match CUDA ordinals, so telemetry finds the device by this.
+    pub fn cuda_device_uuid(&self) -> Option<&str> {
+        self.device_uuid.as_deref()
     }
 
     /// One line per fact worth telling about the weights (a Wan checkpoint's names and
@@ -359,5 +385,30 @@ impl Engine {
             frame: [m.latent_channels, m.latent_height, m.latent_width],
             fps: profile.video.fps,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A probe that opened the device but could not load its module (a driver too old for
+    /// the PTX) leaves `auto` on the CPU, with the load error as the reason.
+    #[test]
+    fn auto_falls_back_to_the_cpu_with_the_probe_error() {
+        let e = crate::backend::cuda::device::backend_error(
+            "cuda",
+            "load module device_probe",
+            "module device_probe (PTX compute_80 (ISA 9.0, JIT)): \
+             CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
+        );
+        let (kind, why, uuid) = auto_choice(Err(e));
+        assert_eq!((kind, uuid), (BackendKind::Cpu, None));
+        assert!(
+            why.starts_with(
+                "auto: using the CPU, the CUDA probe failed (cuda backend: load module"
+            ) && why.contains("CUDA_ERROR_UNSUPPORTED_PTX_VERSION"),
+            "{why}"
+        );
     }
 }

@@ -97,6 +97,7 @@ impl Engine {
             weights: Arc::new(weights),
             backend,
             backend_reason,
+            device_uuid: None,
             source: params.weights,
             decoder_weights: OnceLock::new(),
             notes,

@@ -81,7 +81,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         _ => 2,
     });
     let gpu = match kind {
-        BackendKind::Cuda => crate::telemetry::Telemetry::open(0)
+        BackendKind::Cuda => crate::telemetry::Telemetry::open(engine.cuda_device_uuid())
             .map_err(|e| eprintln!("streamdit: no GPU memory figure: {e}"))
             .ok(),
         _ => None,

@@ -9,8 +9,9 @@
 //! **The step graph.** [`Backend::step`] runs the model call, the Euler update with
 //! pop/push and noise, and the copy of the next buffer into place. They are captured once
 //! into a device graph and replayed every step; what changes between steps (`tau`, `dtau`,
-//! whether to pop, the number of the first pushed frame) lives in device buffers written
-//! before each replay, so one graph serves prefill and steady state. A prompt switch runs
+//! whether to pop, the number of the first pushed frame) lives in one device block copied
+//! from pinned memory on the compute stream before each replay (`step_block`), so one graph
+//! serves prefill and steady state. A prompt switch runs
 //! the prompt launches (text context and every layer's cross K/V) eagerly into the same
 //! persistent buffers, which the graph reads. [`CudaBackend::set_graphs`] turns replay off,
 //! so the same launch list can be checked eagerly against its replay.
@@ -21,6 +22,7 @@ use streamdit_kernels::elementwise as ew;
 
 use super::device::{backend_error, Device, DeviceBuffer, Event, GraphId, PinnedBuffer, Queue};
 use super::lower::{self, DeviceParams, Lowered, Step};
+use super::step_block::StepBlock;
 use crate::backend::{
     check_call_inputs, check_len, check_text_inputs, Backend, Clock, StepParams, TimedStep,
 };
@@ -51,11 +53,8 @@ struct StateBuffers {
     x_next: DeviceBuffer<f32>,
     /// The popped chunk: `chunk_frames` frames.
     emit: DeviceBuffer<f32>,
-    /// `dtau [F]`.
-    dtau: DeviceBuffer<f32>,
-    /// The euler_step control block: `[first pushed frame, shift]` as two u64 (the shift in
-    /// the low 32 bits of the second word, little-endian as the kernel's struct).
-    control: DeviceBuffer<u64>,
+    /// `tau`, `dtau` and the euler_step control block, copied per step from pinned memory.
+    step: StepBlock,
 }
 
 /// The CUDA backend on device `D`.
@@ -121,8 +120,7 @@ impl<D: Device> CudaBackend<D> {
         }
         let x_next = dev.alloc::<f32>("next latent buffer", f * fe)?;
         let emit = dev.alloc::<f32>("popped chunk", chunk_frames * fe)?;
-        let dtau = dev.alloc::<f32>("dtau", f)?;
-        let control = dev.alloc::<u64>("step control", 2)?;
+        let step = StepBlock::new(&mut dev, f)?;
         let pinned = dev.alloc_pinned::<f32>("popped chunk (host)", chunk_frames * fe)?;
         let copy_ready = dev.create_event()?;
 
@@ -131,12 +129,7 @@ impl<D: Device> CudaBackend<D> {
             graph,
             plan,
             mem,
-            state: StateBuffers {
-                x_next,
-                emit,
-                dtau,
-                control,
-            },
+            state: StateBuffers { x_next, emit, step },
             pinned,
             chunk_frames,
             copy_ready,
@@ -414,8 +407,8 @@ impl<D: Device> CudaBackend<D> {
             &mut self.dev,
             x,
             v,
-            &self.state.dtau,
-            &self.state.control,
+            &self.state.step.dtau()?,
+            &self.state.step.control()?,
             &self.state.x_next,
             &self.state.emit,
             seed,
@@ -452,9 +445,8 @@ impl<D: Device> CudaBackend<D> {
             None => (0, 0),
         };
         let tau = self.tensor_f32(self.graph.inputs.tau)?;
-        self.dev.write(tau, &step.tau)?;
-        self.dev.write(self.state.dtau, &step.dtau)?;
-        self.dev.write(self.state.control, &[first, shift as u64])?;
+        let (dev, block) = (&mut self.dev, &mut self.state.step);
+        block.write(dev, tau, &step.tau, &step.dtau, first, shift as u32)?;
         if self.use_graphs {
             let graph = self.step_graph(seed)?;
             self.dev.replay(graph)?;

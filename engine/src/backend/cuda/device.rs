@@ -208,6 +208,9 @@ pub trait Device: Send {
     fn backend(&self) -> &'static str;
     /// One line about the device: name, architecture, driver or emulation order.
     fn describe(&self) -> String;
+    /// The most shared memory (static plus dynamic) one block may use after opting in:
+    /// `MAX_SHARED_MEMORY_PER_BLOCK_OPTIN` on a GPU (see [`limits`](super::limits)).
+    fn shared_memory_limit(&self) -> u32;
 
     /// Allocates `len` values of `T`; the contents are unspecified (poison on the
     /// emulator). `label` names the buffer in errors.

@@ -81,6 +81,11 @@ pub struct EmuDevice {
     order: ThreadOrder,
     memory_limit: usize,
     memory_used: usize,
+    /// Shared memory per block, as a GPU's opt-in limit ([`emu::MAX_SHARED_BYTES`] unless
+    /// set lower to model a smaller device).
+    shared_limit: u32,
+    /// Synchronous host-to-device copies (`write`): each is a host round trip on a GPU.
+    sync_writes: u64,
     /// Host memory of each allocation and pinned buffer, by id.
     memory: std::collections::HashMap<u64, HostMemory>,
     kernels: Vec<KernelRecord>,
@@ -109,6 +114,8 @@ impl EmuDevice {
             order: ThreadOrder::Forward,
             memory_limit: usize::MAX,
             memory_used: 0,
+            shared_limit: emu::MAX_SHARED_BYTES,
+            sync_writes: 0,
             memory: Default::default(),
             kernels: Vec::new(),
             events: Vec::new(),
@@ -123,6 +130,22 @@ impl EmuDevice {
     pub fn with_memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;
         self
+    }
+
+    /// Models a device allowing `bytes` of shared memory per block (an sm_86 GPU allows
+    /// 99 KiB), at most the emulator's own [`emu::MAX_SHARED_BYTES`]: launches above it fail
+    /// and lowered lists pick the variants that fit.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
+    pub fn with_shared_memory_limit(mut self, bytes: u32) -> Self {
+        self.shared_limit = bytes.min(emu::MAX_SHARED_BYTES);
+        self
+    }
+
+    /// How many synchronous host-to-device copies (`write`) were made: a GPU waits for the
+    /// compute stream at each, so the streaming step must make none.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
+    pub fn synchronous_writes(&self) -> u64 {
+        self.sync_writes
     }
 
     /// The order in which later launches and replays resume threads and run blocks.
@@ -209,6 +232,10 @@ impl Device for EmuDevice {
         format!("CUDA emulator on the host, {:?} thread order", self.order)
     }
 
+    fn shared_memory_limit(&self) -> u32 {
+        self.shared_limit
+    }
+
     fn alloc<T: Pod>(&mut self, label: &str, len: usize) -> Result<DeviceBuffer<T>> {
         let bytes_probe = len.saturating_mul(std::mem::size_of::<T>()) as u64;
         let op = format!("alloc {label} ({})", fmt_bytes(bytes_probe));
@@ -267,6 +294,7 @@ impl Device for EmuDevice {
         let op = "write host to device";
         self.book.not_capturing(op)?;
         self.book.check_host_copy(op, &dst, src.len())?;
+        self.sync_writes += 1;
         // SAFETY: `dst` is checked live and exactly `src.len()` elements long; host memory
         // of a device allocation never aliases a Rust slice.
         unsafe {
@@ -411,7 +439,7 @@ impl Device for EmuDevice {
                 ),
             ));
         }
-        check_config(&config).map_err(|msg| self.book.err(&op, msg))?;
+        check_config(&config, self.shared_limit).map_err(|msg| self.book.err(&op, msg))?;
         let p = *params;
         let call: Call = Box::new(move |order| {
             // SAFETY: the caller of `Device::launch` guaranteed that `P` mirrors the
@@ -524,7 +552,7 @@ impl Device for EmuDevice {
 
 /// The launch limits the emulator enforces, checked when a launch is issued so that a
 /// recorded launch fails at capture, as on a GPU, not at replay.
-fn check_config(config: &LaunchConfig) -> Result<(), String> {
+fn check_config(config: &LaunchConfig, shared_limit: u32) -> Result<(), String> {
     let LaunchConfig {
         grid,
         block,
@@ -538,10 +566,9 @@ fn check_config(config: &LaunchConfig) -> Result<(), String> {
     if blocks == 0 {
         return Err(format!("empty grid {grid:?}"));
     }
-    if shared_bytes > emu::MAX_SHARED_BYTES {
+    if shared_bytes > shared_limit {
         return Err(format!(
-            "{shared_bytes} bytes of dynamic shared memory, at most {}",
-            emu::MAX_SHARED_BYTES
+            "{shared_bytes} bytes of dynamic shared memory, at most {shared_limit}"
         ));
     }
     Ok(())

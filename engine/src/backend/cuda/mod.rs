@@ -16,13 +16,18 @@
 //!   tested on it.
 //! - [`real`]: [`CudaDevice`](real::CudaDevice), the CUDA driver through cudarc with libcuda
 //!   loaded at run time; a machine without a driver or GPU gets an error naming the missing
-//!   piece, never a panic. Modules load lazily from the PTX embedded by `streamdit-kernels`.
+//!   piece, never a panic. Modules load lazily from the image embedded by
+//!   `streamdit-kernels` for the device's compute capability (cubin, else PTX), with the JIT
+//!   logs in a load error (`real::load`).
 //!
+//! - [`limits`]: shared memory per block; each lowered launch is fitted to the device's
+//!   opt-in limit (a narrower variant, or a refusal naming kernel, bytes and limit).
 //! - [`lower`]: the model graph's op lists lowered to launches over one liveness-planned
 //!   arena (fusing where a kernel does two ops in one pass), run eagerly or captured.
 //! - [`backend`]: `CudaBackend<D: Device>` implementing [`Backend`](super::Backend) on
-//!   either device: weights upload, the step graph (per-step tau/dtau/flags in device buffers
-//!   written before each replay), prefetch of the next step, timed eager calls.
+//!   either device: weights upload, the step graph (per-step tau/dtau/flags in one block
+//!   copied from pinned memory on the compute stream before each replay, [`step_block`]),
+//!   prefetch of the next step, timed eager calls.
 //! - [`text`]: the text encoders' linear layers on a device.
 //!
 //! The TAE decoder's lowering to its kernels lives with the decoder, in
@@ -31,8 +36,10 @@
 pub mod backend;
 pub mod device;
 pub mod emu;
+pub mod limits;
 pub mod lower;
 pub mod real;
+pub mod step_block;
 pub mod text;
 
 pub use backend::{CudaBackend, DeviceWeights};

@@ -5,6 +5,7 @@
 use streamdit_kernels::{adaln, attention, conv, elementwise as ew, gemm};
 
 use crate::backend::cuda::device::{backend_error, Device, DeviceBuffer, Kernel, LaunchConfig};
+use crate::backend::cuda::limits;
 use crate::error::{Error, Result};
 use crate::model::graph::TensorId;
 
@@ -107,9 +108,14 @@ pub struct Lowered {
     pub call: Vec<Step>,
 }
 
-/// Looks every kernel up on `dev` (loading its module), so running a list does no lookups.
+/// Makes every launch fit the device's shared memory per block (a narrower variant, or an
+/// error naming the kernel, the bytes and the limit: [`limits::fit_step`]), then looks every
+/// kernel up on `dev` (loading its module), so running a list does no lookups.
 pub fn resolve<D: Device>(dev: &mut D, mut steps: Vec<Step>) -> Result<Vec<Step>> {
+    let limit = dev.shared_memory_limit();
     for step in &mut steps {
+        limits::fit_step(step, limit)
+            .map_err(|e| backend_error(dev.backend(), "fit shared memory", e))?;
         if let Step::Launch {
             module,
             kernel_name,

@@ -4,16 +4,52 @@
 use std::ffi::{c_void, CString};
 
 use bytemuck::Pod;
-use cudarc::driver::result;
+use cudarc::driver::result::{self, DriverError};
 use cudarc::driver::sys;
 
 use crate::backend::cuda::device::{
-    fmt_bytes, Device, DeviceBuffer, Event, GraphId, Kernel, LaunchConfig,
-    PinnedBuffer, Queue,
+    fmt_bytes, Device, DeviceBuffer, Event, GraphId, Kernel, LaunchConfig, PinnedBuffer, Queue,
 };
+use crate::backend::cuda::limits::{self, Candidate};
 use crate::error::Result;
 
 use super::*;
+
+impl CudaDevice {
+    /// Loads `module` from the image for this device's compute capability (its cubin, else
+    /// the fallback PTX), with the JIT logs in the error when the driver refuses it.
+    fn load_module(&mut self, module: &str) -> Result<sys::CUmodule> {
+        let op = format!("load module {module}");
+        let cc = (self.capability.0 as u32, self.capability.1 as u32);
+        let image = streamdit_kernels::image_for(module, cc).map_err(|e| err(&op, e))?;
+        let bytes = load::ImageBytes::new(image)
+            .map_err(|e| err(&op, format!("{}: {e}", image.describe())))?;
+        self.bind(&op)?;
+        // SAFETY: the context is current (bound above); `bytes` is an image embedded by
+        // streamdit-kernels, in the form the driver reads.
+        match unsafe { load::load(&bytes) } {
+            Ok(loaded) => {
+                if !loaded.info_log.is_empty() {
+                    self.jit_notes
+                        .push(format!("{module} ({}): {}", image.describe(), loaded.info_log));
+                }
+                Ok(loaded.module)
+            }
+            Err(e) => Err(err(
+                &op,
+                load::failure_message(
+                    module,
+                    &image,
+                    &driver_message(DriverError(e.code)),
+                    e.code == sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION,
+                    &version_string(self.driver_version),
+                    &e.error_log,
+                    &e.info_log,
+                ),
+            )),
+        }
+    }
+}
 
 impl Device for CudaDevice {
     fn backend(&self) -> &'static str {
@@ -29,6 +65,10 @@ impl Device for CudaDevice {
             self.capability.1,
             version_string(self.driver_version)
         )
+    }
+
+    fn shared_memory_limit(&self) -> u32 {
+        self.shared_optin
     }
 
     fn alloc<T: Pod>(&mut self, label: &str, len: usize) -> Result<DeviceBuffer<T>> {
@@ -232,21 +272,7 @@ impl Device for CudaDevice {
         let cu_module = match self.modules.get(module) {
             Some(&m) => m,
             None => {
-                let image = module_image(module)?;
-                // SAFETY: `image` is NUL-terminated PTX text, read during the call only.
-                let m = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
-                    .map_err(|e| {
-                        let mut msg = driver_message(e);
-                        if e.0 == sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION {
-                            msg += &format!(
-                                " (the PTX is ISA {}, the driver supports CUDA {}: update the \
-                                 driver)",
-                                ptx_isa_version(&image).unwrap_or_else(|| "?".into()),
-                                version_string(self.driver_version)
-                            );
-                        }
-                        err(format!("load module {module}"), msg)
-                    })?;
+                let m = self.load_module(module)?;
                 self.modules.insert(module.to_string(), m);
                 m
             }
@@ -273,12 +299,21 @@ impl Device for CudaDevice {
                 "the kernel takes more than one parameter; kernels take one parameter struct",
             ));
         }
+        // SAFETY: `func` is a live function handle.
+        let static_shared = unsafe {
+            result::function::get_function_attribute(
+                func,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+            )
+        }
+        .map_err(|e| err(&op, format!("static shared memory: {}", driver_message(e))))?;
         self.kernels.push(KernelRecord {
             module: module.to_string(),
             name: name.to_string(),
             func,
             params_size,
             max_dynamic_shared: DEFAULT_MAX_DYNAMIC_SHARED,
+            static_shared: static_shared.max(0) as u32,
         });
         Ok(Kernel {
             device: self.book.device,
@@ -305,6 +340,15 @@ impl Device for CudaDevice {
                     record.params_size
                 ),
             ));
+        }
+        // Lowered lists are fitted when resolved; this catches a direct launch that is not.
+        let c = Candidate {
+            kernel: &record.name,
+            dynamic: config.shared_bytes,
+            static_bytes: record.static_shared,
+        };
+        if let Err(msg) = limits::pick("the launch", &[c], self.shared_optin) {
+            return Err(err(&op, msg));
         }
         self.bind(&op)?;
         let func = record.func;

@@ -6,31 +6,36 @@
 //! cudarc panics on first use when libcuda cannot be loaded), `cuInit` (no device, or a stub
 //! library), the driver version (at least [`MIN_DRIVER_VERSION`], so that every driver
 //! symbol cudarc may resolve exists: cudarc panics on a missing symbol too), the ordinal, the
-//! architecture (sm_80 or newer, the PTX target), then the primary context and two
-//! non-blocking streams. Modules are loaded from the embedded PTX on the first lookup of
-//! one of their kernels.
+//! architecture (sm_80 or newer), then the primary context and two non-blocking streams. It
+//! also reads the device's UUID (to find it in NVML, [`uuid`]) and its opt-in shared memory
+//! per block (what lowered launches are fitted to, `super::limits`).
+//!
+//! Modules load on the first lookup of one of their kernels, from the image for the
+//! device's compute capability: the cubin built for it, else the fallback PTX ([`load`]).
+//! [`CudaDevice::probe`] opens a device and loads one module: what `--backend auto` asks
+//! before it chooses the GPU.
 //!
 //! Every driver call runs with the device's context made current on the calling thread,
 //! so the device may move between threads.
 
 use std::collections::HashMap;
-use std::ffi::{c_void, CStr, CString};
+use std::ffi::{c_void, CString};
 
 use cudarc::driver::result::{self, DriverError};
 use cudarc::driver::sys;
 
-use super::device::{
-    backend_error, Book, Queue,
-};
+use super::device::{backend_error, Book, Device, Queue};
 use crate::error::{Error, Result};
 
-/// The oldest driver accepted: CUDA 13.0. cudarc is built with its `cuda-13000` bindings,
-/// which resolve symbols such as `cuEventElapsedTime_v2` that older drivers lack (cudarc
-/// panics on a missing symbol, so the version is checked first). The embedded PTX may need
-/// a newer driver still: PTX from nvcc 13.5 is ISA 9.5, and a driver that cannot JIT it
-/// fails at module load with `CUDA_ERROR_UNSUPPORTED_PTX_VERSION`, reported with both
-/// versions.
+/// The oldest driver accepted: CUDA 13.0 (`streamdit_kernels::arch::OLDEST_DRIVER_CUDA`).
+/// cudarc is built with its `cuda-13000` bindings, which resolve symbols such as
+/// `cuEventElapsedTime_v2` that older drivers lack (cudarc panics on a missing symbol, so
+/// the version is checked first). The embedded cubins (from a 13.0 toolkit) load on any
+/// 13.x driver; the fallback PTX is ISA 9.0, which a 13.0 driver JIT-compiles.
 pub const MIN_DRIVER_VERSION: i32 = 13000;
+
+/// The module [`CudaDevice::probe`] loads, and one of its kernels.
+pub const PROBE_MODULE: (&str, &str) = ("device_probe", "device_probe_axpb");
 
 /// Dynamic shared memory a kernel may use without opting in (48 KiB).
 const DEFAULT_MAX_DYNAMIC_SHARED: u32 = 48 * 1024;
@@ -59,8 +64,10 @@ pub fn driver_library_present() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
-/// The PTX of `module` as the NUL-terminated image `cuModuleLoadData` takes, or why there
-/// is none: "kernels not built: <reason>" when nvcc did not run, or an unknown module.
+/// The fallback PTX of `module` as NUL-terminated text, or why there is none: "kernels not
+/// built: <reason>" when nvcc did not run, or an unknown module. (A device loads the image
+/// for its compute capability, [`streamdit_kernels::image_for`]; this is the PTX alone.)
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
 pub fn module_image(module: &str) -> Result<CString> {
     let op = format!("load module {module}");
     streamdit_kernels::kernels_built().map_err(|reason| err(&op, reason))?;
@@ -76,15 +83,6 @@ pub fn module_image(module: &str) -> Result<CString> {
     CString::new(ptx).map_err(|_| err(&op, "the PTX contains a NUL byte"))
 }
 
-/// The `.version` of a PTX text (the PTX ISA version the driver must support).
-fn ptx_isa_version(ptx: &CStr) -> Option<String> {
-    let text = ptx.to_str().ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.trim_start().starts_with(".version"))?;
-    line.split_whitespace().nth(1).map(str::to_string)
-}
-
 struct KernelRecord {
     module: String,
     name: String,
@@ -93,6 +91,8 @@ struct KernelRecord {
     params_size: usize,
     /// The dynamic shared memory this kernel has been opted in to.
     max_dynamic_shared: u32,
+    /// Its static shared memory (`CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES`).
+    static_shared: u32,
 }
 
 struct PinnedRecord {
@@ -120,6 +120,12 @@ pub struct CudaDevice {
     name: String,
     capability: (i32, i32),
     driver_version: i32,
+    /// `GPU-xxxxxxxx-...`, as NVML and nvidia-smi name it.
+    uuid: String,
+    /// `CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN`.
+    shared_optin: u32,
+    /// The JIT info logs of modules loaded from PTX, for `describe`-style reports.
+    jit_notes: Vec<String>,
     modules: HashMap<String, sys::CUmodule>,
     kernels: Vec<KernelRecord>,
     events: Vec<sys::CUevent>,
@@ -182,6 +188,21 @@ impl CudaDevice {
             attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
             attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
         );
+        let shared_optin = attribute(
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+        )?;
+        let shared_optin = u32::try_from(shared_optin).map_err(|_| {
+            err(
+                &op,
+                format!("the driver reports {shared_optin} B of opt-in shared memory per block"),
+            )
+        })?;
+        let mut raw = sys::CUuuid { bytes: [0; 16] };
+        // SAFETY: writes the 16 bytes of `raw`; `device` came from cuDeviceGet.
+        unsafe { sys::cuDeviceGetUuid_v2(&mut raw, device) }
+            .result()
+            .map_err(|e| err(&op, format!("cuDeviceGetUuid: {}", driver_message(e))))?;
+        let uuid = uuid::format(&raw.bytes.map(|b| b as u8));
         if capability.0 < 8 {
             return Err(err(
                 &op,
@@ -205,6 +226,9 @@ impl CudaDevice {
             name,
             capability,
             driver_version,
+            uuid,
+            shared_optin,
+            jit_notes: Vec::new(),
             modules: HashMap::new(),
             kernels: Vec::new(),
             events: Vec::new(),
@@ -219,6 +243,25 @@ impl CudaDevice {
         dev.compute = stream("create the compute stream")?;
         dev.copy = stream("create the copy stream")?;
         Ok(dev)
+    }
+
+    /// Opens device `ordinal` and loads one module ([`PROBE_MODULE`]) with the image for its
+    /// compute capability, so that a device whose driver cannot load the kernels (a PTX ISA
+    /// it does not know, no image for its architecture) is an error here, with the reason.
+    pub fn probe(ordinal: usize) -> Result<Self> {
+        let mut dev = Self::new(ordinal)?;
+        Device::kernel(&mut dev, PROBE_MODULE.0, PROBE_MODULE.1)?;
+        Ok(dev)
+    }
+
+    /// The UUID, `GPU-` and 32 hex digits in groups of 8-4-4-4-12, as NVML reports it.
+    pub fn uuid(&self) -> &str {
+        &self.uuid
+    }
+
+    /// The JIT info log of each module loaded from PTX (none when every module had a cubin).
+    pub fn jit_notes(&self) -> &[String] {
+        &self.jit_notes
     }
 
     /// The device ordinal.
@@ -293,6 +336,9 @@ fn version_string(v: i32) -> String {
 }
 
 mod device;
+pub mod load;
+pub mod uuid;
+
 
 impl Drop for CudaDevice {
     /// Releases everything in reverse order of creation. Errors cannot be returned from

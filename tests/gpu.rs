@@ -1,0 +1,247 @@
+//! The real CUDA backend against the CPU reference, for the machine with a GPU: every
+//! module loads (the image chosen for the device's compute capability), the device's shared
+//! memory limit is the one its architecture documents, a `tiny` stream matches the CPU
+//! backend, and the device TAE decoder matches the CPU decoder. The Wan family has no CUDA
+//! lowering yet, so it is not run here.
+//!
+//! Without a device each test prints why and returns, unless `STREAMDIT_REQUIRE_GPU=1`
+//! (what `tests/gpu.sh` sets on the GPU machine): then a missing device fails the test, so
+//! a broken driver setup there cannot pass as a skip. `tests/gpu-bundle.sh` builds this
+//! target (`cargo test --no-run`) for that machine, which has no compiler.
+
+mod common;
+
+use common::{f64s, rel_l2, Rng};
+use streamdit::backend::cuda::device::Device;
+use streamdit::backend::cuda::limits;
+use streamdit::backend::cuda::real::{self, CudaDevice};
+use streamdit::checkpoint::{DType, Weights};
+use streamdit::decoder::{DeviceTae, TaeDecoder};
+use streamdit::model::profile::DecoderConfig;
+use streamdit::model::tae::TaeGraph;
+use streamdit::{BackendKind, Engine, EngineParams, Profile, StreamParams, WeightsSource};
+
+/// The device to test, or `None` (after saying why) when there is none and none is
+/// required.
+fn device() -> Option<CudaDevice> {
+    let required = std::env::var("STREAMDIT_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    match streamdit_kernels::kernels_built()
+        .map_err(|e| e.to_string())
+        .and_then(|_| CudaDevice::probe(0).map_err(|e| e.to_string()))
+    {
+        Ok(dev) => {
+            eprintln!("device: {} ({})", dev.describe(), dev.uuid());
+            Some(dev)
+        }
+        Err(why) if required => panic!("STREAMDIT_REQUIRE_GPU=1 but no usable device: {why}"),
+        Err(why) => {
+            eprintln!("skipped: no usable CUDA device ({why})");
+            None
+        }
+    }
+}
+
+/// The binaries carry cubins for every module and PTX a CUDA 13.0 driver can JIT. Checked
+/// by tests/gpu-bundle.sh (`STREAMDIT_REQUIRE_KERNELS=1`) before it packs a bundle;
+/// otherwise a build without nvcc just says so.
+#[test]
+fn kernels_are_embedded() {
+    if let Err(why) = streamdit_kernels::kernels_built() {
+        let required = std::env::var("STREAMDIT_REQUIRE_KERNELS").is_ok_and(|v| v == "1");
+        assert!(!required, "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    for m in streamdit_kernels::MODULE_IMAGES {
+        assert_eq!(
+            m.cubins.len(),
+            m.targets.cubins.len(),
+            "{}: cubins",
+            m.module
+        );
+        let ptx = m
+            .ptx
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: no PTX", m.module));
+        assert!(
+            ptx.isa <= streamdit_kernels::arch::OLDEST_DRIVER_PTX_ISA,
+            "{}: PTX ISA {:?}",
+            m.module,
+            ptx.isa
+        );
+    }
+}
+
+/// Every module loads on the device from the image chosen for its compute capability (a
+/// cubin on the architectures built for), and the Hopper-only modules only on 9.0.
+#[test]
+fn every_module_loads_from_its_image() {
+    let Some(mut dev) = device() else { return };
+    let (major, minor) = dev.capability();
+    let cc = (major as u32, minor as u32);
+    for module in streamdit_kernels::MODULES {
+        let images = streamdit_kernels::module_images(module).unwrap();
+        let Some(image) = images.choose(cc) else {
+            eprintln!(
+                "{module}: no image for {cc:?} (built for {:?})",
+                images.targets
+            );
+            assert_ne!(cc, (9, 0), "every module runs on sm_90");
+            continue;
+        };
+        // Any kernel of the module: looking it up loads the module.
+        let kernel = streamdit_kernels::KERNEL_RESOURCES
+            .iter()
+            .find(|r| r.module == *module)
+            .map(|r| r.kernel)
+            .unwrap_or_else(|| panic!("{module}: no kernel in the resource report"));
+        dev.kernel(module, kernel)
+            .unwrap_or_else(|e| panic!("{module} ({}): {e}", image.describe()));
+        eprintln!("{module}: loaded {}", image.describe());
+        if [(8, 0), (8, 6), (8, 9), (9, 0)].contains(&cc) {
+            assert!(
+                matches!(image, streamdit_kernels::Image::Cubin(_)),
+                "{module}: a cubin exists for {cc:?}, not {}",
+                image.describe()
+            );
+        }
+    }
+    for note in dev.jit_notes() {
+        eprintln!("JIT: {note}");
+    }
+}
+
+/// The opt-in shared memory the device reports is the documented one of its architecture,
+/// the number the lowering fits launches to.
+#[test]
+fn shared_memory_limit_is_the_architectures() {
+    let Some(dev) = device() else { return };
+    let limit = dev.shared_memory_limit();
+    eprintln!("MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: {limit} B");
+    let want = match dev.capability() {
+        (8, 0) => Some(limits::OPTIN_SM80),
+        (8, 6) | (8, 9) => Some(limits::OPTIN_SM86),
+        (9, 0) => Some(limits::OPTIN_SM90),
+        _ => None,
+    };
+    if let Some(want) = want {
+        assert_eq!(limit, want);
+    }
+    assert!(real::uuid::is_valid(dev.uuid()), "{}", dev.uuid());
+}
+
+fn tiny_chunks(backend: BackendKind, guidance: f32, chunks: usize) -> Vec<Vec<f32>> {
+    let engine = Engine::new(EngineParams {
+        profile: Profile::builtin("tiny").unwrap(),
+        weights: WeightsSource::Random {
+            seed: 5,
+            dtype: DType::F16,
+        },
+        backend,
+    })
+    .unwrap();
+    assert_eq!(
+        engine.backend_choice().0,
+        backend,
+        "{}",
+        engine.backend_choice().1
+    );
+    let mut stream = engine
+        .stream(StreamParams {
+            prompt: "a paper boat on a river".into(),
+            seed: Some(17),
+            guidance: Some(guidance),
+            ..Default::default()
+        })
+        .unwrap();
+    (0..chunks)
+        .map(|k| {
+            if k == 2 {
+                stream.set_prompt("a lighthouse at night");
+            }
+            stream.next_latents().unwrap().to_vec()
+        })
+        .collect()
+}
+
+/// A `tiny` stream on the GPU (prefill, steady calls, a prompt switch; with and without
+/// guidance) within 1e-2 relative L2 of the CPU backend, the bound the emulated device meets
+/// in tests/cuda_backend.rs (f16 weights and GEMM inputs against f32).
+#[test]
+fn tiny_stream_on_the_gpu_matches_the_cpu() {
+    let Some(dev) = device() else { return };
+    drop(dev);
+    for guidance in [1.0, 4.5] {
+        let gpu = tiny_chunks(BackendKind::Cuda, guidance, 4);
+        let cpu = tiny_chunks(BackendKind::Cpu, guidance, 4);
+        for (k, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+            assert!(g.iter().all(|v| v.is_finite()), "chunk {k}: non-finite");
+            let err = rel_l2(&f64s(g), &f64s(c));
+            println!("guidance {guidance}: chunk {k}: relative L2 gpu vs cpu {err:.3e}");
+            assert!(err < 1e-2, "guidance {guidance}, chunk {k}: {err:.3e}");
+        }
+    }
+}
+
+/// The device TAE decoder on the GPU against the CPU decoder (f32) on `tiny`'s decoder
+/// widths, chunk by chunk with the temporal caches on the device; the bounds of
+/// tests/decoder_device.rs (f16 activations through ~60 layers).
+#[test]
+fn device_tae_decoder_on_the_gpu_matches_the_cpu() {
+    let Some(dev) = device() else { return };
+    let (c, h, w) = (8, 8, 12);
+    let dec = DecoderConfig {
+        widths: vec![64, 64, 32, 16],
+        groups: 8,
+    };
+    let graph = TaeGraph::new(&dec, c, h, w).unwrap();
+    let weights = Weights::random_decoder(&dec, c, 3, DType::F32).unwrap();
+    let latents = Rng::new(7).f32s(3 * c * h * w, -2.0, 2.0);
+    let want = TaeDecoder::new(graph.clone(), &weights)
+        .unwrap()
+        .decode_f32(&latents)
+        .unwrap();
+    let mut gpu = DeviceTae::new(graph, &weights, 2, dev).unwrap();
+    let fe = c * h * w;
+    let mut got = gpu.decode_f32(&latents[..fe]).unwrap();
+    got.extend(gpu.decode_f32(&latents[fe..]).unwrap());
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().all(|v| v.is_finite()));
+    let want64 = f64s(&want);
+    let rms = (want64.iter().map(|v| v * v).sum::<f64>() / want64.len() as f64).sqrt();
+    let max = got
+        .iter()
+        .zip(&want64)
+        .map(|(&g, &w)| (g as f64 - w).abs())
+        .fold(0.0, f64::max);
+    let l2 = rel_l2(&f64s(&got), &want64);
+    println!(
+        "device TAE decoder vs CPU: rel L2 {l2:.2e}, max err / RMS {:.2e}",
+        max / rms
+    );
+    assert!(
+        l2 <= 1e-2 && max <= 5e-2 * rms,
+        "rel L2 {l2}, max {max}, rms {rms}"
+    );
+}
+
+/// The scripts this target travels with parse (`bash -n`), so a syntax error is found
+/// here rather than on the GPU machine.
+#[test]
+fn gpu_scripts_parse() {
+    for script in ["tests/gpu.sh", "tests/gpu-bundle.sh"] {
+        if !std::path::Path::new(script).exists() {
+            eprintln!("{script}: not in the working directory, not checked");
+            continue;
+        }
+        let out = std::process::Command::new("bash")
+            .args(["-n", script])
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
