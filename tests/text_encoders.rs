@@ -1169,12 +1169,19 @@ fn a_config_declaring_another_layer_count_than_the_weights_is_refused() {
         false,
         "t5-layers",
     );
-    for (n, found) in [(1, "exists"), (1_000_000_000, "is missing")] {
+    for (n, found) in [(1, "exists"), (3, "is missing")] {
         edit_config(&t5.0, "num_layers", n.into());
         let e = T5Encoder::load(&t5.0).err().unwrap().to_string();
         let want = format!("field `num_layers` declares {n} layers but the weights hold 2");
         assert!(e.contains(&want) && e.contains(found), "{e}");
     }
+    // An absurd count is refused by the config's bound before any layer is looked for.
+    edit_config(&t5.0, "num_layers", 1_000_000_000.into());
+    let e = T5Encoder::load(&t5.0).err().unwrap().to_string();
+    assert!(
+        e.contains("field `num_layers`") && e.contains("at most 1024"),
+        "{e}"
+    );
     let clip = write_folder("clip", &spec(32, 4, None, "gelu", 4), false, "clip-layers");
     edit_config(&clip.0, "num_hidden_layers", 1.into());
     let e = ClipEncoder::load(&clip.0).err().unwrap().to_string();
