@@ -231,22 +231,7 @@ fn a_swizzled_tma_tile_reads_back_through_the_sw128_descriptors() {
 /// D (64 x 16) = A B with A from descriptor `desc` over `tile` placed at shared `start`, and
 /// B the identity (unswizzled K-major at 0x4000): D[m][n] = A[m][n] of the k-step.
 fn wgmma_identity(tile: &[u8], start: usize, desc: u64) -> Vec<[f32; 16]> {
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct P {
-        image: *const u8,
-        a_regs: *const u32,
-        c: *const f32,
-        out: *mut f32,
-        early: *mut f32,
-        desc_a: u64,
-        desc_b: u64,
-        image_bytes: i32,
-        n: i32,
-        bf16: i32,
-        scale_d: i32,
-        mode: i32,
-    }
+    use common::WgmmaProbeParams as P;
     const B_AT: usize = 0x4000;
     let mut image = vec![0u8; B_AT + 512];
     image[start..start + tile.len()].copy_from_slice(tile);

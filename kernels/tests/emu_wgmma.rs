@@ -7,27 +7,10 @@
 
 mod common;
 
-use common::{config, hex, num, wgmma_tables, Rng, SHARED_BASE};
+use common::{config, hex, num, wgmma_tables, Rng, WgmmaProbeParams, SHARED_BASE};
 use half::{bf16, f16};
 use serde_json::Value;
 use streamdit_kernels::emu::{self, EmuError, EmuErrorKind, ThreadOrder};
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct WgmmaProbeParams {
-    image: *const u8,
-    a_regs: *const u32,
-    c: *const f32,
-    out: *mut f32,
-    early: *mut f32,
-    desc_a: u64,
-    desc_b: u64,
-    image_bytes: i32,
-    n: i32,
-    bf16: i32,
-    scale_d: i32,
-    mode: i32,
-}
 
 /// A shared-memory image: byte i is at shared address i.
 struct Image(Vec<u8>);

@@ -19,7 +19,7 @@ mod common;
 #[path = "common/hopper_tile.rs"]
 mod hopper_tile;
 
-use common::{config, race_checked, Rng, SHARED_BASE};
+use common::{config, race_checked, Rng, WgmmaProbeParams, SHARED_BASE};
 use half::f16;
 use streamdit_kernels::attention::{self, CrossShape};
 use streamdit_kernels::emu::{self, EmuError, EmuErrorKind, Kernel, LaunchConfig, ThreadOrder};
@@ -383,24 +383,6 @@ fn hopper_tile_is_clean_and_a_missing_mbarrier_wait_is_reported() {
             ],
         );
     });
-}
-
-/// `WgmmaProbeParams` of emu_selftest_sm90.cu (mirrored as in emu_wgmma.rs).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct WgmmaProbeParams {
-    image: *const u8,
-    a_regs: *const u32,
-    c: *const f32,
-    out: *mut f32,
-    early: *mut f32,
-    desc_a: u64,
-    desc_b: u64,
-    image_bytes: i32,
-    n: i32,
-    bf16: i32,
-    scale_d: i32,
-    mode: i32,
 }
 
 /// One m64n8k16 wgmma on an image of f16 ones (A at 0x1000, B at 0x2000, K-major without

@@ -227,3 +227,22 @@ pub fn hex(v: &serde_json::Value) -> u64 {
 
 /// Where the emulator puts dynamic shared memory in the shared window (kernels/README.md).
 pub const SHARED_BASE: usize = 0x400;
+
+/// `WgmmaProbeParams` of `kernels/cuda/emu_selftest_sm90.cu`, field for field: the launch
+/// parameters of the wgmma probe kernel (emu_wgmma, emu_tma and race_check tests).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WgmmaProbeParams {
+    pub image: *const u8,
+    pub a_regs: *const u32,
+    pub c: *const f32,
+    pub out: *mut f32,
+    pub early: *mut f32,
+    pub desc_a: u64,
+    pub desc_b: u64,
+    pub image_bytes: i32,
+    pub n: i32,
+    pub bf16: i32,
+    pub scale_d: i32,
+    pub mode: i32,
+}
