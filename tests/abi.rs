@@ -17,10 +17,13 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `target/<profile>`, where cargo put `libstreamdit.so` next to this test's `deps/`.
+/// `target/<profile>/deps`, where cargo writes `libstreamdit.so` beside this test. (Only a
+/// `cargo build` of the library itself copies it up to `target/<profile>`; a fresh
+/// `cargo test` leaves it in `deps/`.)
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let deps = exe.parent().unwrap().to_path_buf();
+    let dir = deps.parent().unwrap().to_path_buf();
     // The cdylib beside the test may be stale when only some targets were rebuilt, so
     // build it with this test's profile and target dir. The build resolves features exactly
     // as `cargo test --workspace` (tests/run.sh) does: then it reuses the library unit the
@@ -39,11 +42,11 @@ fn lib_dir() -> PathBuf {
     let status = cargo.status().unwrap();
     assert!(status.success(), "cargo test --workspace --no-run failed");
     assert!(
-        dir.join("libstreamdit.so").exists(),
+        deps.join("libstreamdit.so").exists(),
         "no libstreamdit.so in {}",
-        dir.display()
+        deps.display()
     );
-    dir
+    deps
 }
 
 fn temp(name: &str) -> PathBuf {
