@@ -254,7 +254,7 @@ pub fn params(
                 "the residual stream h must not be null",
             )?;
             need(
-                gate.is_some() == !buffers.mods.is_null(),
+                gate.is_some() != buffers.mods.is_null(),
                 "mods must be given exactly when a gate layout is",
             )?;
         }

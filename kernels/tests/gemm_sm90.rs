@@ -240,15 +240,17 @@ fn launch(inp: &Inputs, kernel: emu::Kernel, order: ThreadOrder) -> Result<Vec<f
 fn compare(label: &str, got: &[f64], inp: &Inputs) -> (f64, f64) {
     let (mut num, mut den, mut worst) = (0.0, 0.0, 0.0f64);
     let mut bad = Vec::new();
-    for i in 0..got.len() {
-        let err = (got[i] - inp.want[i]).abs();
-        if !(err <= inp.tol[i]) && bad.len() < 5 {
-            bad.push((i, got[i], inp.want[i], inp.tol[i]));
+    for (i, ((&g, &want), &tol)) in got.iter().zip(&inp.want).zip(&inp.tol).enumerate() {
+        // NaN (an element never written) is outside every tolerance.
+        let err = (g - want).abs();
+        let within = err <= tol;
+        if !within && bad.len() < 5 {
+            bad.push((i, g, want, tol));
         }
         let err = if err.is_nan() { f64::INFINITY } else { err };
         num += err * err;
-        den += inp.want[i] * inp.want[i];
-        worst = worst.max(err / inp.tol[i]);
+        den += want * want;
+        worst = worst.max(err / tol);
     }
     let rel = (num / den).sqrt();
     assert!(

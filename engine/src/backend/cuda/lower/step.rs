@@ -22,6 +22,10 @@ pub struct DeviceParams<P>(pub P);
 unsafe impl<P: Copy> Send for DeviceParams<P> {}
 
 /// The parameter struct of one launch, by kernel.
+// The sm_90a GEMM's struct carries two 128-byte tensor maps (320 bytes, the others at most
+// 72): a lowered list holds a few hundred steps, built once, so boxing it would save a few
+// tens of KiB and cost `Copy`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug)]
 pub enum Params {
     GemmBiasF16(gemm::GemmBiasF16Params),
@@ -52,6 +56,8 @@ pub enum Params {
 unsafe impl Send for Params {}
 
 /// One device operation of a lowered list.
+// `Launch` holds the (possibly 320-byte) `Params` inline; see there.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Step {
     Launch {
