@@ -42,7 +42,7 @@ pub fn generate(modules: &[Module], outcome: &Result<Built, String>) -> String {
                     "    KernelResources {{ module: {:?}, kernel: {:?}, arch: {:?}, \
                      registers: {}, shared_bytes: {}, stack_frame_bytes: {}, \
                      spill_store_bytes: {}, spill_load_bytes: {}, sass: {}, hmma: {}, \
-                     ldsm: {}, ldgsts: {}, ldg128: {} }},",
+                     ldsm: {}, ldgsts: {}, ldg128: {}, hgmma: {}, utmaldg: {} }},",
                     m.name,
                     r.kernel,
                     r.arch,
@@ -55,7 +55,9 @@ pub fn generate(modules: &[Module], outcome: &Result<Built, String>) -> String {
                     r.hmma,
                     r.ldsm,
                     r.ldgsts,
-                    r.ldg128
+                    r.ldg128,
+                    r.hgmma,
+                    r.utmaldg
                 );
             }
         }

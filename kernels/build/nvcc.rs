@@ -53,6 +53,9 @@ pub struct Resources {
     pub ldsm: u32,
     pub ldgsts: u32,
     pub ldg128: u32,
+    /// Warpgroup mma (wgmma.mma_async) and TMA tensor loads (cp.async.bulk.tensor).
+    pub hgmma: u32,
+    pub utmaldg: u32,
 }
 
 /// One compiled module: its PTX file, a cubin per architecture, and the per-kernel reports.
@@ -169,7 +172,8 @@ pub fn parse_ptxas(report: &str, arch: &str) -> Vec<Resources> {
 }
 
 /// Counts, per function in `cuobjdump -sass`, the instructions the quality gates look for:
-/// HMMA (tensor core mma), LDSM (ldmatrix), LDGSTS (cp.async), 128-bit global loads.
+/// HMMA (tensor core mma), LDSM (ldmatrix), LDGSTS (cp.async), 128-bit global loads, and on
+/// sm_90a HGMMA (wgmma.mma_async) and UTMALDG (cp.async.bulk.tensor loads).
 pub fn count_sass(sass: &str, table: &mut [Resources]) {
     let mut current: Option<usize> = None;
     for line in sass.lines() {
@@ -199,6 +203,10 @@ pub fn count_sass(sass: &str, table: &mut [Resources]) {
             r.ldgsts += 1;
         } else if op.starts_with("LDG") && op.contains(".128") {
             r.ldg128 += 1;
+        } else if op.starts_with("HGMMA") {
+            r.hgmma += 1;
+        } else if op.starts_with("UTMALDG") {
+            r.utmaldg += 1;
         }
     }
 }

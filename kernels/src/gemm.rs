@@ -205,9 +205,21 @@ pub fn gated_residual_config(
 ) -> Result<LaunchConfig, String> {
     let kernel = KERNEL_GATED_RESIDUAL;
     let grid = check(kernel, m, n, k, BLOCK_N)?;
-    let Some(gate) = gate else {
-        return Ok(launch_config(grid));
-    };
+    if let Some(gate) = gate {
+        check_gate(kernel, m, n, gate)?;
+    }
+    Ok(launch_config(grid))
+}
+
+/// The gate layout rules of the gated-residual epilogue (shared with the sm_90a GEMM):
+/// `M` a multiple of `tokens`, `tokens` a multiple of `tokens_per_frame` with
+/// `tokens / tokens_per_frame == frames`, `gate < mod_k`, the modulation tensor within i32.
+pub(crate) fn check_gate(
+    kernel: &str,
+    m: usize,
+    n: usize,
+    gate: &GateLayout,
+) -> Result<(), String> {
     let GateLayout {
         frames,
         mod_k,
@@ -244,7 +256,7 @@ pub fn gated_residual_config(
         .ok_or_else(|| format!("{kernel}: modulation tensor size overflows"))?;
     to_i32("modulation elements", elems)?;
     to_i32("mod_k", mod_k)?;
-    Ok(launch_config(grid))
+    Ok(())
 }
 
 #[cfg(test)]

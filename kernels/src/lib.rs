@@ -12,6 +12,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod emu;
 pub mod gemm;
+pub mod gemm_sm90;
 pub mod images;
 pub mod tma;
 pub mod wan_attention;
@@ -44,6 +45,10 @@ pub struct KernelResources {
     pub ldsm: u32,
     pub ldgsts: u32,
     pub ldg128: u32,
+    /// Hopper SASS counts: warpgroup mma (`HGMMA`, from wgmma.mma_async) and TMA tensor
+    /// loads (`UTMALDG`, from cp.async.bulk.tensor).
+    pub hgmma: u32,
+    pub utmaldg: u32,
 }
 
 /// Whether build.rs compiled the kernels with nvcc.

@@ -14,6 +14,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytemuck::Pod;
+use streamdit_kernels::tma::{TensorMap, Tiled};
 
 use crate::error::{Error, Result};
 
@@ -211,6 +212,14 @@ pub trait Device: Send {
     /// The most shared memory (static plus dynamic) one block may use after opting in:
     /// `MAX_SHARED_MEMORY_PER_BLOCK_OPTIN` on a GPU (see [`limits`](super::limits)).
     fn shared_memory_limit(&self) -> u32;
+    /// The compute capability the device's kernels are chosen for: on 9.0 the GEMMs run the
+    /// sm_90a warp-specialised kernels (`streamdit_kernels::gemm_sm90`), elsewhere the
+    /// mma.sync ones.
+    fn compute_capability(&self) -> (u32, u32);
+    /// Encodes a TMA tensor map over this device's memory for a kernel parameter: the
+    /// driver's `cuTensorMapEncodeTiled` on a GPU, the emulator's encoding on the emulator;
+    /// both after `Tiled::validate`, whose error names the argument at fault.
+    fn encode_tensor_map(&self, map: &Tiled) -> Result<TensorMap>;
 
     /// Allocates `len` values of `T`; the contents are unspecified (poison on the
     /// emulator). `label` names the buffer in errors.

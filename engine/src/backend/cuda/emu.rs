@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use bytemuck::Pod;
 use streamdit_kernels::emu::{self, EmuError};
+use streamdit_kernels::tma::{TensorMap, Tiled};
 
 use super::device::{
     fmt_bytes, Book, Device, DeviceBuffer, Event, GraphId, Kernel, LaunchConfig, PinnedBuffer,
@@ -84,6 +85,8 @@ pub struct EmuDevice {
     /// Shared memory per block, as a GPU's opt-in limit ([`emu::MAX_SHARED_BYTES`] unless
     /// set lower to model a smaller device).
     shared_limit: u32,
+    /// The compute capability the lowered lists choose kernels for (8.0 unless set).
+    capability: (u32, u32),
     /// Synchronous host-to-device copies (`write`): each is a host round trip on a GPU.
     sync_writes: u64,
     /// Host memory of each allocation and pinned buffer, by id.
@@ -115,6 +118,7 @@ impl EmuDevice {
             memory_limit: usize::MAX,
             memory_used: 0,
             shared_limit: emu::MAX_SHARED_BYTES,
+            capability: (8, 0),
             sync_writes: 0,
             memory: Default::default(),
             kernels: Vec::new(),
@@ -138,6 +142,15 @@ impl EmuDevice {
     #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
     pub fn with_shared_memory_limit(mut self, bytes: u32) -> Self {
         self.shared_limit = bytes.min(emu::MAX_SHARED_BYTES);
+        self
+    }
+
+    /// Models a device of compute capability `cc` for the choice of kernels: `(9, 0)` makes
+    /// the lowered lists run the sm_90a GEMM (TMA, mbarrier, wgmma) in the emulator. The
+    /// default is 8.0 (the mma.sync kernels).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
+    pub fn with_compute_capability(mut self, cc: (u32, u32)) -> Self {
+        self.capability = cc;
         self
     }
 
@@ -234,6 +247,15 @@ impl Device for EmuDevice {
 
     fn shared_memory_limit(&self) -> u32 {
         self.shared_limit
+    }
+
+    fn compute_capability(&self) -> (u32, u32) {
+        self.capability
+    }
+
+    fn encode_tensor_map(&self, map: &Tiled) -> Result<TensorMap> {
+        map.encode_emulated()
+            .map_err(|e| self.book.err("encode tensor map", e.to_string()))
     }
 
     fn alloc<T: Pod>(&mut self, label: &str, len: usize) -> Result<DeviceBuffer<T>> {

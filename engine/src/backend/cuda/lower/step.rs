@@ -2,6 +2,7 @@
 //! parameter struct ([`Params`]), looking kernels up and running a list on a device, and
 //! the two device steps outside the model graph (the Euler update and the noise fill).
 
+use streamdit_kernels::gemm_sm90::{self, Buffers, Epilogue};
 use streamdit_kernels::{adaln, attention, conv, elementwise as ew, gemm};
 
 use crate::backend::cuda::device::{backend_error, Device, DeviceBuffer, Kernel, LaunchConfig};
@@ -21,12 +22,18 @@ pub struct DeviceParams<P>(pub P);
 unsafe impl<P: Copy> Send for DeviceParams<P> {}
 
 /// The parameter struct of one launch, by kernel.
+// The sm_90a GEMM's struct carries two 128-byte tensor maps (320 bytes, the others at most
+// 72): a lowered list holds a few hundred steps, built once, so boxing it would save a few
+// tens of KiB and cost `Copy`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug)]
 pub enum Params {
     GemmBiasF16(gemm::GemmBiasF16Params),
     GemmBiasF32(gemm::GemmBiasF32Params),
     GemmGatedResidual(gemm::GemmGatedResidualParams),
     GemmSwiglu(gemm::GemmSwigluParams),
+    /// Any of the four above on the sm_90a GEMM ([`select_gemm`]).
+    GemmSm90(gemm_sm90::GemmSm90Params),
     AdaLn(adaln::AdaLnParams),
     Patchify(ew::PatchifyParams),
     AddPositions(ew::AddPositionsParams),
@@ -49,6 +56,8 @@ pub enum Params {
 unsafe impl Send for Params {}
 
 /// One device operation of a lowered list.
+// `Launch` holds the (possibly 320-byte) `Params` inline; see there.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Step {
     Launch {
@@ -114,6 +123,7 @@ pub struct Lowered {
 pub fn resolve<D: Device>(dev: &mut D, mut steps: Vec<Step>) -> Result<Vec<Step>> {
     let limit = dev.shared_memory_limit();
     for step in &mut steps {
+        select_gemm(dev, step)?;
         limits::fit_step(step, limit)
             .map_err(|e| backend_error(dev.backend(), "fit shared memory", e))?;
         if let Step::Launch {
@@ -135,6 +145,103 @@ pub fn resolve<D: Device>(dev: &mut D, mut steps: Vec<Step>) -> Result<Vec<Step>
         }
     }
     Ok(steps)
+}
+
+/// The GEMM for the device: on compute capability 9.0 a launch of the mma.sync GEMM
+/// (`gemm.cu`) becomes the same product and epilogue on the sm_90a warp-specialised GEMM
+/// (`gemm_sm90.cu`: TMA, mbarrier ring, wgmma), with its two tensor maps encoded by the
+/// device over the same buffers; any other step, or any other device, is left as it is.
+pub fn select_gemm<D: Device>(dev: &D, step: &mut Step) -> Result<()> {
+    if dev.compute_capability() != (9, 0) {
+        return Ok(());
+    }
+    let Step::Launch {
+        label,
+        module,
+        kernel_name,
+        config,
+        params,
+        ..
+    } = step
+    else {
+        return Ok(());
+    };
+    let none = Buffers {
+        a: std::ptr::null(),
+        w: std::ptr::null(),
+        bias: std::ptr::null(),
+        out: std::ptr::null_mut(),
+        h: std::ptr::null_mut(),
+        mods: std::ptr::null(),
+    };
+    let dims = |m: i32, n: i32, k: i32| (m as usize, n as usize, k as usize);
+    let (epi, (m, n, k), gate, buffers) = match *params {
+        Params::GemmBiasF16(p) => (
+            Epilogue::BiasF16,
+            dims(p.m, p.n, p.k),
+            None,
+            Buffers {
+                a: p.a,
+                w: p.w,
+                bias: p.bias,
+                out: p.out.cast(),
+                ..none
+            },
+        ),
+        Params::GemmBiasF32(p) => (
+            Epilogue::BiasF32,
+            dims(p.m, p.n, p.k),
+            None,
+            Buffers {
+                a: p.a,
+                w: p.w,
+                bias: p.bias,
+                out: p.out.cast(),
+                ..none
+            },
+        ),
+        Params::GemmGatedResidual(p) => (
+            Epilogue::GatedResidual,
+            dims(p.m, p.n, p.k),
+            (!p.mods.is_null()).then(|| gemm::GateLayout {
+                frames: (p.tokens / p.tokens_per_frame.max(1)) as usize,
+                mod_k: p.mod_k as usize,
+                gate: p.gate as usize,
+                tokens: p.tokens as usize,
+                tokens_per_frame: p.tokens_per_frame as usize,
+            }),
+            Buffers {
+                a: p.a,
+                w: p.w,
+                bias: p.bias,
+                h: p.h,
+                mods: p.mods,
+                ..none
+            },
+        ),
+        Params::GemmSwiglu(p) => (
+            Epilogue::Swiglu,
+            dims(p.m, p.dff, p.k),
+            None,
+            Buffers {
+                a: p.a,
+                w: p.w13,
+                out: p.out.cast(),
+                ..none
+            },
+        ),
+        _ => return Ok(()),
+    };
+    let fail = |e: String| backend_error(dev.backend(), label.clone(), e);
+    let encode = |t: &streamdit_kernels::tma::Tiled| {
+        dev.encode_tensor_map(t).map_err(|e| e.to_string())
+    };
+    let p = gemm_sm90::params(epi, m, n, k, gate.as_ref(), &buffers, encode).map_err(fail)?;
+    *config = gemm_sm90::config(epi, m, n, k, gate.as_ref()).map_err(fail)?;
+    *module = "gemm_sm90";
+    *kernel_name = epi.kernel();
+    *params = Params::GemmSm90(p);
+    Ok(())
 }
 
 /// Launches one parameter struct.
@@ -161,6 +268,7 @@ unsafe fn launch<D: Device>(
         GemmBiasF32,
         GemmGatedResidual,
         GemmSwiglu,
+        GemmSm90,
         AdaLn,
         Patchify,
         AddPositions,

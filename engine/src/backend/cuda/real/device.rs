@@ -12,6 +12,9 @@ use crate::backend::cuda::device::{
 };
 use crate::backend::cuda::limits::{self, Candidate};
 use crate::error::Result;
+use streamdit_kernels::tma::{
+    DataType, Interleave, L2Promotion, OobFill, Swizzle, TensorMap, Tiled,
+};
 
 use super::*;
 
@@ -69,6 +72,83 @@ impl Device for CudaDevice {
 
     fn shared_memory_limit(&self) -> u32 {
         self.shared_optin
+    }
+
+    fn compute_capability(&self) -> (u32, u32) {
+        (self.capability.0 as u32, self.capability.1 as u32)
+    }
+
+    fn encode_tensor_map(&self, map: &Tiled) -> Result<TensorMap> {
+        let op = "cuTensorMapEncodeTiled";
+        map.validate().map_err(|e| err(op, e.to_string()))?;
+        use sys::CUtensorMapDataType as D;
+        let data_type = match map.data_type {
+            DataType::U8 => D::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+            DataType::U16 => D::CU_TENSOR_MAP_DATA_TYPE_UINT16,
+            DataType::U32 => D::CU_TENSOR_MAP_DATA_TYPE_UINT32,
+            DataType::I32 => D::CU_TENSOR_MAP_DATA_TYPE_INT32,
+            DataType::U64 => D::CU_TENSOR_MAP_DATA_TYPE_UINT64,
+            DataType::I64 => D::CU_TENSOR_MAP_DATA_TYPE_INT64,
+            DataType::F16 => D::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+            DataType::F32 => D::CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+            DataType::F64 => D::CU_TENSOR_MAP_DATA_TYPE_FLOAT64,
+            DataType::Bf16 => D::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            DataType::F32Ftz => D::CU_TENSOR_MAP_DATA_TYPE_FLOAT32_FTZ,
+            DataType::Tf32 => D::CU_TENSOR_MAP_DATA_TYPE_TFLOAT32,
+            DataType::Tf32Ftz => D::CU_TENSOR_MAP_DATA_TYPE_TFLOAT32_FTZ,
+        };
+        use sys::CUtensorMapInterleave as I;
+        let interleave = match map.interleave {
+            Interleave::None => I::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            Interleave::B16 => I::CU_TENSOR_MAP_INTERLEAVE_16B,
+            Interleave::B32 => I::CU_TENSOR_MAP_INTERLEAVE_32B,
+        };
+        use sys::CUtensorMapSwizzle as S;
+        let swizzle = match map.swizzle {
+            Swizzle::None => S::CU_TENSOR_MAP_SWIZZLE_NONE,
+            Swizzle::B32 => S::CU_TENSOR_MAP_SWIZZLE_32B,
+            Swizzle::B64 => S::CU_TENSOR_MAP_SWIZZLE_64B,
+            Swizzle::B128 => S::CU_TENSOR_MAP_SWIZZLE_128B,
+        };
+        use sys::CUtensorMapL2promotion as L;
+        let l2 = match map.l2_promotion {
+            L2Promotion::None => L::CU_TENSOR_MAP_L2_PROMOTION_NONE,
+            L2Promotion::B64 => L::CU_TENSOR_MAP_L2_PROMOTION_L2_64B,
+            L2Promotion::B128 => L::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+            L2Promotion::B256 => L::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+        };
+        use sys::CUtensorMapFloatOOBfill as F;
+        let oob = match map.oob_fill {
+            OobFill::Zero => F::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            OobFill::NanRequestZeroFma => F::CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA,
+        };
+        let mut encoded = sys::CUtensorMap { opaque: [0; 16] };
+        // SAFETY: the arrays have `rank` entries (rank - 1 strides), as validate() checked;
+        // `encoded` is a writable CUtensorMap; the driver only reads the arguments.
+        let r = unsafe {
+            sys::cuTensorMapEncodeTiled(
+                &mut encoded,
+                data_type,
+                map.rank() as u32,
+                map.global_address as *mut c_void,
+                map.global_dim.as_ptr(),
+                map.global_strides.as_ptr(),
+                map.box_dim.as_ptr(),
+                map.element_strides.as_ptr(),
+                interleave,
+                swizzle,
+                l2,
+                oob,
+            )
+        };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return Err(err(op, driver_message(DriverError(r))));
+        }
+        let mut bytes = [0u8; 128];
+        for (i, w) in encoded.opaque.iter().enumerate() {
+            bytes[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        Ok(TensorMap { bytes })
     }
 
     fn alloc<T: Pod>(&mut self, label: &str, len: usize) -> Result<DeviceBuffer<T>> {

@@ -1,0 +1,328 @@
+// streamdit-arch: sm_90a
+// The Hopper (sm_90a) FP16 GEMM with fused epilogues: C[M, N] = A[M, K] * W[N, K]^T, the
+// same products and epilogues as gemm.cu (the mma.sync path, which stays for sm_80/sm_89 and
+// as the cross-check), built from TMA loads, an mbarrier ring and wgmma.
+//
+// Entry points (one per fused epilogue; all take GemmSm90Params):
+//   gemm_sm90_bias_f16        out_f16[M, N]  = acc + bias                     (bias optional)
+//   gemm_sm90_bias_gelu_f16   out_f16[M, N]  = GELU_tanh(acc + bias)          (bias optional)
+//   gemm_sm90_bias_f32        out_f32[M, N]  = acc + bias                     (bias optional)
+//   gemm_sm90_gated_residual  h_f32[M, N]   += mods[frame(r), gate, n] * (acc + bias[n])
+//   gemm_sm90_swiglu          out_f16[M, Dff] = SiLU(u) * g,  [u; g] = A * W13^T
+//
+// CTA = 3 warpgroups (384 threads), one 128 x 128 output tile (SwiGLU: 128 x 64 outputs
+// from 64 u and 64 g columns), grid x over column tiles, y over row tiles:
+//   warpgroup 0, the producer: setmaxnreg.dec to 40; one elected thread of warp 0 walks the
+//     k-tiles, waits until the ring slot is empty, arms the slot's full barrier with the
+//     slot's byte count (arrive.expect_tx) and issues three TMA tensor loads into it: A rows
+//     [m0, m0 + 128) and two 64-row boxes of W (rows n0.. and n0 + 64.., or for SwiGLU the u
+//     rows n0.. and the g rows dff + n0..), 64 k each, 128-byte swizzled;
+//   warpgroups 1 and 2, the consumers: setmaxnreg.inc to 232; consumer c owns rows
+//     [m0 + 64c, m0 + 64c + 64) x all 128 columns: per k-tile it waits for the slot's full
+//     barrier, issues four wgmma.m64n128k16 (f16 in, f32 accumulate, both operands from
+//     shared-memory descriptors), commits them as one group, waits until at most that group
+//     is pending (wgmma.wait_group 1) and then releases the previous k-tile's slot (every
+//     consumer thread arrives on its empty barrier: the slot is refilled only after both
+//     consumers' wgmmas reading it have retired);
+//   the epilogue runs from the accumulator registers straight to global memory, predicated
+//     on M and N (no shared-memory staging; every output element written by one thread).
+// Ragged M, ragged N and the K tail come from TMA's out-of-bounds fill: box elements outside
+// the tensor are zeros, and the tx byte count is always the full box.
+//
+// Why this tile (the designs read: CUTLASS's sm90 "KernelTmaWarpSpecializedCooperative"
+// collective (cutlass/gemm/kernel/sm90_gemm_tma_warpspecialized_cooperative.hpp), DeepGEMM's
+// fp8_gemm.cuh, FlashAttention-3's warp-specialised mainloop (hopper/flash_fwd_kernel.h),
+// ThunderKittens' H100 GEMM example):
+//   - 128 x 128 x 64 with two consumer warpgroups is the cooperative default CUTLASS ships
+//     for f16: each consumer issues m64n128k16, the widest instruction whose 64 f32
+//     accumulators per thread leave ample registers for the epilogue (GELU, SwiGLU) under
+//     the 168-register launch cap, so the kernel cannot spill whatever ptxas does with the
+//     setmaxnreg regions. 128 x 256 (two m64n256, 128 accumulators per thread) feeds more
+//     FLOP per shared-memory byte and is what DeepGEMM and ThunderKittens pick for the
+//     largest shapes; it is the next step once a GPU can measure the difference.
+//   - BK = 64 f16 = 128 bytes per row: exactly one 128-byte swizzle atom row, the widest
+//     TMA swizzle, which makes wgmma's operand reads bank-conflict free; a k-tile is four
+//     k16 wgmma steps whose descriptors advance the start address by 32 bytes inside the
+//     atom (as CUTLASS and DeepGEMM do).
+//   - 4 stages of (128 + 128) x 64 x 2 B = 32 KiB: 128 KiB of ring (+1 KiB to align the
+//     ring to the 1024-byte swizzle repeat), one CTA per SM; three k-tiles (96 KiB) are in
+//     flight while one is consumed, which covers HBM latency at the H100's bandwidth
+//     (CUTLASS sizes its stage count the same way: as many as fit after the epilogue).
+//   - Registers: 128 x 40 + 256 x 232 = 64 512 <= 65 536, the split CUTLASS's cooperative
+//     kernel and DeepGEMM use for one producer and two consumer warpgroups.
+//   - Not done (yet): persistent CTAs with a tile scheduler and grouped rasterisation,
+//     clusters with TMA multicast, a TMA store epilogue. The grid's x runs over N, so the
+//     CTAs in flight share A's row block and W stays L2-resident, as in gemm.cu.
+//
+// Barriers (kernels/README.md, "Hopper GEMM"): full[s] (1 arrival + the slot's TMA bytes)
+// says slot s holds k-tile kt; empty[s] (256 arrivals, every consumer thread) says both
+// consumers' wgmmas that read k-tile kt from slot s have retired. The producer waits on
+// empty[s] with parity ((kt / S) & 1) ^ 1 (a fresh barrier's "previous phase" counts as
+// complete, so the first S waits return at once); the consumers wait on full[s] with
+// parity (kt / S) & 1.
+//
+// Shape contract (kernels/src/gemm_sm90.rs checks it before any launch): M >= 1, N and K
+// multiples of 8 (TMA: global strides are multiples of 16 bytes; the predicated epilogue
+// stores column pairs), N, K >= 8.
+//
+// Test-only variants (kernels/tests/gemm_sm90.rs and race_check.rs; never built by nvcc),
+// each a planted race the race checker must report:
+// streamdit-emu-variant: early_release
+//   the consumers arrive on a slot's empty barrier right after committing the wgmmas that
+//   read it, before wgmma.wait_group retires them: the producer's next TMA load into the
+//   slot is not ordered after those operand reads (write-after-read, async proxy);
+// streamdit-emu-variant: no_full_wait
+//   the consumers skip the wait on the slot's full barrier: their wgmma reads the slot
+//   before (or unordered with) the TMA load that fills it (read-after-write).
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "common/ptx_sm90.cuh"
+
+// `#pragma unroll` for nvcc (accumulator arrays must stay in registers); the host compiler
+// of the emulator does not know the pragma.
+#if PTX_EMU
+#define SM90_UNROLL
+#else
+#define SM90_UNROLL _Pragma("unroll")
+#endif
+
+struct Sm90Traits {
+    static constexpr int kBM = 128;
+    static constexpr int kBN = 128;
+    static constexpr int kBK = 64;
+    static constexpr int kStages = 4;
+    static constexpr int kConsumers = 2;                         // warpgroups of wgmma
+    static constexpr int kThreads = 128 * (1 + kConsumers);      // + the producer warpgroup
+    static constexpr int kWgRows = kBM / kConsumers;             // 64: one m64 per consumer
+    static constexpr int kAcc = kBN / 2;                         // f32 accumulators per thread
+    static constexpr int kRowBytes = kBK * 2;                    // 128: one swizzle atom row
+    static constexpr uint32_t kTileA = kBM * kRowBytes;          // 16 KiB
+    static constexpr uint32_t kBoxW = 64;                        // W rows per TMA box
+    static constexpr uint32_t kTileW = kBN * kRowBytes;          // 16 KiB (two boxes)
+    static constexpr uint32_t kStageBytes = kTileA + kTileW;     // 32 KiB
+    static constexpr uint32_t kSmemBytes = kStages * kStageBytes + 1024;  // + alignment
+    static constexpr int kProducerRegs = 40;
+    static constexpr int kConsumerRegs = 232;
+
+    static_assert(kRowBytes == 128, "a k-tile row must be one 128-byte swizzle atom row");
+    static_assert(kBK % 16 == 0, "whole k16 wgmma steps");
+    static_assert(kWgRows == 64, "each consumer warpgroup issues m64 wgmmas");
+    static_assert(kBN % 8 == 0 && kBN <= 256, "wgmma N is a multiple of 8 up to 256");
+    static_assert(kBN == 2 * kBoxW, "W arrives as two 64-row boxes (SwiGLU: u and g)");
+    static_assert(kTileA % 1024 == 0 && kTileW % 1024 == 0,
+                  "every tile starts on the 1024-byte repeat of the 128-byte swizzle");
+    static_assert(kStageBytes < (1u << 20), "tx-count limit of an mbarrier phase");
+    static_assert(kStages >= 2, "a ring needs two slots");
+    static_assert(kSmemBytes <= 227 * 1024, "must fit one SM's shared memory");
+    static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536,
+                  "setmaxnreg budgets must fit the SM's 64K registers");
+};
+
+struct GemmSm90Params {
+    ptx::TmaDesc map_a;  // A [M, K] f16: box {64 k, 128 rows}, SWIZZLE_128B, zero OOB fill
+    ptx::TmaDesc map_w;  // W [N, K] (SwiGLU: W13 [2 Dff, K]) f16: box {64 k, 64 rows}
+    const __half* bias;  // (N) or null (gated residual, bias entries)
+    void* out;           // (M, N) f16 or f32 (bias entries), (M, Dff) f16 (SwiGLU); unused
+                         // by the gated residual
+    float* h;            // (M, N) f32 residual stream (gated residual), else null
+    const float* mods;   // (F, mod_k, N) per-frame modulation (gated residual), or null
+    int m;
+    int n;               // output columns (SwiGLU: Dff)
+    int k;
+    int mod_k;
+    int gate;
+    int tokens;
+    int tokens_per_frame;
+};
+
+enum class Epi { BiasF16, BiasGeluF16, BiasF32, GatedResidual, Swiglu };
+
+// K-major, 128-byte-swizzled operand of `rows` x 64 at shared address `tile` (1024-aligned),
+// k16 step j: the atom's rows are 128 bytes, 8 rows (1024 bytes) per stride step, LBO unused.
+__device__ __forceinline__ uint64_t kmajor_sw128_desc(uint32_t tile, int j) {
+    return ptx::wgmma_desc(tile + 32u * static_cast<uint32_t>(j), 16, 1024, 1);
+}
+
+__device__ __forceinline__ float gelu_tanh(float z) {
+    return 0.5f * z * (1.0f + tanhf(0.7978845608f * (z + 0.044715f * z * z * z)));
+}
+
+__device__ __forceinline__ float silu(float z) { return z / (1.0f + __expf(-z)); }
+
+__device__ __forceinline__ float2 bias_pair(const __half* bias, int col) {
+    if (bias == nullptr) return make_float2(0.0f, 0.0f);
+    return __half22float2(*reinterpret_cast<const __half2*>(bias + col));
+}
+
+// The epilogue of consumer warpgroup `wg` (0 or 1), thread t (0..127) of it. Accumulator r
+// holds row 16 (t / 32) + (t % 32) / 4 + 8 ((r >> 1) & 1) of the warpgroup's 64 rows and
+// column 8 (r >> 2) + 2 (t % 4) + (r & 1) ("Matrix Fragments for wgmma.mma_async.m64nNk16",
+// accumulator D): r and r + 1 are adjacent columns, stored as one pair.
+template <Epi kEpi>
+__device__ __forceinline__ void epilogue(const GemmSm90Params& p, const float (&acc)[Sm90Traits::kAcc],
+                                         int m0, int n0, int wg, int t) {
+    using T = Sm90Traits;
+    const int row_base = m0 + wg * T::kWgRows + 16 * (t / 32) + (t % 32) / 4;
+    const int col_base = n0 + 2 * (t % 4);
+    if constexpr (kEpi == Epi::Swiglu) {
+        // Columns [0, 64) of the tile are u, [64, 128) the g of the same output columns:
+        // accumulator r (u) pairs with r + kAcc / 2 (g).
+        __half* out = static_cast<__half*>(p.out);
+SM90_UNROLL
+        for (int r = 0; r < T::kAcc / 2; r += 2) {
+            const int row = row_base + 8 * ((r >> 1) & 1);
+            const int col = col_base + 8 * (r >> 2);
+            if (row < p.m && col < p.n) {
+                const float* u = &acc[r];
+                const float* g = &acc[r + T::kAcc / 2];
+                *reinterpret_cast<__half2*>(out + static_cast<size_t>(row) * p.n + col) =
+                    __floats2half2_rn(silu(u[0]) * g[0], silu(u[1]) * g[1]);
+            }
+        }
+    } else {
+SM90_UNROLL
+        for (int r = 0; r < T::kAcc; r += 2) {
+            const int row = row_base + 8 * ((r >> 1) & 1);
+            const int col = col_base + 8 * (r >> 2);
+            if (row >= p.m || col >= p.n) continue;
+            const float2 b = bias_pair(p.bias, col);
+            const float z0 = acc[r] + b.x, z1 = acc[r + 1] + b.y;
+            const size_t at = static_cast<size_t>(row) * p.n + col;
+            if constexpr (kEpi == Epi::BiasF16) {
+                *reinterpret_cast<__half2*>(static_cast<__half*>(p.out) + at) = __floats2half2_rn(z0, z1);
+            } else if constexpr (kEpi == Epi::BiasGeluF16) {
+                *reinterpret_cast<__half2*>(static_cast<__half*>(p.out) + at) =
+                    __floats2half2_rn(gelu_tanh(z0), gelu_tanh(z1));
+            } else if constexpr (kEpi == Epi::BiasF32) {
+                *reinterpret_cast<float2*>(static_cast<float*>(p.out) + at) = make_float2(z0, z1);
+            } else {
+                // h += gate * (acc + bias); null mods: gate 1 (the ungated cross output).
+                float2 gv = make_float2(1.0f, 1.0f);
+                if (p.mods != nullptr) {
+                    const int frame = (row % p.tokens) / p.tokens_per_frame;
+                    gv = *reinterpret_cast<const float2*>(
+                        p.mods + (static_cast<size_t>(frame) * p.mod_k + p.gate) * p.n + col);
+                }
+                float2 hv = *reinterpret_cast<float2*>(p.h + at);
+                hv.x += gv.x * z0;
+                hv.y += gv.y * z1;
+                *reinterpret_cast<float2*>(p.h + at) = hv;
+            }
+        }
+    }
+}
+
+template <Epi kEpi>
+__device__ __forceinline__ void gemm_sm90(const GemmSm90Params& p, unsigned char* smem) {
+    using T = Sm90Traits;
+    constexpr int S = T::kStages;
+    __shared__ uint64_t full[S], empty[S];
+    const uint32_t base = ptx::smem_u32(smem);
+    const uint32_t ring = (base + 1023u) & ~1023u;  // the swizzle repeats every 1024 bytes
+    unsigned char* ring_ptr = smem + (ring - base);
+    const int warpgroup = threadIdx.x / 128;
+    const int k_tiles = (p.k + T::kBK - 1) / T::kBK;
+    const int m0 = blockIdx.y * T::kBM;
+    // SwiGLU: 64 output columns per CTA (u rows n0.., g rows dff + n0..).
+    const int n0 = blockIdx.x * (kEpi == Epi::Swiglu ? T::kBoxW : T::kBN);
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < S; ++s) {
+            ptx::mbarrier_init(&full[s], 1);
+            ptx::mbarrier_init(&empty[s], 128 * T::kConsumers);
+        }
+        // The initialised barriers are used by the TMA unit (complete_tx): make the
+        // generic-proxy initialisation visible to the async proxy.
+        ptx::fence_proxy_async();
+    }
+    __syncthreads();  // every thread sees initialised barriers before any use
+
+    if (warpgroup == 0) {
+        ptx::setmaxnreg_dec<T::kProducerRegs>();
+        if (threadIdx.x < 32 && ptx::elect_one()) {
+            const int w_row0 = n0;
+            const int w_row1 = kEpi == Epi::Swiglu ? p.n + n0 : n0 + static_cast<int>(T::kBoxW);
+            for (int kt = 0; kt < k_tiles; ++kt) {
+                const int s = kt % S;
+                // Slot s is free once both consumers released k-tile kt - S.
+                ptx::mbarrier_wait(&empty[s], ((kt / S) & 1) ^ 1);
+                ptx::mbarrier_arrive_expect_tx(&full[s], T::kStageBytes);
+                unsigned char* a = ring_ptr + s * T::kStageBytes;
+                unsigned char* w = a + T::kTileA;
+                const int k0 = kt * T::kBK;
+                ptx::tma_load_2d(a, &p.map_a, &full[s], k0, m0);
+                ptx::tma_load_2d(w, &p.map_w, &full[s], k0, w_row0);
+                ptx::tma_load_2d(w + T::kBoxW * T::kRowBytes, &p.map_w, &full[s], k0, w_row1);
+            }
+        }
+        return;  // nothing after this reads or writes shared memory for the producer
+    }
+
+    ptx::setmaxnreg_inc<T::kConsumerRegs>();
+    const int wg = warpgroup - 1;
+    const int t = threadIdx.x % 128;
+    float acc[T::kAcc];
+SM90_UNROLL
+    for (int r = 0; r < T::kAcc; ++r) acc[r] = 0.0f;
+    for (int kt = 0; kt < k_tiles; ++kt) {
+        const int s = kt % S;
+#if !defined(EMU_VARIANT_no_full_wait)  // planted race when defined (top of the file)
+        ptx::mbarrier_wait(&full[s], (kt / S) & 1);  // k-tile kt has landed in slot s
+#endif
+        const uint32_t a = ring + s * T::kStageBytes + wg * T::kWgRows * T::kRowBytes;
+        const uint32_t w = ring + s * T::kStageBytes + T::kTileA;
+        ptx::wgmma_fence();  // the accumulators were last touched by the previous group
+SM90_UNROLL
+        for (int j = 0; j < T::kBK / 16; ++j)
+            ptx::wgmma_f16_ss<T::kBN>(acc, kmajor_sw128_desc(a, j), kmajor_sw128_desc(w, j),
+                                      kt > 0 || j > 0);
+        ptx::wgmma_commit();
+#if defined(EMU_VARIANT_early_release)
+        ptx::mbarrier_arrive(&empty[s]);  // planted race: the wgmmas may still read slot s
+        ptx::wgmma_wait<0>();
+#else
+        // At most this k-tile's group is pending: the previous one, which read slot
+        // (kt - 1) % S, has retired, so that slot may be refilled.
+        ptx::wgmma_wait<1>();
+        if (kt > 0) ptx::mbarrier_arrive(&empty[(kt - 1) % S]);
+#endif
+    }
+    ptx::wgmma_wait<0>();  // the last group has retired: the accumulators are final
+    epilogue<kEpi>(p, acc, m0, n0, wg, t);
+}
+
+extern "C" __global__ void __launch_bounds__(Sm90Traits::kThreads, 1)
+    gemm_sm90_bias_f16(const __grid_constant__ GemmSm90Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    gemm_sm90<Epi::BiasF16>(p, smem);
+}
+EMU_REGISTER_KERNEL(gemm_sm90_bias_f16, GemmSm90Params)
+
+extern "C" __global__ void __launch_bounds__(Sm90Traits::kThreads, 1)
+    gemm_sm90_bias_gelu_f16(const __grid_constant__ GemmSm90Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    gemm_sm90<Epi::BiasGeluF16>(p, smem);
+}
+EMU_REGISTER_KERNEL(gemm_sm90_bias_gelu_f16, GemmSm90Params)
+
+extern "C" __global__ void __launch_bounds__(Sm90Traits::kThreads, 1)
+    gemm_sm90_bias_f32(const __grid_constant__ GemmSm90Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    gemm_sm90<Epi::BiasF32>(p, smem);
+}
+EMU_REGISTER_KERNEL(gemm_sm90_bias_f32, GemmSm90Params)
+
+extern "C" __global__ void __launch_bounds__(Sm90Traits::kThreads, 1)
+    gemm_sm90_gated_residual(const __grid_constant__ GemmSm90Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    gemm_sm90<Epi::GatedResidual>(p, smem);
+}
+EMU_REGISTER_KERNEL(gemm_sm90_gated_residual, GemmSm90Params)
+
+extern "C" __global__ void __launch_bounds__(Sm90Traits::kThreads, 1)
+    gemm_sm90_swiglu(const __grid_constant__ GemmSm90Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    gemm_sm90<Epi::Swiglu>(p, smem);
+}
+EMU_REGISTER_KERNEL(gemm_sm90_swiglu, GemmSm90Params)

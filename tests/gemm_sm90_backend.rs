@@ -1,0 +1,125 @@
+//! The sm_90a GEMM chosen at run time: on a device of compute capability 9.0 (modelled by the
+//! emulated device) the CUDA backend runs every linear layer on the warp-specialised
+//! `gemm_sm90` kernels (TMA, mbarrier ring, wgmma; `kernels/cuda/gemm_sm90.cu`) instead of
+//! the mma.sync `gemm` kernels, and a call matches the CPU backend step by step as the
+//! mma.sync path does; on 8.0 nothing changes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::{f64s, rel_l2};
+use streamdit::backend::cpu::CpuBackend;
+use streamdit::backend::cuda::emu::EmuDevice;
+use streamdit::backend::cuda::lower::Step;
+use streamdit::backend::cuda::{CudaBackend, DeviceWeights};
+use streamdit::backend::Backend;
+use streamdit::checkpoint::{DType, Weights};
+use streamdit::model::graph::Graph;
+use streamdit::text::{stack, ByteEmbedding};
+
+/// One traced call (guidance 4.5: the CFG batch of 2) on an emulated device of compute
+/// capability `cc`: the output, each step's (label, module, kernel) and its rel L2 against
+/// the CPU backend's trace of the same op.
+struct Call {
+    out: Vec<f32>,
+    cpu_out: Vec<f32>,
+    steps: Vec<(String, &'static str, &'static str, f64)>,
+}
+
+fn call(cc: (u32, u32)) -> Call {
+    let profile = common::emu_profile();
+    let m = profile.model.clone();
+    let weights = Arc::new(Weights::random(&m, 5, DType::F16));
+    let graph = Graph::build(&m, 4.5);
+    let table = weights.get("text_embed.weight").unwrap().clone();
+    let emb = ByteEmbedding::new(table, m.text_len, m.text_dim).unwrap();
+    let (prompt, negative) = (emb.embed("a fox in the snow"), emb.embed(""));
+    let (text, mask) = stack(&[&prompt, &negative]);
+    let mut rng = common::Rng::new(3);
+    let x = rng.f32s(m.buffer_elems(), -2.0, 2.0);
+    let tau: Vec<f32> = (0..m.latent_frames)
+        .map(|f| f as f32 / 8.0 + 0.05)
+        .collect();
+
+    let mut cpu = CpuBackend::new(graph.clone(), weights.clone()).unwrap();
+    cpu.set_text(&text, &mask).unwrap();
+    let mut want: HashMap<usize, Vec<f32>> = HashMap::new();
+    let mut cpu_out = vec![0.0; x.len()];
+    cpu.forward_traced(
+        &x,
+        &tau,
+        &mut cpu_out,
+        Some(&mut |t| {
+            want.insert(t.index, t.values.to_vec());
+        }),
+    )
+    .unwrap();
+
+    let dev = EmuDevice::new().with_compute_capability(cc);
+    let mut gpu = CudaBackend::new(graph, DeviceWeights::Host(&weights), 2, dev).unwrap();
+    gpu.set_text(&text, &mask).unwrap();
+    let mut out = vec![0.0; x.len()];
+    let mut steps = Vec::new();
+    gpu.forward_traced(&x, &tau, &mut out, &mut |step, got| {
+        let err = rel_l2(&f64s(got), &f64s(&want[&step.trace().op]));
+        if let Step::Launch {
+            module,
+            kernel_name,
+            ..
+        } = step
+        {
+            steps.push((step.label().to_string(), *module, *kernel_name, err));
+        }
+    })
+    .unwrap();
+    Call {
+        out,
+        cpu_out,
+        steps,
+    }
+}
+
+#[test]
+fn compute_capability_9_runs_the_sm90_gemm_and_matches_the_cpu() {
+    let hopper = call((9, 0));
+    let ampere = call((8, 0));
+    let gemms = |c: &Call, module: &str| c.steps.iter().filter(|s| s.1 == module).count();
+    // Every GEMM of the 8.0 call is an sm_90a GEMM in the 9.0 call, none is left behind.
+    let n = gemms(&ampere, "gemm");
+    assert!(n > 0, "the 8.0 call has GEMMs");
+    assert_eq!(gemms(&ampere, "gemm_sm90"), 0);
+    assert_eq!(gemms(&hopper, "gemm"), 0, "a mma.sync GEMM on 9.0");
+    assert_eq!(gemms(&hopper, "gemm_sm90"), n);
+    for (k, name) in ["gemm_sm90_bias_f16", "gemm_sm90_bias_f32"]
+        .iter()
+        .zip(["bias f16", "bias f32"])
+    {
+        assert!(
+            hopper.steps.iter().any(|s| s.2 == *k),
+            "no {name} GEMM ({k}) in the 9.0 call"
+        );
+    }
+    let mut worst = (0.0f64, String::new());
+    for (label, module, kernel, err) in &hopper.steps {
+        if *module == "gemm_sm90" {
+            println!("{label:<70} {kernel:<26} rel L2 vs cpu {err:.2e}");
+        }
+        if *err > worst.0 {
+            worst = (*err, label.clone());
+        }
+    }
+    let err = rel_l2(&f64s(&hopper.out), &f64s(&hopper.cpu_out));
+    let paths = rel_l2(&f64s(&hopper.out), &f64s(&ampere.out));
+    println!(
+        "9.0 call: output rel L2 vs cpu {err:.2e}, vs the 8.0 (mma.sync) call {paths:.2e}; \
+         worst step {:.2e} at {}",
+        worst.0, worst.1
+    );
+    assert!(worst.0 < 1e-2, "{} rel L2 {:.2e}", worst.1, worst.0);
+    assert!(err < 1e-2, "output rel L2 {err:.2e}");
+    // The two paths sum the same f32 products of the same f16 operands; only the order of
+    // the f32 additions may differ.
+    assert!(paths < 1e-3, "9.0 vs 8.0 output rel L2 {paths:.2e}");
+}
