@@ -1,0 +1,212 @@
+"""Stage 2 of issue 21: train the `tiny` DiT on the shapes world with StreamDiT's recipe.
+
+    python train/train_dit.py --out runs/dit --tae runs/tae.safetensors \
+        --engine target/release/streamdit [--minutes 60] [--seed 0]        # resumes from --out
+    python train/train_dit.py --out runs/dit --tae runs/tae.safetensors \
+        --engine target/release/streamdit --export tiny-shapes.safetensors
+
+The model is `benches/torch_tiny.py`'s PyTorch implementation of ../shared/MODEL_SPEC.md
+(checked there against the engine's `streamdit forward`), its weights made trainable. The
+starting point is the engine's own random `tiny` checkpoint (`streamdit weights init`), so the
+tensor names, shapes and every tensor not trained (none today) are the engine's.
+
+Recipe (MODEL_SPEC section 5's moving buffer; the staggering and the mixed partitioning are
+the StreamDiT paper's, Kodaira et al. 2025, section 3):
+- data: 32 consecutive video frames of a shapes clip, encoded by the stage-1 TAE encoder into
+  the buffer's 8 latent frames `x1` (computed once into `latents.pt`, `--clips` clips, 512 by
+  default);
+- text: the profile's text encoders run by the engine (`streamdit encode`) on the clip's
+  caption, once per caption (`text.pt`); 10% of samples get the empty prompt so classifier-free
+  guidance has an unconditional model;
+- noise levels: a chunk size `c` drawn from the divisors of the buffer (1, 2, 4, 8: the mixed
+  partitioning), `N = 8 / c` chunks, one `u ~ U[0, 1)` per sample, chunk `j` (0 = oldest) at
+  `tau_j = (N - 1 - j + u) / N` (the steady state of linear stage boundaries at a random
+  micro-step);
+- flow matching with MODEL_SPEC's convention (`tau = 0` noise, `tau = 1` data):
+  `x = tau x1 + (1 - tau) eps`, target `v = x1 - eps`, mean squared error over the buffer;
+- AdamW, lr 3e-4 after 200 warm-up steps, batch 4 by accumulation, gradient clipping at 1;
+- resumable (`checkpoint.pt` every 50 steps), seeded, `loss.png` drawn as it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import shapes  # noqa: E402
+import tae  # noqa: E402
+from train_tae import draw_curve  # noqa: E402
+
+
+def _bench_model():
+    spec = importlib.util.spec_from_file_location("torch_tiny", os.path.join(HERE, "..", "benches", "torch_tiny.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+torch_tiny = _bench_model()
+M = torch_tiny.TINY
+BUFFER = M["F"]
+BATCH = 4
+NULL_PROMPT_SHARE = 0.1
+
+
+def text_table(out: str, engine: str, caps: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """`streamdit encode` of every caption of the data and the empty prompt, cached in `text.pt`."""
+    path = os.path.join(out, "text.pt")
+    if os.path.exists(path):
+        return torch.load(path, weights_only=True)
+    table = {}
+    with tempfile.TemporaryDirectory() as d:
+        f = os.path.join(d, "t.safetensors")
+        for i, cap in enumerate(sorted(set([""] + caps))):
+            subprocess.run([engine, "encode", "--profile", "tiny", "--prompt", cap, "--out", f], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            t = tae.load(f)
+            table[cap] = (t["text"], t["text_mask"])
+            if i % 50 == 0:
+                print(f"train_dit: encoded {i + 1} prompts", flush=True)
+    torch.save(table, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return table
+
+
+def latent_table(out: str, tae_path: str, seed: int, clips: int) -> tuple[torch.Tensor, list[str]]:
+    """`[CLIPS, 8, C, 16, 16]` buffer latents of shapes clips and their captions, in `latents.pt`."""
+    path = os.path.join(out, "latents.pt")
+    if os.path.exists(path):
+        s = torch.load(path, weights_only=True)
+        return s["latents"], s["captions"]
+    enc = tae.Encoder()
+    tae.load_into(enc, "encoder.", tae.load(tae_path))
+    zs, caps = [], []
+    with torch.no_grad():
+        for i in range(clips):
+            c = shapes.sample(i, seed)
+            start = int(np.random.Generator(np.random.PCG64([seed, i, 2])).integers(0, 256))
+            v = shapes.render(c, 4 * BUFFER, start=start)
+            x = torch.from_numpy(v).permute(0, 3, 1, 2).float()[None] / 127.5 - 1
+            zs.append(enc(x)[0])
+            caps.append(c.caption)
+            if i % 64 == 0:
+                print(f"train_dit: encoded {i + 1}/{clips} clips", flush=True)
+    z = torch.stack(zs)
+    torch.save({"latents": z, "captions": caps}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return z, caps
+
+
+def noise_levels(rng: np.random.Generator) -> torch.Tensor:
+    c = int(rng.choice([d for d in range(1, BUFFER + 1) if BUFFER % d == 0]))
+    n, u = BUFFER // c, float(rng.random())
+    tau = [(n - 1 - (f // c) + u) / n for f in range(BUFFER)]
+    return torch.tensor(tau, dtype=torch.float32)
+
+
+def train(a) -> None:
+    os.makedirs(a.out, exist_ok=True)
+    torch.manual_seed(a.seed)
+    z, caps = latent_table(a.out, a.tae, a.seed, a.clips)
+    texts = text_table(a.out, a.engine, caps)
+    init = os.path.join(a.out, "init.safetensors")
+    if not os.path.exists(init):
+        subprocess.run([a.engine, "weights", "init", "--profile", "tiny", "--dtype", "f32", "--out", init], check=True,
+                       stdout=subprocess.DEVNULL)
+    weights = torch_tiny.read_safetensors(init)
+    model = torch_tiny.Model({k: v for k, v in weights.items() if not k.startswith(("decoder.", "encoder."))}, M)
+    params = {k: v.requires_grad_(True) for k, v in model.w.items()}
+    opt = torch.optim.AdamW(params.values(), lr=3e-4, weight_decay=0.0)
+    ck = os.path.join(a.out, "checkpoint.pt")
+    step, history = 0, []
+    if os.path.exists(ck):
+        s = torch.load(ck, weights_only=True)
+        with torch.no_grad():
+            for k, v in s["weights"].items():
+                params[k].copy_(v)
+        opt.load_state_dict(s["optimizer"])
+        step, history = s["step"], [tuple(h) for h in s["history"]]
+        print(f"train_dit: resumed at step {step}")
+
+    def save():
+        torch.save({"weights": {k: v.detach() for k, v in params.items()}, "optimizer": opt.state_dict(),
+                    "step": step, "history": history}, ck + ".tmp")
+        os.replace(ck + ".tmp", ck)
+        draw_curve(os.path.join(a.out, "loss.png"), history)
+        with open(os.path.join(a.out, "history.json"), "w") as f:
+            json.dump({"step": step, "history": history}, f)
+
+    t_end = time.time() + a.minutes * 60
+    while time.time() < t_end and (a.max_steps is None or step < a.max_steps):
+        for g in opt.param_groups:
+            g["lr"] = 3e-4 * min(1.0, (step + 1) / 200)
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for b in range(BATCH):
+            rng = np.random.Generator(np.random.PCG64([a.seed, step, b]))
+            i = int(rng.integers(0, len(caps)))
+            cap = "" if rng.random() < NULL_PROMPT_SHARE else caps[i]
+            text, mask = texts[cap]
+            x1 = z[i]
+            eps = torch.from_numpy(rng.standard_normal(x1.shape).astype(np.float32))
+            tau = noise_levels(rng)
+            t = tau[:, None, None, None]
+            model.set_text(text, mask)
+            v = model.forward(t * x1 + (1 - t) * eps, tau)
+            loss = F.mse_loss(v, x1 - eps) / BATCH
+            loss.backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+        opt.step()
+        step += 1
+        history.append((step, total))
+        if step % 10 == 0:
+            print(f"step {step}: loss {total:.5f}", flush=True)
+        if step % 50 == 0:
+            save()
+    save()
+    print(f"train_dit: stopped at step {step}, checkpoint {ck}")
+
+
+def export(a) -> None:
+    """The engine's checkpoint: the trained DiT tensors, the TAE's `encoder.*`/`decoder.*`,
+    and every other tensor of the engine's random `tiny` checkpoint, in f16."""
+    s = torch.load(os.path.join(a.out, "checkpoint.pt"), weights_only=True)
+    base = tae.load(os.path.join(a.out, "init.safetensors"))
+    out = {**base, **tae.load(a.tae), **s["weights"]}
+    tae.save(a.export, out, dtype=torch.float16)
+    print(f"train_dit: wrote {a.export} ({len(out)} tensors, step {s['step']})")
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="run folder (caches, checkpoint, loss.png)")
+    p.add_argument("--tae", required=True, help="the stage-1 export (encoder.* and decoder.*)")
+    p.add_argument("--engine", default="target/release/streamdit")
+    p.add_argument("--minutes", type=float, default=60.0)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clips", type=int, default=512, help="shapes clips encoded for training")
+    p.add_argument("--export", help="write the engine checkpoint to this file instead of training")
+    a = p.parse_args(argv)
+    if a.export:
+        export(a)
+    else:
+        train(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
