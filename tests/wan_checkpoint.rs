@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 
 use streamdit::checkpoint::wan::random_wan;
 use streamdit::model::profile::BUILTIN_PROFILES;
-use streamdit::{
-    files, BackendKind, DType, Engine, EngineParams, Error, Profile, Tensor, WeightsSource,
-};
+use streamdit::{files, BackendKind, DType, Engine, EngineParams, Profile, Tensor, WeightsSource};
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("streamdit-wan-ckpt-{}", std::process::id()));
