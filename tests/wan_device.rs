@@ -366,3 +366,39 @@ fn the_engine_runs_wan_on_the_emulator() {
     let b = e.create_causal_backend().unwrap();
     assert_eq!(b.name(), "emu");
 }
+
+/// `denoise_timed` runs the same launches one by one: the same output as `denoise`, bit
+/// for bit, and one timed piece per launch of the list, labelled by it.
+#[test]
+fn timed_calls_report_every_launch_and_match_the_call() {
+    let w = tiny();
+    let wt = weights(&w);
+    let mut dev = CudaCausal::new(&w, &wt, EmuDevice::new()).unwrap();
+    let (t, m) = text(&w, 2, 4);
+    dev.set_text(&t, &m).unwrap();
+    let n = w.chunk_frames * w.frame_elems();
+    let x = Rng::new(9).f32s(n, -2.0, 2.0);
+    let ts = vec![750.0; w.chunk_frames];
+    let mut v = common::poisoned(n);
+    dev.denoise(&x, &ts, 0, &mut v).unwrap();
+    let mut timed = common::poisoned(n);
+    let mut labels = Vec::new();
+    let clock = dev
+        .denoise_timed(&x, &ts, 0, &mut timed, &mut |s| {
+            assert!(s.seconds >= 0.0);
+            labels.push(s.label.to_string());
+        })
+        .unwrap();
+    assert_eq!(clock, streamdit::Clock::Emulator);
+    assert!(v
+        .iter()
+        .zip(&timed)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    let (steps, _) = dev.call_steps(w.chunk_frames).unwrap();
+    let want: Vec<String> = steps.iter().map(|s| s.label().to_string()).collect();
+    assert_eq!(labels, want);
+    assert!(
+        labels.iter().any(|l| l.contains("wan_qkv_rope")),
+        "{labels:?}"
+    );
+}
