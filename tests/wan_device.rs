@@ -402,3 +402,36 @@ fn timed_calls_report_every_launch_and_match_the_call() {
         "{labels:?}"
     );
 }
+
+/// The 1.3B shapes lower (every launch's shape contract accepted: dh = 128, D = 1536,
+/// 1560 tokens per frame, a 21-frame window), and every launch fits an H100's shared
+/// memory while the head-dim-128 attentions (cache and cross) are refused on an sm_86
+/// device, naming the kernel.
+#[test]
+fn wan_1_3b_lowers_and_its_attention_needs_more_than_sm86_shared_memory() {
+    use streamdit::backend::cuda::limits::{fit_step, OPTIN_SM86, OPTIN_SM90};
+    use streamdit::backend::cuda::lower::wan::{lower_call, lower_prompt, CallLayout, ModelLayout};
+    let w = Profile::builtin("wan-1.3b").unwrap().wan().unwrap().clone();
+    let m = ModelLayout::new(&w);
+    let c = CallLayout::new(&w, w.chunk_frames);
+    // Addresses only: nothing is allocated or launched.
+    let (mb, cb) = (1 << 32, 1 << 40);
+    let prompt = lower_prompt(&w, &m, mb, &c, cb).unwrap();
+    assert_eq!(prompt.len(), 2 + 2 * w.depth);
+    let full = lower_call(&w, &m, mb, &c, cb, w.window).unwrap();
+    assert_eq!(full.steps.len(), 8 + 14 * w.depth + 4);
+    let mut refused = Vec::new();
+    for mut step in full.steps {
+        fit_step(&mut step.clone(), OPTIN_SM90).unwrap();
+        if let Err(e) = fit_step(&mut step, OPTIN_SM86) {
+            refused.push(e);
+        }
+    }
+    assert_eq!(refused.len(), 2 * w.depth, "two attentions per block");
+    assert!(refused[0].contains("attn_kvcache_d128"), "{}", refused[0]);
+    assert!(refused[1].contains("attn_cross_d128"), "{}", refused[1]);
+    assert!(refused[0].contains("115584 B") && refused[0].contains("101376 B"));
+    // More attended frames than the cache holds is refused when lowering.
+    let e = lower_call(&w, &m, mb, &c, cb, w.window + 1).unwrap_err();
+    assert!(e.to_string().contains("attended frames"), "{e}");
+}
