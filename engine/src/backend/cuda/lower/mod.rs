@@ -30,6 +30,7 @@ mod gemm;
 mod norm;
 mod step;
 pub mod wan;
+mod wan_layout;
 
 use std::collections::HashMap;
 
