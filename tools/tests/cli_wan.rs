@@ -308,7 +308,7 @@ fn convert_reads_a_pt_and_refuses_a_hostile_one() {
 
 #[test]
 fn wan_errors_are_named() {
-    let m = fails(&[
+    let out = streamdit(&[
         "generate",
         "--profile",
         "wan-tiny",
@@ -320,7 +320,15 @@ fn wan_errors_are_named() {
         "--out",
         "-",
     ]);
-    assert!(m.contains("until its CUDA lowering lands"), "{m}");
+    // The family runs on a device: with a GPU this succeeds; without one it fails with
+    // the CUDA probe's error.
+    if !out.status.success() {
+        let m = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !m.contains("lowering lands") && m.to_lowercase().contains("cuda"),
+            "{m}"
+        );
+    }
     let m = fails(&[
         "generate",
         "--profile",

@@ -92,7 +92,7 @@ impl Engine {
     pub fn with_device(params: EngineParams, device: usize) -> Result<Engine> {
         params.profile.validate()?;
         if params.profile.family == Family::Wan {
-            return Engine::new_wan(params);
+            return Engine::new_wan(params, device);
         }
         let (backend, backend_reason, device_uuid) = match params.backend {
             BackendKind::Cpu => (BackendKind::Cpu, "cpu: requested".to_string(), None),

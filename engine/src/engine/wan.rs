@@ -1,5 +1,5 @@
-//! The engine's parts for the Wan family (docs/wan.md): the backend choice (the CPU until
-//! the family's CUDA lowering lands), its weights (a checkpoint in original or diffusers
+//! The engine's parts for the Wan family (docs/wan.md): the backend choice (the CPU, or the
+//! device backend of `backend::cuda::causal` on the emulator or a GPU), its weights (a checkpoint in original or diffusers
 //! names with a LoRA merged, or the deterministic random ones), its causal backend and the
 //! parts of a stream.
 
@@ -7,6 +7,10 @@ use std::sync::{Arc, OnceLock};
 
 use super::{BackendKind, Engine, EngineParams, StreamParams, WeightsSource};
 use crate::backend::cpu::CpuCausal;
+use crate::backend::cuda::device::Device;
+use crate::backend::cuda::emu::EmuDevice;
+use crate::backend::cuda::real::CudaDevice;
+use crate::backend::cuda::CudaCausal;
 use crate::backend::CausalBackend;
 use crate::checkpoint::wan::{load_wan, random_wan};
 use crate::checkpoint::{Checkpoint, Weights};
@@ -18,26 +22,24 @@ use crate::stream::{CausalSampler, Parts, Stream};
 use crate::text::conditioner::Adapters;
 use crate::text::Conditioner;
 
-/// Why a Wan profile cannot run on a CUDA device yet.
-pub(crate) const NO_CUDA: &str =
-    "the Wan family runs on the CPU backend until its CUDA lowering lands (use --backend cpu)";
-
-/// The backend a Wan engine runs on, and why.
-fn choose(kind: BackendKind) -> Result<(BackendKind, String)> {
+/// The backend a Wan engine runs on, why, and the GPU's UUID (as StreamDiT's choice).
+fn choose(kind: BackendKind, device: usize) -> Result<(BackendKind, String, Option<String>)> {
     match kind {
-        BackendKind::Cpu => Ok((BackendKind::Cpu, "cpu: requested".into())),
-        BackendKind::Auto => Ok((
-            BackendKind::Cpu,
-            "auto: the Wan family runs on the CPU backend until its CUDA lowering lands".into(),
+        BackendKind::Cpu => Ok((BackendKind::Cpu, "cpu: requested".into(), None)),
+        BackendKind::Emu => Ok((
+            BackendKind::Emu,
+            "emu: requested (the Wan launch lists on the kernel emulator; slow)".into(),
+            None,
         )),
-        BackendKind::Cuda | BackendKind::Emu => Err(Error::Invalid(format!(
-            "backend {}: {NO_CUDA}",
-            if kind == BackendKind::Cuda {
-                "cuda"
-            } else {
-                "emu"
-            }
-        ))),
+        BackendKind::Cuda => {
+            let dev = super::probe_cuda(device)?;
+            Ok((
+                BackendKind::Cuda,
+                format!("cuda: requested, {}", dev.describe()),
+                Some(dev.uuid().to_string()),
+            ))
+        }
+        BackendKind::Auto => Ok(super::auto_choice(super::probe_cuda(device))),
     }
 }
 
@@ -83,8 +85,8 @@ pub(crate) fn wan_text(profile: &Profile, source: &WeightsSource) -> Result<Cond
 
 impl Engine {
     /// [`Engine::with_device`] for a Wan profile.
-    pub(super) fn new_wan(params: EngineParams) -> Result<Engine> {
-        let (backend, backend_reason) = choose(params.backend)?;
+    pub(super) fn new_wan(params: EngineParams, device: usize) -> Result<Engine> {
+        let (backend, backend_reason, device_uuid) = choose(params.backend, device)?;
         params.check_host_weights(true)?;
         let (weights, notes) = wan_weights(&params.profile, &params.weights)?;
         let text = wan_text(&params.profile, &params.weights)?;
@@ -93,21 +95,36 @@ impl Engine {
             profile: Arc::new(params.profile),
             device_random: None,
             device_file: None,
-            device: 0,
+            device,
             weights: Arc::new(weights),
             backend,
             backend_reason,
-            device_uuid: None,
+            device_uuid,
             source: params.weights,
             decoder_weights: OnceLock::new(),
             notes,
         })
     }
 
-    /// A fresh causal backend (its own KV cache) for a Wan profile: the CPU backend.
+    /// A fresh causal backend (its own KV cache) for a Wan profile: the CPU backend, or the
+    /// device backend on the emulator or the engine's GPU (weights uploaded as f16).
     pub fn create_causal_backend(&self) -> Result<Box<dyn CausalBackend>> {
         let w = self.profile.wan()?;
-        Ok(Box::new(CpuCausal::new(w, self.weights.clone())?))
+        match self.backend {
+            BackendKind::Cpu | BackendKind::Auto => {
+                Ok(Box::new(CpuCausal::new(w, self.weights.clone())?))
+            }
+            BackendKind::Emu => Ok(Box::new(CudaCausal::new(
+                w,
+                &self.weights,
+                EmuDevice::new(),
+            )?)),
+            BackendKind::Cuda => Ok(Box::new(CudaCausal::new(
+                w,
+                &self.weights,
+                CudaDevice::new(self.device)?,
+            )?)),
+        }
     }
 
     /// [`Engine::stream`] for a Wan profile: CFG is off (the models are distilled).

@@ -29,11 +29,15 @@
 //!   copied from pinned memory on the compute stream before each replay, [`step_block`]),
 //!   prefetch of the next step, timed eager calls.
 //! - [`text`]: the text encoders' linear layers on a device.
+//! - [`causal`]: `CudaCausal<D: Device>`, the Wan family's
+//!   [`CausalBackend`](crate::backend::CausalBackend) (KV cache of frame slots on the
+//!   device) over the launch lists of `lower::wan`.
 //!
 //! The TAE decoder's lowering to its kernels lives with the decoder, in
 //! `crate::decoder::tae::device`, built on this module's device layer and launch steps.
 
 pub mod backend;
+pub mod causal;
 pub mod device;
 pub mod emu;
 pub mod limits;
@@ -43,3 +47,4 @@ pub mod step_block;
 pub mod text;
 
 pub use backend::{CudaBackend, DeviceWeights};
+pub use causal::CudaCausal;

@@ -29,6 +29,8 @@ mod elementwise;
 mod gemm;
 mod norm;
 mod step;
+pub mod wan;
+mod wan_layout;
 
 use std::collections::HashMap;
 
@@ -172,8 +174,8 @@ fn lower_list(
             | Op::TextAttention { .. }
             | Op::UnpatchifyPacked { .. } => {
                 return Err(Error::Invalid(format!(
-                    "{}: the Wan family's ops have no CUDA lowering yet (the Wan family runs \
-                     on the CPU backend until its CUDA lowering lands)",
+                    "{}: the Wan family's ops are lowered from its configuration by \
+                     `lower::wan` (the causal device backend), not from the op list",
                     at.label
                 )));
             }

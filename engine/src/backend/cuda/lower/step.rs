@@ -3,7 +3,9 @@
 //! the two device steps outside the model graph (the Euler update and the noise fill).
 
 use streamdit_kernels::gemm_sm90::{self, Buffers, Epilogue};
-use streamdit_kernels::{adaln, attention, conv, elementwise as ew, gemm};
+use streamdit_kernels::{
+    adaln, attention, conv, elementwise as ew, gemm, wan_attention, wan_embed, wan_qk,
+};
 
 use crate::backend::cuda::device::{backend_error, Device, DeviceBuffer, Kernel, LaunchConfig};
 use crate::backend::cuda::limits;
@@ -49,6 +51,10 @@ pub enum Params {
     GroupNormStats(conv::GroupNormStatsParams),
     GroupNormFinalize(conv::GroupNormFinalizeParams),
     GroupNormApply(conv::GroupNormApplyParams),
+    WanQkvRope(wan_qk::WanQkvRopeParams),
+    WanRmsRows(wan_qk::WanRmsRowsParams),
+    WanTimestep(wan_embed::WanTimestepParams),
+    AttnKvCache(wan_attention::AttnKvCacheParams),
 }
 
 // SAFETY: as for `DeviceParams`: the structs carry device addresses the host never
@@ -283,7 +289,11 @@ unsafe fn launch<D: Device>(
         Conv1x1,
         GroupNormStats,
         GroupNormFinalize,
-        GroupNormApply
+        GroupNormApply,
+        WanQkvRope,
+        WanRmsRows,
+        WanTimestep,
+        AttnKvCache
     )
 }
 
@@ -401,7 +411,7 @@ pub fn noise_fill<D: Device>(
         .map_err(|e| backend_error(dev.backend(), label, e.to_string()))
 }
 
-pub(super) fn launch_step(
+pub(crate) fn launch_step(
     label: String,
     module: &'static str,
     kernel_name: &'static str,
