@@ -118,7 +118,10 @@ fn a_decoder_without_its_caches_is_caught() {
     Decoder::decode(&mut *d, &latents[..half], &mut got).unwrap();
     d.forget_context();
     Decoder::decode(&mut *d, &latents[half..], &mut got).unwrap();
-    assert_ne!(got, frames.concat());
+    assert!(
+        got != frames.concat(),
+        "a decoder without its caches matched the stream"
+    );
 }
 
 /// Random decoder weights written by `weights init --decoder` (the released names) decode
@@ -130,11 +133,12 @@ fn written_random_weights_equal_the_streams_own() {
     let path = temp("taehv.safetensors");
     write_random_wan_decoder(e.profile(), WanDecoder::Taehv, 5, DType::F16, &path).unwrap();
     let (_, got) = stream(&e, DecoderKind::Taehv, Some(path.clone()), 2);
-    assert_eq!(got, want);
+    assert!(got == want, "the written file decodes differently");
     // Another seed's file gives other frames: the file is really read.
-    write_random_wan_decoder(e.profile(), WanDecoder::Taehv, 6, DType::F16, &path).unwrap();
-    let (_, other) = stream(&e, DecoderKind::Taehv, Some(path), 2);
-    assert_ne!(other, want);
+    let path6 = temp("taehv-6.safetensors");
+    write_random_wan_decoder(e.profile(), WanDecoder::Taehv, 6, DType::F16, &path6).unwrap();
+    let (_, other) = stream(&e, DecoderKind::Taehv, Some(path6), 2);
+    assert!(other != want, "seed 6's file decodes as seed 5's weights");
     let (_, preview) = stream(&e, DecoderKind::Preview, None, 1);
     assert_eq!(
         preview[0].len(),

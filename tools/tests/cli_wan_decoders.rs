@@ -126,7 +126,7 @@ fn generate_with_each_decoder_and_its_weights() {
         m.contains("not a TAEHV decoder checkpoint") && m.contains("decoder.conv1.weight"),
         "{m}"
     );
-    let m = fails(&[
+    let out = streamdit(&[
         "generate",
         "--profile",
         "wan-tiny",
@@ -135,7 +135,8 @@ fn generate_with_each_decoder_and_its_weights() {
         "--out",
         "-",
     ]);
-    assert!(m.contains("taehv, wan-vae"), "{m}");
+    let m = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && m.contains("taehv, wan-vae"), "{m}");
     let m = fails(&[
         "generate",
         "--profile",
@@ -252,7 +253,7 @@ fn plan_json(decoder: &str) -> serde_json::Value {
 
 /// At 832x480, chunks of 3 latent frames (12 video frames): TAEHV about 9.8 M parameters
 /// and 130-140 GFLOP per video frame (issue 17's figures), the Wan VAE 3.39 TFLOP per video
-/// frame (docs/wan_vae.md, Cost) and far more than the DiT's chunk.
+/// frame (docs/wan_vae.md, Cost), more than ten times TAEHV's time per chunk.
 #[test]
 fn plan_costs_each_decoder_per_chunk_beside_the_dit() {
     let t = plan_json("taehv");
@@ -270,7 +271,13 @@ fn plan_costs_each_decoder_per_chunk_beside_the_dit() {
     let v = plan_json("wan-vae");
     let per_frame = num(&v, "/decoder/flops_per_video_frame");
     assert!((3.3e12..3.5e12).contains(&per_frame), "{per_frame:e}");
-    assert!(num(&v, "/decoder/flops_per_chunk") > num(&v, "/decoder/dit_flops_per_chunk"));
+    // The Wan VAE's chunk takes more than ten times TAEHV's on the same GPU.
+    let ms = |v: &serde_json::Value| num(v, "/decoder/roofline/decoder_ms_per_chunk");
+    assert!(ms(&v) > 10.0 * ms(&t), "{} vs {}", ms(&v), ms(&t));
+    assert_eq!(
+        num(&v, "/decoder/dit_flops_per_chunk"),
+        num(&t, "/decoder/dit_flops_per_chunk")
+    );
     assert!(num(&v, "/decoder/cache_bytes") > num(&t, "/decoder/cache_bytes"));
 }
 
@@ -304,9 +311,8 @@ fn bench_splits_dit_decode_and_end_to_end() {
     }
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let found = r
-        .pointer("/steady/decode_ms_per_video_frame")
-        .or_else(|| r.pointer("/steady_state/decode_ms_per_video_frame"));
-    let v = found.and_then(|x| x.as_f64());
+    let v = r
+        .pointer("/steady/stages/decode_ms_per_video_frame")
+        .and_then(|x| x.as_f64());
     assert!(v.is_some_and(|x| x > 0.0), "{r}");
 }
