@@ -50,8 +50,11 @@ typedef enum streamdit_backend {
 } streamdit_backend;
 
 typedef enum streamdit_decoder {
-    STREAMDIT_DECODER_TAE = 0,    /* the temporal-autoencoder decoder: full-resolution frames */
-    STREAMDIT_DECODER_PREVIEW = 1 /* a cheap per-pixel latent-to-RGB map, upscaled */
+    STREAMDIT_DECODER_TAE = 0,     /* the profile's full-resolution decoder: StreamDiT's TAE
+                                      decoder, a Wan profile's wan.decoder (TAEHV by default) */
+    STREAMDIT_DECODER_PREVIEW = 1, /* a cheap per-pixel latent-to-RGB map, upscaled */
+    STREAMDIT_DECODER_TAEHV = 2,   /* Wan family: TAEHV (taew2_1), real time */
+    STREAMDIT_DECODER_WAN_VAE = 3  /* Wan family: the Wan 2.1 VAE decoder, best quality */
 } streamdit_decoder;
 
 typedef enum streamdit_log_level {
@@ -87,7 +90,7 @@ typedef struct streamdit_stream_params {
     uint64_t seed;               /* noise seed, used when use_seed != 0 */
     int use_seed;
     float guidance; /* classifier-free guidance scale; NAN: the profile's; 1 disables it */
-    int decoder;    /* streamdit_decoder; the default params choose the TAE decoder */
+    int decoder;    /* streamdit_decoder; the default params choose the profile's decoder */
 } streamdit_stream_params;
 
 typedef struct streamdit_geometry {
@@ -118,6 +121,13 @@ void streamdit_engine_free(streamdit_engine *engine); /* streams made from it st
 streamdit_stream_params streamdit_stream_default_params(void);
 int streamdit_stream_create(const streamdit_engine *engine, const streamdit_stream_params *params,
                             streamdit_stream **out);
+/* As streamdit_stream_create, the decoder (TAEHV or the Wan VAE) reading its weights from
+ * decoder_weights: a safetensors file or a torch.save .pth (taew2_1.pth, Wan2.1_VAE.pth);
+ * NULL takes the profile's wan.decoder_weights, else deterministic random weights. Added
+ * within ABI version 2 (no struct changed); decoder values 2 and 3 likewise. */
+int streamdit_stream_create_with_decoder(const streamdit_engine *engine,
+                                         const streamdit_stream_params *params,
+                                         const char *decoder_weights, streamdit_stream **out);
 void streamdit_stream_free(streamdit_stream *stream);
 /* Takes effect at the next model call; the latent buffer is kept. The prompt is encoded by
  * this call (one run of the text encoders, or none when the engine cached it). */

@@ -51,8 +51,8 @@ pub use backend::{Backend, CausalBackend, Clock, StepParams, TimedStep};
 pub use checkpoint::DType;
 pub use decoder::{Decoder, TaehvDecoder, WanVaeDecoder};
 pub use engine::{
-    check_guidance, tae_decoder, BackendKind, DecoderKind, Engine, EngineParams, StreamParams,
-    WeightsSource, GUIDANCE_RANGE,
+    check_guidance, tae_decoder, wan_decoder, wan_decoder_weights, write_random_wan_decoder,
+    BackendKind, DecoderKind, Engine, EngineParams, StreamParams, WeightsSource, GUIDANCE_RANGE,
 };
 pub use error::{Error, Result};
 pub use model::profile::Family;
@@ -60,7 +60,7 @@ pub use model::profile::{
     builtin_names, DecoderConfig, ModelConfig, Profile, RunConfig, StreamConfig, TextConfig,
     VideoConfig, BUILTIN_PROFILES,
 };
-pub use model::wan::{LoraConfig, RopePositions, WanConfig};
+pub use model::wan::{LoraConfig, RopePositions, WanConfig, WanDecoder};
 pub use stream::Stream;
 pub use tensor::Tensor;
 pub use text::TextInput;
@@ -103,9 +103,10 @@ pub mod inspect {
     pub use crate::cost::{
         axis_windows, op_cost, op_kind, tae_op_cost, tae_op_kind, video_frames_per_call,
         window_sum_sq, Bound, CostSum, DecoderCost, GpuSpec, GraphCost, ListCost, OpClass, OpCost,
-        OpTime, ParamCount, Prediction,
+        OpTime, ParamCount, Prediction, VideoCost,
     };
     pub use crate::decoder::tae::{device_memory as decoder_device_memory, TaeMemory};
+    pub use crate::engine::wan_decoder_graph;
     pub use crate::memory::{
         lifetimes, lifetimes_fused, ArenaStats, Fusion, Lifetime, MemoryPlan, OpList, Placement,
         Region, ALIGNMENT,
@@ -113,6 +114,7 @@ pub mod inspect {
     pub use crate::model::graph::{Graph, Kind, Op, Precision, TensorDesc, TensorId};
     pub use crate::model::streamdit::schema::{dit_parameters, Group};
     pub use crate::model::tae::{TaeGraph, TaeOp, TaeStep, TEMPORAL_UPSAMPLE};
+    pub use crate::model::video_ops::{VideoGraph, VideoOp, VideoStep};
     pub use crate::model::wan::graph::WanGraph;
     pub use crate::model::wan::schema::wan_parameters;
     pub use crate::rng::{noise_frame, wan_noise_frame};

@@ -1,7 +1,8 @@
 /* The Wan family through the C ABI by profile name: `wan-tiny` on the CPU with the
  * preview decoder, three chunks with a prompt switch (LongLive re-cache), written to a
- * file the Rust test compares with the Rust API's frames; the TAE decoder and a CUDA
- * backend are named errors. Usage: wan_test FRAMES_OUT */
+ * file the Rust test compares with the Rust API's frames; the profile's TAEHV decoder
+ * streams 5 then 8 frames per chunk, the Wan VAE is chosen by value with its checkpoint per
+ * stream (a missing one named), and a CUDA backend is a named error. Usage: wan_test FRAMES_OUT */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,9 +44,37 @@ int main(int argc, char **argv) {
     sp.seed = 11;
     sp.use_seed = 1;
     streamdit_stream *stream = NULL;
-    CHECK(streamdit_stream_create(engine, &sp, &stream) != STREAMDIT_OK, "TAE on wan");
-    CHECK(strstr(streamdit_last_error(), "--preview") != NULL, "named: %s",
+    /* The default decoder is the profile's (TAEHV for wan-tiny): its first chunk of 2
+     * latent frames gives 4*2 - 3 = 5 video frames, the next 8. */
+    CHECK(streamdit_stream_create(engine, &sp, &stream) == STREAMDIT_OK, "taehv stream: %s",
           streamdit_last_error());
+    if (stream) {
+        streamdit_geometry tg;
+        CHECK(streamdit_stream_geometry(stream, &tg) == STREAMDIT_OK, "geometry");
+        uint8_t *tb = malloc(tg.bytes_per_chunk);
+        uint32_t n0 = 0, n1 = 0;
+        CHECK(tb && streamdit_stream_next(stream, tb, tg.bytes_per_chunk, &n0) == STREAMDIT_OK &&
+                  streamdit_stream_next(stream, tb, tg.bytes_per_chunk, &n1) == STREAMDIT_OK,
+              "taehv chunks: %s", streamdit_last_error());
+        CHECK(n0 == 5 && n1 == 8, "taehv frames %u then %u", n0, n1);
+        free(tb);
+        streamdit_stream_free(stream);
+        stream = NULL;
+    }
+    /* The Wan VAE by value, its checkpoint per stream: a missing file is named. */
+    sp.decoder = STREAMDIT_DECODER_WAN_VAE;
+    CHECK(streamdit_stream_create_with_decoder(engine, &sp, "no-such-vae.pth", &stream) ==
+              STREAMDIT_ERR_IO,
+          "missing decoder weights: %s", streamdit_last_error());
+    CHECK(strstr(streamdit_last_error(), "no-such-vae.pth") != NULL, "named: %s",
+          streamdit_last_error());
+    CHECK(streamdit_stream_create_with_decoder(engine, &sp, NULL, &stream) == STREAMDIT_OK,
+          "wan-vae stream: %s", streamdit_last_error());
+    streamdit_stream_free(stream);
+    stream = NULL;
+    sp.decoder = 7;
+    CHECK(streamdit_stream_create(engine, &sp, &stream) == STREAMDIT_ERR_INVALID_ARGUMENT,
+          "decoder 7");
     sp.decoder = STREAMDIT_DECODER_PREVIEW;
     CHECK(streamdit_stream_create(engine, &sp, &stream) == STREAMDIT_OK, "stream: %s",
           streamdit_last_error());

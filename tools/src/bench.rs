@@ -45,9 +45,16 @@ pub struct BenchArgs {
     /// Also write the report, with the raw per-step series, as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Decode with the cheap latent preview instead of the TAE decoder.
-    #[arg(long)]
+    /// Decode with the cheap latent preview instead of the profile's decoder.
+    #[arg(long, conflicts_with = "decoder")]
     preview: bool,
+    /// The decoder: `tae` (StreamDiT), `taehv` or `wan-vae` (Wan family), or `preview`;
+    /// default: the profile's.
+    #[arg(long, value_name = "taehv|wan-vae|tae|preview")]
+    decoder: Option<DecoderKind>,
+    /// Wan family: the decoder's checkpoint (default: the profile's, else random weights).
+    #[arg(long, value_name = "F")]
+    decoder_weights: Option<PathBuf>,
 }
 
 pub fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
@@ -148,14 +155,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "--steps: expected at least 1 measured model call, found 0".into(),
         ));
     }
+    let decoder_kind = match (args.preview, args.decoder) {
+        (true, _) => DecoderKind::Preview,
+        (false, Some(d)) => d,
+        (false, None) => DecoderKind::Tae,
+    };
     let params = StreamParams {
         prompt: args.prompt.clone(),
         seed: args.seed,
-        decoder: if args.preview {
-            DecoderKind::Preview
-        } else {
-            DecoderKind::Tae
-        },
+        decoder: decoder_kind,
+        decoder_weights: args.decoder_weights.clone(),
         ..StreamParams::default()
     };
     let open = |engine: &streamdit::Engine| -> Result<Stream> {
@@ -284,11 +293,24 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let decode_fps = per_s(video_frames as f64, decode_sum);
     let realtime = video_fps.map(|f| f / profile.video.fps);
     let pipe_fps = per_s(pipe_frames as f64, pipe_s);
-    let decoder = match (args.preview, backend) {
-        (true, _) => "preview",
-        (false, "cuda") => "tae (GPU, f16, own stream)",
-        (false, _) => "tae (CPU, f32)",
+    let wan_decoder = match profile.wan() {
+        Ok(w) => Some(match decoder_kind {
+            DecoderKind::Tae => w.decoder,
+            DecoderKind::Taehv => streamdit::WanDecoder::Taehv,
+            DecoderKind::WanVae => streamdit::WanDecoder::WanVae,
+            DecoderKind::Preview => streamdit::WanDecoder::Preview,
+        }),
+        Err(_) => None,
     };
+    let decoder = match (decoder_kind, wan_decoder, backend) {
+        (DecoderKind::Preview, _, _) => "preview",
+        (_, Some(streamdit::WanDecoder::Preview), _) => "preview",
+        (_, Some(streamdit::WanDecoder::Taehv), _) => "taehv (CPU, f32)",
+        (_, Some(streamdit::WanDecoder::WanVae), _) => "wan-vae (CPU, f32)",
+        (_, None, "cuda") => "tae (GPU, f16, own stream)",
+        (_, None, _) => "tae (CPU, f32)",
+    };
+    let decode_per_frame = per_s(decode_sum, video_frames as f64);
     let (p50, p90, p99, max) = (
         percentile(&sorted, 50.0),
         percentile(&sorted, 90.0),
@@ -385,6 +407,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "decode (per chunk)",
         opt(mean(&decode), &|s| format!("{:.3}", ms(s))),
         opt(decode_fps, &|f| format!("{f:.2}"))
+    );
+    say!(
+        text,
+        "  {:<22} {:>12} {:>12}   ({decoder})",
+        "decode (per video frame)",
+        opt(decode_per_frame, &|s| format!("{:.3}", ms(s))),
+        ""
     );
     say!(
         text,
@@ -516,6 +545,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 "stages": {
                     "dit_ms_mean": mean(&dit).map(ms),
                     "decode_ms_mean": mean(&decode).map(ms),
+                    "decode_ms_per_video_frame": decode_per_frame.map(ms),
                     "end_to_end_ms_mean": mean(&totals).map(ms),
                     "prompt_switch_ms": ms(switch_s),
                     "prompt_switch_cached_ms": ms(switch_cached_s),

@@ -1,4 +1,5 @@
-//! `streamdit decode`: the TAE decoder alone, chunk by chunk as a stream decodes.
+//! `streamdit decode`: a profile's decoder alone (StreamDiT's TAE decoder, a Wan profile's
+//! TAEHV or Wan VAE), chunk by chunk as a stream decodes.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -6,15 +7,16 @@ use std::time::Instant;
 use clap::Args;
 use streamdit::sink::open_sink;
 use streamdit::{files, DType};
-use streamdit::{Decoder, Error, Profile, Result, WeightsSource};
+use streamdit::{Decoder, DecoderKind, Error, Family, Profile, Result, WanDecoder, WeightsSource};
 
 #[derive(Args)]
 pub(crate) struct DecodeArgs {
     /// A built-in profile name or a profile TOML file (its decoder and latent size).
     #[arg(long, default_value = "tiny")]
     profile: String,
-    /// A safetensors checkpoint with the `decoder.*` tensors; without it, deterministic
-    /// random weights are used.
+    /// The decoder's checkpoint: a safetensors file with the `decoder.*` tensors (StreamDiT),
+    /// or a Wan profile's TAEHV or Wan VAE checkpoint (safetensors or a `torch.save` `.pth`:
+    /// `taew2_1.pth`, `Wan2.1_VAE.pth`); without it, deterministic random weights are used.
     #[arg(long, conflicts_with = "random_weights")]
     weights: Option<PathBuf>,
     /// Seed of the random weights (the same values `weights init` writes).
@@ -26,6 +28,9 @@ pub(crate) struct DecodeArgs {
     /// Safetensors file with `latents [T, C, H, W]` (f16, bf16 or f32).
     #[arg(long)]
     latents: PathBuf,
+    /// Wan family: `taehv` or `wan-vae` (default: the profile's `wan.decoder`).
+    #[arg(long, value_name = "taehv|wan-vae")]
+    decoder: Option<DecoderKind>,
     /// Latent frames per decoder call (default: the profile's chunk); the output is the
     /// same for every chunk size.
     #[arg(long)]
@@ -71,27 +76,65 @@ pub(crate) fn decode(args: DecodeArgs) -> Result<()> {
             dtype: args.dtype,
         },
     };
-    let mut decoder = streamdit::tae_decoder(&profile, &source)?;
+    let mut decoder: Box<dyn Decoder> = if profile.family == Family::Wan {
+        let wan = profile.wan()?;
+        let kind = match args.decoder {
+            None | Some(DecoderKind::Tae) => wan.decoder,
+            Some(DecoderKind::Taehv) => WanDecoder::Taehv,
+            Some(DecoderKind::WanVae) => WanDecoder::WanVae,
+            Some(DecoderKind::Preview) => WanDecoder::Preview,
+        };
+        if kind == WanDecoder::Preview {
+            return Err(Error::Invalid(format!(
+                "--decoder: profile `{}` asks for the preview, which `decode` does not run; \
+                 choose taehv or wan-vae",
+                profile.name
+            )));
+        }
+        let file = args
+            .weights
+            .clone()
+            .or_else(|| wan.decoder_weights.as_ref().map(PathBuf::from));
+        let weights = streamdit::wan_decoder_weights(
+            &profile,
+            kind,
+            file.as_deref(),
+            args.random_weights.unwrap_or(0),
+            args.dtype,
+        )?;
+        streamdit::wan_decoder(&profile, kind, &weights)?
+    } else {
+        if let Some(d) = args.decoder.filter(|&d| d != DecoderKind::Tae) {
+            return Err(Error::Invalid(format!(
+                "--decoder {d:?}: profile `{}` is of the StreamDiT family; `decode` runs its TAE decoder",
+                profile.name
+            )));
+        }
+        Box::new(streamdit::tae_decoder(&profile, &source)?)
+    };
     let (fw, fh) = decoder.frame_size();
     let mut sink = open_sink(&args.out, fw, fh, profile.video.fps)?;
     let start = Instant::now();
     let mut rgb = Vec::new();
     let elems = c * h * w;
+    let mut written = 0usize;
     for part in latents.data.chunks(chunk * elems) {
         rgb.clear();
         decoder.decode(part, &mut rgb)?;
         for frame in rgb.chunks(fw * fh * 3) {
             sink.write_frame(frame)?;
+            written += 1;
         }
     }
     sink.finish()?;
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "streamdit: decoded {frames} latent frames into {} frames ({fw}x{fh}) to {} in {secs:.2} s \
-         ({:.1} ms per latent frame, {chunk} per call, CPU f32)",
-        frames * decoder.frames_per_latent(),
+         ({:.1} ms per latent frame, {:.1} ms per video frame, {chunk} per call, CPU f32)",
+        written,
         args.out,
-        secs * 1e3 / frames as f64
+        secs * 1e3 / frames as f64,
+        secs * 1e3 / written.max(1) as f64
     );
     Ok(())
 }

@@ -43,9 +43,18 @@ pub(crate) struct GenerateArgs {
     /// `out.y4m`, a directory (or `*.png`) for a PNG sequence, or `-` for raw RGB24 on stdout.
     #[arg(long, short, default_value = "streamdit.y4m")]
     out: String,
-    /// Show the cheap latent preview instead of decoding with the TAE decoder.
-    #[arg(long)]
+    /// Show the cheap latent preview instead of decoding with the profile's decoder (the
+    /// same as `--decoder preview`).
+    #[arg(long, conflicts_with = "decoder")]
     preview: bool,
+    /// The decoder: `tae` (StreamDiT), `taehv` or `wan-vae` (Wan family), or `preview`;
+    /// default: the profile's (`wan.decoder` for a Wan profile, TAEHV unless it says).
+    #[arg(long, value_name = "taehv|wan-vae|tae|preview")]
+    decoder: Option<DecoderKind>,
+    /// Wan family: the decoder's checkpoint (`taew2_1.pth`/`.safetensors`, `Wan2.1_VAE.pth`,
+    /// ...); default: the profile's `wan.decoder_weights`, else deterministic random weights.
+    #[arg(long, value_name = "F")]
+    decoder_weights: Option<PathBuf>,
     /// Golden-test hook: write every noise tensor the sampler drew and every finished
     /// chunk's clean latents to this safetensors file (f32). StreamDiT: `noise.{global
     /// frame}` `[C, H, W]`; Wan: `noise.{chunk}.{step}` `[c, C, H, W]` (step 0 the initial
@@ -87,11 +96,12 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         guidance: args.guidance,
         text,
-        decoder: if args.preview {
-            DecoderKind::Preview
-        } else {
-            DecoderKind::Tae
+        decoder: match (args.preview, args.decoder) {
+            (true, _) => DecoderKind::Preview,
+            (false, Some(d)) => d,
+            (false, None) => DecoderKind::Tae,
         },
+        decoder_weights: args.decoder_weights.clone(),
     })?;
     if args.trace.is_some() {
         stream.set_trace(true);

@@ -19,6 +19,7 @@ mod forward;
 mod generate;
 mod plan;
 mod plan_decoder;
+mod plan_video;
 mod plan_wan;
 mod profile;
 mod profile_wan;

@@ -21,6 +21,10 @@ pub(crate) struct PlanArgs {
     /// Fraction of the roofline a real run reaches, for the second prediction.
     #[arg(long, default_value_t = 0.6)]
     efficiency: f64,
+    /// Wan family: the decoder to cost per chunk, `taehv` or `wan-vae` (default: the
+    /// profile's `wan.decoder`).
+    #[arg(long, value_name = "taehv|wan-vae")]
+    decoder: Option<streamdit::DecoderKind>,
     /// Also write the report as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -144,11 +148,30 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
     }
 
     let decoder = match &wan {
-        None => crate::plan_decoder::report(&profile, gpu, prediction.as_ref(), mem.peak_bytes())?,
-        Some(_) => crate::plan_decoder::DecoderReport::none(
-            "decoder: the Wan decoders (TAEHV, the Wan VAE) are not in this build; the preview \
-             costs next to nothing",
-        ),
+        None => {
+            if args.decoder.is_some() {
+                return Err(Error::Invalid(format!(
+                    "--decoder: profile `{}` is of the StreamDiT family, whose plan costs its TAE decoder",
+                    profile.name
+                )));
+            }
+            crate::plan_decoder::report(&profile, gpu, prediction.as_ref(), mem.peak_bytes())?
+        }
+        Some(w) => {
+            let (dit_flops, dit_s) = w.chunk(&cost, gpu);
+            crate::plan_video::report(
+                &profile,
+                args.decoder,
+                gpu,
+                crate::plan_video::Dit {
+                    chunk_frames: w.chunk_frames(),
+                    flops: dit_flops,
+                    seconds: dit_s,
+                    peak_bytes: mem.peak_bytes(),
+                },
+                args.efficiency,
+            )?
+        }
     };
     text.push_str(&decoder.ops);
 

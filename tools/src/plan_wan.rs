@@ -44,6 +44,22 @@ pub(crate) fn graph(profile: &Profile, guidance: f32) -> Result<(Graph, Option<W
     Ok((g.graph, Some(plan)))
 }
 
+impl WanPlan {
+    /// FLOPs of one chunk (its denoising calls and the committing pass) and its roofline
+    /// seconds on `gpu`.
+    pub(crate) fn chunk(&self, cost: &GraphCost, gpu: Option<GpuSpec>) -> (u64, Option<f64>) {
+        let calls = &cost.call.ops;
+        let commit = &calls[..self.commit_len];
+        let flops = |ops: &[streamdit::inspect::OpCost]| ops.iter().map(|c| c.flops).sum::<u64>();
+        let secs = gpu.map(|g| self.steps as f64 * g.list_seconds(calls) + g.list_seconds(commit));
+        (self.steps as u64 * flops(calls) + flops(commit), secs)
+    }
+
+    pub(crate) fn chunk_frames(&self) -> usize {
+        self.chunk_frames
+    }
+}
+
 /// The per-chunk summary as text and JSON.
 pub(crate) fn report(
     p: &WanPlan,

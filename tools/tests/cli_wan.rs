@@ -333,14 +333,18 @@ fn wan_errors_are_named() {
         "generate",
         "--profile",
         "wan-tiny",
+        "--decoder",
+        "wan-vae",
+        "--decoder-weights",
+        s(&temp("absent.pth")),
         "--frames",
         "4",
         "--out",
         "-",
     ]);
     assert!(
-        m.contains("--preview"),
-        "the TAE decoder points at the preview: {m}"
+        m.contains("absent.pth"),
+        "the missing decoder checkpoint is named: {m}"
     );
     let m = fails(&[
         "generate",

@@ -15,10 +15,11 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
-use crate::{
-    BackendKind, DType, DecoderKind, Engine, EngineParams, Error, Profile, Stream, StreamParams,
-};
+use crate::{BackendKind, DType, Engine, EngineParams, Error, Profile, Stream};
 use crate::{Result, WeightsSource};
+
+mod create;
+use create::create_stream;
 
 /// Version of this C interface; bumped on any incompatible change to `streamdit.h`.
 pub const ABI_VERSION: u32 = 2;
@@ -26,6 +27,8 @@ pub const ABI_VERSION: u32 = 2;
 /// Decoders (`streamdit_decoder` in the header).
 pub const DECODER_TAE: c_int = 0;
 pub const DECODER_PREVIEW: c_int = 1;
+pub const DECODER_TAEHV: c_int = 2;
+pub const DECODER_WAN_VAE: c_int = 3;
 
 /// Status codes (`streamdit_status` in the header).
 pub const OK: c_int = 0;
@@ -85,7 +88,8 @@ pub struct StreamParamsC {
     pub use_seed: c_int,
     /// CFG scale; NaN takes the profile's.
     pub guidance: f32,
-    /// `streamdit_decoder`: 0 the TAE decoder (full-resolution frames), 1 the cheap preview.
+    /// `streamdit_decoder`: 0 the profile's full decoder (StreamDiT's TAE, a Wan profile's
+    /// `wan.decoder`), 1 the cheap preview, 2 TAEHV, 3 the Wan VAE (both Wan family).
     pub decoder: c_int,
 }
 
@@ -399,49 +403,41 @@ pub unsafe extern "C" fn streamdit_stream_create(
     params: *const StreamParamsC,
     out: *mut *mut StreamHandle,
 ) -> c_int {
-    // SAFETY: NULL checked; a live handle per the contract.
-    let e = unsafe { engine.as_ref() };
-    let logger = e.map_or((None, std::ptr::null_mut()), |e| (e.log, e.log_user_data));
-    guard(logger, || {
-        if out.is_null() {
-            return Err(invalid("streamdit_stream_create: `out` is NULL"));
-        }
-        // SAFETY: valid for a write per the contract.
-        unsafe { out.write(std::ptr::null_mut()) };
-        let e = e.ok_or_else(|| invalid("streamdit_stream_create: `engine` is NULL"))?;
-        // SAFETY: NULL checked; valid per the contract.
-        let p = unsafe { params.as_ref() }
-            .ok_or_else(|| invalid("streamdit_stream_create: `params` is NULL"))?;
-        // SAFETY: NULL or NUL-terminated per the contract.
-        let prompt = unsafe { opt_str(p.prompt, "prompt") }?.unwrap_or_default();
-        // SAFETY: as above.
-        let negative_prompt = unsafe { opt_str(p.negative_prompt, "negative_prompt") }?;
-        let stream = e.engine.stream(StreamParams {
-            prompt,
-            negative_prompt,
-            seed: (p.use_seed != 0).then_some(p.seed),
-            guidance: (!p.guidance.is_nan()).then_some(p.guidance),
-            text: None,
-            decoder: match p.decoder {
-                DECODER_TAE => DecoderKind::Tae,
-                DECODER_PREVIEW => DecoderKind::Preview,
-                other => {
-                    return Err(invalid(&format!(
-                        "decoder {other}: expected 0 (tae) or 1 (preview)"
-                    )))
-                }
-            },
-        })?;
-        let handle = Box::new(StreamHandle {
-            stream,
-            frames: Vec::new(),
-            log: e.log,
-            log_user_data: e.log_user_data,
-        });
-        // SAFETY: valid for a write per the contract.
-        unsafe { out.write(Box::into_raw(handle)) };
-        Ok(OK)
-    })
+    // SAFETY: the same contract as this function's.
+    unsafe {
+        create_stream(
+            engine,
+            params,
+            std::ptr::null(),
+            out,
+            "streamdit_stream_create",
+        )
+    }
+}
+
+/// Starts a stream on `engine` whose decoder (a Wan family's TAEHV or Wan VAE) reads its
+/// weights from `decoder_weights` (a safetensors file or a `torch.save` `.pth`; NULL: the
+/// profile's, else random ones). Added in ABI version 2 without changing any struct.
+///
+/// # Safety
+/// As [`streamdit_stream_create`]; `decoder_weights` NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_stream_create_with_decoder(
+    engine: *const EngineHandle,
+    params: *const StreamParamsC,
+    decoder_weights: *const c_char,
+    out: *mut *mut StreamHandle,
+) -> c_int {
+    // SAFETY: the same contract as this function's.
+    unsafe {
+        create_stream(
+            engine,
+            params,
+            decoder_weights,
+            out,
+            "streamdit_stream_create_with_decoder",
+        )
+    }
 }
 
 /// Frees a stream; NULL is a no-op.

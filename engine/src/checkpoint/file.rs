@@ -62,6 +62,13 @@ impl Checkpoint {
         // later read is bounds-checked against this map's fixed length, so a file changed
         // behind our back gives wrong values or that SIGBUS, never an out-of-bounds read.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Checkpoint::from_image(path, map)
+    }
+
+    /// A checkpoint over `map`, the bytes of a safetensors file that `path` names (a file
+    /// mapped by [`Checkpoint::open`], or a `.pth` converted in memory); the header is
+    /// validated as `open` does.
+    pub fn from_image(path: &Path, map: Mmap) -> Result<Checkpoint> {
         let fail = |msg: String| Error::Checkpoint {
             path: path_str(path),
             msg,

@@ -419,9 +419,19 @@ pub struct ConvertReport {
     pub data_bytes: u64,
 }
 
-/// Converts the `torch.save` checkpoint `input` into a safetensors file `output`, each tensor
-/// in its original dtype, names sorted, tensors materialised one at a time.
-pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+/// The mapped file, its index and the tensors chosen by `opts` (renamed, sorted by name,
+/// checked for duplicate names and for the output bound).
+struct Chosen {
+    map: Mmap,
+    index: PtIndex,
+    /// `(output name, index into index.tensors)`.
+    chosen: Vec<(String, usize)>,
+    filtered_out: usize,
+}
+
+/// Maps `input`, reads its index and chooses the tensors whose names `keep` accepts after
+/// the prefix of `opts` is stripped.
+fn choose(input: &Path, opts: &ConvertOptions, keep: &dyn Fn(&str) -> bool) -> Result<Chosen> {
     let file = File::open(input).map_err(|e| Error::io(input, e))?;
     // SAFETY: a memory map aliases the file, so `Mmap::map` is unsafe: if another process
     // truncates the file while it is mapped, touching a page past the new end raises SIGBUS;
@@ -430,23 +440,25 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     // bounds-checked against the map's fixed length, so a file changed behind our back gives
     // wrong values or that SIGBUS, never an out-of-bounds read.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(input, e))?;
-    let fail = |e: PtError| Error::Checkpoint {
-        path: input.display().to_string(),
-        msg: e.to_string(),
-    };
+    let fail = |e: PtError| pt_error(input, e);
     let index = read_index(&map).map_err(fail)?;
-    let mut report = ConvertReport {
-        skipped: index.skipped.clone(),
-        ..ConvertReport::default()
-    };
-    let mut chosen: Vec<(String, &PtTensor)> = Vec::new();
-    for t in &index.tensors {
-        match &opts.prefix {
+    let mut chosen: Vec<(String, usize)> = Vec::new();
+    let mut filtered_out = 0;
+    for (i, t) in index.tensors.iter().enumerate() {
+        let name = match &opts.prefix {
             Some(p) => match t.name.strip_prefix(p.as_str()) {
-                Some(rest) if !rest.is_empty() => chosen.push((rest.to_string(), t)),
-                _ => report.filtered_out += 1,
+                Some(rest) if !rest.is_empty() => rest,
+                _ => {
+                    filtered_out += 1;
+                    continue;
+                }
             },
-            None => chosen.push((t.name.clone(), t)),
+            None => t.name.as_str(),
+        };
+        if keep(name) {
+            chosen.push((name.to_string(), i));
+        } else {
+            filtered_out += 1;
         }
     }
     if let (Some(p), true) = (&opts.prefix, chosen.is_empty()) {
@@ -461,7 +473,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     }
     let total: u64 = chosen
         .iter()
-        .map(|(_, t)| (t.numel() * t.dtype.size()) as u64)
+        .map(|&(_, i)| (index.tensors[i].numel() * index.tensors[i].dtype.size()) as u64)
         .sum();
     if total > OUTPUT_FACTOR * map.len() as u64 + 65536 {
         return Err(fail(PtError::TooLarge(format!(
@@ -469,26 +481,81 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
             map.len()
         ))));
     }
-    // Header: JSON, padded with spaces to a multiple of 8 bytes (as the safetensors crate does).
-    let mut header = serde_json::Map::new();
-    let mut off = 0u64;
-    for (name, t) in &chosen {
-        let n = (t.numel() * t.dtype.size()) as u64;
-        header.insert(
-            name.clone(),
-            serde_json::json!({
-                "dtype": t.dtype.safetensors_name(),
-                "shape": t.shape,
-                "data_offsets": [off, off + n],
-            }),
-        );
-        off += n;
+    Ok(Chosen {
+        map,
+        index,
+        chosen,
+        filtered_out,
+    })
+}
+
+fn pt_error(input: &Path, e: PtError) -> Error {
+    Error::Checkpoint {
+        path: input.display().to_string(),
+        msg: e.to_string(),
     }
-    let mut json = serde_json::to_vec(&serde_json::Value::Object(header))
-        .map_err(|e| Error::Invalid(format!("safetensors header: {e}")))?;
-    while json.len() % 8 != 0 {
-        json.push(b' ');
+}
+
+impl Chosen {
+    /// The safetensors header of the chosen tensors (JSON padded with spaces to a multiple
+    /// of 8 bytes, as the safetensors crate writes it) and the bytes of their data.
+    fn header(&self) -> Result<(Vec<u8>, u64)> {
+        let mut header = serde_json::Map::new();
+        let mut off = 0u64;
+        for (name, i) in &self.chosen {
+            let t = &self.index.tensors[*i];
+            let n = (t.numel() * t.dtype.size()) as u64;
+            header.insert(
+                name.clone(),
+                serde_json::json!({
+                    "dtype": t.dtype.safetensors_name(),
+                    "shape": t.shape,
+                    "data_offsets": [off, off + n],
+                }),
+            );
+            off += n;
+        }
+        let mut json = serde_json::to_vec(&serde_json::Value::Object(header))
+            .map_err(|e| Error::Invalid(format!("safetensors header: {e}")))?;
+        while json.len() % 8 != 0 {
+            json.push(b' ');
+        }
+        Ok((json, off))
     }
+}
+
+/// The tensors of the `torch.save` checkpoint `input` whose names `keep` accepts, as the
+/// bytes of a safetensors file in anonymous memory (each tensor in its own dtype): what
+/// [`convert`] would write, for [`super::Checkpoint::from_image`] to read without a file.
+pub fn safetensors_image(input: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Mmap> {
+    let c = choose(input, &ConvertOptions::default(), keep)?;
+    let (json, data) = c.header()?;
+    let len = 8 + json.len() + data as usize;
+    let mut image = memmap2::MmapMut::map_anon(len).map_err(|e| Error::io(input, e))?;
+    image[..8].copy_from_slice(&(json.len() as u64).to_le_bytes());
+    image[8..8 + json.len()].copy_from_slice(&json);
+    let mut at = 8 + json.len();
+    for (_, i) in &c.chosen {
+        let bytes = c
+            .index
+            .read(&c.map, &c.index.tensors[*i])
+            .map_err(|e| pt_error(input, e))?;
+        image[at..at + bytes.len()].copy_from_slice(&bytes);
+        at += bytes.len();
+    }
+    image.make_read_only().map_err(|e| Error::io(input, e))
+}
+
+/// Converts the `torch.save` checkpoint `input` into a safetensors file `output`, each tensor
+/// in its original dtype, names sorted, tensors materialised one at a time.
+pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+    let c = choose(input, opts, &|_| true)?;
+    let mut report = ConvertReport {
+        skipped: c.index.skipped.clone(),
+        filtered_out: c.filtered_out,
+        ..ConvertReport::default()
+    };
+    let (json, off) = c.header()?;
     // The output appears only once every tensor is written.
     let out = PendingFile::create(output)?;
     let mut w = BufWriter::new(out);
@@ -496,8 +563,9 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     w.write_all(&(json.len() as u64).to_le_bytes())
         .map_err(io)?;
     w.write_all(&json).map_err(io)?;
-    for (name, t) in &chosen {
-        let data = index.read(&map, t).map_err(fail)?;
+    for (name, i) in &c.chosen {
+        let t = &c.index.tensors[*i];
+        let data = c.index.read(&c.map, t).map_err(|e| pt_error(input, e))?;
         w.write_all(&data).map_err(io)?;
         report
             .tensors

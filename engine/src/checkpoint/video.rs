@@ -2,8 +2,8 @@
 //! which tensor said so), reading a [`VideoGraph`]'s tensors from a safetensors file in the
 //! released names, and the deterministic random weights in the same names.
 //!
-//! `.pth` files are pickles; they are read through the restricted unpickler of
-//! `model::pickle` (in progress on another branch) or converted to safetensors first.
+//! `.pth` files (`torch.save` zip archives) are read directly through the restricted
+//! unpickler of `checkpoint::pickle`, as a safetensors image in memory.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -69,6 +69,32 @@ pub fn identify<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<(Decoder
         .map(|(name, kind)| (*kind, name.to_string()))
 }
 
+/// Whether `path` is a `torch.save` zip archive (`.pth`, `.pt`): its first bytes are a zip
+/// local header, or its extension says so (then a legacy archive gets its named error).
+fn is_torch_archive(path: &Path) -> Result<bool> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if matches!(ext, "pth" | "pt" | "ckpt" | "bin") {
+        return Ok(true);
+    }
+    let mut head = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let n = std::io::Read::read(&mut file, &mut head).map_err(|e| Error::io(path, e))?;
+    Ok(n == 4 && head == *b"PK\x03\x04")
+}
+
+/// A decoder checkpoint: a safetensors file, or a `torch.save` archive (`taew2_1.pth`,
+/// `Wan2.1_VAE.pth`) read by the restricted unpickler into a safetensors image in memory,
+/// its `encoder.*` tensors left out.
+pub fn open_any(path: &Path) -> Result<Checkpoint> {
+    if is_torch_archive(path)? {
+        let image =
+            checkpoint::pickle::safetensors_image(path, &|name| !name.starts_with("encoder."))?;
+        Checkpoint::from_image(path, image)
+    } else {
+        Checkpoint::open(path)
+    }
+}
+
 /// Opens `path` and checks it holds one of `accepted`; the error names the tensor that
 /// shows what the file is instead.
 pub fn open_kind(
@@ -76,16 +102,7 @@ pub fn open_kind(
     family: &str,
     accepted: &[DecoderKind],
 ) -> Result<(Checkpoint, DecoderKind)> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if matches!(ext, "pth" | "pt" | "ckpt" | "bin") {
-        return Err(Error::Checkpoint {
-            path: path_str(path),
-            msg: format!(
-                "a PyTorch pickle (.{ext}): the {family} reads safetensors; convert it first (the restricted .pth reader is not wired to this decoder yet)"
-            ),
-        });
-    }
-    let ckpt = Checkpoint::open(path)?;
+    let ckpt = open_any(path)?;
     match identify(ckpt.names()) {
         Some((kind, _)) if accepted.contains(&kind) => Ok((ckpt, kind)),
         Some((kind, tensor)) => Err(Error::Checkpoint {

@@ -1,6 +1,6 @@
 //! What a graph costs on a device, without running it: FLOPs and bytes per op and per op
 //! list ([`op_cost`], [`GraphCost`]), parameter counts ([`ParamCount`]), the decoder's op
-//! costs ([`DecoderCost`]), and a roofline prediction of a model call on a named GPU
+//! costs ([`DecoderCost`], the Wan-family decoders' [`VideoCost`]), and a roofline prediction of a model call on a named GPU
 //! ([`GpuSpec`], [`Prediction`]). Where tensors live in device memory is
 //! [`crate::memory`]'s business.
 //!
@@ -36,6 +36,7 @@ mod decoder;
 mod dit;
 mod op;
 mod roofline;
+mod video;
 mod wan;
 
 pub use decoder::{tae_op_cost, tae_op_kind, DecoderCost};
@@ -44,3 +45,4 @@ pub use dit::{
     ParamCount,
 };
 pub use roofline::{video_frames_per_call, Bound, GpuSpec, OpTime, Prediction};
+pub use video::VideoCost;

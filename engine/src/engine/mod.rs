@@ -31,6 +31,7 @@ pub use params::{
     GUIDANCE_RANGE,
 };
 pub use parts::{tae_decoder, text_encoders, write_random_encoder_folders};
+pub use wan::{wan_decoder, wan_decoder_graph, wan_decoder_weights, write_random_wan_decoder};
 
 /// A loaded model: profile, weights and the choice of backend. Cheap to share between
 /// streams (the weights are reference-counted).
@@ -52,6 +53,9 @@ pub struct Engine {
     source: WeightsSource,
     /// The `decoder.*` tensors, loaded by the first stream that uses the TAE decoder.
     decoder_weights: OnceLock<Arc<Weights>>,
+    /// The Wan-family decoders' weights loaded so far, by kind and checkpoint (`None`:
+    /// random), shared by the streams that use them.
+    video_weights: wan::VideoWeights,
     /// The text encoders with their prompt cache (they run on the CPU).
     text: Arc<Conditioner>,
     /// What loading the weights did worth telling (a Wan checkpoint's names, its LoRA).
@@ -195,6 +199,7 @@ impl Engine {
             device_uuid,
             source: params.weights,
             decoder_weights: OnceLock::new(),
+            video_weights: Default::default(),
             notes: Vec::new(),
         })
     }
@@ -326,7 +331,17 @@ impl Engine {
     /// `cuda` backend, on the CPU otherwise (on `emu` too: emulating it for every chunk
     /// would take minutes; `tests/decoder_device.rs` runs the device decoder there).
     pub fn decoder(&self, kind: DecoderKind) -> Result<Box<dyn crate::decoder::Decoder>> {
+        if self.profile.family == Family::Wan {
+            return self.wan_decoder(kind, None);
+        }
         Ok(match (kind, self.backend) {
+            (DecoderKind::Taehv | DecoderKind::WanVae, _) => {
+                return Err(Error::Invalid(format!(
+                    "decoder {kind:?}: it decodes Wan-family latents, and profile `{}` is of the \
+                     StreamDiT family (use tae or preview)",
+                    self.profile.name
+                )))
+            }
             (DecoderKind::Tae, BackendKind::Cuda) => Box::new(self.device_tae_decoder()?),
             (DecoderKind::Tae, _) => Box::new(self.tae_decoder()?),
             (DecoderKind::Preview, _) => Box::new(self.preview_decoder()?),
@@ -341,6 +356,14 @@ impl Engine {
         }
         let profile = self.profile();
         let m = &profile.model;
+        if let Some(path) = &params.decoder_weights {
+            return Err(Error::Invalid(format!(
+                "decoder weights {}: profile `{}` is of the StreamDiT family, whose TAE decoder \
+                 reads its tensors from the model's checkpoint",
+                path.display(),
+                profile.name
+            )));
+        }
         if self.backend == BackendKind::Cpu {
             check_host_memory(
                 &format!("a stream of profile `{}`", profile.name),

@@ -83,18 +83,29 @@ pub struct StreamParams {
     pub guidance: Option<f32>,
     /// Precomputed text condition replacing the prompt's encoding.
     pub text: Option<TextInput>,
-    /// Which decoder turns latents into frames (the TAE decoder unless told otherwise).
+    /// Which decoder turns latents into frames (the profile's full decoder unless told
+    /// otherwise).
     pub decoder: DecoderKind,
+    /// Wan family: the checkpoint of the stream's decoder (TAEHV or the Wan VAE, a
+    /// safetensors file or a `torch.save` `.pth`), overriding the profile's
+    /// `wan.decoder_weights`; with neither, deterministic random weights.
+    pub decoder_weights: Option<PathBuf>,
 }
 
 /// Which decoder a stream uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DecoderKind {
-    /// The temporal-autoencoder decoder of docs/tae.md: full-resolution frames.
+    /// The profile's full-resolution decoder: for StreamDiT the temporal-autoencoder
+    /// decoder of docs/tae.md, for the Wan family the one `wan.decoder` names (TAEHV by
+    /// default).
     #[default]
     Tae,
     /// The cheap latent-to-RGB preview (`preview.*`), upscaled by nearest neighbour.
     Preview,
+    /// Wan family: TAEHV (`taew2_1`, docs/taehv.md).
+    Taehv,
+    /// Wan family: the Wan 2.1 VAE decoder (docs/wan_vae.md).
+    WanVae,
 }
 
 impl FromStr for DecoderKind {
@@ -103,8 +114,10 @@ impl FromStr for DecoderKind {
         match s {
             "tae" => Ok(DecoderKind::Tae),
             "preview" => Ok(DecoderKind::Preview),
+            "taehv" => Ok(DecoderKind::Taehv),
+            "wan-vae" => Ok(DecoderKind::WanVae),
             _ => Err(Error::Invalid(format!(
-                "decoder `{s}`: expected one of tae, preview"
+                "decoder `{s}`: expected one of tae, preview, taehv, wan-vae"
             ))),
         }
     }

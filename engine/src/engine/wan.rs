@@ -3,8 +3,10 @@
 //! names with a LoRA merged, or the deterministic random ones), its causal backend and the
 //! parts of a stream.
 
-use std::sync::{Arc, OnceLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use super::DecoderKind;
 use super::{BackendKind, Engine, EngineParams, StreamParams, WeightsSource};
 use crate::backend::cpu::CpuCausal;
 use crate::backend::cuda::device::Device;
@@ -13,10 +15,13 @@ use crate::backend::cuda::real::CudaDevice;
 use crate::backend::cuda::CudaCausal;
 use crate::backend::CausalBackend;
 use crate::checkpoint::wan::{load_wan, random_wan};
-use crate::checkpoint::{Checkpoint, Weights};
+use crate::checkpoint::{Checkpoint, DType, Weights};
+use crate::decoder::{Decoder, TaehvDecoder, WanVaeDecoder};
 use crate::error::{Error, Result};
 use crate::memory::host::check_host_memory;
+use crate::model::video_ops::VideoGraph;
 use crate::model::wan::WanConfig;
+use crate::model::wan::WanDecoder;
 use crate::model::Profile;
 use crate::stream::{CausalSampler, Parts, Stream};
 use crate::text::conditioner::Adapters;
@@ -83,6 +88,177 @@ pub(crate) fn wan_text(profile: &Profile, source: &WeightsSource) -> Result<Cond
     }
 }
 
+/// The Wan-family decoder weights an engine loaded, by kind and checkpoint.
+pub(crate) type VideoWeights = Mutex<Vec<((WanDecoder, Option<PathBuf>), Arc<Weights>)>>;
+
+/// The decoder a Wan stream asking for `kind` uses (the profile's for the default).
+pub(crate) fn resolve(profile: &Profile, kind: DecoderKind) -> Result<WanDecoder> {
+    Ok(match kind {
+        DecoderKind::Tae => profile.wan()?.decoder,
+        DecoderKind::Taehv => WanDecoder::Taehv,
+        DecoderKind::WanVae => WanDecoder::WanVae,
+        DecoderKind::Preview => WanDecoder::Preview,
+    })
+}
+
+/// The weights of Wan decoder `kind` (TAEHV or the Wan VAE) of `profile`: from `file`, a
+/// safetensors checkpoint or a `torch.save` `.pth` of that kind, or else the deterministic
+/// random ones of `seed` rounded to `dtype`.
+pub fn wan_decoder_weights(
+    profile: &Profile,
+    kind: WanDecoder,
+    file: Option<&Path>,
+    seed: u64,
+    dtype: DType,
+) -> Result<Weights> {
+    let w = profile.wan()?;
+    match (kind, file) {
+        (WanDecoder::Taehv, Some(f)) => TaehvDecoder::load_weights(f, &w.taehv_config()),
+        (WanDecoder::Taehv, None) => TaehvDecoder::random_weights(&w.taehv_config(), seed, dtype),
+        (WanDecoder::WanVae, Some(f)) => WanVaeDecoder::load_weights(f, &w.wan_vae_config()),
+        (WanDecoder::WanVae, None) => {
+            WanVaeDecoder::random_weights(&w.wan_vae_config(), seed, dtype)
+        }
+        (WanDecoder::Preview, _) => Err(Error::Invalid(format!(
+            "profile `{}`: the preview's weights are part of the model's checkpoint",
+            profile.name
+        ))),
+    }
+}
+
+/// The op list of Wan decoder `kind` (TAEHV or the Wan VAE) of `profile` at its latent
+/// size (what `plan` costs).
+pub fn wan_decoder_graph(profile: &Profile, kind: WanDecoder) -> Result<VideoGraph> {
+    let w = profile.wan()?;
+    let (h, wd) = (w.latent_height, w.latent_width);
+    match kind {
+        WanDecoder::Taehv => crate::model::taehv::graph(&w.taehv_config(), h, wd),
+        WanDecoder::WanVae => crate::model::wan_vae::graph(&w.wan_vae_config(), h, wd),
+        WanDecoder::Preview => Err(Error::Invalid(format!(
+            "profile `{}`: the preview is a per-pixel map, not an op list",
+            profile.name
+        ))),
+    }
+}
+
+/// Writes the random weights of Wan decoder `kind` of `profile` ([`wan_decoder_weights`]
+/// without a file: the values a stream uses when given none) as a safetensors checkpoint
+/// in the released names (taew2_1's, the original Wan VAE's).
+pub fn write_random_wan_decoder(
+    profile: &Profile,
+    kind: WanDecoder,
+    seed: u64,
+    dtype: DType,
+    path: &Path,
+) -> Result<()> {
+    let w = profile.wan()?;
+    match kind {
+        WanDecoder::Taehv => TaehvDecoder::write_random(path, &w.taehv_config(), seed, dtype),
+        WanDecoder::WanVae => {
+            WanVaeDecoder::write_random(path, &w.wan_vae_config(), seed, dtype, false)
+        }
+        WanDecoder::Preview => Err(Error::Invalid(format!(
+            "profile `{}`: the preview's weights are part of the model's checkpoint",
+            profile.name
+        ))),
+    }
+}
+
+/// Wan decoder `kind` (TAEHV or the Wan VAE) of `profile` on the CPU with `weights`, for
+/// the profile's latent size; an error when the profile's video factors are not the
+/// decoder's (4x in time, 8x in space).
+pub fn wan_decoder(
+    profile: &Profile,
+    kind: WanDecoder,
+    weights: &Weights,
+) -> Result<Box<dyn Decoder>> {
+    let w = profile.wan()?;
+    let (h, wd) = (w.latent_height, w.latent_width);
+    let decoder: Box<dyn Decoder> = match kind {
+        WanDecoder::Taehv => Box::new(TaehvDecoder::new(&w.taehv_config(), h, wd, weights)?),
+        WanDecoder::WanVae => Box::new(WanVaeDecoder::new(&w.wan_vae_config(), h, wd, weights)?),
+        WanDecoder::Preview => {
+            return Err(Error::Invalid(format!(
+                "profile `{}`: the preview is built from the model's checkpoint",
+                profile.name
+            )))
+        }
+    };
+    let (fw, fh) = decoder.frame_size();
+    let v = &profile.video;
+    if decoder.frames_per_latent() != v.temporal_upsample
+        || fw != wd * v.spatial_upsample
+        || fh != h * v.spatial_upsample
+    {
+        return Err(Error::Invalid(format!(
+            "profile `{}`: decoder {} upsamples {}x in time and {}x in space, but \
+             video.temporal_upsample is {} and video.spatial_upsample is {}",
+            profile.name,
+            kind.name(),
+            decoder.frames_per_latent(),
+            fw / wd.max(1),
+            v.temporal_upsample,
+            v.spatial_upsample
+        )));
+    }
+    Ok(decoder)
+}
+
+impl Engine {
+    /// The decoder of a Wan stream asking for `kind`, its weights from `file`, else from the
+    /// profile's `wan.decoder_weights`, else random (the DiT's seed and dtype for random DiT
+    /// weights, seed 0 in f16 for a DiT checkpoint); loaded once per engine.
+    pub(super) fn wan_decoder(
+        &self,
+        kind: DecoderKind,
+        file: Option<&Path>,
+    ) -> Result<Box<dyn Decoder>> {
+        let kind = resolve(&self.profile, kind)?;
+        if kind == WanDecoder::Preview {
+            return Ok(Box::new(self.preview_decoder()?));
+        }
+        let file: Option<PathBuf> = file.map(Path::to_path_buf).or_else(|| {
+            self.profile
+                .wan()
+                .ok()?
+                .decoder_weights
+                .as_ref()
+                .map(PathBuf::from)
+        });
+        let key = (kind, file);
+        let cached = self
+            .video_weights
+            .lock()
+            .map_err(|_| {
+                Error::Invalid("decoder weights: a thread panicked while loading them".into())
+            })?
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, w)| w.clone());
+        let weights = match cached {
+            Some(w) => w,
+            None => {
+                let (seed, dtype) = match &self.source {
+                    WeightsSource::Random { seed, dtype } => (*seed, *dtype),
+                    WeightsSource::File(_) => (0, DType::F16),
+                };
+                let w = Arc::new(wan_decoder_weights(
+                    &self.profile,
+                    kind,
+                    key.1.as_deref(),
+                    seed,
+                    dtype,
+                )?);
+                if let Ok(mut v) = self.video_weights.lock() {
+                    v.push((key, w.clone()));
+                }
+                w
+            }
+        };
+        wan_decoder(&self.profile, kind, &weights)
+    }
+}
+
 impl Engine {
     /// [`Engine::with_device`] for a Wan profile.
     pub(super) fn new_wan(params: EngineParams, device: usize) -> Result<Engine> {
@@ -102,6 +278,7 @@ impl Engine {
             device_uuid,
             source: params.weights,
             decoder_weights: OnceLock::new(),
+            video_weights: VideoWeights::default(),
             notes,
         })
     }
@@ -153,7 +330,7 @@ impl Engine {
         let sampler = CausalSampler::new(self.create_causal_backend()?, w, seed);
         Stream::new(Parts {
             sampler: Box::new(sampler),
-            decoder: self.decoder(params.decoder)?,
+            decoder: self.wan_decoder(params.decoder, params.decoder_weights.as_deref())?,
             encoders,
             prompt,
             seed,

@@ -17,6 +17,8 @@ use crate::error::Result;
 
 /// Model, text and decoder widths (`dim`, `text_dim`, `d_model`, `freq_dim`, decoder widths).
 pub const MAX_WIDTH: usize = 65_536;
+/// Widest channel count of a Wan-family decoder stage (the released ones use 384 at most).
+pub const MAX_DECODER_WIDTH: usize = 4096;
 /// Feed-forward widths (`ffn_dim`, `d_ff`).
 pub const MAX_FFN: usize = 262_144;
 /// Blocks of the DiT and layers of a text encoder.
@@ -277,6 +279,12 @@ impl WanConfig {
             ("window", self.window, MAX_LATENT_FRAMES),
             ("sink", self.sink, MAX_LATENT_FRAMES),
             ("lora.rank", self.lora.as_ref().map_or(1, |l| l.rank), MAX_WIDTH),
+            ("vae_dim", self.vae_dim.unwrap_or(1), MAX_DECODER_WIDTH / 4),
+            (
+                "taehv_widths",
+                self.taehv_widths.map_or(1, |w| w.into_iter().max().unwrap_or(1)),
+                MAX_DECODER_WIDTH,
+            ),
         ] {
             if value > max {
                 return Err((

@@ -167,6 +167,7 @@ impl Worker {
             guidance: Some(self.config.guidance),
             text: None,
             decoder: self.config.decoder,
+            decoder_weights: None,
         };
         let mut stream = match self.engine.stream(params.clone()) {
             Ok(s) => s,

@@ -5,6 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::taehv::TaehvConfig;
+use crate::model::wan_vae::WanVaeConfig;
+
 /// How keys are positioned for RoPE (docs/wan.md section 4).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -84,6 +87,45 @@ pub struct WanConfig {
     pub context_timestep: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraConfig>,
+    /// The decoder a stream uses unless it names another (`"taehv"`, the default, as the
+    /// real-time demos; `"wan-vae"`; `"preview"`).
+    #[serde(default)]
+    pub decoder: WanDecoder,
+    /// The decoder's checkpoint (`taew2_1.pth` or `.safetensors`, `Wan2.1_VAE.pth`, ...):
+    /// the one of the kind `decoder` names; the CLI's `--decoder-weights F` overrides it.
+    /// Without it the decoder runs deterministic random weights (seeded as the DiT's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_weights: Option<String>,
+    /// TAEHV's `n_f` widths (taew2_1's `[256, 128, 64, 64]` when absent; toys shrink them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taehv_widths: Option<[usize; 4]>,
+    /// The Wan VAE decoder's base width `dim` (96 when absent; toys shrink it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae_dim: Option<usize>,
+}
+
+/// The decoders a Wan-family stream can use (docs/taehv.md, docs/wan_vae.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WanDecoder {
+    /// `madebyollin/taehv`'s tiny decoder (`taew2_1`).
+    #[default]
+    Taehv,
+    /// The Wan 2.1 VAE decoder.
+    WanVae,
+    /// The cheap per-pixel latent-to-RGB preview.
+    Preview,
+}
+
+impl WanDecoder {
+    /// The name in profiles and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            WanDecoder::Taehv => "taehv",
+            WanDecoder::WanVae => "wan-vae",
+            WanDecoder::Preview => "preview",
+        }
+    }
 }
 
 fn default_patch() -> [usize; 3] {
@@ -173,6 +215,31 @@ impl WanConfig {
             (Some(t), Some(s), _, _) => (t.clone(), s.clone()),
             (_, _, Some(shift), Some(steps)) => schedule_from_shift(shift, steps, self.warp),
             _ => (Vec::new(), Vec::new()),
+        }
+    }
+
+    /// The TAEHV decoder of this profile: taew2_1's, with `taehv_widths` when given and
+    /// the profile's latent channels.
+    pub fn taehv_config(&self) -> TaehvConfig {
+        TaehvConfig {
+            latent_channels: self.latent_channels,
+            widths: self.taehv_widths.unwrap_or(TaehvConfig::taew2_1().widths),
+            ..TaehvConfig::taew2_1()
+        }
+    }
+
+    /// The Wan VAE decoder of this profile: Wan 2.1's, with `vae_dim` when given. A toy
+    /// with fewer than 16 latent channels de-normalises with the first `C` of Wan 2.1's
+    /// per-channel means and standard deviations.
+    pub fn wan_vae_config(&self) -> WanVaeConfig {
+        let base = WanVaeConfig::wan2_1();
+        let c = self.latent_channels.min(base.latent_mean.len());
+        WanVaeConfig {
+            z_dim: self.latent_channels,
+            dim: self.vae_dim.unwrap_or(base.dim),
+            latent_mean: base.latent_mean[..c].to_vec(),
+            latent_std: base.latent_std[..c].to_vec(),
+            ..base
         }
     }
 
@@ -266,6 +333,24 @@ impl WanConfig {
             if !(l.alpha.is_finite() && l.alpha > 0.0) {
                 return fail("lora.alpha", format!("must be positive, found {}", l.alpha));
             }
+        }
+        if self.decoder == WanDecoder::WanVae && self.latent_channels > 16 {
+            return fail(
+                "decoder",
+                format!(
+                    "\"wan-vae\" has de-normalisation constants for at most 16 latent channels, found wan.latent_channels {}",
+                    self.latent_channels
+                ),
+            );
+        }
+        if let Some(w) = self.taehv_widths.filter(|w| w.contains(&0)) {
+            return fail("taehv_widths", format!("must be positive, found {w:?}"));
+        }
+        if self.vae_dim.is_some_and(|d| d == 0 || d % 2 != 0) {
+            return fail(
+                "vae_dim",
+                format!("must be positive and even, found {}", self.vae_dim.unwrap_or(0)),
+            );
         }
         if !(self.context_timestep.is_finite() && (0.0..=1000.0).contains(&self.context_timestep))
         {

@@ -8,5 +8,5 @@ pub mod config;
 pub mod graph;
 pub mod schema;
 
-pub use config::{LoraConfig, RopePositions, WanConfig};
+pub use config::{LoraConfig, RopePositions, WanConfig, WanDecoder};
 pub use graph::WanGraph;
