@@ -283,3 +283,57 @@ fn a_checkpoint_without_the_encoder_serves_only_text_to_video() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Video-to-video on the emulated CUDA backend (its `write_frames` a host-to-device copy
+/// after the queued step) against the CPU backend: every chunk within 1e-2 relative L2 (f16
+/// weights and GEMM inputs against f32), as for text-to-video in `tests/cuda_backend.rs`.
+/// The default tier runs `tests/profiles/small.toml` (64x64 video, B = 4 latent frames);
+/// `STREAMDIT_FULL=1` runs `tiny`.
+#[test]
+fn emulator_matches_the_cpu() {
+    let profile = common::emu_profile();
+    let (w, h) = (
+        profile.model.latent_width * 8,
+        profile.model.latent_height * 8,
+    );
+    let chunks = 3;
+    let frames_total = 4 * (profile.stream.chunks + chunks) * profile.stream.chunk_frames;
+    let mut rng = Rng::new(11);
+    let rgb: Vec<u8> = (0..frames_total * w * h * 3)
+        .map(|i| ((i % 251) as f64 * 0.8 + rng.uniform(0.0, 50.0)) as u8)
+        .collect();
+    let run = |backend: BackendKind| -> Vec<Vec<f32>> {
+        let engine = Engine::new(EngineParams {
+            profile: profile.clone(),
+            weights: WeightsSource::Random {
+                seed: 5,
+                dtype: DType::F16,
+            },
+            backend,
+        })
+        .unwrap();
+        let mut stream = engine.video_stream(params(17), 0.5).unwrap();
+        let frame = w * h * 3;
+        let mut at = 0;
+        (0..chunks)
+            .map(|_| {
+                let need = stream.input_frames_needed();
+                stream
+                    .push_video_frames(&rgb[at * frame..(at + need) * frame])
+                    .unwrap();
+                at += need;
+                stream.next_latents().unwrap().to_vec()
+            })
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    let emu = run(BackendKind::Emu);
+    let emu_s = start.elapsed().as_secs_f64();
+    let cpu = run(BackendKind::Cpu);
+    for (k, (e, c)) in emu.iter().zip(&cpu).enumerate() {
+        let err = common::rel_l2(&common::f64s(e), &common::f64s(c));
+        println!("v2v chunk {k}: relative L2 emu vs cpu {err:.3e}");
+        assert!(err < 1e-2, "chunk {k}: {err:.3e}");
+    }
+    println!("{chunks} v2v chunks on the emulator in {emu_s:.1} s");
+}

@@ -115,12 +115,12 @@ impl Input {
                     continue;
                 }
                 self.ended = true;
-                let Some(_) = &self.last else {
+                if self.last.is_none() {
                     return Err(Error::Invalid(format!(
                         "input video `{}`: holds no frames",
                         self.source.name()
                     )));
-                };
+                }
                 let partial = self.read % chunk as u64;
                 eprintln!(
                     "\nstreamdit: the input video ended after {} frames{}; the buffer's \
@@ -256,7 +256,8 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
         }
         let mut limit = total;
         if let Some(input) = input.as_mut() {
-            input.feed(&mut stream, stream.frames_per_chunk())?;
+            let chunk = stream.frames_per_chunk();
+            input.feed(&mut stream, chunk)?;
             if input.ended {
                 limit = limit.min(input.read);
                 if written >= limit {
