@@ -143,11 +143,7 @@ impl<R: Read> Y4mSource<R> {
                         }
                     }
                 }
-                "X" => {
-                    if value.eq_ignore_ascii_case("COLORRANGE=FULL") {
-                        full_range = true;
-                    }
-                }
+                "X" if value.eq_ignore_ascii_case("COLORRANGE=FULL") => full_range = true,
                 // Frame rate, interlacing, aspect ratio: not needed to read the pictures.
                 _ => {}
             }
