@@ -11,10 +11,12 @@
 //! - [`Engine`] (created from [`EngineParams`]) loads a [`Profile`] and its weights and
 //!   chooses a backend; [`Engine::stream`] starts a [`Stream`] (settings in
 //!   [`StreamParams`]) that produces latents and decoded RGB8 frames chunk by chunk.
-//! - [`sink`]: Y4M, PNG-sequence and raw RGB24 writers for those frames.
+//! - [`sink`]: Y4M, PNG-sequence and raw RGB24 writers for those frames; [`source`]: the
+//!   readers of video-to-video's input (Y4M, raw RGB24, PNG folder) and the fit to a profile.
 //! - [`conditioning`]: the text encoders alone and their outputs.
 //! - [`files`]: tensor files (safetensors) in and out: checkpoints, random checkpoints.
-//! - [`tae_decoder`]: the TAE decoder alone, for decoding latents without the DiT.
+//! - [`tae_decoder`]: the TAE decoder alone, for decoding latents without the DiT;
+//!   [`tae_encoder`]: its mirror, the encoder of video-to-video.
 //! - [`inspect`]: what a profile costs and where its memory goes, without running it (the
 //!   static graph, op costs, memory plans, rooflines, the schedule); what `streamdit plan`,
 //!   `bench` and `profile` print.
@@ -51,8 +53,9 @@ pub use backend::{Backend, CausalBackend, Clock, StepParams, TimedStep};
 pub use checkpoint::DType;
 pub use decoder::{Decoder, TaehvDecoder, WanVaeDecoder};
 pub use engine::{
-    check_guidance, tae_decoder, wan_decoder, wan_decoder_weights, write_random_wan_decoder,
-    BackendKind, DecoderKind, Engine, EngineParams, StreamParams, WeightsSource, GUIDANCE_RANGE,
+    check_guidance, tae_decoder, tae_encoder, wan_decoder, wan_decoder_weights,
+    write_random_wan_decoder, BackendKind, DecoderKind, Engine, EngineParams, StreamParams,
+    WeightsSource, GUIDANCE_RANGE,
 };
 pub use error::{Error, Result};
 pub use model::profile::Family;
@@ -64,6 +67,14 @@ pub use model::wan::{LoraConfig, RopePositions, WanConfig, WanDecoder};
 pub use stream::Stream;
 pub use tensor::Tensor;
 pub use text::TextInput;
+
+/// Readers of video-to-video's input frames: Y4M, raw RGB24, a PNG folder; the fit to a
+/// profile's frame size.
+pub mod source {
+    pub use crate::stream::source::{
+        fit_frame, open_source, FrameSource, PngFolderSource, RawRgbSource, Y4mSource,
+    };
+}
 
 /// Writers of decoded RGB8 frames: Y4M, a PNG sequence, raw RGB24.
 pub mod sink {

@@ -1,4 +1,5 @@
-//! `streamdit generate`: stream video from a prompt into a file or a pipe.
+//! `streamdit generate`: stream video from a prompt into a file or a pipe; with
+//! `--input-video`, edit an input video (video-to-video, docs/streamdit.md section 5).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -6,7 +7,8 @@ use std::time::Instant;
 use clap::Args;
 use streamdit::conditioning::load_text_embeddings;
 use streamdit::sink::open_sink;
-use streamdit::{DecoderKind, Error, Result, StreamParams};
+use streamdit::source::{fit_frame, open_source, FrameSource};
+use streamdit::{DecoderKind, Error, Result, Stream, StreamParams};
 
 use crate::common::ModelArgs;
 
@@ -65,6 +67,91 @@ pub(crate) struct GenerateArgs {
     /// non-finite names the first op that produced one (slow; CPU backend).
     #[arg(long)]
     check_ops: bool,
+    /// Video-to-video: edit this video with the prompt. A `.y4m` file (8-bit 4:2:0 or
+    /// 4:4:4), `-` for Y4M on stdin (raw RGB24 with --input-size), or a folder of PNG
+    /// frames. Any size: scaled to cover the profile's frame and centre-cropped. Output
+    /// frame f is an edit of input frame f; without --frames the whole input is edited.
+    #[arg(long, value_name = "F.y4m|-|DIR")]
+    input_video: Option<String>,
+    /// Video-to-video strength in (0, 1]: 1 ignores the input (text-to-video), smaller
+    /// keeps more of it.
+    #[arg(long, requires = "input_video", default_value_t = 0.6)]
+    strength: f32,
+    /// The input is raw RGB24 frames of this size (`WxH`), from a file or stdin.
+    #[arg(long, value_name = "WxH", requires = "input_video", value_parser = parse_size)]
+    input_size: Option<(usize, usize)>,
+}
+
+fn parse_size(s: &str) -> std::result::Result<(usize, usize), String> {
+    let bad = || format!("expected WIDTHxHEIGHT such as 640x360, found `{s}`");
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (w, h) = (
+        w.trim().parse().map_err(|_| bad())?,
+        h.trim().parse().map_err(|_| bad())?,
+    );
+    if w == 0 || h == 0 {
+        return Err(bad());
+    }
+    Ok((w, h))
+}
+
+/// The input video of video-to-video, fitted to the stream's frame size, with the rule
+/// for its end: once it ends, the frames the buffer still needs repeat its last frame.
+struct Input {
+    source: Box<dyn FrameSource>,
+    raw: Vec<u8>,
+    last: Option<Vec<u8>>,
+    /// Frames read from the input (real frames).
+    read: u64,
+    /// Frames pushed that repeat the last one after the end.
+    padded: u64,
+    ended: bool,
+}
+
+impl Input {
+    /// Pushes what the next chunk needs: input frames while there are, then repeats of
+    /// the last one (said once on stderr).
+    fn feed(&mut self, stream: &mut Stream, chunk: usize) -> Result<()> {
+        let target = stream.frame_size();
+        while stream.input_frames_needed() > 0 {
+            if !self.ended {
+                if self.source.read_frame(&mut self.raw)? {
+                    let (sw, sh) = self.source.size();
+                    let fitted = fit_frame(&self.raw, sw, sh, target.0, target.1);
+                    stream.push_video_frames(&fitted)?;
+                    self.last = Some(fitted);
+                    self.read += 1;
+                    continue;
+                }
+                self.ended = true;
+                if self.last.is_none() {
+                    return Err(Error::Invalid(format!(
+                        "input video `{}`: holds no frames",
+                        self.source.name()
+                    )));
+                }
+                let partial = self.read % chunk as u64;
+                eprintln!(
+                    "\nstreamdit: the input video ended after {} frames{}; the buffer's \
+                     look-ahead repeats the last input frame, and the output stops at frame {}",
+                    self.read,
+                    if partial > 0 {
+                        format!(
+                            " (mid-chunk: {partial} of a {chunk}-frame chunk; the rest repeats \
+                             the last frame and is not written)"
+                        )
+                    } else {
+                        String::new()
+                    },
+                    self.read
+                );
+            }
+            let last = self.last.clone().unwrap_or_default();
+            stream.push_video_frames(&last)?;
+            self.padded += 1;
+        }
+        Ok(())
+    }
 }
 
 fn parse_prompt_at(s: &str) -> std::result::Result<(u64, String), String> {
@@ -90,7 +177,7 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
         )?),
         None => None,
     };
-    let mut stream = engine.stream(StreamParams {
+    let params = StreamParams {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
         seed: args.seed,
@@ -102,7 +189,39 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
             (false, None) => DecoderKind::Tae,
         },
         decoder_weights: args.decoder_weights.clone(),
-    })?;
+    };
+    let mut input = match &args.input_video {
+        Some(spec) => Some(Input {
+            source: open_source(spec, args.input_size)?,
+            raw: Vec::new(),
+            last: None,
+            read: 0,
+            padded: 0,
+            ended: false,
+        }),
+        None => None,
+    };
+    let mut stream = match &input {
+        Some(_) => engine.video_stream(params, args.strength)?,
+        None => engine.stream(params)?,
+    };
+    if let Some(input) = &input {
+        let (sw, sh) = input.source.size();
+        let (tw, th) = stream.frame_size();
+        eprintln!(
+            "streamdit: video-to-video from `{}` ({sw}x{sh}{}), strength {}; output frame f \
+             edits input frame f, {} frames later (the buffer holds {} video frames)",
+            input.source.name(),
+            if (sw, sh) == (tw, th) {
+                String::new()
+            } else {
+                format!(", scaled to cover {tw}x{th} and centre-cropped")
+            },
+            args.strength,
+            stream.input_frames_needed(),
+            stream.input_frames_needed()
+        );
+    }
     if args.trace.is_some() {
         stream.set_trace(true);
     }
@@ -118,6 +237,8 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
                 "--seconds: expected a positive number, found {s}"
             )))
         }
+        // Video-to-video edits the whole input unless told otherwise.
+        (None, None) if input.is_some() => u64::MAX,
         (None, None) => 4 * stream.frames_per_chunk() as u64,
     };
     if let Some((at, _)) = args.prompt_at.iter().find(|(at, _)| *at >= total) {
@@ -143,16 +264,36 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
             eprintln!("\nstreamdit: prompt switch at frame {written}: {prompt:?}");
             stream.set_prompt(&prompt);
         }
+        let mut limit = total;
+        if let Some(input) = input.as_mut() {
+            let chunk = stream.frames_per_chunk();
+            input.feed(&mut stream, chunk)?;
+            if input.ended {
+                limit = limit.min(input.read);
+                if written >= limit {
+                    break;
+                }
+            }
+        }
         frames.clear();
         let n = stream.next_frames(&mut frames)?;
         first_chunk.get_or_insert(start.elapsed());
-        for frame in frames.chunks(w * h * 3).take((total - written) as usize) {
+        for frame in frames.chunks(w * h * 3).take((limit - written) as usize) {
             sink.write_frame(frame)?;
         }
         written += n as u64;
+        if written >= limit {
+            written = limit;
+            break;
+        }
         let secs = start.elapsed().as_secs_f64();
+        let of = if total == u64::MAX {
+            "?".to_string()
+        } else {
+            total.to_string()
+        };
         eprint!(
-            "\rstreamdit: {:>6}/{total} frames  {:>4} calls  {:7.1} FPS",
+            "\rstreamdit: {:>6}/{of} frames  {:>4} calls  {:7.1} FPS",
             written.min(total),
             stream.calls(),
             written as f64 / secs

@@ -33,6 +33,8 @@ fn op_name(op: &TaeOp) -> &str {
         TaeOp::GroupNorm { name, .. }
         | TaeOp::Conv2d { name, .. }
         | TaeOp::ConvT { name, .. }
+        | TaeOp::DownS { name, .. }
+        | TaeOp::DownT { name, .. }
         | TaeOp::Attention { name, .. } => name,
         TaeOp::AddSaved {
             skip: Some(name), ..
@@ -156,6 +158,22 @@ pub fn report(
             g.name
         ))
     );
+    // Video-to-video's encoder (docs/tae.md, Encoder): the decoder's mirror, once per chunk
+    // of input; this build runs it on the CPU in f32, the FLOPs are the same on any device.
+    let encoder = TaeGraph::encoder(
+        &profile.decoder,
+        m.latent_channels,
+        m.latent_height,
+        m.latent_width,
+    )?;
+    let enc = DecoderCost::of(&encoder, c);
+    totals += &format!(
+        "  encoder (v2v)    {} parameters, {} per chunk of {} input frames, causal caches {} (TAE encoder; CPU f32 in this build)\n",
+        fmt_count(enc.parameters),
+        fmt_flops(enc.total.flops),
+        c * streamdit::inspect::TEMPORAL_UPSAMPLE,
+        fmt_bytes(enc.cache_bytes),
+    );
     let mut prediction = Value::Null;
     if let (Some(g), Some(p)) = (gpu, dit) {
         let dec = cost.seconds_per_call(&g, s);
@@ -206,6 +224,12 @@ pub fn report(
         },
         "prediction": prediction,
         "ops": ops_json,
+        "encoder": {
+            "parameters": enc.parameters,
+            "flops_per_chunk": enc.total.flops,
+            "cache_bytes": enc.cache_bytes,
+            "ops": encoder.steps.len(),
+        },
     });
     Ok(DecoderReport { ops, totals, json })
 }

@@ -99,6 +99,11 @@ pub trait Backend: Send {
     /// Copies the latent buffer `[F, C, H, W]` out.
     fn read_buffer(&mut self, out: &mut [f32]) -> Result<()>;
 
+    /// Overwrites buffer frames `first..first + n` with `frames [n, C, H, W]`, after the
+    /// work of earlier steps (video-to-video writes its input mixes so). Drops a step
+    /// started by [`Backend::prefetch`].
+    fn write_frames(&mut self, first: usize, frames: &[f32]) -> Result<()>;
+
     /// [`Backend::forward`] run eagerly piece by piece, reporting every piece's time to
     /// `on_step` in order; returns the clock the times come from.
     fn forward_timed(
@@ -170,6 +175,25 @@ pub(crate) fn check_text_inputs(graph: &Graph, text: &Tensor, mask: &[f32]) -> R
 }
 
 /// An error unless a slice argument holds exactly `want` values.
+/// The check of [`Backend::write_frames`]' arguments: whole frames inside a buffer of
+/// `buffer_frames` frames of `frame_elems` values.
+pub(crate) fn check_frames_write(
+    first: usize,
+    frames: &[f32],
+    frame_elems: usize,
+    buffer_frames: usize,
+) -> Result<()> {
+    let n = frames.len() / frame_elems.max(1);
+    if frames.len() % frame_elems.max(1) != 0 || first + n > buffer_frames {
+        return Err(Error::shape(
+            "buffer frames written",
+            format!("whole frames of {frame_elems} values inside the buffer's {buffer_frames} frames"),
+            format!("{} values from frame {first}", frames.len()),
+        ));
+    }
+    check_finite("buffer frames written", &[n, frame_elems], frames)
+}
+
 pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
         return Err(Error::shape(

@@ -98,6 +98,36 @@ impl Weights {
         Self::read_specs(path.as_ref(), &specs)
     }
 
+    /// The encoder's tensors ([`schema::encoder_tensors`]) from the checkpoint at `path`
+    /// (video-to-video): the first missing, mis-shaped or mis-typed one is named.
+    pub fn load_encoder(
+        path: impl AsRef<Path>,
+        dec: &DecoderConfig,
+        latent_channels: usize,
+    ) -> Result<Weights> {
+        let specs = schema::encoder_tensors(dec, latent_channels)?;
+        Self::read_specs(path.as_ref(), &specs)
+    }
+
+    /// The deterministic random encoder weights, each value rounded to `dtype`: equal, bit
+    /// for bit, to the encoder tensors [`write_random_streamdit_checkpoint`] writes.
+    pub fn random_encoder(
+        dec: &DecoderConfig,
+        latent_channels: usize,
+        seed: u64,
+        dtype: DType,
+    ) -> Result<Weights> {
+        let tensors = schema::encoder_tensors(dec, latent_channels)?
+            .par_iter()
+            .enumerate()
+            .map(|(j, spec)| random_tensor(seed, schema::ENCODER_COUNTER + j as u32, spec, dtype))
+            .collect();
+        Ok(Weights {
+            source: format!("random weights (seed {seed}, {dtype})"),
+            tensors,
+        })
+    }
+
     /// The deterministic random decoder weights, each value rounded to `dtype`: equal, bit
     /// for bit, to the decoder tensors [`write_random_streamdit_checkpoint`] writes.
     pub fn random_decoder(
@@ -267,7 +297,7 @@ fn dims_metadata(cfg: &ModelConfig) -> String {
 }
 
 /// [`write_random_checkpoint`] followed by the decoder's tensors of `profile`
-/// ([`Weights::random_decoder`]): the whole checkpoint `streamdit weights init` writes for a
+/// ([`Weights::random_decoder`]) and the encoder's ([`Weights::random_encoder`]): the whole checkpoint `streamdit weights init` writes for a
 /// StreamDiT profile (`checkpoint::wan::write_random_profile_checkpoint` chooses by family).
 /// Returns the file size in bytes.
 pub fn write_random_streamdit_checkpoint(
@@ -288,6 +318,13 @@ pub fn write_random_streamdit_checkpoint(
             .into_iter()
             .enumerate()
             .map(|(j, s)| (schema::DECODER_COUNTER + j as u32, s)),
+    );
+    let encoder = schema::encoder_tensors(&profile.decoder, cfg.latent_channels)?;
+    specs.extend(
+        encoder
+            .into_iter()
+            .enumerate()
+            .map(|(j, s)| (schema::ENCODER_COUNTER + j as u32, s)),
     );
     let entries: Vec<(&str, &[usize])> = specs
         .iter()

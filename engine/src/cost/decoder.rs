@@ -19,6 +19,8 @@ pub fn tae_op_kind(op: &TaeOp) -> &'static str {
         } => "Conv2d",
         TaeOp::ConvT { .. } => "ConvT",
         TaeOp::RepeatFrames => "RepeatFrames",
+        TaeOp::DownS { .. } => "DownS",
+        TaeOp::DownT { .. } => "DownT",
         TaeOp::Attention { .. } => "Attention",
         TaeOp::AddSaved { skip: Some(_), .. } => "AddSkipConv",
         TaeOp::AddSaved { skip: None, .. } => "AddSaved",
@@ -74,6 +76,27 @@ pub fn tae_op_cost(step: &TaeStep, latent_frames: usize) -> OpCost {
             cost(2 * f * pixels * 3 * ch * ch, input + cached + weights, Gemm)
         }
         TaeOp::RepeatFrames => cost(0, input, Layout),
+        // The encoder's strided ops: 3x3 taps per output pixel, 3 taps per output frame.
+        TaeOp::DownS { ch, .. } => {
+            let ch = *ch as u64;
+            let weights = (9 * ch * ch + ch) * TAE_ELEM_BYTES;
+            cost(
+                2 * f * (oh * ow) as u64 * 9 * ch * ch,
+                input + weights,
+                Gemm,
+            )
+        }
+        TaeOp::DownT { ch, .. } => {
+            let ch = *ch as u64;
+            let cached = pixels * ch * TAE_ELEM_BYTES;
+            let weights = (3 * ch * ch + ch) * TAE_ELEM_BYTES;
+            let out_frames = (of * latent_frames) as u64;
+            cost(
+                2 * out_frames * pixels * 3 * ch * ch,
+                input + cached + weights,
+                Gemm,
+            )
+        }
         TaeOp::Attention { ch, .. } => {
             let ch = *ch as u64;
             let weights = 4 * (ch * ch + ch) * TAE_ELEM_BYTES;
@@ -153,6 +176,9 @@ impl DecoderCost {
                 TaeOp::ConvT { ch, .. } => {
                     cache_bytes +=
                         align((2 * step.height * step.width * ch) as u64 * TAE_ELEM_BYTES)
+                }
+                TaeOp::DownT { ch, .. } => {
+                    cache_bytes += align((step.height * step.width * ch) as u64 * TAE_ELEM_BYTES)
                 }
                 _ => {}
             }

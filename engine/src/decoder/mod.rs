@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::tensor::check_finite;
 
 pub use preview::Preview;
-pub use tae::{DeviceTae, TaeDecoder};
+pub use tae::{DeviceTae, TaeDecoder, TaeEncoder};
 pub use taehv::TaehvDecoder;
 pub use video::VideoDecoder;
 pub use wan_vae::WanVaeDecoder;

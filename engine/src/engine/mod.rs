@@ -30,7 +30,7 @@ pub use params::{
     check_guidance, BackendKind, DecoderKind, EngineParams, StreamParams, WeightsSource,
     GUIDANCE_RANGE,
 };
-pub use parts::{tae_decoder, text_encoders, write_random_encoder_folders};
+pub use parts::{tae_decoder, tae_encoder, text_encoders, write_random_encoder_folders};
 pub use wan::{wan_decoder, wan_decoder_graph, wan_decoder_weights, write_random_wan_decoder};
 
 /// A loaded model: profile, weights and the choice of backend. Cheap to share between
@@ -354,6 +354,30 @@ impl Engine {
         if self.profile.family == Family::Wan {
             return self.stream_wan(params);
         }
+        self.stream_streamdit(params, None)
+    }
+
+    /// Starts a video-to-video stream (docs/streamdit.md section 5): [`Engine::stream`]'s
+    /// stream whose schedule is remapped by `strength` in `(0, 1]` and whose fresh frames
+    /// mix in the encoded input video, pushed with [`Stream::push_video_frames`]. Strength 1
+    /// is text-to-video (the input is still needed, and ignored). The checkpoint must carry
+    /// the TAE encoder (`encoder.*`); the Wan family has no video-to-video yet.
+    pub fn video_stream(&self, params: StreamParams, strength: f32) -> Result<Stream> {
+        crate::stream::schedule::check_strength(f64::from(strength))?;
+        if self.profile.family == Family::Wan {
+            return Err(Error::Invalid(format!(
+                "video-to-video: profile `{}` is of the wan family, whose encoders and SDEdit \
+                 sampler have not landed; StreamDiT profiles (tiny, streamdit-4b) have it",
+                self.profile.name
+            )));
+        }
+        let encoder = parts::tae_encoder(&self.profile, &self.source)?;
+        let mut stream = self.stream_streamdit(params, Some(f64::from(strength)))?;
+        stream.attach_input(encoder);
+        Ok(stream)
+    }
+
+    fn stream_streamdit(&self, params: StreamParams, strength: Option<f64>) -> Result<Stream> {
         let profile = self.profile();
         let m = &profile.model;
         if let Some(path) = &params.decoder_weights {
@@ -389,7 +413,7 @@ impl Engine {
         } else {
             None
         };
-        let sampler = MovingSampler::new(
+        let mut sampler = MovingSampler::new(
             self.create_backend(guidance)?,
             Schedule::new(&profile.stream),
             negative,
@@ -397,6 +421,9 @@ impl Engine {
             profile.stream.chunk_frames,
             [m.latent_channels, m.latent_height, m.latent_width],
         )?;
+        if let Some(strength) = strength {
+            sampler.set_strength(strength)?;
+        }
         Stream::new(Parts {
             sampler: Box::new(sampler),
             decoder: self.decoder(params.decoder)?,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::WeightsSource;
 use crate::checkpoint::{Checkpoint, DType, Weights};
-use crate::decoder::TaeDecoder;
+use crate::decoder::{TaeDecoder, TaeEncoder};
 use crate::error::{Error, Result};
 use crate::model::streamdit::schema::{Group, TEXT_VOCAB};
 use crate::model::tae::{TaeGraph, SPATIAL_UPSAMPLE, TEMPORAL_UPSAMPLE};
@@ -58,6 +58,37 @@ pub(super) fn tae_weights(p: &Profile, source: &WeightsSource) -> Result<Weights
 /// is not loaded (what `streamdit decode` runs).
 pub fn tae_decoder(profile: &Profile, source: &WeightsSource) -> Result<TaeDecoder> {
     TaeDecoder::new(tae_graph(profile)?, &tae_weights(profile, source)?)
+}
+
+/// The TAE encoder of video-to-video for `profile` on the CPU in f32 (docs/tae.md,
+/// "Encoder"), with its `encoder.*` tensors from `source`. A checkpoint without them still
+/// serves text-to-video; here their absence is an error naming the first missing tensor and
+/// how to get them.
+pub fn tae_encoder(profile: &Profile, source: &WeightsSource) -> Result<TaeEncoder> {
+    // The decoder's checks (family, upsampling factors) hold for its mirror too.
+    tae_graph(profile)?;
+    let m = &profile.model;
+    let graph = TaeGraph::encoder(
+        &profile.decoder,
+        m.latent_channels,
+        m.latent_height,
+        m.latent_width,
+    )?;
+    let c = m.latent_channels;
+    let weights = match source {
+        WeightsSource::File(path) => {
+            Weights::load_encoder(path, &profile.decoder, c).map_err(|e| {
+                Error::Invalid(format!(
+                    "video-to-video needs the TAE encoder's `encoder.*` tensors: {e} (a checkpoint \
+                     written by `streamdit weights init` carries them; text-to-video runs without)"
+                ))
+            })?
+        }
+        WeightsSource::Random { seed, dtype } => {
+            Weights::random_encoder(&profile.decoder, c, *seed, *dtype)?
+        }
+    };
+    TaeEncoder::new(graph, &weights)
 }
 
 /// The text encoders of `profile` with the adapters and byte table of `source` (random

@@ -1,6 +1,8 @@
 //! The temporal-autoencoder decoder of `docs/tae.md` as data: a flat list of ops over one
 //! activation `[T, H, W, Ch]` (channels last), built from a profile's decoder widths and
-//! groups. Every backend executes this list (the CPU decoder in `decoder::tae`; a device
+//! groups. The encoder of video-to-video (`../shared/TAE_SPEC.md`, "Encoder"; docs/tae.md)
+//! is the same kind of list ([`TaeGraph::encoder`]) with two more ops, the strided
+//! [`TaeOp::DownS`] and [`TaeOp::DownT`]. Every backend executes this list (the CPU decoder in `decoder::tae`; a device
 //! lowers it to kernels), the checkpoint schema takes its tensors from it, and the plan
 //! counts it. Nothing here executes anything.
 //!
@@ -24,7 +26,27 @@ const OUT_GAIN: f32 = 0.6;
 /// Largest attention head size.
 pub const MAX_HEAD_DIM: usize = 128;
 
-/// One op of the decoder. `name` is the tensor prefix without `decoder.`.
+/// Which network a [`TaeGraph`] is: its tensors' prefix and its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaeKind {
+    /// Latents to video frames (`decoder.*`).
+    Decoder,
+    /// Video frames to latents (`encoder.*`), for video-to-video.
+    Encoder,
+}
+
+impl TaeKind {
+    /// The tensor prefix without its dot: `decoder` or `encoder`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            TaeKind::Decoder => "decoder",
+            TaeKind::Encoder => "encoder",
+        }
+    }
+}
+
+/// One op of the decoder or the encoder. `name` is the tensor prefix without `decoder.` or
+/// `encoder.`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaeOp {
     /// Pushes the current activation for a later [`TaeOp::AddSaved`].
@@ -59,6 +81,19 @@ pub enum TaeOp {
         ch: usize,
         heads: usize,
         head_dim: usize,
+    },
+    /// The encoder's `DownS`: one zero column on the right and one zero row at the bottom,
+    /// then a 3x3 convolution of stride 2 without further padding (`{name}.weight [ch, ch,
+    /// 3, 3]`, `{name}.bias [ch]`): `H x W` becomes `H/2 x W/2` (even sizes).
+    DownS { name: String, ch: usize },
+    /// The encoder's `DownT`: causal temporal convolution of stride 2,
+    /// `y[t] = W0 x[2t-1] + W1 x[2t] + W2 x[2t+1] + b` (`{name}.weight [ch, ch, 3]`); `x[-1]`
+    /// is `x[0]` at the stream start and the previous chunk's last frame afterwards, kept in
+    /// cache `cache` (one frame). The input holds an even number of frames.
+    DownT {
+        name: String,
+        ch: usize,
+        cache: usize,
     },
     /// Pops the saved activation `s [.., cin]` and adds `skip(s)` to the current activation
     /// `[.., cout]`; `skip` is the 1x1 convolution `{name}.weight [cout, cin, 1, 1]`,
@@ -98,7 +133,7 @@ pub struct TaeTensor {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaeStep {
     pub op: TaeOp,
-    /// Frames of the input per latent frame (1, 2 or 4).
+    /// Frames of the input per latent frame (1, 2 or 4; video frames are 4).
     pub frames: usize,
     /// Input height and width.
     pub height: usize,
@@ -119,14 +154,18 @@ impl TaeStep {
                 (f, h * s, w * s, *cout)
             }
             TaeOp::RepeatFrames => (2 * f, h, w, c),
+            TaeOp::DownS { ch, .. } => (f, h / 2, w / 2, *ch),
+            TaeOp::DownT { .. } => (f / 2, h, w, c),
             TaeOp::AddSaved { cout, .. } => (f, h, w, *cout),
         }
     }
 }
 
-/// The decoder for one latent size: its ops in order with their shapes.
+/// The decoder (or the encoder) for one latent size: its ops in order with their shapes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaeGraph {
+    /// Decoder or encoder.
+    pub kind: TaeKind,
     /// `(c0, c1, c2, c3)`.
     pub widths: [usize; 4],
     pub groups: usize,
@@ -134,7 +173,7 @@ pub struct TaeGraph {
     pub latent_height: usize,
     pub latent_width: usize,
     pub steps: Vec<TaeStep>,
-    /// Number of [`TaeOp::ConvT`] ops, each with its own cache.
+    /// Number of [`TaeOp::ConvT`] and [`TaeOp::DownT`] ops, each with its own cache.
     pub caches: usize,
 }
 
@@ -208,6 +247,12 @@ impl Builder {
         self.add_saved((cin != cout).then(|| format!("{p}.skip")));
     }
 
+    fn down_t(&mut self, name: String) {
+        let (ch, cache) = (self.channels, self.caches);
+        self.caches += 1;
+        self.push(TaeOp::DownT { name, ch, cache });
+    }
+
     /// `Attn(ch)` of docs/tae.md at prefix `p`.
     fn attn(&mut self, p: &str, head_dim: usize) {
         let ch = self.channels;
@@ -223,14 +268,14 @@ impl Builder {
     }
 }
 
-impl TaeGraph {
-    /// The decoder of `dec` for latents `[T, latent_channels, height, width]`.
-    pub fn new(
-        dec: &DecoderConfig,
-        latent_channels: usize,
-        height: usize,
-        width: usize,
-    ) -> Result<TaeGraph> {
+/// The checked widths and attention head size of `dec` for latents of `latent_channels`
+/// channels and `height x width` pixels.
+fn check_config(
+    dec: &DecoderConfig,
+    latent_channels: usize,
+    height: usize,
+    width: usize,
+) -> Result<([usize; 4], usize)> {
         let widths: [usize; 4] = dec.widths.as_slice().try_into().map_err(|_| {
             Error::Invalid(format!(
                 "decoder.widths: the TAE decoder needs 4 widths (c0, c1, c2, c3), found {:?}",
@@ -248,13 +293,26 @@ impl TaeGraph {
                 "TAE decoder: latent channels, height and width must be positive, found {latent_channels}, {height}, {width}"
             )));
         }
-        let [c0, c1, c2, c3] = widths;
+        let c0 = widths[0];
         let head_dim = c0.min(MAX_HEAD_DIM);
         if c0 % head_dim != 0 {
             return Err(Error::Invalid(format!(
                 "decoder.widths: c0 = {c0} must be a multiple of the attention head size {head_dim}"
             )));
         }
+    Ok((widths, head_dim))
+}
+
+impl TaeGraph {
+    /// The decoder of `dec` for latents `[T, latent_channels, height, width]`.
+    pub fn new(
+        dec: &DecoderConfig,
+        latent_channels: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<TaeGraph> {
+        let (widths, head_dim) = check_config(dec, latent_channels, height, width)?;
+        let [c0, c1, c2, c3] = widths;
         let mut b = Builder {
             steps: Vec::new(),
             frames: 1,
@@ -301,6 +359,72 @@ impl TaeGraph {
             latent_width: width,
             steps: b.steps,
             caches: b.caches,
+            kind: TaeKind::Decoder,
+        })
+    }
+
+    /// The encoder of `dec` (`../shared/TAE_SPEC.md`, "Encoder") whose output is latents
+    /// `[T, latent_channels, height, width]`: its input is video frames `[4T, 8 height,
+    /// 8 width, 3]` already mapped to `rgb / 127.5 - 1`. The caches carry context across
+    /// chunks of any multiple of 4 video frames.
+    pub fn encoder(
+        dec: &DecoderConfig,
+        latent_channels: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<TaeGraph> {
+        let (widths, head_dim) = check_config(dec, latent_channels, height, width)?;
+        let [c0, c1, c2, c3] = widths;
+        let mut b = Builder {
+            steps: Vec::new(),
+            frames: TEMPORAL_UPSAMPLE,
+            height: height * SPATIAL_UPSAMPLE,
+            width: width * SPATIAL_UPSAMPLE,
+            channels: 3,
+            caches: 0,
+            groups: dec.groups,
+            saved: Vec::new(),
+        };
+        b.conv("conv_in".into(), c3, false);
+        // (stage, widths of its two Res blocks, spatial down, temporal down)
+        let stages: [(usize, [usize; 2], bool, bool); 4] = [
+            (0, [c3, c3], true, false),
+            (1, [c2, c2], true, true),
+            (2, [c1, c1], true, true),
+            (3, [c0, c0], false, false),
+        ];
+        for (i, outs, downs, downt) in stages {
+            for (j, cout) in outs.into_iter().enumerate() {
+                b.res(&format!("down.{i}.res.{j}"), cout);
+            }
+            if downs {
+                let ch = b.channels;
+                b.push(TaeOp::DownS {
+                    name: format!("down.{i}.downs"),
+                    ch,
+                });
+            }
+            if downt {
+                b.down_t(format!("down.{i}.downt"));
+            }
+        }
+        b.res("mid.res.0", c0);
+        b.attn("mid.attn", head_dim);
+        b.res("mid.res.1", c0);
+        b.norm("norm_out".into(), true);
+        b.conv("conv_out".into(), latent_channels, false);
+        b.conv_t("conv_out_t".into());
+        debug_assert!(b.saved.is_empty());
+        debug_assert_eq!((b.frames, b.height, b.width), (1, height, width));
+        Ok(TaeGraph {
+            widths,
+            groups: dec.groups,
+            latent_channels,
+            latent_height: height,
+            latent_width: width,
+            steps: b.steps,
+            caches: b.caches,
+            kind: TaeKind::Encoder,
         })
     }
 
@@ -312,17 +436,24 @@ impl TaeGraph {
         )
     }
 
-    /// Every tensor the decoder reads, in op order (the checkpoint schema's order).
+    /// Every tensor the decoder (or encoder) reads, in op order (the checkpoint schema's
+    /// order), with the `decoder.` or `encoder.` prefix.
     pub fn tensors(&self) -> Vec<TaeTensor> {
         let mut out = Vec::new();
+        let prefix = self.kind.prefix();
         let mut add = |name: String, shape: Vec<usize>, role: TensorRole| {
             out.push(TaeTensor {
-                name: format!("decoder.{name}"),
+                name: format!("{prefix}.{name}"),
                 shape,
                 role,
             })
         };
-        let last = self.steps.len().saturating_sub(1);
+        // The decoder's last op is `conv_out` (RGB); the encoder ends in a temporal
+        // convolution and keeps every gain at 1 (latents of unit scale).
+        let last = match self.kind {
+            TaeKind::Decoder => self.steps.len().saturating_sub(1),
+            TaeKind::Encoder => usize::MAX,
+        };
         for (i, step) in self.steps.iter().enumerate() {
             match &step.op {
                 TaeOp::Save | TaeOp::RepeatFrames => {}
@@ -349,7 +480,18 @@ impl TaeGraph {
                     };
                     add(format!("{name}.bias"), vec![*cout], role);
                 }
-                TaeOp::ConvT { name, ch, .. } => {
+                TaeOp::DownS { name, ch } => {
+                    add(
+                        format!("{name}.weight"),
+                        vec![*ch, *ch, 3, 3],
+                        TensorRole::Weight {
+                            fan_in: 9 * ch,
+                            gain: 1.0,
+                        },
+                    );
+                    add(format!("{name}.bias"), vec![*ch], TensorRole::Bias);
+                }
+                TaeOp::ConvT { name, ch, .. } | TaeOp::DownT { name, ch, .. } => {
                     add(
                         format!("{name}.weight"),
                         vec![*ch, *ch, 3],
@@ -455,5 +597,43 @@ mod tests {
         assert!(bad(vec![64, 64, 32], 8).contains("4 widths"));
         assert!(bad(vec![64, 64, 32, 12], 8).contains("decoder.groups"));
         assert!(bad(vec![192, 64, 32, 16], 8).contains("head size"));
+    }
+
+    #[test]
+    fn encoder_mirrors_the_decoder() {
+        let dec = DecoderConfig {
+            widths: vec![64, 64, 32, 16],
+            groups: 8,
+        };
+        let g = TaeGraph::encoder(&dec, 8, 2, 3).unwrap();
+        let first = &g.steps[0];
+        assert_eq!(
+            (first.frames, first.height, first.width, first.channels),
+            (4, 16, 24, 3)
+        );
+        assert_eq!(g.steps.last().unwrap().output(), (1, 2, 3, 8));
+        // 2 per Res (8 down + 2 mid), 2 DownT, conv_out_t.
+        assert_eq!(g.caches, 2 * 10 + 2 + 1);
+        let names: Vec<String> = g.tensors().into_iter().map(|t| t.name).collect();
+        for n in [
+            "encoder.conv_in.weight",
+            "encoder.down.0.downs.weight",
+            "encoder.down.1.res.0.skip.weight",
+            "encoder.down.2.downt.bias",
+            "encoder.down.3.res.1.conv2_t.weight",
+            "encoder.mid.attn.q.weight",
+            "encoder.norm_out.bias",
+            "encoder.conv_out.weight",
+            "encoder.conv_out_t.weight",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} missing");
+        }
+        assert!(!names.iter().any(|x| x == "encoder.down.0.downt.weight"));
+        assert!(!names.iter().any(|x| x == "encoder.down.3.downs.weight"));
+        assert!(!names.iter().any(|x| x.starts_with("decoder.")));
+        let shape = |n: &str| g.tensors().into_iter().find(|t| t.name == n).unwrap().shape;
+        assert_eq!(shape("encoder.conv_out.weight"), vec![8, 64, 3, 3]);
+        assert_eq!(shape("encoder.conv_out_t.weight"), vec![8, 8, 3]);
+        assert_eq!(shape("encoder.down.1.downt.weight"), vec![32, 32, 3]);
     }
 }

@@ -7,9 +7,10 @@ pub mod causal;
 mod moving;
 pub mod schedule;
 pub mod sink;
+pub mod source;
 mod trace;
 
-use crate::decoder::Decoder;
+use crate::decoder::{Decoder, TaeEncoder};
 use crate::error::{Error, Result};
 use crate::tensor::{check_finite, describe_non_finite, first_non_finite, Tensor};
 use std::sync::Arc;
@@ -35,6 +36,21 @@ pub(crate) trait Sampler: Send {
     /// is finished, its latents `[c, C, H, W]` are written to `chunk` and it returns true.
     /// Noise it draws goes to `trace` when given.
     fn step(&mut self, chunk: &mut [f32], trace: Option<&mut Trace>) -> Result<bool>;
+
+    /// Video-to-video: appends encoded input latents `[n, C, H, W]` (global latent frames in
+    /// order). An error for a text-to-video stream or a family without video-to-video.
+    fn push_input(&mut self, _latents: &[f32]) -> Result<()> {
+        Err(Error::Invalid(format!(
+            "input video: the {} sampler of this model family has no video-to-video",
+            self.backend_name()
+        )))
+    }
+
+    /// Video-to-video: input latent frames still missing before the next call can run
+    /// (0 for text-to-video).
+    fn input_latents_needed(&self) -> u64 {
+        0
+    }
 
     /// A chunk was just emitted: a device may start the next call now.
     fn prefetch(&mut self) -> Result<()> {
@@ -90,6 +106,17 @@ pub struct Stream {
     chunk: Vec<f32>,
     /// What the sampler drew and produced, when recording (`set_trace`).
     trace: Option<Trace>,
+    /// Video-to-video's input: the encoder and the frames not yet encoded.
+    input: Option<InputVideo>,
+}
+
+/// The input video of a video-to-video stream.
+struct InputVideo {
+    encoder: TaeEncoder,
+    /// RGB8 frames pushed but not yet encoded (fewer than 4).
+    pending: Vec<u8>,
+    /// Video frames pushed so far.
+    pushed: u64,
 }
 
 /// Everything a stream is made of, built by the engine: the stream receives ready parts and
@@ -137,7 +164,72 @@ impl Stream {
             fps,
             chunk: vec![0.0; chunk_frames * frame.iter().product::<usize>()],
             trace: None,
+            input: None,
         })
+    }
+
+    /// Makes this (video-to-video) stream encode pushed video frames with `encoder`.
+    pub(crate) fn attach_input(&mut self, encoder: TaeEncoder) {
+        self.input = Some(InputVideo {
+            encoder,
+            pending: Vec::new(),
+            pushed: 0,
+        });
+    }
+
+    /// Whether this stream edits an input video (started by `Engine::video_stream`).
+    pub fn is_video_to_video(&self) -> bool {
+        self.input.is_some()
+    }
+
+    /// Video-to-video: appends input video frames `rgb [n, H, W, 3]` (RGB8, the profile's
+    /// frame size, frame `f` of the stream is an edit of input frame `f`). Every 4 frames
+    /// are encoded (TAE encoder, causal caches) and handed to the sampler; up to 3 wait for
+    /// the next push. An error for a text-to-video stream or a partial frame.
+    pub fn push_video_frames(&mut self, rgb: &[u8]) -> Result<()> {
+        let (w, h) = self.frame_size();
+        let frame = w * h * 3;
+        let Some(input) = self.input.as_mut() else {
+            return Err(Error::Invalid(
+                "push_video_frames: this stream is text-to-video; start it with \
+                 Engine::video_stream to edit a video"
+                    .into(),
+            ));
+        };
+        if rgb.len() % frame != 0 {
+            return Err(Error::shape(
+                "input video frames",
+                format!("whole {w}x{h} RGB8 frames of {frame} bytes"),
+                format!("{} bytes", rgb.len()),
+            ));
+        }
+        input.pending.extend_from_slice(rgb);
+        input.pushed += (rgb.len() / frame) as u64;
+        let group = 4 * frame;
+        let whole = input.pending.len() / group * group;
+        if whole > 0 {
+            let latents = input.encoder.encode_rgb(&input.pending[..whole])?;
+            input.pending.drain(..whole);
+            self.sampler.push_input(&latents)?;
+        }
+        Ok(())
+    }
+
+    /// Video-to-video: input video frames still to push before the next model call can run
+    /// (the first call needs the first `B * 4` frames, each pop the next chunk's `c * 4`);
+    /// 0 for text-to-video.
+    pub fn input_frames_needed(&self) -> usize {
+        let Some(input) = self.input.as_ref() else {
+            return 0;
+        };
+        let (w, h) = self.frame_size();
+        let pending = input.pending.len() / (w * h * 3);
+        (self.sampler.input_latents_needed() as usize * 4).saturating_sub(pending)
+    }
+
+    /// Video-to-video: input video frames pushed so far.
+    pub fn input_frames_pushed(&self) -> u64 {
+        self.input.as_ref().map_or(0, |i| i.pushed)
     }
 
     /// Switches the prompt; it takes effect at the next model call (StreamDiT, the buffer

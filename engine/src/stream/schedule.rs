@@ -5,7 +5,20 @@
 //! `b_{N-1-j}`, then runs the steady state forever: `s` calls per emitted chunk, the last of
 //! which pops chunk 0 at `tau = 1`.
 
+use crate::error::{Error, Result};
 use crate::model::profile::StreamConfig;
+
+/// The one check of a video-to-video strength: a number in `(0, 1]`.
+pub fn check_strength(strength: f64) -> Result<f64> {
+    if strength > 0.0 && strength <= 1.0 {
+        Ok(strength)
+    } else {
+        Err(Error::Invalid(format!(
+            "strength: expected a number in (0, 1] (1 = text-to-video that ignores the input \
+             video, smaller keeps more of it), found {strength}"
+        )))
+    }
+}
 
 /// What one model call of the stream does.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +52,23 @@ impl Schedule {
             micro_steps: stream.micro_steps,
             boundaries: stream.boundaries(),
         }
+    }
+
+    /// The schedule of video-to-video with strength `strength` in `(0, 1]` (docs/streamdit.md
+    /// section 5): every boundary remapped to `b'_k = t0 + (1 - t0) b_k` with
+    /// `t0 = 1 - strength`, in f64, so each `dtau` shrinks by `strength`. Strength 1 gives
+    /// `t0 = 0` and the boundaries unchanged, bit for bit.
+    pub fn with_strength(mut self, strength: f64) -> Result<Schedule> {
+        let t0 = 1.0 - check_strength(strength)?;
+        for b in &mut self.boundaries {
+            *b = t0 + (1.0 - t0) * *b;
+        }
+        Ok(self)
+    }
+
+    /// The stage boundaries `b_0 .. b_N` in use.
+    pub fn boundaries(&self) -> &[f64] {
+        &self.boundaries
     }
 
     /// Model calls before the steady state, `(N-1)*s`.
@@ -217,10 +247,14 @@ mod tests {
     /// `b_{N-1-j}`, a popped chunk is at exactly 1, and the shift keeps each frame continuous.
     fn check_invariants(chunks: usize, c: usize, s: usize, b: Option<Vec<f64>>) {
         let cfg = config(chunks, c, s, b);
-        let bounds = cfg.boundaries();
-        let sched = Schedule::new(&cfg);
+        check_invariants_of(&Schedule::new(&cfg), &cfg.boundaries(), chunks, c);
+    }
+
+    /// [`check_invariants`] of `sched`, whose boundaries are `bounds`; fresh frames enter at
+    /// `bounds[0]`.
+    fn check_invariants_of(sched: &Schedule, bounds: &[f64], chunks: usize, c: usize) {
         let frames = chunks * c;
-        let mut state = vec![0.0f64; frames];
+        let mut state = vec![bounds[0]; frames];
         let mut pops = 0;
         for i in 0..sched.prefill_calls() + 5 * sched.calls_per_chunk() {
             if i == sched.prefill_calls() {
@@ -249,7 +283,7 @@ mod tests {
                     assert!((t - 1.0).abs() < 1e-6, "call {i}: popped frame {f} at {t}");
                 }
                 state.rotate_left(c);
-                state[frames - c..].fill(0.0);
+                state[frames - c..].fill(bounds[0]);
             }
         }
         assert_eq!(pops, 5);
@@ -266,6 +300,24 @@ mod tests {
     fn invariants_nonlinear() {
         check_invariants(3, 1, 2, Some(vec![0.0, 0.5, 0.8, 1.0]));
         check_invariants(4, 3, 3, Some(vec![0.0, 0.1, 0.3, 0.7, 1.0]));
+    }
+
+    /// Strength remaps the boundaries to `[1 - s, 1]`; strength 1 changes nothing; strengths
+    /// outside (0, 1] (NaN too) are named errors.
+    #[test]
+    fn strength_remaps_the_boundaries() {
+        let base = Schedule::new(&config(4, 2, 1, None));
+        assert_eq!(base.clone().with_strength(1.0).unwrap(), base);
+        let half = base.clone().with_strength(0.5).unwrap();
+        assert_eq!(half.boundaries(), &[0.5, 0.625, 0.75, 0.875, 1.0]);
+        let step = half.step(half.prefill_calls());
+        assert_eq!(step.tau, per_frame(&[0.875, 0.75, 0.625, 0.5], 2));
+        assert_eq!(step.dtau, vec![0.125; 8]);
+        check_invariants_of(&half, &[0.5, 0.625, 0.75, 0.875, 1.0], 4, 2);
+        for bad in [0.0, -0.5, 1.5, f64::NAN, f64::INFINITY] {
+            let e = base.clone().with_strength(bad).unwrap_err().to_string();
+            assert!(e.contains("strength") && e.contains("(0, 1]"), "{e}");
+        }
     }
 
     /// With dyadic boundaries every value is exact, so a popped chunk reaches exactly 1.

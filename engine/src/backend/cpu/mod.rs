@@ -480,6 +480,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn write_frames(&mut self, first: usize, frames: &[f32]) -> Result<()> {
+        let m = &self.graph.config;
+        let fe = m.frame_elems();
+        super::check_frames_write(first, frames, fe, m.latent_frames)?;
+        self.buffer[first * fe..first * fe + frames.len()].copy_from_slice(frames);
+        Ok(())
+    }
+
     /// Every op of the call, timed by the wall clock around its computation and the
     /// allocation of its output (not the freeing of dead activations).
     fn forward_timed(

@@ -574,6 +574,18 @@ impl<D: Device> Backend for CudaBackend<D> {
         self.dev.read(x, out)
     }
 
+    fn write_frames(&mut self, first: usize, frames: &[f32]) -> Result<()> {
+        self.cancel_pending();
+        let m = &self.graph.config;
+        let fe = m.frame_elems();
+        crate::backend::check_frames_write(first, frames, fe, m.latent_frames)?;
+        let x = self.tensor_f32(self.graph.inputs.x)?;
+        // The committed buffer is written by a copy queued on the compute stream: wait for
+        // it before overwriting part of it.
+        self.dev.synchronize()?;
+        self.dev.write(x.slice(first * fe, frames.len())?, frames)
+    }
+
     /// The call's launch list run eagerly with an event recorded on the compute stream
     /// before the first step and after every step, so each step's time is the device's
     /// time between its neighbours' events (on the emulator: the host's time emulating it).

@@ -4,6 +4,10 @@
 //! (the nearest 2x upsampling of `UpS` folded into that copy); the causal temporal convolution is three accumulated GEMMs per frame
 //! over the current and the two previous input frames, which come from a per-layer cache
 //! between chunks, so decoding a stream chunk by chunk equals decoding it at once.
+//!
+//! The op list executor ([`TaeNet`]) is shared with the encoder of video-to-video
+//! (`super::encoder`), which adds the strided `DownS` (a gathered `[pixels, 9 cin]` matrix
+//! times the weights) and `DownT` (three GEMMs per output frame, one cached input frame).
 
 use rayon::prelude::*;
 
@@ -11,19 +15,21 @@ use crate::checkpoint::Weights;
 use crate::decoder::{to_bytes, Decoder};
 use crate::error::{fmt_shape, Error, Result};
 use crate::math::{attend, linear, matmul, View};
-use crate::model::tae::{TaeGraph, TaeOp, GN_EPS, SPATIAL_UPSAMPLE, TEMPORAL_UPSAMPLE};
+use crate::model::tae::{
+    TaeGraph, TaeKind, TaeOp, GN_EPS, SPATIAL_UPSAMPLE, TEMPORAL_UPSAMPLE,
+};
 
 /// Elements a parallel task of an elementwise op or a norm should at least get.
 const MIN_BLOCK: usize = 1 << 15;
 
 /// One activation `[frames, height, width, channels]`.
 #[derive(Debug, Clone)]
-struct Act {
-    data: Vec<f32>,
-    frames: usize,
-    height: usize,
-    width: usize,
-    channels: usize,
+pub(super) struct Act {
+    pub(super) data: Vec<f32>,
+    pub(super) frames: usize,
+    pub(super) height: usize,
+    pub(super) width: usize,
+    pub(super) channels: usize,
 }
 
 impl Act {
@@ -62,6 +68,16 @@ enum Layer {
         cache: usize,
     },
     RepeatFrames,
+    /// The encoder's stride-2 3x3 convolution: `w [ch, 9 * ch]` as [`Layer::Conv2d`]'s.
+    DownS { w: Vec<f32>, b: Vec<f32>, ch: usize },
+    /// The encoder's stride-2 temporal convolution: `w [3, ch, ch]`, `w[j]` multiplies
+    /// input frame `2t - 1 + j`; its cache holds one frame.
+    DownT {
+        w: Vec<f32>,
+        b: Vec<f32>,
+        ch: usize,
+        cache: usize,
+    },
     /// `wqkv [3 ch, ch]` (q, k, v stacked), `wo [ch, ch]`.
     Attention {
         wqkv: Vec<f32>,
@@ -83,9 +99,16 @@ enum Layer {
 /// The TAE decoder on the CPU, with its per-stream causal caches.
 #[derive(Debug)]
 pub struct TaeDecoder {
-    graph: TaeGraph,
+    net: TaeNet,
+}
+
+/// An op list of [`TaeGraph`] (decoder or encoder) with its weights and per-stream caches.
+#[derive(Debug)]
+pub(super) struct TaeNet {
+    pub(super) graph: TaeGraph,
     layers: Vec<Layer>,
-    /// Per `ConvT`: its last two input frames `[2, H, W, ch]`, `None` at the stream start.
+    /// Per `ConvT`: its last two input frames `[2, H, W, ch]`; per `DownT`: its last input
+    /// frame; `None` at the stream start.
     caches: Vec<Option<Vec<f32>>>,
     /// Convolution scratch (padded input, wide output), reused.
     scratch: Vec<f32>,
@@ -105,11 +128,38 @@ fn tensor<'a>(weights: &'a Weights, name: &str, shape: &[usize]) -> Result<&'a [
     Ok(&t.data)
 }
 
-impl TaeDecoder {
-    /// The decoder of `graph` with the `decoder.*` tensors of `weights`; a missing or
-    /// mis-shaped tensor is an error naming it.
-    pub fn new(graph: TaeGraph, weights: &Weights) -> Result<TaeDecoder> {
-        let get = |name: &str, shape: &[usize]| tensor(weights, &format!("decoder.{name}"), shape);
+/// `[cout, cin, ky, kx]` -> `[cout, ky, kx, cin]` (channels last).
+fn conv_weight_rows(src: &[f32], cin: usize, cout: usize) -> Vec<f32> {
+    let mut w = vec![0.0; cout * 9 * cin];
+    for o in 0..cout {
+        for ci in 0..cin {
+            for k in 0..9 {
+                w[(o * 9 + k) * cin + ci] = src[(o * cin + ci) * 9 + k];
+            }
+        }
+    }
+    w
+}
+
+/// `[out, in, j]` -> `[j, out, in]`.
+fn temporal_weight(src: &[f32], ch: usize) -> Vec<f32> {
+    let mut w = vec![0.0; 3 * ch * ch];
+    for o in 0..ch {
+        for i in 0..ch {
+            for j in 0..3 {
+                w[(j * ch + o) * ch + i] = src[(o * ch + i) * 3 + j];
+            }
+        }
+    }
+    w
+}
+
+impl TaeNet {
+    /// The network of `graph` with its tensors (`decoder.*` or `encoder.*`) from `weights`;
+    /// a missing or mis-shaped tensor is an error naming it.
+    pub(super) fn new(graph: TaeGraph, weights: &Weights) -> Result<TaeNet> {
+        let prefix = graph.kind.prefix();
+        let get = |name: &str, shape: &[usize]| tensor(weights, &format!("{prefix}.{name}"), shape);
         let mut layers = Vec::with_capacity(graph.steps.len());
         for step in &graph.steps {
             layers.push(match &step.op {
@@ -129,17 +179,8 @@ impl TaeDecoder {
                 } => {
                     let (cin, cout) = (*cin, *cout);
                     let src = get(&format!("{name}.weight"), &[cout, cin, 3, 3])?;
-                    // [cout, cin, ky, kx] -> [cout, ky, kx, cin]
-                    let mut w = vec![0.0; cout * 9 * cin];
-                    for o in 0..cout {
-                        for ci in 0..cin {
-                            for k in 0..9 {
-                                w[(o * 9 + k) * cin + ci] = src[(o * cin + ci) * 9 + k];
-                            }
-                        }
-                    }
                     Layer::Conv2d {
-                        w,
+                        w: conv_weight_rows(src, cin, cout),
                         b: get(&format!("{name}.bias"), &[cout])?.to_vec(),
                         cin,
                         cout,
@@ -149,17 +190,27 @@ impl TaeDecoder {
                 TaeOp::ConvT { name, ch, cache } => {
                     let ch = *ch;
                     let src = get(&format!("{name}.weight"), &[ch, ch, 3])?;
-                    // [out, in, j] -> [j, out, in]
-                    let mut w = vec![0.0; 3 * ch * ch];
-                    for o in 0..ch {
-                        for i in 0..ch {
-                            for j in 0..3 {
-                                w[(j * ch + o) * ch + i] = src[(o * ch + i) * 3 + j];
-                            }
-                        }
-                    }
                     Layer::ConvT {
-                        w,
+                        w: temporal_weight(src, ch),
+                        b: get(&format!("{name}.bias"), &[ch])?.to_vec(),
+                        ch,
+                        cache: *cache,
+                    }
+                }
+                TaeOp::DownS { name, ch } => {
+                    let ch = *ch;
+                    let src = get(&format!("{name}.weight"), &[ch, ch, 3, 3])?;
+                    Layer::DownS {
+                        w: conv_weight_rows(src, ch, ch),
+                        b: get(&format!("{name}.bias"), &[ch])?.to_vec(),
+                        ch,
+                    }
+                }
+                TaeOp::DownT { name, ch, cache } => {
+                    let ch = *ch;
+                    let src = get(&format!("{name}.weight"), &[ch, ch, 3])?;
+                    Layer::DownT {
+                        w: temporal_weight(src, ch),
                         b: get(&format!("{name}.bias"), &[ch])?.to_vec(),
                         ch,
                         cache: *cache,
@@ -202,7 +253,7 @@ impl TaeDecoder {
             });
         }
         let caches = vec![None; graph.caches];
-        Ok(TaeDecoder {
+        Ok(TaeNet {
             graph,
             layers,
             caches,
@@ -210,19 +261,101 @@ impl TaeDecoder {
         })
     }
 
+    /// Forgets the causal caches: the next chunk starts a new stream.
+    pub(super) fn reset(&mut self) {
+        self.caches.iter_mut().for_each(|c| *c = None);
+    }
+
+    /// Test hook: drops cache `index` as if it had never been written (a planted bug: the
+    /// chunked output must then differ from the whole-sequence output).
+    pub(super) fn forget_cache(&mut self, index: usize) {
+        if let Some(c) = self.caches.get_mut(index) {
+            *c = None;
+        }
+    }
+
+    /// Runs every op on `x` (continuing the stream), handing `observe` each op's index and
+    /// output.
+    pub(super) fn run(&mut self, mut x: Act, mut observe: impl FnMut(usize, &[f32])) -> Result<Act> {
+        let mut saved: Vec<Act> = Vec::new();
+        for (index, layer) in self.layers.iter().enumerate() {
+            x = match layer {
+                Layer::Save => {
+                    saved.push(x.clone());
+                    x
+                }
+                Layer::GroupNorm {
+                    gamma,
+                    beta,
+                    groups,
+                    silu,
+                } => {
+                    group_norm(&mut x, gamma, beta, *groups, *silu);
+                    x
+                }
+                Layer::Conv2d {
+                    w,
+                    b,
+                    cin,
+                    cout,
+                    upsample,
+                } => conv2d(&x, w, b, *cin, *cout, *upsample, &mut self.scratch),
+                Layer::ConvT { w, b, ch, cache } => conv_t(&x, w, b, *ch, &mut self.caches[*cache]),
+                Layer::RepeatFrames => repeat_frames(&x),
+                Layer::DownS { w, b, ch } => down_s(&x, w, b, *ch, &mut self.scratch),
+                Layer::DownT { w, b, ch, cache } => {
+                    down_t(&x, w, b, *ch, &mut self.caches[*cache])?
+                }
+                Layer::Attention {
+                    wqkv,
+                    bqkv,
+                    wo,
+                    bo,
+                    ch,
+                    heads,
+                    head_dim,
+                } => attention(&x, wqkv, bqkv, wo, bo, *ch, *heads, *head_dim),
+                Layer::AddSaved { skip, cin, cout } => {
+                    let s = saved.pop().ok_or_else(|| {
+                        Error::Invalid("TAE: AddSaved without a saved activation".into())
+                    })?;
+                    add_saved(&mut x, &s, skip.as_ref(), *cin, *cout);
+                    x
+                }
+            };
+            observe(index, &x.data);
+        }
+        Ok(x)
+    }
+}
+
+impl TaeDecoder {
+    /// The decoder of `graph` with the `decoder.*` tensors of `weights`; a missing or
+    /// mis-shaped tensor is an error naming it.
+    pub fn new(graph: TaeGraph, weights: &Weights) -> Result<TaeDecoder> {
+        if graph.kind != TaeKind::Decoder {
+            return Err(Error::Invalid(
+                "TaeDecoder: the op list is the encoder's (TaeGraph::encoder); use TaeEncoder".into(),
+            ));
+        }
+        Ok(TaeDecoder {
+            net: TaeNet::new(graph, weights)?,
+        })
+    }
+
     /// The op list this decoder executes.
     pub fn graph(&self) -> &TaeGraph {
-        &self.graph
+        &self.net.graph
     }
 
     /// Forgets the causal caches: the next chunk starts a new stream.
     pub fn reset(&mut self) {
-        self.caches.iter_mut().for_each(|c| *c = None);
+        self.net.reset()
     }
 
     /// Elements of one latent frame, `C * H * W`.
     fn latent_elems(&self) -> usize {
-        let g = &self.graph;
+        let g = &self.net.graph;
         g.latent_channels * g.latent_height * g.latent_width
     }
 
@@ -251,7 +384,7 @@ impl TaeDecoder {
         if latents.is_empty() {
             return Ok(Vec::new());
         }
-        let g = &self.graph;
+        let g = &self.net.graph;
         let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
         crate::decoder::check_latents("TAE decoder latents", latents, [c, h, w])?;
         let n = latents.len() / elems;
@@ -264,57 +397,14 @@ impl TaeDecoder {
                 }
             }
         }
-        let mut x = Act {
+        let x = Act {
             data,
             frames: n,
             height: h,
             width: w,
             channels: c,
         };
-        let mut saved: Vec<Act> = Vec::new();
-        for (index, layer) in self.layers.iter().enumerate() {
-            x = match layer {
-                Layer::Save => {
-                    saved.push(x.clone());
-                    x
-                }
-                Layer::GroupNorm {
-                    gamma,
-                    beta,
-                    groups,
-                    silu,
-                } => {
-                    group_norm(&mut x, gamma, beta, *groups, *silu);
-                    x
-                }
-                Layer::Conv2d {
-                    w,
-                    b,
-                    cin,
-                    cout,
-                    upsample,
-                } => conv2d(&x, w, b, *cin, *cout, *upsample, &mut self.scratch),
-                Layer::ConvT { w, b, ch, cache } => conv_t(&x, w, b, *ch, &mut self.caches[*cache]),
-                Layer::RepeatFrames => repeat_frames(&x),
-                Layer::Attention {
-                    wqkv,
-                    bqkv,
-                    wo,
-                    bo,
-                    ch,
-                    heads,
-                    head_dim,
-                } => attention(&x, wqkv, bqkv, wo, bo, *ch, *heads, *head_dim),
-                Layer::AddSaved { skip, cin, cout } => {
-                    let s = saved.pop().ok_or_else(|| {
-                        Error::Invalid("TAE decoder: AddSaved without a saved activation".into())
-                    })?;
-                    add_saved(&mut x, &s, skip.as_ref(), *cin, *cout);
-                    x
-                }
-            };
-            observe(index, &x.data);
-        }
+        let x = self.net.run(x, &mut observe)?;
         debug_assert_eq!(
             (x.frames, x.height, x.width, x.channels),
             (
@@ -330,7 +420,7 @@ impl TaeDecoder {
 
 impl Decoder for TaeDecoder {
     fn frame_size(&self) -> (usize, usize) {
-        self.graph.frame_size()
+        self.net.graph.frame_size()
     }
 
     fn frames_per_latent(&self) -> usize {
@@ -538,6 +628,108 @@ fn conv_t(x: &Act, w: &[f32], b: &[f32], ch: usize, cache: &mut Option<Vec<f32>>
         width: x.width,
         channels: ch,
     }
+}
+
+/// The encoder's `DownS`: a zero column on the right and a zero row at the bottom, then a
+/// 3x3 convolution of stride 2. Per frame, the taps of every output pixel are gathered into
+/// a `[pixels_out, 9 * ch]` matrix (column `(ky * 3 + kx) * ch + ci`) and multiplied by the
+/// weights in one GEMM.
+fn down_s(x: &Act, w: &[f32], b: &[f32], ch: usize, scratch: &mut Vec<f32>) -> Act {
+    let (ho, wo) = (x.height / 2, x.width / 2);
+    let k = 9 * ch;
+    scratch.resize(ho * wo * k, 0.0);
+    let mut out = vec![0.0; x.frames * ho * wo * ch];
+    for (src, dst) in x
+        .data
+        .chunks_exact(x.frame_len())
+        .zip(out.chunks_exact_mut(ho * wo * ch))
+    {
+        scratch
+            .par_chunks_mut(wo * k)
+            .enumerate()
+            .for_each(|(y, rows)| {
+                for (xo, row) in rows.chunks_exact_mut(k).enumerate() {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (sy, sx) = (2 * y + ky, 2 * xo + kx);
+                            let tap = &mut row[(ky * 3 + kx) * ch..][..ch];
+                            if sy < x.height && sx < x.width {
+                                tap.copy_from_slice(&src[(sy * x.width + sx) * ch..][..ch]);
+                            } else {
+                                tap.fill(0.0);
+                            }
+                        }
+                    }
+                }
+            });
+        linear(scratch, w, Some(b), ho * wo, k, ch, dst);
+    }
+    Act {
+        data: out,
+        frames: x.frames,
+        height: ho,
+        width: wo,
+        channels: ch,
+    }
+}
+
+/// The encoder's `DownT`: `y[t] = W0 e[2t] + W1 e[2t+1] + W2 e[2t+2] + b` over the extended
+/// sequence `e = [cache, x]` (the cache is the first frame at the stream start); the cache
+/// becomes the last input frame.
+fn down_t(x: &Act, w: &[f32], b: &[f32], ch: usize, cache: &mut Option<Vec<f32>>) -> Result<Act> {
+    let len = x.frame_len();
+    let n = x.frames;
+    if n % 2 != 0 {
+        return Err(Error::shape(
+            "TAE encoder DownT input",
+            "an even number of frames (chunks of a multiple of 4 video frames)",
+            format!("{n} frames"),
+        ));
+    }
+    if n == 0 {
+        return Ok(x.clone());
+    }
+    let mut ext = match cache.take() {
+        Some(prev) => prev,
+        None => x.data[..len].to_vec(),
+    };
+    ext.extend_from_slice(&x.data);
+    let rows = x.pixels();
+    let mut out = vec![0.0; n / 2 * len];
+    for (t, dst) in out.chunks_exact_mut(len).enumerate() {
+        linear(
+            &ext[2 * t * len..(2 * t + 1) * len],
+            &w[..ch * ch],
+            Some(b),
+            rows,
+            ch,
+            ch,
+            dst,
+        );
+        for j in 1..3 {
+            let f = 2 * t + j;
+            matmul(
+                rows,
+                ch,
+                ch,
+                dst,
+                ch,
+                View::new(&ext[f * len..(f + 1) * len], ch, 1),
+                View::new(&w[j * ch * ch..(j + 1) * ch * ch], 1, ch),
+                1.0,
+                true,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+    }
+    *cache = Some(ext[n * len..].to_vec());
+    Ok(Act {
+        data: out,
+        frames: n / 2,
+        height: x.height,
+        width: x.width,
+        channels: ch,
+    })
 }
 
 /// Each frame twice in time.

@@ -19,6 +19,9 @@ pub enum Group {
     /// `decoder.*`: the temporal-autoencoder decoder (docs/tae.md), listed by
     /// [`decoder_tensors`] since its shapes come from the profile's decoder section.
     Decoder,
+    /// `encoder.*`: the temporal-autoencoder encoder of video-to-video (docs/tae.md),
+    /// listed by [`encoder_tensors`]; optional in a checkpoint (text-to-video runs without).
+    Encoder,
 }
 
 /// How a random checkpoint initialises a tensor: uniform around `mean` with `half_width`,
@@ -254,7 +257,23 @@ pub const DECODER_COUNTER: u32 = 0x0100_0000;
 pub fn decoder_tensors(dec: &DecoderConfig, latent_channels: usize) -> Result<Vec<TensorSpec>> {
     // The tensor list does not depend on the latent height and width.
     let graph = TaeGraph::new(dec, latent_channels, 1, 1)?;
-    Ok(graph
+    Ok(tae_specs(&graph, Group::Decoder))
+}
+
+/// Philox counter word of the first encoder tensor: encoder tensor `j` (in
+/// [`encoder_tensors`] order) draws with counter word `ENCODER_COUNTER + j`, its own range
+/// like the decoder's.
+pub const ENCODER_COUNTER: u32 = 0x0200_0000;
+
+/// The encoder's tensors (docs/tae.md, "Encoder") in canonical order, initialised by the
+/// decoder's rules (every gain 1, so the latents of random weights are O(1)).
+pub fn encoder_tensors(dec: &DecoderConfig, latent_channels: usize) -> Result<Vec<TensorSpec>> {
+    let graph = TaeGraph::encoder(dec, latent_channels, 1, 1)?;
+    Ok(tae_specs(&graph, Group::Encoder))
+}
+
+fn tae_specs(graph: &TaeGraph, group: Group) -> Vec<TensorSpec> {
+    graph
         .tensors()
         .into_iter()
         .map(|t| TensorSpec {
@@ -270,7 +289,7 @@ pub fn decoder_tensors(dec: &DecoderConfig, latent_channels: usize) -> Result<Ve
             },
             name: t.name,
             shape: t.shape,
-            group: Group::Decoder,
+            group,
         })
-        .collect())
+        .collect()
 }

@@ -116,6 +116,8 @@ fn packed_tensors(graph: &TaeGraph) -> Vec<Packed> {
     for step in &graph.steps {
         match &step.op {
             TaeOp::Save | TaeOp::RepeatFrames | TaeOp::AddSaved { skip: None, .. } => {}
+            // The encoder's ops have no device lowering (DeviceTae::new refuses an encoder).
+            TaeOp::DownS { .. } | TaeOp::DownT { .. } => {}
             TaeOp::GroupNorm { name, ch, .. } => {
                 one(format!("{name}.weight"), vec![*ch], Packing::Concat);
                 one(format!("{name}.bias"), vec![*ch], Packing::Concat);

@@ -468,6 +468,12 @@ fn lower_pass(
                     buf: Some(out),
                 };
             }
+            TaeOp::DownS { .. } | TaeOp::DownT { .. } => {
+                return Err(lowering_error(format!(
+                    "op {i}: {:?} is an encoder op; the TAE encoder runs on the CPU only",
+                    step.op
+                )));
+            }
             TaeOp::AddSaved { .. } => {
                 let prev = if i == 0 {
                     "the start".to_string()

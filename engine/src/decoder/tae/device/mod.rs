@@ -40,7 +40,7 @@ use crate::backend::cuda::lower::Step;
 use crate::checkpoint::Weights;
 use crate::decoder::{to_bytes, Decoder};
 use crate::error::{Error, Result};
-use crate::model::tae::{TaeGraph, TEMPORAL_UPSAMPLE};
+use crate::model::tae::{TaeGraph, TaeKind, TEMPORAL_UPSAMPLE};
 
 pub use self::layout::{device_memory, TaeMemory};
 
@@ -77,6 +77,13 @@ impl<D: Device> DeviceTae<D> {
     /// for chunks of up to `max_frames` latent frames, on `dev`. A missing or mis-shaped
     /// tensor is an error naming it.
     pub fn new(graph: TaeGraph, weights: &Weights, max_frames: usize, mut dev: D) -> Result<Self> {
+        if graph.kind != TaeKind::Decoder {
+            return Err(Error::Invalid(
+                "DeviceTae: the op list is the TAE encoder's; the encoder runs on the CPU only \
+                 (streamdit::decoder::TaeEncoder)"
+                    .into(),
+            ));
+        }
         let packed = pack_weights(&graph, weights)?;
         let l = plan_layout(&graph, max_frames)?;
         let mem = dev.alloc::<u8>("TAE decoder (weights, activations, caches)", l.total)?;
