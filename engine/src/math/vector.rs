@@ -33,7 +33,7 @@ pub(crate) fn exp(x: f32) -> f32 {
         * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
     let y = p * r * r + r + 1.0;
     // 2^n from the integer in `t`'s low mantissa bits, n in [-150, 128], as the product of
     // two normal powers 2^(n >> 1) and 2^(n - (n >> 1)), so that neither the largest finite
