@@ -118,6 +118,7 @@ pub mod inspect {
     };
     pub use crate::decoder::tae::{device_memory as decoder_device_memory, TaeMemory};
     pub use crate::engine::wan_decoder_graph;
+    pub use crate::math::linear_rate as cpu_linear_rate;
     pub use crate::memory::{
         lifetimes, lifetimes_fused, ArenaStats, Fusion, Lifetime, MemoryPlan, OpList, Placement,
         Region, ALIGNMENT,

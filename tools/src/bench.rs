@@ -462,6 +462,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             ""
         }
     );
+    // On the CPU: the engine's own GEMM rate at the call's largest linear shapes, the
+    // machine's measured peak the call is set against.
+    let cpu_peak = (backend == "cpu").then(|| cpu_gemm_peak(&graph));
+    if let Some((peak, shapes)) = &cpu_peak {
+        say!(text,
+            "  CPU GEMM peak {:.1} GFLOP/s (the engine's GEMM, all threads, best of 10 runs at [t, k] x [k, n] = {}); the call runs at {} of it",
+            peak / 1e9,
+            shapes,
+            opt(achieved_tflops, &|t| format!("{:.1}%", t * 1e12 / peak * 100.0))
+        );
+    }
     say!(text, "\nmemory");
     say!(
         text,
@@ -582,6 +593,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 "achieved_tflops": achieved_tflops,
                 "achieved_basis": "plan FLOPs per call / mean measured DiT call time",
                 "share_of_peak": share_of_peak,
+                "cpu_gemm_peak_gflops": cpu_peak.as_ref().map(|p| p.0 / 1e9),
+                "cpu_gemm_peak_shapes": cpu_peak.as_ref().map(|p| p.1.clone()),
             },
             "gpu": gpu,
             "notes": [
@@ -594,4 +607,34 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         streamdit::files::write_atomic(path, json.as_bytes())?;
     }
     print_stdout(&text)
+}
+
+/// The best measured rate (FLOP/s) of the CPU backend's GEMM over the three largest linear
+/// shapes of `graph`'s call, and those shapes as text.
+fn cpu_gemm_peak(graph: &streamdit::inspect::Graph) -> (f64, String) {
+    use streamdit::inspect::Op;
+    let mut shapes: Vec<(usize, usize, usize)> = graph
+        .call_ops
+        .iter()
+        .filter_map(|op| match *op {
+            Op::Linear { x, w, .. } => {
+                let (xs, ws) = (&graph.tensors[x].shape, &graph.tensors[w].shape);
+                (xs.len() == 2 && ws.len() == 2).then(|| (xs[0], xs[1], ws[0]))
+            }
+            _ => None,
+        })
+        .collect();
+    shapes.sort_by_key(|&(t, k, n)| std::cmp::Reverse(t * k * n));
+    shapes.dedup();
+    shapes.truncate(3);
+    let peak = shapes
+        .iter()
+        .map(|&(t, k, n)| streamdit::inspect::cpu_linear_rate(t, k, n, 10))
+        .fold(0.0, f64::max);
+    let text = shapes
+        .iter()
+        .map(|(t, k, n)| format!("{t}x{k}x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (peak, text)
 }

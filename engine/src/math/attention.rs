@@ -5,24 +5,25 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::gemm::{matmul, View};
+use super::vector::{self as simd, wide};
 
 /// Query rows per cross-attention task.
 const CROSS_QUERY_CHUNK: usize = 128;
 
-/// In place, row-wise numerically stable softmax of `s [rows, cols]`.
+/// In place, row-wise numerically stable softmax of `s [rows, cols]`, vectorised ([`wide`]).
 fn softmax_rows(s: &mut [f32], cols: usize) {
-    for row in s.chunks_exact_mut(cols) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
-        let mut sum = 0.0;
-        for a in row.iter_mut() {
-            *a = (*a - max).exp();
-            sum += *a;
+    wide(#[inline(always)] || {
+        for row in s.chunks_exact_mut(cols) {
+            let max = simd::max(row);
+            for a in row.iter_mut() {
+                *a = simd::exp(*a - max);
+            }
+            let inv = 1.0 / simd::sum(row);
+            for a in row.iter_mut() {
+                *a *= inv;
+            }
         }
-        let inv = 1.0 / sum;
-        for a in row.iter_mut() {
-            *a *= inv;
-        }
-    }
+    })
 }
 
 /// `out [n, dh] = softmax(q k^T * scale) v` for one head: `q [n, dh]` and `k, v [m, dh]`

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::vector::{self as simd, wide};
 use super::{frame_of, mod_vec, rows_per_task, MIN_TASK_ELEMS};
 
 /// `h[t] += mods[f][gate] * y[t]` for rows of width `d`, `f` as in [`ada_ln`].
@@ -24,18 +25,15 @@ pub fn gated_residual(
         .zip(y.par_chunks(rows * d))
         .enumerate()
         .for_each(|(chunk, (h, y))| {
-            for (r, (h, y)) in h.chunks_exact_mut(d).zip(y.chunks_exact(d)).enumerate() {
-                let g = mod_vec(
-                    mods,
-                    k,
-                    d,
-                    frame_of(chunk * rows + r, frames, tokens_per_frame),
-                    gate,
-                );
-                for ((h, &y), &g) in h.iter_mut().zip(y).zip(g) {
-                    *h += g * y;
+            wide(#[inline(always)] || {
+                for (r, (h, y)) in h.chunks_exact_mut(d).zip(y.chunks_exact(d)).enumerate() {
+                    let f = frame_of(chunk * rows + r, frames, tokens_per_frame);
+                    let g = mod_vec(mods, k, d, f, gate);
+                    for ((h, &y), &g) in h.iter_mut().zip(y).zip(g) {
+                        *h += g * y;
+                    }
                 }
-            }
+            })
         });
 }
 
@@ -44,11 +42,7 @@ pub fn residual(h: &mut [f32], y: &[f32]) {
     debug_assert_eq!(h.len(), y.len());
     h.par_chunks_mut(MIN_TASK_ELEMS)
         .zip(y.par_chunks(MIN_TASK_ELEMS))
-        .for_each(|(h, y)| h.iter_mut().zip(y).for_each(|(h, &y)| *h += y));
-}
-
-fn silu1(z: f32) -> f32 {
-    z / (1.0 + (-z).exp())
+        .for_each(|(h, y)| wide(#[inline(always)] || h.iter_mut().zip(y).for_each(|(h, &y)| *h += y)));
 }
 
 /// `x [t, 2*dff]` to `out [t, dff] = SiLU(x[.., :dff]) * x[.., dff:]`.
@@ -59,33 +53,34 @@ pub fn swiglu(x: &[f32], dff: usize, out: &mut [f32]) {
     out.par_chunks_mut(rows * dff)
         .zip(x.par_chunks(rows * 2 * dff))
         .for_each(|(o, x)| {
-            for (o, x) in o.chunks_exact_mut(dff).zip(x.chunks_exact(2 * dff)) {
-                let (u, g) = x.split_at(dff);
-                for ((o, &u), &g) in o.iter_mut().zip(u).zip(g) {
-                    *o = silu1(u) * g;
+            wide(#[inline(always)] || {
+                for (o, x) in o.chunks_exact_mut(dff).zip(x.chunks_exact(2 * dff)) {
+                    let (u, g) = x.split_at(dff);
+                    for ((o, &u), &g) in o.iter_mut().zip(u).zip(g) {
+                        *o = simd::silu(u) * g;
+                    }
                 }
-            }
+            })
         });
 }
 
-/// Applies `f` elementwise from `x` into `out` in parallel.
-fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+/// Applies `f` elementwise from `x` into `out` in parallel, vectorised ([`wide`]).
+fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Copy) {
     debug_assert_eq!(x.len(), out.len());
     out.par_chunks_mut(MIN_TASK_ELEMS)
         .zip(x.par_chunks(MIN_TASK_ELEMS))
-        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
+        .for_each(|(o, x)| wide(#[inline(always)] || o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x))));
 }
 
 /// `out = SiLU(x) = x * sigmoid(x)` elementwise.
 pub fn silu(x: &[f32], out: &mut [f32]) {
-    map(x, out, silu1);
+    map(x, out, simd::silu);
 }
 
-/// `out = 0.5 x (1 + tanh(0.7978845608 (x + 0.044715 x^3)))` elementwise.
+/// `out = 0.5 x (1 + tanh(0.7978845608 (x + 0.044715 x^3)))` elementwise (computed as
+/// `x / (1 + exp(-2u))`, the same function).
 pub fn gelu_tanh(x: &[f32], out: &mut [f32]) {
-    map(x, out, |z| {
-        0.5 * z * (1.0 + (0.797_884_6 * (z + 0.044715 * z * z * z)).tanh())
-    });
+    map(x, out, simd::gelu_tanh);
 }
 
 /// Sinusoidal time embedding `out [F, 256]`: `s = 1000 * tau[f]`,
@@ -181,8 +176,10 @@ pub fn guidance(v: &[f32], scale: f32, out: &mut [f32]) {
                 .zip(v1.par_chunks(MIN_TASK_ELEMS)),
         )
         .for_each(|(o, (v0, v1))| {
-            for ((o, &c), &u) in o.iter_mut().zip(v0).zip(v1) {
-                *o = u + scale * (c - u);
-            }
+            wide(#[inline(always)] || {
+                for ((o, &c), &u) in o.iter_mut().zip(v0).zip(v1) {
+                    *o = u + scale * (c - u);
+                }
+            })
         });
 }

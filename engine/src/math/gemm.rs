@@ -121,3 +121,25 @@ pub fn linear(
         Parallelism::Rayon(0),
     );
 }
+
+/// The best rate, in FLOP/s, of [`linear`] (the CPU backend's GEMM, all threads) over `reps`
+/// timed runs of a `[t, k] x [n, k]^T` product on fixed non-zero inputs, after one untimed
+/// run: the machine's GEMM rate at one of a model's shapes, for `bench` to set a call
+/// against.
+pub fn linear_rate(t: usize, k: usize, n: usize, reps: usize) -> f64 {
+    let fill = |len: usize, mult: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * mult) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    };
+    let (x, w) = (fill(t * k, 7919), fill(n * k, 104_729));
+    let mut out = vec![0.0; t * n];
+    linear(&x, &w, None, t, k, n, &mut out);
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        let start = std::time::Instant::now();
+        linear(&x, &w, None, t, k, n, &mut out);
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    2.0 * (t * k * n) as f64 / best.max(1e-9)
+}

@@ -17,6 +17,7 @@ mod layout;
 mod mask;
 mod norm;
 mod rope;
+pub(crate) mod vector;
 
 pub(crate) use attention::attend;
 pub use attention::{cross_attention, window_attention};
@@ -24,13 +25,14 @@ pub use elementwise::{
     gated_residual, gelu_tanh, guidance, mask_rows, modulation, residual, silu, sinusoid, swiglu,
     timestep_embedding,
 };
-pub use gemm::linear;
+pub use gemm::{linear, linear_rate};
 pub(crate) use gemm::{matmul, View};
 pub use kv_attention::segment_attention;
 pub use layout::{add_positions, patchify, unpatchify, unpatchify_packed};
 pub use mask::validate_mask;
 pub use norm::{ada_ln, head_rms_norm, layer_norm, layer_norm_affine};
 pub use rope::rope_3d;
+pub(crate) use vector::wide;
 
 /// Epsilon of LayerNorm and RMSNorm.
 pub(crate) const EPS: f32 = 1e-6;

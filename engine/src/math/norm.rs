@@ -2,13 +2,16 @@
 
 use rayon::prelude::*;
 
+use super::vector::{self as simd, wide};
 use super::{frame_of, mod_vec, rows_per_task, EPS};
 
-/// `LN(v)` of one row into `out`: mean and biased variance in two passes.
+/// `LN(v)` of one row into `out`: mean and biased variance in two passes, each summed over
+/// [`simd::LANES`] partial sums (so that it vectorises).
+#[inline(always)]
 fn ln_row(v: &[f32], out: &mut [f32]) {
     let d = v.len() as f32;
-    let mean = v.iter().sum::<f32>() / d;
-    let var = v.iter().map(|&a| (a - mean) * (a - mean)).sum::<f32>() / d;
+    let mean = simd::sum(v) / d;
+    let var = simd::sum_sq_dev(v, mean) / d;
     let inv = 1.0 / (var + EPS).sqrt();
     for (o, &a) in out.iter_mut().zip(v) {
         *o = (a - mean) * inv;
@@ -23,9 +26,11 @@ pub fn layer_norm(x: &[f32], d: usize, out: &mut [f32]) {
     out.par_chunks_mut(rows * d)
         .zip(x.par_chunks(rows * d))
         .for_each(|(o, x)| {
-            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                ln_row(x, o);
-            }
+            wide(#[inline(always)] || {
+                for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    ln_row(x, o);
+                }
+            })
         });
 }
 
@@ -37,12 +42,14 @@ pub fn layer_norm_affine(x: &[f32], d: usize, weight: &[f32], bias: &[f32], out:
     out.par_chunks_mut(rows * d)
         .zip(x.par_chunks(rows * d))
         .for_each(|(o, x)| {
-            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                ln_row(x, o);
-                for ((o, &w), &b) in o.iter_mut().zip(weight).zip(bias) {
-                    *o = *o * w + b;
+            wide(#[inline(always)] || {
+                for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    ln_row(x, o);
+                    for ((o, &w), &b) in o.iter_mut().zip(weight).zip(bias) {
+                        *o = *o * w + b;
+                    }
                 }
-            }
+            })
         });
 }
 
@@ -69,15 +76,17 @@ pub fn ada_ln(
         .zip(x.par_chunks(rows * d))
         .enumerate()
         .for_each(|(chunk, (o, x))| {
-            for (r, (o, x)) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
-                let f = frame_of(chunk * rows + r, frames, tokens_per_frame);
-                let sh = mod_vec(mods, k, d, f, shift);
-                let sc = mod_vec(mods, k, d, f, scale);
-                ln_row(x, o);
-                for ((o, &sh), &sc) in o.iter_mut().zip(sh).zip(sc) {
-                    *o = *o * (1.0 + sc) + sh;
+            wide(#[inline(always)] || {
+                for (r, (o, x)) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
+                    let f = frame_of(chunk * rows + r, frames, tokens_per_frame);
+                    let sh = mod_vec(mods, k, d, f, shift);
+                    let sc = mod_vec(mods, k, d, f, scale);
+                    ln_row(x, o);
+                    for ((o, &sh), &sc) in o.iter_mut().zip(sh).zip(sc) {
+                        *o = *o * (1.0 + sc) + sh;
+                    }
                 }
-            }
+            })
         });
 }
 
@@ -96,14 +105,16 @@ pub fn head_rms_norm(
     debug_assert_eq!(gain.len(), dh);
     let rows = rows_per_task(cols);
     x.par_chunks_mut(rows * cols).for_each(|chunk| {
-        for row in chunk.chunks_exact_mut(cols) {
-            for u in row[offset..offset + heads * dh].chunks_exact_mut(dh) {
-                let ms = u.iter().map(|&a| a * a).sum::<f32>() / dh as f32;
-                let inv = 1.0 / (ms + EPS).sqrt();
-                for (a, &g) in u.iter_mut().zip(gain) {
-                    *a = *a * inv * g;
+        wide(#[inline(always)] || {
+            for row in chunk.chunks_exact_mut(cols) {
+                for u in row[offset..offset + heads * dh].chunks_exact_mut(dh) {
+                    let ms = simd::sum_sq_dev(u, 0.0) / dh as f32;
+                    let inv = 1.0 / (ms + EPS).sqrt();
+                    for (a, &g) in u.iter_mut().zip(gain) {
+                        *a = *a * inv * g;
+                    }
                 }
             }
-        }
+        })
     });
 }

@@ -1,7 +1,8 @@
 //! The temporal-autoencoder decoder of `docs/tae.md` on the CPU, in f32: it executes the op
 //! list of [`TaeGraph`] over channels-last activations `[T, H, W, Ch]`. 3x3 convolutions are
-//! nine accumulated GEMMs per frame over shifted views of a zero-padded copy of the input
-//! (the nearest 2x upsampling of `UpS` folded into that copy); the causal temporal convolution is three accumulated GEMMs per frame
+//! three accumulated GEMMs per frame, one per kernel row, of depth `3 cin` over shifted views
+//! of a zero-padded copy of the input (the nearest 2x upsampling of `UpS` folded into that
+//! copy); the causal temporal convolution is three accumulated GEMMs per frame
 //! over the current and the two previous input frames, which come from a per-layer cache
 //! between chunks, so decoding a stream chunk by chunk equals decoding it at once.
 //!
@@ -14,7 +15,8 @@ use rayon::prelude::*;
 use crate::checkpoint::Weights;
 use crate::decoder::{to_bytes, Decoder};
 use crate::error::{fmt_shape, Error, Result};
-use crate::math::{attend, linear, matmul, View};
+use crate::math::vector as simd;
+use crate::math::{attend, linear, matmul, wide, View};
 use crate::model::tae::{
     TaeGraph, TaeKind, TaeOp, GN_EPS, SPATIAL_UPSAMPLE, TEMPORAL_UPSAMPLE,
 };
@@ -437,10 +439,6 @@ impl Decoder for TaeDecoder {
     }
 }
 
-fn silu(z: f32) -> f32 {
-    z / (1.0 + (-z).exp())
-}
-
 /// In place: GroupNorm per frame over `(H, W, ch / groups)`, affine, then SiLU if `silu`.
 /// Statistics are two-pass (mean, then centred squares), accumulated per channel in f64
 /// over pixels, then per group; each frame is split into row blocks in parallel.
@@ -457,7 +455,7 @@ fn group_norm(x: &mut Act, gamma: &[f32], beta: &[f32], groups: usize, silu_afte
                 .par_chunks(block)
                 .map(|part| {
                     let mut acc = vec![0.0f64; c];
-                    for px in part.chunks_exact(c) {
+                    wide(#[inline(always)] || for px in part.chunks_exact(c) {
                         match centre {
                             None => acc
                                 .iter_mut()
@@ -469,7 +467,7 @@ fn group_norm(x: &mut Act, gamma: &[f32], beta: &[f32], groups: usize, silu_afte
                                 .zip(m)
                                 .for_each(|((a, &v), m)| *a += (f64::from(v) - m).powi(2)),
                         }
-                    }
+                    });
                     acc
                 })
                 .collect();
@@ -494,18 +492,20 @@ fn group_norm(x: &mut Act, gamma: &[f32], beta: &[f32], groups: usize, silu_afte
             shift[ch] = (f64::from(beta[ch]) - mean[g] * rstd * f64::from(gamma[ch])) as f32;
         }
         frame.par_chunks_mut(block).for_each(|part| {
-            for px in part.chunks_exact_mut(c) {
-                for ((v, s), t) in px.iter_mut().zip(&scale).zip(&shift) {
-                    let y = *v * s + t;
-                    *v = if silu_after { silu(y) } else { y };
+            wide(#[inline(always)] || {
+                for px in part.chunks_exact_mut(c) {
+                    for ((v, s), t) in px.iter_mut().zip(&scale).zip(&shift) {
+                        let y = *v * s + t;
+                        *v = if silu_after { simd::silu(y) } else { y };
+                    }
                 }
-            }
+            })
         });
     }
 }
 
 /// 3x3 convolution, zero padding 1, per frame; with `upsample` the input is read as if
-/// repeated 2x2 (nearest). Nine shifted GEMMs (no im2col): each frame is copied once into a
+/// repeated 2x2 (nearest). Three shifted GEMMs, one per kernel row (no im2col): each frame is copied once into a
 /// zero-padded `[(H + 2) * (W + 2) + 2, cin]` buffer (upsampled on the way when asked), and
 /// the output is computed over the padded width, so tap `(ky, kx)` reads the padded rows
 /// from offset `ky * (W + 2) + kx` with a uniform stride; the two extra columns per row are
@@ -549,23 +549,23 @@ fn conv2d(
         for row in wide.chunks_exact_mut(cout) {
             row.copy_from_slice(b);
         }
+        // The three taps of a kernel row `ky` read `3 * cin` consecutive padded values from
+        // `(ky * wp + xo) * cin` on, and their weights are the consecutive columns
+        // `[3 ky cin, 3 (ky + 1) cin)`: one GEMM of depth `3 cin` per kernel row.
         for ky in 0..3 {
-            for kx in 0..3 {
-                let tap = ky * 3 + kx;
-                let start = (ky * wp + kx) * cin;
-                matmul(
-                    ho * wp,
-                    cout,
-                    cin,
-                    wide,
-                    cout,
-                    View::new(&padded[start..], cin, 1),
-                    View::new(&w[tap * cin..], 1, 9 * cin),
-                    1.0,
-                    true,
-                    gemm::Parallelism::Rayon(0),
-                );
-            }
+            let start = ky * wp * cin;
+            matmul(
+                ho * wp,
+                cout,
+                3 * cin,
+                wide,
+                cout,
+                View::new(&padded[start..], cin, 1),
+                View::new(&w[3 * ky * cin..], 1, 9 * cin),
+                1.0,
+                true,
+                gemm::Parallelism::Rayon(0),
+            );
         }
         for (y, row) in dst.chunks_exact_mut(wo * cout).enumerate() {
             row.copy_from_slice(&wide[y * wp * cout..][..wo * cout]);
