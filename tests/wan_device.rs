@@ -363,8 +363,26 @@ fn the_engine_runs_wan_on_the_emulator() {
     let (kind, reason) = e.backend_choice();
     assert_eq!(kind, BackendKind::Emu);
     assert!(reason.starts_with("emu"), "{reason}");
-    let b = e.create_causal_backend().unwrap();
+    let mut b = e.create_causal_backend().unwrap();
     assert_eq!(b.name(), "emu");
+    // Graphs are on by default and can be turned off through the trait (what a stream's
+    // `set_graphs` reaches); the CPU backend has none and says so.
+    assert_eq!(b.graphs(), Some(true));
+    b.set_graphs(false).unwrap();
+    assert_eq!(b.graphs(), Some(false));
+    let cpu = Engine::new(EngineParams {
+        profile: Profile::builtin("wan-tiny").unwrap(),
+        weights: WeightsSource::Random {
+            seed: 0,
+            dtype: DType::F16,
+        },
+        backend: BackendKind::Cpu,
+    })
+    .unwrap();
+    let mut c = cpu.create_causal_backend().unwrap();
+    assert_eq!(c.graphs(), None);
+    let err = c.set_graphs(false).unwrap_err().to_string();
+    assert!(err.contains("no device graphs"), "{err}");
 }
 
 /// `denoise_timed` runs the same launches one by one: the same output as `denoise`, bit

@@ -62,6 +62,20 @@ pub trait CausalBackend: Send {
         on_step: &mut dyn FnMut(&TimedStep),
     ) -> Result<Clock>;
 
+    /// Whether calls replay captured device graphs: `None` for a backend without graphs.
+    fn graphs(&self) -> Option<bool> {
+        None
+    }
+
+    /// Turns graph capture and replay on or off; an error for a backend without graphs.
+    fn set_graphs(&mut self, on: bool) -> Result<()> {
+        Err(crate::error::Error::Invalid(format!(
+            "{} backend: has no device graphs to turn {}",
+            self.name(),
+            if on { "on" } else { "off" }
+        )))
+    }
+
     /// Checks every op's output for NaN and infinity as calls run (see
     /// [`crate::Backend::set_check_ops`]); an error for a backend that cannot.
     fn set_check_ops(&mut self, on: bool) -> Result<()> {

@@ -209,7 +209,7 @@ impl Sampler for CausalSampler {
     }
 
     fn graphs(&self) -> Option<bool> {
-        None
+        self.backend.graphs()
     }
 
     fn set_check_ops(&mut self, on: bool) -> Result<()> {
@@ -217,10 +217,6 @@ impl Sampler for CausalSampler {
     }
 
     fn set_graphs(&mut self, on: bool) -> Result<()> {
-        Err(crate::error::Error::Invalid(format!(
-            "{} backend: has no device graphs to turn {}",
-            self.backend.name(),
-            if on { "on" } else { "off" }
-        )))
+        self.backend.set_graphs(on)
     }
 }

@@ -414,6 +414,15 @@ impl<D: Device> CausalBackend for CudaCausal<D> {
         self.dev.backend()
     }
 
+    fn graphs(&self) -> Option<bool> {
+        Some(self.use_graphs)
+    }
+
+    fn set_graphs(&mut self, on: bool) -> Result<()> {
+        CudaCausal::set_graphs(self, on);
+        Ok(())
+    }
+
     fn graph(&self) -> &WanGraph {
         &self.graph
     }

@@ -15,7 +15,7 @@ use streamdit_kernels::{
 
 use super::step::{kernel_err, launch_step, Params, Step, Trace};
 pub use super::wan_layout::{
-    permute_head_rows, BlockAt, CallLayout, LinearAt, ModelLayout, Source, Upload,
+    permute_head_rows, CallLayout, LinearAt, ModelLayout, Source,
 };
 use crate::error::{Error, Result};
 use crate::model::wan::WanConfig;
