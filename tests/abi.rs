@@ -284,9 +284,22 @@ fn c_program_is_clean_under_valgrind() {
             "--show-leak-kinds=definite,indirect",
         ]),
     );
+    // Valgrind's virtual CPU has no AVX-512, so the GEMMs run the gemm crate's AVX2/FMA
+    // kernels there and the AVX-512 ones natively: a different summation order, the same
+    // function. Measured: 4 of 294 912 bytes one level apart. Allowed: one level, on at most
+    // 1 byte in 1000; a wrong code path moves far more.
+    let native = rust_frames(micro);
+    assert_eq!(r.frames.len(), native.len(), "frame bytes under valgrind");
+    let (mut worst, mut differing) = (0u8, 0usize);
+    for (a, b) in r.frames.iter().zip(&native) {
+        worst = worst.max(a.abs_diff(*b));
+        differing += usize::from(a != b);
+    }
     assert!(
-        r.frames == rust_frames(micro),
-        "frames under valgrind differ"
+        worst <= 1 && differing * 1000 <= native.len(),
+        "frames under valgrind differ from the native run: {differing} of {} bytes, worst by \
+         {worst} levels (allowed: 1 level on at most 0.1% of bytes)",
+        native.len()
     );
 }
 

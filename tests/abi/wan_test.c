@@ -31,9 +31,16 @@ int main(int argc, char **argv) {
     p.random_seed = 3;
     p.backend = STREAMDIT_BACKEND_CUDA;
     streamdit_engine *engine = NULL;
-    CHECK(streamdit_engine_create(&p, &engine) != STREAMDIT_OK, "a Wan engine on CUDA");
-    CHECK(strstr(streamdit_last_error(), "CUDA lowering") != NULL, "named: %s",
-          streamdit_last_error());
+    /* The Wan family runs on CUDA where a GPU is; without one, the error names the CUDA
+       backend and why it could not start. */
+    if (streamdit_engine_create(&p, &engine) == STREAMDIT_OK) {
+        streamdit_engine_free(engine);
+        engine = NULL;
+    } else {
+        CHECK(strstr(streamdit_last_error(), "cuda") != NULL ||
+                  strstr(streamdit_last_error(), "CUDA") != NULL,
+              "named: %s", streamdit_last_error());
+    }
     p.backend = STREAMDIT_BACKEND_CPU;
     CHECK(streamdit_engine_create(&p, &engine) == STREAMDIT_OK, "engine: %s",
           streamdit_last_error());

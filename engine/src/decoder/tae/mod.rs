@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod device;
 pub mod encoder;
+mod layers;
 
 pub use cpu::TaeDecoder;
 pub use device::{device_memory, DeviceTae, TaeMemory};
