@@ -1,8 +1,8 @@
 //! The real CUDA backend against the CPU reference, for the machine with a GPU: every
 //! module loads (the image chosen for the device's compute capability), the device's shared
 //! memory limit is the one its architecture documents, a `tiny` stream matches the CPU
-//! backend, and the device TAE decoder matches the CPU decoder. The Wan family has no CUDA
-//! lowering yet, so it is not run here.
+//! backend, the device TAE decoder matches the CPU decoder, and a `wan-tiny` stream (KV
+//! cache with eviction and sink, a prompt switch) matches the CPU backend.
 //!
 //! Without a device each test prints why and returns, unless `STREAMDIT_REQUIRE_GPU=1`
 //! (what `tests/gpu.sh` sets on the GPU machine): then a missing device fails the test, so
@@ -181,6 +181,68 @@ fn tiny_stream_on_the_gpu_matches_the_cpu() {
             assert!(err < 1e-2, "guidance {guidance}, chunk {k}: {err:.3e}");
         }
     }
+}
+
+fn wan_tiny_chunks(backend: BackendKind, chunks: usize) -> Vec<Vec<f32>> {
+    let engine = Engine::new(EngineParams {
+        profile: Profile::builtin("wan-tiny").unwrap(),
+        weights: WeightsSource::Random {
+            seed: 5,
+            dtype: DType::F16,
+        },
+        backend,
+    })
+    .unwrap();
+    assert_eq!(
+        engine.backend_choice().0,
+        backend,
+        "{}",
+        engine.backend_choice().1
+    );
+    let mut stream = engine
+        .stream(StreamParams {
+            prompt: "a paper boat on a river".into(),
+            seed: Some(17),
+            ..Default::default()
+        })
+        .unwrap();
+    (0..chunks)
+        .map(|k| {
+            if k == 3 {
+                stream.set_prompt("a lighthouse at night");
+            }
+            stream.next_latents().unwrap().to_vec()
+        })
+        .collect()
+}
+
+/// A `wan-tiny` stream on the GPU (enough chunks to fill the window, evict after the sink,
+/// and switch the prompt) within 1e-2 relative L2 of the CPU backend per chunk: the device
+/// path computes in f16 where the CPU computes in f32. `wan_tiny_stream_bound_holds_on_the_
+/// emulator` below checks the same bound on the emulated device wherever the tests run.
+#[test]
+fn wan_tiny_stream_on_the_gpu_matches_the_cpu() {
+    let Some(dev) = device() else { return };
+    drop(dev);
+    wan_tiny_against_cpu(BackendKind::Cuda);
+}
+
+fn wan_tiny_against_cpu(backend: BackendKind) {
+    let dev = wan_tiny_chunks(backend, 6);
+    let cpu = wan_tiny_chunks(BackendKind::Cpu, 6);
+    for (k, (g, c)) in dev.iter().zip(&cpu).enumerate() {
+        assert!(g.iter().all(|v| v.is_finite()), "chunk {k}: non-finite");
+        let err = rel_l2(&f64s(g), &f64s(c));
+        println!("wan-tiny chunk {k}: relative L2 {backend:?} vs cpu {err:.3e}");
+        assert!(err < 1e-2, "wan-tiny chunk {k}: {err:.3e}");
+    }
+}
+
+/// The bound of `wan_tiny_stream_on_the_gpu_matches_the_cpu` on the emulated device, so the
+/// GPU test's tolerance is known to be met by the same launches.
+#[test]
+fn wan_tiny_stream_bound_holds_on_the_emulator() {
+    wan_tiny_against_cpu(BackendKind::Emu);
 }
 
 /// The device TAE decoder on the GPU against the CPU decoder (f32) on `tiny`'s decoder
