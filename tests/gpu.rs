@@ -130,9 +130,17 @@ fn shared_memory_limit_is_the_architectures() {
     assert!(real::uuid::is_valid(dev.uuid()), "{}", dev.uuid());
 }
 
-fn tiny_chunks(backend: BackendKind, guidance: f32, chunks: usize) -> Vec<Vec<f32>> {
+/// The clean latents of `chunks` chunks of a `profile` stream on `backend` (random weights,
+/// seed 5), the prompt switched before chunk `switch_at`.
+fn stream_chunks(
+    profile: &str,
+    backend: BackendKind,
+    guidance: Option<f32>,
+    chunks: usize,
+    switch_at: usize,
+) -> Vec<Vec<f32>> {
     let engine = Engine::new(EngineParams {
-        profile: Profile::builtin("tiny").unwrap(),
+        profile: Profile::builtin(profile).unwrap(),
         weights: WeightsSource::Random {
             seed: 5,
             dtype: DType::F16,
@@ -150,13 +158,13 @@ fn tiny_chunks(backend: BackendKind, guidance: f32, chunks: usize) -> Vec<Vec<f3
         .stream(StreamParams {
             prompt: "a paper boat on a river".into(),
             seed: Some(17),
-            guidance: Some(guidance),
+            guidance,
             ..Default::default()
         })
         .unwrap();
     (0..chunks)
         .map(|k| {
-            if k == 2 {
+            if k == switch_at {
                 stream.set_prompt("a lighthouse at night");
             }
             stream.next_latents().unwrap().to_vec()
@@ -172,8 +180,8 @@ fn tiny_stream_on_the_gpu_matches_the_cpu() {
     let Some(dev) = device() else { return };
     drop(dev);
     for guidance in [1.0, 4.5] {
-        let gpu = tiny_chunks(BackendKind::Cuda, guidance, 4);
-        let cpu = tiny_chunks(BackendKind::Cpu, guidance, 4);
+        let gpu = stream_chunks("tiny", BackendKind::Cuda, Some(guidance), 4, 2);
+        let cpu = stream_chunks("tiny", BackendKind::Cpu, Some(guidance), 4, 2);
         for (k, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
             assert!(g.iter().all(|v| v.is_finite()), "chunk {k}: non-finite");
             let err = rel_l2(&f64s(g), &f64s(c));
@@ -181,39 +189,6 @@ fn tiny_stream_on_the_gpu_matches_the_cpu() {
             assert!(err < 1e-2, "guidance {guidance}, chunk {k}: {err:.3e}");
         }
     }
-}
-
-fn wan_tiny_chunks(backend: BackendKind, chunks: usize) -> Vec<Vec<f32>> {
-    let engine = Engine::new(EngineParams {
-        profile: Profile::builtin("wan-tiny").unwrap(),
-        weights: WeightsSource::Random {
-            seed: 5,
-            dtype: DType::F16,
-        },
-        backend,
-    })
-    .unwrap();
-    assert_eq!(
-        engine.backend_choice().0,
-        backend,
-        "{}",
-        engine.backend_choice().1
-    );
-    let mut stream = engine
-        .stream(StreamParams {
-            prompt: "a paper boat on a river".into(),
-            seed: Some(17),
-            ..Default::default()
-        })
-        .unwrap();
-    (0..chunks)
-        .map(|k| {
-            if k == 3 {
-                stream.set_prompt("a lighthouse at night");
-            }
-            stream.next_latents().unwrap().to_vec()
-        })
-        .collect()
 }
 
 /// A `wan-tiny` stream on the GPU (enough chunks to fill the window, evict after the sink,
@@ -228,8 +203,8 @@ fn wan_tiny_stream_on_the_gpu_matches_the_cpu() {
 }
 
 fn wan_tiny_against_cpu(backend: BackendKind) {
-    let dev = wan_tiny_chunks(backend, 6);
-    let cpu = wan_tiny_chunks(BackendKind::Cpu, 6);
+    let dev = stream_chunks("wan-tiny", backend, None, 6, 3);
+    let cpu = stream_chunks("wan-tiny", BackendKind::Cpu, None, 6, 3);
     for (k, (g, c)) in dev.iter().zip(&cpu).enumerate() {
         assert!(g.iter().all(|v| v.is_finite()), "chunk {k}: non-finite");
         let err = rel_l2(&f64s(g), &f64s(c));

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod naive;
+pub mod tae_naive;
 pub mod wan_naive;
 
 /// A tiny seeded generator (splitmix64): reproducible random inputs without a `rand` crate.
