@@ -2,48 +2,14 @@
 //! generate with the preview and the golden-test trace (also from a ready text context),
 //! plan on an H100, `convert` of a `.pt` (and of a hostile one), and named errors.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod cli_common;
+#[path = "../../tests/common/torch_zip.rs"]
+mod torch_zip;
+
+use cli_common::{fails, ok, s, streamdit, temp};
 
 use streamdit::files::read_tensors;
 use streamdit::inspect::wan_noise_frame;
-
-fn streamdit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_streamdit"))
-        .args(args)
-        .output()
-        .expect("the streamdit binary runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = streamdit(args);
-    assert!(
-        out.status.success(),
-        "streamdit {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// The error message of a failing run (a message and a non-zero exit, never a panic).
-fn fails(args: &[&str]) -> String {
-    let out = streamdit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "streamdit {args:?} succeeded");
-    assert!(stderr.contains("streamdit: error:"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("streamdit-cli-wan-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn s(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn weights_init_then_generate_with_trace() {
@@ -192,46 +158,6 @@ fn plan_wan_1_3b_on_an_h100() {
 }
 
 // A zip of stored entries, as `torch.save` writes them (64-byte aligned data).
-fn zip(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let (mut out, mut central) = (Vec::new(), Vec::new());
-    for (name, data) in entries {
-        let off = out.len();
-        let pad = (64 - (off + 30 + name.len() + 4) % 64) % 64;
-        out.extend(0x0403_4b50u32.to_le_bytes());
-        out.extend([20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        out.extend(0u32.to_le_bytes());
-        out.extend((data.len() as u32).to_le_bytes());
-        out.extend((data.len() as u32).to_le_bytes());
-        out.extend((name.len() as u16).to_le_bytes());
-        out.extend(((4 + pad) as u16).to_le_bytes());
-        out.extend(name.as_bytes());
-        out.extend(0x4246u16.to_le_bytes());
-        out.extend((pad as u16).to_le_bytes());
-        out.extend(vec![b'Z'; pad]);
-        out.extend(data);
-        central.extend(0x0201_4b50u32.to_le_bytes());
-        central.extend([20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        central.extend(0u32.to_le_bytes());
-        central.extend((data.len() as u32).to_le_bytes());
-        central.extend((data.len() as u32).to_le_bytes());
-        central.extend((name.len() as u16).to_le_bytes());
-        central.extend([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        central.extend((off as u32).to_le_bytes());
-        central.extend(name.as_bytes());
-    }
-    let cd = out.len();
-    out.extend(&central);
-    out.extend(0x0605_4b50u32.to_le_bytes());
-    out.extend([0, 0, 0, 0]);
-    let n = entries.len() as u16;
-    out.extend(n.to_le_bytes());
-    out.extend(n.to_le_bytes());
-    out.extend((central.len() as u32).to_le_bytes());
-    out.extend((cd as u32).to_le_bytes());
-    out.extend([0, 0]);
-    out
-}
-
 fn unicode(p: &mut Vec<u8>, s: &str) {
     p.push(b'X');
     p.extend((s.len() as u32).to_le_bytes());
@@ -260,11 +186,11 @@ fn archive(pickle: Vec<u8>) -> Vec<u8> {
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect();
-    zip(&[
-        ("ckpt/data.pkl", pickle),
-        ("ckpt/byteorder", b"little".to_vec()),
-        ("ckpt/data/0", data),
-        ("ckpt/version", b"3\n".to_vec()),
+    torch_zip::zip(&[
+        ("ckpt/data.pkl".into(), pickle),
+        ("ckpt/byteorder".into(), b"little".to_vec()),
+        ("ckpt/data/0".into(), data),
+        ("ckpt/version".into(), b"3\n".to_vec()),
     ])
 }
 

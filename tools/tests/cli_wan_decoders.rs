@@ -4,48 +4,12 @@
 //! decoder and its named errors, `plan` costing each decoder per chunk at 832x480 beside
 //! the DiT, and `bench` splitting DiT / decode / end to end with the decode per video frame.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod cli_common;
+
+use cli_common::{fails, ok, s, streamdit, temp};
 
 use streamdit::checkpoint::{write_tensors, DType};
 use streamdit::{wan_decoder, wan_decoder_weights, Profile, Tensor, WanDecoder};
-
-fn streamdit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_streamdit"))
-        .args(args)
-        .output()
-        .expect("the streamdit binary runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = streamdit(args);
-    assert!(
-        out.status.success(),
-        "streamdit {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// The error message of a failing run (a message and a non-zero exit, never a panic).
-fn fails(args: &[&str]) -> String {
-    let out = streamdit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "streamdit {args:?} succeeded");
-    assert!(stderr.contains("streamdit: error:"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("streamdit-cli-wandec-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn s(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
-}
 
 const FRAME: usize = 64 * 64 * 3;
 
