@@ -374,9 +374,7 @@ fn backend_choice_without_a_gpu() {
 /// lowering is named by its op, not found as a wrong final output.
 #[test]
 fn every_step_of_a_call_matches_the_cpu_trace() {
-    use std::collections::HashMap;
     use std::sync::Arc;
-    use streamdit::backend::cpu::CpuBackend;
 
     for guidance in [1.0, 4.5] {
         let profile = common::emu_profile();
@@ -398,19 +396,7 @@ fn every_step_of_a_call_matches_the_cpu_trace() {
             .map(|f| f as f32 / 8.0 + 0.05)
             .collect();
 
-        let mut cpu = CpuBackend::new(graph.clone(), weights.clone()).unwrap();
-        cpu.set_text(&text, &mask).unwrap();
-        let mut want: HashMap<usize, Vec<f32>> = HashMap::new();
-        let mut v_cpu = vec![0.0; x.len()];
-        cpu.forward_traced(
-            &x,
-            &tau,
-            &mut v_cpu,
-            Some(&mut |t| {
-                want.insert(t.index, t.values.to_vec());
-            }),
-        )
-        .unwrap();
+        let (want, v_cpu) = common::cpu_traced_call(&graph, &weights, &text, &mask, &x, &tau);
 
         let mut gpu =
             CudaBackend::new(graph, DeviceWeights::Host(&weights), 2, EmuDevice::new()).unwrap();

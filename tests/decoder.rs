@@ -8,9 +8,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::tae_naive::{tiny_dec, Naive, A, C};
+use common::tae_naive::{tiny_dec, write_checkpoint, Naive, A, C};
 use common::{assert_close, Rng};
-use streamdit::checkpoint::{self, DType, Weights};
+use streamdit::checkpoint::{DType, Weights};
 use streamdit::decoder::{Decoder, TaeDecoder};
 use streamdit::model::profile::DecoderConfig;
 use streamdit::model::tae::TaeGraph;
@@ -272,11 +272,7 @@ fn missing_or_misshaped_tensors_are_named() {
         "decoder.up.1.upt.weight".into(),
         Tensor::zeros(vec![64, 64, 2]),
     );
-    let dir = std::env::temp_dir().join(format!("streamdit-decoder-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("bad.safetensors");
-    let refs: Vec<(&str, &Tensor)> = t.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    checkpoint::write_tensors(&path, &refs, DType::F16).unwrap();
+    let path = write_checkpoint("decoder", &t);
     let msg = Weights::load_decoder(&path, &tiny_dec(), C)
         .unwrap_err()
         .to_string();
@@ -296,13 +292,12 @@ fn missing_or_misshaped_tensors_are_named() {
     );
     // A missing one, from a file.
     t.remove("decoder.mid.attn.k.bias");
-    let refs: Vec<(&str, &Tensor)> = t.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    checkpoint::write_tensors(&path, &refs, DType::F16).unwrap();
+    write_checkpoint("decoder", &t);
     let msg = Weights::load_decoder(&path, &tiny_dec(), C)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("decoder.mid.attn.k.bias"), "{msg}");
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     // Latents of the wrong size.
     let mut dec = TaeDecoder::new(graph(), &random_weights(4)).unwrap();
     let err = dec.decode_f32(&[0.0; 7]).unwrap_err().to_string();

@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::tae_naive::{tiny_dec, Naive, A, C};
+use common::tae_naive::{tiny_dec, write_checkpoint, Naive, A, C};
 use common::{assert_close, Rng};
-use streamdit::checkpoint::{self, DType, Weights};
+use streamdit::checkpoint::{DType, Weights};
 use streamdit::decoder::TaeEncoder;
 use streamdit::model::tae::TaeGraph;
 use streamdit::Tensor;
@@ -299,11 +299,7 @@ fn rejects_partial_chunks_and_names_tensors() {
         "encoder.down.1.downt.weight".into(),
         Tensor::zeros(vec![32, 32, 2]),
     );
-    let dir = std::env::temp_dir().join(format!("streamdit-encoder-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("bad.safetensors");
-    let refs: Vec<(&str, &Tensor)> = t.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    checkpoint::write_tensors(&path, &refs, DType::F16).unwrap();
+    let path = write_checkpoint("encoder", &t);
     let msg = Weights::load_encoder(&path, &tiny_dec(), C)
         .unwrap_err()
         .to_string();
@@ -318,11 +314,10 @@ fn rejects_partial_chunks_and_names_tensors() {
         Tensor::zeros(vec![32, 32, 3]),
     );
     t.remove("encoder.mid.attn.v.bias");
-    let refs: Vec<(&str, &Tensor)> = t.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    checkpoint::write_tensors(&path, &refs, DType::F16).unwrap();
+    write_checkpoint("encoder", &t);
     let msg = Weights::load_encoder(&path, &tiny_dec(), C)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("encoder.mid.attn.v.bias"), "{msg}");
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }

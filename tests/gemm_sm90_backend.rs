@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::{f64s, rel_l2};
-use streamdit::backend::cpu::CpuBackend;
 use streamdit::backend::cuda::emu::EmuDevice;
 use streamdit::backend::cuda::lower::Step;
 use streamdit::backend::cuda::{CudaBackend, DeviceWeights};
@@ -43,19 +41,7 @@ fn call(cc: (u32, u32)) -> Call {
         .map(|f| f as f32 / 8.0 + 0.05)
         .collect();
 
-    let mut cpu = CpuBackend::new(graph.clone(), weights.clone()).unwrap();
-    cpu.set_text(&text, &mask).unwrap();
-    let mut want: HashMap<usize, Vec<f32>> = HashMap::new();
-    let mut cpu_out = vec![0.0; x.len()];
-    cpu.forward_traced(
-        &x,
-        &tau,
-        &mut cpu_out,
-        Some(&mut |t| {
-            want.insert(t.index, t.values.to_vec());
-        }),
-    )
-    .unwrap();
+    let (want, cpu_out) = common::cpu_traced_call(&graph, &weights, &text, &mask, &x, &tau);
 
     let dev = EmuDevice::new().with_compute_capability(cc);
     let mut gpu = CudaBackend::new(graph, DeviceWeights::Host(&weights), 2, dev).unwrap();

@@ -138,3 +138,30 @@ pub fn emu_profile() -> streamdit::Profile {
         streamdit::Profile::load(path).unwrap()
     }
 }
+
+/// One traced CPU model call of `graph` (the reference of the device backends' step-by-step
+/// comparisons): every traced tensor's values by index, and the output `v`.
+pub fn cpu_traced_call(
+    graph: &streamdit::model::graph::Graph,
+    weights: &std::sync::Arc<streamdit::checkpoint::Weights>,
+    text: &streamdit::Tensor,
+    mask: &[f32],
+    x: &[f32],
+    tau: &[f32],
+) -> (std::collections::HashMap<usize, Vec<f32>>, Vec<f32>) {
+    use streamdit::backend::Backend;
+    let mut cpu = streamdit::backend::cpu::CpuBackend::new(graph.clone(), weights.clone()).unwrap();
+    cpu.set_text(text, mask).unwrap();
+    let mut traced = std::collections::HashMap::new();
+    let mut v = vec![0.0; x.len()];
+    cpu.forward_traced(
+        x,
+        tau,
+        &mut v,
+        Some(&mut |t| {
+            traced.insert(t.index, t.values.to_vec());
+        }),
+    )
+    .unwrap();
+    (traced, v)
+}

@@ -3,7 +3,9 @@
 //! the convolutions both directions use; each test adds its own direction's layers.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
+use streamdit::checkpoint::{self, DType};
 use streamdit::model::profile::DecoderConfig;
 use streamdit::Tensor;
 
@@ -251,4 +253,15 @@ impl Naive<'_> {
         }
         out
     }
+}
+
+/// Writes `tensors` (f16) to `bad.safetensors` in a folder of this test and process, for the
+/// tests that load a broken checkpoint from a file.
+pub fn write_checkpoint(tag: &str, tensors: &BTreeMap<String, Tensor>) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("streamdit-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.safetensors");
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    checkpoint::write_tensors(&path, &refs, DType::F16).unwrap();
+    path
 }
