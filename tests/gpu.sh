@@ -4,6 +4,7 @@
 #   - the CUDA tests against the CPU reference (tests/gpu.rs; the real-device test of
 #     tests/cuda_device.rs), with STREAMDIT_REQUIRE_GPU=1 so a missing GPU fails;
 #   - `streamdit bench` and `streamdit profile` of every shipped profile on random weights,
+#     and `bench --kernels` (our GEMM kernels beside cuBLAS at each profile's shapes),
 #     the small ones (tiny, wan-tiny) first;
 #   - compute-sanitizer memcheck, racecheck and synccheck on one model call of each profile;
 #   - nvidia-smi's view of the GPU.
@@ -148,6 +149,19 @@ for p in "${profiles[@]}"; do
         "${calls[@]}" --json "$out/bench-$p.json"
     step "profile-$p" 60 "$streamdit" profile --profile "$p" --random-weights 1 --backend "$backend" \
         --json "$out/profile-$p.json"
+done
+
+# Our GEMM kernels (mma.sync, and sm_90a on compute capability 9.0) beside cuBLAS at every
+# linear shape of each profile's call (`bench --kernels`; cuBLAS only where libcublas loads).
+# The dry run checks the command on the emulator at one small shape.
+for p in "${profiles[@]}"; do
+    if [ $dry = 1 ]; then
+        step "kernels-$p" 120 "$streamdit" bench --kernels --profile "$p" --backend emu \
+            --kernel-shapes 128x64x64 --kernel-reps 1 --json "$out/kernels-$p.json"
+    else
+        step "kernels-$p" 90 "$streamdit" bench --kernels --profile "$p" --backend cuda \
+            --kernel-reps 20 --json "$out/kernels-$p.json"
+    fi
 done
 
 # compute-sanitizer on one call of each profile (`profile` with no warm-up call runs one

@@ -139,6 +139,22 @@ fn written_random_weights_equal_the_streams_own() {
     write_random_wan_decoder(e.profile(), WanDecoder::Taehv, 6, DType::F16, &path6).unwrap();
     let (_, other) = stream(&e, DecoderKind::Taehv, Some(path6), 2);
     assert!(other != want, "seed 6's file decodes as seed 5's weights");
+    // The same path rewritten with seed 6's weights between two streams of one engine is
+    // read again, not served from the engine's cache of decoder weights. The modification
+    // time is set apart explicitly: two writes can land in one tick of the file system clock.
+    write_random_wan_decoder(e.profile(), WanDecoder::Taehv, 6, DType::F16, &path).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let (_, rewritten) = stream(&e, DecoderKind::Taehv, Some(path.clone()), 2);
+    assert!(
+        rewritten == other,
+        "a rewritten decoder checkpoint was served from the cache"
+    );
     let (_, preview) = stream(&e, DecoderKind::Preview, None, 1);
     assert_eq!(
         preview[0].len(),

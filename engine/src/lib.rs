@@ -110,6 +110,9 @@ pub mod files {
 /// - the Wan family's call graph over a KV cache ([`WanGraph`]), its parameter count
 ///   ([`wan_parameters`]) and its sampler's noise ([`wan_noise_frame`]).
 pub mod inspect {
+    pub use crate::backend::cuda::kernel_bench::{
+        kernel_bench, GemmShape, GemmTiming, KernelBench, KernelDevice, PathTiming,
+    };
     pub use crate::backend::cuda::lower::fusion as device_fusion;
     pub use crate::cost::{
         axis_windows, op_cost, op_kind, tae_op_cost, tae_op_kind, video_frames_per_call,

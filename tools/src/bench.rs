@@ -55,6 +55,16 @@ pub struct BenchArgs {
     /// Wan family: the decoder's checkpoint (default: the profile's, else random weights).
     #[arg(long, value_name = "F")]
     decoder_weights: Option<PathBuf>,
+    /// Instead of a stream: each GEMM shape of the call on every GEMM path of the device
+    /// (mma.sync, sm_90a, cuBLAS) side by side; `--backend cuda` or `emu`.
+    #[arg(long)]
+    kernels: bool,
+    /// With `--kernels`: these shapes (`MxNxK,...`) instead of the profile's.
+    #[arg(long, requires = "kernels", value_name = "MxNxK,...")]
+    kernel_shapes: Option<String>,
+    /// With `--kernels`: timed launches per shape and path.
+    #[arg(long, requires = "kernels", default_value_t = 20, value_name = "N")]
+    kernel_reps: usize,
 }
 
 pub fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
@@ -135,6 +145,15 @@ fn measured_step(stream: &mut Stream, frames: &mut Vec<u8>, start: Instant) -> R
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
+    if args.kernels {
+        let shapes = args.kernel_shapes.as_deref();
+        return crate::bench_kernels::run(
+            &args.model,
+            shapes,
+            args.kernel_reps,
+            args.json.as_deref(),
+        );
+    }
     if let Some(d) = args.duration {
         if !(d.is_finite() && d > 0.0) {
             return Err(Error::Invalid(format!(
@@ -464,7 +483,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     );
     // On the CPU: the engine's own GEMM rate at the call's largest linear shapes, the
     // machine's measured peak the call is set against.
-    let cpu_peak = (backend == "cpu").then(|| cpu_gemm_peak(&graph));
+    let cpu_peak = (backend == "cpu").then(|| crate::bench_kernels::cpu_gemm_peak(&graph));
     if let Some((peak, shapes)) = &cpu_peak {
         say!(text,
             "  CPU GEMM peak {:.1} GFLOP/s (the engine's GEMM, all threads, best of 10 runs at [t, k] x [k, n] = {}); the call runs at {} of it",
@@ -607,34 +626,4 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         streamdit::files::write_atomic(path, json.as_bytes())?;
     }
     print_stdout(&text)
-}
-
-/// The best measured rate (FLOP/s) of the CPU backend's GEMM over the three largest linear
-/// shapes of `graph`'s call, and those shapes as text.
-fn cpu_gemm_peak(graph: &streamdit::inspect::Graph) -> (f64, String) {
-    use streamdit::inspect::Op;
-    let mut shapes: Vec<(usize, usize, usize)> = graph
-        .call_ops
-        .iter()
-        .filter_map(|op| match *op {
-            Op::Linear { x, w, .. } => {
-                let (xs, ws) = (&graph.tensors[x].shape, &graph.tensors[w].shape);
-                (xs.len() == 2 && ws.len() == 2).then(|| (xs[0], xs[1], ws[0]))
-            }
-            _ => None,
-        })
-        .collect();
-    shapes.sort_by_key(|&(t, k, n)| std::cmp::Reverse(t * k * n));
-    shapes.dedup();
-    shapes.truncate(3);
-    let peak = shapes
-        .iter()
-        .map(|&(t, k, n)| streamdit::inspect::cpu_linear_rate(t, k, n, 10))
-        .fold(0.0, f64::max);
-    let text = shapes
-        .iter()
-        .map(|(t, k, n)| format!("{t}x{k}x{n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    (peak, text)
 }

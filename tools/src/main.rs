@@ -11,6 +11,7 @@ macro_rules! say {
 }
 
 mod bench;
+mod bench_kernels;
 mod common;
 mod convert;
 mod decode;

@@ -1478,3 +1478,59 @@ fn video_to_video_input_errors_are_named() {
     assert!(!out.status.success());
     assert!(stderr.contains("empty input"), "{stderr}");
 }
+
+/// `bench --kernels` on the emulator: every path's row with its time and its difference from
+/// the mma.sync result in the JSON; the profile's own shapes when none are given; the CPU
+/// backend refused by name.
+#[test]
+fn bench_kernels_compares_the_gemm_paths_on_the_emulator() {
+    let path = temp("kernels-emu.json");
+    let out = ok(&[
+        "bench",
+        "--kernels",
+        "--backend",
+        "emu",
+        "--kernel-shapes",
+        "72x64x40,8x16x8",
+        "--kernel-reps",
+        "1",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("cuBLAS not compared"), "{stdout}");
+    let report = read_json(&path);
+    assert_eq!(report["emulated"], true);
+    let rows = report["gemms"].as_array().unwrap();
+    let paths: Vec<(u64, &str)> = rows
+        .iter()
+        .map(|r| (r["m"].as_u64().unwrap(), r["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            (72, "mma.sync"),
+            (72, "sm90a"),
+            (8, "mma.sync"),
+            (8, "sm90a")
+        ]
+    );
+    for r in rows {
+        assert!(r["ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["rel_diff_vs_mma_sync"].as_f64().unwrap() <= 2e-3, "{r}");
+    }
+    let refused = streamdit(&["bench", "--kernels", "--backend", "cpu"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--backend cuda"), "{err}");
+    let bad = streamdit(&[
+        "bench",
+        "--kernels",
+        "--backend",
+        "emu",
+        "--kernel-shapes",
+        "8x8",
+    ]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("MxNxK"), "{err}");
+}

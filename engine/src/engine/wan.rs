@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
 
 use super::DecoderKind;
 use super::{BackendKind, Engine, EngineParams, StreamParams, WeightsSource};
@@ -88,8 +89,19 @@ pub(crate) fn wan_text(profile: &Profile, source: &WeightsSource) -> Result<Cond
     }
 }
 
-/// The Wan-family decoder weights an engine loaded, by kind and checkpoint.
-pub(crate) type VideoWeights = Mutex<Vec<((WanDecoder, Option<PathBuf>), Arc<Weights>)>>;
+/// Which decoder weights an engine loaded: the kind, the checkpoint, and the checkpoint's
+/// length and modification time when it was read (so a file rewritten between streams is
+/// read again, not served from the cache).
+type VideoWeightsKey = (WanDecoder, Option<PathBuf>, Option<(u64, SystemTime)>);
+
+/// The Wan-family decoder weights an engine loaded, by [`VideoWeightsKey`].
+pub(crate) type VideoWeights = Mutex<Vec<(VideoWeightsKey, Arc<Weights>)>>;
+
+/// The length and modification time of `path`, when the file system gives both.
+fn file_stamp(path: &Path) -> Option<(u64, SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
 
 /// The decoder a Wan stream asking for `kind` uses (the profile's for the default).
 pub(crate) fn resolve(profile: &Profile, kind: DecoderKind) -> Result<WanDecoder> {
@@ -225,7 +237,8 @@ impl Engine {
                 .as_ref()
                 .map(PathBuf::from)
         });
-        let key = (kind, file);
+        let stamp = file.as_deref().and_then(file_stamp);
+        let key = (kind, file, stamp);
         let cached = self
             .video_weights
             .lock()
@@ -250,6 +263,8 @@ impl Engine {
                     dtype,
                 )?);
                 if let Ok(mut v) = self.video_weights.lock() {
+                    // An older copy of the same file is dropped with its stamp.
+                    v.retain(|(k, _)| (k.0, &k.1) != (key.0, &key.1));
                     v.push((key, w.clone()));
                 }
                 w

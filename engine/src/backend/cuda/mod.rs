@@ -40,6 +40,7 @@ pub mod backend;
 pub mod causal;
 pub mod device;
 pub mod emu;
+pub mod kernel_bench;
 pub mod limits;
 pub mod lower;
 pub mod real;

@@ -335,6 +335,8 @@ fn version_string(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
 
+mod cublas;
+pub use cublas::Cublas;
 mod device;
 pub mod load;
 pub mod uuid;

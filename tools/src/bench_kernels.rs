@@ -1,0 +1,167 @@
+//! `streamdit bench --kernels`: every GEMM shape of a profile's model call on each GEMM path
+//! the device has — our mma.sync kernel, our sm_90a kernel (compute capability 9.0) and
+//! cuBLAS (a GPU with libcublas) — side by side on the same inputs, as time, TFLOP/s, ratio
+//! to cuBLAS and largest difference from the mma.sync result.
+
+use std::path::Path;
+
+use serde_json::json;
+use streamdit::inspect::{kernel_bench, GemmShape, KernelDevice, Op};
+use streamdit::{BackendKind, Error, Result};
+
+use crate::common::{load_profile, print_stdout, ModelArgs};
+
+/// The distinct linear shapes `(m, n, k)` of the profile's call with how often each runs,
+/// largest first.
+fn profile_shapes(model: &ModelArgs) -> Result<Vec<GemmShape>> {
+    let profile = load_profile(&model.profile, &model.text_dir)?;
+    let guidance = if profile.family == streamdit::Family::Wan {
+        1.0
+    } else {
+        profile.run.guidance
+    };
+    let (graph, _) = crate::plan_wan::graph(&profile, guidance)?;
+    let mut shapes: Vec<GemmShape> = Vec::new();
+    for op in &graph.call_ops {
+        let Op::Linear { x, w, .. } = *op else {
+            continue;
+        };
+        let (xs, ws) = (&graph.tensors[x].shape, &graph.tensors[w].shape);
+        if xs.len() != 2 || ws.len() != 2 {
+            continue;
+        }
+        let (m, k, n) = (xs[0], xs[1], ws[0]);
+        match shapes.iter_mut().find(|s| (s.m, s.n, s.k) == (m, n, k)) {
+            Some(s) => s.count += 1,
+            None => shapes.push(GemmShape { m, n, k, count: 1 }),
+        }
+    }
+    shapes.sort_by(|a, b| b.flops().total_cmp(&a.flops()));
+    Ok(shapes)
+}
+
+/// `MxNxK[,MxNxK...]`.
+fn parse_shapes(text: &str) -> Result<Vec<GemmShape>> {
+    text.split(',')
+        .map(|item| {
+            let dims: Vec<usize> = item
+                .trim()
+                .split('x')
+                .map(|d| d.trim().parse::<usize>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| {
+                    Error::Invalid(format!("--kernel-shapes: {item:?} is not MxNxK ({e})"))
+                })?;
+            match dims[..] {
+                [m, n, k] if m > 0 && n > 0 && k > 0 => Ok(GemmShape { m, n, k, count: 1 }),
+                _ => Err(Error::Invalid(format!(
+                    "--kernel-shapes: {item:?} is not MxNxK with three positive sizes"
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// Runs the comparison and prints it (and writes it as JSON to `json`).
+pub(crate) fn run(
+    model: &ModelArgs,
+    shapes: Option<&str>,
+    reps: usize,
+    json_path: Option<&Path>,
+) -> Result<()> {
+    let on = match model.backend {
+        BackendKind::Cuda | BackendKind::Auto => KernelDevice::Gpu(0),
+        BackendKind::Emu => KernelDevice::Emulator,
+        BackendKind::Cpu => {
+            return Err(Error::Invalid(
+                "--kernels times the device's GEMM kernels: use --backend cuda (a GPU) or \
+                 emu (the emulator), not cpu"
+                    .into(),
+            ))
+        }
+    };
+    let shapes = match shapes {
+        Some(text) => parse_shapes(text)?,
+        None => profile_shapes(model)?,
+    };
+    let bench = kernel_bench(on, &shapes, reps)?;
+    let mut text = format!("GEMM kernels on {}\n", bench.device);
+    match &bench.cublas {
+        Ok(v) => text += &format!("cuBLAS {v}: cublasGemmEx, f16 in and out, f32 compute\n"),
+        Err(why) => text += &format!("cuBLAS not compared: {why}\n"),
+    }
+    if on == KernelDevice::Emulator {
+        text += "times are the emulator's wall clock, not a GPU's\n";
+    }
+    text += &format!(
+        "{:>22} {:>5} {:>9} {:>10} {:>9} {:>10} {:>10}\n",
+        "M x N x K", "count", "path", "ms", "TFLOP/s", "vs cuBLAS", "rel diff"
+    );
+    let mut rows = Vec::new();
+    for row in &bench.rows {
+        let s = row.shape;
+        let blas = row.paths.iter().find(|p| p.path == "cublas").map(|p| p.ms);
+        for p in &row.paths {
+            let ratio = blas.map(|b| b / p.ms);
+            text += &format!(
+                "{:>22} {:>5} {:>9} {:>10.4} {:>9.2} {:>10} {:>10.2e}\n",
+                format!("{}x{}x{}", s.m, s.n, s.k),
+                s.count,
+                p.path,
+                p.ms,
+                p.tflops,
+                ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+                p.rel_diff
+            );
+            rows.push(json!({
+                "m": s.m, "n": s.n, "k": s.k, "count": s.count, "path": p.path,
+                "ms": p.ms, "tflops": p.tflops, "speed_vs_cublas": ratio,
+                "rel_diff_vs_mma_sync": if p.rel_diff.is_finite() { json!(p.rel_diff) } else { json!(null) },
+            }));
+        }
+    }
+    if let Some(path) = json_path {
+        let report = json!({
+            "device": bench.device,
+            "cublas": bench.cublas.as_ref().ok(),
+            "cublas_missing_reason": bench.cublas.as_ref().err(),
+            "emulated": on == KernelDevice::Emulator,
+            "reps": reps,
+            "gemms": rows,
+        });
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Invalid(format!("JSON report: {e}")))?;
+        streamdit::files::write_atomic(path, json.as_bytes())?;
+    }
+    print_stdout(&text)
+}
+
+/// The best measured rate (FLOP/s) of the CPU backend's GEMM over the three largest linear
+/// shapes of `graph`'s call, and those shapes as text.
+pub(crate) fn cpu_gemm_peak(graph: &streamdit::inspect::Graph) -> (f64, String) {
+    use streamdit::inspect::Op;
+    let mut shapes: Vec<(usize, usize, usize)> = graph
+        .call_ops
+        .iter()
+        .filter_map(|op| match *op {
+            Op::Linear { x, w, .. } => {
+                let (xs, ws) = (&graph.tensors[x].shape, &graph.tensors[w].shape);
+                (xs.len() == 2 && ws.len() == 2).then(|| (xs[0], xs[1], ws[0]))
+            }
+            _ => None,
+        })
+        .collect();
+    shapes.sort_by_key(|&(t, k, n)| std::cmp::Reverse(t * k * n));
+    shapes.dedup();
+    shapes.truncate(3);
+    let peak = shapes
+        .iter()
+        .map(|&(t, k, n)| streamdit::inspect::cpu_linear_rate(t, k, n, 10))
+        .fold(0.0, f64::max);
+    let text = shapes
+        .iter()
+        .map(|(t, k, n)| format!("{t}x{k}x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (peak, text)
+}
