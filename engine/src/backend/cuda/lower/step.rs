@@ -156,7 +156,8 @@ pub fn resolve<D: Device>(dev: &mut D, mut steps: Vec<Step>) -> Result<Vec<Step>
 /// The GEMM for the device: on compute capability 9.0 a launch of the mma.sync GEMM
 /// (`gemm.cu`) becomes the same product and epilogue on the sm_90a warp-specialised GEMM
 /// (`gemm_sm90.cu`: TMA, mbarrier ring, wgmma), with its two tensor maps encoded by the
-/// device over the same buffers; any other step, or any other device, is left as it is.
+/// device over the same buffers (`gemm_bias_gelu_f16`, which shares the bias struct, keeps
+/// its GELU epilogue); any other step, or any other device, is left as it is.
 pub fn select_gemm<D: Device>(dev: &D, step: &mut Step) -> Result<()> {
     if dev.compute_capability() != (9, 0) {
         return Ok(());
@@ -182,8 +183,14 @@ pub fn select_gemm<D: Device>(dev: &D, step: &mut Step) -> Result<()> {
     };
     let dims = |m: i32, n: i32, k: i32| (m as usize, n as usize, k as usize);
     let (epi, (m, n, k), gate, buffers) = match *params {
+        // The Wan family's FFN up and text MLP launch `gemm_bias_gelu_f16` with the same
+        // struct: its epilogue is chosen by the kernel's name.
         Params::GemmBiasF16(p) => (
-            Epilogue::BiasF16,
+            if *kernel_name == gemm::KERNEL_BIAS_GELU_F16 {
+                Epilogue::BiasGeluF16
+            } else {
+                Epilogue::BiasF16
+            },
             dims(p.m, p.n, p.k),
             None,
             Buffers {
