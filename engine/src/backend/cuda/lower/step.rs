@@ -4,7 +4,8 @@
 
 use streamdit_kernels::gemm_sm90::{self, Buffers, Epilogue};
 use streamdit_kernels::{
-    adaln, attention, conv, elementwise as ew, gemm, wan_attention, wan_embed, wan_qk,
+    adaln, attention, attention_sm90, conv, elementwise as ew, gemm, wan_attention, wan_embed,
+    wan_qk,
 };
 
 use crate::backend::cuda::device::{backend_error, Device, DeviceBuffer, Kernel, LaunchConfig};
@@ -55,6 +56,8 @@ pub enum Params {
     WanRmsRows(wan_qk::WanRmsRowsParams),
     WanTimestep(wan_embed::WanTimestepParams),
     AttnKvCache(wan_attention::AttnKvCacheParams),
+    /// `AttnKvCache` (dh = 128) on the sm_90a attention (`lower::wan_sm90`).
+    AttnSm90(attention_sm90::AttnSm90Params),
 }
 
 // SAFETY: as for `DeviceParams`: the structs carry device addresses the host never
@@ -300,7 +303,8 @@ unsafe fn launch<D: Device>(
         WanQkvRope,
         WanRmsRows,
         WanTimestep,
-        AttnKvCache
+        AttnKvCache,
+        AttnSm90
     )
 }
 
