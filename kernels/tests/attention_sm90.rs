@@ -268,6 +268,38 @@ fn full_wan_width() {
     check("d64 wide", &inp, false);
 }
 
+/// The V operand of `P V` is read through MN-major, 128-byte-swizzled descriptors (LBO = one
+/// 64-channel box of 128 keys, SBO 1024, start + 2 KiB per 16 keys): for the descriptors the
+/// kernel builds, the emulator's decoding must read B(channel n, key k) of step kk exactly
+/// where TMA's SWIZZLE_128B put V row 16 kk + k, channel n, per the `tma_sw128_f16_64x64`
+/// table of `shared/ptx/wgmma.json` (written from the CUDA guide, apart from the emulator):
+/// the first 64 keys of both boxes of a dh = 128 tile.
+#[test]
+fn v_descriptors_read_where_tma_wrote() {
+    let Some(tables) = common::wgmma_tables() else {
+        return;
+    };
+    let offsets = tables["tma_sw128_f16_64x64"]["offset"].as_array().unwrap();
+    let box_bytes = u64::from(fa3::BLOCK_KV) * 128;
+    let v_tile = 0x8000u64; // any 1024-aligned slot start
+                            // "Matrix Descriptor Format": start, LBO, SBO (each >> 4, 14 bits), 128B swizzle = 1.
+    let desc = |start: u64| {
+        (start >> 4 & 0x3fff) | (box_bytes >> 4 & 0x3fff) << 16 | (1024u64 >> 4) << 32 | 1u64 << 62
+    };
+    for kk in 0..4u64 {
+        let d = desc(v_tile + 2048 * kk);
+        for n in 0..128u64 {
+            for k in 0..16u64 {
+                let key = (16 * kk + k) as usize;
+                let (b, c) = (n / 64, (n % 64) as usize);
+                let want = v_tile + b * box_bytes + common::num(&offsets[key][c]) as u64;
+                let got = emu::wgmma_operand_address(d, n as u32, k as u32, true).unwrap();
+                assert_eq!(u64::from(got), want, "step {kk}: channel {n}, key {key}");
+            }
+        }
+    }
+}
+
 /// `kernels/cuda/attention_sm90.cu:<line>` of the one line containing `needle`.
 fn site(needle: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda/attention_sm90.cu");
