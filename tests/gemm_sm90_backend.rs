@@ -109,3 +109,174 @@ fn compute_capability_9_runs_the_sm90_gemm_and_matches_the_cpu() {
     // the f32 additions may differ.
     assert!(paths < 1e-3, "9.0 vs 8.0 output rel L2 {paths:.2e}");
 }
+
+/// The Wan family on compute capability 9.0: every GEMM of the prompt and call lists of
+/// `wan-tiny` is an sm_90a GEMM, the FFN up and text MLP keep their GELU-tanh epilogue
+/// (`gemm_sm90_bias_gelu_f16`), and a call with a cache of one committed chunk matches the
+/// CPU backend (the tolerance of tests/wan_device.rs) and the 8.0 device call.
+#[test]
+fn wan_on_compute_capability_9_runs_the_sm90_gelu_gemm_and_matches_the_cpu() {
+    use streamdit::backend::cpu::CpuCausal;
+    use streamdit::backend::cuda::CudaCausal;
+    use streamdit::checkpoint::wan::random_wan;
+    use streamdit::{CausalBackend, Profile, Tensor};
+
+    let w = Profile::builtin("wan-tiny").unwrap().wan().unwrap().clone();
+    let wt = Arc::new(random_wan(&w, 5, DType::F16));
+    let mut rng = common::Rng::new(11);
+    let text = Tensor::new(
+        vec![w.text_len, w.text_dim],
+        rng.f32s(w.text_len * w.text_dim, -1.0, 1.0),
+    )
+    .unwrap();
+    let mask: Vec<f32> = (0..w.text_len)
+        .map(|l| f32::from(u8::from(l < 5)))
+        .collect();
+    let n = w.chunk_frames * w.frame_elems();
+    let c = w.chunk_frames as u64;
+    let x0 = rng.f32s(n, -2.0, 2.0);
+    let x = rng.f32s(n, -2.0, 2.0);
+    let t = vec![750.0; w.chunk_frames];
+
+    let mut cpu = CpuCausal::new(&w, wt.clone()).unwrap();
+    let mut want = common::poisoned(n);
+    cpu.set_text(&text, &mask).unwrap();
+    cpu.commit(&x0, w.context_timestep as f32, 0).unwrap();
+    cpu.denoise(&x, &t, c, &mut want).unwrap();
+
+    let mut outs = Vec::new();
+    for cc in [(9, 0), (8, 0)] {
+        let dev = EmuDevice::new().with_compute_capability(cc);
+        let mut b = CudaCausal::new(&w, &wt, dev).unwrap();
+        let mut modules: Vec<(&str, &str)> = Vec::new();
+        let mut collect = |steps: &[Step]| {
+            for s in steps {
+                if let Step::Launch {
+                    module,
+                    kernel_name,
+                    ..
+                } = s
+                {
+                    modules.push((module, kernel_name));
+                }
+            }
+        };
+        collect(b.prompt_steps());
+        collect(b.call_steps(2 * w.chunk_frames).unwrap().0);
+        let count = |k: &str| modules.iter().filter(|m| m.1 == k).count();
+        if cc == (9, 0) {
+            assert!(
+                modules.iter().all(|m| m.0 != "gemm"),
+                "a mma.sync GEMM left on 9.0"
+            );
+            // The text MLP's first layer in the prompt list, one FFN up per block.
+            assert_eq!(count("gemm_sm90_bias_gelu_f16"), 1 + w.depth);
+        } else {
+            assert_eq!(count("gemm_bias_gelu_f16"), 1 + w.depth);
+            assert!(modules.iter().all(|m| m.0 != "gemm_sm90"));
+        }
+        let mut v = common::poisoned(n);
+        b.set_text(&text, &mask).unwrap();
+        b.commit(&x0, w.context_timestep as f32, 0).unwrap();
+        b.denoise(&x, &t, c, &mut v).unwrap();
+        let err = common::assert_close(
+            &format!("wan-tiny call on {cc:?}"),
+            &v,
+            &f64s(&want),
+            5e-3,
+            5e-3,
+        );
+        println!(
+            "wan-tiny call on {cc:?}: rel L2 vs cpu {:.2e}, max abs err {err:.2e}",
+            rel_l2(&f64s(&v), &f64s(&want))
+        );
+        outs.push(v);
+    }
+    let paths = rel_l2(&f64s(&outs[0]), &f64s(&outs[1]));
+    println!("wan-tiny 9.0 vs 8.0 call: rel L2 {paths:.2e}");
+    assert!(paths < 1e-3, "9.0 vs 8.0 output rel L2 {paths:.2e}");
+}
+
+/// The Wan family's KV-cache attention on compute capability 9.0: a Wan-shaped model with
+/// heads of 128 channels (wan-tiny's layout, width 256 = 2 heads of 128, one block) runs
+/// every self-attention on the sm_90a FlashAttention-3-style kernel
+/// (`attn_sm90_kvcache_d128`), and a call over a one-chunk cache matches the CPU backend
+/// (tests/wan_device.rs's tolerance) and the 8.0 device call (mma.sync attention).
+#[test]
+fn wan_dh128_on_compute_capability_9_runs_the_sm90_attention_and_matches_the_cpu() {
+    use streamdit::backend::cpu::CpuCausal;
+    use streamdit::backend::cuda::CudaCausal;
+    use streamdit::checkpoint::wan::random_wan;
+    use streamdit::{CausalBackend, Profile, Tensor};
+
+    let mut w = Profile::builtin("wan-tiny").unwrap().wan().unwrap().clone();
+    w.dim = 256;
+    w.heads = 2;
+    w.ffn_dim = 128;
+    w.depth = 1;
+    let wt = Arc::new(random_wan(&w, 6, DType::F16));
+    let mut rng = common::Rng::new(12);
+    let text = Tensor::new(
+        vec![w.text_len, w.text_dim],
+        rng.f32s(w.text_len * w.text_dim, -1.0, 1.0),
+    )
+    .unwrap();
+    let mask: Vec<f32> = (0..w.text_len)
+        .map(|l| f32::from(u8::from(l < 6)))
+        .collect();
+    let n = w.chunk_frames * w.frame_elems();
+    let c = w.chunk_frames as u64;
+    let x0 = rng.f32s(n, -2.0, 2.0);
+    let x = rng.f32s(n, -2.0, 2.0);
+    let t = vec![625.0; w.chunk_frames];
+
+    let mut cpu = CpuCausal::new(&w, wt.clone()).unwrap();
+    let mut want = common::poisoned(n);
+    cpu.set_text(&text, &mask).unwrap();
+    cpu.commit(&x0, w.context_timestep as f32, 0).unwrap();
+    cpu.denoise(&x, &t, c, &mut want).unwrap();
+
+    let mut outs = Vec::new();
+    for cc in [(9, 0), (8, 0)] {
+        let dev = EmuDevice::new().with_compute_capability(cc);
+        let mut b = CudaCausal::new(&w, &wt, dev).unwrap();
+        for attended in [w.chunk_frames, 2 * w.chunk_frames] {
+            let kernels: Vec<&str> = b
+                .call_steps(attended)
+                .unwrap()
+                .0
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Launch { kernel_name, .. } => Some(*kernel_name),
+                    Step::Copy { .. } => None,
+                })
+                .collect();
+            let count = |k: &str| kernels.iter().filter(|n| **n == k).count();
+            let (new, old) = (count("attn_sm90_kvcache_d128"), count("attn_kvcache_d128"));
+            if cc == (9, 0) {
+                assert_eq!((new, old), (w.depth, 0), "9.0, {attended} frames");
+            } else {
+                assert_eq!((new, old), (0, w.depth), "8.0, {attended} frames");
+            }
+        }
+        let mut v = common::poisoned(n);
+        b.set_text(&text, &mask).unwrap();
+        b.commit(&x0, w.context_timestep as f32, 0).unwrap();
+        b.denoise(&x, &t, c, &mut v).unwrap();
+        let err = common::assert_close(
+            &format!("dh 128 call on {cc:?}"),
+            &v,
+            &f64s(&want),
+            5e-3,
+            5e-3,
+        );
+        println!(
+            "dh 128 call on {cc:?}: rel L2 vs cpu {:.2e}, max abs err {err:.2e}",
+            rel_l2(&f64s(&v), &f64s(&want))
+        );
+        outs.push(v);
+    }
+    let paths = rel_l2(&f64s(&outs[0]), &f64s(&outs[1]));
+    println!("dh 128 9.0 (sm_90a attention) vs 8.0 (mma.sync) call: rel L2 {paths:.2e}");
+    assert!(paths < 1e-3, "9.0 vs 8.0 output rel L2 {paths:.2e}");
+}

@@ -2,7 +2,8 @@
 //! module loads (the image chosen for the device's compute capability), the device's shared
 //! memory limit is the one its architecture documents, a `tiny` stream matches the CPU
 //! backend, the device TAE decoder matches the CPU decoder, and a `wan-tiny` stream (KV
-//! cache with eviction and sink, a prompt switch) matches the CPU backend.
+//! cache with eviction and sink, a prompt switch) matches the CPU backend, and a dh = 128
+//! Wan call (on compute capability 9.0 the sm_90a attention and GEMMs) matches it too.
 //!
 //! Without a device each test prints why and returns, unless `STREAMDIT_REQUIRE_GPU=1`
 //! (what `tests/gpu.sh` sets on the GPU machine): then a missing device fails the test, so
@@ -218,6 +219,78 @@ fn wan_tiny_against_cpu(backend: BackendKind) {
 #[test]
 fn wan_tiny_stream_bound_holds_on_the_emulator() {
     wan_tiny_against_cpu(BackendKind::Emu);
+}
+
+/// The Hopper path of the Wan family on the GPU: a Wan-shaped model with heads of 128
+/// (wan-tiny's layout at width 256, one block) runs one call over a one-chunk cache within
+/// tests/wan_device.rs's `5e-3 + 5e-3 |v|` of the CPU backend; on compute capability 9.0
+/// its call list must hold the sm_90a attention (`attn_sm90_kvcache_d128`) and GEMMs,
+/// elsewhere the mma.sync kernels. The emulated device meets the same bound
+/// (tests/gemm_sm90_backend.rs, `wan_dh128_...`).
+#[test]
+fn wan_dh128_call_on_the_gpu_matches_the_cpu() {
+    use std::sync::Arc;
+    use streamdit::backend::cpu::CpuCausal;
+    use streamdit::backend::cuda::lower::Step;
+    use streamdit::backend::cuda::CudaCausal;
+    use streamdit::checkpoint::wan::random_wan;
+    use streamdit::{CausalBackend, Tensor};
+
+    let Some(dev) = device() else { return };
+    let hopper = dev.compute_capability() == (9, 0);
+    let mut w = Profile::builtin("wan-tiny").unwrap().wan().unwrap().clone();
+    w.dim = 256;
+    w.heads = 2;
+    w.ffn_dim = 128;
+    w.depth = 1;
+    let wt = Arc::new(random_wan(&w, 6, DType::F16));
+    let mut rng = Rng::new(12);
+    let text = Tensor::new(
+        vec![w.text_len, w.text_dim],
+        rng.f32s(w.text_len * w.text_dim, -1.0, 1.0),
+    )
+    .unwrap();
+    let mask: Vec<f32> = (0..w.text_len)
+        .map(|l| f32::from(u8::from(l < 6)))
+        .collect();
+    let n = w.chunk_frames * w.frame_elems();
+    let c = w.chunk_frames as u64;
+    let x0 = rng.f32s(n, -2.0, 2.0);
+    let x = rng.f32s(n, -2.0, 2.0);
+    let t = vec![625.0; w.chunk_frames];
+    let mut cpu = CpuCausal::new(&w, wt.clone()).unwrap();
+    let mut want = common::poisoned(n);
+    cpu.set_text(&text, &mask).unwrap();
+    cpu.commit(&x0, w.context_timestep as f32, 0).unwrap();
+    cpu.denoise(&x, &t, c, &mut want).unwrap();
+
+    let mut b = CudaCausal::new(&w, &wt, dev).unwrap();
+    let kernels: Vec<&str> = b
+        .call_steps(2 * w.chunk_frames)
+        .unwrap()
+        .0
+        .iter()
+        .filter_map(|s| match s {
+            Step::Launch { kernel_name, .. } => Some(*kernel_name),
+            Step::Copy { .. } => None,
+        })
+        .collect();
+    let sm90 = kernels.contains(&"attn_sm90_kvcache_d128");
+    assert_eq!(
+        sm90, hopper,
+        "sm_90a attention selected: {sm90}, cc 9.0: {hopper}"
+    );
+    assert_eq!(kernels.contains(&"attn_kvcache_d128"), !hopper);
+    assert_eq!(kernels.contains(&"gemm_sm90_bias_gelu_f16"), hopper);
+    let mut v = common::poisoned(n);
+    b.set_text(&text, &mask).unwrap();
+    b.commit(&x0, w.context_timestep as f32, 0).unwrap();
+    b.denoise(&x, &t, c, &mut v).unwrap();
+    let err = common::assert_close("dh 128 call on the gpu", &v, &f64s(&want), 5e-3, 5e-3);
+    println!(
+        "dh 128 call (sm_90a path: {hopper}): rel L2 vs cpu {:.2e}, max abs err {err:.2e}",
+        rel_l2(&f64s(&v), &f64s(&want))
+    );
 }
 
 /// The device TAE decoder on the GPU against the CPU decoder (f32) on `tiny`'s decoder

@@ -8,6 +8,7 @@
 pub mod adaln;
 pub mod arch;
 pub mod attention;
+pub mod attention_sm90;
 pub mod conv;
 pub mod elementwise;
 pub mod emu;

@@ -393,7 +393,9 @@ fn lists_of<'a, D: Device>(
             attended,
         )?;
         let commit_len = steps.commit_len;
-        let steps = lower::resolve(dev, steps.steps)?;
+        let mut steps = steps.steps;
+        lower::wan_sm90::select_attention(dev, config.window, &mut steps)?;
+        let steps = lower::resolve(dev, steps)?;
         state.lists.insert(
             attended,
             Lists {

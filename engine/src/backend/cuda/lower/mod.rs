@@ -31,6 +31,7 @@ mod norm;
 mod step;
 pub mod wan;
 mod wan_layout;
+pub mod wan_sm90;
 
 use std::collections::HashMap;
 

@@ -4,7 +4,8 @@
 
 use streamdit_kernels::gemm_sm90::{self, Buffers, Epilogue};
 use streamdit_kernels::{
-    adaln, attention, conv, elementwise as ew, gemm, wan_attention, wan_embed, wan_qk,
+    adaln, attention, attention_sm90, conv, elementwise as ew, gemm, wan_attention, wan_embed,
+    wan_qk,
 };
 
 use crate::backend::cuda::device::{backend_error, Device, DeviceBuffer, Kernel, LaunchConfig};
@@ -55,6 +56,8 @@ pub enum Params {
     WanRmsRows(wan_qk::WanRmsRowsParams),
     WanTimestep(wan_embed::WanTimestepParams),
     AttnKvCache(wan_attention::AttnKvCacheParams),
+    /// `AttnKvCache` (dh = 128) on the sm_90a attention (`lower::wan_sm90`).
+    AttnSm90(attention_sm90::AttnSm90Params),
 }
 
 // SAFETY: as for `DeviceParams`: the structs carry device addresses the host never
@@ -156,7 +159,8 @@ pub fn resolve<D: Device>(dev: &mut D, mut steps: Vec<Step>) -> Result<Vec<Step>
 /// The GEMM for the device: on compute capability 9.0 a launch of the mma.sync GEMM
 /// (`gemm.cu`) becomes the same product and epilogue on the sm_90a warp-specialised GEMM
 /// (`gemm_sm90.cu`: TMA, mbarrier ring, wgmma), with its two tensor maps encoded by the
-/// device over the same buffers; any other step, or any other device, is left as it is.
+/// device over the same buffers (`gemm_bias_gelu_f16`, which shares the bias struct, keeps
+/// its GELU epilogue); any other step, or any other device, is left as it is.
 pub fn select_gemm<D: Device>(dev: &D, step: &mut Step) -> Result<()> {
     if dev.compute_capability() != (9, 0) {
         return Ok(());
@@ -182,8 +186,14 @@ pub fn select_gemm<D: Device>(dev: &D, step: &mut Step) -> Result<()> {
     };
     let dims = |m: i32, n: i32, k: i32| (m as usize, n as usize, k as usize);
     let (epi, (m, n, k), gate, buffers) = match *params {
+        // The Wan family's FFN up and text MLP launch `gemm_bias_gelu_f16` with the same
+        // struct: its epilogue is chosen by the kernel's name.
         Params::GemmBiasF16(p) => (
-            Epilogue::BiasF16,
+            if *kernel_name == gemm::KERNEL_BIAS_GELU_F16 {
+                Epilogue::BiasGeluF16
+            } else {
+                Epilogue::BiasF16
+            },
             dims(p.m, p.n, p.k),
             None,
             Buffers {
@@ -293,7 +303,8 @@ unsafe fn launch<D: Device>(
         WanQkvRope,
         WanRmsRows,
         WanTimestep,
-        AttnKvCache
+        AttnKvCache,
+        AttnSm90
     )
 }
 

@@ -1,0 +1,319 @@
+// streamdit-arch: sm_90a
+// Wan2.1 self-attention of a chunk over its KV cache on Hopper (sm_90a), FlashAttention-3
+// style: the same product as wan_attention.cu's attn_kvcache (which stays the sm_80/sm_89
+// path and the cross-check),
+//
+//   attn_sm90_kvcache_d64, attn_sm90_kvcache_d128   o = softmax(q k^T / sqrt(dh)) v per head,
+//                                                   over every token of the attended frames
+//
+// built from TMA loads into an mbarrier ring and wgmma (kernels/README.md, "Hopper
+// attention"). No mask: every query attends to every key of the attended cache frames; the
+// only masked keys are the zero-filled rows past a frame's last token.
+//
+// CTA = 3 warpgroups (384 threads), one tile of kBM = 128 queries of one head; grid x over
+// query tiles, y over heads (consecutive CTAs share a head's K/V tiles in L2):
+//   warpgroup 0, the producer (setmaxnreg.dec 24): one elected thread of warp 0 loads the Q
+//     tile once (TMA, q_full), then walks the key tiles: per attended frame f (slot
+//     frame_slots[f]) the tokens [t0, t0 + kBN) of that slot, a 3-D TMA box of the cache
+//     viewed as [slots][P][2D], so a tile never crosses into another slot and the rows past
+//     P arrive as zeros. K and V of a tile go into ring slot s with their own barriers
+//     (k_full[s], v_full[s]) so that Q K^T can start before V has landed;
+//   warpgroups 1 and 2, the consumers (setmaxnreg.inc 240): consumer c owns query rows
+//     [64c, 64c + 64) of the tile. Per key tile: S = Q K^T by dh/16 wgmma.m64n{kBN}k16 with
+//     both operands in shared memory (K-major, 128-byte swizzle); the keys past P masked to
+//     -inf; online softmax in registers (f32, exp2 with log2(e)/sqrt(dh) folded into the
+//     scale); P rounded to f16 in registers, which is directly the register-A fragment of
+//     wgmma (the S accumulator layout of 16 columns = the A layout of one k16 step); O += P V
+//     by kBN/16 wgmma.m64n{dh}k16 with A from registers and V as an MN-major (transposed)
+//     128-byte-swizzled descriptor; then every consumer thread arrives on empty[s].
+//   The epilogue divides by the row sums and stores f16 pairs straight from the accumulators
+//   (rows past `tokens` are not stored; their Q rows were zero-filled by TMA).
+//
+// Barriers: q_full (1 arrival + the Q tile's bytes); k_full[s], v_full[s] (1 arrival + the
+// K or V bytes of the tile in slot s); empty[s] (256 arrivals: every consumer thread after
+// the wgmma.wait_group that retired its P V reading slot s). Round r = it / S of slot s:
+// consumers wait k_full/v_full with parity r & 1, the producer waits empty with parity
+// (r & 1) ^ 1 (a fresh barrier's previous phase counts as complete).
+//
+// What FlashAttention-3 does beyond this (kernels/README.md): the two consumer warpgroups
+// ping-pong (named barriers schedule one warpgroup's softmax under the other's GEMMs) and
+// each warpgroup overlaps its softmax with the next tile's Q K^T (intra-warpgroup
+// pipelining). Neither is done here: the emulator does not model named barriers
+// (bar.sync id, count), and the overlap is a scheduling change of the same instructions.
+//
+// Shape contract (kernels/src/attention_sm90.rs): dh in {64, 128}, D = heads * dh, tokens,
+// P, frames >= 1, every table entry a valid slot; TMA needs D % 8 == 0 (it is: dh % 64 == 0).
+//
+// Test-only variants (kernels/tests/attention_sm90.rs; never built by nvcc), planted races the
+// race checker must report:
+// streamdit-emu-variant: early_release
+//   the consumers arrive on empty[s] right after committing P V, before wgmma.wait_group
+//   retires it: the producer's next TMA load of V into the slot is not ordered after the
+//   wgmma's reads (write-after-read, async proxy);
+// streamdit-emu-variant: no_v_wait
+//   the consumers skip the wait on v_full[s]: P V reads V before (or unordered with) the TMA
+//   load that fills it (read-after-write).
+#include <cuda_fp16.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "common/ptx_sm90.cuh"
+
+#if PTX_EMU
+#define FA3_UNROLL
+#else
+#define FA3_UNROLL _Pragma("unroll")
+#endif
+
+template <int kHeadDim>
+struct Fa3Traits {
+    static constexpr int kDh = kHeadDim;
+    static constexpr int kBM = 128;                        // queries per CTA
+    static constexpr int kBN = 128;                        // keys per tile
+    static constexpr int kStages = 2;
+    static constexpr int kConsumers = 2;
+    static constexpr int kThreads = 128 * (1 + kConsumers);
+    static constexpr int kWgRows = kBM / kConsumers;       // 64: one m64 per consumer
+    static constexpr int kBoxes = kDh / 64;                // 64-column (128-byte) TMA boxes per row
+    static constexpr int kSAcc = kBN / 2;                  // S accumulators per thread
+    static constexpr int kOAcc = kDh / 2;                  // O accumulators per thread
+    static constexpr int kQkSteps = kDh / 16;              // k16 steps of Q K^T
+    static constexpr int kPvSteps = kBN / 16;              // k16 steps of P V
+    static constexpr uint32_t kQBox = kBM * 128;           // bytes of one Q box
+    static constexpr uint32_t kKvBox = kBN * 128;          // bytes of one K or V box
+    static constexpr uint32_t kTileQ = kBoxes * kQBox;
+    static constexpr uint32_t kTileKv = kBoxes * kKvBox;   // K or V of one key tile
+    static constexpr uint32_t kStageBytes = 2 * kTileKv;
+    static constexpr uint32_t kSmemBytes = kTileQ + kStages * kStageBytes + 1024;  // + align
+    static constexpr int kProducerRegs = 24;
+    static constexpr int kConsumerRegs = 240;
+    // 1/sqrt(dh) * log2(e): exp(x / sqrt(dh)) = exp2(x * kScaleLog2).
+    static constexpr float kScaleLog2 = static_cast<float>(
+        (kDh == 64 ? 0.125 : 0.08838834764831844055) * 1.4426950408889634074);
+
+    static_assert(kDh == 64 || kDh == 128, "head dims 64 and 128");
+    static_assert(kWgRows == 64, "each consumer warpgroup issues m64 wgmmas");
+    static_assert(kBN % 16 == 0 && kBN <= 256, "wgmma N and whole k16 steps of P V");
+    static_assert(kTileQ % 1024 == 0 && kKvBox % 1024 == 0,
+                  "every box starts on the 1024-byte repeat of the 128-byte swizzle");
+    static_assert(kTileKv < (1u << 20) && kTileQ < (1u << 20), "tx-count limit of a phase");
+    static_assert(kSmemBytes <= 227 * 1024, "must fit one SM's shared memory");
+    static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536,
+                  "setmaxnreg budgets must fit the SM's 64K registers");
+};
+
+struct AttnSm90Params {
+    ptx::TmaDesc map_q;      // q (tokens, D) f16: box {64 cols, 128 rows}, SWIZZLE_128B
+    ptx::TmaDesc map_kv;     // cache as (slots, P, 2D) f16: box {64 cols, kBN tokens, 1 slot}
+    const int* frame_slots;  // (frames) the slot of each attended frame, in attention order
+    __half* out;             // (tokens, D)
+    int tokens;              // query rows (the chunk's c * P tokens)
+    int frame_tokens;        // P, tokens per latent frame (per cache slot)
+    int frames;              // attended frames
+    int heads;               // D = heads * dh
+};
+
+// The 128-byte-swizzled operand descriptors. K-major (Q, K: a row's 64 columns are one
+// 128-byte atom row, 8 rows per 1024 bytes; step j of 16 columns advances the start 32 B
+// inside the atom). MN-major (V as the B operand of P V, i.e. B(n = channel, k = key): 64
+// channels contiguous per key row; LBO = the next 64 channels' box, SBO = the next 8 keys).
+__device__ __forceinline__ uint64_t kmajor_desc(uint32_t addr) {
+    return ptx::wgmma_desc(addr, 16, 1024, 1);
+}
+__device__ __forceinline__ uint64_t mnmajor_desc(uint32_t addr, uint32_t lbo) {
+    return ptx::wgmma_desc(addr, lbo, 1024, 1);
+}
+
+__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
+
+template <int kDh>
+__device__ __forceinline__ void attn_sm90(const AttnSm90Params& p, unsigned char* smem) {
+    using T = Fa3Traits<kDh>;
+    constexpr int S = T::kStages;
+    __shared__ uint64_t q_full, k_full[S], v_full[S], empty[S];
+    const uint32_t base = ptx::smem_u32(smem);
+    const uint32_t q_tile = (base + 1023u) & ~1023u;  // the swizzle repeats every 1024 bytes
+    unsigned char* q_ptr = smem + (q_tile - base);
+    const uint32_t ring = q_tile + T::kTileQ;
+    unsigned char* ring_ptr = q_ptr + T::kTileQ;
+    const int warpgroup = threadIdx.x / 128;
+    const int m0 = blockIdx.x * T::kBM;
+    const int col0 = blockIdx.y * kDh;                // this head's channels in q, k and out
+    const int d = p.heads * kDh;
+    const int key_tiles = (p.frame_tokens + T::kBN - 1) / T::kBN;  // per frame
+
+    if (threadIdx.x == 0) {
+        ptx::mbarrier_init(&q_full, 1);
+        for (int s = 0; s < S; ++s) {
+            ptx::mbarrier_init(&k_full[s], 1);
+            ptx::mbarrier_init(&v_full[s], 1);
+            ptx::mbarrier_init(&empty[s], 128 * T::kConsumers);
+        }
+        ptx::fence_proxy_async();  // the TMA unit completes bytes on these barriers
+    }
+    __syncthreads();
+
+    if (warpgroup == 0) {
+        ptx::setmaxnreg_dec<T::kProducerRegs>();
+        if (threadIdx.x < 32 && ptx::elect_one()) {
+            ptx::mbarrier_arrive_expect_tx(&q_full, T::kTileQ);
+            for (int b = 0; b < T::kBoxes; ++b)
+                ptx::tma_load_2d(q_ptr + b * T::kQBox, &p.map_q, &q_full, col0 + 64 * b, m0);
+            int it = 0;
+            for (int f = 0; f < p.frames; ++f) {
+                const int slot = p.frame_slots[f];
+                for (int kt = 0; kt < key_tiles; ++kt, ++it) {
+                    const int s = it % S;
+                    const int t0 = kt * T::kBN;
+                    // Slot s is free once both consumers' P V of tile it - S has retired.
+                    ptx::mbarrier_wait(&empty[s], ((it / S) & 1) ^ 1);
+                    unsigned char* k = ring_ptr + s * T::kStageBytes;
+                    unsigned char* v = k + T::kTileKv;
+                    ptx::mbarrier_arrive_expect_tx(&k_full[s], T::kTileKv);
+                    for (int b = 0; b < T::kBoxes; ++b)
+                        ptx::tma_load_3d(k + b * T::kKvBox, &p.map_kv, &k_full[s], col0 + 64 * b,
+                                         t0, slot);
+                    ptx::mbarrier_arrive_expect_tx(&v_full[s], T::kTileKv);
+                    for (int b = 0; b < T::kBoxes; ++b)
+                        ptx::tma_load_3d(v + b * T::kKvBox, &p.map_kv, &v_full[s],
+                                         d + col0 + 64 * b, t0, slot);
+                }
+            }
+        }
+        return;  // the producer touches no shared memory after this
+    }
+
+    ptx::setmaxnreg_inc<T::kConsumerRegs>();
+    const int wg = warpgroup - 1;
+    const int t = threadIdx.x % 128;
+    // Accumulator r of this thread holds row 16 (t / 32) + (t % 32) / 4 + 8 ((r >> 1) & 1) of
+    // the warpgroup's 64 and column 8 (r >> 2) + 2 (t % 4) + (r & 1) ("Matrix Fragments for
+    // wgmma.mma_async.m64nNk16"): half h = (r >> 1) & 1 picks one of the thread's two rows.
+    float o[T::kOAcc];
+FA3_UNROLL
+    for (int r = 0; r < T::kOAcc; ++r) o[r] = 0.0f;
+    float m_row[2] = {-INFINITY, -INFINITY};  // running max of the scaled scores (log2 units)
+    float l_row[2] = {0.0f, 0.0f};            // this thread's part of the running row sums
+    float s_acc[T::kSAcc];
+    ptx::mbarrier_wait(&q_full, 0);
+    const uint32_t q_rows = q_tile + wg * T::kWgRows * 128;  // 8 KiB: 1024-aligned
+
+    int it = 0;
+    for (int f = 0; f < p.frames; ++f) {
+        for (int kt = 0; kt < key_tiles; ++kt, ++it) {
+            const int s = it % S;
+            const uint32_t parity = (it / S) & 1;
+            const uint32_t k_tile = ring + s * T::kStageBytes;
+            const uint32_t v_tile = k_tile + T::kTileKv;
+            ptx::mbarrier_wait(&k_full[s], parity);
+            // S = Q K^T: step j covers channels [16 j, 16 j + 16): box j / 4, 32 B per step.
+            ptx::wgmma_fence();
+FA3_UNROLL
+            for (int j = 0; j < T::kQkSteps; ++j)
+                ptx::wgmma_f16_ss<T::kBN>(
+                    s_acc, kmajor_desc(q_rows + (j / 4) * T::kQBox + 32u * (j % 4)),
+                    kmajor_desc(k_tile + (j / 4) * T::kKvBox + 32u * (j % 4)), j > 0);
+            ptx::wgmma_commit();
+            ptx::wgmma_wait<0>();
+
+            // Online softmax of this tile. Keys t0 + col >= P are zero rows: -inf.
+            const int valid = p.frame_tokens - kt * T::kBN;
+            float mx[2] = {-INFINITY, -INFINITY};
+FA3_UNROLL
+            for (int r = 0; r < T::kSAcc; ++r) {
+                const int col = 8 * (r >> 2) + 2 * (t % 4) + (r & 1);
+                const float x = col < valid ? s_acc[r] * T::kScaleLog2 : -INFINITY;
+                s_acc[r] = x;
+                mx[(r >> 1) & 1] = fmaxf(mx[(r >> 1) & 1], x);
+            }
+            float alpha[2], sub[2];
+FA3_UNROLL
+            for (int h = 0; h < 2; ++h) {
+                // The four threads of a quad hold the row's columns.
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+                const float m_new = fmaxf(m_row[h], mx[h]);
+                // A row with no finite score yet subtracts 0 (exp2(-inf) = 0, never NaN).
+                sub[h] = m_new == -INFINITY ? 0.0f : m_new;
+                alpha[h] = exp2f(m_row[h] - sub[h]);
+                m_row[h] = m_new;
+                l_row[h] *= alpha[h];
+            }
+FA3_UNROLL
+            for (int r = 0; r < T::kSAcc; ++r) {
+                const int h = (r >> 1) & 1;
+                s_acc[r] = exp2f(s_acc[r] - sub[h]);
+                l_row[h] += s_acc[r];
+            }
+FA3_UNROLL
+            for (int r = 0; r < T::kOAcc; ++r) o[r] *= alpha[(r >> 1) & 1];
+
+            // P in f16: the A fragment of k16 step kk is S accumulators 8 kk .. 8 kk + 7
+            // (A register q: row 8 (q & 1), keys 8 (q >> 1) + 2 (t % 4) + {0, 1}).
+            uint32_t pa[T::kPvSteps][4];
+FA3_UNROLL
+            for (int kk = 0; kk < T::kPvSteps; ++kk)
+FA3_UNROLL
+                for (int q = 0; q < 4; ++q)
+                    pa[kk][q] = pack_f16x2(s_acc[8 * kk + 2 * q], s_acc[8 * kk + 2 * q + 1]);
+
+#if !defined(EMU_VARIANT_no_v_wait)  // planted race when defined (top of the file)
+            ptx::mbarrier_wait(&v_full[s], parity);
+#endif
+            // O += P V: step kk covers keys [16 kk, 16 kk + 16) = 2 KiB of V rows.
+            ptx::wgmma_fence();
+FA3_UNROLL
+            for (int kk = 0; kk < T::kPvSteps; ++kk)
+                ptx::wgmma_f16_rs<kDh, 1, 1, 1>(o, pa[kk], mnmajor_desc(v_tile + 2048u * kk, T::kKvBox),
+                                                1);
+            ptx::wgmma_commit();
+#if defined(EMU_VARIANT_early_release)
+            ptx::mbarrier_arrive(&empty[s]);  // planted race: P V may still read slot s
+            ptx::wgmma_wait<0>();
+#else
+            ptx::wgmma_wait<0>();
+            ptx::mbarrier_arrive(&empty[s]);  // both K and V of slot s are no longer read
+#endif
+        }
+    }
+
+    // Row sums over the quad, then out = O / l (0 for a row without any key).
+    float inv[2];
+FA3_UNROLL
+    for (int h = 0; h < 2; ++h) {
+        float l = l_row[h];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        inv[h] = l > 0.0f ? 1.0f / l : 0.0f;
+    }
+    const int row_base = m0 + wg * T::kWgRows + 16 * (t / 32) + (t % 32) / 4;
+FA3_UNROLL
+    for (int r = 0; r < T::kOAcc; r += 2) {
+        const int h = (r >> 1) & 1;
+        const int row = row_base + 8 * h;
+        if (row >= p.tokens) continue;
+        const int col = col0 + 8 * (r >> 2) + 2 * (t % 4);
+        *reinterpret_cast<__half2*>(p.out + static_cast<size_t>(row) * d + col) =
+            __floats2half2_rn(o[r] * inv[h], o[r + 1] * inv[h]);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(Fa3Traits<64>::kThreads, 1)
+    attn_sm90_kvcache_d64(const __grid_constant__ AttnSm90Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    attn_sm90<64>(p, smem);
+}
+EMU_REGISTER_KERNEL(attn_sm90_kvcache_d64, AttnSm90Params)
+
+extern "C" __global__ void __launch_bounds__(Fa3Traits<128>::kThreads, 1)
+    attn_sm90_kvcache_d128(const __grid_constant__ AttnSm90Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    attn_sm90<128>(p, smem);
+}
+EMU_REGISTER_KERNEL(attn_sm90_kvcache_d128, AttnSm90Params)
