@@ -116,8 +116,8 @@ pub mod inspect {
     pub use crate::backend::cuda::lower::fusion as device_fusion;
     pub use crate::cost::{
         axis_windows, op_cost, op_kind, tae_op_cost, tae_op_kind, video_frames_per_call,
-        window_sum_sq, Bound, CostSum, DecoderCost, GpuSpec, GraphCost, ListCost, OpClass, OpCost,
-        OpTime, ParamCount, Prediction, VideoCost,
+        window_sum_sq, Bound, CostSum, DecoderCost, GpuSpec, GraphCost, KernelPath, ListCost,
+        OpClass, OpCost, OpTime, ParamCount, Prediction, VideoCost,
     };
     pub use crate::decoder::tae::{device_memory as decoder_device_memory, TaeMemory};
     pub use crate::engine::wan_decoder_graph;

@@ -311,6 +311,17 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
             p.fps_at_efficiency
         );
     }
+    let paths_json = match (&prediction, &wan) {
+        (Some(p), None) => {
+            let g = p.gpu;
+            let (t, j) = crate::plan_wan::kernel_paths(g, "call", p.video_frames_per_call, |k| {
+                k.list_seconds(&g, &cost.call.ops)
+            });
+            text.push_str(&t);
+            j
+        }
+        _ => Value::Null,
+    };
     text.push_str(&decoder.totals);
     let wan_json = wan.as_ref().map(|p| {
         let (t, j) = crate::plan_wan::report(p, &graph, &cost, gpu, args.efficiency);
@@ -369,6 +380,7 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
                 "fps": prediction.map(|p| p.fps),
                 "ms_per_call_at_efficiency": prediction.map(|p| p.seconds_per_call_at_efficiency * 1e3),
                 "fps_at_efficiency": prediction.map(|p| p.fps_at_efficiency),
+                "kernel_paths": paths_json,
                 "prompt_ms": ms(&cost.prompt.ops),
             },
             "classes": classes_json,

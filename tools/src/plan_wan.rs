@@ -4,7 +4,7 @@
 //! roofline video FPS beside the published figures.
 
 use serde_json::{json, Value};
-use streamdit::inspect::{GpuSpec, Graph, GraphCost, Kind, WanGraph};
+use streamdit::inspect::{GpuSpec, Graph, GraphCost, KernelPath, Kind, OpCost, WanGraph};
 use streamdit::{Error, Family, Profile, Result};
 
 use crate::common::{fmt_bytes, fmt_flops};
@@ -124,10 +124,15 @@ pub(crate) fn report(
             "  published        {} (one H100, their PyTorch code, as quoted in issue 16)",
             published.join(", ")
         );
+        let (t, paths) = kernel_paths(g, "chunk", p.video_frames_per_chunk as f64, |path| {
+            chunk_seconds(path, &g, calls, p.steps, p.commit_len)
+        });
+        text.push_str(&t);
         timing = json!({
             "ms_per_chunk": chunk_s * 1e3, "fps": fps,
             "ms_per_chunk_at_efficiency": chunk_s / efficiency * 1e3,
             "fps_at_efficiency": fps * efficiency,
+            "kernel_paths": paths,
         });
     }
     let json = json!({
@@ -142,4 +147,53 @@ pub(crate) fn report(
         "published_fps": PUBLISHED.iter().map(|(n, f)| json!({"name": n, "fps": f})).collect::<Vec<_>>(),
     });
     (text, json)
+}
+
+/// On a Hopper GPU (H100, H200), the time of `unit` and the video FPS of each kernel path
+/// (`KernelPath`: mma.sync vs wgmma at stated efficiencies), as text lines and JSON; nothing
+/// for other GPUs, which have one path.
+pub(crate) fn kernel_paths(
+    gpu: GpuSpec,
+    unit: &str,
+    frames: f64,
+    seconds: impl Fn(&KernelPath) -> f64,
+) -> (String, Value) {
+    let mut text = String::new();
+    if !matches!(gpu.key, "h100" | "h200") {
+        return (text, Value::Null);
+    }
+    let mut rows = Vec::new();
+    for path in KernelPath::ALL {
+        let s = seconds(&path);
+        say!(
+            text,
+            "  {:<17}{:.2} ms per {unit}, {:.2} video FPS (GEMMs at {:.0}%, attention at {:.0}% of peak)",
+            format!("{} path", path.name),
+            s * 1e3,
+            frames / s,
+            path.gemm_efficiency * 100.0,
+            path.attention_efficiency * 100.0
+        );
+        rows.push(json!({
+            "path": path.name, "ms": s * 1e3, "fps": frames / s,
+            "gemm_efficiency": path.gemm_efficiency,
+            "attention_efficiency": path.attention_efficiency, "source": path.source,
+        }));
+    }
+    say!(
+        text,
+        "  (assumed efficiencies from public figures, not measurements: `bench --kernels` measures)"
+    );
+    (text, json!(rows))
+}
+
+/// `steps` calls of `calls` plus the committing prefix of `commit_len` ops on `path`.
+fn chunk_seconds(
+    path: &KernelPath,
+    gpu: &GpuSpec,
+    calls: &[OpCost],
+    steps: usize,
+    commit_len: usize,
+) -> f64 {
+    steps as f64 * path.list_seconds(gpu, calls) + path.list_seconds(gpu, &calls[..commit_len])
 }

@@ -35,6 +35,7 @@
 mod decoder;
 mod dit;
 mod op;
+mod paths;
 mod roofline;
 mod video;
 mod wan;
@@ -44,5 +45,6 @@ pub use dit::{
     axis_windows, op_cost, op_kind, window_sum_sq, CostSum, GraphCost, ListCost, OpClass, OpCost,
     ParamCount,
 };
+pub use paths::KernelPath;
 pub use roofline::{video_frames_per_call, Bound, GpuSpec, OpTime, Prediction};
 pub use video::VideoCost;
