@@ -11,6 +11,7 @@ macro_rules! say {
 }
 
 mod bench;
+mod bench_v2v;
 mod common;
 mod convert;
 mod decode;
@@ -25,6 +26,7 @@ mod profile;
 mod profile_wan;
 mod profiles;
 mod serve;
+mod stats;
 mod telemetry;
 mod weights;
 
