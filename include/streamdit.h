@@ -148,13 +148,15 @@ int streamdit_stream_run(streamdit_stream *stream, uint32_t chunks, streamdit_fr
  * output comes out as above (streamdit_stream_next, streamdit_stream_run, same geometry).
  * Input frames are RGB8 of the stream's geometry (width x height x 3 bytes, top row first).
  * Before each streamdit_stream_next, push streamdit_stream_input_frames_needed frames: the
- * first call needs the whole buffer's input (its latent frames times 4 video frames), each later
- * chunk the next frames_per_chunk. A model call that lacks its input fails with
+ * first call needs the whole buffer's input (its latent frames times 4 video frames), each
+ * later chunk the next frames_per_chunk. A model call that lacks its input fails with
  * STREAMDIT_ERR_INVALID_ARGUMENT (naming the missing frames) before it runs; push and call
- * again. Errors (STREAMDIT_ERR_INVALID_ARGUMENT): a strength outside (0, 1], a Wan-family
- * profile, a checkpoint without the TAE encoder's encoder.* tensors, pushing to a
- * text-to-video stream, a NULL pointer, a byte count that is not whole frames. Threads: as
- * every stream call, one thread at a time per stream. */
+ * again. streamdit_stream_run makes several chunks in one call, so on such a stream run
+ * one chunk per call with its input pushed before it. Errors
+ * (STREAMDIT_ERR_INVALID_ARGUMENT): a strength outside (0, 1], a Wan-family profile, a
+ * checkpoint without the TAE encoder's encoder.* tensors, a host memory limit too small for
+ * the encoder, pushing to a text-to-video stream, a NULL pointer, a byte count that is not
+ * whole frames. Threads: as every stream call, one thread at a time per stream. */
 int streamdit_stream_create_video(const streamdit_engine *engine,
                                   const streamdit_stream_params *params, float strength,
                                   streamdit_stream **out);
