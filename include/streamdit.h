@@ -1,5 +1,6 @@
 /*
- * streamdit.h: the C interface of streamdit-engine (StreamDiT streaming text-to-video).
+ * streamdit.h: the C interface of streamdit-engine (StreamDiT streaming text-to-video and
+ * video-to-video).
  *
  * Link with -lstreamdit (libstreamdit.so, or libstreamdit.a plus -lpthread -ldl -lm).
  * Written by hand to mirror engine/src/abi/mod.rs; tests/abi.rs checks that every
@@ -139,6 +140,33 @@ int streamdit_stream_next(streamdit_stream *stream, uint8_t *buffer, size_t buff
 /* Push: `chunks` chunks, on_frame called for every frame. */
 int streamdit_stream_run(streamdit_stream *stream, uint32_t chunks, streamdit_frame_fn on_frame,
                          void *user_data);
+
+/* Video-to-video (StreamDiT profiles; added within ABI version 2, no struct changed).
+ * A stream made by streamdit_stream_create_video edits an input video: the profile's
+ * schedule is remapped by `strength` in (0, 1] (1: text-to-video that ignores the input;
+ * smaller keeps more of it), and output video frame f is an edit of input frame f. Its
+ * output comes out as above (streamdit_stream_next, streamdit_stream_run, same geometry).
+ * Input frames are RGB8 of the stream's geometry (width x height x 3 bytes, top row first).
+ * Before each streamdit_stream_next, push streamdit_stream_input_frames_needed frames: the
+ * first call needs the whole buffer's input (its latent frames times 4 video frames), each
+ * later chunk the next frames_per_chunk. A model call that lacks its input fails with
+ * STREAMDIT_ERR_INVALID_ARGUMENT (naming the missing frames) before it runs; push and call
+ * again. streamdit_stream_run makes several chunks in one call, so on such a stream run
+ * one chunk per call with its input pushed before it. Errors
+ * (STREAMDIT_ERR_INVALID_ARGUMENT): a strength outside (0, 1], a Wan-family profile, a
+ * checkpoint without the TAE encoder's encoder.* tensors, a host memory limit too small for
+ * the encoder, pushing to a text-to-video stream, a NULL pointer, a byte count that is not
+ * whole frames. Threads: as every stream call, one thread at a time per stream. */
+int streamdit_stream_create_video(const streamdit_engine *engine,
+                                  const streamdit_stream_params *params, float strength,
+                                  streamdit_stream **out);
+/* Copies `bytes` bytes (one or more whole frames) of input video into the stream, encoding
+ * every complete group of 4 frames before returning (up to 3 wait for the next push); `rgb`
+ * may be reused or freed when the call returns. */
+int streamdit_stream_push_frames(streamdit_stream *stream, const uint8_t *rgb, size_t bytes);
+/* Input video frames still to push before the next model call can run (0: none, and always
+ * 0 for a text-to-video stream). */
+int streamdit_stream_input_frames_needed(streamdit_stream *stream, uint32_t *frames);
 
 #ifdef __cplusplus
 }

@@ -321,3 +321,60 @@ fn rejects_partial_chunks_and_names_tensors() {
     assert!(msg.contains("encoder.mid.attn.v.bias"), "{msg}");
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
+
+/// The host memory estimate of video-to-video (`memory::host::encoder_memory`) counts what
+/// the encoder really holds: its weights as loaded, and its causal caches after a push of
+/// 16 frames and after one of 4 (by allocation capacity, so a cache that kept a whole push
+/// between chunks would be caught). A profile's estimate is the same function at one
+/// buffer's push, and a video-to-video stream needs that much more than text-to-video.
+#[test]
+fn host_memory_estimate_counts_weights_and_caches() {
+    use streamdit::inspect::{encoder_memory, video_to_video_memory};
+    let (lh, lw) = (2, 3);
+    let weights = random_weights(4);
+    let loaded: usize = weights.iter().map(|(_, t)| t.numel() * 4).sum();
+    let graph = TaeGraph::encoder(&tiny_dec(), C, lh, lw).unwrap();
+    let est = encoder_memory(&graph, 16, 4);
+    assert_eq!(est.weight_bytes, loaded as u128, "weights");
+    let mut enc = encoder(&weights, lh, lw);
+    assert_eq!(enc.cache_bytes(), 0, "no cache before the first push");
+    let (h, w) = (8 * lh, 8 * lw);
+    let frame = h * w * 3;
+    let rgb = video(&mut Rng::new(2), 20, h, w);
+    enc.encode_rgb(&rgb[..16 * frame]).unwrap();
+    assert_eq!(
+        enc.cache_bytes() as u128,
+        est.cache_bytes,
+        "after 16 frames"
+    );
+    enc.encode_rgb(&rgb[16 * frame..]).unwrap();
+    assert_eq!(enc.cache_bytes() as u128, est.cache_bytes, "after 4 more");
+    // The push itself: at least its f32 input and working copy, and the widest activation
+    // (conv_in's output over 16 frames at full size, 16 channels).
+    assert!(est.activation_bytes >= (2 * 16 * frame + 16 * h * w * 16) as u128 * 4);
+    assert_eq!(est.queue_bytes, (4 * C * lh * lw * 4 + 3 * frame) as u128);
+    assert_eq!(
+        est.total(),
+        est.weight_bytes + est.cache_bytes + est.activation_bytes + est.queue_bytes
+    );
+
+    let tiny = streamdit::Profile::builtin("tiny").unwrap();
+    let m = &tiny.model;
+    let g = TaeGraph::encoder(
+        &tiny.decoder,
+        m.latent_channels,
+        m.latent_height,
+        m.latent_width,
+    )
+    .unwrap();
+    let v2v = video_to_video_memory(&tiny).unwrap();
+    assert_eq!(
+        v2v,
+        encoder_memory(&g, 4 * m.latent_frames, m.latent_frames)
+    );
+    let tiny_weights =
+        Weights::random_encoder(&tiny.decoder, m.latent_channels, 1, DType::F32).unwrap();
+    let loaded: usize = tiny_weights.iter().map(|(_, t)| t.numel() * 4).sum();
+    assert_eq!(v2v.weight_bytes, loaded as u128, "tiny's encoder weights");
+    assert!(v2v.cache_bytes > 0 && v2v.activation_bytes > v2v.cache_bytes);
+}

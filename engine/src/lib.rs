@@ -105,6 +105,7 @@ pub mod files {
 /// - FLOPs and bytes per op and per list ([`GraphCost`], [`DecoderCost`]), parameter counts;
 /// - the device memory plan ([`MemoryPlan`], with the launches the CUDA backend fuses:
 ///   [`device_fusion`]) and the device decoder's allocation ([`decoder_device_memory`]);
+/// - the host memory video-to-video's TAE encoder adds ([`video_to_video_memory`]);
 /// - roofline predictions on named GPUs ([`GpuSpec`], [`Prediction`]);
 /// - the streaming schedule ([`Schedule`]) and the noise of a latent frame ([`noise_frame`]);
 /// - the Wan family's call graph over a KV cache ([`WanGraph`]), its parameter count
@@ -122,6 +123,7 @@ pub mod inspect {
     pub use crate::decoder::tae::{device_memory as decoder_device_memory, TaeMemory};
     pub use crate::engine::wan_decoder_graph;
     pub use crate::math::linear_rate as cpu_linear_rate;
+    pub use crate::memory::host::{encoder_memory, video_to_video_memory, EncoderMemory};
     pub use crate::memory::{
         lifetimes, lifetimes_fused, ArenaStats, Fusion, Lifetime, MemoryPlan, OpList, Placement,
         Region, ALIGNMENT,

@@ -11,6 +11,7 @@ use streamdit::inspect::MemoryPlan;
 use streamdit::{DecoderKind, Error, Result, Stream, StreamParams};
 
 use crate::common::{fmt_bytes, fmt_flops, print_stdout, ModelArgs};
+use crate::stats::{percentile, std_dev};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -65,6 +66,8 @@ pub struct BenchArgs {
     /// With `--kernels`: timed launches per shape and path.
     #[arg(long, requires = "kernels", default_value_t = 20, value_name = "N")]
     kernel_reps: usize,
+    #[command(flatten)]
+    v2v: crate::bench_v2v::V2vArgs,
 }
 
 pub fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
@@ -73,21 +76,6 @@ pub fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
         "off" => Ok(false),
         _ => Err(format!("expected `on` or `off`, found `{s}`")),
     }
-}
-
-/// Nearest-rank percentile `p` (0..=100) of ascending `sorted` (not empty).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Population standard deviation; `None` below two values.
-fn std_dev(v: &[f64]) -> Option<f64> {
-    if v.len() < 2 {
-        return None;
-    }
-    let mean = v.iter().sum::<f64>() / v.len() as f64;
-    Some((v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt())
 }
 
 /// Peak resident set size of this process (`VmHWM` of `/proc/self/status`), where the
@@ -161,6 +149,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             )));
         }
     }
+    args.v2v.check()?;
     let steps_wanted = args.steps.unwrap_or(20);
     if let Some(w) = args.warmup_seconds {
         if !(w.is_finite() && w >= 0.0) {
@@ -286,6 +275,19 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let warm_s = secs(t.elapsed());
     let warm_calls = warm_stream.calls();
     drop(warm_stream);
+    // Video-to-video: a third stream edits an input, over as many chunks as measured.
+    let v2v = if args.v2v.enabled() {
+        let p = params.clone();
+        Some(crate::bench_v2v::measure(
+            &engine,
+            p,
+            &args.v2v,
+            args.graphs,
+            pipe_chunks,
+        )?)
+    } else {
+        None
+    };
 
     let n = samples.len();
     let dit: Vec<f64> = samples.iter().map(|s| s.dit).collect();
@@ -492,6 +494,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             opt(achieved_tflops, &|t| format!("{:.1}%", t * 1e12 / peak * 100.0))
         );
     }
+    if let Some((v2v_text, _)) = &v2v {
+        text.push_str(v2v_text);
+    }
     say!(text, "\nmemory");
     say!(
         text,
@@ -616,6 +621,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 "cpu_gemm_peak_shapes": cpu_peak.as_ref().map(|p| p.1.clone()),
             },
             "gpu": gpu,
+            "video_to_video": v2v.as_ref().map(|v| &v.1),
             "notes": [
                 telemetry.as_ref().err().map_or("GPU telemetry from NVML".to_string(), |why| format!("GPU telemetry is null: {why}")),
                 "steady-state times are host wall clock; each call is followed by a device synchronize",

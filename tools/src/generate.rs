@@ -82,7 +82,7 @@ pub(crate) struct GenerateArgs {
     input_size: Option<(usize, usize)>,
 }
 
-fn parse_size(s: &str) -> std::result::Result<(usize, usize), String> {
+pub(crate) fn parse_size(s: &str) -> std::result::Result<(usize, usize), String> {
     let bad = || format!("expected WIDTHxHEIGHT such as 640x360, found `{s}`");
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
     let (w, h) = (

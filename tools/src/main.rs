@@ -12,6 +12,7 @@ macro_rules! say {
 
 mod bench;
 mod bench_kernels;
+mod bench_v2v;
 mod common;
 mod convert;
 mod decode;
@@ -26,6 +27,7 @@ mod profile;
 mod profile_wan;
 mod profiles;
 mod serve;
+mod stats;
 mod telemetry;
 mod weights;
 

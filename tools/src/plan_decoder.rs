@@ -174,6 +174,20 @@ pub fn report(
         c * streamdit::inspect::TEMPORAL_UPSAMPLE,
         fmt_bytes(enc.cache_bytes),
     );
+    // Its host memory (f32 on every backend), on top of what a text-to-video stream needs.
+    let host = streamdit::inspect::video_to_video_memory(profile)?;
+    let need = profile.memory_need();
+    totals += &format!(
+        "  encoder host mem {} more than text-to-video: weights {}, caches {}, activations {} (a push of {} frames), queued input {}; a CPU v2v stream needs {} with the stream's own {}\n",
+        fmt_bytes(host.total() as u64),
+        fmt_bytes(host.weight_bytes as u64),
+        fmt_bytes(host.cache_bytes as u64),
+        fmt_bytes(host.activation_bytes as u64),
+        m.latent_frames * streamdit::inspect::TEMPORAL_UPSAMPLE,
+        fmt_bytes(host.queue_bytes as u64),
+        fmt_bytes((host.total() + need.stream_bytes) as u64),
+        fmt_bytes(need.stream_bytes as u64),
+    );
     let mut prediction = Value::Null;
     if let (Some(g), Some(p)) = (gpu, dit) {
         let dec = cost.seconds_per_call(&g, s);
@@ -229,6 +243,14 @@ pub fn report(
             "flops_per_chunk": enc.total.flops,
             "cache_bytes": enc.cache_bytes,
             "ops": encoder.steps.len(),
+            "host_memory": {
+                "weight_bytes": host.weight_bytes as u64,
+                "cache_bytes": host.cache_bytes as u64,
+                "activation_bytes": host.activation_bytes as u64,
+                "queue_bytes": host.queue_bytes as u64,
+                "total_bytes": host.total() as u64,
+                "stream_bytes_text_to_video": need.stream_bytes as u64,
+            },
         },
     });
     Ok(DecoderReport { ops, totals, json })

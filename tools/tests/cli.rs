@@ -1479,6 +1479,151 @@ fn video_to_video_input_errors_are_named() {
     assert!(stderr.contains("empty input"), "{stderr}");
 }
 
+/// `bench --input-video F` and `bench --strength S` (a synthetic input, no file) add a
+/// video-to-video section: the input-frame-to-output-frame latency and the encoder's cost
+/// per frame, in the text and the JSON, every figure present and positive (not its value).
+#[test]
+fn bench_reports_video_to_video_latency_and_encoder_cost() {
+    let profile = emu_profile_small();
+    let (w, h) = (40, 24);
+    let y4m = temp("bench-input.y4m");
+    write_y4m(&y4m, &test_frames(w, h, 6), w, h);
+    let json = temp("bench-v2v.json");
+    let y4m_arg = y4m.to_str().unwrap().to_string();
+    for input in [Some(y4m_arg.as_str()), None] {
+        let mut args = vec![
+            "bench",
+            "--profile",
+            &profile,
+            "--backend",
+            "cpu",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        match input {
+            Some(f) => args.extend(["--input-video", f]),
+            None => args.extend(["--strength", "0.7"]),
+        }
+        let out = ok(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for needle in [
+            "video-to-video (strength",
+            "input frame in -> its output frame out",
+            "encoder (TAE, CPU, f32)",
+            "ms per video frame",
+        ] {
+            assert!(stdout.contains(needle), "`{needle}` missing:\n{stdout}");
+        }
+        let report = read_json(&json);
+        let v = &report["video_to_video"];
+        for p in [
+            "/latency_ms/mean",
+            "/latency_ms/p50",
+            "/latency_ms/max",
+            "/latency_ms/frames",
+            "/latency_ms/first_chunk_mean",
+            "/encoder/ms_per_frame",
+            "/encoder/fps",
+            "/encoder/frames",
+            "/encoder/seconds",
+            "/buffer_input_frames",
+            "/frames_per_chunk",
+            "/output_frames",
+            "/video_fps",
+        ] {
+            let x = v.pointer(p).and_then(serde_json::Value::as_f64);
+            assert!(x.is_some_and(|x| x > 0.0), "video_to_video{p} = {x:?}");
+        }
+        assert_eq!(v["synthetic_input"].as_bool(), Some(input.is_none()));
+        match input {
+            // 6 frames of a 40x24 file: the rest of the run repeats its last frame, said.
+            Some(_) => {
+                assert!((v["strength"].as_f64().unwrap() - 0.6).abs() < 1e-6);
+                assert!(v["input_repeated_frames"].as_u64().unwrap() > 0);
+                assert!(stdout.contains("its last frame repeated"), "{stdout}");
+            }
+            None => {
+                assert!((v["strength"].as_f64().unwrap() - 0.7).abs() < 1e-6);
+                assert!(stdout.contains("synthetic"), "{stdout}");
+            }
+        }
+        // The text-to-video figures are still there.
+        assert!(report["steady"]["stages"]["dit_ms_mean"].as_f64().unwrap() > 0.0);
+    }
+    // Without either flag there is no video-to-video section.
+    ok(&[
+        "bench",
+        "--profile",
+        &profile,
+        "--backend",
+        "cpu",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(read_json(&json)["video_to_video"].is_null());
+    // A bad strength is refused before anything runs.
+    let out = streamdit(&["bench", "--profile", &profile, "--strength", "1.5"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--strength: expected a number in (0, 1]")
+    );
+}
+
+/// `plan` reports the host memory video-to-video's encoder adds: weights, caches,
+/// activations and queued input, in the text and the JSON, summing to its total.
+#[test]
+fn plan_reports_the_encoders_host_memory() {
+    let path = temp("plan-v2v.json");
+    let out = ok(&[
+        "plan",
+        "--profile",
+        "tiny",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("encoder host mem") && stdout.contains("more than text-to-video"),
+        "{stdout}"
+    );
+    let report = read_json(&path);
+    let host = &report["decoder"]["encoder"]["host_memory"];
+    let num = |k: &str| host[k].as_u64().unwrap_or_else(|| panic!("{k}: {host}"));
+    for k in [
+        "weight_bytes",
+        "cache_bytes",
+        "activation_bytes",
+        "queue_bytes",
+    ] {
+        assert!(num(k) > 0, "{k}");
+    }
+    assert_eq!(
+        num("total_bytes"),
+        num("weight_bytes") + num("cache_bytes") + num("activation_bytes") + num("queue_bytes")
+    );
+    let tiny = streamdit::Profile::builtin("tiny").unwrap();
+    let est = streamdit::inspect::video_to_video_memory(&tiny).unwrap();
+    assert_eq!(u128::from(num("total_bytes")), est.total());
+    assert_eq!(
+        u128::from(num("stream_bytes_text_to_video")),
+        tiny.memory_need().stream_bytes
+    );
+}
+
+/// `tests/profiles/small.toml`: the smallest profile with every op, for CPU runs that only
+/// check that fields are present.
+fn emu_profile_small() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/profiles/small.toml").into()
+}
+
 /// `bench --kernels` on the emulator: every path's row with its time and its difference from
 /// the mma.sync result in the JSON; the profile's own shapes when none are given; the CPU
 /// backend refused by name.

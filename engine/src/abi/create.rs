@@ -1,6 +1,6 @@
-//! The body of `streamdit_stream_create` and `streamdit_stream_create_with_decoder`: the C
-//! stream parameters (and the optional decoder checkpoint) to [`StreamParams`], the stream
-//! to a handle.
+//! The body of `streamdit_stream_create`, `streamdit_stream_create_with_decoder` and
+//! `streamdit_stream_create_video`: the C stream parameters (and the optional decoder
+//! checkpoint or video-to-video strength) to [`StreamParams`], the stream to a handle.
 
 use std::ffi::{c_char, c_int};
 use std::path::PathBuf;
@@ -24,14 +24,16 @@ fn decoder_kind(d: c_int) -> Result<DecoderKind> {
     }
 }
 
-/// The body of both stream constructors; `f` names the one called.
+/// The body of the stream constructors; `f` names the one called. A `strength` starts a
+/// video-to-video stream ([`crate::Engine::video_stream`]).
 ///
 /// # Safety
-/// As [`streamdit_stream_create_with_decoder`].
+/// As `streamdit_stream_create_with_decoder`.
 pub(super) unsafe fn create_stream(
     engine: *const EngineHandle,
     params: *const StreamParamsC,
     decoder_weights: *const c_char,
+    strength: Option<f32>,
     out: *mut *mut StreamHandle,
     f: &str,
 ) -> c_int {
@@ -54,7 +56,7 @@ pub(super) unsafe fn create_stream(
         let negative_prompt = unsafe { opt_str(p.negative_prompt, "negative_prompt") }?;
         // SAFETY: as above.
         let decoder_weights = unsafe { opt_str(decoder_weights, "decoder_weights") }?;
-        let stream = e.engine.stream(StreamParams {
+        let params = StreamParams {
             prompt,
             negative_prompt,
             seed: (p.use_seed != 0).then_some(p.seed),
@@ -62,7 +64,11 @@ pub(super) unsafe fn create_stream(
             text: None,
             decoder: decoder_kind(p.decoder)?,
             decoder_weights: decoder_weights.map(PathBuf::from),
-        })?;
+        };
+        let stream = match strength {
+            Some(s) => e.engine.video_stream(params, s)?,
+            None => e.engine.stream(params)?,
+        };
         let handle = Box::new(StreamHandle {
             stream,
             frames: Vec::new(),

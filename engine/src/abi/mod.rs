@@ -19,7 +19,12 @@ use crate::{BackendKind, DType, Engine, EngineParams, Error, Profile, Stream};
 use crate::{Result, WeightsSource};
 
 mod create;
+mod v2v;
 use create::create_stream;
+pub use v2v::{
+    streamdit_stream_create_video, streamdit_stream_input_frames_needed,
+    streamdit_stream_push_frames,
+};
 
 /// Version of this C interface; bumped on any incompatible change to `streamdit.h`.
 pub const ABI_VERSION: u32 = 2;
@@ -409,6 +414,7 @@ pub unsafe extern "C" fn streamdit_stream_create(
             engine,
             params,
             std::ptr::null(),
+            None,
             out,
             "streamdit_stream_create",
         )
@@ -434,6 +440,7 @@ pub unsafe extern "C" fn streamdit_stream_create_with_decoder(
             engine,
             params,
             decoder_weights,
+            None,
             out,
             "streamdit_stream_create_with_decoder",
         )

@@ -371,6 +371,18 @@ impl Engine {
                 self.profile.name
             )));
         }
+        // The encoder runs on the host on every backend; the DiT's stream on the CPU too.
+        let mut need = crate::memory::host::video_to_video_memory(&self.profile)?.total();
+        if self.backend == BackendKind::Cpu {
+            need += self.profile.memory_need().stream_bytes;
+        }
+        check_host_memory(
+            &format!(
+                "a video-to-video stream of profile `{}` (with its TAE encoder on the host)",
+                self.profile.name
+            ),
+            need,
+        )?;
         let encoder = parts::tae_encoder(&self.profile, &self.source)?;
         let mut stream = self.stream_streamdit(params, Some(f64::from(strength)))?;
         stream.attach_input(encoder);

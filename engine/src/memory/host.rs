@@ -5,8 +5,14 @@
 //! The limit is `STREAMDIT_MEMORY_LIMIT` when set (bytes, or with a `K`, `M`, `G` or `T`
 //! suffix, powers of 1024), otherwise `MemAvailable` of `/proc/meminfo` on Linux; elsewhere
 //! there is no limit beyond the profile's own bounds (`crate::model::limits`).
+//!
+//! Video-to-video adds the TAE encoder to a stream ([`encoder_memory`]): it runs on the
+//! host in f32 on every backend, so its weights, causal caches and activations count
+//! against the host limit whichever backend runs the DiT.
 
 use crate::error::{Error, Result};
+use crate::model::profile::Profile;
+use crate::model::tae::{TaeGraph, TaeOp, TEMPORAL_UPSAMPLE};
 
 /// The environment variable that states the host memory limit.
 pub const MEMORY_LIMIT_ENV: &str = "STREAMDIT_MEMORY_LIMIT";
@@ -68,6 +74,86 @@ pub fn check_host_memory(what: &str, bytes: u128) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The host memory video-to-video's TAE encoder adds to a stream, in bytes (f32 values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderMemory {
+    /// The encoder's weights.
+    pub weight_bytes: u128,
+    /// Its causal caches, kept between pushes: the last two input frames of every temporal
+    /// convolution (`ConvT`) and the last input frame of every temporal downsampling
+    /// (`DownT`).
+    pub cache_bytes: u128,
+    /// Encoding one push of `frames` video frames: the input mapped to f32 and its working
+    /// copy, and at the widest op its input, its output and every residual saved around it.
+    pub activation_bytes: u128,
+    /// The encoded input latents the sampler queues (one buffer's worth) and the RGB8 frames
+    /// waiting for a whole group of 4.
+    pub queue_bytes: u128,
+}
+
+impl EncoderMemory {
+    pub fn total(&self) -> u128 {
+        self.weight_bytes + self.cache_bytes + self.activation_bytes + self.queue_bytes
+    }
+}
+
+/// The host memory of the encoder `graph` (from [`TaeGraph::encoder`]) encoding pushes of
+/// `frames` video frames (a multiple of 4) with `queued` latent frames waiting in the
+/// sampler.
+pub fn encoder_memory(graph: &TaeGraph, frames: usize, queued: usize) -> EncoderMemory {
+    const F32: u128 = 4;
+    let latent = (frames / TEMPORAL_UPSAMPLE) as u128;
+    let mut cache = 0u128;
+    let mut saved: Vec<u128> = Vec::new();
+    let mut widest = 0u128;
+    for step in &graph.steps {
+        let elems = |f: usize, h: usize, w: usize, c: usize| latent * (f * h * w * c) as u128;
+        let input = elems(step.frames, step.height, step.width, step.channels);
+        let (of, oh, ow, oc) = step.output();
+        let output = elems(of, oh, ow, oc);
+        match &step.op {
+            TaeOp::Save => saved.push(input),
+            TaeOp::AddSaved { .. } => {
+                let s = saved.pop().unwrap_or(0);
+                widest = widest.max(input + output + s + saved.iter().sum::<u128>());
+                continue;
+            }
+            TaeOp::ConvT { ch, .. } => cache += (2 * step.height * step.width * ch) as u128,
+            TaeOp::DownT { ch, .. } => cache += (step.height * step.width * ch) as u128,
+            _ => {}
+        }
+        widest = widest.max(input + output + saved.iter().sum::<u128>());
+    }
+    let (w, h) = graph.frame_size();
+    let frame = (w * h * 3) as u128;
+    let latent_frame =
+        (graph.latent_channels * graph.latent_height * graph.latent_width) as u128;
+    EncoderMemory {
+        weight_bytes: u128::from(graph.parameters()) * F32,
+        cache_bytes: cache * F32,
+        activation_bytes: (2 * frames as u128 * frame + widest) * F32,
+        queue_bytes: queued as u128 * latent_frame * F32 + (TEMPORAL_UPSAMPLE as u128 - 1) * frame,
+    }
+}
+
+/// The host memory a video-to-video stream of the StreamDiT `profile` adds for its encoder:
+/// pushes of one buffer's input (`latent_frames * 4` video frames, what the first model
+/// call asks for) with one buffer of latents queued.
+pub fn video_to_video_memory(profile: &Profile) -> Result<EncoderMemory> {
+    let m = &profile.model;
+    let graph = TaeGraph::encoder(
+        &profile.decoder,
+        m.latent_channels,
+        m.latent_height,
+        m.latent_width,
+    )?;
+    Ok(encoder_memory(
+        &graph,
+        m.latent_frames * TEMPORAL_UPSAMPLE,
+        m.latent_frames,
+    ))
 }
 
 #[cfg(test)]

@@ -267,6 +267,12 @@ impl TaeNet {
         self.caches.iter_mut().for_each(|c| *c = None);
     }
 
+    /// Host bytes the causal caches hold now (their allocations' capacity, f32).
+    pub(super) fn cache_bytes(&self) -> usize {
+        let held = |c: &Option<Vec<f32>>| c.as_ref().map_or(0, Vec::capacity);
+        self.caches.iter().map(held).sum::<usize>() * std::mem::size_of::<f32>()
+    }
+
     /// Test hook: drops cache `index` as if it had never been written (a planted bug: the
     /// chunked output must then differ from the whole-sequence output).
     pub(super) fn forget_cache(&mut self, index: usize) {

@@ -46,6 +46,12 @@ impl TaeEncoder {
         self.net.reset()
     }
 
+    /// Host bytes its causal caches hold now (what `memory::host::encoder_memory` counts as
+    /// `cache_bytes` once a push has filled them).
+    pub fn cache_bytes(&self) -> usize {
+        self.net.cache_bytes()
+    }
+
     /// Test hook (a planted bug): forgets the cache of the `index`-th temporal op between
     /// two chunks, so the chunked output must differ from the whole-sequence output.
     #[doc(hidden)]

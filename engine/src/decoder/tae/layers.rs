@@ -191,8 +191,9 @@ pub(super) fn conv_t(x: &Act, w: &[f32], b: &[f32], ch: usize, cache: &mut Optio
             gemm::Parallelism::Rayon(0),
         );
     }
-    ext.drain(..n * len);
-    *cache = Some(ext);
+    // A fresh two-frame cache: keeping `ext` (drained) would hold its whole capacity, the
+    // chunk's frames too, between chunks (a first video-to-video push of B * 4 frames).
+    *cache = Some(ext[n * len..].to_vec());
     Act {
         data: out,
         frames: n,

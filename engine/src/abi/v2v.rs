@@ -1,0 +1,109 @@
+//! Video-to-video through the C ABI (added within ABI version 2, no struct changed):
+//! `streamdit_stream_create_video` starts a stream that edits an input video with a
+//! strength, `streamdit_stream_push_frames` hands it input RGB8 frames of the stream's size,
+//! and `streamdit_stream_input_frames_needed` says how many must be pushed before the next
+//! model call can run. Output comes out as for text-to-video (`streamdit_stream_next`,
+//! `streamdit_stream_run`).
+
+use std::ffi::c_int;
+
+use super::{
+    create_stream, guard, invalid, stream_logger, stream_mut, EngineHandle, StreamHandle,
+    StreamParamsC, OK,
+};
+use crate::Error;
+
+/// Starts a video-to-video stream on `engine` (`Engine::video_stream`): the profile's
+/// schedule remapped by `strength` in (0, 1] (1: text-to-video that ignores the input), its
+/// fresh frames mixed with the input video pushed by `streamdit_stream_push_frames`.
+///
+/// # Safety
+/// As `streamdit_stream_create`.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_stream_create_video(
+    engine: *const EngineHandle,
+    params: *const StreamParamsC,
+    strength: f32,
+    out: *mut *mut StreamHandle,
+) -> c_int {
+    // SAFETY: the same contract as this function's.
+    unsafe {
+        create_stream(
+            engine,
+            params,
+            std::ptr::null(),
+            Some(strength),
+            out,
+            "streamdit_stream_create_video",
+        )
+    }
+}
+
+/// Appends `bytes` bytes of input video (whole RGB8 frames of the stream's size, rows top to
+/// bottom) to a video-to-video stream; the frames are copied (and encoded by groups of 4)
+/// before the call returns, so `rgb` may be reused at once. Video frame `f` of the output
+/// is an edit of input frame `f`.
+///
+/// # Safety
+/// `stream` is NULL or a live stream handle; `rgb` NULL or valid for `bytes` reads.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_stream_push_frames(
+    stream: *mut StreamHandle,
+    rgb: *const u8,
+    bytes: usize,
+) -> c_int {
+    guard(stream_logger(stream), || {
+        const F: &str = "streamdit_stream_push_frames";
+        // SAFETY: per the contract.
+        let s = unsafe { stream_mut(stream, F) }?;
+        if !s.stream.is_video_to_video() {
+            return Err(invalid(&format!(
+                "{F}: this stream is text-to-video; start it with \
+                 streamdit_stream_create_video to edit a video"
+            )));
+        }
+        if rgb.is_null() {
+            return Err(invalid(&format!("{F}: `rgb` is NULL")));
+        }
+        let (w, h) = s.stream.frame_size();
+        let frame = w * h * 3;
+        if bytes == 0 || bytes % frame != 0 {
+            return Err(Error::shape(
+                "streamdit_stream_push_frames: input video",
+                format!("one or more whole {w}x{h} RGB8 frames ({frame} bytes each)"),
+                format!("{bytes} bytes"),
+            ));
+        }
+        // SAFETY: non-NULL and valid for `bytes` reads per the contract; the slice lives for
+        // this call only (the stream copies what it keeps).
+        let input = unsafe { std::slice::from_raw_parts(rgb, bytes) };
+        s.stream.push_video_frames(input)?;
+        Ok(OK)
+    })
+}
+
+/// Writes to `frames` the input video frames still to push before the next model call can
+/// run (0 for text-to-video). Pushing that many before each `streamdit_stream_next` keeps a
+/// video-to-video stream going; a call that lacks its input fails with
+/// `STREAMDIT_ERR_INVALID_ARGUMENT` before it runs.
+///
+/// # Safety
+/// `stream` is NULL or a live stream handle; `frames` NULL or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_stream_input_frames_needed(
+    stream: *mut StreamHandle,
+    frames: *mut u32,
+) -> c_int {
+    guard(stream_logger(stream), || {
+        const F: &str = "streamdit_stream_input_frames_needed";
+        // SAFETY: per the contract.
+        let s = unsafe { stream_mut(stream, F) }?;
+        if frames.is_null() {
+            return Err(invalid(&format!("{F}: `frames` is NULL")));
+        }
+        let need = u32::try_from(s.stream.input_frames_needed()).unwrap_or(u32::MAX);
+        // SAFETY: non-NULL and valid for a write per the contract.
+        unsafe { frames.write(need) };
+        Ok(OK)
+    })
+}
