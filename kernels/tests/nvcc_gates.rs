@@ -155,13 +155,15 @@ fn decoder_convolutions_are_tensor_core_pipelines() {
     if !common::nvcc_built() {
         return;
     }
-    const CONVS: [&str; 6] = [
+    const CONVS: [&str; 8] = [
         "conv3x3_f16",
         "conv_t3_f16",
         "conv3x3_f16_n128",
         "conv_t3_f16_n128",
         "conv1x1_f16",
         "conv1x1_f16_n128",
+        "conv3d_f16",
+        "conv3d_f16_n128",
     ];
     for &arch in GENERIC.cubins {
         for kernel in CONVS {
