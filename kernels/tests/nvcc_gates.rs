@@ -201,6 +201,33 @@ fn decoder_convolutions_are_tensor_core_pipelines() {
     }
 }
 
+/// The Wan VAE's row kernels (vae.cu): no stack or spills, few registers (nvcc 13: 39-40 for
+/// the RMS norm, 27-32 for the softmax; a thread holds at most 24 floats of data), and the
+/// activations and scores are read as 16-byte vectors.
+#[test]
+fn vae_row_kernels_read_16_byte_vectors() {
+    if !common::nvcc_built() {
+        return;
+    }
+    for kernel in ["rms_norm_channels_f16", "softmax_rows_f16"] {
+        for &arch in GENERIC.cubins {
+            let r = common::resources("vae", kernel, arch);
+            assert!(
+                r.registers <= 64 && r.stack_frame_bytes == 0 && r.spill_store_bytes == 0,
+                "{kernel} {arch}: {r:?}"
+            );
+        }
+        for &arch in GENERIC.sass {
+            let r = common::resources("vae", kernel, arch);
+            eprintln!("{arch} {r:?}");
+            assert!(
+                r.sass && r.ldg128 > 0,
+                "{kernel} {arch}: rows must be read as 16-byte vectors: {r:?}"
+            );
+        }
+    }
+}
+
 /// Every module embeds one cubin per target architecture (an ELF image, with a ptxas report
 /// for each of its kernels) and the fallback PTX, whose header is the one a CUDA 13.0
 /// driver (R580, PTX ISA 9.0) can JIT: `.version` at most 9.0, `.target` the module's PTX
