@@ -201,7 +201,7 @@ fn decoder_convolutions_are_tensor_core_pipelines() {
     }
 }
 
-/// The Wan VAE's row kernels (vae.cu): no stack or spills, few registers (nvcc 13: 39-40 for
+/// The Wan VAE's row kernels (vae.cu): no stack or spills, few registers (nvcc 13.0.88: 39-40 for
 /// the RMS norm, 27-32 for the softmax; a thread holds at most 24 floats of data), and the
 /// activations and scores are read as 16-byte vectors.
 #[test]
