@@ -4,11 +4,13 @@
 //! spatial sizes and the channel counts of the `tiny` and `streamdit-4b` decoders, the causal
 //! temporal convolution (stream start with replicated context, a cached context, the UpT frame
 //! repeat, residual), and GroupNorm (+ SiLU) at both decoders' group sizes, including a frame
-//! whose statistics are split over 256 CTAs. Every case runs in forward, reverse and shuffled
-//! thread order with NaN-poisoned outputs and fresh random non-zero inputs.
+//! whose statistics are split over 256 CTAs; the Wan VAE's causal 3x3x3 convolution (its layer
+//! classes, zero and cached context, chunked == whole stream) and its `time_conv` as
+//! `conv_t3` launches. Every case runs in forward, reverse and shuffled thread order with
+//! NaN-poisoned outputs and fresh random non-zero inputs.
 //!
 //! Race checker: in the default tier one small case of every entry point (narrow and wide
-//! 3x3, temporal and 1x1 convolutions, the three GroupNorm kernels) runs under
+//! 3x3, temporal, 3x3x3 and 1x1 convolutions, the three GroupNorm kernels) runs under
 //! `emu::racecheck`; with `STREAMDIT_FULL=1` every launch does.
 
 mod common;
