@@ -17,6 +17,12 @@
 //
 // Shape contract (kernels/src/vae.rs): rms: C % 8 == 0, 8 <= C <= 512, pixels >= 1;
 // softmax: ld % 8 == 0 (16-byte rows, as the GEMMs write them), 1 <= cols <= ld, rows >= 1.
+//
+// Test-only variant (kernels/tests/race_check.rs; never built by nvcc), a planted race the
+// emulator's race checker must report:
+// streamdit-emu-variant: no_reduce_sync
+//   block_reduce's first barrier is left out: threads read the other warps' partials in
+//   shared memory without waiting for their writes (read-after-write).
 #include <cuda_fp16.h>
 #include <stdint.h>
 
@@ -114,7 +120,9 @@ VAE_UNROLL
         v = kMax ? fmaxf(v, u) : v + u;
     }
     if (lane == 0) red[warp] = v;
+#if !defined(EMU_VARIANT_no_reduce_sync)  // planted race when defined, see the top of the file
     __syncthreads();  // the warps' partials are in red
+#endif
     float r = red[0];
 VAE_UNROLL
     for (int w = 1; w < VaeTraits::kWarps; ++w) r = kMax ? fmaxf(r, red[w]) : r + red[w];
