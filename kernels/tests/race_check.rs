@@ -10,6 +10,8 @@
 //!   expose (the emulator lands cp.async data at the wait, so its results stay right).
 //! - Attention (`attention.cu`, the shared core): `no_gain_sync` leaves out the barrier after
 //!   the Q and gain copies; `no_key_sync` the key loop's barrier.
+//! - Row softmax (`vae.cu`): `no_reduce_sync` leaves out the block reduction's barrier
+//!   between the warps' partial writes and their reads.
 //! - Hopper self-tests (`emu_selftest_sm90.cu`): `no_full_wait` (the consumer's wgmma reads a
 //!   stage without waiting on its full mbarrier), `early_release` (the stage is released
 //!   before the wgmma reading it retired) and `no_proxy_fence` (threads write wgmma operands
@@ -25,6 +27,7 @@ use streamdit_kernels::attention::{self, CrossShape};
 use streamdit_kernels::emu::{self, EmuError, EmuErrorKind, Kernel, LaunchConfig, ThreadOrder};
 use streamdit_kernels::gemm;
 use streamdit_kernels::tma::Swizzle;
+use streamdit_kernels::vae;
 
 /// `kernels/cuda/<file>:<line>` of the one source line of `file` that contains `needle`: the
 /// site a report must name (found in the source, so that edits elsewhere do not break it).
@@ -328,6 +331,55 @@ fn attention_is_clean_and_missing_barriers_are_reported() {
                     "cp.async at {}",
                     site("common/attention_core.cuh", "cp_async_16_zfill(s_k + swz")
                 ),
+            ],
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// The Wan VAE's row softmax: its block reduction.
+// ---------------------------------------------------------------------------------------
+
+/// Runs `softmax_rows_f16` (or a variant) on 3 rows of 300 random scores.
+fn softmax_launch(variant: Option<&str>, order: ThreadOrder) -> Result<Vec<u16>, EmuError> {
+    let (rows, cols, ld) = (3usize, 300usize, 304usize);
+    let mut rng = Rng::new(31);
+    let s: Vec<f32> = (0..rows * ld).map(|_| rng.nonzero(-20.0, 20.0)).collect();
+    let mut p = vec![0x7fffu16; rows * ld];
+    let config = vae::softmax_rows_launch(rows, cols, ld).unwrap();
+    let kernel = match variant {
+        None => emu::kernel(vae::KERNEL_SOFTMAX_ROWS),
+        Some(v) => emu::variant(vae::KERNEL_SOFTMAX_ROWS, v),
+    }
+    .unwrap_or_else(|e| panic!("{e}"));
+    let params = vae::SoftmaxRowsParams {
+        s: s.as_ptr(),
+        p: p.as_mut_ptr(),
+        rows: rows as i32,
+        cols: cols as i32,
+        ld: ld as i32,
+        scale: 0.25,
+    };
+    // SAFETY: s and p (rows, ld), as softmax_rows_launch validated; params mirrors
+    // SoftmaxRowsParams (the variant has the same parameters).
+    unsafe { emu::launch_with(kernel, config, &params, order) }?;
+    Ok(p)
+}
+
+#[test]
+fn softmax_is_clean_and_a_missing_reduction_barrier_is_reported() {
+    race_checked(|| {
+        for order in ThreadOrder::all(31) {
+            let p = softmax_launch(None, order)
+                .unwrap_or_else(|e| panic!("clean softmax {order:?}: {e}"));
+            assert!(p.iter().all(|&b| !f16::from_bits(b).is_nan()), "{order:?}");
+        }
+        assert_race(
+            "softmax without the reduction barrier",
+            softmax_launch(Some("no_reduce_sync"), ThreadOrder::Reverse).map(drop),
+            &[
+                "read-after-write".to_string(),
+                site("vae.cu", "if (lane == 0) red[warp] = v;"),
             ],
         );
     });
