@@ -4,7 +4,7 @@
 
 use streamdit_kernels::gemm_sm90::{self, Buffers, Epilogue};
 use streamdit_kernels::{
-    adaln, attention, conv, elementwise as ew, gemm, wan_attention, wan_embed, wan_qk,
+    adaln, attention, conv, elementwise as ew, gemm, video, wan_attention, wan_embed, wan_qk,
 };
 
 use crate::backend::cuda::device::{backend_error, Device, DeviceBuffer, Kernel, LaunchConfig};
@@ -55,6 +55,9 @@ pub enum Params {
     WanRmsRows(wan_qk::WanRmsRowsParams),
     WanTimestep(wan_embed::WanTimestepParams),
     AttnKvCache(wan_attention::AttnKvCacheParams),
+    VideoWithPast(video::VideoWithPastParams),
+    VideoShuffle(video::VideoShuffleParams),
+    VideoMap(video::VideoMapParams),
 }
 
 // SAFETY: as for `DeviceParams`: the structs carry device addresses the host never
@@ -293,7 +296,10 @@ unsafe fn launch<D: Device>(
         WanQkvRope,
         WanRmsRows,
         WanTimestep,
-        AttnKvCache
+        AttnKvCache,
+        VideoWithPast,
+        VideoShuffle,
+        VideoMap
     )
 }
 

@@ -1,0 +1,175 @@
+//! The device decoder's one allocation: its packed f16 convolution weights, the input
+//! latents (channels padded to a multiple of 8), the activation arena (planned per lowered
+//! list by the engine's one arena planner, see [`super::lower`]) and the per-stream caches.
+
+use std::collections::HashMap;
+
+use half::f16;
+use streamdit_kernels::conv;
+
+use super::lower::lower_list;
+use super::lowering_error;
+use crate::checkpoint::Weights;
+use crate::error::{fmt_shape, Error, Result};
+use crate::model::video_ops::{Conv, VideoGraph, VideoOp};
+
+/// Byte alignment of every region of the allocation.
+const ALIGN: usize = 256;
+
+fn align(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// `c` rounded up to a multiple of 8: the convolution kernels read 16-byte pixel rows.
+pub(super) fn pad8(c: usize) -> usize {
+    c.div_ceil(8) * 8
+}
+
+/// Byte offsets of the allocation's regions.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Layout {
+    /// Packed f16 tensors by checkpoint name (`{conv}.weight`, `{conv}.bias`).
+    pub(super) weights: HashMap<String, usize>,
+    pub(super) weight_bytes: usize,
+    /// `[n, h, w, pad8(C)]` f16 latents.
+    pub(super) input: usize,
+    /// The activation arena and its size (the largest any chunk size's plan needs).
+    pub(super) arena: usize,
+    pub(super) arena_bytes: usize,
+    /// Per cache of the graph, its f16 frames.
+    pub(super) caches: Vec<usize>,
+    pub(super) cache_bytes: usize,
+    pub(super) total: usize,
+}
+
+/// One convolution of the op list as the kernels take it: weight `[cout, taps_s, taps_s,
+/// cin_pad]` (input channels zero-padded to a multiple of 8), bias `[cout]` when it has one.
+pub(super) struct PackedConv<'a> {
+    pub(super) conv: &'a Conv,
+    pub(super) cin_pad: usize,
+}
+
+impl PackedConv<'_> {
+    fn weight_len(&self) -> usize {
+        let c = self.conv;
+        c.cout * c.taps_s * c.taps_s * self.cin_pad
+    }
+}
+
+/// Every 2D convolution the lowering launches, in op order. Causal 3D convolutions and the
+/// other Wan VAE ops have no lowering (an error when lowered), so nothing is packed for
+/// them.
+pub(super) fn packed_convs(graph: &VideoGraph) -> Vec<PackedConv<'_>> {
+    let mut out = Vec::new();
+    for step in &graph.steps {
+        let conv = match &step.op {
+            VideoOp::Conv(c) | VideoOp::TemporalUp { conv: c, .. } => c,
+            VideoOp::AddSaved { skip: Some(c), .. } => c,
+            _ => continue,
+        };
+        if conv.taps_t == 1 && (conv.taps_s == 1 || conv.taps_s == 3) {
+            out.push(PackedConv {
+                conv,
+                cin_pad: pad8(conv.cin),
+            });
+        }
+    }
+    out
+}
+
+/// The tensor `name` with `shape`, or the error naming it.
+fn tensor<'a>(weights: &'a Weights, name: &str, shape: &[usize]) -> Result<&'a [f32]> {
+    let t = weights.get(name)?;
+    if t.shape != shape {
+        return Err(Error::Tensor {
+            path: weights.source().to_string(),
+            tensor: name.to_string(),
+            expected: format!("shape {}", fmt_shape(shape)),
+            found: format!("shape {}", fmt_shape(&t.shape)),
+        });
+    }
+    Ok(&t.data)
+}
+
+fn to_f16(v: &[f32]) -> Vec<u16> {
+    v.iter().map(|&x| f16::from_f32(x).to_bits()).collect()
+}
+
+/// The decoder's convolution tensors from `weights`, converted to f16 and packed for the
+/// kernels, by name. A missing or mis-shaped tensor is an error naming it.
+pub(super) fn pack_weights(graph: &VideoGraph, weights: &Weights) -> Result<Vec<(String, Vec<u16>)>> {
+    let mut out = Vec::new();
+    for p in packed_convs(graph) {
+        let c = p.conv;
+        let (s, cin, cout) = (c.taps_s, c.cin, c.cout);
+        let name = format!("{}.weight", c.name);
+        let w = tensor(weights, &name, &c.weight_shape())?;
+        // [cout, cin, s, s] with the input channels zero-padded to cin_pad.
+        let taps = s * s;
+        let mut padded = vec![0.0f32; cout * p.cin_pad * taps];
+        for o in 0..cout {
+            let src = &w[o * cin * taps..][..cin * taps];
+            padded[o * p.cin_pad * taps..][..cin * taps].copy_from_slice(src);
+        }
+        let packed = if s == 3 {
+            conv::pack_conv3x3_weight(&padded, cout, p.cin_pad).map_err(lowering_error)?
+        } else {
+            padded
+        };
+        out.push((name, to_f16(&packed)));
+        if c.bias {
+            let name = format!("{}.bias", c.name);
+            let b = tensor(weights, &name, &[cout])?;
+            out.push((name, to_f16(b)));
+        }
+    }
+    Ok(out)
+}
+
+/// Lays out the allocation for chunks of up to `max_frames` latent frames: a dry run of the
+/// lowering of every chunk size, at a stream's start and after, at offset 0 sizes the arena
+/// (so any list fits it), and fails on an op without a lowering.
+pub(super) fn plan_layout(graph: &VideoGraph, max_frames: usize) -> Result<Layout> {
+    if max_frames == 0 {
+        return Err(Error::Invalid(format!(
+            "{} on a device: chunks must have at least one latent frame",
+            graph.family
+        )));
+    }
+    struct Bump(usize);
+    impl Bump {
+        fn take(&mut self, bytes: usize) -> usize {
+            let off = self.0;
+            self.0 += align(bytes);
+            off
+        }
+    }
+    let mut b = Bump(0);
+    let mut l = Layout::default();
+    for p in packed_convs(graph) {
+        let off = b.take(p.weight_len() * 2);
+        l.weights.insert(format!("{}.weight", p.conv.name), off);
+        if p.conv.bias {
+            let off = b.take(p.conv.cout * 2);
+            l.weights.insert(format!("{}.bias", p.conv.name), off);
+        }
+    }
+    l.weight_bytes = b.0;
+    let (c, h, w) = (graph.latent_channels, graph.latent_height, graph.latent_width);
+    l.input = b.take(max_frames * h * w * pad8(c) * 2);
+    let caches_from = b.0;
+    l.caches = graph.caches.iter().map(|s| b.take(s.elems() * 2)).collect();
+    l.cache_bytes = b.0 - caches_from;
+    // The arena last: its size comes from the dry runs, which need the other offsets.
+    l.arena = b.0;
+    let mut arena_bytes = 0;
+    for n in 1..=max_frames {
+        for first in [true, false] {
+            let (_, _, bytes) = lower_list(graph, &l, 0, n, first)?;
+            arena_bytes = arena_bytes.max(bytes);
+        }
+    }
+    l.arena_bytes = align(arena_bytes);
+    l.total = l.arena + l.arena_bytes;
+    Ok(l)
+}

@@ -1,0 +1,432 @@
+//! A Wan-family decoder's op list lowered to launches for a chunk of `n` latent frames (at a
+//! stream's start or after), at the offsets of the allocation's [`Layout`].
+
+use streamdit_kernels::{conv, video};
+
+use super::layout::{pad8, Layout};
+use super::lowering_error;
+use crate::backend::cuda::device::LaunchConfig;
+use crate::backend::cuda::lower::{Params, Step, Trace};
+use crate::error::Result;
+use crate::memory::arena::{self, Slot, Span};
+use crate::model::video_ops::{VideoGraph, VideoOp};
+
+/// The activation buffers of one lowering, reference-counted while the op list is walked.
+/// A first pass records each buffer's size and when it is live (an event clock ticks at
+/// every allocation and release); the engine's one arena planner ([`arena::plan`]) places
+/// them, and a second pass lowers with those offsets. Launches run in order on one queue,
+/// so a buffer is free for reuse once its last reader has been issued.
+struct Buffers {
+    bytes: Vec<usize>,
+    refs: Vec<u32>,
+    spans: Vec<Span>,
+    clock: usize,
+    /// The arena's start and, in the second pass, each buffer's planned offset in it.
+    base: usize,
+    offsets: Option<Vec<u64>>,
+}
+
+impl Buffers {
+    fn new(base: usize, offsets: Option<Vec<u64>>) -> Buffers {
+        Buffers {
+            bytes: Vec::new(),
+            refs: Vec::new(),
+            spans: Vec::new(),
+            clock: 0,
+            base,
+            offsets,
+        }
+    }
+    fn tick(&mut self) -> usize {
+        self.clock += 1;
+        self.clock
+    }
+    fn alloc(&mut self, bytes: usize) -> usize {
+        let t = self.tick();
+        self.bytes.push(bytes);
+        self.refs.push(1);
+        // Live until released; one never released (the output) stays live to the end.
+        self.spans.push(Span {
+            timeline: 0,
+            start: t,
+            end: usize::MAX,
+        });
+        self.refs.len() - 1
+    }
+    fn hold(&mut self, buf: Option<usize>) {
+        if let Some(i) = buf {
+            self.refs[i] += 1;
+        }
+    }
+    fn release(&mut self, buf: Option<usize>) {
+        if let Some(i) = buf {
+            self.refs[i] -= 1;
+            if self.refs[i] == 0 {
+                self.spans[i].end = self.tick();
+            }
+        }
+    }
+    /// Byte offset of buffer `i` in the allocation (the arena's start in the first pass).
+    fn off(&self, i: usize) -> usize {
+        self.base + self.offsets.as_ref().map_or(0, |o| o[i] as usize)
+    }
+}
+
+/// Where an activation is: a byte offset, the arena buffer holding it (none for the input),
+/// and its channels in memory (the input's are padded to a multiple of 8).
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    off: usize,
+    buf: Option<usize>,
+    stride: usize,
+}
+
+/// Lowers `graph` for a chunk of `n` latent frames (`first`: the chunk starts a stream) at
+/// the offsets of `l` from device address `base`. Returns the steps, the output's byte
+/// offset and the bytes of arena the list needs.
+pub(super) fn lower_list(
+    graph: &VideoGraph,
+    l: &Layout,
+    base: u64,
+    n: usize,
+    first: bool,
+) -> Result<(Vec<Step>, usize, usize)> {
+    let mut record = Buffers::new(l.arena, None);
+    lower_pass(graph, l, base, n, first, &mut record)?;
+    let slots: Vec<Slot> = record
+        .spans
+        .iter()
+        .zip(&record.bytes)
+        .map(|(&span, &bytes)| Slot {
+            bytes: bytes as u64,
+            spans: vec![span],
+            first: span.start,
+        })
+        .collect();
+    let (offsets, bytes) = arena::plan(&slots);
+    let mut placed = Buffers::new(l.arena, Some(offsets));
+    let (steps, output) = lower_pass(graph, l, base, n, first, &mut placed)?;
+    Ok((steps, output, bytes as usize))
+}
+
+fn launch(
+    label: String,
+    module: &'static str,
+    kernel: &'static str,
+    config: LaunchConfig,
+    params: Params,
+) -> Step {
+    Step::Launch {
+        label,
+        module,
+        kernel_name: kernel,
+        kernel: None,
+        config,
+        params,
+        trace: Trace::default(),
+    }
+}
+
+/// Whether two activations share memory: the same arena buffer, or the same input bytes.
+fn same(a: &Loc, b: &Loc) -> bool {
+    match (a.buf, b.buf) {
+        (Some(x), Some(y)) => x == y,
+        (None, None) => a.off == b.off,
+        _ => false,
+    }
+}
+
+/// One pass of [`lower_list`] with the buffers `pool`.
+fn lower_pass(
+    graph: &VideoGraph,
+    l: &Layout,
+    base: u64,
+    n: usize,
+    first: bool,
+    pool: &mut Buffers,
+) -> Result<(Vec<Step>, usize)> {
+    let family = graph.family;
+    let ptr = |off: usize| (base + off as u64) as *const u16;
+    let ptr_mut = |off: usize| (base + off as u64) as *mut u16;
+    let weight = |name: &str| -> Result<*const u16> {
+        l.weights
+            .get(name)
+            .map(|&off| ptr(off))
+            .ok_or_else(|| lowering_error(format!("{family}: no packed tensor `{name}`")))
+    };
+    let no_lowering = |i: usize, what: &str| {
+        lowering_error(format!(
+            "{family}: op {i} ({what}) has no device lowering yet (TAEHV's ops have; the Wan \
+             VAE's causal 3D convolutions, RMS norms and attention wait for their kernels)"
+        ))
+    };
+    let mut steps = Vec::new();
+    let mut cur = Loc {
+        off: l.input,
+        buf: None,
+        stride: pad8(graph.latent_channels),
+    };
+    let mut saved: Vec<Loc> = Vec::new();
+    let ops = &graph.steps;
+    let mut i = 0;
+    while i < ops.len() {
+        let step = &ops[i];
+        let frames = step.frames.count(n, first);
+        let hw = step.height * step.width;
+        let frame_bytes = hw * cur.stride * 2;
+        match &step.op {
+            VideoOp::Save => {
+                pool.hold(cur.buf);
+                saved.push(cur);
+            }
+            VideoOp::SoftClamp { .. } | VideoOp::Relu => {
+                let (op, limit, what) = match step.op {
+                    VideoOp::SoftClamp { limit } => (video::OP_SOFT_CLAMP, limit, "soft clamp"),
+                    _ => (video::OP_RELU, 0.0, "relu"),
+                };
+                let elems = frames * hw * cur.stride;
+                let cfg = video::map_config(elems, op, limit).map_err(lowering_error)?;
+                // In place, unless a Save still holds the activation.
+                let shared = saved.iter().any(|s| same(s, &cur));
+                let out = if shared {
+                    let b = pool.alloc(elems * 2);
+                    Loc {
+                        off: pool.off(b),
+                        buf: Some(b),
+                        stride: cur.stride,
+                    }
+                } else {
+                    cur
+                };
+                steps.push(launch(
+                    format!("{family} op {i} {what}"),
+                    "video",
+                    video::KERNEL_MAP,
+                    cfg,
+                    Params::VideoMap(video::VideoMapParams {
+                        x: ptr(cur.off),
+                        out: ptr_mut(out.off),
+                        n: elems as i64,
+                        op,
+                        limit,
+                    }),
+                ));
+                if shared {
+                    pool.release(cur.buf);
+                }
+                cur = out;
+            }
+            VideoOp::Conv(c) | VideoOp::TemporalUp { conv: c, .. } => {
+                let (stride, keep_first) = match step.op {
+                    VideoOp::TemporalUp {
+                        stride, keep_first, ..
+                    } => (stride, keep_first),
+                    _ => (1, false),
+                };
+                if c.taps_t != 1 {
+                    return Err(no_lowering(i, step.op.kind()));
+                }
+                if keep_first {
+                    return Err(no_lowering(i, "temporal_up keeping the first frame"));
+                }
+                if cur.stride != pad8(c.cin) {
+                    return Err(lowering_error(format!(
+                        "{family}: op {i} ({}) reads {} channels per pixel, stored as {}: the \
+                         convolution kernels need a multiple of 8",
+                        c.name, c.cin, cur.stride
+                    )));
+                }
+                // A following AddSaved without a skip is fused as the residual.
+                let mut residual = std::ptr::null();
+                let mut held = None;
+                if let Some(VideoOp::AddSaved { skip, .. }) = ops.get(i + 1).map(|s| &s.op) {
+                    if skip.is_some() || !matches!(step.op, VideoOp::Conv(_)) {
+                        return Err(no_lowering(i + 1, "add_skip"));
+                    }
+                    let s = saved.pop().ok_or_else(|| {
+                        lowering_error(format!("{family}: op {}: nothing saved", i + 1))
+                    })?;
+                    if s.stride != c.cout {
+                        return Err(lowering_error(format!(
+                            "{family}: op {}: adds {} channels to {}",
+                            i + 1,
+                            s.stride,
+                            c.cout
+                        )));
+                    }
+                    residual = ptr(s.off);
+                    held = s.buf;
+                    i += 1;
+                }
+                let s = if c.upsample { 2 } else { 1 };
+                let (ho, wo) = (step.height * s, step.width * s);
+                let out_bytes = frames * ho * wo * c.cout * 2;
+                let out = pool.alloc(out_bytes);
+                let bias = if c.bias {
+                    weight(&format!("{}.bias", c.name))?
+                } else {
+                    std::ptr::null()
+                };
+                let w = weight(&format!("{}.weight", c.name))?;
+                let label = format!("{family} {}", c.name);
+                match (c.taps_s, c.upsample) {
+                    (3, _) => {
+                        let shape = conv::Conv3x3Shape {
+                            t: frames,
+                            h_in: step.height,
+                            w_in: step.width,
+                            cin: cur.stride,
+                            cout: c.cout,
+                            upsample: c.upsample,
+                        };
+                        let lc = conv::conv3x3_launch(&shape).map_err(lowering_error)?;
+                        steps.push(launch(
+                            label,
+                            "conv",
+                            lc.kernel,
+                            lc.config,
+                            Params::Conv3x3(conv::Conv3x3Params {
+                                x: ptr(cur.off),
+                                w,
+                                bias,
+                                residual,
+                                out: ptr_mut(pool.off(out)),
+                                t: frames as i32,
+                                h_in: step.height as i32,
+                                w_in: step.width as i32,
+                                cin: cur.stride as i32,
+                                cout: c.cout as i32,
+                                upsample: i32::from(c.upsample),
+                            }),
+                        ));
+                    }
+                    (1, false) => {
+                        let m = frames * hw;
+                        let lc = conv::conv1x1_launch(m, cur.stride, c.cout)
+                            .map_err(lowering_error)?;
+                        steps.push(launch(
+                            label,
+                            "conv",
+                            lc.kernel,
+                            lc.config,
+                            Params::Conv1x1(conv::Conv1x1Params {
+                                x: ptr(cur.off),
+                                w,
+                                bias,
+                                residual,
+                                out: ptr_mut(pool.off(out)),
+                                m: m as i32,
+                                cin: cur.stride as i32,
+                                cout: c.cout as i32,
+                            }),
+                        ));
+                    }
+                    _ => return Err(no_lowering(i, step.op.kind())),
+                }
+                pool.release(cur.buf);
+                pool.release(held);
+                cur = Loc {
+                    off: pool.off(out),
+                    buf: Some(out),
+                    stride: c.cout,
+                };
+                if stride > 1 {
+                    // TGrow's reshape: frame t's channel groups become frames stride t + s.
+                    let ch = c.cout / stride;
+                    let cfg = video::shuffle_config(frames, hw, ch, stride)
+                        .map_err(lowering_error)?;
+                    let shuffled = pool.alloc(out_bytes);
+                    steps.push(launch(
+                        format!("{family} {} frames", c.name),
+                        "video",
+                        video::KERNEL_SHUFFLE,
+                        cfg,
+                        Params::VideoShuffle(video::VideoShuffleParams {
+                            y: ptr(cur.off),
+                            out: ptr_mut(pool.off(shuffled)),
+                            frames: frames as i32,
+                            pixels: hw as i32,
+                            c: ch as i32,
+                            stride: stride as i32,
+                        }),
+                    ));
+                    pool.release(cur.buf);
+                    cur = Loc {
+                        off: pool.off(shuffled),
+                        buf: Some(shuffled),
+                        stride: ch,
+                    };
+                }
+            }
+            VideoOp::WithPast { ch, cache } => {
+                if cur.stride != *ch {
+                    return Err(lowering_error(format!(
+                        "{family}: op {i} (with_past) of {ch} channels on {} in memory",
+                        cur.stride
+                    )));
+                }
+                let cfg =
+                    video::with_past_config(frames, hw, *ch).map_err(lowering_error)?;
+                let cache_at = *l.caches.get(*cache).ok_or_else(|| {
+                    lowering_error(format!("{family}: op {i}: no cache {cache}"))
+                })?;
+                let out = pool.alloc(2 * frames * frame_bytes);
+                // Before the stream the past frame is zeros (a null pointer), after it the
+                // cache: the previous chunk's last input frame.
+                steps.push(launch(
+                    format!("{family} op {i} with_past"),
+                    "video",
+                    video::KERNEL_WITH_PAST,
+                    cfg,
+                    Params::VideoWithPast(video::VideoWithPastParams {
+                        x: ptr(cur.off),
+                        past: if first {
+                            std::ptr::null()
+                        } else {
+                            ptr(cache_at)
+                        },
+                        out: ptr_mut(pool.off(out)),
+                        frames: frames as i32,
+                        pixels: hw as i32,
+                        c: *ch as i32,
+                    }),
+                ));
+                steps.push(Step::Copy {
+                    label: format!("{family} op {i} cache {cache}"),
+                    src: cur.off + (frames - 1) * frame_bytes,
+                    dst: cache_at,
+                    bytes: frame_bytes,
+                    trace: Trace::default(),
+                });
+                pool.release(cur.buf);
+                cur = Loc {
+                    off: pool.off(out),
+                    buf: Some(out),
+                    stride: 2 * ch,
+                };
+            }
+            VideoOp::DropFirst { frames: drop } => {
+                // An offset into the activation: the dropped frames stay where they are.
+                if first {
+                    cur.off += (*drop).min(frames) * frame_bytes;
+                }
+            }
+            VideoOp::AddSaved { .. } => {
+                return Err(lowering_error(format!(
+                    "{family}: op {i}: an AddSaved has a lowering only right after a \
+                     convolution (fused as its residual)"
+                )));
+            }
+            VideoOp::Denormalize { .. } | VideoOp::RmsNorm { .. } | VideoOp::Attention { .. } => {
+                return Err(no_lowering(i, step.op.kind()));
+            }
+        }
+        i += 1;
+    }
+    if !saved.is_empty() {
+        return Err(lowering_error(format!(
+            "{family}: the op list leaves saved activations"
+        )));
+    }
+    Ok((steps, cur.off))
+}
