@@ -12,6 +12,10 @@
 //                      out[s] = W0 u[s-2] + W1 u[s-1] + W2 u[s] + bias (+ residual), where the
 //                      input buffer holds 2 context frames then the chunk's T frames, and u is
 //                      the chunk (or, with `upsample_t`, each chunk frame repeated twice).
+//   conv3d_f16         causal 3x3x3 conv (the Wan VAE's CausalConv3d, docs/wan_vae.md):
+//                      out[s, y, x] = sum_{dt,dy,dx} W[:, dt, dy, dx, :] in[s + dt, y+dy-1, x+dx-1]
+//                      + bias (+ residual) over the same 2-context-frame buffer as conv_t3
+//                      (buffer frame s + dt = sequence frame s - 2 + dt), zero padding 1.
 //   conv1x1_f16        out[m, :] = W x[m, :] + bias (+ residual): the 1x1 skip and the attention's
 //                      output projection as a GEMM with the f16 residual epilogue.
 //   groupnorm_stats    per (frame, split, group): the slice's mean and centred sum of squares
@@ -23,8 +27,8 @@
 // address computation): the K index k = tap * Cin + ci, and each 16-byte chunk of a k-tile
 // (8 channels of one tap, since Cin % 8 == 0) is one cp.async of 8 channels of one input
 // pixel, zero-filled (src-size 0) where the tap falls in the padding. W is pre-packed as
-// [Cout, taps, Cin] (kernels/src/conv.rs: pack_conv3x3_weight, pack_conv_t3_weight; the
-// 1x1 weight [Cout, Cin] needs none).
+// [Cout, taps, Cin] (kernels/src/conv.rs: pack_conv3x3_weight, pack_conv_t3_weight,
+// pack_conv3d_weight; the 1x1 weight [Cout, Cin] needs none).
 //
 // Shape contract (checked by kernels/src/conv.rs): Cin % 8 == 0 (16-byte pixel rows for
 // cp.async; Cin = 8 is one chunk), Cout >= 1 (any: W rows past Cout are zero-filled and the
@@ -44,7 +48,7 @@
 // ---------------------------------------------------------------------------------------
 // Tile traits of the implicit GEMM, two column widths (one entry point each):
 //
-// BN = 64 (conv3x3_f16, conv_t3_f16): block tile 128 (pixels) x 64 (output channels) x 32
+// BN = 64 (conv3x3_f16, conv_t3_f16, conv3d_f16, conv1x1_f16): block tile 128 (pixels) x 64 (output channels) x 32
 // (K), 8 warps as 4 (M) x 2 (N), warp tile 32 x 32 = 2 x 4 mma tiles of m16n8 (32 f32
 // accumulators per thread), 4 stages: 4 * (128 + 64) * 32 * 2 B = 48 KiB, exactly the default
 // dynamic limit. For the narrow layers (tiny's Cout 16..64, conv_out's 3) and any Cout that
@@ -214,6 +218,71 @@ CONV_UNROLL
         const int q = frame[i] - 2 + tap;
         const int b = q < 0 ? q + 2 : 2 + (q >> shift);
         return x + (static_cast<size_t>(b) * hw + pix[i]) * cin + ci;
+    }
+};
+
+struct Conv3dParams {
+    const __half* x;         // (2 + t, h, w, cin) f16: 2 context frames, then the chunk
+    const __half* w;         // (cout, 3, 3, 3, cin) f16: tap (dt * 3 + dy) * 3 + dx
+    const __half* bias;      // (cout) f16, or null
+    const __half* residual;  // (t, h, w, cout) f16, or null
+    __half* out;             // (t, h, w, cout) f16
+    int t;
+    int height;
+    int width;
+    int cin;
+    int cout;
+};
+
+// The causal 3x3x3 gather: output frame s reads buffer frames s, s + 1, s + 2 (sequence
+// frames s - 2 .. s, the first two of the buffer being the context), each through the 3x3
+// spatial window with zero padding 1. Rows past M get kInvalid coordinates (zero-filled).
+struct Gather3d {
+    static constexpr int kInvalid = -(1 << 28);
+    const __half* x;
+    int h, w, cin, k;
+    int base[ConvGeom::kARowsPerThread];  // buffer frame s = output frame s (pixels)
+    int oy[ConvGeom::kARowsPerThread];
+    int ox[ConvGeom::kARowsPerThread];
+
+    __device__ __forceinline__ Gather3d(const Conv3dParams& p, int m, int m0, int first_row) {
+        x = p.x;
+        h = p.height;
+        w = p.width;
+        cin = p.cin;
+        k = 27 * p.cin;
+        const int hw = h * w;
+CONV_UNROLL
+        for (int i = 0; i < ConvGeom::kARowsPerThread; ++i) {
+            const int row = m0 + first_row + i * ConvGeom::kRowStride;
+            if (row < m) {
+                const int t = row / hw;
+                const int rem = row - t * hw;
+                oy[i] = rem / w;
+                ox[i] = rem - oy[i] * w;
+                base[i] = t * hw;
+            } else {
+                oy[i] = kInvalid;
+                ox[i] = kInvalid;
+                base[i] = 0;
+            }
+        }
+    }
+
+    // Tap (dt, dy, dx) of output pixel (s, y, x) reads buffer frame s + dt at (y + dy - 1,
+    // x + dx - 1): sequence frame s - 2 + dt, since the buffer starts 2 frames early.
+    __device__ __forceinline__ const __half* src(int i, int gk, int tap, int ci) const {
+        if (gk >= k) return nullptr;
+        const int dt = tap / 9;
+        const int rem = tap - 9 * dt;
+        const int dy = rem / 3;
+        const int dx = rem - 3 * dy;
+        const int iy = oy[i] + dy - 1;
+        const int ix = ox[i] + dx - 1;
+        if (iy < 0 || iy >= h || ix < 0 || ix >= w) return nullptr;  // spatial padding
+        // Pixel indices of the buffer fit i32 (conv3d_launch checks (2 + t) h w).
+        const int pix = base[i] + (dt * h + iy) * w + ix;
+        return x + static_cast<size_t>(pix) * cin + ci;
     }
 };
 
@@ -455,6 +524,34 @@ extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv_t3_f16_
     conv_t3_body<128>(p, smem);
 }
 EMU_REGISTER_KERNEL(conv_t3_f16_n128, ConvT3Params)
+
+// ---------------------------------------------------------------------------------------
+// (b') Causal 3x3x3 convolution (the Wan VAE's CausalConv3d with padding 1): K = 27 Cin,
+// optional residual add. Grid as (a) with M = t * h * w.
+// ---------------------------------------------------------------------------------------
+template <int BN>
+__device__ __forceinline__ void conv3d_body(const Conv3dParams& p, unsigned char* smem) {
+    using T = ConvTraits<BN>;
+    const int m = p.t * p.height * p.width;
+    const int m0 = blockIdx.y * T::kBM;
+    const int n0 = blockIdx.x * T::kBN;
+    const Gather3d g(p, m, m0, threadIdx.x / T::kChunks);
+    float acc[T::kMmaM][T::kMmaN][4];
+    conv_mainloop<T>(acc, reinterpret_cast<__half*>(smem), g, p.w, p.cout, n0);
+    conv_epilogue<T>(acc, p.bias, p.residual, p.out, m, p.cout, m0, n0);
+}
+
+extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv3d_f16(Conv3dParams p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    conv3d_body<64>(p, smem);
+}
+EMU_REGISTER_KERNEL(conv3d_f16, Conv3dParams)
+
+extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv3d_f16_n128(Conv3dParams p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    conv3d_body<128>(p, smem);
+}
+EMU_REGISTER_KERNEL(conv3d_f16_n128, Conv3dParams)
 
 // ---------------------------------------------------------------------------------------
 // (c) 1x1 convolution / linear layer with f16 bias and residual: out = x W^T + b (+ res).

@@ -15,7 +15,7 @@ mod common;
 
 use common::{race_checked, Rng};
 use half::f16;
-use streamdit_kernels::conv::{self, Conv3x3Shape, ConvT3Shape, GroupNormShape};
+use streamdit_kernels::conv::{self, Conv3dShape, Conv3x3Shape, ConvT3Shape, GroupNormShape};
 use streamdit_kernels::emu::{self, LaunchConfig, ThreadOrder};
 
 /// Unit roundoff of f32 (the accumulator, the epilogue) and of f16 (the stored output).
@@ -787,5 +787,298 @@ fn conv_t3_chunked_stream_equals_whole_stream() {
             );
         }
         eprintln!("chunked == whole stream, upsample_t {upsample_t}: bit-exact in all orders");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The Wan VAE's causal 3x3x3 convolution (`conv3d_f16`, docs/wan_vae.md).
+// ---------------------------------------------------------------------------------------
+
+fn c3d(t: usize, height: usize, width: usize, cin: usize, cout: usize) -> Conv3dShape {
+    Conv3dShape {
+        t,
+        height,
+        width,
+        cin,
+        cout,
+    }
+}
+
+/// Runs `conv3d` on the buffer `x [2 + t, h, w, cin]` (context first); f16 bits out.
+fn run_conv3d(
+    s: &Conv3dShape,
+    x: &[u16],
+    w: &[u16],
+    bias: Option<&[u16]>,
+    residual: Option<&[u16]>,
+    order: ThreadOrder,
+) -> Vec<u16> {
+    assert_eq!(x.len(), s.input_len());
+    assert_eq!(w.len(), s.cout * s.k());
+    let launch = conv::conv3d_launch(s).unwrap();
+    let mut out = vec![POISON_F16; s.m() * s.cout];
+    let params = conv::Conv3dParams {
+        x: x.as_ptr(),
+        w: w.as_ptr(),
+        bias: bias.map_or(std::ptr::null(), <[u16]>::as_ptr),
+        residual: residual.map_or(std::ptr::null(), <[u16]>::as_ptr),
+        out: out.as_mut_ptr(),
+        t: s.t as i32,
+        height: s.height as i32,
+        width: s.width as i32,
+        cin: s.cin as i32,
+        cout: s.cout as i32,
+    };
+    // SAFETY: x (2 + t, h, w, cin) and w (cout, 27 cin) (asserted), bias (cout) or null,
+    // residual null or (t, h, w, cout) (the callers' buffers), out (t, h, w, cout); the shape
+    // was validated by conv3d_launch.
+    unsafe { run(launch.kernel, launch.config, &params, order) };
+    out
+}
+
+/// Context of the 3x3x3 conv: the Wan VAE's stream start is two *zero* frames (the causal
+/// padding), a later chunk's is two random frames (the cache).
+fn check_conv3d(
+    label: &str,
+    seed: u64,
+    s: Conv3dShape,
+    context: Context,
+    with_bias: bool,
+    with_residual: bool,
+) {
+    let mut rng = Rng::new(seed);
+    let frame = s.height * s.width * s.cin;
+    let (mut x, _) = random_f16(&mut rng, s.input_len(), 1.0);
+    if context == Context::StreamStart {
+        x[..2 * frame].fill(0);
+    }
+    let xv = f16_to_f64(&x);
+    let (w, wv) = weights(&mut rng, s.cout, s.cin, 27, conv::pack_conv3d_weight::<u16>);
+    let (bias, bv) = optional(&mut rng, with_bias, s.cout, 0.5);
+    let (residual, rv) = optional(&mut rng, with_residual, s.m() * s.cout, 2.0);
+    let r = conv::conv3d_reference(&s, &xv, &wv, bv.as_deref(), rv.as_deref()).unwrap();
+    let tol = finish_tolerance(&r, s.k(), s.cout, &bv, &rv);
+    let kernel = conv::conv3d_launch(&s).unwrap().kernel;
+    for order in ThreadOrder::all(seed) {
+        let out = run_conv3d(&s, &x, &w, bias.as_deref(), residual.as_deref(), order);
+        let rep = compare(label, &f16_to_f64(&out), &r.value, &tol);
+        eprintln!(
+            "{label} {kernel} {s:?} {context:?} bias={with_bias} residual={with_residual} \
+             {order:?}: {rep}"
+        );
+    }
+}
+
+#[test]
+fn conv3d_vae_layers() {
+    // A residual block's conv at a narrow width: 2 frames of 5x7 (70 pixels, one ragged
+    // pixel tile), 16 -> 24 (a ragged column tile), cached context, bias and residual.
+    race_checked(|| {
+        check_conv3d(
+            "3d 16->24 cached",
+            60,
+            c3d(2, 5, 7, 16, 24),
+            Context::Cached,
+            true,
+            true,
+        )
+    });
+    // decoder.conv1's shape class (Cin 16, Cout a multiple of 128: the wide entry) at stream
+    // start (zero context), one frame of 4x5.
+    race_checked(|| {
+        check_conv3d(
+            "3d 16->128 start",
+            61,
+            c3d(1, 4, 5, 16, 128),
+            Context::StreamStart,
+            true,
+            false,
+        )
+    });
+    // head.2: 96 -> 3 (odd Cout, scalar stores), 2 frames of 3x5.
+    check_conv3d(
+        "3d head 96->3",
+        62,
+        c3d(2, 3, 5, 96, 3),
+        Context::Cached,
+        true,
+        false,
+    );
+}
+
+#[test]
+fn conv3d_vae_widths_full() {
+    if !common::full() {
+        eprintln!("skipped: STREAMDIT_FULL=1 runs the VAE's widths");
+        return;
+    }
+    // Stage 2's 192 -> 192 over 3 frames of 9x11 (297 pixels: 3 tiles, the last ragged and
+    // crossing frames), residual, no bias.
+    check_conv3d(
+        "3d 192->192",
+        63,
+        c3d(3, 9, 11, 192, 192),
+        Context::Cached,
+        false,
+        true,
+    );
+    // The mid blocks' 384 -> 384 (K = 10368, 324 k-tiles) at 2 frames of 6x7, wide entry.
+    check_conv3d(
+        "3d 384->384",
+        64,
+        c3d(2, 6, 7, 384, 384),
+        Context::Cached,
+        true,
+        true,
+    );
+    // Stage 3's 96 -> 96 at stream start, 1-pixel-wide frames (every dx tap but the centre
+    // is padding), 4 frames.
+    check_conv3d(
+        "3d 96->96 13x1",
+        65,
+        c3d(4, 13, 1, 96, 96),
+        Context::StreamStart,
+        true,
+        false,
+    );
+}
+
+/// The cache contract of the Wan VAE's causal convolution (`CausalConv3d` with its
+/// `cache_x`): chunk by chunk, each chunk's buffer being `[cache, chunk]` with the cache the
+/// last two frames of the previous buffer (zeros at the stream start; a 1-frame chunk keeps
+/// the previous cache's last frame), gives bit for bit one launch over the whole stream
+/// with two zero frames in front. Chunks of 2, 1, 3 and 1 frames.
+#[test]
+fn conv3d_chunked_stream_equals_whole_stream() {
+    let (h, w, cin, cout) = (4, 5, 16, 8);
+    let chunks = [2usize, 1, 3, 1];
+    let total: usize = chunks.iter().sum();
+    let mut rng = Rng::new(66);
+    let frame = h * w * cin;
+    let (frames, _) = random_f16(&mut rng, total * frame, 1.0);
+    let (wt, _) = weights(&mut rng, cout, cin, 27, conv::pack_conv3d_weight::<u16>);
+    let (bias, _) = random_f16(&mut rng, cout, 0.5);
+    let mut whole_x = vec![0u16; 2 * frame];
+    whole_x.extend_from_slice(&frames);
+    for order in ThreadOrder::all(66) {
+        let whole = run_conv3d(
+            &c3d(total, h, w, cin, cout),
+            &whole_x,
+            &wt,
+            Some(&bias),
+            None,
+            order,
+        );
+        assert!(whole.iter().all(|&b| !f16::from_bits(b).is_nan()));
+        let mut cache = vec![0u16; 2 * frame];
+        let (mut streamed, mut start) = (Vec::new(), 0);
+        for &n in &chunks {
+            let mut x = cache.clone();
+            x.extend_from_slice(&frames[start * frame..(start + n) * frame]);
+            streamed.extend(run_conv3d(
+                &c3d(n, h, w, cin, cout),
+                &x,
+                &wt,
+                Some(&bias),
+                None,
+                order,
+            ));
+            cache = x[x.len() - 2 * frame..].to_vec();
+            start += n;
+        }
+        assert!(
+            streamed == whole,
+            "chunked 3x3x3 decoding differs from the whole stream ({order:?})"
+        );
+    }
+    eprintln!("conv3d chunks {chunks:?} == whole stream: bit-exact in all orders");
+}
+
+/// The Wan VAE's `time_conv` (`Resample` upsample3d: CausalConv3d C -> 2C, kernel (3, 1, 1),
+/// output channels `[0, C)` to frame `2t`, `[C, 2C)` to frame `2t + 1`) through the existing
+/// `conv_t3_f16` as docs/wan_vae.md's device table maps it: one launch per (chunk frame t,
+/// half j) with `t_in = 1`, the input window `buffer + t` frames, the weight and bias rows of
+/// half j, and the output at frame `2t + j`. At stream start the first frame bypasses the
+/// convolution (the `'Rep'` rule): output frame 0 is `x_0` and the buffer is
+/// `[0, 0, x_1, ..]`. Checked against an f64 loop over the checkpoint layout
+/// `[2C, C, 3, 1, 1]`, with poisoned outputs.
+#[test]
+fn vae_time_conv_maps_to_conv_t3_launches() {
+    let (hw, c, t) = (37, 16, 3);
+    let mut rng = Rng::new(67);
+    let frame = hw * c;
+    let (chunk, chunk_v) = random_f16(&mut rng, t * frame, 1.0);
+    let (w_ckpt, _) = random_f16(&mut rng, 2 * c * c * 3, 1.7 / ((3 * c) as f32).sqrt());
+    let w_v = f16_to_f64(&w_ckpt);
+    let w = conv::pack_conv_t3_weight(&w_ckpt, 2 * c, c).unwrap();
+    let (bias, bias_v) = random_f16(&mut rng, 2 * c, 0.5);
+    for (start, seed) in [(true, 68u64), (false, 69)] {
+        // Cached history for a later chunk; zeros and the bypass at stream start.
+        let bypass = usize::from(start);
+        let (cache, cache_v) = if start {
+            (vec![0u16; 2 * frame], vec![0.0; 2 * frame])
+        } else {
+            random_f16(&mut Rng::new(seed), 2 * frame, 1.0)
+        };
+        let mut buffer = cache.clone();
+        buffer.extend_from_slice(&chunk[bypass * frame..]);
+        let mut seq = cache_v.clone();
+        seq.extend_from_slice(&chunk_v[bypass * frame..]);
+        let convolved = t - bypass;
+        let frames_out = bypass + 2 * convolved;
+        // f64 reference of the module: out[bypass + 2u + j][p][co] = b[jC + co] +
+        // sum_{ci, d} W[jC + co, ci, d] seq[u + d][p][ci] (seq has the 2 history frames first).
+        let (mut want, mut tol) = (vec![0.0; frames_out * frame], vec![0.0; frames_out * frame]);
+        want[..bypass * frame].copy_from_slice(&chunk_v[..bypass * frame]);
+        for u in 0..convolved {
+            for j in 0..2 {
+                for p in 0..hw {
+                    for co in 0..c {
+                        let row = j * c + co;
+                        let (mut acc, mut a) = (bias_v[row], 0.0);
+                        for ci in 0..c {
+                            for d in 0..3 {
+                                let prod =
+                                    w_v[(row * c + ci) * 3 + d] * seq[((u + d) * hw + p) * c + ci];
+                                acc += prod;
+                                a += prod.abs();
+                            }
+                        }
+                        let o = ((bypass + 2 * u + j) * hw + p) * c + co;
+                        want[o] = acc;
+                        tol[o] = conv_tolerance(3 * c, a, a + bias_v[row].abs(), acc);
+                    }
+                }
+            }
+        }
+        for order in ThreadOrder::all(seed) {
+            let mut out = vec![POISON_F16; frames_out * frame];
+            // The lowering's copy of the bypassed first frame.
+            out[..bypass * frame].copy_from_slice(&chunk[..bypass * frame]);
+            let shape = t3(1, hw, c, c, false);
+            let launch = conv::conv_t3_launch(&shape).unwrap();
+            for u in 0..convolved {
+                for j in 0..2 {
+                    let params = conv::ConvT3Params {
+                        x: buffer[u * frame..].as_ptr(),
+                        w: w[j * c * 3 * c..].as_ptr(),
+                        bias: bias[j * c..].as_ptr(),
+                        residual: std::ptr::null(),
+                        out: out[(bypass + 2 * u + j) * frame..].as_mut_ptr(),
+                        t_in: 1,
+                        hw: hw as i32,
+                        cin: c as i32,
+                        cout: c as i32,
+                        upsample_t: 0,
+                    };
+                    // SAFETY: x points at 3 frames of (hw, c) inside buffer (u + 3 <= 2 +
+                    // convolved), w at c rows of (3 c) and bias at c values of half j, out at
+                    // one frame of (hw, c) inside out: the extents of a t_in = 1 launch.
+                    unsafe { run(launch.kernel, launch.config, &params, order) };
+                }
+            }
+            let rep = compare("time_conv", &f16_to_f64(&out), &want, &tol);
+            eprintln!("time_conv via conv_t3, stream start {start}, {order:?}: {rep}");
+        }
     }
 }

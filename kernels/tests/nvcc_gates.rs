@@ -155,13 +155,15 @@ fn decoder_convolutions_are_tensor_core_pipelines() {
     if !common::nvcc_built() {
         return;
     }
-    const CONVS: [&str; 6] = [
+    const CONVS: [&str; 8] = [
         "conv3x3_f16",
         "conv_t3_f16",
         "conv3x3_f16_n128",
         "conv_t3_f16_n128",
         "conv1x1_f16",
         "conv1x1_f16_n128",
+        "conv3d_f16",
+        "conv3d_f16_n128",
     ];
     for &arch in GENERIC.cubins {
         for kernel in CONVS {
@@ -196,6 +198,33 @@ fn decoder_convolutions_are_tensor_core_pipelines() {
             );
         }
         eprintln!("{arch} {:?}", get("groupnorm_finalize"));
+    }
+}
+
+/// The Wan VAE's row kernels (vae.cu): no stack or spills, few registers (nvcc 13.0.88: 39-40 for
+/// the RMS norm, 27-32 for the softmax; a thread holds at most 24 floats of data), and the
+/// activations and scores are read as 16-byte vectors.
+#[test]
+fn vae_row_kernels_read_16_byte_vectors() {
+    if !common::nvcc_built() {
+        return;
+    }
+    for kernel in ["rms_norm_channels_f16", "softmax_rows_f16"] {
+        for &arch in GENERIC.cubins {
+            let r = common::resources("vae", kernel, arch);
+            assert!(
+                r.registers <= 64 && r.stack_frame_bytes == 0 && r.spill_store_bytes == 0,
+                "{kernel} {arch}: {r:?}"
+            );
+        }
+        for &arch in GENERIC.sass {
+            let r = common::resources("vae", kernel, arch);
+            eprintln!("{arch} {r:?}");
+            assert!(
+                r.sass && r.ldg128 > 0,
+                "{kernel} {arch}: rows must be read as 16-byte vectors: {r:?}"
+            );
+        }
     }
 }
 

@@ -15,14 +15,19 @@
 //!   (UpT) the chunk frames are read twice each (`u[q] = x[q / 2]`) and the output has `2T`
 //!   frames; the context frames are then the last two frames of the *repeated* sequence (both
 //!   copies of the previous chunk's last frame, or of the first frame at stream start).
+//! - [`KERNEL_CONV3D`] (the Wan VAE's causal 3x3x3 conv, `conv3d.rs`) input
+//!   `[2 + T, H, W, Cin]` with the same two context frames in front (zeros at the stream start
+//!   for the VAE), weight `[Cout, 27, Cin]` from `[Cout, Cin, 3, 3, 3]` by
+//!   [`pack_conv3d_weight`], output `[T, H, W, Cout]`.
 //! - [`KERNEL_CONV1X1`] input `[M, Cin]`, weight `[Cout, Cin]` as stored (a `[cout, cin, 1, 1]`
 //!   skip or a Linear), output `[M, Cout]`.
 //! - bias `[Cout]`, residual and output `[T_out, H_out, W_out, Cout]`, f16.
 //!
 //! Each convolution has a narrow entry (64 output channels per CTA, 48 KiB of dynamic shared
 //! memory, any Cout) and a wide one (`*_n128`, 128 per CTA, 64 KiB: a CUDA launch must raise
-//! `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`); [`conv3x3_launch`], [`conv_t3_launch`]
-//! and [`conv1x1_launch`] pick the wide one when `Cout % 128 == 0` and return the name.
+//! `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`); [`conv3x3_launch`], [`conv_t3_launch`],
+//! [`conv3d_launch`] and [`conv1x1_launch`] pick the wide one when `Cout % 128 == 0` and
+//! return the name.
 //! - GroupNorm: `x`, `out` `[frames, H*W, C]` f16, `gamma`, `beta` `[C]` f16, scratch
 //!   `part` `[frames, splits, groups]` and `stats` `[frames, groups]` of f32 pairs.
 //!
@@ -30,8 +35,13 @@
 //! uses scalar stores), `M` = output pixels `>= 1` and below 2^31; GroupNorm `C % 8 == 0`,
 //! `2048 % C == 0`, `groups` divides `C`.
 
+mod conv3d;
 mod groupnorm;
 
+pub use conv3d::{
+    conv3d_launch, conv3d_reference, pack_conv3d_weight, Conv3dParams, Conv3dShape, KERNEL_CONV3D,
+    KERNEL_CONV3D_N128,
+};
 pub use groupnorm::{
     groupnorm_plan, groupnorm_reference, GroupNormApplyParams, GroupNormFinalizeParams,
     GroupNormPlan, GroupNormShape, GroupNormStatsParams,
