@@ -10,10 +10,12 @@ mod common;
 
 use common::{f64s, rel_l2, Rng};
 use streamdit::backend::cuda::emu::EmuDevice;
+use streamdit::checkpoint::video as vc;
 use streamdit::checkpoint::Weights;
+use streamdit::decoder::VideoDecoder;
 use streamdit::decoder::{DeviceVideo, TaehvDecoder};
 use streamdit::model::taehv::{self, TaehvConfig};
-use streamdit::model::video_ops::VideoGraph;
+use streamdit::model::video_ops::{Builder, ConvFlags, RgbRange, VideoGraph, VideoOp};
 use streamdit::model::wan_vae::{self, WanVaeConfig};
 use streamdit::{
     wan_decoder, wan_decoder_weights, BackendKind, DType, Decoder, DecoderKind, Engine,
@@ -214,7 +216,7 @@ fn bad_latents_and_unlowered_ops_are_named_errors() {
         .unwrap()
         .to_string();
     assert!(e.contains("decoder.9.conv.2.weight"), "{e}");
-    // The Wan VAE's ops have no lowering yet: named, not a panic.
+    // The Wan VAE's attention has no lowering yet: named, not a panic.
     let vae = WanVaeConfig {
         z_dim: C,
         dim: 8,
@@ -228,7 +230,76 @@ fn bad_latents_and_unlowered_ops_are_named_errors() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("no device lowering yet"), "{e}");
+    assert!(e.contains("(attention) has no device lowering yet"), "{e}");
+}
+
+/// The Wan VAE's lowered ops, in a list made with its own block builders: the
+/// de-normalisation (on the host), `conv2` (1x1x1, 4 channels padded to 8), a causal
+/// 3x3x3 convolution, a residual block with its 1x1 shortcut (32 -> 16), and a temporal
+/// resample (the causal 3x1x1 `time_conv` with the first-frame bypass, then the 2x
+/// upsampling 3x3 convolution), on 4x4 latents.
+fn vae_blocks() -> (VideoGraph, Weights) {
+    let flags = |bias| ConvFlags {
+        upsample: false,
+        bias,
+        conv3d: true,
+        gain: 1.0,
+    };
+    let mut b = Builder::new(C, 4, 4);
+    b.push(VideoOp::Denormalize {
+        mean: vec![0.1, -0.2, 0.3, 0.0],
+        std: vec![1.5, 0.5, 2.0, 1.0],
+    });
+    b.conv("conv2".into(), C, [1, 1], flags(true));
+    b.conv("decoder.conv1".into(), 32, [3, 3], flags(true));
+    wan_vae::residual(&mut b, "decoder.upsamples.0", 16);
+    wan_vae::resample(&mut b, "decoder.upsamples.1", true);
+    let g = b.finish("Wan VAE blocks", RgbRange::Signed, 2).unwrap();
+    let w = vc::random(&g, 3, vc::WAN_VAE_COUNTER, DType::F32);
+    (g, w)
+}
+
+#[test]
+fn device_wan_vae_blocks_match_the_cpu_and_stream_seamlessly() {
+    let (graph, weights) = vae_blocks();
+    let fe = C * 4 * 4;
+    let x = latents(12, 3, 4, 4);
+    let want = VideoDecoder::new(graph.clone(), &weights)
+        .unwrap()
+        .decode_f32(&x)
+        .unwrap();
+    let mut dev = emu(&graph, &weights, 2);
+    let mut got = dev.decode_f32(&x[..fe]).unwrap();
+    // The first latent frame is 1 frame (keep_first), each later one 2.
+    assert_eq!(got.len(), 8 * 8 * 8);
+    got.extend(dev.decode_f32(&x[fe..]).unwrap());
+    let (max, l2) = errors(&got, &want);
+    eprintln!(
+        "device vs CPU Wan VAE blocks, chunks of 1 + 2: rel L2 {l2:.2e}, max err / RMS {max:.2e}"
+    );
+    assert!(
+        l2 <= REL_L2 && max <= MAX_OVER_RMS,
+        "rel L2 {l2}, max/RMS {max}"
+    );
+    let whole = emu(&graph, &weights, 3).decode_f32(&x).unwrap();
+    assert_eq!(bits(&got), bits(&whole), "chunks of 1 + 2 vs 3 at once");
+    // Restart: the caches of the first stream do not leak into the next.
+    dev.reset();
+    let again = dev.decode_f32(&x[..fe]).unwrap();
+    assert_eq!(bits(&again), bits(&got[..again.len()]));
+    // Losing the caches between chunks is caught.
+    let mut lost = emu(&graph, &weights, 2);
+    let mut bad = lost.decode_f32(&x[..fe]).unwrap();
+    lost.forget_context().unwrap();
+    bad.extend(lost.decode_f32(&x[fe..]).unwrap());
+    let (max, l2) = errors(&bad, &want);
+    assert!(l2 > 5.0 * REL_L2 || max > 5.0 * MAX_OVER_RMS, "{l2} {max}");
+    // Every launch under the race checker gives the same bits.
+    let mut checked = emu(&graph, &weights, 2);
+    let _race = streamdit_kernels::emu::racecheck(true);
+    let mut raced = checked.decode_f32(&x[..fe]).unwrap();
+    raced.extend(checked.decode_f32(&x[fe..]).unwrap());
+    assert_eq!(bits(&raced), bits(&got));
 }
 
 /// A Wan stream on `--backend emu` decodes TAEHV on the (emulated) device: its frames are

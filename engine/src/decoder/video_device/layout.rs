@@ -11,7 +11,7 @@ use super::lower::lower_list;
 use super::lowering_error;
 use crate::checkpoint::Weights;
 use crate::error::{fmt_shape, Error, Result};
-use crate::model::video_ops::{Conv, VideoGraph, VideoOp};
+use crate::model::video_ops::{CacheSpec, Conv, VideoGraph, VideoOp};
 
 /// Byte alignment of every region of the allocation.
 const ALIGN: usize = 256;
@@ -39,42 +39,84 @@ pub(super) struct Layout {
     /// Per cache of the graph, its f16 frames.
     pub(super) caches: Vec<usize>,
     pub(super) cache_bytes: usize,
+    /// Bytes that stay zero (as large as the largest cache).
+    pub(super) zeros: usize,
+    pub(super) zero_bytes: usize,
     pub(super) total: usize,
 }
 
-/// One convolution of the op list as the kernels take it: weight `[cout, taps_s, taps_s,
-/// cin_pad]` (input channels zero-padded to a multiple of 8), bias `[cout]` when it has one.
+/// One convolution of the op list as the kernels take it: weight `[cout_pad, taps, cin_pad]`
+/// (`conv3x3_f16`, `conv3d_f16`, `conv_t3_f16`) or `[cout_pad, cin_pad]` (`conv1x1_f16`),
+/// input channels zero-padded to a multiple of 8, and the output channels of every
+/// convolution but the last one too (zero rows), so every activation a kernel reads has a
+/// multiple of 8 channels; bias `[cout_pad]` when it has one.
 pub(super) struct PackedConv<'a> {
     pub(super) conv: &'a Conv,
     pub(super) cin_pad: usize,
+    pub(super) cout_pad: usize,
 }
 
 impl PackedConv<'_> {
-    fn weight_len(&self) -> usize {
+    fn taps(&self) -> usize {
         let c = self.conv;
-        c.cout * c.taps_s * c.taps_s * self.cin_pad
+        c.taps_t * c.taps_s * c.taps_s
+    }
+    fn weight_len(&self) -> usize {
+        self.cout_pad * self.taps() * self.cin_pad
     }
 }
 
-/// Every 2D convolution the lowering launches, in op order. Causal 3D convolutions and the
-/// other Wan VAE ops have no lowering (an error when lowered), so nothing is packed for
-/// them.
+/// The channels in memory of convolution `c`'s output: padded to a multiple of 8 unless it
+/// is the op list's last convolution (the RGB output).
+pub(super) fn cout_pad(graph: &VideoGraph, c: &Conv) -> usize {
+    let last = graph.steps.iter().rev().find_map(|s| match &s.op {
+        VideoOp::Conv(c) => Some(c),
+        _ => None,
+    });
+    if last.is_some_and(|l| std::ptr::eq(l, c)) {
+        c.cout
+    } else {
+        pad8(c.cout)
+    }
+}
+
+/// Every convolution the lowering launches, in op order: 2D ones (1x1, 3x3) and the causal
+/// 3D ones (3x3x3, and the 3x1x1 temporal upsampling convolution).
 pub(super) fn packed_convs(graph: &VideoGraph) -> Vec<PackedConv<'_>> {
     let mut out = Vec::new();
     for step in &graph.steps {
-        let conv = match &step.op {
-            VideoOp::Conv(c) | VideoOp::TemporalUp { conv: c, .. } => c,
-            VideoOp::AddSaved { skip: Some(c), .. } => c,
+        let (conv, padded_out) = match &step.op {
+            VideoOp::Conv(c) => (c, cout_pad(graph, c)),
+            VideoOp::TemporalUp { conv: c, .. } => (c, c.cout),
+            VideoOp::AddSaved { skip: Some(c), .. } => (c, c.cout),
             _ => continue,
         };
-        if conv.taps_t == 1 && (conv.taps_s == 1 || conv.taps_s == 3) {
+        if matches!(conv.taps_t, 1 | 3) && matches!(conv.taps_s, 1 | 3) {
             out.push(PackedConv {
                 conv,
                 cin_pad: pad8(conv.cin),
+                cout_pad: padded_out,
             });
         }
     }
     out
+}
+
+/// The RMS norms' gains: `{name}.gamma` (`[ch, 1, ..]` in the checkpoint) as `[ch]`.
+fn gammas(graph: &VideoGraph) -> Vec<(String, usize, usize)> {
+    graph
+        .steps
+        .iter()
+        .filter_map(|s| match &s.op {
+            VideoOp::RmsNorm {
+                name,
+                ch,
+                gamma_rank,
+                ..
+            } => Some((format!("{name}.gamma"), *ch, *gamma_rank)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The tensor `name` with `shape`, or the error naming it.
@@ -101,27 +143,36 @@ pub(super) fn pack_weights(graph: &VideoGraph, weights: &Weights) -> Result<Vec<
     let mut out = Vec::new();
     for p in packed_convs(graph) {
         let c = p.conv;
-        let (s, cin, cout) = (c.taps_s, c.cin, c.cout);
+        let (cin, cout, taps) = (c.cin, c.cout, p.taps());
         let name = format!("{}.weight", c.name);
         let w = tensor(weights, &name, &c.weight_shape())?;
-        // [cout, cin, s, s] with the input channels zero-padded to cin_pad.
-        let taps = s * s;
-        let mut padded = vec![0.0f32; cout * p.cin_pad * taps];
+        // [cout_pad, cin_pad, taps], the padding zeros.
+        let mut padded = vec![0.0f32; p.weight_len()];
         for o in 0..cout {
             let src = &w[o * cin * taps..][..cin * taps];
             padded[o * p.cin_pad * taps..][..cin * taps].copy_from_slice(src);
         }
-        let packed = if s == 3 {
-            conv::pack_conv3x3_weight(&padded, cout, p.cin_pad).map_err(lowering_error)?
-        } else {
-            padded
-        };
+        let (co, ci) = (p.cout_pad, p.cin_pad);
+        let packed = match (c.taps_t, c.taps_s) {
+            (1, 1) => Ok(padded),
+            (1, _) => conv::pack_conv3x3_weight(&padded, co, ci),
+            (_, 1) => conv::pack_conv_t3_weight(&padded, co, ci),
+            _ => conv::pack_conv3d_weight(&padded, co, ci),
+        }
+        .map_err(lowering_error)?;
         out.push((name, to_f16(&packed)));
         if c.bias {
             let name = format!("{}.bias", c.name);
-            let b = tensor(weights, &name, &[cout])?;
-            out.push((name, to_f16(b)));
+            let mut b = tensor(weights, &name, &[cout])?.to_vec();
+            b.resize(p.cout_pad, 0.0);
+            out.push((name, to_f16(&b)));
         }
+    }
+    for (name, ch, rank) in gammas(graph) {
+        let mut shape = vec![1; rank];
+        shape[0] = ch;
+        let g = tensor(weights, &name, &shape)?;
+        out.push((name, to_f16(g)));
     }
     Ok(out)
 }
@@ -150,16 +201,24 @@ pub(super) fn plan_layout(graph: &VideoGraph, max_frames: usize) -> Result<Layou
         let off = b.take(p.weight_len() * 2);
         l.weights.insert(format!("{}.weight", p.conv.name), off);
         if p.conv.bias {
-            let off = b.take(p.conv.cout * 2);
+            let off = b.take(p.cout_pad * 2);
             l.weights.insert(format!("{}.bias", p.conv.name), off);
         }
+    }
+    for (name, ch, _) in gammas(graph) {
+        l.weights.insert(name, b.take(ch * 2));
     }
     l.weight_bytes = b.0;
     let (c, h, w) = (graph.latent_channels, graph.latent_height, graph.latent_width);
     l.input = b.take(max_frames * h * w * pad8(c) * 2);
     let caches_from = b.0;
-    l.caches = graph.caches.iter().map(|s| b.take(s.elems() * 2)).collect();
+    // Channels in memory are padded to a multiple of 8, as the activations they copy.
+    let cache_bytes = |s: &CacheSpec| s.frames * s.height * s.width * pad8(s.channels) * 2;
+    l.caches = graph.caches.iter().map(|s| b.take(cache_bytes(s))).collect();
     l.cache_bytes = b.0 - caches_from;
+    // Zeros: the causal convolutions' history at a stream's start, copied from here.
+    l.zero_bytes = graph.caches.iter().map(cache_bytes).max().unwrap_or(0);
+    l.zeros = b.take(l.zero_bytes);
     // The arena last: its size comes from the dry runs, which need the other offsets.
     l.arena = b.0;
     let mut arena_bytes = 0;

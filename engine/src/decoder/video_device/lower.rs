@@ -3,20 +3,21 @@
 
 use streamdit_kernels::{conv, video};
 
-use super::layout::{pad8, Layout};
+use super::layout::{cout_pad, pad8, Layout};
+use super::vae::{self, Env};
 use super::lowering_error;
 use crate::backend::cuda::device::LaunchConfig;
 use crate::backend::cuda::lower::{Params, Step, Trace};
 use crate::error::Result;
 use crate::memory::arena::{self, Slot, Span};
-use crate::model::video_ops::{VideoGraph, VideoOp};
+use crate::model::video_ops::{Conv, VideoGraph, VideoOp};
 
 /// The activation buffers of one lowering, reference-counted while the op list is walked.
 /// A first pass records each buffer's size and when it is live (an event clock ticks at
 /// every allocation and release); the engine's one arena planner ([`arena::plan`]) places
 /// them, and a second pass lowers with those offsets. Launches run in order on one queue,
 /// so a buffer is free for reuse once its last reader has been issued.
-struct Buffers {
+pub(super) struct Buffers {
     bytes: Vec<usize>,
     refs: Vec<u32>,
     spans: Vec<Span>,
@@ -41,7 +42,7 @@ impl Buffers {
         self.clock += 1;
         self.clock
     }
-    fn alloc(&mut self, bytes: usize) -> usize {
+    pub(super) fn alloc(&mut self, bytes: usize) -> usize {
         let t = self.tick();
         self.bytes.push(bytes);
         self.refs.push(1);
@@ -53,12 +54,12 @@ impl Buffers {
         });
         self.refs.len() - 1
     }
-    fn hold(&mut self, buf: Option<usize>) {
+    pub(super) fn hold(&mut self, buf: Option<usize>) {
         if let Some(i) = buf {
             self.refs[i] += 1;
         }
     }
-    fn release(&mut self, buf: Option<usize>) {
+    pub(super) fn release(&mut self, buf: Option<usize>) {
         if let Some(i) = buf {
             self.refs[i] -= 1;
             if self.refs[i] == 0 {
@@ -67,7 +68,7 @@ impl Buffers {
         }
     }
     /// Byte offset of buffer `i` in the allocation (the arena's start in the first pass).
-    fn off(&self, i: usize) -> usize {
+    pub(super) fn off(&self, i: usize) -> usize {
         self.base + self.offsets.as_ref().map_or(0, |o| o[i] as usize)
     }
 }
@@ -75,10 +76,10 @@ impl Buffers {
 /// Where an activation is: a byte offset, the arena buffer holding it (none for the input),
 /// and its channels in memory (the input's are padded to a multiple of 8).
 #[derive(Debug, Clone, Copy)]
-struct Loc {
-    off: usize,
-    buf: Option<usize>,
-    stride: usize,
+pub(super) struct Loc {
+    pub(super) off: usize,
+    pub(super) buf: Option<usize>,
+    pub(super) stride: usize,
 }
 
 /// Lowers `graph` for a chunk of `n` latent frames (`first`: the chunk starts a stream) at
@@ -109,7 +110,7 @@ pub(super) fn lower_list(
     Ok((steps, output, bytes as usize))
 }
 
-fn launch(
+pub(super) fn launch(
     label: String,
     module: &'static str,
     kernel: &'static str,
@@ -154,10 +155,23 @@ fn lower_pass(
             .map(|&off| ptr(off))
             .ok_or_else(|| lowering_error(format!("{family}: no packed tensor `{name}`")))
     };
+    let env = Env {
+        base,
+        l,
+        first,
+        family,
+    };
+    let env_bias = |c: &Conv| -> Result<*const u16> {
+        if c.bias {
+            weight(&format!("{}.bias", c.name))
+        } else {
+            Ok(std::ptr::null())
+        }
+    };
     let no_lowering = |i: usize, what: &str| {
         lowering_error(format!(
-            "{family}: op {i} ({what}) has no device lowering yet (TAEHV's ops have; the Wan \
-             VAE's causal 3D convolutions, RMS norms and attention wait for their kernels)"
+            "{family}: op {i} ({what}) has no device lowering yet (TAEHV's ops and the Wan \
+             VAE's convolutions and norms have; the VAE's attention has not)"
         ))
     };
     let mut steps = Vec::new();
@@ -216,6 +230,16 @@ fn lower_pass(
                 }
                 cur = out;
             }
+            VideoOp::TemporalUp {
+                conv: c,
+                stride,
+                keep_first,
+            } if c.taps_t == 3 && c.taps_s == 1 => {
+                let (t, stride) = (frames, *stride);
+                let out = vae::time_conv_up(&env, &mut steps, pool, c, cur, t, hw, stride, *keep_first)?;
+                pool.release(cur.buf);
+                cur = out;
+            }
             VideoOp::Conv(c) | VideoOp::TemporalUp { conv: c, .. } => {
                 let (stride, keep_first) = match step.op {
                     VideoOp::TemporalUp {
@@ -223,9 +247,6 @@ fn lower_pass(
                     } => (stride, keep_first),
                     _ => (1, false),
                 };
-                if c.taps_t != 1 {
-                    return Err(no_lowering(i, step.op.kind()));
-                }
                 if keep_first {
                     return Err(no_lowering(i, "temporal_up keeping the first frame"));
                 }
@@ -236,50 +257,85 @@ fn lower_pass(
                         c.name, c.cin, cur.stride
                     )));
                 }
-                // A following AddSaved without a skip is fused as the residual.
+                let is_conv = matches!(step.op, VideoOp::Conv(_));
+                let out_ch = if is_conv { cout_pad(graph, c) } else { c.cout };
+                // A following AddSaved is fused as the residual (through its 1x1 skip).
                 let mut residual = std::ptr::null();
                 let mut held = None;
                 if let Some(VideoOp::AddSaved { skip, .. }) = ops.get(i + 1).map(|s| &s.op) {
-                    if skip.is_some() || !matches!(step.op, VideoOp::Conv(_)) {
-                        return Err(no_lowering(i + 1, "add_skip"));
+                    if !is_conv || c.upsample {
+                        return Err(no_lowering(i + 1, "add after this op"));
                     }
                     let s = saved.pop().ok_or_else(|| {
                         lowering_error(format!("{family}: op {}: nothing saved", i + 1))
                     })?;
-                    if s.stride != c.cout {
+                    let (add, buf) = match skip {
+                        None => (s, s.buf),
+                        Some(k) => {
+                            let m = frames * hw;
+                            let lc = conv::conv1x1_launch(m, s.stride, k.cout)
+                                .map_err(lowering_error)?;
+                            let b = pool.alloc(m * k.cout * 2);
+                            steps.push(launch(
+                                format!("{family} {}", k.name),
+                                "conv",
+                                lc.kernel,
+                                lc.config,
+                                Params::Conv1x1(conv::Conv1x1Params {
+                                    x: ptr(s.off),
+                                    w: weight(&format!("{}.weight", k.name))?,
+                                    bias: if k.bias {
+                                        weight(&format!("{}.bias", k.name))?
+                                    } else {
+                                        std::ptr::null()
+                                    },
+                                    residual: std::ptr::null(),
+                                    out: ptr_mut(pool.off(b)),
+                                    m: m as i32,
+                                    cin: s.stride as i32,
+                                    cout: k.cout as i32,
+                                }),
+                            ));
+                            pool.release(s.buf);
+                            let at = Loc {
+                                off: pool.off(b),
+                                buf: Some(b),
+                                stride: k.cout,
+                            };
+                            (at, Some(b))
+                        }
+                    };
+                    if add.stride != out_ch {
                         return Err(lowering_error(format!(
-                            "{family}: op {}: adds {} channels to {}",
+                            "{family}: op {}: adds {} channels to {out_ch}",
                             i + 1,
-                            s.stride,
-                            c.cout
+                            add.stride
                         )));
                     }
-                    residual = ptr(s.off);
-                    held = s.buf;
+                    residual = ptr(add.off);
+                    held = buf;
                     i += 1;
                 }
                 let s = if c.upsample { 2 } else { 1 };
                 let (ho, wo) = (step.height * s, step.width * s);
-                let out_bytes = frames * ho * wo * c.cout * 2;
-                let out = pool.alloc(out_bytes);
-                let bias = if c.bias {
-                    weight(&format!("{}.bias", c.name))?
-                } else {
-                    std::ptr::null()
-                };
-                let w = weight(&format!("{}.weight", c.name))?;
+                let out_bytes = frames * ho * wo * out_ch * 2;
                 let label = format!("{family} {}", c.name);
-                match (c.taps_s, c.upsample) {
-                    (3, _) => {
+                let next = match (c.taps_t, c.taps_s, c.upsample) {
+                    (3, 3, false) => {
+                        let hw2 = (step.height, step.width);
+                        vae::causal_conv3d(&env, &mut steps, pool, c, cur, frames, hw2, out_ch, residual)?
+                    }
+                    (1, 3, _) => {
                         let shape = conv::Conv3x3Shape {
                             t: frames,
                             h_in: step.height,
                             w_in: step.width,
                             cin: cur.stride,
-                            cout: c.cout,
+                            cout: out_ch,
                             upsample: c.upsample,
                         };
                         let lc = conv::conv3x3_launch(&shape).map_err(lowering_error)?;
+                        let out = pool.alloc(out_bytes);
                         steps.push(launch(
                             label,
                             "conv",
@@ -287,23 +343,29 @@ fn lower_pass(
                             lc.config,
                             Params::Conv3x3(conv::Conv3x3Params {
                                 x: ptr(cur.off),
-                                w,
-                                bias,
+                                w: weight(&format!("{}.weight", c.name))?,
+                                bias: env_bias(c)?,
                                 residual,
                                 out: ptr_mut(pool.off(out)),
                                 t: frames as i32,
                                 h_in: step.height as i32,
                                 w_in: step.width as i32,
                                 cin: cur.stride as i32,
-                                cout: c.cout as i32,
+                                cout: out_ch as i32,
                                 upsample: i32::from(c.upsample),
                             }),
                         ));
+                        Loc {
+                            off: pool.off(out),
+                            buf: Some(out),
+                            stride: out_ch,
+                        }
                     }
-                    (1, false) => {
+                    (1, 1, false) => {
                         let m = frames * hw;
-                        let lc = conv::conv1x1_launch(m, cur.stride, c.cout)
+                        let lc = conv::conv1x1_launch(m, cur.stride, out_ch)
                             .map_err(lowering_error)?;
+                        let out = pool.alloc(out_bytes);
                         steps.push(launch(
                             label,
                             "conv",
@@ -311,25 +373,26 @@ fn lower_pass(
                             lc.config,
                             Params::Conv1x1(conv::Conv1x1Params {
                                 x: ptr(cur.off),
-                                w,
-                                bias,
+                                w: weight(&format!("{}.weight", c.name))?,
+                                bias: env_bias(c)?,
                                 residual,
                                 out: ptr_mut(pool.off(out)),
                                 m: m as i32,
                                 cin: cur.stride as i32,
-                                cout: c.cout as i32,
+                                cout: out_ch as i32,
                             }),
                         ));
+                        Loc {
+                            off: pool.off(out),
+                            buf: Some(out),
+                            stride: out_ch,
+                        }
                     }
                     _ => return Err(no_lowering(i, step.op.kind())),
-                }
+                };
                 pool.release(cur.buf);
                 pool.release(held);
-                cur = Loc {
-                    off: pool.off(out),
-                    buf: Some(out),
-                    stride: c.cout,
-                };
+                cur = next;
                 if stride > 1 {
                     // TGrow's reshape: frame t's channel groups become frames stride t + s.
                     let ch = c.cout / stride;
@@ -357,6 +420,35 @@ fn lower_pass(
                         stride: ch,
                     };
                 }
+            }
+            VideoOp::RmsNorm { name, ch, silu, .. } => {
+                if cur.stride != *ch {
+                    return Err(lowering_error(format!(
+                        "{family}: op {i} ({name}) of {ch} channels on {} in memory",
+                        cur.stride
+                    )));
+                }
+                let pixels = frames * hw;
+                // In place, unless a Save still holds the activation.
+                let shared = saved.iter().any(|s| same(s, &cur));
+                let out = if shared {
+                    let b = pool.alloc(pixels * ch * 2);
+                    Loc {
+                        off: pool.off(b),
+                        buf: Some(b),
+                        stride: *ch,
+                    }
+                } else {
+                    cur
+                };
+                vae::rms_norm(&env, &mut steps, name, *silu, cur, out, pixels)?;
+                if shared {
+                    pool.release(cur.buf);
+                }
+                cur = out;
+            }
+            VideoOp::Denormalize { .. } if i == 0 => {
+                // On the host, as the latents are staged (`DeviceVideo::decode_piece`).
             }
             VideoOp::WithPast { ch, cache } => {
                 if cur.stride != *ch {
@@ -417,7 +509,7 @@ fn lower_pass(
                      convolution (fused as its residual)"
                 )));
             }
-            VideoOp::Denormalize { .. } | VideoOp::RmsNorm { .. } | VideoOp::Attention { .. } => {
+            VideoOp::Denormalize { .. } | VideoOp::Attention { .. } => {
                 return Err(no_lowering(i, step.op.kind()));
             }
         }

@@ -8,26 +8,31 @@
 //! |---|---|
 //! | `SoftClamp`, `Relu` | `video_map_f16` (in place unless a `Save` holds the input) |
 //! | `Conv` 3x3 (nearest 2x fused) | `conv3x3_f16` (`_n128` when `Cout % 128 == 0`) |
-//! | `Conv` 1x1 | `conv1x1_f16` |
-//! | `Conv` + `AddSaved` (no skip) | the convolution with the saved activation as its fused residual |
+//! | `Conv` 1x1 (2D or 1x1x1) | `conv1x1_f16` |
+//! | causal `Conv` 3x3x3 | copies of its 2 cached frames (zeros at a stream's start) and the chunk into a context buffer, `conv3d_f16`, a copy of the buffer's last 2 frames to the cache |
+//! | `Conv` + `AddSaved` | the convolution with the saved activation (through `conv1x1_f16` when the add has a skip) as its fused residual |
 //! | `WithPast` | `video_with_past_f16` (past: the cache, or null = zeros at a stream's start), then a copy of the last input frame to the cache |
-//! | `TemporalUp` | `conv1x1_f16` to `stride * C` channels, then `video_shuffle_f16` (none for stride 1) |
+//! | `TemporalUp`, 1x1 | `conv1x1_f16` to `stride * C` channels, then `video_shuffle_f16` (none for stride 1) |
+//! | `TemporalUp`, causal 3x1x1 | the context buffer as above, `conv_t3_f16`, `video_shuffle_f16`; with `keep_first` at a stream's start the first frame is copied to the output and bypasses both |
+//! | `RmsNorm` (+ SiLU) | `rms_norm_channels_f16` (in place unless a `Save` holds the input) |
+//! | `Denormalize` (first op) | on the host, in f32, as the latents are staged |
 //! | `DropFirst` | an offset into the activation at a stream's start: no launch |
 //! | `Save` | nothing: the activation's buffer is held until its `AddSaved` |
 //!
-//! The Wan VAE's causal 3D convolutions, RMS norms, attention, de-normalisation, 1x1 skips
-//! and `keep_first` upsampling have no lowering yet: building the decoder for its op list is
-//! an error naming the op.
+//! The Wan VAE's attention has no lowering yet: building the decoder for its whole op list
+//! is an error naming the op.
 //!
 //! Latents come in as the host's `[n, C, H, W]` f32, are converted on the host to
 //! channels-last f16 with the channels zero-padded to a multiple of 8 (the convolution
-//! kernels read 16-byte pixel rows; the first convolution's weights are padded to match)
+//! kernels read 16-byte pixel rows; weights, and the outputs of every convolution but the
+//! last, are padded to match)
 //! into pinned memory and copied in; the RGB result comes back in f16 through pinned memory.
 //! The allocation and queues are the decoder's own, so on a GPU the decode can run beside
 //! the DiT's calls.
 
 mod layout;
 mod lower;
+mod vae;
 
 use std::collections::HashMap;
 
@@ -41,7 +46,7 @@ use crate::backend::cuda::lower::Step;
 use crate::checkpoint::Weights;
 use crate::decoder::Decoder;
 use crate::error::{fmt_shape, Error, Result};
-use crate::model::video_ops::VideoGraph;
+use crate::model::video_ops::{VideoGraph, VideoOp};
 use crate::tensor::Tensor;
 
 fn lowering_error(what: impl std::fmt::Display) -> Error {
@@ -89,6 +94,9 @@ impl<D: Device> DeviceVideo<D> {
         }
         if !bytes.is_empty() {
             dev.write(mem.slice(0, bytes.len())?, &bytes)?;
+        }
+        if layout.zero_bytes > 0 {
+            dev.memset(mem.slice(layout.zeros, layout.zero_bytes)?, 0)?;
         }
         let mut me = DeviceVideo {
             dev,
@@ -174,8 +182,11 @@ impl<D: Device> DeviceVideo<D> {
         if !self.lists.contains_key(&key) {
             let (steps, output, _) = lower_list(g, &self.layout, self.mem.addr(), n, first)?;
             let steps = launches::resolve(&mut self.dev, steps)?;
-            let (fw, fh) = g.frame_size();
-            let out_len = g.frames_out(n, first) * fw * fh * 3;
+            // The last op's output: `[frames, 8H, 8W, 3]` for a whole decoder.
+            let out_len = g.steps.last().map_or(0, |s| {
+                let (f, ho, wo, co) = s.output();
+                f.count(n, first) * ho * wo * co
+            });
             let pinned_in = self.dev.alloc_pinned("video decoder latents", n * h * w * cp)?;
             let pinned_out = self.dev.alloc_pinned("video decoder RGB", out_len.max(1))?;
             let list = List {
@@ -189,13 +200,21 @@ impl<D: Device> DeviceVideo<D> {
             self.lists.insert(key, list);
         }
         let list = self.lists.get_mut(&key).expect("inserted above");
-        // [n, C, H, W] f32 to [n, H, W, pad8(C)] f16, straight into pinned memory.
+        // [n, C, H, W] f32 to [n, H, W, pad8(C)] f16, straight into pinned memory; a
+        // leading de-normalisation (the Wan VAE's) is applied here, in f32.
+        let denorm = match g.steps.first().map(|s| &s.op) {
+            Some(VideoOp::Denormalize { mean, std }) => Some((mean.clone(), std.clone())),
+            _ => None,
+        };
         let staged = self.dev.pinned(list.pinned_in)?;
         staged.fill(0);
         for f in 0..n {
             for p in 0..h * w {
                 for ch in 0..c {
-                    let v = latents[(f * c + ch) * h * w + p];
+                    let mut v = latents[(f * c + ch) * h * w + p];
+                    if let Some((mean, std)) = &denorm {
+                        v = v * std[ch] + mean[ch];
+                    }
                     staged[(f * h * w + p) * cp + ch] = f16::from_f32(v).to_bits();
                 }
             }

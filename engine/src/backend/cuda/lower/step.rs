@@ -4,7 +4,8 @@
 
 use streamdit_kernels::gemm_sm90::{self, Buffers, Epilogue};
 use streamdit_kernels::{
-    adaln, attention, conv, elementwise as ew, gemm, video, wan_attention, wan_embed, wan_qk,
+    adaln, attention, conv, elementwise as ew, gemm, vae, video, wan_attention, wan_embed,
+    wan_qk,
 };
 
 use crate::backend::cuda::device::{backend_error, Device, DeviceBuffer, Kernel, LaunchConfig};
@@ -58,6 +59,8 @@ pub enum Params {
     VideoWithPast(video::VideoWithPastParams),
     VideoShuffle(video::VideoShuffleParams),
     VideoMap(video::VideoMapParams),
+    Conv3d(conv::Conv3dParams),
+    RmsNormChannels(vae::RmsNormChannelsParams),
 }
 
 // SAFETY: as for `DeviceParams`: the structs carry device addresses the host never
@@ -299,7 +302,9 @@ unsafe fn launch<D: Device>(
         AttnKvCache,
         VideoWithPast,
         VideoShuffle,
-        VideoMap
+        VideoMap,
+        Conv3d,
+        RmsNormChannels
     )
 }
 
