@@ -3,8 +3,9 @@
 //! 16, 8, 8; 4 latent channels, padded to 8 on the device; 8x8 latents, 64x64 video)
 //! against the CPU decoder (f32) on the same random weights in the released names, chunked
 //! against whole, a decoder that loses its caches between chunks caught, graph replay
-//! against launch by launch, one small decode under the race checker, bad latents and the
-//! Wan VAE's ops named, and the engine choosing it for a Wan stream on `--backend emu`.
+//! against launch by launch, one small decode under the race checker, bad latents named,
+//! the toy Wan VAE whole and its blocks (chunked = whole, lost caches caught, the race
+//! checker), and the engine choosing them for a Wan stream on `--backend emu`.
 
 mod common;
 
@@ -216,7 +217,12 @@ fn bad_latents_and_unlowered_ops_are_named_errors() {
         .unwrap()
         .to_string();
     assert!(e.contains("decoder.9.conv.2.weight"), "{e}");
-    // The Wan VAE's attention has no lowering yet: named, not a panic.
+}
+
+/// The whole toy Wan VAE (wan-tiny's: base width 8, 4 latent channels) on the emulator
+/// against the CPU decoder, chunked as a stream pops it (1 + 2 latent frames).
+#[test]
+fn device_wan_vae_matches_the_cpu_decoder() {
     let vae = WanVaeConfig {
         z_dim: C,
         dim: 8,
@@ -226,11 +232,21 @@ fn bad_latents_and_unlowered_ops_are_named_errors() {
     };
     let g = wan_vae::graph(&vae, H, W).unwrap();
     let w = streamdit::WanVaeDecoder::random_weights(&vae, 1, DType::F32).unwrap();
-    let e = DeviceVideo::new(g, &w, 1, EmuDevice::new())
-        .err()
+    let x = latents(13, 3, H, W);
+    let want = VideoDecoder::new(g.clone(), &w)
         .unwrap()
-        .to_string();
-    assert!(e.contains("(attention) has no device lowering yet"), "{e}");
+        .decode_f32(&x)
+        .unwrap();
+    let mut dev = emu(&g, &w, 2);
+    let fe = C * H * W;
+    let mut got = dev.decode_f32(&x[..fe]).unwrap();
+    got.extend(dev.decode_f32(&x[fe..]).unwrap());
+    let (max, l2) = errors(&got, &want);
+    eprintln!("device vs CPU Wan VAE, chunks of 1 + 2: rel L2 {l2:.2e}, max err / RMS {max:.2e}");
+    assert!(
+        l2 <= REL_L2 && max <= MAX_OVER_RMS,
+        "rel L2 {l2}, max/RMS {max}"
+    );
 }
 
 /// The Wan VAE's lowered ops, in a list made with its own block builders: the
@@ -305,7 +321,7 @@ fn device_wan_vae_blocks_match_the_cpu_and_stream_seamlessly() {
 /// A Wan stream on `--backend emu` decodes TAEHV on the (emulated) device: its frames are
 /// the device decoder's bytes for its latents, close to (not equal to) the CPU decoder's.
 #[test]
-fn the_engine_decodes_taehv_on_the_device_for_emu_streams() {
+fn the_engine_decodes_taehv_and_the_wan_vae_on_the_device_for_emu_streams() {
     let e = Engine::new(EngineParams {
         profile: Profile::builtin("wan-tiny").unwrap(),
         weights: WeightsSource::Random {
@@ -352,6 +368,29 @@ fn the_engine_decodes_taehv_on_the_device_for_emu_streams() {
     );
     assert!(
         far * 1000 <= frames.len(),
+        "{far} bytes differ by more than 4 levels"
+    );
+
+    // The Wan VAE too: the engine's decoder is the device one (close to the CPU's, not it).
+    let wv = wan_decoder_weights(e.profile(), WanDecoder::WanVae, None, 5, DType::F16).unwrap();
+    let mut on_dev = Vec::new();
+    let mut vae = e.decoder(DecoderKind::WanVae).unwrap();
+    vae.decode(&x, &mut on_dev).unwrap();
+    let mut on_cpu = Vec::new();
+    let mut cpu = wan_decoder(e.profile(), WanDecoder::WanVae, &wv).unwrap();
+    cpu.decode(&x, &mut on_cpu).unwrap();
+    assert_eq!(on_dev.len(), on_cpu.len());
+    let far = on_dev
+        .iter()
+        .zip(&on_cpu)
+        .filter(|(a, b)| a.abs_diff(**b) > 4)
+        .count();
+    assert!(
+        on_dev != on_cpu,
+        "the Wan VAE decoded on the device, in f16"
+    );
+    assert!(
+        far * 1000 <= on_dev.len(),
         "{far} bytes differ by more than 4 levels"
     );
 }

@@ -188,10 +188,9 @@ pub fn wan_decoder(
     Ok(decoder)
 }
 
-/// TAEHV of `profile` lowered to `dev` (docs/taehv.md, "On the device") with `weights`, for
-/// chunks of the profile's size: the decoder of a Wan stream on the `emu` and `cuda`
-/// backends, with its own allocation and queues. The Wan VAE's ops have no device lowering
-/// yet: it is an error here, and its streams decode on the CPU.
+/// Wan decoder `kind` (TAEHV or the Wan VAE) of `profile` lowered to `dev` (docs/taehv.md,
+/// "On the device") with `weights`, for chunks of the profile's size: the decoder of a Wan
+/// stream on the `emu` and `cuda` backends, with its own allocation and queues.
 pub fn wan_device_decoder<D: Device + 'static>(
     profile: &Profile,
     kind: WanDecoder,
@@ -232,9 +231,8 @@ fn check_video_factors(profile: &Profile, kind: WanDecoder, decoder: &dyn Decode
 impl Engine {
     /// The decoder of a Wan stream asking for `kind`, its weights from `file`, else from the
     /// profile's `wan.decoder_weights`, else random (the DiT's seed and dtype for random DiT
-    /// weights, seed 0 in f16 for a DiT checkpoint); loaded once per engine. TAEHV runs on
-    /// the engine's device with the `emu` and `cuda` backends ([`wan_device_decoder`]), the
-    /// Wan VAE on the CPU.
+    /// weights, seed 0 in f16 for a DiT checkpoint); loaded once per engine. Both run on the
+    /// engine's device with the `emu` and `cuda` backends ([`wan_device_decoder`]).
     pub(super) fn wan_decoder(
         &self,
         kind: DecoderKind,
@@ -283,10 +281,10 @@ impl Engine {
             }
         };
         match (kind, self.backend) {
-            (WanDecoder::Taehv, BackendKind::Emu) => {
+            (WanDecoder::Taehv | WanDecoder::WanVae, BackendKind::Emu) => {
                 wan_device_decoder(&self.profile, kind, &weights, EmuDevice::new())
             }
-            (WanDecoder::Taehv, BackendKind::Cuda) => {
+            (WanDecoder::Taehv | WanDecoder::WanVae, BackendKind::Cuda) => {
                 wan_device_decoder(&self.profile, kind, &weights, CudaDevice::new(self.device)?)
             }
             _ => wan_decoder(&self.profile, kind, &weights),

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use half::f16;
-use streamdit_kernels::conv;
+use streamdit_kernels::{conv, vae};
 
 use super::lower::lower_list;
 use super::lowering_error;
@@ -119,6 +119,18 @@ fn gammas(graph: &VideoGraph) -> Vec<(String, usize, usize)> {
         .collect()
 }
 
+/// The attentions' projections: `({qkv}, {proj}, ch)`.
+fn attentions(graph: &VideoGraph) -> Vec<(String, String, usize)> {
+    graph
+        .steps
+        .iter()
+        .filter_map(|s| match &s.op {
+            VideoOp::Attention { qkv, proj, ch, .. } => Some((qkv.clone(), proj.clone(), *ch)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The tensor `name` with `shape`, or the error naming it.
 fn tensor<'a>(weights: &'a Weights, name: &str, shape: &[usize]) -> Result<&'a [f32]> {
     let t = weights.get(name)?;
@@ -168,6 +180,24 @@ pub(super) fn pack_weights(graph: &VideoGraph, weights: &Weights) -> Result<Vec<
             out.push((name, to_f16(&b)));
         }
     }
+    for (qkv, proj, c) in attentions(graph) {
+        let wq = format!("{qkv}.weight");
+        out.push((wq.clone(), to_f16(tensor(weights, &wq, &[3 * c, c, 1, 1])?)));
+        let bq = format!("{qkv}.bias");
+        let bqkv = tensor(weights, &bq, &[3 * c])?;
+        out.push((bq, to_f16(bqkv)));
+        let wname = format!("{proj}.weight");
+        let wp = tensor(weights, &wname, &[c, c, 1, 1])?;
+        out.push((wname, to_f16(wp)));
+        // The value bias folded into the projection's (each softmax row sums to 1).
+        let bname = format!("{proj}.bias");
+        let bp = tensor(weights, &bname, &[c])?;
+        let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+        let folded = vae::fold_value_bias(&f64s(wp), &f64s(bp), &f64s(&bqkv[2 * c..]))
+            .map_err(lowering_error)?;
+        let folded: Vec<f32> = folded.iter().map(|&v| v as f32).collect();
+        out.push((bname, to_f16(&folded)));
+    }
     for (name, ch, rank) in gammas(graph) {
         let mut shape = vec![1; rank];
         shape[0] = ch;
@@ -207,6 +237,12 @@ pub(super) fn plan_layout(graph: &VideoGraph, max_frames: usize) -> Result<Layou
     }
     for (name, ch, _) in gammas(graph) {
         l.weights.insert(name, b.take(ch * 2));
+    }
+    for (qkv, proj, c) in attentions(graph) {
+        l.weights.insert(format!("{qkv}.weight"), b.take(3 * c * c * 2));
+        l.weights.insert(format!("{qkv}.bias"), b.take(3 * c * 2));
+        l.weights.insert(format!("{proj}.weight"), b.take(c * c * 2));
+        l.weights.insert(format!("{proj}.bias"), b.take(c * 2));
     }
     l.weight_bytes = b.0;
     let (c, h, w) = (graph.latent_channels, graph.latent_height, graph.latent_width);

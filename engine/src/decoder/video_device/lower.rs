@@ -509,7 +509,26 @@ fn lower_pass(
                      convolution (fused as its residual)"
                 )));
             }
-            VideoOp::Denormalize { .. } | VideoOp::Attention { .. } => {
+            VideoOp::Attention { qkv, proj, heads, .. } => {
+                // The block's AddSaved (no skip) is the output projection's residual.
+                let fused = matches!(
+                    ops.get(i + 1).map(|s| &s.op),
+                    Some(VideoOp::AddSaved { skip: None, .. })
+                );
+                if *heads != 1 || !fused {
+                    return Err(no_lowering(i, "attention other than one head plus its input"));
+                }
+                let s = saved.pop().ok_or_else(|| {
+                    lowering_error(format!("{family}: op {}: nothing saved", i + 1))
+                })?;
+                let names = (qkv.as_str(), proj.as_str());
+                let out = vae::attention(&env, &mut steps, pool, names, cur, s, frames, hw)?;
+                pool.release(cur.buf);
+                pool.release(s.buf);
+                cur = out;
+                i += 1;
+            }
+            VideoOp::Denormalize { .. } => {
                 return Err(no_lowering(i, step.op.kind()));
             }
         }

@@ -16,11 +16,12 @@
 //! | `TemporalUp`, causal 3x1x1 | the context buffer as above, `conv_t3_f16`, `video_shuffle_f16`; with `keep_first` at a stream's start the first frame is copied to the output and bypasses both |
 //! | `RmsNorm` (+ SiLU) | `rms_norm_channels_f16` (in place unless a `Save` holds the input) |
 //! | `Denormalize` (first op) | on the host, in f32, as the latents are staged |
+//! | `Attention` + `AddSaved` (one head) | per frame: `conv1x1_f16` (q, k), `gemm_bias_f16` (`V^T = Wv x^T`), `gemm_bias_f32` (`S = q k^T`), `softmax_rows_f16`, `gemm_bias_f16` (`P V`), `conv1x1_f16` (proj with the value bias folded in, the block input as residual) |
 //! | `DropFirst` | an offset into the activation at a stream's start: no launch |
 //! | `Save` | nothing: the activation's buffer is held until its `AddSaved` |
 //!
-//! The Wan VAE's attention has no lowering yet: building the decoder for its whole op list
-//! is an error naming the op.
+//! An op sequence without a lowering (an `AddSaved` that follows no convolution, attention
+//! with more heads) is an error naming the op.
 //!
 //! Latents come in as the host's `[n, C, H, W]` f32, are converted on the host to
 //! channels-last f16 with the channels zero-padded to a multiple of 8 (the convolution

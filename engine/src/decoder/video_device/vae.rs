@@ -3,7 +3,7 @@
 //! upsampling's causal 3x1x1 convolution with the first-frame bypass (`conv_t3_f16` then
 //! `video_shuffle_f16`), and the per-pixel RMS norm (`rms_norm_channels_f16`).
 
-use streamdit_kernels::{conv, vae, video};
+use streamdit_kernels::{conv, gemm, vae, video};
 
 use super::layout::Layout;
 use super::lower::{launch, Buffers, Loc};
@@ -281,4 +281,144 @@ pub(super) fn rms_norm(
         }),
     ));
     Ok(())
+}
+
+/// The mid block's single-head attention of `x [t, hw, ch]` per frame, plus `residual`
+/// (`[t, hw, ch]`, the block's input), into a new `[t, hw, ch]` buffer: the GEMM sequence of
+/// docs/wan_vae.md ("Attention, step by step") with `hw % 8 == 0` (no padding rows).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention(
+    env: &Env,
+    steps: &mut Vec<Step>,
+    pool: &mut Buffers,
+    (qkv, proj): (&str, &str),
+    x: Loc,
+    residual: Loc,
+    t: usize,
+    hw: usize,
+) -> Result<Loc> {
+    let c = x.stride;
+    let family = env.family;
+    if hw % 8 != 0 || c % 8 != 0 {
+        return Err(lowering_error(format!(
+            "{family}: {qkv}: the attention's GEMMs need pixels per frame ({hw}) and channels \
+             ({c}) that are multiples of 8"
+        )));
+    }
+    let err = |e: String| lowering_error(format!("{family}: {qkv}: {e}"));
+    let wqkv = env.weight(&format!("{qkv}.weight"))?;
+    let bqkv = env.weight(&format!("{qkv}.bias"))?;
+    let wp = env.weight(&format!("{proj}.weight"))?;
+    let bp = env.weight(&format!("{proj}.bias"))?;
+    let at = |p: *const u16, elems: usize| p.wrapping_add(elems);
+    let frame = hw * c * 2;
+    let (q, k, vt, o) = (
+        pool.alloc(frame),
+        pool.alloc(frame),
+        pool.alloc(frame),
+        pool.alloc(frame),
+    );
+    let s = pool.alloc(hw * hw * 4);
+    let p = pool.alloc(hw * hw * 2);
+    let out = pool.alloc(t * frame);
+    let one = conv::conv1x1_launch(hw, c, c).map_err(err)?;
+    let vt_cfg = gemm::bias_f16_config(c, hw, c).map_err(err)?;
+    let s_cfg = gemm::bias_f32_config(hw, hw, c).map_err(err)?;
+    let sm_cfg = vae::softmax_rows_launch(hw, hw, hw).map_err(err)?;
+    let o_cfg = gemm::bias_f16_config(hw, c, hw).map_err(err)?;
+    let scale = 1.0 / (c as f32).sqrt();
+    for f in 0..t {
+        let xf = x.off + f * frame;
+        let label = |what: &str| format!("{family} {qkv} frame {f} {what}");
+        let proj1x1 = |w: *const u16, b: *const u16, src: usize, res: *const u16, dst: usize| {
+            Params::Conv1x1(conv::Conv1x1Params {
+                x: env.ptr(src),
+                w,
+                bias: b,
+                residual: res,
+                out: env.ptr_mut(dst),
+                m: hw as i32,
+                cin: c as i32,
+                cout: c as i32,
+            })
+        };
+        let null = std::ptr::null();
+        let (qo, ko) = (pool.off(q), pool.off(k));
+        steps.push(launch(label("q"), "conv", one.kernel, one.config, proj1x1(wqkv, bqkv, xf, null, qo)));
+        let (wk, bk) = (at(wqkv, c * c), at(bqkv, c));
+        steps.push(launch(label("k"), "conv", one.kernel, one.config, proj1x1(wk, bk, xf, null, ko)));
+        // V^T = Wv x^T: the weight as the A operand writes the values transposed.
+        steps.push(launch(
+            label("v"),
+            "gemm",
+            gemm::KERNEL_BIAS_F16,
+            vt_cfg,
+            Params::GemmBiasF16(gemm::GemmBiasF16Params {
+                a: at(wqkv, 2 * c * c),
+                w: env.ptr(xf),
+                bias: null,
+                out: env.ptr_mut(pool.off(vt)),
+                m: c as i32,
+                n: hw as i32,
+                k: c as i32,
+            }),
+        ));
+        let s_at = (env.base + pool.off(s) as u64) as *mut f32;
+        steps.push(launch(
+            label("scores"),
+            "gemm",
+            gemm::KERNEL_BIAS_F32,
+            s_cfg,
+            Params::GemmBiasF32(gemm::GemmBiasF32Params {
+                a: env.ptr(qo),
+                w: env.ptr(ko),
+                bias: null,
+                out: s_at,
+                m: hw as i32,
+                n: hw as i32,
+                k: c as i32,
+            }),
+        ));
+        steps.push(launch(
+            label("softmax"),
+            "vae",
+            vae::KERNEL_SOFTMAX_ROWS,
+            sm_cfg,
+            Params::SoftmaxRows(vae::SoftmaxRowsParams {
+                s: s_at,
+                p: env.ptr_mut(pool.off(p)),
+                rows: hw as i32,
+                cols: hw as i32,
+                ld: hw as i32,
+                scale,
+            }),
+        ));
+        steps.push(launch(
+            label("p v"),
+            "gemm",
+            gemm::KERNEL_BIAS_F16,
+            o_cfg,
+            Params::GemmBiasF16(gemm::GemmBiasF16Params {
+                a: env.ptr(pool.off(p)),
+                w: env.ptr(pool.off(vt)),
+                bias: null,
+                out: env.ptr_mut(pool.off(o)),
+                m: hw as i32,
+                n: c as i32,
+                k: hw as i32,
+            }),
+        ));
+        let res = env.ptr(residual.off + f * frame);
+        let dst = pool.off(out) + f * frame;
+        let params = proj1x1(wp, bp, pool.off(o), res, dst);
+        steps.push(launch(label("proj"), "conv", one.kernel, one.config, params));
+    }
+    for b in [q, k, vt, o, s, p] {
+        pool.release(Some(b));
+    }
+    Ok(Loc {
+        off: pool.off(out),
+        buf: Some(out),
+        stride: c,
+    })
 }

@@ -61,6 +61,7 @@ pub enum Params {
     VideoMap(video::VideoMapParams),
     Conv3d(conv::Conv3dParams),
     RmsNormChannels(vae::RmsNormChannelsParams),
+    SoftmaxRows(vae::SoftmaxRowsParams),
 }
 
 // SAFETY: as for `DeviceParams`: the structs carry device addresses the host never
@@ -304,7 +305,8 @@ unsafe fn launch<D: Device>(
         VideoShuffle,
         VideoMap,
         Conv3d,
-        RmsNormChannels
+        RmsNormChannels,
+        SoftmaxRows
     )
 }
 
