@@ -17,6 +17,7 @@ pub mod gemm_sm90;
 pub mod images;
 pub mod tma;
 pub mod vae;
+pub mod video;
 pub mod wan_attention;
 pub mod wan_embed;
 pub mod wan_qk;

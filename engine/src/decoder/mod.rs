@@ -1,12 +1,13 @@
 //! Decoders turn clean latent chunks into RGB video frames. The preview decoder is the cheap
 //! stand-in; the temporal-autoencoder decoder (docs/tae.md) implements the same trait, and so
-//! do the Wan-family decoders (TAEHV, the Wan VAE: `video` executes their op lists on the CPU;
-//! docs/taehv.md, docs/wan_vae.md).
+//! do the Wan-family decoders (TAEHV, the Wan VAE: `video` executes their op lists on the CPU,
+//! `video_device` lowers them to a device; docs/taehv.md, docs/wan_vae.md).
 
 pub mod preview;
 pub mod tae;
 pub mod taehv;
 pub mod video;
+pub mod video_device;
 mod video_kernels;
 pub mod wan_vae;
 
@@ -17,6 +18,7 @@ pub use preview::Preview;
 pub use tae::{DeviceTae, TaeDecoder, TaeEncoder};
 pub use taehv::TaehvDecoder;
 pub use video::VideoDecoder;
+pub use video_device::DeviceVideo;
 pub use wan_vae::WanVaeDecoder;
 
 /// Latents `[n, C, H, W]` to RGB8 video frames.

@@ -17,7 +17,7 @@ use crate::backend::cuda::CudaCausal;
 use crate::backend::CausalBackend;
 use crate::checkpoint::wan::{load_wan, random_wan};
 use crate::checkpoint::{Checkpoint, DType, Weights};
-use crate::decoder::{Decoder, TaehvDecoder, WanVaeDecoder};
+use crate::decoder::{Decoder, DeviceVideo, TaehvDecoder, WanVaeDecoder};
 use crate::error::{Error, Result};
 use crate::memory::host::check_host_memory;
 use crate::model::video_ops::VideoGraph;
@@ -196,6 +196,30 @@ pub fn wan_decoder(
             )))
         }
     };
+    check_video_factors(profile, kind, decoder.as_ref())?;
+    Ok(decoder)
+}
+
+/// Wan decoder `kind` (TAEHV or the Wan VAE) of `profile` lowered to `dev` (docs/taehv.md,
+/// "On the device") with `weights`, for chunks of the profile's size: the decoder of a Wan
+/// stream on the `emu` and `cuda` backends, with its own allocation and queues.
+pub fn wan_device_decoder<D: Device + 'static>(
+    profile: &Profile,
+    kind: WanDecoder,
+    weights: &Weights,
+    dev: D,
+) -> Result<Box<dyn Decoder>> {
+    let graph = wan_decoder_graph(profile, kind)?;
+    let chunk = profile.wan()?.chunk_frames;
+    let decoder: Box<dyn Decoder> = Box::new(DeviceVideo::new(graph, weights, chunk, dev)?);
+    check_video_factors(profile, kind, decoder.as_ref())?;
+    Ok(decoder)
+}
+
+/// An error when `decoder`'s upsampling is not the profile's video factors.
+fn check_video_factors(profile: &Profile, kind: WanDecoder, decoder: &dyn Decoder) -> Result<()> {
+    let w = profile.wan()?;
+    let (h, wd) = (w.latent_height, w.latent_width);
     let (fw, fh) = decoder.frame_size();
     let v = &profile.video;
     if decoder.frames_per_latent() != v.temporal_upsample
@@ -213,13 +237,14 @@ pub fn wan_decoder(
             v.spatial_upsample
         )));
     }
-    Ok(decoder)
+    Ok(())
 }
 
 impl Engine {
     /// The decoder of a Wan stream asking for `kind`, its weights from `file`, else from the
     /// profile's `wan.decoder_weights`, else random (the DiT's seed and dtype for random DiT
-    /// weights, seed 0 in f16 for a DiT checkpoint); loaded once per engine.
+    /// weights, seed 0 in f16 for a DiT checkpoint); loaded once per engine. Both run on the
+    /// engine's device with the `emu` and `cuda` backends ([`wan_device_decoder`]).
     pub(super) fn wan_decoder(
         &self,
         kind: DecoderKind,
@@ -270,7 +295,15 @@ impl Engine {
                 w
             }
         };
-        wan_decoder(&self.profile, kind, &weights)
+        match (kind, self.backend) {
+            (WanDecoder::Taehv | WanDecoder::WanVae, BackendKind::Emu) => {
+                wan_device_decoder(&self.profile, kind, &weights, EmuDevice::new())
+            }
+            (WanDecoder::Taehv | WanDecoder::WanVae, BackendKind::Cuda) => {
+                wan_device_decoder(&self.profile, kind, &weights, CudaDevice::new(self.device)?)
+            }
+            _ => wan_decoder(&self.profile, kind, &weights),
+        }
     }
 }
 

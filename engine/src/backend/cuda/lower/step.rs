@@ -4,7 +4,8 @@
 
 use streamdit_kernels::gemm_sm90::{self, Buffers, Epilogue};
 use streamdit_kernels::{
-    adaln, attention, attention_sm90, conv, elementwise as ew, gemm, wan_attention, wan_embed,
+    adaln, attention, attention_sm90, conv, elementwise as ew, gemm, vae, video, wan_attention,
+    wan_embed,
     wan_qk,
 };
 
@@ -58,6 +59,12 @@ pub enum Params {
     AttnKvCache(wan_attention::AttnKvCacheParams),
     /// `AttnKvCache` (dh = 128) on the sm_90a attention (`lower::wan_sm90`).
     AttnSm90(attention_sm90::AttnSm90Params),
+    VideoWithPast(video::VideoWithPastParams),
+    VideoShuffle(video::VideoShuffleParams),
+    VideoMap(video::VideoMapParams),
+    Conv3d(conv::Conv3dParams),
+    RmsNormChannels(vae::RmsNormChannelsParams),
+    SoftmaxRows(vae::SoftmaxRowsParams),
 }
 
 // SAFETY: as for `DeviceParams`: the structs carry device addresses the host never
@@ -304,7 +311,13 @@ unsafe fn launch<D: Device>(
         WanRmsRows,
         WanTimestep,
         AttnKvCache,
-        AttnSm90
+        AttnSm90,
+        VideoWithPast,
+        VideoShuffle,
+        VideoMap,
+        Conv3d,
+        RmsNormChannels,
+        SoftmaxRows
     )
 }
 
