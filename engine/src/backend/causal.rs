@@ -40,6 +40,22 @@ pub trait CausalBackend: Send {
     /// cache and to itself. The cache is unchanged.
     fn denoise(&mut self, x: &[f32], t: &[f32], f0: u64, v: &mut [f32]) -> Result<()>;
 
+    /// A hint that the next call is `denoise(x, t, f0, ..)`: a backend that runs
+    /// asynchronously may launch it now, so the device works while the caller decodes the
+    /// chunk it just received. The next [`CausalBackend::denoise`] takes it only when its
+    /// inputs are these very values (bit for bit) and the cache is the same; anything else
+    /// first (a text, an eviction, a commit, a re-cache, a clear, another call) drops it,
+    /// and nothing of it reaches the cache. The default does nothing.
+    fn prefetch(&mut self, _x: &[f32], _t: &[f32], _f0: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Denoising calls so far that took a call started by [`CausalBackend::prefetch`]
+    /// (0 for a backend that never starts one).
+    fn prefetched_calls(&self) -> u64 {
+        0
+    }
+
     /// The committing pass of a finished chunk: `x0 [c, C, H, W]` at timestep `t` (the
     /// profile's `context_timestep`) for every frame; its keys and values become the
     /// cache's newest frames.

@@ -14,6 +14,12 @@
 //! switch takes effect at the next chunk; with `recache` (LongLive) the last
 //! `R = min(window, f0)` clean frames are first re-run under the new prompt, keeping the old
 //! sink when `f0 > window`. Noise is Philox with the counter layout of docs/wan.md section 6.
+//!
+//! After a chunk is emitted, `prefetch` does the next chunk's eviction and draws its first
+//! noise early and hands its first call to the backend, which may start it while the chunk
+//! is decoded (docs/wan.md section 13). Unless a prompt switch is already waiting: then
+//! the call's text and cache are not known yet. A switch arriving later makes the backend
+//! drop the call; the early eviction changes nothing, as a re-cache keeps only the sink.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -50,6 +56,8 @@ pub(crate) struct CausalSampler {
     /// The last `window` clean frames, for a re-cache.
     history: VecDeque<Vec<f32>>,
     calls: u64,
+    /// The next chunk's first noise, drawn by `prefetch`.
+    next_noise: Option<Vec<f32>>,
 }
 
 impl CausalSampler {
@@ -84,6 +92,7 @@ impl CausalSampler {
             has_text: false,
             history: VecDeque::new(),
             calls: 0,
+            next_noise: None,
         }
     }
 
@@ -91,12 +100,17 @@ impl CausalSampler {
         self.chunk * self.chunk_frames as u64
     }
 
-    /// The noise of the chunk's frames at `step`, recorded as `noise.{chunk}.{step}`.
-    fn noise(&self, step: usize, trace: Option<&mut Trace>) -> Vec<f32> {
-        let mut z = vec![0.0; self.chunk_frames * self.frame_elems];
-        for (i, frame) in z.chunks_mut(self.frame_elems).enumerate() {
-            rng::wan_noise_frame(self.seed, self.f0() + i as u64, step as u32, frame);
-        }
+    /// The noise of the chunk's frames at `step` (step 0 as `prefetch` drew it, if it did),
+    /// recorded as `noise.{chunk}.{step}`.
+    fn noise(&mut self, step: usize, trace: Option<&mut Trace>) -> Vec<f32> {
+        let drawn = if step == 0 { self.next_noise.take() } else { None };
+        let z = drawn.unwrap_or_else(|| {
+            let mut z = vec![0.0; self.chunk_frames * self.frame_elems];
+            for (i, frame) in z.chunks_mut(self.frame_elems).enumerate() {
+                rng::wan_noise_frame(self.seed, self.f0() + i as u64, step as u32, frame);
+            }
+            z
+        });
         if let Some(t) = trace {
             let [c, h, w] = self.frame;
             let shape = vec![self.chunk_frames, c, h, w];
@@ -117,11 +131,17 @@ impl CausalSampler {
                 self.recache_window(f0)?;
             }
         }
+        self.make_room()?;
+        self.x = self.noise(0, trace);
+        Ok(())
+    }
+
+    /// Evicts frames after the sink until the chunk fits the window.
+    fn make_room(&mut self) -> Result<()> {
         let held = self.backend.cached_frames().len();
         if held + self.chunk_frames > self.window {
             self.backend.evict(held + self.chunk_frames - self.window)?;
         }
-        self.x = self.noise(0, trace);
         Ok(())
     }
 
@@ -190,6 +210,22 @@ impl Sampler for CausalSampler {
         self.chunk += 1;
         self.step = 0;
         Ok(true)
+    }
+
+    fn prefetch(&mut self) -> Result<()> {
+        if self.step != 0 || !self.has_text || self.pending.is_some() {
+            return Ok(());
+        }
+        self.make_room()?;
+        let x = self.noise(0, None);
+        let t = vec![self.timesteps[0] as f32; self.chunk_frames];
+        self.backend.prefetch(&x, &t, self.f0())?;
+        self.next_noise = Some(x);
+        Ok(())
+    }
+
+    fn prefetched_calls(&self) -> u64 {
+        self.backend.prefetched_calls()
     }
 
     fn calls(&self) -> u64 {

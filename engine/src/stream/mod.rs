@@ -57,6 +57,11 @@ pub(crate) trait Sampler: Send {
         Ok(())
     }
 
+    /// Model calls that took a call a device started early (0 where none is counted).
+    fn prefetched_calls(&self) -> u64 {
+        0
+    }
+
     /// Model calls made so far (denoising calls for a causal family).
     fn calls(&self) -> u64;
 
@@ -413,6 +418,13 @@ impl Stream {
     /// Model calls made so far.
     pub fn calls(&self) -> u64 {
         self.sampler.calls()
+    }
+
+    /// Model calls so far that a device had started ahead, while the chunk before was
+    /// decoded ([`Stream::next_frames`]; counted by the Wan family's device backend, 0
+    /// elsewhere).
+    pub fn prefetched_calls(&self) -> u64 {
+        self.sampler.prefetched_calls()
     }
 
     /// Chunks emitted so far.
