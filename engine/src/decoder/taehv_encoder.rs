@@ -19,6 +19,8 @@ pub struct TaehvEncoder {
     latent_channels: usize,
 }
 
+// Some methods serve only the integration tests and the `internals` API.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 impl TaehvEncoder {
     /// The encoder of `cfg` for video frames of `height x width` pixels (multiples of 8) with
     /// `weights` (names `encoder.{i}.*`); a missing or mis-shaped tensor is an error naming it.
