@@ -430,7 +430,20 @@ impl Engine {
             }
         };
         let f = TaehvEncoderConfig::SPACE_FACTOR;
-        let encoder = TaehvEncoder::new(&cfg, f * w.latent_height, f * w.latent_width, &weights)?;
+        let (h, wd) = (f * w.latent_height, f * w.latent_width);
+        let graph = crate::model::taehv_encoder::graph(&cfg, h, wd)?;
+        let mut need = crate::memory::host::taehv_encoder_memory(&graph, w.chunk_frames).total();
+        if self.backend == BackendKind::Cpu {
+            need += self.profile.memory_need().stream_bytes;
+        }
+        check_host_memory(
+            &format!(
+                "a video-to-video stream of profile `{}` (with its TAEHV encoder on the host)",
+                self.profile.name
+            ),
+            need,
+        )?;
+        let encoder = TaehvEncoder::new(&cfg, h, wd, &weights)?;
         let mut stream = self.stream_wan(params, Some(strength))?;
         if stream.frame_size() != encoder.frame_size() {
             return Err(Error::Invalid(format!(
