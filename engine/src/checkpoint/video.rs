@@ -19,6 +19,8 @@ use crate::tensor::Tensor;
 /// Philox counter word of a TAEHV decoder's first random tensor (tensor `j` of
 /// [`VideoGraph::tensors`] uses `TAEHV_COUNTER + j`): a range of its own.
 pub const TAEHV_COUNTER: u32 = 0x0200_0000;
+/// The same for the TAEHV encoder (`encoder.{i}.*`).
+pub const TAEHV_ENCODER_COUNTER: u32 = 0x0210_0000;
 /// The same for the Wan VAE decoder.
 pub const WAN_VAE_COUNTER: u32 = 0x0300_0000;
 

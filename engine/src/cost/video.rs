@@ -59,7 +59,7 @@ impl VideoCost {
             };
             let (weights, extra, class, eflops) = match &step.op {
                 VideoOp::Conv(c) => (conv_weight_elems(c), cache(c), OpClass::Gemm, 0),
-                VideoOp::TemporalUp { conv, .. } => {
+                VideoOp::TemporalUp { conv, .. } | VideoOp::TemporalPool { conv, .. } => {
                     (conv_weight_elems(conv), cache(conv), OpClass::Gemm, 0)
                 }
                 VideoOp::AddSaved { skip, .. } => (

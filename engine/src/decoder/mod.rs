@@ -6,6 +6,7 @@
 pub mod preview;
 pub mod tae;
 pub mod taehv;
+pub mod taehv_encoder;
 pub mod video;
 pub mod video_device;
 mod video_kernels;
@@ -17,6 +18,7 @@ use crate::tensor::check_finite;
 pub use preview::Preview;
 pub use tae::{DeviceTae, TaeDecoder, TaeEncoder};
 pub use taehv::TaehvDecoder;
+pub use taehv_encoder::TaehvEncoder;
 pub use video::VideoDecoder;
 pub use video_device::DeviceVideo;
 pub use wan_vae::WanVaeDecoder;

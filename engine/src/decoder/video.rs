@@ -34,6 +34,10 @@ enum Layer {
         stride: usize,
         keep_first: bool,
     },
+    TemporalPool {
+        conv: ConvWeights,
+        stride: usize,
+    },
     DropFirst(usize),
     Attention {
         wqkv: Vec<f32>,
@@ -77,9 +81,9 @@ fn conv_weights(weights: &Weights, c: &Conv) -> Result<ConvWeights> {
     } else {
         None
     };
-    Ok(ConvWeights::from_checkpoint(
-        w, b, c.cin, c.cout, c.taps_t, c.taps_s, c.upsample,
-    ))
+    let mut cw = ConvWeights::from_checkpoint(w, b, c.cin, c.cout, c.taps_t, c.taps_s, c.upsample);
+    cw.downsample = c.downsample;
+    Ok(cw)
 }
 
 impl VideoDecoder {
@@ -125,6 +129,10 @@ impl VideoDecoder {
                     cache: conv.cache,
                     stride: *stride,
                     keep_first: *keep_first,
+                },
+                VideoOp::TemporalPool { conv, stride } => Layer::TemporalPool {
+                    conv: conv_weights(weights, conv)?,
+                    stride: *stride,
                 },
                 VideoOp::DropFirst { frames } => Layer::DropFirst(*frames),
                 VideoOp::Attention {
@@ -253,13 +261,25 @@ impl VideoDecoder {
                 }
             }
         }
-        let mut x = Act {
+        let x = Act {
             data,
             frames: n,
             height: h,
             width: w,
             channels: c,
         };
+        Ok(self.run(x, n, &mut observe)?.data)
+    }
+
+    /// Runs the op list on `x` (the input of a chunk of `n` latent frames, channels last,
+    /// its shape already checked), continuing the stream.
+    pub(crate) fn run(
+        &mut self,
+        mut x: Act,
+        n: usize,
+        observe: &mut impl FnMut(usize, &[f32]),
+    ) -> Result<Act> {
+        let first = !self.started;
         let mut saved: Vec<Act> = Vec::new();
         for (index, layer) in self.layers.iter().enumerate() {
             x = match layer {
@@ -318,6 +338,9 @@ impl VideoDecoder {
                         ..x
                     }
                 }
+                Layer::TemporalPool { conv, stride } => {
+                    k::temporal_pool(&x, conv, *stride, &mut self.scratch)
+                }
                 Layer::DropFirst(frames) => {
                     let drop = if first { (*frames).min(x.frames) } else { 0 };
                     Act {
@@ -339,7 +362,7 @@ impl VideoDecoder {
         self.started = true;
         let g = &self.graph;
         debug_assert_eq!(x.frames, g.frames_out(n, first));
-        Ok(x.data)
+        Ok(x)
     }
 }
 

@@ -55,6 +55,8 @@ pub(crate) struct ConvWeights {
     pub taps_t: usize,
     pub taps_s: usize,
     pub upsample: bool,
+    /// Stride 2 in space (even input sizes; see `conv`).
+    pub downsample: bool,
 }
 
 impl ConvWeights {
@@ -86,6 +88,7 @@ impl ConvWeights {
             taps_t,
             taps_s,
             upsample,
+            downsample: false,
         }
     }
 
@@ -102,11 +105,15 @@ pub(crate) fn conv(x: &Act, c: &ConvWeights, scratch: &mut Vec<f32>) -> Act {
     debug_assert_eq!(x.channels, c.cin);
     let frames = (x.frames + 1).saturating_sub(c.taps_t);
     let s = if c.upsample { 2 } else { 1 };
-    let (ho, wo) = (x.height * s, x.width * s);
+    // The (upsampled) input size, and the output's: half of it with stride 2.
+    let (hi, wi) = (x.height * s, x.width * s);
+    let d = if c.downsample { 2 } else { 1 };
+    let (ho, wo) = (hi / d, wi / d);
+    debug_assert!(!c.downsample || (hi % 2 == 0 && wi % 2 == 0 && !c.upsample));
     let (cin, cout) = (c.cin, c.cout);
     let mut out = vec![0.0; frames * ho * wo * cout];
     let out_len = ho * wo * cout;
-    if c.taps_s == 1 && !c.upsample {
+    if c.taps_s == 1 && !c.upsample && !c.downsample {
         // Per pixel: the frames themselves are the GEMM operands.
         let m = ho * wo;
         for (t, dst) in out.chunks_exact_mut(out_len).enumerate() {
@@ -125,8 +132,11 @@ pub(crate) fn conv(x: &Act, c: &ConvWeights, scratch: &mut Vec<f32>) -> Act {
         };
     }
     let p = (c.taps_s - 1) / 2;
-    let wp = wo + 2 * p;
-    let padded_len = ((ho + 2 * p) * wp + 2 * p) * cin;
+    let wp = wi + 2 * p;
+    let padded_len = ((hi + 2 * p) * wp + 2 * p) * cin;
+    // Wide row `y * wp + x` is output pixel `(y, x)` for `x < wo`: with stride `d` it reads
+    // padded pixel `d (y wp + x) + ky wp + kx`, input row `d y + ky - p`, column
+    // `d x + kx - p`; the columns `x >= wo` are dropped.
     let wide_len = ho * wp * cout;
     // A ring of `taps_t` padded input frames, then the wide output.
     scratch.resize(c.taps_t * padded_len + wide_len, 0.0);
@@ -136,7 +146,7 @@ pub(crate) fn conv(x: &Act, c: &ConvWeights, scratch: &mut Vec<f32>) -> Act {
     for (t, dst) in out.chunks_exact_mut(out_len).enumerate() {
         while have < t + c.taps_t {
             let slot = &mut ring[(have % c.taps_t) * padded_len..][..padded_len];
-            pad_frame(x.frames(have, have + 1), slot, x.width, cin, s, p, wp, ho);
+            pad_frame(x.frames(have, have + 1), slot, x.width, cin, s, p, wp, hi);
             have += 1;
         }
         init_bias(wide, c.b.as_deref(), cout);
@@ -144,7 +154,7 @@ pub(crate) fn conv(x: &Act, c: &ConvWeights, scratch: &mut Vec<f32>) -> Act {
             let padded = &ring[((t + j) % c.taps_t) * padded_len..][..padded_len];
             for ky in 0..c.taps_s {
                 for kx in 0..c.taps_s {
-                    let lhs = View::new(&padded[(ky * wp + kx) * cin..], cin, 1);
+                    let lhs = View::new(&padded[(ky * wp + kx) * cin..], d * cin, 1);
                     let tap = (j * c.taps_s + ky) * c.taps_s + kx;
                     gemm_acc(ho * wp, cout, cin, wide, cout, lhs, c.tap(tap));
                 }
@@ -203,6 +213,31 @@ fn init_bias(dst: &mut [f32], b: Option<&[f32]>, cout: usize) {
 /// `dst [m, n] += lhs [m, k] rhs [k, n]`.
 fn gemm_acc(m: usize, n: usize, k: usize, dst: &mut [f32], rs: usize, lhs: View, rhs: View) {
     matmul(m, n, k, dst, rs, lhs, rhs, 1.0, true, Parallelism::Rayon(0));
+}
+
+/// TAEHV's `TPool`: frames `stride t + s` of `x` side by side in channels (frame `s` first
+/// at `s * ch`), then `conv` (1x1) per pixel: `x.frames / stride` output frames.
+pub(crate) fn temporal_pool(x: &Act, w: &ConvWeights, stride: usize, scratch: &mut Vec<f32>) -> Act {
+    let (px, ch) = (x.pixels(), x.channels);
+    let frames = x.frames / stride;
+    let mut cat = vec![0.0; frames * px * stride * ch];
+    cat.par_chunks_mut(px * stride * ch)
+        .enumerate()
+        .for_each(|(t, dst)| {
+            for s in 0..stride {
+                let src = x.frames(stride * t + s, stride * t + s + 1);
+                for (q, row) in dst.chunks_exact_mut(stride * ch).enumerate() {
+                    row[s * ch..(s + 1) * ch].copy_from_slice(&src[q * ch..(q + 1) * ch]);
+                }
+            }
+        });
+    let packed = Act {
+        data: cat,
+        frames,
+        channels: stride * ch,
+        ..*x
+    };
+    conv(&packed, w, scratch)
 }
 
 /// `[cache, x]` along frames: `x` with `cache`'s frames in front.

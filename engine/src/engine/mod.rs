@@ -352,7 +352,7 @@ impl Engine {
     /// and hands the stream its backend, decoder and schedule.
     pub fn stream(&self, params: StreamParams) -> Result<Stream> {
         if self.profile.family == Family::Wan {
-            return self.stream_wan(params);
+            return self.stream_wan(params, None);
         }
         self.stream_streamdit(params, None)
     }
@@ -361,15 +361,12 @@ impl Engine {
     /// stream whose schedule is remapped by `strength` in `(0, 1]` and whose fresh frames
     /// mix in the encoded input video, pushed with [`Stream::push_video_frames`]. Strength 1
     /// is text-to-video (the input is still needed, and ignored). The checkpoint must carry
-    /// the TAE encoder (`encoder.*`); the Wan family has no video-to-video yet.
+    /// the TAE encoder (`encoder.*`). A Wan profile gets SDEdit on its causal sampler with
+    /// the TAEHV encoder (docs/wan.md section 6.1).
     pub fn video_stream(&self, params: StreamParams, strength: f32) -> Result<Stream> {
         crate::stream::schedule::check_strength(f64::from(strength))?;
         if self.profile.family == Family::Wan {
-            return Err(Error::Invalid(format!(
-                "video-to-video: profile `{}` is of the wan family, whose encoders and SDEdit \
-                 sampler have not landed; StreamDiT profiles (tiny, streamdit-4b) have it",
-                self.profile.name
-            )));
+            return self.video_stream_wan(params, f64::from(strength));
         }
         // The encoder runs on the host on every backend; the DiT's stream on the CPU too.
         let mut need = crate::memory::host::video_to_video_memory(&self.profile)?.total();
@@ -385,7 +382,7 @@ impl Engine {
         )?;
         let encoder = parts::tae_encoder(&self.profile, &self.source)?;
         let mut stream = self.stream_streamdit(params, Some(f64::from(strength)))?;
-        stream.attach_input(encoder);
+        stream.attach_input(crate::stream::InputEncoder::Tae(encoder));
         Ok(stream)
     }
 

@@ -17,14 +17,15 @@ use crate::backend::cuda::CudaCausal;
 use crate::backend::CausalBackend;
 use crate::checkpoint::wan::{load_wan, random_wan};
 use crate::checkpoint::{Checkpoint, DType, Weights};
-use crate::decoder::{Decoder, DeviceVideo, TaehvDecoder, WanVaeDecoder};
+use crate::decoder::{Decoder, DeviceVideo, TaehvDecoder, TaehvEncoder, WanVaeDecoder};
 use crate::error::{Error, Result};
 use crate::memory::host::check_host_memory;
+use crate::model::taehv_encoder::TaehvEncoderConfig;
 use crate::model::video_ops::VideoGraph;
 use crate::model::wan::WanConfig;
 use crate::model::wan::WanDecoder;
 use crate::model::Profile;
-use crate::stream::{CausalSampler, Parts, Stream};
+use crate::stream::{CausalSampler, InputEncoder, Parts, Stream};
 use crate::text::conditioner::Adapters;
 use crate::text::Conditioner;
 
@@ -353,7 +354,7 @@ impl Engine {
     }
 
     /// [`Engine::stream`] for a Wan profile: CFG is off (the models are distilled).
-    pub(super) fn stream_wan(&self, params: StreamParams) -> Result<Stream> {
+    pub(super) fn stream_wan(&self, params: StreamParams, strength: Option<f64>) -> Result<Stream> {
         let profile = self.profile();
         let w: &WanConfig = profile.wan()?;
         check_host_memory(
@@ -375,7 +376,10 @@ impl Engine {
             }
             None => encoders.encode(&params.prompt)?,
         };
-        let sampler = CausalSampler::new(self.create_causal_backend()?, w, seed);
+        let mut sampler = CausalSampler::new(self.create_causal_backend()?, w, seed);
+        if let Some(s) = strength {
+            sampler.set_strength(s)?;
+        }
         Stream::new(Parts {
             sampler: Box::new(sampler),
             decoder: self.wan_decoder(params.decoder, params.decoder_weights.as_deref())?,
@@ -387,5 +391,68 @@ impl Engine {
             frame: [w.latent_channels, w.latent_height, w.latent_width],
             fps: profile.video.fps,
         })
+    }
+}
+
+impl Engine {
+    /// [`Engine::video_stream`] for a Wan profile (docs/wan.md "Video-to-video"): the causal
+    /// sampler in SDEdit mode, its input encoded on the host by the TAEHV encoder
+    /// (`taew2_1`'s `encoder.*`, from the TAEHV checkpoint the stream's decoder would read;
+    /// random ones only when the DiT's weights are random too).
+    pub(super) fn video_stream_wan(&self, params: StreamParams, strength: f64) -> Result<Stream> {
+        let w = self.profile.wan()?;
+        let cfg = TaehvEncoderConfig {
+            latent_channels: w.latent_channels,
+            ..TaehvEncoderConfig::taew2_1()
+        };
+        let file: Option<PathBuf> = params
+            .decoder_weights
+            .clone()
+            .or_else(|| w.decoder_weights.as_ref().map(PathBuf::from));
+        let taehv_file = file.filter(|_| {
+            matches!(
+                resolve(&self.profile, params.decoder),
+                Ok(WanDecoder::Taehv)
+            )
+        });
+        let weights = match (&taehv_file, &self.source) {
+            (Some(f), _) => TaehvEncoder::load_weights(f, &cfg)?,
+            (None, WeightsSource::Random { seed, dtype }) => {
+                TaehvEncoder::random_weights(&cfg, *seed, *dtype)?
+            }
+            (None, WeightsSource::File(_)) => {
+                return Err(Error::Invalid(format!(
+                    "video-to-video: profile `{}` encodes its input with the TAEHV encoder, \
+                     whose weights are in the TAEHV checkpoint (taew2_1.safetensors): choose \
+                     the TAEHV decoder and give its file (--decoder taehv --decoder-weights F)",
+                    self.profile.name
+                )))
+            }
+        };
+        let f = TaehvEncoderConfig::SPACE_FACTOR;
+        let (h, wd) = (f * w.latent_height, f * w.latent_width);
+        let graph = crate::model::taehv_encoder::graph(&cfg, h, wd)?;
+        let mut need = crate::memory::host::taehv_encoder_memory(&graph, w.chunk_frames).total();
+        if self.backend == BackendKind::Cpu {
+            need += self.profile.memory_need().stream_bytes;
+        }
+        check_host_memory(
+            &format!(
+                "a video-to-video stream of profile `{}` (with its TAEHV encoder on the host)",
+                self.profile.name
+            ),
+            need,
+        )?;
+        let encoder = TaehvEncoder::new(&cfg, h, wd, &weights)?;
+        let mut stream = self.stream_wan(params, Some(strength))?;
+        if stream.frame_size() != encoder.frame_size() {
+            return Err(Error::Invalid(format!(
+                "video-to-video: the decoder's frames are {:?}, the TAEHV encoder's {:?}",
+                stream.frame_size(),
+                encoder.frame_size()
+            )));
+        }
+        stream.attach_input(InputEncoder::Taehv(Box::new(encoder)));
+        Ok(stream)
     }
 }

@@ -8,11 +8,13 @@
 //!
 //! Video-to-video adds the TAE encoder to a stream ([`encoder_memory`]): it runs on the
 //! host in f32 on every backend, so its weights, causal caches and activations count
-//! against the host limit whichever backend runs the DiT.
+//! against the host limit whichever backend runs the DiT. The Wan family's TAEHV encoder
+//! counts the same way ([`taehv_encoder_memory`]).
 
 use crate::error::{Error, Result};
 use crate::model::profile::Profile;
 use crate::model::tae::{TaeGraph, TaeOp, TEMPORAL_UPSAMPLE};
+use crate::model::video_ops::VideoGraph;
 
 /// The environment variable that states the host memory limit.
 pub const MEMORY_LIMIT_ENV: &str = "STREAMDIT_MEMORY_LIMIT";
@@ -156,6 +158,29 @@ pub fn video_to_video_memory(profile: &Profile) -> Result<EncoderMemory> {
     ))
 }
 
+/// The host memory of the TAEHV encoder `graph` (a Wan video-to-video stream's,
+/// `model::taehv_encoder::graph`) encoding pushes of one chunk of `chunk` latent frames with
+/// one chunk queued in the sampler: f32 weights, the nine MemBlock memories, the pushed
+/// frames in f32 plus three times the largest activation (input, output and a saved one
+/// live at once), the queued latents and up to 3 RGB8 frames waiting for a group of 4.
+pub fn taehv_encoder_memory(graph: &VideoGraph, chunk: usize) -> EncoderMemory {
+    const F32: u128 = 4;
+    let (largest, _) = graph.largest_activation(chunk, true);
+    let first = graph.steps.first();
+    let per_latent = first.map_or(0, |s| s.frames.per_latent);
+    let frame = (graph.latent_height * graph.latent_width * graph.latent_channels) as u128;
+    let latent_frame = graph.steps.last().map_or(0, |s| {
+        let (_, h, w, c) = s.output();
+        (h * w * c) as u128
+    });
+    EncoderMemory {
+        weight_bytes: u128::from(graph.parameters()) * F32,
+        cache_bytes: graph.cache_elems() as u128 * F32,
+        activation_bytes: ((chunk * per_latent) as u128 * frame + 3 * largest as u128) * F32,
+        queue_bytes: chunk as u128 * latent_frame * F32 + (per_latent as u128 - 1) * frame,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +195,23 @@ mod tests {
         assert_eq!(parse_bytes("8X"), None);
         assert_eq!(parse_bytes(""), None);
         assert_eq!(parse_bytes("-1"), None);
+    }
+
+    #[test]
+    fn taehv_encoder_memory_at_832x480() {
+        use crate::model::taehv_encoder::{graph, TaehvEncoderConfig};
+        let g = graph(&TaehvEncoderConfig::taew2_1(), 480, 832).unwrap();
+        let m = taehv_encoder_memory(&g, 3);
+        // Three MemBlocks of 64 channels at each of 240x416, 120x208 and 60x104.
+        let cache = 3 * 64 * (240 * 416 + 120 * 208 + 60 * 104) as u128 * 4;
+        assert_eq!(m.cache_bytes, cache);
+        assert_eq!(m.weight_bytes, u128::from(g.parameters()) * 4);
+        // The largest activation: the first conv's 64 channels over 12 full frames.
+        assert_eq!(
+            m.activation_bytes,
+            (12 * 480 * 832 * 3 + 3 * 12 * 480 * 832 * 64) * 4
+        );
+        assert_eq!(m.queue_bytes, 3 * 16 * 60 * 104 * 4 + 3 * 480 * 832 * 3);
     }
 
     #[test]

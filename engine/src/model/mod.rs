@@ -10,6 +10,7 @@ pub mod profile_toml;
 pub mod streamdit;
 pub mod tae;
 pub mod taehv;
+pub mod taehv_encoder;
 pub mod video_ops;
 pub mod wan;
 pub mod wan_vae;

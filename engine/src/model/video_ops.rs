@@ -22,7 +22,9 @@ pub const MAX_ACTIVATION_ELEMS: usize = 1 << 32;
 /// A convolution over frames: `taps_t` taps in time (1, or 3 = causal: output frame `t` reads
 /// input frames `t-2, t-1, t`, the earlier ones from cache `cache` across chunks, zeros
 /// before the stream), `taps_s x taps_s` taps in space (1 or 3, zero padding `(taps_s-1)/2`),
-/// stride 1. With `upsample` the input is first repeated 2x2 in H and W (nearest). Weight
+/// stride 1. With `upsample` the input is first repeated 2x2 in H and W (nearest); with
+/// `downsample` the stride is 2 in H and W (output pixel `(y, x)` centred on input pixel
+/// `(2y, 2x)`: `nn.Conv2d(stride=2, padding=(taps_s-1)/2)` on even sizes). Weight
 /// `{name}.weight`: `[cout, cin, taps_t, taps_s, taps_s]` when `conv3d` (a PyTorch Conv3d),
 /// `[cout, cin, taps_s, taps_s]` otherwise (a Conv2d, `taps_t == 1`); `{name}.bias [cout]`
 /// when `bias`.
@@ -34,6 +36,8 @@ pub struct Conv {
     pub taps_t: usize,
     pub taps_s: usize,
     pub upsample: bool,
+    /// Stride 2 in space (the TAEHV encoder); never together with `upsample`.
+    pub downsample: bool,
     pub bias: bool,
     pub conv3d: bool,
     /// The cache of its last two input frames, when `taps_t == 3`.
@@ -106,6 +110,14 @@ pub enum VideoOp {
         stride: usize,
         keep_first: bool,
     },
+    /// Temporal pooling (TAEHV's `TPool`): input frames `stride * t + s`, `s < stride`, are
+    /// concatenated along channels (frame `s` in channels `[s * ch, (s + 1) * ch)`) and
+    /// `conv` (`stride * ch -> ch`, per pixel) makes output frame `t`. A chunk's frames must
+    /// be a multiple of `stride`, so no state crosses chunks.
+    TemporalPool {
+        conv: Conv,
+        stride: usize,
+    },
     /// Drops the stream's first `frames` frames.
     DropFirst {
         frames: usize,
@@ -135,9 +147,11 @@ impl VideoOp {
             VideoOp::RmsNorm { .. } => "rms_norm",
             VideoOp::Conv(c) if c.taps_t == 3 => "conv3d_causal",
             VideoOp::Conv(c) if c.upsample => "conv_up2",
+            VideoOp::Conv(c) if c.downsample => "conv_down2",
             VideoOp::Conv(_) => "conv",
             VideoOp::WithPast { .. } => "with_past",
             VideoOp::TemporalUp { .. } => "temporal_up",
+            VideoOp::TemporalPool { .. } => "temporal_pool",
             VideoOp::DropFirst { .. } => "drop_first",
             VideoOp::Attention { .. } => "attention",
         }
@@ -187,6 +201,7 @@ impl VideoStep {
             | VideoOp::RmsNorm { .. }
             | VideoOp::Attention { .. } => (f, h, w, c),
             VideoOp::AddSaved { skip, .. } => (f, h, w, skip.as_ref().map_or(c, |s| s.cout)),
+            VideoOp::Conv(conv) if conv.downsample => (f, h.div_ceil(2), w.div_ceil(2), conv.cout),
             VideoOp::Conv(conv) => {
                 let s = if conv.upsample { 2 } else { 1 };
                 (f, h * s, w * s, conv.cout)
@@ -202,6 +217,13 @@ impl VideoStep {
                     first_less: f.first_less * stride + extra,
                 };
                 (frames, h, w, c)
+            }
+            VideoOp::TemporalPool { conv, stride } => {
+                let frames = Frames {
+                    per_latent: f.per_latent / stride,
+                    first_less: f.first_less / stride,
+                };
+                (frames, h, w, conv.cout)
             }
             VideoOp::DropFirst { frames } => {
                 let out = Frames {
@@ -338,7 +360,9 @@ impl VideoGraph {
         for (i, step) in self.steps.iter().enumerate() {
             match &step.op {
                 VideoOp::Conv(c) => conv(&mut out, c, Some(i) == last),
-                VideoOp::TemporalUp { conv: c, .. } => conv(&mut out, c, false),
+                VideoOp::TemporalUp { conv: c, .. } | VideoOp::TemporalPool { conv: c, .. } => {
+                    conv(&mut out, c, false)
+                }
                 VideoOp::AddSaved { skip: Some(c), .. } => conv(&mut out, c, false),
                 VideoOp::RmsNorm {
                     name,
@@ -392,8 +416,11 @@ impl VideoGraph {
         let pixels = (step.height * step.width) as u64;
         match &step.op {
             VideoOp::Conv(c) => {
-                let s = if c.upsample { 4 } else { 1 };
-                2 * c.macs_per_pixel() * pixels * s * frames
+                let (_, oh, ow, _) = step.output();
+                2 * c.macs_per_pixel() * (oh * ow) as u64 * frames
+            }
+            VideoOp::TemporalPool { conv, stride } => {
+                2 * conv.macs_per_pixel() * pixels * (frames / *stride as u64)
             }
             VideoOp::TemporalUp {
                 conv, keep_first, ..
@@ -513,6 +540,7 @@ impl Builder {
             taps_t,
             taps_s,
             upsample: flags.upsample,
+            downsample: false,
             bias: flags.bias,
             conv3d: flags.conv3d,
             cache,
@@ -541,6 +569,7 @@ impl Builder {
             taps_t: 1,
             taps_s: 1,
             upsample: false,
+            downsample: false,
             bias: flags.bias,
             conv3d: flags.conv3d,
             cache: None,

@@ -20,13 +20,20 @@
 //! is decoded (docs/wan.md section 13). Unless a prompt switch is already waiting: then
 //! the call's text and cache are not known yet. A switch arriving later makes the backend
 //! drop the call; the early eviction changes nothing, as a re-cache keeps only the sink.
+//! A video-to-video stream starts nothing early (its chunks start from their encoded input).
+//!
+//! Video-to-video (SDEdit, docs/wan.md "Video-to-video"): with a strength `s < 1` the
+//! sampler starts every chunk at step `k`, the first step of the list with `sigma_k <= s`,
+//! from `x = (1 - sigma_k) z + sigma_k eps_k` (`z` the chunk's encoded input latents) and
+//! runs steps `k .. m-1`; the KV cache is written as in text-to-video. `k = 0` (strength 1,
+//! `sigma_0 = 1`) starts from `eps_0` exactly as text-to-video does.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::{Sampler, Trace};
 use crate::backend::CausalBackend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::wan::WanConfig;
 use crate::rng;
 use crate::text::TextInput;
@@ -58,6 +65,26 @@ pub(crate) struct CausalSampler {
     calls: u64,
     /// The next chunk's first noise, drawn by `prefetch`.
     next_noise: Option<Vec<f32>>,
+    /// Video-to-video: the input, when the stream edits a video.
+    input: Option<CausalInput>,
+}
+
+/// A video-to-video stream's input side.
+struct CausalInput {
+    /// The step every chunk starts at.
+    start: usize,
+    /// Encoded input latent frames not yet used, and how many were pushed in all.
+    latents: VecDeque<Vec<f32>>,
+    pushed: u64,
+}
+
+/// The step a chunk of an SDEdit stream with `strength` starts at: the first of `sigmas`
+/// (decreasing) at or below `strength`, the last step when every sigma is above it.
+pub(crate) fn start_step(sigmas: &[f64], strength: f64) -> usize {
+    sigmas
+        .iter()
+        .position(|&s| s <= strength)
+        .unwrap_or(sigmas.len().saturating_sub(1))
 }
 
 impl CausalSampler {
@@ -93,7 +120,26 @@ impl CausalSampler {
             history: VecDeque::new(),
             calls: 0,
             next_noise: None,
+            input: None,
         }
+    }
+
+    /// Turns the sampler into video-to-video with `strength` in `(0, 1]`: every chunk
+    /// starts at [`start_step`] from its input latents ([`Sampler::push_input`]), noised.
+    /// Only before the first call.
+    pub(crate) fn set_strength(&mut self, strength: f64) -> Result<()> {
+        let strength = super::schedule::check_strength(strength)?;
+        if self.calls > 0 {
+            return Err(Error::Invalid(
+                "video-to-video: the strength is set before the first model call".into(),
+            ));
+        }
+        self.input = Some(CausalInput {
+            start: start_step(&self.sigmas, strength),
+            latents: VecDeque::new(),
+            pushed: 0,
+        });
+        Ok(())
     }
 
     fn f0(&self) -> u64 {
@@ -132,7 +178,32 @@ impl CausalSampler {
             }
         }
         self.make_room()?;
-        self.x = self.noise(0, trace);
+        let Some(input) = self.input.as_mut() else {
+            self.x = self.noise(0, trace);
+            return Ok(());
+        };
+        let (c, k) = (self.chunk_frames, input.start);
+        if input.latents.len() < c {
+            return Err(Error::Invalid(format!(
+                "video-to-video: chunk {} needs input latent frames {f0}..{} (video frames \
+                 {}..{}), but only {} were pushed; push more input video frames first",
+                self.chunk,
+                f0 + c as u64,
+                4 * f0,
+                4 * (f0 + c as u64),
+                input.pushed
+            )));
+        }
+        let z: Vec<f32> = input.latents.drain(..c).flatten().collect();
+        let sigma = self.sigmas[k];
+        self.x = self.noise(k, trace);
+        if sigma < 1.0 {
+            let s = sigma as f32;
+            for (x, &z) in self.x.iter_mut().zip(&z) {
+                *x = (1.0 - s) * z + s * *x;
+            }
+        }
+        self.step = k;
         Ok(())
     }
 
@@ -175,6 +246,7 @@ impl Sampler for CausalSampler {
 
     fn step(&mut self, chunk: &mut [f32], mut trace: Option<&mut Trace>) -> Result<bool> {
         if self.step == 0 {
+            // Not started (a started chunk's step is at least 1, or `k > 0` for SDEdit).
             self.start_chunk(trace.as_deref_mut())?;
         }
         let (s, m) = (self.step, self.timesteps.len());
@@ -213,7 +285,9 @@ impl Sampler for CausalSampler {
     }
 
     fn prefetch(&mut self) -> Result<()> {
-        if self.step != 0 || !self.has_text || self.pending.is_some() {
+        // A video-to-video chunk starts from its encoded input at a later step; it is not
+        // started early.
+        if self.step != 0 || !self.has_text || self.pending.is_some() || self.input.is_some() {
             return Ok(());
         }
         self.make_room()?;
@@ -233,7 +307,41 @@ impl Sampler for CausalSampler {
     }
 
     fn calls_to_first_chunk(&self) -> u64 {
-        self.timesteps.len() as u64
+        let k = self.input.as_ref().map_or(0, |i| i.start);
+        (self.timesteps.len() - k) as u64
+    }
+
+    fn push_input(&mut self, latents: &[f32]) -> Result<()> {
+        let fe = self.frame_elems;
+        let Some(input) = self.input.as_mut() else {
+            return Err(Error::Invalid(
+                "input video: this stream is text-to-video; start it with a strength \
+                 (Engine::video_stream) to push input"
+                    .into(),
+            ));
+        };
+        if latents.len() % fe != 0 {
+            return Err(Error::shape(
+                "input latents",
+                format!("whole latent frames of C*H*W = {fe} values"),
+                format!("{} values", latents.len()),
+            ));
+        }
+        for frame in latents.chunks(fe) {
+            input.latents.push_back(frame.to_vec());
+        }
+        input.pushed += (latents.len() / fe) as u64;
+        Ok(())
+    }
+
+    fn input_latents_needed(&self) -> u64 {
+        match &self.input {
+            // Before a chunk starts it needs its `c` frames; inside a chunk nothing more.
+            Some(i) if self.step == 0 => {
+                (self.chunk_frames as u64).saturating_sub(i.latents.len() as u64)
+            }
+            _ => 0,
+        }
     }
 
     fn backend_name(&self) -> &'static str {

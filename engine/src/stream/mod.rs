@@ -10,7 +10,7 @@ pub mod sink;
 pub mod source;
 mod trace;
 
-use crate::decoder::{Decoder, TaeEncoder};
+use crate::decoder::{Decoder, TaeEncoder, TaehvEncoder};
 use crate::error::{Error, Result};
 use crate::tensor::{check_finite, describe_non_finite, first_non_finite, Tensor};
 use std::sync::Arc;
@@ -115,9 +115,26 @@ pub struct Stream {
     input: Option<InputVideo>,
 }
 
+/// The encoder of a video-to-video stream's input: 4 RGB8 frames per latent frame.
+pub(crate) enum InputEncoder {
+    /// StreamDiT's TAE encoder.
+    Tae(TaeEncoder),
+    /// The Wan family's TAEHV encoder (`taew2_1`).
+    Taehv(Box<TaehvEncoder>),
+}
+
+impl InputEncoder {
+    fn encode_rgb(&mut self, rgb: &[u8]) -> Result<Vec<f32>> {
+        match self {
+            InputEncoder::Tae(e) => e.encode_rgb(rgb),
+            InputEncoder::Taehv(e) => e.encode_rgb(rgb),
+        }
+    }
+}
+
 /// The input video of a video-to-video stream.
 struct InputVideo {
-    encoder: TaeEncoder,
+    encoder: InputEncoder,
     /// RGB8 frames pushed but not yet encoded (fewer than 4).
     pending: Vec<u8>,
     /// Video frames pushed so far.
@@ -174,7 +191,7 @@ impl Stream {
     }
 
     /// Makes this (video-to-video) stream encode pushed video frames with `encoder`.
-    pub(crate) fn attach_input(&mut self, encoder: TaeEncoder) {
+    pub(crate) fn attach_input(&mut self, encoder: InputEncoder) {
         self.input = Some(InputVideo {
             encoder,
             pending: Vec::new(),

@@ -230,6 +230,8 @@ fn lower_pass(
                 }
                 cur = out;
             }
+            VideoOp::TemporalPool { .. } => return Err(no_lowering(i, "temporal_pool")),
+            VideoOp::Conv(c) if c.downsample => return Err(no_lowering(i, "conv_down2")),
             VideoOp::TemporalUp {
                 conv: c,
                 stride,

@@ -1,0 +1,205 @@
+//! Video-to-video on the Wan family's causal sampler (SDEdit, docs/wan.md "Video-to-video")
+//! with the `wan-tiny` profile on the CPU backend: strength 1 is text-to-video bit for bit;
+//! a lower strength starts each chunk at the selected step from its TAEHV-encoded input,
+//! noised as the flow-matching schedule defines, checked against the rule written here and
+//! driven through a separate backend; missing input and bad strengths are named errors.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::Rng;
+use streamdit::backend::cpu::CpuCausal;
+use streamdit::checkpoint::wan::random_wan;
+use streamdit::decoder::TaehvEncoder;
+use streamdit::model::taehv_encoder::TaehvEncoderConfig;
+use streamdit::rng::wan_noise_frame;
+use streamdit::{
+    BackendKind, CausalBackend, DType, Engine, EngineParams, Profile, StreamParams, Tensor,
+    TextInput, WeightsSource,
+};
+
+const SEED: u64 = 7;
+const SIDE: usize = 64;
+const FRAME: usize = SIDE * SIDE * 3;
+
+fn engine() -> Engine {
+    Engine::new(EngineParams {
+        profile: Profile::builtin("wan-tiny").unwrap(),
+        weights: WeightsSource::Random {
+            seed: SEED,
+            dtype: DType::F32,
+        },
+        backend: BackendKind::Cpu,
+    })
+    .unwrap()
+}
+
+fn text() -> TextInput {
+    let mut rng = Rng::new(3);
+    TextInput {
+        text: Tensor::new(vec![8, 32], rng.f32s(8 * 32, -1.0, 1.0)).unwrap(),
+        mask: vec![1.0; 8],
+    }
+}
+
+fn params() -> StreamParams {
+    StreamParams {
+        text: Some(text()),
+        seed: Some(5),
+        ..Default::default()
+    }
+}
+
+fn video(frames: usize) -> Vec<u8> {
+    let mut rng = Rng::new(11);
+    (0..frames * FRAME).map(|_| rng.below(256) as u8).collect()
+}
+
+/// `n` chunks of a video-to-video stream with `strength`, pushing what each call needs.
+fn v2v(e: &Engine, strength: f32, rgb: &[u8], n: usize) -> Vec<Vec<f32>> {
+    let mut s = e.video_stream(params(), strength).unwrap();
+    assert!(s.is_video_to_video());
+    let (mut at, mut out) = (0, Vec::new());
+    while out.len() < n {
+        let need = s.input_frames_needed();
+        if need > 0 {
+            s.push_video_frames(&rgb[at * FRAME..(at + need) * FRAME])
+                .unwrap();
+            at += need;
+            assert_eq!(s.input_frames_needed(), 0);
+        }
+        if s.step().unwrap() {
+            out.push(s.chunk_latents().to_vec());
+        }
+    }
+    out
+}
+
+#[test]
+fn strength_one_is_text_to_video_bit_for_bit() {
+    let e = engine();
+    let mut t2v = e.stream(params()).unwrap();
+    let want: Vec<Vec<f32>> = (0..3)
+        .map(|_| t2v.next_latents().unwrap().to_vec())
+        .collect();
+    let got = v2v(&e, 1.0, &video(24), 3);
+    assert!(got == want, "strength 1 differs from text-to-video");
+    // A lower strength uses the input: it must differ.
+    let low = v2v(&e, 0.7, &video(24), 3);
+    assert!(low != want);
+}
+
+/// The SDEdit rule of docs/wan.md, driven through a backend of its own: chunk `k` starts at
+/// step `j` (the first with `sigma_j <= s`) from `(1 - sigma_j) z + sigma_j eps_j`.
+fn reference(strength: f64, rgb: &[u8], chunks: usize) -> (Vec<Vec<f32>>, usize) {
+    let p = Profile::builtin("wan-tiny").unwrap();
+    let w = p.wan().unwrap().clone();
+    let (timesteps, sigmas) = w.schedule();
+    let j = sigmas
+        .iter()
+        .position(|&s| s <= strength)
+        .unwrap_or(sigmas.len() - 1);
+    let cfg = TaehvEncoderConfig {
+        latent_channels: w.latent_channels,
+        ..TaehvEncoderConfig::taew2_1()
+    };
+    let ew = TaehvEncoder::random_weights(&cfg, SEED, DType::F32).unwrap();
+    let mut enc = TaehvEncoder::new(&cfg, SIDE, SIDE, &ew).unwrap();
+    let mut b = CpuCausal::new(&w, Arc::new(random_wan(&w, SEED, DType::F32))).unwrap();
+    let t = text();
+    b.set_text(&t.text, &t.mask).unwrap();
+    let (c, fe) = (w.chunk_frames, w.frame_elems());
+    let noise = |f0: u64, step: usize| {
+        let mut z = vec![0.0; c * fe];
+        for (i, fr) in z.chunks_mut(fe).enumerate() {
+            wan_noise_frame(5, f0 + i as u64, step as u32, fr);
+        }
+        z
+    };
+    let mut out = Vec::new();
+    for k in 0..chunks {
+        let f0 = (k * c) as u64;
+        let z = enc
+            .encode_rgb(&rgb[4 * k * c * FRAME..4 * (k + 1) * c * FRAME])
+            .unwrap();
+        let held = b.cached_frames().len();
+        if held + c > w.window {
+            b.evict(held + c - w.window).unwrap();
+        }
+        let sj = sigmas[j] as f32;
+        let mut x: Vec<f32> = z
+            .iter()
+            .zip(noise(f0, j))
+            .map(|(&z, e)| (1.0 - sj) * z + sj * e)
+            .collect();
+        let mut x0 = vec![0.0; c * fe];
+        let mut v = vec![0.0; c * fe];
+        for s in j..sigmas.len() {
+            b.denoise(&x, &vec![timesteps[s] as f32; c], f0, &mut v)
+                .unwrap();
+            for ((o, &x), &v) in x0.iter_mut().zip(&x).zip(&v) {
+                *o = (f64::from(x) - sigmas[s] * f64::from(v)) as f32;
+            }
+            if s + 1 < sigmas.len() {
+                let sn = sigmas[s + 1] as f32;
+                let eps = noise(f0, s + 1);
+                for ((x, &x0), &e) in x.iter_mut().zip(&x0).zip(&eps) {
+                    *x = (1.0 - sn) * x0 + sn * e;
+                }
+            }
+        }
+        b.commit(&x0, w.context_timestep as f32, f0).unwrap();
+        out.push(x0);
+    }
+    (out, j)
+}
+
+#[test]
+fn sdedit_starts_at_the_selected_step_from_the_noised_input() {
+    let e = engine();
+    let rgb = video(24);
+    for (strength, calls) in [(0.9, 2), (0.7, 1)] {
+        let (want, j) = reference(strength, &rgb, 3);
+        assert_eq!(4 - j, calls, "strength {strength} starts at step {j}");
+        let mut s = e.video_stream(params(), strength as f32).unwrap();
+        assert_eq!(s.calls_to_first_chunk(), calls as u64);
+        s.push_video_frames(&rgb).unwrap();
+        let got: Vec<Vec<f32>> = (0..3).map(|_| s.next_latents().unwrap().to_vec()).collect();
+        assert_eq!(s.calls(), 3 * calls as u64, "denoising calls per chunk");
+        assert!(
+            got == want,
+            "strength {strength}: the stream differs from the rule"
+        );
+    }
+}
+
+#[test]
+fn missing_input_and_bad_strengths_are_named_errors() {
+    let e = engine();
+    let mut s = e.video_stream(params(), 0.5).unwrap();
+    assert_eq!(
+        s.input_frames_needed(),
+        8,
+        "a chunk of 2 latent frames needs 8 frames"
+    );
+    let err = s.step().unwrap_err().to_string();
+    assert!(err.contains("needs input latent frames"), "{err}");
+    // 7 frames encode nothing yet (they wait for the 8th); still missing.
+    s.push_video_frames(&video(7)).unwrap();
+    assert_eq!(s.input_frames_needed(), 1);
+    let err = s.step().unwrap_err().to_string();
+    assert!(err.contains("needs input latent frames"), "{err}");
+    let err = s.push_video_frames(&[0u8; 5]).unwrap_err().to_string();
+    assert!(err.contains("RGB8 frames"), "{err}");
+    for bad in [0.0, -0.5, 1.5, f32::NAN] {
+        let Err(err) = e.video_stream(params(), bad) else {
+            panic!("strength {bad} accepted");
+        };
+        let err = err.to_string();
+        assert!(err.contains("strength"), "{bad}: {err}");
+    }
+    // A text-to-video Wan stream refuses input.
+    let mut t2v = e.stream(params()).unwrap();
+    assert!(t2v.push_video_frames(&video(4)).is_err());
+}
