@@ -208,9 +208,23 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
     if let Some(input) = &input {
         let (sw, sh) = input.source.size();
         let (tw, th) = stream.frame_size();
+        let lag = if profile.family == streamdit::Family::Wan {
+            // The chunk's input is encoded before the chunk starts: a whole chunk of input
+            // frames is held before its output appears.
+            format!(
+                "each chunk of {} input video frames is encoded, then edited into its output chunk",
+                stream.input_frames_needed()
+            )
+        } else {
+            format!(
+                "output frame f edits input frame f, {} frames later (the buffer holds {} video \
+                 frames)",
+                stream.input_frames_needed(),
+                stream.input_frames_needed()
+            )
+        };
         eprintln!(
-            "streamdit: video-to-video from `{}` ({sw}x{sh}{}), strength {}; output frame f \
-             edits input frame f, {} frames later (the buffer holds {} video frames)",
+            "streamdit: video-to-video from `{}` ({sw}x{sh}{}), strength {}; {lag}",
             input.source.name(),
             if (sw, sh) == (tw, th) {
                 String::new()
@@ -218,8 +232,6 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
                 format!(", scaled to cover {tw}x{th} and centre-cropped")
             },
             args.strength,
-            stream.input_frames_needed(),
-            stream.input_frames_needed()
         );
     }
     if args.trace.is_some() {
