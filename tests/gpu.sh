@@ -151,6 +151,31 @@ for p in "${profiles[@]}"; do
         --json "$out/profile-$p.json"
 done
 
+# cuBLAS for `bench --kernels` is loaded at run time by name: where the library path lacks it,
+# use the CUDA toolkit's or the one the image's PyTorch wheels carry (site-packages/nvidia/...).
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
+    cublas_dir=""
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+        if ls "$d"/libcublas.so* >/dev/null 2>&1; then
+            cublas_dir="$d"
+            break
+        fi
+    done
+    if [ -z "$cublas_dir" ] && command -v python3 >/dev/null; then
+        cublas_dir="$(python3 -c '
+import glob, os, site
+roots = site.getsitepackages() + [site.getusersitepackages()]
+hits = [h for r in roots for h in sorted(glob.glob(os.path.join(r, "nvidia", "*", "lib", "libcublas.so*")))]
+print(os.path.dirname(hits[0]) if hits else "")' 2>/dev/null)"
+    fi
+    if [ -n "$cublas_dir" ]; then
+        echo "-- cuBLAS from $cublas_dir"
+        export LD_LIBRARY_PATH="$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    else
+        echo "-- cuBLAS not found: bench --kernels compares our kernels only"
+    fi
+fi
+
 # Our GEMM kernels (mma.sync, and sm_90a on compute capability 9.0) beside cuBLAS at every
 # linear shape of each profile's call (`bench --kernels`; cuBLAS only where libcublas loads).
 # The dry run checks the command on the emulator at one small shape.
