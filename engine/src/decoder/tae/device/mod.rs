@@ -181,23 +181,8 @@ impl<D: Device> DeviceTae<D> {
             .cast::<u16>()?;
         self.dev
             .write_async(Queue::Compute, input, list.pinned_in)?;
-        if self.use_graphs {
-            let graph = match list.graph {
-                Some(gid) => gid,
-                None => {
-                    self.dev.begin_capture()?;
-                    let run = launches::run(&mut self.dev, self.mem, &list.steps);
-                    let gid = self.dev.end_capture()?;
-                    run?;
-                    self.dev.upload(gid)?;
-                    list.graph = Some(gid);
-                    gid
-                }
-            };
-            self.dev.replay(graph)?;
-        } else {
-            launches::run(&mut self.dev, self.mem, &list.steps)?;
-        }
+        let (steps, graph) = (&list.steps, &mut list.graph);
+        launches::run_captured(&mut self.dev, self.mem, steps, graph, self.use_graphs)?;
         let output = self.mem.slice(list.output, out_len * 2)?.cast::<u16>()?;
         self.dev
             .read_async(Queue::Compute, output, list.pinned_out)?;
