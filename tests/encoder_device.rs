@@ -264,3 +264,162 @@ fn an_emu_v2v_stream_encodes_on_the_device_close_to_the_cpu_stream() {
         assert!(emu_v[k] != emu_t[k], "the input is used");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// StreamDiT's TAE encoder (docs/tae.md "Encoder") lowered by `DeviceTae`: DownS on
+// `conv3x3s2_f16` (pad 0), DownT on `conv_tstride_f16` (3 taps, stride 2) with its one-frame
+// cache, the decoder's Res, Attn, GroupNorm and ConvT lowerings.
+// ---------------------------------------------------------------------------------------
+
+mod tae {
+    use super::{bits, errors, MAX_OVER_RMS, REL_L2};
+    use crate::common::Rng;
+    use streamdit::backend::cuda::emu::EmuDevice;
+    use streamdit::checkpoint::{DType, Weights};
+    use streamdit::decoder::{DeviceTae, TaeEncoder};
+    use streamdit::model::profile::DecoderConfig;
+    use streamdit::model::tae::TaeGraph;
+
+    const C: usize = 8;
+    /// Latents 2x3: video frames of 16x24.
+    const LH: usize = 2;
+    const LW: usize = 3;
+    const FRAME: usize = 8 * LH * 8 * LW * 3;
+
+    /// The default tier's narrow widths (as `tests/decoder_device.rs`): attention at head
+    /// dim 64 in the mid block; `tiny`'s in the full tier.
+    fn dec() -> DecoderConfig {
+        DecoderConfig {
+            widths: if crate::common::full() {
+                vec![64, 64, 32, 16]
+            } else {
+                vec![64, 32, 16, 16]
+            },
+            groups: 8,
+        }
+    }
+
+    fn setup(seed: u64) -> (TaeGraph, Weights) {
+        let graph = TaeGraph::encoder(&dec(), C, LH, LW).unwrap();
+        let weights = Weights::random_encoder(&dec(), C, seed, DType::F32).unwrap();
+        (graph, weights)
+    }
+
+    /// Video values in `[-1, 1]` (`rgb / 127.5 - 1`).
+    fn video(seed: u64, frames: usize) -> Vec<f32> {
+        Rng::new(seed).f32s(frames * FRAME, -1.0, 1.0)
+    }
+
+    fn emu(graph: &TaeGraph, weights: &Weights, max: usize) -> DeviceTae<EmuDevice> {
+        DeviceTae::new(graph.clone(), weights, max, EmuDevice::new()).unwrap()
+    }
+
+    #[test]
+    fn device_tae_encoder_matches_the_cpu_encoder_chunk_by_chunk() {
+        let (graph, weights) = setup(3);
+        let x = video(7, 12);
+        let want = TaeEncoder::new(graph.clone(), &weights)
+            .unwrap()
+            .encode_f32(&x)
+            .unwrap();
+        assert_eq!(want.len(), 3 * C * LH * LW);
+        let mut dev = emu(&graph, &weights, 2);
+        let mut got = dev.encode_f32(&x[..4 * FRAME]).unwrap();
+        got.extend(dev.encode_f32(&x[4 * FRAME..]).unwrap());
+        let (max, l2) = errors(&got, &want);
+        eprintln!(
+            "device vs CPU TAE encoder, chunks of 4 + 8 frames: rel L2 {l2:.2e}, max err / RMS \
+             {max:.2e}"
+        );
+        assert!(
+            l2 <= REL_L2 && max <= MAX_OVER_RMS,
+            "rel L2 {l2}, max/RMS {max}"
+        );
+        // Bytes map to v / 127.5 - 1 as on the CPU; a reset starts a new stream.
+        let rgb: Vec<u8> = (0..4 * FRAME).map(|i| (i * 53 % 256) as u8).collect();
+        let mut cpu = TaeEncoder::new(graph.clone(), &weights).unwrap();
+        let want = cpu.encode_rgb(&rgb).unwrap();
+        dev.reset();
+        let (max, l2) = errors(&dev.encode_rgb(&rgb).unwrap(), &want);
+        assert!(
+            l2 <= REL_L2 && max <= MAX_OVER_RMS,
+            "bytes: rel L2 {l2}, max/RMS {max}"
+        );
+    }
+
+    #[test]
+    fn chunked_equals_whole_and_lost_caches_are_caught() {
+        let (graph, weights) = setup(4);
+        let x = video(8, 16);
+        let whole = emu(&graph, &weights, 4).encode_f32(&x).unwrap();
+        let mut dev = emu(&graph, &weights, 2);
+        let mut chunked = Vec::new();
+        for (a, b) in [(0, 4), (4, 12), (12, 16)] {
+            chunked.extend(dev.encode_f32(&x[a * FRAME..b * FRAME]).unwrap());
+        }
+        assert_eq!(
+            bits(&chunked),
+            bits(&whole),
+            "chunks of 4 + 8 + 4 frames vs 16 at once"
+        );
+        // The caches forgotten (zeroed) between chunks: far off.
+        let mut lost = emu(&graph, &weights, 2);
+        let mut got = lost.encode_f32(&x[..8 * FRAME]).unwrap();
+        let fresh = lost.encode_f32(&[]).unwrap();
+        assert!(fresh.is_empty());
+        lost.reset();
+        got.extend(lost.encode_f32(&x[8 * FRAME..]).unwrap());
+        let half = got.len() / 2;
+        let (max, l2) = errors(&got[half..], &whole[half..]);
+        eprintln!("restarted between chunks: rel L2 {l2:.2e}, max err / RMS {max:.2e}");
+        assert!(
+            l2 > 5.0 * REL_L2 || max > 5.0 * MAX_OVER_RMS,
+            "rel L2 {l2}, max/RMS {max}"
+        );
+    }
+
+    #[test]
+    fn graph_replay_equals_eager_launches_and_is_race_free() {
+        let (graph, weights) = setup(6);
+        let x = video(10, 8);
+        let mut eager = emu(&graph, &weights, 1);
+        eager.set_graphs(false);
+        let mut replay = emu(&graph, &weights, 1);
+        let mut checked = emu(&graph, &weights, 1);
+        for piece in x.chunks(4 * FRAME) {
+            let a = eager.encode_f32(piece).unwrap();
+            assert_eq!(bits(&a), bits(&replay.encode_f32(piece).unwrap()));
+            let c = {
+                let _race = streamdit_kernels::emu::racecheck(true);
+                checked.encode_f32(piece).unwrap()
+            };
+            assert_eq!(bits(&a), bits(&c));
+        }
+    }
+
+    #[test]
+    fn bad_input_is_a_named_error() {
+        let (graph, weights) = setup(1);
+        let mut dev = emu(&graph, &weights, 2);
+        let e = dev.encode_f32(&video(2, 3)).unwrap_err().to_string();
+        assert!(
+            e.contains("TAE encoder input") && e.contains("multiple of 4 frames"),
+            "{e}"
+        );
+        let mut x = video(2, 4);
+        x[9] = f32::NAN;
+        let e = dev.encode_f32(&x).unwrap_err().to_string();
+        assert!(e.contains("element 9") && e.contains("finite"), "{e}");
+        // The encoder is not a decoder, nor the other way round.
+        let e = dev.decode_f32(&[0.0; C * LH * LW]).unwrap_err().to_string();
+        assert!(e.contains("encode_f32"), "{e}");
+        let mut tensors = weights.into_tensors();
+        tensors.remove("encoder.down.1.downt.weight");
+        let broken = Weights::from_tensors("test", tensors);
+        let e = DeviceTae::new(graph, &broken, 1, EmuDevice::new())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("encoder.down.1.downt.weight"), "{e}");
+    }
+}
