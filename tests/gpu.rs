@@ -1,9 +1,10 @@
 //! The real CUDA backend against the CPU reference, for the machine with a GPU: every
 //! module loads (the image chosen for the device's compute capability), the device's shared
 //! memory limit is the one its architecture documents, a `tiny` stream matches the CPU
-//! backend, the device TAE decoder matches the CPU decoder, and a `wan-tiny` stream (KV
-//! cache with eviction and sink, a prompt switch) matches the CPU backend, and a dh = 128
-//! Wan call (on compute capability 9.0 the sm_90a attention and GEMMs) matches it too.
+//! backend, the device TAE decoder and the device encoders (TAE, TAEHV) match the CPU's,
+//! and a `wan-tiny` stream (KV cache with eviction and sink, a prompt switch) matches the
+//! CPU backend, and a dh = 128 Wan call (on compute capability 9.0 the sm_90a attention
+//! and GEMMs) matches it too.
 //!
 //! Without a device each test prints why and returns, unless `STREAMDIT_REQUIRE_GPU=1`
 //! (what `tests/gpu.sh` sets on the GPU machine): then a missing device fails the test, so
@@ -333,6 +334,69 @@ fn device_tae_decoder_on_the_gpu_matches_the_cpu() {
         l2 <= 1e-2 && max <= 5e-2 * rms,
         "rel L2 {l2}, max {max}, rms {rms}"
     );
+}
+
+/// The device encoders on the GPU against the CPU encoders (f32), chunk by chunk with their
+/// caches on the device: the TAE encoder at `tiny`'s widths and the TAEHV encoder at
+/// `taew2_1`'s width 64; the bounds of tests/encoder_device.rs.
+#[test]
+fn device_encoders_on_the_gpu_match_the_cpu() {
+    if device().is_none() {
+        return;
+    }
+    let check = |what: &str, got: &[f32], want: &[f32]| {
+        assert_eq!(got.len(), want.len());
+        assert!(got.iter().all(|v| v.is_finite()));
+        let want64 = f64s(want);
+        let rms = (want64.iter().map(|v| v * v).sum::<f64>() / want64.len() as f64).sqrt();
+        let max = got
+            .iter()
+            .zip(&want64)
+            .map(|(&g, &w)| (g as f64 - w).abs())
+            .fold(0.0, f64::max);
+        let l2 = rel_l2(&f64s(got), &want64);
+        println!(
+            "{what} vs CPU: rel L2 {l2:.2e}, max err / RMS {:.2e}",
+            max / rms
+        );
+        assert!(
+            l2 <= 1e-2 && max <= 5e-2 * rms,
+            "{what}: rel L2 {l2}, max {max}, rms {rms}"
+        );
+    };
+    let dec = DecoderConfig {
+        widths: vec![64, 64, 32, 16],
+        groups: 8,
+    };
+    let (c, h, w) = (8, 6, 8);
+    let graph = TaeGraph::encoder(&dec, c, h, w).unwrap();
+    let weights = Weights::random_encoder(&dec, c, 3, DType::F32).unwrap();
+    let frame = 64 * h * w * 3;
+    let x = Rng::new(7).f32s(12 * frame, -1.0, 1.0);
+    let want = streamdit::decoder::TaeEncoder::new(graph.clone(), &weights)
+        .unwrap()
+        .encode_f32(&x)
+        .unwrap();
+    let mut gpu = DeviceTae::new(graph, &weights, 2, device().unwrap()).unwrap();
+    let mut got = gpu.encode_f32(&x[..4 * frame]).unwrap();
+    got.extend(gpu.encode_f32(&x[4 * frame..]).unwrap());
+    check("device TAE encoder", &got, &want);
+
+    let cfg = streamdit::model::taehv_encoder::TaehvEncoderConfig::taew2_1();
+    let (h, w) = (48, 64);
+    let weights = streamdit::decoder::TaehvEncoder::random_weights(&cfg, 3, DType::F32).unwrap();
+    let frame = h * w * 3;
+    let x = Rng::new(8).f32s(12 * frame, 0.0, 1.0);
+    let want = streamdit::decoder::TaehvEncoder::new(&cfg, h, w, &weights)
+        .unwrap()
+        .encode_f32(&x)
+        .unwrap();
+    let mut gpu =
+        streamdit::decoder::DeviceTaehvEncoder::new(&cfg, h, w, &weights, 2, device().unwrap())
+            .unwrap();
+    let mut got = gpu.encode_f32(&x[..4 * frame]).unwrap();
+    got.extend(gpu.encode_f32(&x[4 * frame..]).unwrap());
+    check("device TAEHV encoder", &got, &want);
 }
 
 /// The scripts this target travels with parse (`bash -n`), so a syntax error is found

@@ -18,6 +18,12 @@
 //                      (buffer frame s + dt = sequence frame s - 2 + dt), zero padding 1.
 //   conv1x1_f16        out[m, :] = W x[m, :] + bias (+ residual): the 1x1 skip and the attention's
 //                      output projection as a GEMM with the f16 residual epilogue.
+//   conv3x3s2_f16      3x3 convolution with stride 2 (the encoders' downsampling):
+//                      out[t, y, x] = sum W[:, ky, kx, :] in[t, 2y+ky-pad, 2x+kx-pad] + bias
+//                      (+ residual), zeros outside; h_out = (h_in + pad) / 2.
+//   conv_tstride_f16   temporal convolution with a frame stride, per pixel:
+//                      out[s] = sum_{j < taps} W_j buf[stride s + j] + bias (+ residual)
+//                      (TAEHV's TPool: taps = stride; the TAE's DownT: taps 3, stride 2).
 //   groupnorm_stats    per (frame, split, group): the slice's mean and centred sum of squares
 //   groupnorm_finalize per (frame, group): Chan's merge of the splits -> mean, 1/sqrt(var+eps)
 //   groupnorm_apply    out = [SiLU](gamma (x - mean) rstd + beta) in f16
@@ -299,6 +305,59 @@ extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv1x1_f16_
     conv1x1_body<128>(p, smem);
 }
 EMU_REGISTER_KERNEL(conv1x1_f16_n128, Conv1x1Params)
+
+// ---------------------------------------------------------------------------------------
+// (d) The encoders' downsampling convolutions (common/conv_gather.cuh): the 3x3 convolution
+// with stride 2 (Gather3x3S2; grid as (a) with M = t * h_out * w_out) and the temporal
+// convolution with a frame stride (GatherTStride; M = t_out * hw).
+// ---------------------------------------------------------------------------------------
+template <int BN>
+__device__ __forceinline__ void conv3x3s2_body(const Conv3x3S2Params& p, unsigned char* smem) {
+    using T = ConvTraits<BN>;
+    const int m = p.t * ((p.h_in + p.pad) >> 1) * ((p.w_in + p.pad) >> 1);
+    const int m0 = blockIdx.y * T::kBM;
+    const int n0 = blockIdx.x * T::kBN;
+    const Gather3x3S2 g(p, m, m0, threadIdx.x / T::kChunks);
+    float acc[T::kMmaM][T::kMmaN][4];
+    conv_mainloop<T>(acc, reinterpret_cast<__half*>(smem), g, p.w, p.cout, n0);
+    conv_epilogue<T>(acc, p.bias, p.residual, p.out, m, p.cout, m0, n0);
+}
+
+extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv3x3s2_f16(Conv3x3S2Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    conv3x3s2_body<64>(p, smem);
+}
+EMU_REGISTER_KERNEL(conv3x3s2_f16, Conv3x3S2Params)
+
+extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv3x3s2_f16_n128(Conv3x3S2Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    conv3x3s2_body<128>(p, smem);
+}
+EMU_REGISTER_KERNEL(conv3x3s2_f16_n128, Conv3x3S2Params)
+
+template <int BN>
+__device__ __forceinline__ void conv_tstride_body(const ConvTStrideParams& p, unsigned char* smem) {
+    using T = ConvTraits<BN>;
+    const int m = p.t_out * p.hw;
+    const int m0 = blockIdx.y * T::kBM;
+    const int n0 = blockIdx.x * T::kBN;
+    const GatherTStride g(p, m, m0, threadIdx.x / T::kChunks);
+    float acc[T::kMmaM][T::kMmaN][4];
+    conv_mainloop<T>(acc, reinterpret_cast<__half*>(smem), g, p.w, p.cout, n0);
+    conv_epilogue<T>(acc, p.bias, p.residual, p.out, m, p.cout, m0, n0);
+}
+
+extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv_tstride_f16(ConvTStrideParams p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    conv_tstride_body<64>(p, smem);
+}
+EMU_REGISTER_KERNEL(conv_tstride_f16, ConvTStrideParams)
+
+extern "C" __global__ void __launch_bounds__(ConvGeom::kThreads, 2) conv_tstride_f16_n128(ConvTStrideParams p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    conv_tstride_body<128>(p, smem);
+}
+EMU_REGISTER_KERNEL(conv_tstride_f16_n128, ConvTStrideParams)
 
 // ---------------------------------------------------------------------------------------
 // GroupNorm (+ SiLU), per frame, groups of cg = c / groups consecutive channels over all

@@ -1084,3 +1084,292 @@ fn vae_time_conv_maps_to_conv_t3_launches() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The encoders' downsampling convolutions (`conv3x3s2_f16`, `conv_tstride_f16`; docs/taehv.md
+// "The encoder", docs/tae.md "Encoder").
+// ---------------------------------------------------------------------------------------
+
+fn s2(
+    t: usize,
+    h_in: usize,
+    w_in: usize,
+    cin: usize,
+    cout: usize,
+    pad: usize,
+) -> conv::Conv3x3S2Shape {
+    conv::Conv3x3S2Shape {
+        t,
+        h_in,
+        w_in,
+        cin,
+        cout,
+        pad,
+    }
+}
+
+fn check_conv3x3s2(
+    label: &str,
+    seed: u64,
+    s: conv::Conv3x3S2Shape,
+    with_bias: bool,
+    with_residual: bool,
+) {
+    let mut rng = Rng::new(seed);
+    let (x, xv) = random_f16(&mut rng, s.t * s.h_in * s.w_in * s.cin, 1.0);
+    let (w, wv) = weights(&mut rng, s.cout, s.cin, 9, conv::pack_conv3x3_weight::<u16>);
+    let (bias, bv) = optional(&mut rng, with_bias, s.cout, 0.5);
+    let (residual, rv) = optional(&mut rng, with_residual, s.m() * s.cout, 2.0);
+    let r = conv::conv3x3s2_reference(&s, &xv, &wv, bv.as_deref(), rv.as_deref()).unwrap();
+    let tol = finish_tolerance(&r, s.k(), s.cout, &bv, &rv);
+    let launch = conv::conv3x3s2_launch(&s).unwrap();
+    for order in ThreadOrder::all(seed) {
+        let mut out = vec![POISON_F16; s.m() * s.cout];
+        let params = conv::Conv3x3S2Params {
+            x: x.as_ptr(),
+            w: w.as_ptr(),
+            bias: opt_ptr(&bias),
+            residual: opt_ptr(&residual),
+            out: out.as_mut_ptr(),
+            t: s.t as i32,
+            h_in: s.h_in as i32,
+            w_in: s.w_in as i32,
+            cin: s.cin as i32,
+            cout: s.cout as i32,
+            pad: s.pad as i32,
+        };
+        // SAFETY: x (t, h_in, w_in, cin), w (cout, 9 cin), bias (cout) or null, residual and
+        // out (t, h_out, w_out, cout): the extents the kernel touches for this shape, which
+        // conv3x3s2_launch validated.
+        unsafe { run(launch.kernel, launch.config, &params, order) };
+        let rep = compare(label, &f16_to_f64(&out), &r.value, &tol);
+        eprintln!(
+            "{label} {} {s:?} bias={with_bias} residual={with_residual} {order:?}: {rep}",
+            launch.kernel
+        );
+    }
+}
+
+fn ts(
+    t_out: usize,
+    hw: usize,
+    cin: usize,
+    cout: usize,
+    taps: usize,
+    stride: usize,
+) -> conv::ConvTStrideShape {
+    conv::ConvTStrideShape {
+        t_out,
+        hw,
+        cin,
+        cout,
+        taps,
+        stride,
+    }
+}
+
+/// Runs `conv_tstride` on the buffer `x [frames_in, hw, cin]`; f16 bits out.
+fn run_conv_tstride(
+    s: &conv::ConvTStrideShape,
+    x: &[u16],
+    w: &[u16],
+    bias: Option<&[u16]>,
+    residual: Option<&[u16]>,
+    order: ThreadOrder,
+) -> Vec<u16> {
+    assert_eq!(x.len(), s.frames_in() * s.hw * s.cin);
+    assert_eq!(w.len(), s.cout * s.k());
+    let launch = conv::conv_tstride_launch(s).unwrap();
+    let mut out = vec![POISON_F16; s.m() * s.cout];
+    let params = conv::ConvTStrideParams {
+        x: x.as_ptr(),
+        w: w.as_ptr(),
+        bias: bias.map_or(std::ptr::null(), <[u16]>::as_ptr),
+        residual: residual.map_or(std::ptr::null(), <[u16]>::as_ptr),
+        out: out.as_mut_ptr(),
+        t_out: s.t_out as i32,
+        hw: s.hw as i32,
+        cin: s.cin as i32,
+        cout: s.cout as i32,
+        taps: s.taps as i32,
+        stride: s.stride as i32,
+    };
+    // SAFETY: x (frames_in, hw, cin) and w (cout, taps cin) (asserted), bias (cout) or null,
+    // residual null or (t_out, hw, cout) (the callers'), out (t_out, hw, cout); the shape was
+    // validated by conv_tstride_launch.
+    unsafe { run(launch.kernel, launch.config, &params, order) };
+    out
+}
+
+/// A TPool weight is `[cout, taps cin, 1, 1]` as stored (frame j in input channels
+/// `[j cin, (j + 1) cin)`: already `[cout, taps, cin]`); a DownT weight `[cout, cin, 3]` is
+/// packed by `pack_conv_t3_weight`.
+fn check_conv_tstride(
+    label: &str,
+    seed: u64,
+    s: conv::ConvTStrideShape,
+    with_bias: bool,
+    with_residual: bool,
+) {
+    let mut rng = Rng::new(seed);
+    let (x, xv) = random_f16(&mut rng, s.frames_in() * s.hw * s.cin, 1.0);
+    let pack: Pack = if s.taps == 3 {
+        conv::pack_conv_t3_weight::<u16>
+    } else {
+        |w, _, _| Ok(w.to_vec())
+    };
+    let (w, wv) = weights(&mut rng, s.cout, s.cin, s.taps, pack);
+    let (bias, bv) = optional(&mut rng, with_bias, s.cout, 0.5);
+    let (residual, rv) = optional(&mut rng, with_residual, s.m() * s.cout, 2.0);
+    let r = conv::conv_tstride_reference(&s, &xv, &wv, bv.as_deref(), rv.as_deref()).unwrap();
+    let tol = finish_tolerance(&r, s.k(), s.cout, &bv, &rv);
+    let kernel = conv::conv_tstride_launch(&s).unwrap().kernel;
+    for order in ThreadOrder::all(seed) {
+        let out = run_conv_tstride(&s, &x, &w, bias.as_deref(), residual.as_deref(), order);
+        let rep = compare(label, &f16_to_f64(&out), &r.value, &tol);
+        eprintln!(
+            "{label} {kernel} {s:?} bias={with_bias} residual={with_residual} {order:?}: {rep}"
+        );
+    }
+}
+
+#[test]
+fn conv3x3s2_encoder_layers() {
+    // TAEHV's stride-2 conv (padding 1 on every side) at odd sizes, whose output is the
+    // ceiling half: 2 frames of 9x7 -> 5x4 (40 pixels), 16 -> 24 (ragged column tile), bias
+    // and residual.
+    race_checked(|| check_conv3x3s2("s2 pad1 16->24", 70, s2(2, 9, 7, 16, 24, 1), true, true));
+    // The TAE's DownS (zeros after the frame only) on the wide entry: 3 frames of 10x7 ->
+    // 5x3, 8 -> 128.
+    race_checked(|| check_conv3x3s2("s2 pad0 8->128", 71, s2(3, 10, 7, 8, 128, 0), true, false));
+    // TAEHV's 64 -> 64 without bias at an even size (exact halves).
+    check_conv3x3s2("s2 pad1 64->64", 72, s2(2, 8, 6, 64, 64, 1), false, false);
+}
+
+#[test]
+fn conv3x3s2_encoder_widths_full() {
+    if !common::full() {
+        eprintln!("skipped: STREAMDIT_FULL=1 runs the encoders' widths");
+        return;
+    }
+    // The 4b TAE encoder's DownS at c1 = 512 (K = 4608), 2 frames of 16x18 -> 8x9.
+    check_conv3x3s2(
+        "s2 pad0 512->512",
+        73,
+        s2(2, 16, 18, 512, 512, 0),
+        true,
+        false,
+    );
+    // Many pixel tiles across frames, 1-pixel-wide input (every kx tap but one is padding).
+    check_conv3x3s2(
+        "s2 pad1 32->40 31x1",
+        74,
+        s2(5, 31, 1, 32, 40, 1),
+        true,
+        true,
+    );
+    check_conv3x3s2(
+        "s2 pad0 64->64 33x35",
+        75,
+        s2(2, 33, 35, 64, 64, 0),
+        false,
+        true,
+    );
+}
+
+#[test]
+fn conv_tstride_encoder_layers() {
+    // TAEHV's TPool(64, 2): 2 frames side by side (K = 128), 4 input frames -> 2, 35 pixels.
+    race_checked(|| check_conv_tstride("tpool s2", 80, ts(2, 35, 64, 64, 2, 2), false, false));
+    // The TAE's DownT (taps 3, stride 2 over [cached frame, chunk]) on the wide entry:
+    // 1 + 4 frames -> 2, 16 -> 128, bias and residual.
+    race_checked(|| check_conv_tstride("downt 16->128", 81, ts(2, 20, 16, 128, 3, 2), true, true));
+    // TPool(64, 1): a plain 1x1 convolution through the same entry, 3 frames.
+    check_conv_tstride("tpool s1", 82, ts(3, 21, 16, 24, 1, 1), true, false);
+}
+
+#[test]
+fn conv_tstride_encoder_widths_full() {
+    if !common::full() {
+        eprintln!("skipped: STREAMDIT_FULL=1 runs the encoders' widths");
+        return;
+    }
+    check_conv_tstride("downt 512", 83, ts(2, 300, 512, 512, 3, 2), true, false);
+    check_conv_tstride("tpool 8 frames", 84, ts(8, 77, 64, 64, 2, 2), false, true);
+}
+
+/// The DownT cache contract: chunk by chunk with buffer `[cache, chunk]` (the cache the
+/// previous buffer's last frame; the first frame itself at the stream start) gives bit for
+/// bit one launch over the whole stream. Chunks of 2, 4 and 2 input frames.
+#[test]
+fn conv_tstride_chunked_stream_equals_whole_stream() {
+    let (hw, cin, cout) = (13, 16, 24);
+    let chunks = [2usize, 4, 2];
+    let total: usize = chunks.iter().sum();
+    let mut rng = Rng::new(85);
+    let frame = hw * cin;
+    let (frames, _) = random_f16(&mut rng, total * frame, 1.0);
+    let (wt, _) = weights(&mut rng, cout, cin, 3, conv::pack_conv_t3_weight::<u16>);
+    let (bias, _) = random_f16(&mut rng, cout, 0.5);
+    let mut whole_x = frames[..frame].to_vec();
+    whole_x.extend_from_slice(&frames);
+    for order in ThreadOrder::all(85) {
+        let whole = run_conv_tstride(
+            &ts(total / 2, hw, cin, cout, 3, 2),
+            &whole_x,
+            &wt,
+            Some(&bias),
+            None,
+            order,
+        );
+        assert!(whole.iter().all(|&b| !f16::from_bits(b).is_nan()));
+        let mut cache = frames[..frame].to_vec();
+        let (mut streamed, mut start) = (Vec::new(), 0);
+        for &n in &chunks {
+            let mut x = cache.clone();
+            x.extend_from_slice(&frames[start * frame..(start + n) * frame]);
+            streamed.extend(run_conv_tstride(
+                &ts(n / 2, hw, cin, cout, 3, 2),
+                &x,
+                &wt,
+                Some(&bias),
+                None,
+                order,
+            ));
+            cache = x[x.len() - frame..].to_vec();
+            start += n;
+        }
+        assert!(
+            streamed == whole,
+            "chunked DownT differs from the whole stream ({order:?})"
+        );
+    }
+}
+
+#[test]
+fn encoder_shapes_outside_the_contract_are_errors() {
+    let expect_err = |r: Result<conv::ConvLaunch, String>, needle: &str| {
+        let e = r.expect_err("shape must be rejected");
+        assert!(e.contains(needle), "error {e:?} lacks {needle:?}");
+        eprintln!("rejected: {e}");
+    };
+    expect_err(conv::conv3x3s2_launch(&s2(1, 8, 8, 8, 8, 2)), "pad = 2");
+    expect_err(conv::conv3x3s2_launch(&s2(1, 1, 8, 8, 8, 0)), "empty");
+    expect_err(conv::conv3x3s2_launch(&s2(1, 8, 8, 3, 8, 1)), "Cin = 3");
+    expect_err(conv::conv_tstride_launch(&ts(2, 8, 8, 8, 0, 2)), "taps = 0");
+    expect_err(
+        conv::conv_tstride_launch(&ts(2, 8, 8, 8, 2, 0)),
+        "stride = 0",
+    );
+    expect_err(conv::conv_tstride_launch(&ts(0, 8, 8, 8, 2, 2)), "empty");
+    assert_eq!(s2(1, 9, 7, 8, 8, 1).out_hw(), (5, 4));
+    assert_eq!(s2(1, 9, 7, 8, 8, 0).out_hw(), (4, 3));
+    assert_eq!(ts(3, 1, 8, 8, 3, 2).frames_in(), 7);
+    let l = conv::conv3x3s2_launch(&s2(1, 16, 16, 64, 256, 0)).unwrap();
+    assert_eq!(
+        (l.kernel, l.config.grid.x),
+        (conv::KERNEL_CONV3X3_S2_N128, 2)
+    );
+    let l = conv::conv_tstride_launch(&ts(2, 64, 64, 64, 2, 2)).unwrap();
+    assert_eq!(l.kernel, conv::KERNEL_CONV_TSTRIDE);
+}

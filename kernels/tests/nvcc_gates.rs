@@ -155,7 +155,7 @@ fn decoder_convolutions_are_tensor_core_pipelines() {
     if !common::nvcc_built() {
         return;
     }
-    const CONVS: [&str; 8] = [
+    const CONVS: [&str; 12] = [
         "conv3x3_f16",
         "conv_t3_f16",
         "conv3x3_f16_n128",
@@ -164,6 +164,10 @@ fn decoder_convolutions_are_tensor_core_pipelines() {
         "conv1x1_f16_n128",
         "conv3d_f16",
         "conv3d_f16_n128",
+        "conv3x3s2_f16",
+        "conv3x3s2_f16_n128",
+        "conv_tstride_f16",
+        "conv_tstride_f16_n128",
     ];
     for &arch in GENERIC.cubins {
         for kernel in CONVS {

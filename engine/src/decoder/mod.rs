@@ -18,10 +18,16 @@ use crate::tensor::check_finite;
 pub use preview::Preview;
 pub use tae::{DeviceTae, TaeDecoder, TaeEncoder};
 pub use taehv::TaehvDecoder;
-pub use taehv_encoder::TaehvEncoder;
+pub use taehv_encoder::{DeviceTaehvEncoder, TaehvEncoder};
 pub use video::VideoDecoder;
 pub use video_device::DeviceVideo;
 pub use wan_vae::WanVaeDecoder;
+
+/// A video-to-video stream's input encoder on a device: RGB8 frames `[4n, H, W, 3]`
+/// (continuing the stream) to latents `[n, C, h, w]`.
+pub trait RgbEncoder: Send {
+    fn encode_rgb(&mut self, rgb: &[u8]) -> Result<Vec<f32>>;
+}
 
 /// Latents `[n, C, H, W]` to RGB8 video frames.
 pub trait Decoder: Send {

@@ -23,7 +23,7 @@ use crate::model::graph::Graph;
 use crate::model::streamdit::schema::{checkpoint_tensors, Group};
 use crate::model::tae::TaeGraph;
 use crate::model::{Family, Profile};
-use crate::stream::{check_text, MovingSampler, Parts, Schedule, Stream};
+use crate::stream::{check_text, InputEncoder, MovingSampler, Parts, Schedule, Stream};
 use crate::text::conditioner::Adapters;
 use crate::text::{Conditioner, TextInput};
 pub use params::{
@@ -368,21 +368,31 @@ impl Engine {
         if self.profile.family == Family::Wan {
             return self.video_stream_wan(params, f64::from(strength));
         }
-        // The encoder runs on the host on every backend; the DiT's stream on the CPU too.
-        let mut need = crate::memory::host::video_to_video_memory(&self.profile)?.total();
-        if self.backend == BackendKind::Cpu {
-            need += self.profile.memory_need().stream_bytes;
-        }
-        check_host_memory(
-            &format!(
-                "a video-to-video stream of profile `{}` (with its TAE encoder on the host)",
-                self.profile.name
-            ),
-            need,
-        )?;
-        let encoder = parts::tae_encoder(&self.profile, &self.source)?;
+        // The encoder runs on the GPU with `cuda` (as the TAE decoder does), on the host
+        // otherwise (on `emu` too: emulating it for every chunk would take minutes;
+        // `tests/encoder_device.rs` runs the device encoder there); the DiT's stream on the
+        // CPU runs on the host too.
+        let encoder = if self.backend == BackendKind::Cuda {
+            let (graph, weights) = parts::tae_encoder_parts(&self.profile, &self.source)?;
+            let chunk = self.profile.stream.chunk_frames;
+            let dev = CudaDevice::new(self.device)?;
+            InputEncoder::Device(Box::new(DeviceTae::new(graph, &weights, chunk, dev)?))
+        } else {
+            let mut need = crate::memory::host::video_to_video_memory(&self.profile)?.total();
+            if self.backend == BackendKind::Cpu {
+                need += self.profile.memory_need().stream_bytes;
+            }
+            check_host_memory(
+                &format!(
+                    "a video-to-video stream of profile `{}` (with its TAE encoder on the host)",
+                    self.profile.name
+                ),
+                need,
+            )?;
+            InputEncoder::Tae(parts::tae_encoder(&self.profile, &self.source)?)
+        };
         let mut stream = self.stream_streamdit(params, Some(f64::from(strength)))?;
-        stream.attach_input(crate::stream::InputEncoder::Tae(encoder));
+        stream.attach_input(encoder);
         Ok(stream)
     }
 

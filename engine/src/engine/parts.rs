@@ -65,6 +65,13 @@ pub fn tae_decoder(profile: &Profile, source: &WeightsSource) -> Result<TaeDecod
 /// serves text-to-video; here their absence is an error naming the first missing tensor and
 /// how to get them.
 pub fn tae_encoder(profile: &Profile, source: &WeightsSource) -> Result<TaeEncoder> {
+    let (graph, weights) = tae_encoder_parts(profile, source)?;
+    TaeEncoder::new(graph, &weights)
+}
+
+/// The TAE encoder's op list and `encoder.*` tensors of `profile` from `source` (what
+/// [`tae_encoder`] runs on the CPU and a `cuda` video-to-video stream lowers to the GPU).
+pub fn tae_encoder_parts(profile: &Profile, source: &WeightsSource) -> Result<(TaeGraph, Weights)> {
     // The decoder's checks (family, upsampling factors) hold for its mirror too.
     tae_graph(profile)?;
     let m = &profile.model;
@@ -88,7 +95,7 @@ pub fn tae_encoder(profile: &Profile, source: &WeightsSource) -> Result<TaeEncod
             Weights::random_encoder(&profile.decoder, c, *seed, *dtype)?
         }
     };
-    TaeEncoder::new(graph, &weights)
+    Ok((graph, weights))
 }
 
 /// The text encoders of `profile` with the adapters and byte table of `source` (random

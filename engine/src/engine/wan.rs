@@ -17,7 +17,9 @@ use crate::backend::cuda::CudaCausal;
 use crate::backend::CausalBackend;
 use crate::checkpoint::wan::{load_wan, random_wan};
 use crate::checkpoint::{Checkpoint, DType, Weights};
-use crate::decoder::{Decoder, DeviceVideo, TaehvDecoder, TaehvEncoder, WanVaeDecoder};
+use crate::decoder::{
+    Decoder, DeviceTaehvEncoder, DeviceVideo, TaehvDecoder, TaehvEncoder, WanVaeDecoder,
+};
 use crate::error::{Error, Result};
 use crate::memory::host::check_host_memory;
 use crate::model::taehv_encoder::TaehvEncoderConfig;
@@ -396,8 +398,8 @@ impl Engine {
 
 impl Engine {
     /// [`Engine::video_stream`] for a Wan profile (docs/wan.md "Video-to-video"): the causal
-    /// sampler in SDEdit mode, its input encoded on the host by the TAEHV encoder
-    /// (`taew2_1`'s `encoder.*`, from the TAEHV checkpoint the stream's decoder would read;
+    /// sampler in SDEdit mode, its input encoded by the TAEHV encoder (on the host with the
+    /// `cpu` backend, lowered to the device with `emu` and `cuda`; `taew2_1`'s `encoder.*`, from the TAEHV checkpoint the stream's decoder would read;
     /// random ones only when the DiT's weights are random too).
     pub(super) fn video_stream_wan(&self, params: StreamParams, strength: f64) -> Result<Stream> {
         let w = self.profile.wan()?;
@@ -431,28 +433,48 @@ impl Engine {
         };
         let f = TaehvEncoderConfig::SPACE_FACTOR;
         let (h, wd) = (f * w.latent_height, f * w.latent_width);
-        let graph = crate::model::taehv_encoder::graph(&cfg, h, wd)?;
-        let mut need = crate::memory::host::taehv_encoder_memory(&graph, w.chunk_frames).total();
-        if self.backend == BackendKind::Cpu {
-            need += self.profile.memory_need().stream_bytes;
-        }
-        check_host_memory(
-            &format!(
-                "a video-to-video stream of profile `{}` (with its TAEHV encoder on the host)",
-                self.profile.name
-            ),
-            need,
-        )?;
-        let encoder = TaehvEncoder::new(&cfg, h, wd, &weights)?;
+        // On `emu` and `cuda` the encoder is lowered to its own device allocation
+        // (docs/taehv.md "On the device"); on the CPU it runs on the host.
+        let chunk = w.chunk_frames;
+        let (encoder, size) = match self.backend {
+            BackendKind::Emu => {
+                let e = DeviceTaehvEncoder::new(&cfg, h, wd, &weights, chunk, EmuDevice::new())?;
+                let size = e.frame_size();
+                (InputEncoder::Device(Box::new(e)), size)
+            }
+            BackendKind::Cuda => {
+                let dev = CudaDevice::new(self.device)?;
+                let e = DeviceTaehvEncoder::new(&cfg, h, wd, &weights, chunk, dev)?;
+                let size = e.frame_size();
+                (InputEncoder::Device(Box::new(e)), size)
+            }
+            BackendKind::Cpu | BackendKind::Auto => {
+                let graph = crate::model::taehv_encoder::graph(&cfg, h, wd)?;
+                let mut need = crate::memory::host::taehv_encoder_memory(&graph, chunk).total();
+                if self.backend == BackendKind::Cpu {
+                    need += self.profile.memory_need().stream_bytes;
+                }
+                check_host_memory(
+                    &format!(
+                        "a video-to-video stream of profile `{}` (with its TAEHV encoder on the \
+                         host)",
+                        self.profile.name
+                    ),
+                    need,
+                )?;
+                let e = TaehvEncoder::new(&cfg, h, wd, &weights)?;
+                let size = e.frame_size();
+                (InputEncoder::Taehv(Box::new(e)), size)
+            }
+        };
         let mut stream = self.stream_wan(params, Some(strength))?;
-        if stream.frame_size() != encoder.frame_size() {
+        if stream.frame_size() != size {
             return Err(Error::Invalid(format!(
-                "video-to-video: the decoder's frames are {:?}, the TAEHV encoder's {:?}",
+                "video-to-video: the decoder's frames are {:?}, the TAEHV encoder's {size:?}",
                 stream.frame_size(),
-                encoder.frame_size()
             )));
         }
-        stream.attach_input(InputEncoder::Taehv(Box::new(encoder)));
+        stream.attach_input(encoder);
         Ok(stream)
     }
 }

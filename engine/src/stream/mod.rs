@@ -10,7 +10,7 @@ pub mod sink;
 pub mod source;
 mod trace;
 
-use crate::decoder::{Decoder, TaeEncoder, TaehvEncoder};
+use crate::decoder::{Decoder, RgbEncoder, TaeEncoder, TaehvEncoder};
 use crate::error::{Error, Result};
 use crate::tensor::{check_finite, describe_non_finite, first_non_finite, Tensor};
 use std::sync::Arc;
@@ -121,6 +121,8 @@ pub(crate) enum InputEncoder {
     Tae(TaeEncoder),
     /// The Wan family's TAEHV encoder (`taew2_1`).
     Taehv(Box<TaehvEncoder>),
+    /// An encoder lowered to the stream's device (`--backend emu|cuda`).
+    Device(Box<dyn RgbEncoder>),
 }
 
 impl InputEncoder {
@@ -128,6 +130,7 @@ impl InputEncoder {
         match self {
             InputEncoder::Tae(e) => e.encode_rgb(rgb),
             InputEncoder::Taehv(e) => e.encode_rgb(rgb),
+            InputEncoder::Device(e) => e.encode_rgb(rgb),
         }
     }
 }

@@ -291,3 +291,112 @@ CONV_UNROLL
         return x + static_cast<size_t>(row[i]) * cin + ci;
     }
 };
+
+// ---------------------------------------------------------------------------------------
+// The encoders' gathers (docs/taehv.md "The encoder", docs/tae.md "Encoder").
+// ---------------------------------------------------------------------------------------
+struct Conv3x3S2Params {
+    const __half* x;         // (t, h_in, w_in, cin) f16
+    const __half* w;         // (cout, 3, 3, cin) f16: the [cout, 9 cin] GEMM B operand
+    const __half* bias;      // (cout) f16, or null
+    const __half* residual;  // (t, h_out, w_out, cout) f16, or null
+    __half* out;             // (t, h_out, w_out, cout) f16, h_out = (h_in + pad) / 2
+    int t;
+    int h_in;
+    int w_in;
+    int cin;
+    int cout;
+    int pad;  // zero rows/columns before the input: 1 (TAEHV's conv) or 0 (TAE's DownS)
+};
+
+// A 3x3 convolution with stride 2: tap (ky, kx) of output pixel (y, x) reads input pixel
+// (2y + ky - pad, 2x + kx - pad), zeros outside the frame (so one zero row/column after it).
+struct Gather3x3S2 {
+    static constexpr int kInvalid = -(1 << 28);
+    const __half* x;
+    int h_in, w_in, cin, k;
+    int base[ConvGeom::kARowsPerThread];  // frame offset t * h_in * w_in (pixels)
+    int iy0[ConvGeom::kARowsPerThread];   // 2 oy - pad
+    int ix0[ConvGeom::kARowsPerThread];   // 2 ox - pad
+
+    __device__ __forceinline__ Gather3x3S2(const Conv3x3S2Params& p, int m, int m0, int first_row) {
+        x = p.x;
+        h_in = p.h_in;
+        w_in = p.w_in;
+        cin = p.cin;
+        k = 9 * p.cin;
+        const int h_out = (p.h_in + p.pad) >> 1;
+        const int w_out = (p.w_in + p.pad) >> 1;
+        const int hw = h_out * w_out;
+CONV_UNROLL
+        for (int i = 0; i < ConvGeom::kARowsPerThread; ++i) {
+            const int row = m0 + first_row + i * ConvGeom::kRowStride;
+            if (row < m) {
+                const int t = row / hw;
+                const int rem = row - t * hw;
+                const int oy = rem / w_out;
+                iy0[i] = 2 * oy - p.pad;
+                ix0[i] = 2 * (rem - oy * w_out) - p.pad;
+                base[i] = t * p.h_in * p.w_in;
+            } else {
+                iy0[i] = kInvalid;
+                ix0[i] = kInvalid;
+                base[i] = 0;
+            }
+        }
+    }
+
+    __device__ __forceinline__ const __half* src(int i, int gk, int tap, int ci) const {
+        if (gk >= k) return nullptr;
+        const int ky = tap / 3;
+        const int iy = iy0[i] + ky;
+        const int ix = ix0[i] + tap - 3 * ky;
+        if (iy < 0 || iy >= h_in || ix < 0 || ix >= w_in) return nullptr;  // padding
+        return x + (static_cast<size_t>(base[i]) + static_cast<size_t>(iy) * w_in + ix) * cin + ci;
+    }
+};
+
+struct ConvTStrideParams {
+    const __half* x;         // (stride (t_out - 1) + taps, hw, cin) f16: the buffer of frames
+    const __half* w;         // (cout, taps, cin) f16: tap j multiplies buffer frame stride s + j
+    const __half* bias;      // (cout) f16, or null
+    const __half* residual;  // (t_out, hw, cout) f16, or null
+    __half* out;             // (t_out, hw, cout) f16
+    int t_out;
+    int hw;
+    int cin;
+    int cout;
+    int taps;
+    int stride;
+};
+
+// A temporal convolution with a frame stride, per pixel: output frame s is
+// sum_j W_j buf[stride s + j]. TAEHV's TPool (taps = stride: `stride` consecutive frames side
+// by side in channels, then a 1x1 convolution, is this with K = stride Cin) and the TAE's
+// DownT (taps 3, stride 2 over [cached frame, chunk]) are both one launch of it.
+struct GatherTStride {
+    const __half* x;
+    int hw, cin, k, stride;
+    int frame[ConvGeom::kARowsPerThread];  // output frame s, or -1 past M
+    int pix[ConvGeom::kARowsPerThread];
+
+    __device__ __forceinline__ GatherTStride(const ConvTStrideParams& p, int m, int m0, int first_row) {
+        x = p.x;
+        hw = p.hw;
+        cin = p.cin;
+        k = p.taps * p.cin;
+        stride = p.stride;
+CONV_UNROLL
+        for (int i = 0; i < ConvGeom::kARowsPerThread; ++i) {
+            const int row = m0 + first_row + i * ConvGeom::kRowStride;
+            frame[i] = row < m ? row / hw : -1;
+            pix[i] = row < m ? row - (row / hw) * hw : 0;
+        }
+    }
+
+    __device__ __forceinline__ const __half* src(int i, int gk, int tap, int ci) const {
+        if (gk >= k || frame[i] < 0) return nullptr;
+        const int b = stride * frame[i] + tap;
+        return x + (static_cast<size_t>(b) * hw + pix[i]) * cin + ci;
+    }
+};

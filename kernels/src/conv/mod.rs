@@ -37,6 +37,7 @@
 
 mod conv3d;
 mod groupnorm;
+mod strided;
 
 pub use conv3d::{
     conv3d_launch, conv3d_reference, pack_conv3d_weight, Conv3dParams, Conv3dShape, KERNEL_CONV3D,
@@ -45,6 +46,11 @@ pub use conv3d::{
 pub use groupnorm::{
     groupnorm_plan, groupnorm_reference, GroupNormApplyParams, GroupNormFinalizeParams,
     GroupNormPlan, GroupNormShape, GroupNormStatsParams,
+};
+pub use strided::{
+    conv3x3s2_launch, conv3x3s2_reference, conv_tstride_launch, conv_tstride_reference,
+    Conv3x3S2Params, Conv3x3S2Shape, ConvTStrideParams, ConvTStrideShape, KERNEL_CONV3X3_S2,
+    KERNEL_CONV3X3_S2_N128, KERNEL_CONV_TSTRIDE, KERNEL_CONV_TSTRIDE_N128,
 };
 
 use crate::emu::{Dim3, LaunchConfig};

@@ -86,7 +86,7 @@ pub(super) fn packed_convs(graph: &VideoGraph) -> Vec<PackedConv<'_>> {
     let mut out = Vec::new();
     for step in &graph.steps {
         let (conv, padded_out) = match &step.op {
-            VideoOp::Conv(c) => (c, cout_pad(graph, c)),
+            VideoOp::Conv(c) | VideoOp::TemporalPool { conv: c, .. } => (c, cout_pad(graph, c)),
             VideoOp::TemporalUp { conv: c, .. } => (c, c.cout),
             VideoOp::AddSaved { skip: Some(c), .. } => (c, c.cout),
             _ => continue,
@@ -207,6 +207,15 @@ pub(super) fn pack_weights(graph: &VideoGraph, weights: &Weights) -> Result<Vec<
     Ok(out)
 }
 
+/// Frames of the op list's input for a chunk of up to `n` latent frames: `n` for a decoder,
+/// `4 n` video frames for an encoder.
+pub(super) fn input_frames(graph: &VideoGraph, n: usize) -> usize {
+    graph
+        .steps
+        .first()
+        .map_or(n, |s| s.frames.count(n, false).max(s.frames.count(n, true)))
+}
+
 /// Lays out the allocation for chunks of up to `max_frames` latent frames: a dry run of the
 /// lowering of every chunk size, at a stream's start and after, at offset 0 sizes the arena
 /// (so any list fits it), and fails on an op without a lowering.
@@ -246,7 +255,7 @@ pub(super) fn plan_layout(graph: &VideoGraph, max_frames: usize) -> Result<Layou
     }
     l.weight_bytes = b.0;
     let (c, h, w) = (graph.latent_channels, graph.latent_height, graph.latent_width);
-    l.input = b.take(max_frames * h * w * pad8(c) * 2);
+    l.input = b.take(input_frames(graph, max_frames) * h * w * pad8(c) * 2);
     let caches_from = b.0;
     // Channels in memory are padded to a multiple of 8, as the activations they copy.
     let cache_bytes = |s: &CacheSpec| s.frames * s.height * s.width * pad8(s.channels) * 2;

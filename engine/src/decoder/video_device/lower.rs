@@ -5,6 +5,7 @@ use streamdit_kernels::{conv, video};
 
 use super::layout::{cout_pad, pad8, Layout};
 use super::vae::{self, Env};
+use super::encoder;
 use super::lowering_error;
 use crate::backend::cuda::device::LaunchConfig;
 use crate::backend::cuda::lower::{Params, Step, Trace};
@@ -170,8 +171,8 @@ fn lower_pass(
     };
     let no_lowering = |i: usize, what: &str| {
         lowering_error(format!(
-            "{family}: op {i} ({what}) has no device lowering yet (TAEHV's ops and the Wan \
-             VAE's convolutions and norms have; the VAE's attention has not)"
+            "{family}: op {i} ({what}) has no device lowering yet (TAEHV's ops, its \
+             encoder's and the Wan VAE's have)"
         ))
     };
     let mut steps = Vec::new();
@@ -230,8 +231,25 @@ fn lower_pass(
                 }
                 cur = out;
             }
-            VideoOp::TemporalPool { .. } => return Err(no_lowering(i, "temporal_pool")),
-            VideoOp::Conv(c) if c.downsample => return Err(no_lowering(i, "conv_down2")),
+            VideoOp::TemporalPool { conv: c, stride } => {
+                let out_ch = cout_pad(graph, c);
+                let out = encoder::temporal_pool(&env, &mut steps, pool, c, cur, frames, hw, *stride, out_ch)?;
+                pool.release(cur.buf);
+                cur = out;
+            }
+            VideoOp::Conv(c) if c.downsample => {
+                if c.taps_t != 1 || c.taps_s != 3 || c.upsample || cur.stride != pad8(c.cin) {
+                    return Err(no_lowering(i, "conv_down2 other than 3x3 on padded channels"));
+                }
+                if let Some(VideoOp::AddSaved { .. }) = ops.get(i + 1).map(|s| &s.op) {
+                    return Err(no_lowering(i + 1, "add after a stride-2 convolution"));
+                }
+                let out_ch = cout_pad(graph, c);
+                let hw2 = (step.height, step.width);
+                let out = encoder::conv_down(&env, &mut steps, pool, c, cur, frames, hw2, out_ch)?;
+                pool.release(cur.buf);
+                cur = out;
+            }
             VideoOp::TemporalUp {
                 conv: c,
                 stride,

@@ -17,6 +17,8 @@
 //! | `RmsNorm` (+ SiLU) | `rms_norm_channels_f16` (in place unless a `Save` holds the input) |
 //! | `Denormalize` (first op) | on the host, in f32, as the latents are staged |
 //! | `Attention` + `AddSaved` (one head) | per frame: `conv1x1_f16` (q, k), `gemm_bias_f16` (`V^T = Wv x^T`), `gemm_bias_f32` (`S = q k^T`), `softmax_rows_f16`, `gemm_bias_f16` (`P V`), `conv1x1_f16` (proj with the value bias folded in, the block input as residual) |
+//! | `Conv` 3x3 stride 2 (the TAEHV encoder) | `conv3x3s2_f16` (padding 1) |
+//! | `TemporalPool` (TAEHV's TPool) | `conv_tstride_f16` with `taps = stride`: a group's frames read side by side as one GEMM row |
 //! | `DropFirst` | an offset into the activation at a stream's start: no launch |
 //! | `Save` | nothing: the activation's buffer is held until its `AddSaved` |
 //!
@@ -31,6 +33,7 @@
 //! The allocation and queues are the decoder's own, so on a GPU the decode can run beside
 //! the DiT's calls.
 
+mod encoder;
 mod layout;
 mod lower;
 mod vae;
@@ -39,7 +42,7 @@ use std::collections::HashMap;
 
 use half::f16;
 
-use self::layout::{pack_weights, pad8, plan_layout, Layout};
+use self::layout::{input_frames, pack_weights, pad8, plan_layout, Layout};
 use self::lower::lower_list;
 use crate::backend::cuda::device::{Device, DeviceBuffer, GraphId, PinnedBuffer, Queue};
 use crate::backend::cuda::lower as launches;
@@ -178,8 +181,95 @@ impl<D: Device> DeviceVideo<D> {
         let g = &self.graph;
         let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
         let cp = pad8(c);
+        // [n, C, H, W] f32 to [n, H, W, pad8(C)] f16, straight into pinned memory; a
+        // leading de-normalisation (the Wan VAE's) is applied here, in f32.
+        let denorm = match g.steps.first().map(|s| &s.op) {
+            Some(VideoOp::Denormalize { mean, std }) => Some((mean.clone(), std.clone())),
+            _ => None,
+        };
+        self.run_piece(n, out, |staged| {
+            for f in 0..n {
+                for p in 0..h * w {
+                    for ch in 0..c {
+                        let mut v = latents[(f * c + ch) * h * w + p];
+                        if let Some((mean, std)) = &denorm {
+                            v = v * std[ch] + mean[ch];
+                        }
+                        staged[(f * h * w + p) * cp + ch] = f16::from_f32(v).to_bits();
+                    }
+                }
+            }
+        })
+    }
+
+    /// Encoder graphs (TAEHV's): encodes `x [k n, H, W, C]` (`k` input frames per latent
+    /// frame, channels last, continuing the stream) into latents `[n, C', H', W']`, in
+    /// pieces of the chunk size the encoder was made for. The frame count must be a whole
+    /// number of latent frames and every value finite (named errors otherwise).
+    pub fn encode_f32(&mut self, x: &[f32]) -> Result<Vec<f32>> {
+        let g = &self.graph;
+        let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
+        let k = g.steps.first().map_or(1, |s| s.frames.per_latent);
+        let (_, lh, lw, lc) = g.steps.last().map_or((g.out_frames, 0, 0, 0), |s| s.output());
+        let group = k * h * w * c;
+        let what = format!("{} input", g.family);
+        if x.len() % group != 0 {
+            return Err(Error::shape(
+                what,
+                format!("a multiple of {k} frames of {w}x{h}x{c} = {group} elements"),
+                format!("{} elements", x.len()),
+            ));
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "{what}: element {i} is {}, expected a finite value",
+                x[i]
+            )));
+        }
+        let cp = pad8(c);
+        let mut raw = Vec::new();
+        for piece in x.chunks(self.max_frames * group) {
+            let n = piece.len() / group;
+            // [k n, H, W, C] f32 to [k n, H, W, pad8(C)] f16 in pinned memory.
+            self.run_piece(n, &mut raw, |staged| {
+                for (p, px) in piece.chunks_exact(c).enumerate() {
+                    for (ch, &v) in px.iter().enumerate() {
+                        staged[p * cp + ch] = f16::from_f32(v).to_bits();
+                    }
+                }
+            })?;
+        }
+        // [n, h, w, C'] channels last to [n, C', h, w].
+        let plane = lh * lw;
+        let mut z = vec![0.0; raw.len()];
+        if plane * lc > 0 {
+            for (f, frame) in raw.chunks_exact(plane * lc).enumerate() {
+                for p in 0..plane {
+                    for ch in 0..lc {
+                        z[(f * lc + ch) * plane + p] = frame[p * lc + ch];
+                    }
+                }
+            }
+        }
+        Ok(z)
+    }
+
+    /// Runs the list of a chunk of `n` latent frames (lowered and captured at its first
+    /// use) on the input `stage` writes into the pinned staging buffer (zeroed first:
+    /// `[input frames, H, W, pad8(C)]` f16 bits), appending the last op's output (widened
+    /// to f32) to `out`.
+    fn run_piece(
+        &mut self,
+        n: usize,
+        out: &mut Vec<f32>,
+        stage: impl FnOnce(&mut [u16]),
+    ) -> Result<()> {
+        let g = &self.graph;
+        let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
+        let cp = pad8(c);
         let first = !self.started;
         let key = (n, first);
+        let fin = input_frames(g, n);
         if !self.lists.contains_key(&key) {
             let (steps, output, _) = lower_list(g, &self.layout, self.mem.addr(), n, first)?;
             let steps = launches::resolve(&mut self.dev, steps)?;
@@ -188,8 +278,8 @@ impl<D: Device> DeviceVideo<D> {
                 let (f, ho, wo, co) = s.output();
                 f.count(n, first) * ho * wo * co
             });
-            let pinned_in = self.dev.alloc_pinned("video decoder latents", n * h * w * cp)?;
-            let pinned_out = self.dev.alloc_pinned("video decoder RGB", out_len.max(1))?;
+            let pinned_in = self.dev.alloc_pinned("video decoder input", fin * h * w * cp)?;
+            let pinned_out = self.dev.alloc_pinned("video decoder output", out_len.max(1))?;
             let list = List {
                 steps,
                 graph: None,
@@ -201,47 +291,16 @@ impl<D: Device> DeviceVideo<D> {
             self.lists.insert(key, list);
         }
         let list = self.lists.get_mut(&key).expect("inserted above");
-        // [n, C, H, W] f32 to [n, H, W, pad8(C)] f16, straight into pinned memory; a
-        // leading de-normalisation (the Wan VAE's) is applied here, in f32.
-        let denorm = match g.steps.first().map(|s| &s.op) {
-            Some(VideoOp::Denormalize { mean, std }) => Some((mean.clone(), std.clone())),
-            _ => None,
-        };
         let staged = self.dev.pinned(list.pinned_in)?;
         staged.fill(0);
-        for f in 0..n {
-            for p in 0..h * w {
-                for ch in 0..c {
-                    let mut v = latents[(f * c + ch) * h * w + p];
-                    if let Some((mean, std)) = &denorm {
-                        v = v * std[ch] + mean[ch];
-                    }
-                    staged[(f * h * w + p) * cp + ch] = f16::from_f32(v).to_bits();
-                }
-            }
-        }
+        stage(staged);
         let input = self
             .mem
-            .slice(self.layout.input, n * h * w * cp * 2)?
+            .slice(self.layout.input, fin * h * w * cp * 2)?
             .cast::<u16>()?;
         self.dev.write_async(Queue::Compute, input, list.pinned_in)?;
-        if self.use_graphs {
-            let graph = match list.graph {
-                Some(gid) => gid,
-                None => {
-                    self.dev.begin_capture()?;
-                    let run = launches::run(&mut self.dev, self.mem, &list.steps);
-                    let gid = self.dev.end_capture()?;
-                    run?;
-                    self.dev.upload(gid)?;
-                    list.graph = Some(gid);
-                    gid
-                }
-            };
-            self.dev.replay(graph)?;
-        } else {
-            launches::run(&mut self.dev, self.mem, &list.steps)?;
-        }
+        let (steps, graph) = (&list.steps, &mut list.graph);
+        launches::run_captured(&mut self.dev, self.mem, steps, graph, self.use_graphs)?;
         if list.out_len > 0 {
             let output = self
                 .mem

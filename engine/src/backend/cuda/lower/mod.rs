@@ -42,7 +42,8 @@ use crate::memory::{Fusion, MemoryPlan, OpList};
 use crate::model::graph::{Graph, Op, TensorId};
 
 pub use self::step::{
-    euler_step, noise_fill, resolve, run, select_gemm, DeviceParams, Lowered, Params, Step, Trace,
+    euler_step, noise_fill, resolve, run, run_captured, select_gemm, DeviceParams, Lowered, Params,
+    Step, Trace,
 };
 
 /// Whether op `i` runs in the launch of op `i - 1` (the fusions in the module docs): the

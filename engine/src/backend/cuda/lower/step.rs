@@ -9,7 +9,9 @@ use streamdit_kernels::{
     wan_qk,
 };
 
-use crate::backend::cuda::device::{backend_error, Device, DeviceBuffer, Kernel, LaunchConfig};
+use crate::backend::cuda::device::{
+    backend_error, Device, DeviceBuffer, GraphId, Kernel, LaunchConfig,
+};
 use crate::backend::cuda::limits;
 use crate::error::{Error, Result};
 use crate::model::graph::TensorId;
@@ -50,6 +52,8 @@ pub enum Params {
     Conv3x3(conv::Conv3x3Params),
     ConvT3(conv::ConvT3Params),
     Conv1x1(conv::Conv1x1Params),
+    Conv3x3S2(conv::Conv3x3S2Params),
+    ConvTStride(conv::ConvTStrideParams),
     GroupNormStats(conv::GroupNormStatsParams),
     GroupNormFinalize(conv::GroupNormFinalizeParams),
     GroupNormApply(conv::GroupNormApplyParams),
@@ -304,6 +308,8 @@ unsafe fn launch<D: Device>(
         Conv3x3,
         ConvT3,
         Conv1x1,
+        Conv3x3S2,
+        ConvTStride,
         GroupNormStats,
         GroupNormFinalize,
         GroupNormApply,
@@ -319,6 +325,34 @@ unsafe fn launch<D: Device>(
         RmsNormChannels,
         SoftmaxRows
     )
+}
+
+/// Runs a resolved list as one device graph: captured into `graph` at its first run and
+/// replayed after (the decoders' and encoders' per-chunk lists); launch by launch when
+/// `use_graphs` is off.
+pub fn run_captured<D: Device>(
+    dev: &mut D,
+    mem: DeviceBuffer<u8>,
+    steps: &[Step],
+    graph: &mut Option<GraphId>,
+    use_graphs: bool,
+) -> Result<()> {
+    if !use_graphs {
+        return run(dev, mem, steps);
+    }
+    let gid = match *graph {
+        Some(gid) => gid,
+        None => {
+            dev.begin_capture()?;
+            let ran = run(dev, mem, steps);
+            let gid = dev.end_capture()?;
+            ran?;
+            dev.upload(gid)?;
+            *graph = Some(gid);
+            gid
+        }
+    };
+    dev.replay(gid)
 }
 
 /// Runs a resolved list on `dev`; `mem` is the model allocation the list was lowered for.

@@ -57,9 +57,10 @@ struct Sizes {
     attn_out: usize,
 }
 
-/// The tensor `decoder.{name}` with `shape`, or the error naming it.
-fn tensor<'a>(weights: &'a Weights, name: &str, shape: &[usize]) -> Result<&'a [f32]> {
-    let full = format!("decoder.{name}");
+/// The tensor `{prefix}.{name}` (`decoder.` or `encoder.`) with `shape`, or the error
+/// naming it.
+fn tensor<'a>(weights: &'a Weights, prefix: &str, name: &str, shape: &[usize]) -> Result<&'a [f32]> {
+    let full = format!("{prefix}.{name}");
     let t = weights.get(&full)?;
     if t.shape != shape {
         return Err(Error::Tensor {
@@ -77,7 +78,8 @@ fn tensor<'a>(weights: &'a Weights, name: &str, shape: &[usize]) -> Result<&'a [
 enum Packing {
     /// The sources as they are, one after the other.
     Concat,
-    /// `[cout, cin, 3, 3]` to the kernel's `[cout, 3, 3, cin]`.
+    /// `[cout, cin, 3, 3]` to the kernel's `[cout, 3, 3, pad8(cin)]` (the encoder's
+    /// `conv_in` reads RGB padded to 8 channels: zero weights for the padding).
     Conv3x3 { cout: usize, cin: usize },
     /// `[cout, cin, 3]` to the kernel's `[cout, 3, cin]`.
     ConvT3 { cout: usize, cin: usize },
@@ -92,12 +94,22 @@ struct Packed {
 }
 
 impl Packed {
+    /// Elements of the packed tensor.
     fn len(&self) -> usize {
-        self.sources
-            .iter()
-            .map(|(_, shape)| shape.iter().product::<usize>())
-            .sum()
+        match self.packing {
+            Packing::Conv3x3 { cout, cin } => cout * 9 * pad8(cin),
+            _ => self
+                .sources
+                .iter()
+                .map(|(_, shape)| shape.iter().product::<usize>())
+                .sum(),
+        }
     }
+}
+
+/// `c` rounded up to a multiple of 8: the convolution kernels read 16-byte pixel rows.
+pub(super) fn pad8(c: usize) -> usize {
+    c.div_ceil(8) * 8
 }
 
 /// The device decoder's tensors in upload order: the checkpoint's, with the attention's q,
@@ -116,8 +128,16 @@ fn packed_tensors(graph: &TaeGraph) -> Vec<Packed> {
     for step in &graph.steps {
         match &step.op {
             TaeOp::Save | TaeOp::RepeatFrames | TaeOp::AddSaved { skip: None, .. } => {}
-            // The encoder's ops have no device lowering (DeviceTae::new refuses an encoder).
-            TaeOp::DownS { .. } | TaeOp::DownT { .. } => {}
+            &TaeOp::DownS { ref name, ch } => {
+                let packing = Packing::Conv3x3 { cout: ch, cin: ch };
+                one(format!("{name}.weight"), vec![ch, ch, 3, 3], packing);
+                one(format!("{name}.bias"), vec![ch], Packing::Concat);
+            }
+            &TaeOp::DownT { ref name, ch, .. } => {
+                let packing = Packing::ConvT3 { cout: ch, cin: ch };
+                one(format!("{name}.weight"), vec![ch, ch, 3], packing);
+                one(format!("{name}.bias"), vec![ch], Packing::Concat);
+            }
             TaeOp::GroupNorm { name, ch, .. } => {
                 one(format!("{name}.weight"), vec![*ch], Packing::Concat);
                 one(format!("{name}.bias"), vec![*ch], Packing::Concat);
@@ -174,18 +194,29 @@ fn packed_tensors(graph: &TaeGraph) -> Vec<Packed> {
     out
 }
 
-/// The decoder's weights, converted to f16 and packed for the kernels, by name.
+/// The decoder's (or encoder's) weights, converted to f16 and packed for the kernels, by
+/// name.
 pub(super) fn pack_weights(graph: &TaeGraph, weights: &Weights) -> Result<Vec<(String, Vec<u16>)>> {
+    let prefix = graph.kind.prefix();
     packed_tensors(graph)
         .into_iter()
         .map(|p| {
             let mut data = Vec::with_capacity(p.len());
             for (name, shape) in &p.sources {
-                data.extend_from_slice(tensor(weights, name, shape)?);
+                data.extend_from_slice(tensor(weights, prefix, name, shape)?);
             }
             let data = match p.packing {
                 Packing::Concat => Ok(data),
-                Packing::Conv3x3 { cout, cin } => conv::pack_conv3x3_weight(&data, cout, cin),
+                Packing::Conv3x3 { cout, cin } => {
+                    // Zero input channels up to a multiple of 8.
+                    let cp = pad8(cin);
+                    let mut padded = vec![0.0f32; cout * cp * 9];
+                    for o in 0..cout {
+                        let src = &data[o * cin * 9..][..cin * 9];
+                        padded[o * cp * 9..][..cin * 9].copy_from_slice(src);
+                    }
+                    conv::pack_conv3x3_weight(&padded, cout, cp)
+                }
                 Packing::ConvT3 { cout, cin } => conv::pack_conv_t3_weight(&data, cout, cin),
             }
             .map_err(lowering_error)?;
@@ -197,7 +228,11 @@ pub(super) fn pack_weights(graph: &TaeGraph, weights: &Weights) -> Result<Vec<(S
 
 /// The regions' element counts for chunks of `n` latent frames.
 fn sizes(graph: &TaeGraph, n: usize) -> Result<Sizes> {
-    let input = graph.latent_height * graph.latent_width * graph.latent_channels * n;
+    // The first op's input: the decoder's latents, or the encoder's 4n video frames with
+    // their RGB padded to 8 channels.
+    let input = graph.steps.first().map_or(0, |s| {
+        s.frames * n * s.height * s.width * pad8(s.channels)
+    });
     let mut s = Sizes {
         input,
         act: input,
@@ -213,6 +248,10 @@ fn sizes(graph: &TaeGraph, n: usize) -> Result<Sizes> {
             TaeOp::ConvT { ch, cache, .. } => {
                 s.ctx = s.ctx.max((2 + t) * hw * ch);
                 s.caches[*cache] = 2 * hw * ch;
+            }
+            TaeOp::DownT { ch, cache, .. } => {
+                s.ctx = s.ctx.max((1 + t) * hw * ch);
+                s.caches[*cache] = hw * ch;
             }
             TaeOp::GroupNorm { ch, .. } => {
                 let plan = conv::groupnorm_plan(&conv::GroupNormShape {
@@ -271,9 +310,10 @@ fn layout(weights: &[(String, usize)], s: &Sizes, pool_count: usize) -> Layout {
 /// activation buffers the largest chunk needs.
 pub(super) fn plan_layout(graph: &TaeGraph, max_frames: usize) -> Result<Layout> {
     if max_frames == 0 {
-        return Err(Error::Invalid(
-            "TAE decoder: chunks must have at least one latent frame".into(),
-        ));
+        return Err(Error::Invalid(format!(
+            "TAE {}: chunks must have at least one latent frame",
+            graph.kind.prefix()
+        )));
     }
     let lens: Vec<(String, usize)> = packed_tensors(graph)
         .into_iter()

@@ -3,7 +3,7 @@
 
 use streamdit_kernels::{attention, conv};
 
-use super::layout::Layout;
+use super::layout::{pad8, Layout};
 use super::lowering_error;
 use crate::backend::cuda::lower::{Params, Step, Trace};
 use crate::error::Result;
@@ -253,11 +253,13 @@ fn lower_pass(
                 cout,
                 upsample,
             } => {
+                // The encoder's RGB input is padded to 8 channels (zero weights).
+                let cin = pad8(*cin);
                 let shape = conv::Conv3x3Shape {
                     t,
                     h_in: step.height,
                     w_in: step.width,
-                    cin: *cin,
+                    cin,
                     cout: *cout,
                     upsample: *upsample,
                 };
@@ -291,7 +293,7 @@ fn lower_pass(
                         t: t as i32,
                         h_in: step.height as i32,
                         w_in: step.width as i32,
-                        cin: *cin as i32,
+                        cin: cin as i32,
                         cout: *cout as i32,
                         upsample: i32::from(*upsample),
                     }),
@@ -468,11 +470,110 @@ fn lower_pass(
                     buf: Some(out),
                 };
             }
-            TaeOp::DownS { .. } | TaeOp::DownT { .. } => {
-                return Err(lowering_error(format!(
-                    "op {i}: {:?} is an encoder op; the TAE encoder runs on the CPU only",
-                    step.op
-                )));
+            TaeOp::DownS { name, ch } => {
+                // One zero row and column after the frame, stride 2: `pad = 0`.
+                let shape = conv::Conv3x3S2Shape {
+                    t,
+                    h_in: step.height,
+                    w_in: step.width,
+                    cin: *ch,
+                    cout: *ch,
+                    pad: 0,
+                };
+                let lc = conv::conv3x3s2_launch(&shape).map_err(lowering_error)?;
+                let out = pool.alloc();
+                steps.push(launch(
+                    format!("encoder {name}"),
+                    "conv",
+                    lc.kernel,
+                    lc.config,
+                    Params::Conv3x3S2(conv::Conv3x3S2Params {
+                        x: ptr(cur.off),
+                        w: weight(&format!("{name}.weight"))?,
+                        bias: weight(&format!("{name}.bias"))?,
+                        residual: std::ptr::null(),
+                        out: ptr_mut(pool.off(out)),
+                        t: t as i32,
+                        h_in: step.height as i32,
+                        w_in: step.width as i32,
+                        cin: *ch as i32,
+                        cout: *ch as i32,
+                        pad: 0,
+                    }),
+                ));
+                pool.release(cur.buf);
+                cur = Loc {
+                    off: pool.off(out),
+                    buf: Some(out),
+                };
+            }
+            TaeOp::DownT { name, ch, cache } => {
+                // The context buffer `[1 + t, hw, ch]`: the cached frame (the first frame at
+                // a stream's start), then the chunk; output frame s reads frames 2s .. 2s + 2.
+                let frame = hw * ch * 2;
+                if t % 2 != 0 {
+                    return Err(lowering_error(format!(
+                        "op {i}: DownT {name} over {t} frames (an even count is needed)"
+                    )));
+                }
+                let chunk_at = l.ctx + frame;
+                steps.push(Step::Copy {
+                    label: format!("encoder {name} input"),
+                    src: cur.off,
+                    dst: chunk_at,
+                    bytes: t * frame,
+                    trace: Trace::default(),
+                });
+                pool.release(cur.buf);
+                let cache_at = l.caches[*cache];
+                steps.push(Step::Copy {
+                    label: format!("encoder {name} context"),
+                    src: if first { chunk_at } else { cache_at },
+                    dst: l.ctx,
+                    bytes: frame,
+                    trace: Trace::default(),
+                });
+                let shape = conv::ConvTStrideShape {
+                    t_out: t / 2,
+                    hw,
+                    cin: *ch,
+                    cout: *ch,
+                    taps: 3,
+                    stride: 2,
+                };
+                let lc = conv::conv_tstride_launch(&shape).map_err(lowering_error)?;
+                let out = pool.alloc();
+                steps.push(launch(
+                    format!("encoder {name}"),
+                    "conv",
+                    lc.kernel,
+                    lc.config,
+                    Params::ConvTStride(conv::ConvTStrideParams {
+                        x: ptr(l.ctx),
+                        w: weight(&format!("{name}.weight"))?,
+                        bias: weight(&format!("{name}.bias"))?,
+                        residual: std::ptr::null(),
+                        out: ptr_mut(pool.off(out)),
+                        t_out: (t / 2) as i32,
+                        hw: hw as i32,
+                        cin: *ch as i32,
+                        cout: *ch as i32,
+                        taps: 3,
+                        stride: 2,
+                    }),
+                ));
+                // The cache: the chunk's last input frame.
+                steps.push(Step::Copy {
+                    label: format!("encoder {name} cache"),
+                    src: l.ctx + t * frame,
+                    dst: cache_at,
+                    bytes: frame,
+                    trace: Trace::default(),
+                });
+                cur = Loc {
+                    off: pool.off(out),
+                    buf: Some(out),
+                };
             }
             TaeOp::AddSaved { .. } => {
                 let prev = if i == 0 {

@@ -23,6 +23,13 @@
 //! device's own streams, so on a GPU the decode of chunk `k` runs beside the DiT call the
 //! stream prefetched.
 //!
+//! The encoder's op list ([`TaeGraph::encoder`], docs/tae.md "Encoder") lowers the same way,
+//! with `DownS` on `conv3x3s2_f16` (`pad = 0`: one zero row and column after the frame) and
+//! `DownT` on `conv_tstride_f16` (3 taps, stride 2) over a `[1 + T, H*W, ch]` context of the
+//! cached frame (the first frame at a stream's start) and the chunk, its last input frame
+//! copied to the cache after; its RGB input is padded to 8 channels (zero `conv_in`
+//! weights), and its latents come back `[n, h, w, C]` and are transposed on the host.
+//!
 //! [`RepeatFrames`]: TaeOp::RepeatFrames
 
 mod layout;
@@ -32,7 +39,7 @@ use std::collections::HashMap;
 
 use half::f16;
 
-use self::layout::{pack_weights, plan_layout, Layout};
+use self::layout::{pack_weights, pad8, plan_layout, Layout};
 use self::lower::lower_list;
 use crate::backend::cuda::device::{Device, DeviceBuffer, GraphId, PinnedBuffer, Queue};
 use crate::backend::cuda::lower as launches;
@@ -77,13 +84,6 @@ impl<D: Device> DeviceTae<D> {
     /// for chunks of up to `max_frames` latent frames, on `dev`. A missing or mis-shaped
     /// tensor is an error naming it.
     pub fn new(graph: TaeGraph, weights: &Weights, max_frames: usize, mut dev: D) -> Result<Self> {
-        if graph.kind != TaeKind::Decoder {
-            return Err(Error::Invalid(
-                "DeviceTae: the op list is the TAE encoder's; the encoder runs on the CPU only \
-                 (streamdit::decoder::TaeEncoder)"
-                    .into(),
-            ));
-        }
         let packed = pack_weights(&graph, weights)?;
         let l = plan_layout(&graph, max_frames)?;
         let mem = dev.alloc::<u8>("TAE decoder (weights, activations, caches)", l.total)?;
@@ -121,6 +121,11 @@ impl<D: Device> DeviceTae<D> {
     /// mapping to bytes (f16 on the device, widened), carrying the temporal caches.
     pub fn decode_f32(&mut self, latents: &[f32]) -> Result<Vec<f32>> {
         let g = &self.graph;
+        if g.kind != TaeKind::Decoder {
+            return Err(Error::Invalid(
+                "DeviceTae::decode_f32: this is the TAE encoder; use encode_f32".into(),
+            ));
+        }
         let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
         let fe = c * h * w;
         if latents.len() % fe != 0 {
@@ -138,21 +143,112 @@ impl<D: Device> DeviceTae<D> {
         Ok(out)
     }
 
+    /// The encoder (a [`TaeGraph::encoder`] op list): encodes video frames `x [4n, 8h, 8w, 3]`
+    /// (channels last, `rgb / 127.5 - 1` as docs/tae.md maps bytes, continuing the stream)
+    /// into latents `[n, C, h, w]`, carrying the causal caches; in pieces of the chunk size
+    /// it was made for. A frame count that is not a multiple of 4 and a non-finite value are
+    /// named errors.
+    pub fn encode_f32(&mut self, x: &[f32]) -> Result<Vec<f32>> {
+        let g = &self.graph;
+        if g.kind != TaeKind::Encoder {
+            return Err(Error::Invalid(
+                "DeviceTae::encode_f32: this is the TAE decoder; use decode_f32".into(),
+            ));
+        }
+        let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
+        let (fw, fh) = g.frame_size();
+        let group = TEMPORAL_UPSAMPLE * fw * fh * 3;
+        if x.len() % group != 0 {
+            return Err(Error::shape(
+                "TAE encoder input",
+                format!(
+                    "a multiple of {TEMPORAL_UPSAMPLE} frames of {fw}x{fh}x3 = {group} values"
+                ),
+                format!("{} values", x.len()),
+            ));
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "TAE encoder input: element {i} is {}, expected a finite value",
+                x[i]
+            )));
+        }
+        let mut raw = Vec::new();
+        for piece in x.chunks(self.max_frames * group) {
+            let n = piece.len() / group;
+            // [4n, H, W, 3] f32 to [4n, H, W, 8] f16 (zero channels 3..8).
+            self.run_piece(n, n * h * w * c, &mut raw, |staged| {
+                staged.fill(0);
+                for (p, px) in piece.chunks_exact(3).enumerate() {
+                    for (ch, &v) in px.iter().enumerate() {
+                        staged[p * 8 + ch] = f16::from_f32(v).to_bits();
+                    }
+                }
+            })?;
+        }
+        // [n, h, w, C] to [n, C, h, w].
+        let plane = h * w;
+        let mut z = vec![0.0; raw.len()];
+        for (f, frame) in raw.chunks_exact(plane * c).enumerate() {
+            for p in 0..plane {
+                for ch in 0..c {
+                    z[(f * c + ch) * plane + p] = frame[p * c + ch];
+                }
+            }
+        }
+        Ok(z)
+    }
+
+    /// [`encode_f32`](Self::encode_f32) of RGB8 frames (`x = rgb / 127.5 - 1`).
+    pub fn encode_rgb(&mut self, rgb: &[u8]) -> Result<Vec<f32>> {
+        let x: Vec<f32> = rgb.iter().map(|&v| f32::from(v) / 127.5 - 1.0).collect();
+        self.encode_f32(&x)
+    }
+
+    /// Forgets the stream: the next chunk starts a new one.
+    pub fn reset(&mut self) {
+        self.started = false;
+    }
+
     fn decode_piece(&mut self, latents: &[f32], n: usize, out: &mut Vec<f32>) -> Result<()> {
         let g = &self.graph;
         let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
         let (fw, fh) = g.frame_size();
         let out_len = n * TEMPORAL_UPSAMPLE * fw * fh * 3;
+        // [n, C, H, W] f32 to [n, H, W, C] f16, straight into pinned memory.
+        self.run_piece(n, out_len, out, |staged| {
+            for f in 0..n {
+                for p in 0..h * w {
+                    for ch in 0..c {
+                        let v = latents[(f * c + ch) * h * w + p];
+                        staged[(f * h * w + p) * c + ch] = f16::from_f32(v).to_bits();
+                    }
+                }
+            }
+        })
+    }
+
+    /// Runs the list of a chunk of `n` latent frames (lowered and captured at its first
+    /// use) on the input `stage` writes into the pinned staging buffer (the first op's
+    /// input, f16 bits), appending its `out_len` output values (widened) to `out`.
+    fn run_piece(
+        &mut self,
+        n: usize,
+        out_len: usize,
+        out: &mut Vec<f32>,
+        stage: impl FnOnce(&mut [u16]),
+    ) -> Result<()> {
+        let in_len = self.graph.steps.first().map_or(0, |s| {
+            s.frames * n * s.height * s.width * pad8(s.channels)
+        });
         let first = !self.started;
         let key = (n, first);
         if !self.lists.contains_key(&key) {
             let (steps, output, _) =
                 lower_list(&self.graph, &self.layout, self.mem.addr(), n, first)?;
             let steps = launches::resolve(&mut self.dev, steps)?;
-            let pinned_in = self
-                .dev
-                .alloc_pinned("TAE decoder latents", n * c * h * w)?;
-            let pinned_out = self.dev.alloc_pinned("TAE decoder RGB", out_len)?;
+            let pinned_in = self.dev.alloc_pinned("TAE input", in_len)?;
+            let pinned_out = self.dev.alloc_pinned("TAE output", out_len)?;
             self.lists.insert(
                 key,
                 List {
@@ -165,44 +261,20 @@ impl<D: Device> DeviceTae<D> {
             );
         }
         let list = self.lists.get_mut(&key).expect("inserted above");
-        // [n, C, H, W] f32 to [n, H, W, C] f16, straight into pinned memory.
-        let staged = self.dev.pinned(list.pinned_in)?;
-        for f in 0..n {
-            for p in 0..h * w {
-                for ch in 0..c {
-                    let v = latents[(f * c + ch) * h * w + p];
-                    staged[(f * h * w + p) * c + ch] = f16::from_f32(v).to_bits();
-                }
-            }
-        }
+        stage(self.dev.pinned(list.pinned_in)?);
         let input = self
             .mem
-            .slice(self.layout.input, n * c * h * w * 2)?
+            .slice(self.layout.input, in_len * 2)?
             .cast::<u16>()?;
         self.dev
             .write_async(Queue::Compute, input, list.pinned_in)?;
-        if self.use_graphs {
-            let graph = match list.graph {
-                Some(gid) => gid,
-                None => {
-                    self.dev.begin_capture()?;
-                    let run = launches::run(&mut self.dev, self.mem, &list.steps);
-                    let gid = self.dev.end_capture()?;
-                    run?;
-                    self.dev.upload(gid)?;
-                    list.graph = Some(gid);
-                    gid
-                }
-            };
-            self.dev.replay(graph)?;
-        } else {
-            launches::run(&mut self.dev, self.mem, &list.steps)?;
-        }
+        let (steps, graph) = (&list.steps, &mut list.graph);
+        launches::run_captured(&mut self.dev, self.mem, steps, graph, self.use_graphs)?;
         let output = self.mem.slice(list.output, out_len * 2)?.cast::<u16>()?;
         self.dev
             .read_async(Queue::Compute, output, list.pinned_out)?;
-        let rgb = self.dev.pinned(list.pinned_out)?;
-        out.extend(rgb.iter().map(|&b| f16::from_bits(b).to_f32()));
+        let values = self.dev.pinned(list.pinned_out)?;
+        out.extend(values.iter().map(|&b| f16::from_bits(b).to_f32()));
         self.started = true;
         Ok(())
     }
@@ -223,6 +295,12 @@ impl<D: Device + Send> Decoder for DeviceTae<D> {
     }
 
     fn reset(&mut self) {
-        self.started = false;
+        DeviceTae::reset(self)
+    }
+}
+
+impl<D: Device + Send> crate::decoder::RgbEncoder for DeviceTae<D> {
+    fn encode_rgb(&mut self, rgb: &[u8]) -> Result<Vec<f32>> {
+        DeviceTae::encode_rgb(self, rgb)
     }
 }

@@ -1,0 +1,425 @@
+//! The video encoders lowered to a device (issue 19; docs/taehv.md "On the device"), on the
+//! emulated device: the TAEHV encoder (`DeviceTaehvEncoder`: the op list of
+//! `model::taehv_encoder` run by `DeviceVideo`, its TPools on `conv_tstride_f16` and its
+//! stride-2 convolutions on `conv3x3s2_f16`) against the f32 CPU encoder on the same random
+//! weights (relative L2 and the worst error against the output RMS, both printed), chunked
+//! against whole bit for bit, an encoder that loses its memories between chunks caught,
+//! graph replay against launch by launch, a stream-start chunk and the next under the race
+//! checker, bad input named; and a Wan video-to-video stream on `--backend emu` encoding on
+//! the device, its latents close to the CPU backend's stream.
+
+mod common;
+
+use common::{f64s, rel_l2, Rng};
+use streamdit::backend::cuda::emu::EmuDevice;
+use streamdit::checkpoint::DType;
+use streamdit::decoder::{DeviceTaehvEncoder, TaehvEncoder};
+use streamdit::model::taehv_encoder::TaehvEncoderConfig;
+use streamdit::{BackendKind, Engine, EngineParams, Profile, StreamParams, WeightsSource};
+
+/// Hidden width 16 (every layer kind present, channels a multiple of 8), 4 latent
+/// channels as wan-tiny's, frames of 32x24 (latents 4x3).
+fn cfg() -> TaehvEncoderConfig {
+    TaehvEncoderConfig {
+        latent_channels: 4,
+        width: 16,
+        ..TaehvEncoderConfig::taew2_1()
+    }
+}
+const H: usize = 24;
+const W: usize = 32;
+const FRAME: usize = H * W * 3;
+
+/// Video frames `[frames, H, W, 3]` in `[0, 1]`.
+fn video(seed: u64, frames: usize) -> Vec<f32> {
+    Rng::new(seed).f32s(frames * FRAME, 0.0, 1.0)
+}
+
+fn setup(seed: u64) -> (TaehvEncoder, streamdit::checkpoint::Weights) {
+    let weights = TaehvEncoder::random_weights(&cfg(), seed, DType::F32).unwrap();
+    (TaehvEncoder::new(&cfg(), H, W, &weights).unwrap(), weights)
+}
+
+fn emu(weights: &streamdit::checkpoint::Weights, max: usize) -> DeviceTaehvEncoder<EmuDevice> {
+    DeviceTaehvEncoder::new(&cfg(), H, W, weights, max, EmuDevice::new()).unwrap()
+}
+
+/// Largest error relative to the output's RMS, and the relative L2 error.
+fn errors(got: &[f32], want: &[f32]) -> (f64, f64) {
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().all(|v| v.is_finite()), "every value written");
+    let want64 = f64s(want);
+    let rms = (want64.iter().map(|v| v * v).sum::<f64>() / want64.len() as f64).sqrt();
+    let max = got
+        .iter()
+        .zip(&want64)
+        .map(|(&g, &w)| (g as f64 - w).abs())
+        .fold(0.0, f64::max);
+    (max / rms, rel_l2(&f64s(got), &want64))
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// f16 weights and activations through the encoder's 14 convolutions, 3 TPools and 9
+/// MemBlocks (f32 accumulation): the device decoders' bounds, 1% relative L2 and 5% of the
+/// output RMS for the worst element. Measured: see the test's output.
+const REL_L2: f64 = 1e-2;
+const MAX_OVER_RMS: f64 = 5e-2;
+
+#[test]
+fn device_taehv_encoder_matches_the_cpu_encoder_chunk_by_chunk() {
+    let (mut cpu, weights) = setup(3);
+    let x = video(7, 12);
+    let want = cpu.encode_f32(&x).unwrap();
+    assert_eq!(want.len(), 3 * 4 * 3 * 4);
+    // Chunks of 1 and 2 latent frames (4 and 8 video frames).
+    let mut dev = emu(&weights, 2);
+    let mut got = dev.encode_f32(&x[..4 * FRAME]).unwrap();
+    got.extend(dev.encode_f32(&x[4 * FRAME..]).unwrap());
+    let (max, l2) = errors(&got, &want);
+    eprintln!("device vs CPU TAEHV encoder, chunks of 4 + 8 frames: rel L2 {l2:.2e}, max err / RMS {max:.2e}");
+    assert!(
+        l2 <= REL_L2 && max <= MAX_OVER_RMS,
+        "rel L2 {l2}, max/RMS {max}"
+    );
+
+    // A restart encodes like a fresh encoder: the memories do not leak into a new stream.
+    dev.reset();
+    let again = dev.encode_f32(&x[..4 * FRAME]).unwrap();
+    assert_eq!(
+        bits(&again),
+        bits(&got[..again.len()]),
+        "reset starts a new stream"
+    );
+
+    // Bytes map to v / 255 as on the CPU.
+    let rgb: Vec<u8> = (0..8 * FRAME).map(|i| (i * 37 % 256) as u8).collect();
+    let xf: Vec<f32> = rgb.iter().map(|&v| f32::from(v) / 255.0).collect();
+    dev.reset();
+    let a = dev.encode_rgb(&rgb).unwrap();
+    dev.reset();
+    assert_eq!(bits(&a), bits(&dev.encode_f32(&xf).unwrap()));
+}
+
+/// Every kernel computes an output element from the same inputs in the same order whatever
+/// the chunk's frame count, so chunked encoding equals whole encoding bit for bit.
+#[test]
+fn chunked_equals_whole_bit_for_bit() {
+    let (_, weights) = setup(4);
+    let x = video(8, 16);
+    let whole = emu(&weights, 4).encode_f32(&x).unwrap();
+    let mut dev = emu(&weights, 2);
+    let mut chunked = Vec::new();
+    for (a, b) in [(0, 4), (4, 12), (12, 16)] {
+        chunked.extend(dev.encode_f32(&x[a * FRAME..b * FRAME]).unwrap());
+    }
+    assert_eq!(chunked.len(), whole.len());
+    assert_eq!(
+        bits(&chunked),
+        bits(&whole),
+        "chunks of 4 + 8 + 4 frames vs 16 at once"
+    );
+    // A piece longer than the encoder's chunk size runs in pieces: the same bits.
+    let mut small = emu(&weights, 1);
+    assert_eq!(bits(&small.encode_f32(&x).unwrap()), bits(&whole));
+}
+
+/// An encoder whose memories are zeroed between chunks differs from the CPU encoder by far
+/// more than the f16 bound: the comparisons above can fail.
+#[test]
+fn a_device_encoder_without_its_memories_is_caught() {
+    let (mut cpu, weights) = setup(5);
+    let x = video(9, 8);
+    let want = cpu.encode_f32(&x).unwrap();
+    let mut dev = emu(&weights, 1);
+    let mut got = dev.encode_f32(&x[..4 * FRAME]).unwrap();
+    dev.forget_context().unwrap();
+    got.extend(dev.encode_f32(&x[4 * FRAME..]).unwrap());
+    let half = got.len() / 2;
+    let (max, l2) = errors(&got[half..], &want[half..]);
+    eprintln!("without memories, second chunk: rel L2 {l2:.2e}, max err / RMS {max:.2e}");
+    assert!(
+        l2 > 5.0 * REL_L2 || max > 5.0 * MAX_OVER_RMS,
+        "an encoder that lost its memories stayed within the bound: rel L2 {l2}, max/RMS {max}"
+    );
+}
+
+#[test]
+fn graph_replay_equals_eager_launches_and_is_race_free() {
+    let (_, weights) = setup(6);
+    let x = video(10, 8);
+    let mut eager = emu(&weights, 1);
+    eager.set_graphs(false);
+    let mut replay = emu(&weights, 1);
+    let mut checked = emu(&weights, 1);
+    for piece in x.chunks(4 * FRAME) {
+        let a = eager.encode_f32(piece).unwrap();
+        let b = replay.encode_f32(piece).unwrap();
+        assert_eq!(bits(&a), bits(&b));
+        // A stream-start chunk and the next (the memories) under the race checker.
+        let c = {
+            let _race = streamdit_kernels::emu::racecheck(true);
+            checked.encode_f32(piece).unwrap()
+        };
+        assert_eq!(bits(&a), bits(&c));
+    }
+}
+
+#[test]
+fn bad_input_is_a_named_error() {
+    let (_, weights) = setup(1);
+    let mut dev = emu(&weights, 2);
+    // Not a whole group of 4 frames.
+    let e = dev.encode_f32(&video(2, 3)).unwrap_err().to_string();
+    assert!(
+        e.contains("TAEHV encoder input") && e.contains("multiple of 4 frames"),
+        "{e}"
+    );
+    let e = dev
+        .encode_f32(&vec![0.5; 4 * FRAME + 1])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("TAEHV encoder input"), "{e}");
+    // Not finite.
+    let mut x = video(2, 4);
+    x[17] = f32::INFINITY;
+    let e = dev.encode_f32(&x).unwrap_err().to_string();
+    assert!(e.contains("element 17") && e.contains("finite"), "{e}");
+    // Empty input: no latents, no launch.
+    assert!(dev.encode_f32(&[]).unwrap().is_empty());
+    // Sides that are not multiples of 8, and a missing tensor, are named.
+    let e = DeviceTaehvEncoder::new(&cfg(), 20, W, &weights, 1, EmuDevice::new())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("multiples of 8"), "{e}");
+    let mut tensors = weights.into_tensors();
+    tensors.remove("encoder.7.conv.weight");
+    let broken = streamdit::checkpoint::Weights::from_tensors("test", tensors);
+    let e = DeviceTaehvEncoder::new(&cfg(), H, W, &broken, 1, EmuDevice::new())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("encoder.7.conv.weight"), "{e}");
+}
+
+/// A Wan video-to-video stream on `--backend emu` encodes its input on the (emulated)
+/// device. Its latents differ from the CPU backend's stream (f16 encoder and DiT) by at most
+/// 5e-3 relative L2 per chunk (measured 5.7e-4 and 6.8e-4 for chunks 0 and 1 at strength
+/// 0.6); text-to-video on the same two backends is printed beside it as the DiT's share
+/// (measured 2.6e-4).
+#[test]
+fn an_emu_v2v_stream_encodes_on_the_device_close_to_the_cpu_stream() {
+    let engine = |backend| {
+        Engine::new(EngineParams {
+            profile: Profile::builtin("wan-tiny").unwrap(),
+            weights: WeightsSource::Random {
+                seed: 5,
+                dtype: DType::F16,
+            },
+            backend,
+        })
+        .unwrap()
+    };
+    let params = || StreamParams {
+        prompt: "a lighthouse at dusk".into(),
+        seed: Some(9),
+        ..StreamParams::default()
+    };
+    let side = 64 * 64 * 3;
+    let mut rng = Rng::new(11);
+    let rgb: Vec<u8> = (0..24 * side)
+        .map(|i| ((i % 251) as f64 * 0.8 + rng.uniform(0.0, 50.0)) as u8)
+        .collect();
+    let run = |backend, v2v: bool| -> Vec<Vec<f32>> {
+        let e = engine(backend);
+        let mut s = if v2v {
+            e.video_stream(params(), 0.6).unwrap()
+        } else {
+            e.stream(params()).unwrap()
+        };
+        let (mut at, mut out) = (0, Vec::new());
+        while out.len() < 2 {
+            let need = s.input_frames_needed();
+            if need > 0 {
+                s.push_video_frames(&rgb[at * side..(at + need) * side])
+                    .unwrap();
+                at += need;
+            }
+            if s.step().unwrap() {
+                out.push(s.chunk_latents().to_vec());
+            }
+        }
+        out
+    };
+    let (emu_v, cpu_v) = (run(BackendKind::Emu, true), run(BackendKind::Cpu, true));
+    let (emu_t, cpu_t) = (run(BackendKind::Emu, false), run(BackendKind::Cpu, false));
+    for k in 0..2 {
+        let v = rel_l2(&f64s(&emu_v[k]), &f64s(&cpu_v[k]));
+        let t = rel_l2(&f64s(&emu_t[k]), &f64s(&cpu_t[k]));
+        println!("chunk {k}: emu vs cpu rel L2, video-to-video {v:.3e}, text-to-video {t:.3e}");
+        assert!(v < 5e-3, "chunk {k}: {v:.3e}");
+        assert!(emu_v[k] != emu_t[k], "the input is used");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// StreamDiT's TAE encoder (docs/tae.md "Encoder") lowered by `DeviceTae`: DownS on
+// `conv3x3s2_f16` (pad 0), DownT on `conv_tstride_f16` (3 taps, stride 2) with its one-frame
+// cache, the decoder's Res, Attn, GroupNorm and ConvT lowerings.
+// ---------------------------------------------------------------------------------------
+
+mod tae {
+    use super::{bits, errors, MAX_OVER_RMS, REL_L2};
+    use crate::common::Rng;
+    use streamdit::backend::cuda::emu::EmuDevice;
+    use streamdit::checkpoint::{DType, Weights};
+    use streamdit::decoder::{DeviceTae, TaeEncoder};
+    use streamdit::model::profile::DecoderConfig;
+    use streamdit::model::tae::TaeGraph;
+
+    const C: usize = 8;
+    /// Latents 2x3: video frames of 16x24.
+    const LH: usize = 2;
+    const LW: usize = 3;
+    const FRAME: usize = 8 * LH * 8 * LW * 3;
+
+    /// The default tier's narrow widths (as `tests/decoder_device.rs`): attention at head
+    /// dim 64 in the mid block; `tiny`'s in the full tier.
+    fn dec() -> DecoderConfig {
+        DecoderConfig {
+            widths: if crate::common::full() {
+                vec![64, 64, 32, 16]
+            } else {
+                vec![64, 32, 16, 16]
+            },
+            groups: 8,
+        }
+    }
+
+    fn setup(seed: u64) -> (TaeGraph, Weights) {
+        let graph = TaeGraph::encoder(&dec(), C, LH, LW).unwrap();
+        let weights = Weights::random_encoder(&dec(), C, seed, DType::F32).unwrap();
+        (graph, weights)
+    }
+
+    /// Video values in `[-1, 1]` (`rgb / 127.5 - 1`).
+    fn video(seed: u64, frames: usize) -> Vec<f32> {
+        Rng::new(seed).f32s(frames * FRAME, -1.0, 1.0)
+    }
+
+    fn emu(graph: &TaeGraph, weights: &Weights, max: usize) -> DeviceTae<EmuDevice> {
+        DeviceTae::new(graph.clone(), weights, max, EmuDevice::new()).unwrap()
+    }
+
+    #[test]
+    fn device_tae_encoder_matches_the_cpu_encoder_chunk_by_chunk() {
+        let (graph, weights) = setup(3);
+        let x = video(7, 12);
+        let want = TaeEncoder::new(graph.clone(), &weights)
+            .unwrap()
+            .encode_f32(&x)
+            .unwrap();
+        assert_eq!(want.len(), 3 * C * LH * LW);
+        let mut dev = emu(&graph, &weights, 2);
+        let mut got = dev.encode_f32(&x[..4 * FRAME]).unwrap();
+        got.extend(dev.encode_f32(&x[4 * FRAME..]).unwrap());
+        let (max, l2) = errors(&got, &want);
+        eprintln!(
+            "device vs CPU TAE encoder, chunks of 4 + 8 frames: rel L2 {l2:.2e}, max err / RMS \
+             {max:.2e}"
+        );
+        assert!(
+            l2 <= REL_L2 && max <= MAX_OVER_RMS,
+            "rel L2 {l2}, max/RMS {max}"
+        );
+        // Bytes map to v / 127.5 - 1 as on the CPU; a reset starts a new stream.
+        let rgb: Vec<u8> = (0..4 * FRAME).map(|i| (i * 53 % 256) as u8).collect();
+        let mut cpu = TaeEncoder::new(graph.clone(), &weights).unwrap();
+        let want = cpu.encode_rgb(&rgb).unwrap();
+        dev.reset();
+        let (max, l2) = errors(&dev.encode_rgb(&rgb).unwrap(), &want);
+        assert!(
+            l2 <= REL_L2 && max <= MAX_OVER_RMS,
+            "bytes: rel L2 {l2}, max/RMS {max}"
+        );
+    }
+
+    #[test]
+    fn chunked_equals_whole_and_lost_caches_are_caught() {
+        let (graph, weights) = setup(4);
+        let x = video(8, 16);
+        let whole = emu(&graph, &weights, 4).encode_f32(&x).unwrap();
+        let mut dev = emu(&graph, &weights, 2);
+        let mut chunked = Vec::new();
+        for (a, b) in [(0, 4), (4, 12), (12, 16)] {
+            chunked.extend(dev.encode_f32(&x[a * FRAME..b * FRAME]).unwrap());
+        }
+        assert_eq!(
+            bits(&chunked),
+            bits(&whole),
+            "chunks of 4 + 8 + 4 frames vs 16 at once"
+        );
+        // The caches forgotten (zeroed) between chunks: far off.
+        let mut lost = emu(&graph, &weights, 2);
+        let mut got = lost.encode_f32(&x[..8 * FRAME]).unwrap();
+        let fresh = lost.encode_f32(&[]).unwrap();
+        assert!(fresh.is_empty());
+        lost.reset();
+        got.extend(lost.encode_f32(&x[8 * FRAME..]).unwrap());
+        let half = got.len() / 2;
+        let (max, l2) = errors(&got[half..], &whole[half..]);
+        eprintln!("restarted between chunks: rel L2 {l2:.2e}, max err / RMS {max:.2e}");
+        assert!(
+            l2 > 5.0 * REL_L2 || max > 5.0 * MAX_OVER_RMS,
+            "rel L2 {l2}, max/RMS {max}"
+        );
+    }
+
+    #[test]
+    fn graph_replay_equals_eager_launches_and_is_race_free() {
+        let (graph, weights) = setup(6);
+        let x = video(10, 8);
+        let mut eager = emu(&graph, &weights, 1);
+        eager.set_graphs(false);
+        let mut replay = emu(&graph, &weights, 1);
+        let mut checked = emu(&graph, &weights, 1);
+        for piece in x.chunks(4 * FRAME) {
+            let a = eager.encode_f32(piece).unwrap();
+            assert_eq!(bits(&a), bits(&replay.encode_f32(piece).unwrap()));
+            let c = {
+                let _race = streamdit_kernels::emu::racecheck(true);
+                checked.encode_f32(piece).unwrap()
+            };
+            assert_eq!(bits(&a), bits(&c));
+        }
+    }
+
+    #[test]
+    fn bad_input_is_a_named_error() {
+        let (graph, weights) = setup(1);
+        let mut dev = emu(&graph, &weights, 2);
+        let e = dev.encode_f32(&video(2, 3)).unwrap_err().to_string();
+        assert!(
+            e.contains("TAE encoder input") && e.contains("multiple of 4 frames"),
+            "{e}"
+        );
+        let mut x = video(2, 4);
+        x[9] = f32::NAN;
+        let e = dev.encode_f32(&x).unwrap_err().to_string();
+        assert!(e.contains("element 9") && e.contains("finite"), "{e}");
+        // The encoder is not a decoder, nor the other way round.
+        let e = dev.decode_f32(&[0.0; C * LH * LW]).unwrap_err().to_string();
+        assert!(e.contains("encode_f32"), "{e}");
+        let mut tensors = weights.into_tensors();
+        tensors.remove("encoder.down.1.downt.weight");
+        let broken = Weights::from_tensors("test", tensors);
+        let e = DeviceTae::new(graph, &broken, 1, EmuDevice::new())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("encoder.down.1.downt.weight"), "{e}");
+    }
+}
