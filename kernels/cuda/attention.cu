@@ -19,6 +19,10 @@
 // streamdit-emu-variant: no_gain_sync
 //   the barrier after the Q and gain copies is left out: warps other than the one that
 //   copied the gains read them unordered (read-after-write on cp.async data);
+// streamdit-emu-variant: unpacked_grid
+//   not a race: the window kernel decodes the grid as it did before the packed tile list
+//   (x = window * q_tiles + tile, q_tiles of a full window, tiles past an edge window exit at
+//   once), so tests/attention.rs can show the packed list computes the same bits;
 // streamdit-emu-variant: no_key_sync
 //   the key loop's barrier is left out: ldmatrix of K/V rows another thread copied and the
 //   key bias another thread wrote (read-after-write), and the refill of the stage of tile
@@ -27,14 +31,25 @@
 // ---------------------------------------------------------------------------------------
 // Window self-attention (docs/streamdit.md section 3).
 //
-// Grid: x = window * q_tiles + query tile, y = head, z = batch element; q_tiles =
-// ceil(Fw Hw Ww / kBM) (a full window's tiles; tiles past a smaller edge window exit at
-// once). Windows are numbered by key (kf, kh, kw), kw fastest: nk_a = (G_a - 1 + s_a) / W_a
-// + 1 keys per axis. Window key k along an axis of length G with window W and shift s covers
+// Grid: x = the packed list of (window, query tile) pairs that have work, y = head, z =
+// batch element. Windows are numbered by key (kf, kh, kw): nk_a = (G_a - 1 + s_a) / W_a + 1
+// keys per axis. Window key k along an axis of length G with window W and shift s covers
 // tokens [max(k W - s, 0), min((k+1) W - s, G)) (key floor((x + s) / W), no modulo: shifted
 // layers have smaller windows at both edges). Local index t of a window (fn x hn x wn) is
 // token (f0 + t / (hn wn), i0 + t / wn % hn, j0 + t % wn); its row is b T + (f Ht + i) Wt + j.
 // Consecutive CTAs are the query tiles of one (window, head): their K/V tiles meet in L2.
+//
+// The packed tile list (issue 18). With G_a a multiple of W_a, the windows of an axis fall
+// in at most three classes: s = 0 gives one class (keys 0 .. G/W - 1, extent W); s > 0 gives
+// the first window (key 0, extent W - s), the interior (keys 1 .. G/W - 1, extent W) and the
+// last (key G/W, extent s). The 27 (or fewer) products of axis classes are visited in order
+// cf, ch, cw; class c owns windows(c) * ceil(n(c) / kBM) consecutive CTAs, its windows kf-major
+// (kw fastest), each window's query tiles consecutive. blockIdx.x is decoded by walking the
+// classes (at most 27 steps of integer arithmetic), so no table travels to the device and
+// only CTAs with rows launch: streamdit-4b's shifted layers (grid 16x32x32, window 4x16x16,
+// shift 2x8x8) launch 256 CTAs per head instead of the 45 windows x 16 tiles = 720 of a
+// full-window grid. kernels/src/attention.rs (`WindowShape::packed_tiles`) counts the same
+// list for grid x.
 // ---------------------------------------------------------------------------------------
 struct AttnWindowParams {
     const __half* qkv;  // (B * T, 3D): q [0, D), k [D, 2D), v [2D, 3D); head e = [e dh, (e+1) dh)
@@ -86,9 +101,50 @@ __device__ __forceinline__ void window_extent(int k, int w, int s, int g, int* l
     *hi = min((k + 1) * w - s, g);
 }
 
+// Window class c (0, 1, 2) of an axis of length g, window w, shift s (see above): its first
+// key, its number of windows (0 for a class the axis does not have) and their extent.
+struct AxisClass {
+    int key0, count, ext;
+};
+__device__ __forceinline__ AxisClass axis_class(int c, int g, int w, int s) {
+    const int full = g / w;
+    if (s == 0) return c == 0 ? AxisClass{0, full, w} : AxisClass{0, 0, w};
+    if (c == 0) return AxisClass{0, 1, w - s};
+    if (c == 1) return AxisClass{1, full - 1, w};
+    return AxisClass{full, 1, s};
+}
+
+// The (window key, query tile) of CTA x of the packed list; false past its end.
+template <int kBM>
+__device__ __forceinline__ bool packed_tile(const AttnWindowParams& p, int x, int* kf, int* kh,
+                                            int* kw, int* tile) {
+    for (int cf = 0; cf < 3; ++cf) {
+        const AxisClass af = axis_class(cf, p.ft, p.fw, p.sf);
+        for (int ch = 0; ch < 3; ++ch) {
+            const AxisClass ah = axis_class(ch, p.ht, p.hw, p.sh);
+            for (int cw = 0; cw < 3; ++cw) {
+                const AxisClass aw = axis_class(cw, p.wt, p.ww, p.sw);
+                const int windows = af.count * ah.count * aw.count;
+                const int tiles = (af.ext * ah.ext * aw.ext + kBM - 1) / kBM;
+                if (x < windows * tiles) {
+                    const int win = x / tiles;
+                    *tile = x - win * tiles;
+                    *kw = aw.key0 + win % aw.count;
+                    *kh = ah.key0 + (win / aw.count) % ah.count;
+                    *kf = af.key0 + win / (aw.count * ah.count);
+                    return true;
+                }
+                x -= windows * tiles;
+            }
+        }
+    }
+    return false;
+}
+
 template <int kDh>
 __device__ __forceinline__ void attn_window(const AttnWindowParams& p, unsigned char* smem) {
     using T = AttnTraits<kDh>;
+#if defined(EMU_VARIANT_unpacked_grid)  // the grid before the packed list (top of the file)
     const int q_tiles = (p.fw * p.hw * p.ww + T::kBM - 1) / T::kBM;
     const int nkh = (p.ht - 1 + p.sh) / p.hw + 1;
     const int nkw = (p.wt - 1 + p.sw) / p.ww + 1;
@@ -97,6 +153,11 @@ __device__ __forceinline__ void attn_window(const AttnWindowParams& p, unsigned 
     const int kw = win % nkw;
     const int kh = (win / nkw) % nkh;
     const int kf = win / (nkw * nkh);
+#else
+    int kf, kh, kw, tile;
+    // Past the list's end (never, with the grid kernels/src/attention.rs sizes): no work.
+    if (!packed_tile<T::kBM>(p, blockIdx.x, &kf, &kh, &kw, &tile)) return;
+#endif
     int f0, f1, i0, i1, j0, j1;
     window_extent(kf, p.fw, p.sf, p.ft, &f0, &f1);
     window_extent(kh, p.hw, p.sh, p.ht, &i0, &i1);
@@ -117,8 +178,8 @@ __device__ __forceinline__ void attn_window(const AttnWindowParams& p, unsigned 
     g.ht = p.ht;
     g.wt = p.wt;
     g.v_off = g.d;
-    // A tile past the end of a smaller (edge) window has no rows: the whole CTA leaves
-    // before any barrier.
+    // A tile past the end of a smaller (edge) window has no rows (only in the unpacked
+    // grid): the whole CTA leaves before any barrier.
     if (g.q0 >= g.n) return;
     attention_tile<kDh>(g, p.gq, p.gk, smem);
 }

@@ -165,10 +165,11 @@ fn run_and_check<P: Copy>(
     want: &[f64],
     plain: &[f64],
     zero_rows: &[std::ops::Range<usize>],
-) {
+) -> Vec<u16> {
     let _race = common::race_check_full();
     let plain_err = rel_l2(plain, want);
     let kernel = emu::kernel(launch.kernel).unwrap_or_else(|e| panic!("{e}"));
+    let mut first = None;
     for order in ThreadOrder::all(seed) {
         let mut out = vec![0xffffu16; out_len];
         let p = params(out.as_mut_ptr());
@@ -203,7 +204,9 @@ fn run_and_check<P: Copy>(
             "{label} {order:?}: kernel error {err:e} > 2 x plain f16 error {plain_err:e}"
         );
         assert!(err <= REL_L2_MAX, "{label} {order:?}: kernel error {err:e}");
+        first.get_or_insert(out);
     }
+    first.expect("ThreadOrder::all has orders")
 }
 
 /// Window token lists of docs/streamdit.md section 3, written directly from the key definition
@@ -306,7 +309,7 @@ fn check_window(label: &str, seed: u64, s: WindowShape, norm: bool) {
         sw: s.shift[2] as i32,
         heads: heads as i32,
     };
-    run_and_check(
+    let packed = run_and_check(
         label,
         seed,
         launch,
@@ -315,6 +318,29 @@ fn check_window(label: &str, seed: u64, s: WindowShape, norm: bool) {
         &want,
         &plain,
         &[],
+    );
+    // The packed tile list computes each (window, tile) exactly as the grid before it did:
+    // the `unpacked_grid` variant (that grid, one CTA per full-window tile of every window
+    // key) must give the same bits.
+    let unpacked = s.unpacked_tiles();
+    assert!(launch.config.grid.x as usize == s.packed_tiles() && s.packed_tiles() <= unpacked);
+    let old = emu::variant(launch.kernel, "unpacked_grid").unwrap_or_else(|e| panic!("{e}"));
+    let mut config = launch.config;
+    config.grid.x = unpacked as u32;
+    let mut out = vec![0xffffu16; s.batch * t * d];
+    let p = params(out.as_mut_ptr());
+    // SAFETY: as in `run_and_check`: the same buffers, a grid over the same windows.
+    unsafe { emu::launch_with(old, config, &p, ThreadOrder::Forward) }
+        .unwrap_or_else(|e| panic!("{label} unpacked grid: {e}"));
+    if let Some(i) = (0..out.len()).find(|&i| out[i] != packed[i]) {
+        panic!(
+            "{label}: packed list and unpacked grid differ at element {i}: {:#06x} vs {:#06x}",
+            packed[i], out[i]
+        );
+    }
+    eprintln!(
+        "{label}: packed {} CTAs per head = unpacked {unpacked} bit for bit",
+        s.packed_tiles()
     );
 }
 
@@ -638,5 +664,48 @@ fn attention_sass_and_resources() {
                 "{kernel} on {arch}: Q/K/V must be 16-byte cp.async (LDGSTS): {r:?}"
             );
         }
+    }
+}
+
+/// The packed tile list's size (the grid x of `window_config`) against the windows written
+/// from the key definition: the sum over windows of ceil(tokens / BLOCK_Q), for shifted,
+/// unshifted, ragged and streamdit-4b shapes; and how many CTAs the unpacked grid had.
+#[test]
+fn packed_tile_counts_match_the_windows() {
+    let shapes = [
+        ([8, 8, 8], [4, 8, 8], [0, 0, 0]),
+        ([8, 8, 8], [4, 8, 8], [2, 4, 4]),
+        ([4, 6, 10], [2, 3, 5], [1, 1, 2]),
+        ([4, 16, 32], [2, 8, 16], [1, 4, 8]),
+        ([3, 9, 13], [1, 9, 13], [0, 0, 0]),
+        ([16, 32, 32], [4, 16, 16], [2, 8, 8]),
+        ([16, 32, 32], [4, 16, 16], [0, 0, 0]),
+        ([6, 20, 20], [3, 10, 10], [1, 7, 3]),
+    ];
+    for (grid, window, shift) in shapes {
+        let s = WindowShape {
+            batch: 2,
+            grid,
+            window,
+            shift,
+            heads: 3,
+            head_dim: 64,
+        };
+        let want: usize = windows(grid, window, shift)
+            .iter()
+            .map(|w| w.len().div_ceil(attention::BLOCK_Q as usize))
+            .sum();
+        let l = attention::window_config(&s).unwrap();
+        eprintln!(
+            "grid {grid:?} window {window:?} shift {shift:?}: {want} CTAs per head packed, {} \
+             unpacked",
+            s.unpacked_tiles()
+        );
+        assert_eq!(s.packed_tiles(), want, "{grid:?} {window:?} {shift:?}");
+        assert_eq!(
+            (l.config.grid.x as usize, l.config.grid.y, l.config.grid.z),
+            (want, 3, 2)
+        );
+        assert!(want <= s.unpacked_tiles());
     }
 }
