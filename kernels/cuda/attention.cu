@@ -28,6 +28,7 @@
 //   key bias another thread wrote (read-after-write), and the refill of the stage of tile
 //   kt-1 while other warps may still read it (write-after-read).
 #include "common/attention_core.cuh"
+#include "common/window_tiles.cuh"
 // ---------------------------------------------------------------------------------------
 // Window self-attention (docs/streamdit.md section 3).
 //
@@ -94,52 +95,6 @@ struct WindowGeom {
         return obase + token_row(q0 + r) * static_cast<size_t>(d) + head * kDh;
     }
 };
-
-// The extent [lo, hi) of window key k along an axis (see above).
-__device__ __forceinline__ void window_extent(int k, int w, int s, int g, int* lo, int* hi) {
-    *lo = max(k * w - s, 0);
-    *hi = min((k + 1) * w - s, g);
-}
-
-// Window class c (0, 1, 2) of an axis of length g, window w, shift s (see above): its first
-// key, its number of windows (0 for a class the axis does not have) and their extent.
-struct AxisClass {
-    int key0, count, ext;
-};
-__device__ __forceinline__ AxisClass axis_class(int c, int g, int w, int s) {
-    const int full = g / w;
-    if (s == 0) return c == 0 ? AxisClass{0, full, w} : AxisClass{0, 0, w};
-    if (c == 0) return AxisClass{0, 1, w - s};
-    if (c == 1) return AxisClass{1, full - 1, w};
-    return AxisClass{full, 1, s};
-}
-
-// The (window key, query tile) of CTA x of the packed list; false past its end.
-template <int kBM>
-__device__ __forceinline__ bool packed_tile(const AttnWindowParams& p, int x, int* kf, int* kh,
-                                            int* kw, int* tile) {
-    for (int cf = 0; cf < 3; ++cf) {
-        const AxisClass af = axis_class(cf, p.ft, p.fw, p.sf);
-        for (int ch = 0; ch < 3; ++ch) {
-            const AxisClass ah = axis_class(ch, p.ht, p.hw, p.sh);
-            for (int cw = 0; cw < 3; ++cw) {
-                const AxisClass aw = axis_class(cw, p.wt, p.ww, p.sw);
-                const int windows = af.count * ah.count * aw.count;
-                const int tiles = (af.ext * ah.ext * aw.ext + kBM - 1) / kBM;
-                if (x < windows * tiles) {
-                    const int win = x / tiles;
-                    *tile = x - win * tiles;
-                    *kw = aw.key0 + win % aw.count;
-                    *kh = ah.key0 + (win / aw.count) % ah.count;
-                    *kf = af.key0 + win / (aw.count * ah.count);
-                    return true;
-                }
-                x -= windows * tiles;
-            }
-        }
-    }
-    return false;
-}
 
 template <int kDh>
 __device__ __forceinline__ void attn_window(const AttnWindowParams& p, unsigned char* smem) {

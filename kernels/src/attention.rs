@@ -138,13 +138,17 @@ impl WindowShape {
     /// tokens, counted class by class as the kernel decodes them. Assumes the contract
     /// [`window_config`] checks (each grid extent a multiple of the window, shift < window).
     pub fn packed_tiles(&self) -> usize {
+        self.packed_tiles_of(BLOCK_Q as usize)
+    }
+    /// [`Self::packed_tiles`] for query tiles of `block_q` rows (the sm_90a kernel's 128).
+    pub fn packed_tiles_of(&self, block_q: usize) -> usize {
         let classes = |a: usize| axis_classes(self.grid[a], self.window[a], self.shift[a]);
         let (cf, ch, cw) = (classes(0), classes(1), classes(2));
         let mut total = 0;
         for &(nf, ef) in &cf {
             for &(nh, eh) in &ch {
                 for &(nw, ew) in &cw {
-                    total += nf * nh * nw * (ef * eh * ew).div_ceil(BLOCK_Q as usize);
+                    total += nf * nh * nw * (ef * eh * ew).div_ceil(block_q);
                 }
             }
         }
