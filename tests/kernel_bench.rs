@@ -54,8 +54,9 @@ fn bad_requests_are_named() {
 }
 
 /// The attention rows on the emulator (modelling 9.0): a shifted window shape inside the
-/// sm_90a window kernel's contract runs on both paths, a shape outside it (W window 4) and
-/// cross-attention on mma.sync only; every path's output is checked against the f32 CPU
+/// sm_90a window kernel's contract and the Wan KV-cache attention at dh = 128 run on both
+/// paths, a window outside the contract (W window 4), cross-attention and the dh = 16
+/// KV-cache attention on mma.sync only; every path's output is checked against the f32 CPU
 /// reference and the paths agree; the CTA counts are the packed tile list's.
 #[test]
 fn attention_rows_run_and_match_the_cpu_on_the_emulator() {
@@ -84,22 +85,31 @@ fn attention_rows_run_and_match_the_cpu_on_the_emulator() {
             count: 1,
         },
     ];
+    let kv = |head_dim: usize| AttentionShape {
+        kind: AttentionKind::KvCache {
+            tokens: 70,
+            frame_tokens: 35,
+            frames: 3,
+            cache_slots: 3,
+        },
+        batch: 1,
+        heads: 2,
+        head_dim,
+        count: 4,
+    };
+    let shapes = [shapes[0], shapes[1], shapes[2], kv(128), kv(16)];
     let bench = kernel_bench(KernelDevice::Emulator, &[], &shapes, 1).unwrap();
-    assert_eq!(bench.attention.len(), 3);
+    assert_eq!(bench.attention.len(), 5);
     let paths =
         |i: usize| -> Vec<&str> { bench.attention[i].paths.iter().map(|p| p.path).collect() };
     assert_eq!(paths(0), ["mma.sync", "sm90a"]);
     assert_eq!(paths(1), ["mma.sync"]);
     assert_eq!(paths(2), ["mma.sync"]);
+    assert_eq!(paths(3), ["mma.sync", "sm90a"]);
+    assert_eq!(paths(4), ["mma.sync"]);
+    assert_eq!(bench.attention[3].paths[1].kernel, "attn_sm90_kvcache_d128");
     for row in &bench.attention {
-        assert_eq!(
-            row.shape.count,
-            shapes
-                .iter()
-                .find(|s| s.kind == row.shape.kind)
-                .unwrap()
-                .count
-        );
+        assert!(shapes.contains(&row.shape));
         assert!(row.shape.flops() > 0.0);
         for p in &row.paths {
             eprintln!(

@@ -2,15 +2,16 @@
 //! the device has — our mma.sync kernel, our sm_90a kernel (compute capability 9.0) and
 //! cuBLAS (a GPU with libcublas) — side by side on the same inputs, as time, TFLOP/s, ratio
 //! to cuBLAS and largest difference from the mma.sync result; then every attention shape of
-//! a StreamDiT call (window, shifted window, cross) on our attention paths (mma.sync, and
-//! the sm_90a window kernel on 9.0), with TFLOP/s, share of the device's dense FP16 peak
+//! a StreamDiT call (window, shifted window, cross) or the Wan family's attention over its
+//! KV cache on our attention paths (mma.sync, and the sm_90a kernels on 9.0), with TFLOP/s, share of the device's dense FP16 peak
 //! and the CTAs launched (cuBLAS has no attention).
 
 use std::path::Path;
 
 use serde_json::json;
 use streamdit::inspect::{
-    attention_shapes, kernel_bench, AttentionShape, GemmShape, GpuSpec, KernelDevice, Op,
+    attention_shapes, kernel_bench, wan_attention_shape, AttentionShape, GemmShape, GpuSpec,
+    KernelDevice, Op,
 };
 use streamdit::{BackendKind, Error, Result};
 
@@ -42,9 +43,9 @@ fn profile_shapes(model: &ModelArgs) -> Result<(Vec<GemmShape>, Vec<AttentionSha
         }
     }
     shapes.sort_by(|a, b| b.flops().total_cmp(&a.flops()));
-    // The Wan family's attention runs over a KV cache (no row yet): only StreamDiT's.
+    // The Wan family's attention runs over its KV cache (one shape: a full cache).
     let attention = if profile.family == streamdit::Family::Wan {
-        Vec::new()
+        vec![wan_attention_shape(profile.wan()?)]
     } else {
         attention_shapes(&graph)
     };

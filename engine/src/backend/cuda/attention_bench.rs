@@ -6,20 +6,27 @@
 //! compared with the mma.sync one and, when asked (the emulator), with the f32 CPU reference
 //! (`math::window_attention` / `math::cross_attention` after the per-head RMSNorm).
 //!
+//! The Wan family's attention of a chunk over its KV cache (a full cache: `window` frames
+//! attended, in a scrambled slot order) runs on `attn_kvcache_d{16,128}` and, on 9.0 for
+//! dh = 128, on `attn_sm90_kvcache_d128`; its CPU reference is a direct f32 loop.
+//!
 //! cuBLAS has no attention, so no library row stands beside these (FlashAttention-3 would be
-//! the comparison; it is not loaded). The Wan family's KV-cache attention has no row yet.
+//! the comparison; it is not loaded).
 //! Times are device events around `reps` launches after a warm-up; outputs are poisoned
 //! before each path.
 
 use half::f16;
 use streamdit_kernels::attention::{self, CrossShape, WindowShape};
+use streamdit_kernels::wan_attention::{self, KvCacheShape};
 
 use super::device::{Device, DeviceBuffer};
 use super::kernel_bench::{random_f16, rel_diff, time};
 use super::limits;
+use super::lower::wan_sm90::select_attention;
 use super::lower::{run, select_window_attention, Params, Step};
 use crate::error::{Error, Result};
 use crate::model::graph::{Graph, Op};
+use crate::model::wan::WanConfig;
 
 /// What one attention call computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +39,14 @@ pub enum AttentionKind {
     },
     /// Cross-attention of `tokens` queries to `text_len` text keys (every key unmasked).
     Cross { tokens: usize, text_len: usize },
+    /// The Wan family's `tokens` queries over `frames` cache frames of `frame_tokens` each,
+    /// in a cache of `cache_slots` frames (batch 1).
+    KvCache {
+        tokens: usize,
+        frame_tokens: usize,
+        frames: usize,
+        cache_slots: usize,
+    },
 }
 
 /// One attention shape of a call, `count` times per call.
@@ -54,6 +69,12 @@ impl AttentionShape {
                 shift,
             } => crate::cost::window_sum_sq(grid, window, shift) as f64,
             AttentionKind::Cross { tokens, text_len } => tokens as f64 * text_len as f64,
+            AttentionKind::KvCache {
+                tokens,
+                frame_tokens,
+                frames,
+                ..
+            } => tokens as f64 * (frames * frame_tokens) as f64,
         };
         4.0 * self.head_dim as f64 * pairs * (self.heads * self.batch) as f64
     }
@@ -68,6 +89,12 @@ impl AttentionShape {
                 shift,
             } => format!("window {} shift {} on {}", x(window), x(shift), x(grid)),
             AttentionKind::Cross { tokens, text_len } => format!("cross {tokens} x {text_len}"),
+            AttentionKind::KvCache {
+                tokens,
+                frame_tokens,
+                frames,
+                ..
+            } => format!("kv cache {tokens} x {frames} frames of {frame_tokens}"),
         };
         format!("{what}, b{} h{} dh{}", self.batch, self.heads, self.head_dim)
     }
@@ -85,8 +112,26 @@ impl AttentionShape {
                 heads: self.heads,
                 head_dim: self.head_dim,
             }),
-            AttentionKind::Cross { .. } => None,
+            AttentionKind::Cross { .. } | AttentionKind::KvCache { .. } => None,
         }
+    }
+}
+
+/// The Wan family's attention over a full KV cache: a chunk's tokens over `window` frames,
+/// `depth` times per call.
+pub fn wan_attention_shape(w: &WanConfig) -> AttentionShape {
+    let p = w.tokens_per_frame();
+    AttentionShape {
+        kind: AttentionKind::KvCache {
+            tokens: w.chunk_frames * p,
+            frame_tokens: p,
+            frames: w.window,
+            cache_slots: w.window,
+        },
+        batch: 1,
+        heads: w.heads,
+        head_dim: w.head_dim(),
+        count: w.depth,
     }
 }
 
@@ -167,6 +212,7 @@ struct Bufs {
     gq: DeviceBuffer<u16>,
     gk: DeviceBuffer<u16>,
     mask: DeviceBuffer<f32>,
+    slots: DeviceBuffer<i32>,
     out: DeviceBuffer<u16>,
 }
 
@@ -217,11 +263,44 @@ fn step<D: Device>(dev: &mut D, s: &AttentionShape, b: &Bufs, sm90: bool) -> Res
             };
             (attention::cross_config(&c).map_err(err)?, Params::CrossAttention(p))
         }
+        (
+            None,
+            AttentionKind::KvCache {
+                tokens,
+                frame_tokens,
+                frames,
+                cache_slots,
+            },
+        ) => {
+            let k = KvCacheShape {
+                tokens,
+                frame_tokens,
+                frames,
+                heads: s.heads,
+                head_dim: s.head_dim,
+                cache_slots,
+            };
+            let p = wan_attention::AttnKvCacheParams {
+                q: b.a.addr() as *const u16,
+                cache: b.b.addr() as *const u16,
+                frame_slots: b.slots.addr() as *const i32,
+                out: b.out.addr() as *mut u16,
+                tokens: tokens as i32,
+                frame_tokens: frame_tokens as i32,
+                frames: frames as i32,
+                heads: s.heads as i32,
+            };
+            (wan_attention::kvcache_config(&k).map_err(err)?, Params::AttnKvCache(p))
+        }
         (None, AttentionKind::Window { .. }) => unreachable!("window() is Some for windows"),
+    };
+    let module = match s.kind {
+        AttentionKind::KvCache { .. } => "wan_attention",
+        _ => "attention",
     };
     let mut step = Step::Launch {
         label: label.clone(),
-        module: "attention",
+        module,
         kernel_name: launch.kernel,
         kernel: None,
         config: launch.config,
@@ -229,8 +308,13 @@ fn step<D: Device>(dev: &mut D, s: &AttentionShape, b: &Bufs, sm90: bool) -> Res
         trace: Default::default(),
     };
     if sm90 {
-        select_window_attention(dev, &mut step)?;
-        if matches!(step, Step::Launch { module: "attention", .. }) {
+        match s.kind {
+            AttentionKind::KvCache { cache_slots, .. } => {
+                select_attention(dev, cache_slots, std::slice::from_mut(&mut step))?
+            }
+            _ => select_window_attention(dev, &mut step)?,
+        }
+        if matches!(step, Step::Launch { module: m, .. } if m == module) {
             return Ok(None);
         }
     }
@@ -295,7 +379,51 @@ fn cpu_reference(s: &AttentionShape, a: &[u16], b: &[u16], gq: &[u16], gk: &[u16
             crate::math::cross_attention(&q, &kv, &mask, b, tokens, text_len, h, d, &mut out);
             out
         }
+        AttentionKind::KvCache {
+            tokens,
+            frame_tokens,
+            frames,
+            ..
+        } => {
+            // No norms (the kernel takes q and the cache already normalized and rotated).
+            let (q, cache) = (f32s(a), f32s(b));
+            let keys: Vec<usize> = slot_table(frames)
+                .iter()
+                .flat_map(|&slot| (0..frame_tokens).map(move |j| slot as usize * frame_tokens + j))
+                .collect();
+            let scale = 1.0 / (dh as f32).sqrt();
+            let mut out = vec![0.0; tokens * d];
+            let mut scores = vec![0.0f32; keys.len()];
+            for r in 0..tokens {
+                for e in 0..s.heads {
+                    let qr = &q[r * d + e * dh..r * d + (e + 1) * dh];
+                    for (sc, &k) in scores.iter_mut().zip(&keys) {
+                        let kr = &cache[k * 2 * d + e * dh..k * 2 * d + (e + 1) * dh];
+                        *sc = qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    }
+                    let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for sc in scores.iter_mut() {
+                        *sc = (*sc - m).exp();
+                        sum += *sc;
+                    }
+                    let o = &mut out[r * d + e * dh..r * d + (e + 1) * dh];
+                    for (p, &k) in scores.iter().zip(&keys) {
+                        let vr = &cache[k * 2 * d + d + e * dh..k * 2 * d + d + (e + 1) * dh];
+                        for (o, v) in o.iter_mut().zip(vr) {
+                            *o += p / sum * v;
+                        }
+                    }
+                }
+            }
+            out
+        }
     }
+}
+
+/// The bench's frame table: the cache's slots in reverse order (a gather, not the identity).
+fn slot_table(frames: usize) -> Vec<i32> {
+    (0..frames as i32).rev().collect()
 }
 
 fn rel_l2(got: &[u16], want: &[f32]) -> f64 {
@@ -333,10 +461,20 @@ pub fn bench_attention<D: Device>(
             AttentionKind::Cross { tokens, text_len } => {
                 (s.batch * tokens * d, s.batch * text_len * 2 * d, s.batch * tokens * d)
             }
+            AttentionKind::KvCache {
+                tokens,
+                frame_tokens,
+                cache_slots,
+                ..
+            } => (tokens * d, cache_slots * frame_tokens * 2 * d, tokens * d),
         };
         let text = match s.kind {
             AttentionKind::Cross { text_len, .. } => s.batch * text_len,
-            AttentionKind::Window { .. } => 1,
+            AttentionKind::Window { .. } | AttentionKind::KvCache { .. } => 1,
+        };
+        let frames = match s.kind {
+            AttentionKind::KvCache { frames, .. } => frames,
+            _ => 1,
         };
         let bufs = Bufs {
             a: dev.alloc::<u16>("bench attention q/qkv", a_len)?,
@@ -344,6 +482,7 @@ pub fn bench_attention<D: Device>(
             gq: dev.alloc::<u16>("bench attention gq", s.head_dim)?,
             gk: dev.alloc::<u16>("bench attention gk", s.head_dim)?,
             mask: dev.alloc::<f32>("bench attention mask", text)?,
+            slots: dev.alloc::<i32>("bench attention frame table", frames)?,
             out: dev.alloc::<u16>("bench attention out", out_len)?,
         };
         let result = bench_shape(dev, s, i as u64, reps, check, &bufs, [a_len, b_len, out_len]);
@@ -352,6 +491,7 @@ pub fn bench_attention<D: Device>(
         dev.free(bufs.gq)?;
         dev.free(bufs.gk)?;
         dev.free(bufs.mask)?;
+        dev.free(bufs.slots)?;
         dev.free(bufs.out)?;
         rows.push(AttentionTiming {
             shape: *s,
@@ -388,6 +528,11 @@ fn bench_shape<D: Device>(
     dev.write(b.gk, &gk)?;
     let ones = vec![1.0f32; b.mask.len()];
     dev.write(b.mask, &ones)?;
+    let table = match s.kind {
+        AttentionKind::KvCache { frames, .. } => slot_table(frames),
+        _ => vec![0],
+    };
+    dev.write(b.slots, &table)?;
     let want = check.then(|| cpu_reference(s, &a, &kv, &gq, &gk));
     let mem = b.a.cast::<u8>()?;
     let mut reference = vec![0u16; out_len];
