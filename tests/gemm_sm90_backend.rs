@@ -27,8 +27,10 @@ struct Call {
 }
 
 fn call(cc: (u32, u32)) -> Call {
-    let profile = common::emu_profile();
-    let m = profile.model.clone();
+    call_model(cc, common::emu_profile().model.clone())
+}
+
+fn call_model(cc: (u32, u32), m: streamdit::ModelConfig) -> Call {
     let weights = Arc::new(Weights::random(&m, 5, DType::F16));
     let graph = Graph::build(&m, 4.5);
     let table = weights.get("text_embed.weight").unwrap().clone();
@@ -279,4 +281,38 @@ fn wan_dh128_on_compute_capability_9_runs_the_sm90_attention_and_matches_the_cpu
     let paths = rel_l2(&f64s(&outs[0]), &f64s(&outs[1]));
     println!("dh 128 9.0 (sm_90a attention) vs 8.0 (mma.sync) call: rel L2 {paths:.2e}");
     assert!(paths < 1e-3, "9.0 vs 8.0 output rel L2 {paths:.2e}");
+}
+
+/// StreamDiT's window attention on compute capability 9.0: with a W window of 16 (shift 8,
+/// the sm_90a window kernel's contract: W extents multiples of 8) every window attention of
+/// the call runs on `attn_sm90_window_d64` (shifted and unshifted blocks) and none on the
+/// mma.sync kernel, and the call matches the CPU backend step by step and the 8.0 call; the
+/// default profile (W window 4) keeps the mma.sync window kernel on 9.0.
+#[test]
+fn compute_capability_9_runs_the_sm90_window_attention_and_matches_the_cpu() {
+    let mut m = common::emu_profile().model.clone();
+    m.latent_width = 32;
+    m.window = [m.window[0], m.window[1], 16];
+    let hopper = call_model((9, 0), m.clone());
+    let ampere = call_model((8, 0), m);
+    let count = |c: &Call, kernel: &str| c.steps.iter().filter(|s| s.2.starts_with(kernel)).count();
+    let n = count(&ampere, "attn_window_d");
+    assert!(n >= 2, "the 8.0 call has window attention in both blocks");
+    assert_eq!(
+        count(&hopper, "attn_window_d"),
+        0,
+        "a mma.sync window attention on 9.0"
+    );
+    assert_eq!(count(&hopper, "attn_sm90_window_d64"), n);
+    for (label, _, kernel, err) in hopper.steps.iter().filter(|s| s.2.starts_with("attn_sm90")) {
+        println!("{label:<70} {kernel:<22} rel L2 vs cpu {err:.2e}");
+        assert!(*err < 1e-2, "{label}: rel L2 {err:.2e}");
+    }
+    let err = rel_l2(&f64s(&hopper.out), &f64s(&hopper.cpu_out));
+    let paths = rel_l2(&f64s(&hopper.out), &f64s(&ampere.out));
+    println!("9.0 call: output rel L2 vs cpu {err:.2e}, vs the 8.0 call {paths:.2e}");
+    assert!(err < 1e-2, "output rel L2 {err:.2e}");
+    assert!(paths < 1e-2, "9.0 vs 8.0 output rel L2 {paths:.2e}");
+    let default = call((9, 0));
+    assert!(count(&default, "attn_window_d") > 0 && count(&default, "attn_sm90_window") == 0);
 }

@@ -111,6 +111,10 @@ pub mod files {
 /// - the Wan family's call graph over a KV cache ([`WanGraph`]), its parameter count
 ///   ([`wan_parameters`]) and its sampler's noise ([`wan_noise_frame`]).
 pub mod inspect {
+    pub use crate::backend::cuda::attention_bench::{
+        attention_shapes, wan_attention_shape, AttentionKind, AttentionPath, AttentionShape,
+        AttentionTiming,
+    };
     pub use crate::backend::cuda::kernel_bench::{
         kernel_bench, GemmShape, GemmTiming, KernelBench, KernelDevice, PathTiming,
     };

@@ -19,22 +19,38 @@
 // streamdit-emu-variant: no_gain_sync
 //   the barrier after the Q and gain copies is left out: warps other than the one that
 //   copied the gains read them unordered (read-after-write on cp.async data);
+// streamdit-emu-variant: unpacked_grid
+//   not a race: the window kernel decodes the grid as it did before the packed tile list
+//   (x = window * q_tiles + tile, q_tiles of a full window, tiles past an edge window exit at
+//   once), so tests/attention.rs can show the packed list computes the same bits;
 // streamdit-emu-variant: no_key_sync
 //   the key loop's barrier is left out: ldmatrix of K/V rows another thread copied and the
 //   key bias another thread wrote (read-after-write), and the refill of the stage of tile
 //   kt-1 while other warps may still read it (write-after-read).
 #include "common/attention_core.cuh"
+#include "common/window_tiles.cuh"
 // ---------------------------------------------------------------------------------------
 // Window self-attention (docs/streamdit.md section 3).
 //
-// Grid: x = window * q_tiles + query tile, y = head, z = batch element; q_tiles =
-// ceil(Fw Hw Ww / kBM) (a full window's tiles; tiles past a smaller edge window exit at
-// once). Windows are numbered by key (kf, kh, kw), kw fastest: nk_a = (G_a - 1 + s_a) / W_a
-// + 1 keys per axis. Window key k along an axis of length G with window W and shift s covers
+// Grid: x = the packed list of (window, query tile) pairs that have work, y = head, z =
+// batch element. Windows are numbered by key (kf, kh, kw): nk_a = (G_a - 1 + s_a) / W_a + 1
+// keys per axis. Window key k along an axis of length G with window W and shift s covers
 // tokens [max(k W - s, 0), min((k+1) W - s, G)) (key floor((x + s) / W), no modulo: shifted
 // layers have smaller windows at both edges). Local index t of a window (fn x hn x wn) is
 // token (f0 + t / (hn wn), i0 + t / wn % hn, j0 + t % wn); its row is b T + (f Ht + i) Wt + j.
 // Consecutive CTAs are the query tiles of one (window, head): their K/V tiles meet in L2.
+//
+// The packed tile list (issue 18). With G_a a multiple of W_a, the windows of an axis fall
+// in at most three classes: s = 0 gives one class (keys 0 .. G/W - 1, extent W); s > 0 gives
+// the first window (key 0, extent W - s), the interior (keys 1 .. G/W - 1, extent W) and the
+// last (key G/W, extent s). The 27 (or fewer) products of axis classes are visited in order
+// cf, ch, cw; class c owns windows(c) * ceil(n(c) / kBM) consecutive CTAs, its windows kf-major
+// (kw fastest), each window's query tiles consecutive. blockIdx.x is decoded by walking the
+// classes (at most 27 steps of integer arithmetic), so no table travels to the device and
+// only CTAs with rows launch: streamdit-4b's shifted layers (grid 16x32x32, window 4x16x16,
+// shift 2x8x8) launch 256 CTAs per head instead of the 45 windows x 16 tiles = 720 of a
+// full-window grid. kernels/src/attention.rs (`WindowShape::packed_tiles`) counts the same
+// list for grid x.
 // ---------------------------------------------------------------------------------------
 struct AttnWindowParams {
     const __half* qkv;  // (B * T, 3D): q [0, D), k [D, 2D), v [2D, 3D); head e = [e dh, (e+1) dh)
@@ -80,15 +96,10 @@ struct WindowGeom {
     }
 };
 
-// The extent [lo, hi) of window key k along an axis (see above).
-__device__ __forceinline__ void window_extent(int k, int w, int s, int g, int* lo, int* hi) {
-    *lo = max(k * w - s, 0);
-    *hi = min((k + 1) * w - s, g);
-}
-
 template <int kDh>
 __device__ __forceinline__ void attn_window(const AttnWindowParams& p, unsigned char* smem) {
     using T = AttnTraits<kDh>;
+#if defined(EMU_VARIANT_unpacked_grid)  // the grid before the packed list (top of the file)
     const int q_tiles = (p.fw * p.hw * p.ww + T::kBM - 1) / T::kBM;
     const int nkh = (p.ht - 1 + p.sh) / p.hw + 1;
     const int nkw = (p.wt - 1 + p.sw) / p.ww + 1;
@@ -97,6 +108,11 @@ __device__ __forceinline__ void attn_window(const AttnWindowParams& p, unsigned 
     const int kw = win % nkw;
     const int kh = (win / nkw) % nkh;
     const int kf = win / (nkw * nkh);
+#else
+    int kf, kh, kw, tile;
+    // Past the list's end (never, with the grid kernels/src/attention.rs sizes): no work.
+    if (!packed_tile<T::kBM>(p, blockIdx.x, &kf, &kh, &kw, &tile)) return;
+#endif
     int f0, f1, i0, i1, j0, j1;
     window_extent(kf, p.fw, p.sf, p.ft, &f0, &f1);
     window_extent(kh, p.hw, p.sh, p.ht, &i0, &i1);
@@ -117,8 +133,8 @@ __device__ __forceinline__ void attn_window(const AttnWindowParams& p, unsigned 
     g.ht = p.ht;
     g.wt = p.wt;
     g.v_off = g.d;
-    // A tile past the end of a smaller (edge) window has no rows: the whole CTA leaves
-    // before any barrier.
+    // A tile past the end of a smaller (edge) window has no rows (only in the unpacked
+    // grid): the whole CTA leaves before any barrier.
     if (g.q0 >= g.n) return;
     attention_tile<kDh>(g, p.gq, p.gk, smem);
 }

@@ -7,7 +7,8 @@
 //                                                   over every token of the attended frames
 //
 // built from TMA loads into an mbarrier ring and wgmma (kernels/README.md, "Hopper
-// attention"). No mask: every query attends to every key of the attended cache frames; the
+// attention"); the consumer's wgmma and softmax steps are common/fa3_core.cuh's, shared with
+// attention_sm90_window.cu. No mask: every query attends to every key of the attended cache frames; the
 // only masked keys are the zero-filled rows past a frame's last token.
 //
 // CTA = 3 warpgroups (384 threads), one tile of kBM = 128 queries of one head; grid x over
@@ -53,55 +54,7 @@
 // streamdit-emu-variant: no_v_wait
 //   the consumers skip the wait on v_full[s]: P V reads V before (or unordered with) the TMA
 //   load that fills it (read-after-write).
-#include <cuda_fp16.h>
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-
-#include "common/ptx_sm90.cuh"
-
-#if PTX_EMU
-#define FA3_UNROLL
-#else
-#define FA3_UNROLL _Pragma("unroll")
-#endif
-
-template <int kHeadDim>
-struct Fa3Traits {
-    static constexpr int kDh = kHeadDim;
-    static constexpr int kBM = 128;                        // queries per CTA
-    static constexpr int kBN = 128;                        // keys per tile
-    static constexpr int kStages = 2;
-    static constexpr int kConsumers = 2;
-    static constexpr int kThreads = 128 * (1 + kConsumers);
-    static constexpr int kWgRows = kBM / kConsumers;       // 64: one m64 per consumer
-    static constexpr int kBoxes = kDh / 64;                // 64-column (128-byte) TMA boxes per row
-    static constexpr int kSAcc = kBN / 2;                  // S accumulators per thread
-    static constexpr int kOAcc = kDh / 2;                  // O accumulators per thread
-    static constexpr int kQkSteps = kDh / 16;              // k16 steps of Q K^T
-    static constexpr int kPvSteps = kBN / 16;              // k16 steps of P V
-    static constexpr uint32_t kQBox = kBM * 128;           // bytes of one Q box
-    static constexpr uint32_t kKvBox = kBN * 128;          // bytes of one K or V box
-    static constexpr uint32_t kTileQ = kBoxes * kQBox;
-    static constexpr uint32_t kTileKv = kBoxes * kKvBox;   // K or V of one key tile
-    static constexpr uint32_t kStageBytes = 2 * kTileKv;
-    static constexpr uint32_t kSmemBytes = kTileQ + kStages * kStageBytes + 1024;  // + align
-    static constexpr int kProducerRegs = 24;
-    static constexpr int kConsumerRegs = 240;
-    // 1/sqrt(dh) * log2(e): exp(x / sqrt(dh)) = exp2(x * kScaleLog2).
-    static constexpr float kScaleLog2 = static_cast<float>(
-        (kDh == 64 ? 0.125 : 0.08838834764831844055) * 1.4426950408889634074);
-
-    static_assert(kDh == 64 || kDh == 128, "head dims 64 and 128");
-    static_assert(kWgRows == 64, "each consumer warpgroup issues m64 wgmmas");
-    static_assert(kBN % 16 == 0 && kBN <= 256, "wgmma N and whole k16 steps of P V");
-    static_assert(kTileQ % 1024 == 0 && kKvBox % 1024 == 0,
-                  "every box starts on the 1024-byte repeat of the 128-byte swizzle");
-    static_assert(kTileKv < (1u << 20) && kTileQ < (1u << 20), "tx-count limit of a phase");
-    static_assert(kSmemBytes <= 227 * 1024, "must fit one SM's shared memory");
-    static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536,
-                  "setmaxnreg budgets must fit the SM's 64K registers");
-};
+#include "common/fa3_core.cuh"
 
 struct AttnSm90Params {
     ptx::TmaDesc map_q;      // q (tokens, D) f16: box {64 cols, 128 rows}, SWIZZLE_128B
@@ -113,24 +66,6 @@ struct AttnSm90Params {
     int frames;              // attended frames
     int heads;               // D = heads * dh
 };
-
-// The 128-byte-swizzled operand descriptors. K-major (Q, K: a row's 64 columns are one
-// 128-byte atom row, 8 rows per 1024 bytes; step j of 16 columns advances the start 32 B
-// inside the atom). MN-major (V as the B operand of P V, i.e. B(n = channel, k = key): 64
-// channels contiguous per key row; LBO = the next 64 channels' box, SBO = the next 8 keys).
-__device__ __forceinline__ uint64_t kmajor_desc(uint32_t addr) {
-    return ptx::wgmma_desc(addr, 16, 1024, 1);
-}
-__device__ __forceinline__ uint64_t mnmajor_desc(uint32_t addr, uint32_t lbo) {
-    return ptx::wgmma_desc(addr, lbo, 1024, 1);
-}
-
-__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    uint32_t u;
-    memcpy(&u, &h, 4);
-    return u;
-}
 
 template <int kDh>
 __device__ __forceinline__ void attn_sm90(const AttnSm90Params& p, unsigned char* smem) {
@@ -192,15 +127,10 @@ __device__ __forceinline__ void attn_sm90(const AttnSm90Params& p, unsigned char
     ptx::setmaxnreg_inc<T::kConsumerRegs>();
     const int wg = warpgroup - 1;
     const int t = threadIdx.x % 128;
-    // Accumulator r of this thread holds row 16 (t / 32) + (t % 32) / 4 + 8 ((r >> 1) & 1) of
-    // the warpgroup's 64 and column 8 (r >> 2) + 2 (t % 4) + (r & 1) ("Matrix Fragments for
-    // wgmma.mma_async.m64nNk16"): half h = (r >> 1) & 1 picks one of the thread's two rows.
-    float o[T::kOAcc];
-FA3_UNROLL
-    for (int r = 0; r < T::kOAcc; ++r) o[r] = 0.0f;
-    float m_row[2] = {-INFINITY, -INFINITY};  // running max of the scaled scores (log2 units)
-    float l_row[2] = {0.0f, 0.0f};            // this thread's part of the running row sums
+    Fa3Rows<kDh> st;
+    st.init();
     float s_acc[T::kSAcc];
+    uint32_t pa[T::kPvSteps][4];
     ptx::mbarrier_wait(&q_full, 0);
     const uint32_t q_rows = q_tile + wg * T::kWgRows * 128;  // 8 KiB: 1024-aligned
 
@@ -212,67 +142,17 @@ FA3_UNROLL
             const uint32_t k_tile = ring + s * T::kStageBytes;
             const uint32_t v_tile = k_tile + T::kTileKv;
             ptx::mbarrier_wait(&k_full[s], parity);
-            // S = Q K^T: step j covers channels [16 j, 16 j + 16): box j / 4, 32 B per step.
-            ptx::wgmma_fence();
-FA3_UNROLL
-            for (int j = 0; j < T::kQkSteps; ++j)
-                ptx::wgmma_f16_ss<T::kBN>(
-                    s_acc, kmajor_desc(q_rows + (j / 4) * T::kQBox + 32u * (j % 4)),
-                    kmajor_desc(k_tile + (j / 4) * T::kKvBox + 32u * (j % 4)), j > 0);
-            ptx::wgmma_commit();
-            ptx::wgmma_wait<0>();
-
-            // Online softmax of this tile. Keys t0 + col >= P are zero rows: -inf.
+            fa3_qk<kDh>(s_acc, q_rows, k_tile);
+            // Keys t0 + col >= P are zero rows: -inf.
             const int valid = p.frame_tokens - kt * T::kBN;
-            float mx[2] = {-INFINITY, -INFINITY};
 FA3_UNROLL
-            for (int r = 0; r < T::kSAcc; ++r) {
-                const int col = 8 * (r >> 2) + 2 * (t % 4) + (r & 1);
-                const float x = col < valid ? s_acc[r] * T::kScaleLog2 : -INFINITY;
-                s_acc[r] = x;
-                mx[(r >> 1) & 1] = fmaxf(mx[(r >> 1) & 1], x);
-            }
-            float alpha[2], sub[2];
-FA3_UNROLL
-            for (int h = 0; h < 2; ++h) {
-                // The four threads of a quad hold the row's columns.
-                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-                const float m_new = fmaxf(m_row[h], mx[h]);
-                // A row with no finite score yet subtracts 0 (exp2(-inf) = 0, never NaN).
-                sub[h] = m_new == -INFINITY ? 0.0f : m_new;
-                alpha[h] = exp2f(m_row[h] - sub[h]);
-                m_row[h] = m_new;
-                l_row[h] *= alpha[h];
-            }
-FA3_UNROLL
-            for (int r = 0; r < T::kSAcc; ++r) {
-                const int h = (r >> 1) & 1;
-                s_acc[r] = exp2f(s_acc[r] - sub[h]);
-                l_row[h] += s_acc[r];
-            }
-FA3_UNROLL
-            for (int r = 0; r < T::kOAcc; ++r) o[r] *= alpha[(r >> 1) & 1];
-
-            // P in f16: the A fragment of k16 step kk is S accumulators 8 kk .. 8 kk + 7
-            // (A register q: row 8 (q & 1), keys 8 (q >> 1) + 2 (t % 4) + {0, 1}).
-            uint32_t pa[T::kPvSteps][4];
-FA3_UNROLL
-            for (int kk = 0; kk < T::kPvSteps; ++kk)
-FA3_UNROLL
-                for (int q = 0; q < 4; ++q)
-                    pa[kk][q] = pack_f16x2(s_acc[8 * kk + 2 * q], s_acc[8 * kk + 2 * q + 1]);
-
+            for (int r = 0; r < T::kSAcc; ++r)
+                s_acc[r] = fa3_col(r, t) < valid ? s_acc[r] * T::kScaleLog2 : -INFINITY;
+            fa3_softmax<kDh>(st, s_acc, pa);
 #if !defined(EMU_VARIANT_no_v_wait)  // planted race when defined (top of the file)
             ptx::mbarrier_wait(&v_full[s], parity);
 #endif
-            // O += P V: step kk covers keys [16 kk, 16 kk + 16) = 2 KiB of V rows.
-            ptx::wgmma_fence();
-FA3_UNROLL
-            for (int kk = 0; kk < T::kPvSteps; ++kk)
-                ptx::wgmma_f16_rs<kDh, 1, 1, 1>(o, pa[kk], mnmajor_desc(v_tile + 2048u * kk, T::kKvBox),
-                                                1);
-            ptx::wgmma_commit();
+            fa3_pv<kDh>(st, pa, v_tile);
 #if defined(EMU_VARIANT_early_release)
             ptx::mbarrier_arrive(&empty[s]);  // planted race: P V may still read slot s
             ptx::wgmma_wait<0>();
@@ -283,24 +163,18 @@ FA3_UNROLL
         }
     }
 
-    // Row sums over the quad, then out = O / l (0 for a row without any key).
+    // out = O / l (0 for a row without any key).
     float inv[2];
-FA3_UNROLL
-    for (int h = 0; h < 2; ++h) {
-        float l = l_row[h];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        inv[h] = l > 0.0f ? 1.0f / l : 0.0f;
-    }
+    fa3_inv<kDh>(st, inv);
     const int row_base = m0 + wg * T::kWgRows + 16 * (t / 32) + (t % 32) / 4;
 FA3_UNROLL
     for (int r = 0; r < T::kOAcc; r += 2) {
         const int h = (r >> 1) & 1;
         const int row = row_base + 8 * h;
         if (row >= p.tokens) continue;
-        const int col = col0 + 8 * (r >> 2) + 2 * (t % 4);
+        const int col = col0 + fa3_col(r, t);
         *reinterpret_cast<__half2*>(p.out + static_cast<size_t>(row) * d + col) =
-            __floats2half2_rn(o[r] * inv[h], o[r + 1] * inv[h]);
+            __floats2half2_rn(st.o[r] * inv[h], st.o[r + 1] * inv[h]);
     }
 }
 

@@ -127,6 +127,44 @@ impl WindowShape {
             .product::<usize>()
             .div_ceil(BLOCK_Q as usize)
     }
+    /// CTAs per (head, batch element) of a grid over every window key with a full window's
+    /// query tiles each (the launch before the packed list; most of a shifted layer's CTAs
+    /// find no rows there).
+    pub fn unpacked_tiles(&self) -> usize {
+        self.windows_per_axis().iter().product::<usize>() * self.query_tiles()
+    }
+    /// CTAs per (head, batch element) of the packed tile list (`attention.cu`, "The packed
+    /// tile list"): the query tiles of every window, `ceil(n / BLOCK_Q)` for a window of `n`
+    /// tokens, counted class by class as the kernel decodes them. Assumes the contract
+    /// [`window_config`] checks (each grid extent a multiple of the window, shift < window).
+    pub fn packed_tiles(&self) -> usize {
+        self.packed_tiles_of(BLOCK_Q as usize)
+    }
+    /// [`Self::packed_tiles`] for query tiles of `block_q` rows (the sm_90a kernel's 128).
+    pub fn packed_tiles_of(&self, block_q: usize) -> usize {
+        let classes = |a: usize| axis_classes(self.grid[a], self.window[a], self.shift[a]);
+        let (cf, ch, cw) = (classes(0), classes(1), classes(2));
+        let mut total = 0;
+        for &(nf, ef) in &cf {
+            for &(nh, eh) in &ch {
+                for &(nw, ew) in &cw {
+                    total += nf * nh * nw * (ef * eh * ew).div_ceil(block_q);
+                }
+            }
+        }
+        total
+    }
+}
+
+/// The window classes of one axis as (windows, extent), in the kernel's order: one class
+/// for no shift, else the first window (extent `w - s`), the interior and the last (`s`).
+fn axis_classes(g: usize, w: usize, s: usize) -> Vec<(usize, usize)> {
+    let full = g / w.max(1);
+    if s == 0 {
+        vec![(full, w)]
+    } else {
+        vec![(1, w - s), (full.saturating_sub(1), w), (1, s)]
+    }
 }
 
 /// The shape of one cross-attention call.
@@ -252,14 +290,16 @@ pub fn window_config(s: &WindowShape) -> Result<AttnLaunch, String> {
         3 * s.heads * s.head_dim,
     )?;
     to_i32(kernel, "3D", 3 * d)?;
+    // The packed list never exceeds the unpacked grid, whose count bounds the kernel's
+    // int arithmetic.
     let windows: usize = s.windows_per_axis().iter().product();
-    let blocks = windows * s.query_tiles();
-    if blocks > MAX_GRID_X {
+    if windows * s.query_tiles() > MAX_GRID_X {
         return Err(format!(
             "{kernel}: {windows} windows x {} query tiles exceed the grid's x limit",
             s.query_tiles()
         ));
     }
+    let blocks = s.packed_tiles();
     Ok(launch(
         kernel,
         Dim3 {
@@ -335,7 +375,16 @@ mod tests {
         assert_eq!(w.windows_per_axis(), [5, 3, 3]);
         let l = window_config(&w).unwrap();
         assert_eq!(l.kernel, KERNEL_WINDOW_D128);
-        assert_eq!((l.config.grid.x, l.config.grid.y), (45 * 16, 24));
+        // Issue 18: 45 windows x 16 tiles = 720 CTAs per head before the packed list (17 280
+        // over 24 heads), of which 16 384 tokens / 64 = 256 have rows (6 144).
+        assert_eq!(w.unpacked_tiles(), 720);
+        assert_eq!((l.config.grid.x, l.config.grid.y), (256, 24));
+        let unshifted = WindowShape {
+            shift: [0, 0, 0],
+            ..w
+        };
+        assert_eq!(unshifted.packed_tiles(), unshifted.unpacked_tiles());
+        assert_eq!(unshifted.packed_tiles(), 256);
         assert_eq!(l.config.shared_bytes, 115_584);
         assert_eq!(shared_bytes(64), 57_984);
         let c = cross_config(&CrossShape {

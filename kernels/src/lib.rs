@@ -9,6 +9,7 @@ pub mod adaln;
 pub mod arch;
 pub mod attention;
 pub mod attention_sm90;
+pub mod attention_sm90_window;
 pub mod conv;
 pub mod elementwise;
 pub mod emu;

@@ -32,7 +32,8 @@ mod common;
 use common::{race_checked, Rng};
 use half::f16;
 use streamdit_kernels::attention::{self, AttnLaunch, CrossShape, WindowShape};
-use streamdit_kernels::emu::{self, ThreadOrder};
+use streamdit_kernels::attention_sm90_window as fa3w;
+use streamdit_kernels::emu::{self, EmuErrorKind, ThreadOrder};
 
 /// Sanity bound on the kernel's relative L2 error, besides the 2x-plain-f16 rule.
 const REL_L2_MAX: f64 = 2e-3;
@@ -165,10 +166,11 @@ fn run_and_check<P: Copy>(
     want: &[f64],
     plain: &[f64],
     zero_rows: &[std::ops::Range<usize>],
-) {
+) -> Vec<u16> {
     let _race = common::race_check_full();
     let plain_err = rel_l2(plain, want);
     let kernel = emu::kernel(launch.kernel).unwrap_or_else(|e| panic!("{e}"));
+    let mut first = None;
     for order in ThreadOrder::all(seed) {
         let mut out = vec![0xffffu16; out_len];
         let p = params(out.as_mut_ptr());
@@ -203,7 +205,9 @@ fn run_and_check<P: Copy>(
             "{label} {order:?}: kernel error {err:e} > 2 x plain f16 error {plain_err:e}"
         );
         assert!(err <= REL_L2_MAX, "{label} {order:?}: kernel error {err:e}");
+        first.get_or_insert(out);
     }
+    first.expect("ThreadOrder::all has orders")
 }
 
 /// Window token lists of docs/streamdit.md section 3, written directly from the key definition
@@ -229,9 +233,17 @@ fn windows(grid: [usize; 3], window: [usize; 3], shift: [usize; 3]) -> Vec<Vec<u
     by_key.into_values().collect()
 }
 
+/// One window case's random inputs and its two references.
+struct WindowCase {
+    qkv_bits: Vec<u16>,
+    gq_bits: Vec<u16>,
+    gk_bits: Vec<u16>,
+    want: Vec<f64>,
+    plain: Vec<f64>,
+}
+
 /// `norm`: with RMSNorm gains, or null gains (plain attention, the TAE decoder's).
-fn check_window(label: &str, seed: u64, s: WindowShape, norm: bool) {
-    let launch = attention::window_config(&s).unwrap();
+fn window_case(label: &str, seed: u64, s: &WindowShape, norm: bool) -> WindowCase {
     let (t, dh, heads) = (s.tokens(), s.head_dim, s.heads);
     let d = heads * dh;
     let mut rng = Rng::new(seed);
@@ -273,7 +285,7 @@ fn check_window(label: &str, seed: u64, s: WindowShape, norm: bool) {
     }
     eprintln!(
         "{label}: batch {} grid {:?} window {:?} shift {:?} heads {heads} dh {dh}: {} windows \
-         of sizes {}..={}, grid {:?}",
+         of sizes {}..={}",
         s.batch,
         s.grid,
         s.window,
@@ -281,8 +293,29 @@ fn check_window(label: &str, seed: u64, s: WindowShape, norm: bool) {
         wins.len(),
         sizes.iter().min().unwrap(),
         sizes.iter().max().unwrap(),
-        launch.config.grid
     );
+    WindowCase {
+        qkv_bits,
+        gq_bits,
+        gk_bits,
+        want,
+        plain,
+    }
+}
+
+/// `norm`: with RMSNorm gains, or null gains (plain attention, the TAE decoder's).
+fn check_window(label: &str, seed: u64, s: WindowShape, norm: bool) {
+    let launch = attention::window_config(&s).unwrap();
+    let (t, d) = (s.tokens(), s.heads * s.head_dim);
+    let heads = s.heads;
+    let WindowCase {
+        qkv_bits,
+        gq_bits,
+        gk_bits,
+        want,
+        plain,
+    } = window_case(label, seed, &s, norm);
+    eprintln!("{label}: grid {:?}", launch.config.grid);
     let gain = |bits: &Vec<u16>| {
         if norm {
             bits.as_ptr()
@@ -306,7 +339,7 @@ fn check_window(label: &str, seed: u64, s: WindowShape, norm: bool) {
         sw: s.shift[2] as i32,
         heads: heads as i32,
     };
-    run_and_check(
+    let packed = run_and_check(
         label,
         seed,
         launch,
@@ -315,6 +348,29 @@ fn check_window(label: &str, seed: u64, s: WindowShape, norm: bool) {
         &want,
         &plain,
         &[],
+    );
+    // The packed tile list computes each (window, tile) exactly as the grid before it did:
+    // the `unpacked_grid` variant (that grid, one CTA per full-window tile of every window
+    // key) must give the same bits.
+    let unpacked = s.unpacked_tiles();
+    assert!(launch.config.grid.x as usize == s.packed_tiles() && s.packed_tiles() <= unpacked);
+    let old = emu::variant(launch.kernel, "unpacked_grid").unwrap_or_else(|e| panic!("{e}"));
+    let mut config = launch.config;
+    config.grid.x = unpacked as u32;
+    let mut out = vec![0xffffu16; s.batch * t * d];
+    let p = params(out.as_mut_ptr());
+    // SAFETY: as in `run_and_check`: the same buffers, a grid over the same windows.
+    unsafe { emu::launch_with(old, config, &p, ThreadOrder::Forward) }
+        .unwrap_or_else(|e| panic!("{label} unpacked grid: {e}"));
+    if let Some(i) = (0..out.len()).find(|&i| out[i] != packed[i]) {
+        panic!(
+            "{label}: packed list and unpacked grid differ at element {i}: {:#06x} vs {:#06x}",
+            packed[i], out[i]
+        );
+    }
+    eprintln!(
+        "{label}: packed {} CTAs per head = unpacked {unpacked} bit for bit",
+        s.packed_tiles()
     );
 }
 
@@ -638,5 +694,278 @@ fn attention_sass_and_resources() {
                 "{kernel} on {arch}: Q/K/V must be 16-byte cp.async (LDGSTS): {r:?}"
             );
         }
+    }
+}
+
+/// The packed tile list's size (the grid x of `window_config`) against the windows written
+/// from the key definition: the sum over windows of ceil(tokens / BLOCK_Q), for shifted,
+/// unshifted, ragged and streamdit-4b shapes; and how many CTAs the unpacked grid had.
+#[test]
+fn packed_tile_counts_match_the_windows() {
+    let shapes = [
+        ([8, 8, 8], [4, 8, 8], [0, 0, 0]),
+        ([8, 8, 8], [4, 8, 8], [2, 4, 4]),
+        ([4, 6, 10], [2, 3, 5], [1, 1, 2]),
+        ([4, 16, 32], [2, 8, 16], [1, 4, 8]),
+        ([3, 9, 13], [1, 9, 13], [0, 0, 0]),
+        ([16, 32, 32], [4, 16, 16], [2, 8, 8]),
+        ([16, 32, 32], [4, 16, 16], [0, 0, 0]),
+        ([6, 20, 20], [3, 10, 10], [1, 7, 3]),
+    ];
+    for (grid, window, shift) in shapes {
+        let s = WindowShape {
+            batch: 2,
+            grid,
+            window,
+            shift,
+            heads: 3,
+            head_dim: 64,
+        };
+        let want: usize = windows(grid, window, shift)
+            .iter()
+            .map(|w| w.len().div_ceil(attention::BLOCK_Q as usize))
+            .sum();
+        let l = attention::window_config(&s).unwrap();
+        eprintln!(
+            "grid {grid:?} window {window:?} shift {shift:?}: {want} CTAs per head packed, {} \
+             unpacked",
+            s.unpacked_tiles()
+        );
+        assert_eq!(s.packed_tiles(), want, "{grid:?} {window:?} {shift:?}");
+        assert_eq!(
+            (l.config.grid.x as usize, l.config.grid.y, l.config.grid.z),
+            (want, 3, 2)
+        );
+        assert!(want <= s.unpacked_tiles());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The sm_90a window kernel (`attention_sm90_window.cu`): the same references, rules, poisoned
+// outputs and thread orders as the mma.sync kernel above.
+// ---------------------------------------------------------------------------------------
+
+/// Runs the sm_90a window kernel on `s` in every order against the references; returns the
+/// case (for planted-race runs) and the output of the first order.
+fn check_window_sm90(label: &str, seed: u64, s: WindowShape) -> (WindowCase, Vec<u16>) {
+    let (kernel, config) = fa3w::config(&s).unwrap_or_else(|e| panic!("{e}"));
+    let case = window_case(label, seed, &s, true);
+    eprintln!(
+        "{label}: {kernel} grid {:?} ({} tiles of 128 per head)",
+        config.grid,
+        s.packed_tiles_of(128)
+    );
+    let params = |out: *mut u16| {
+        fa3w::params_emulated(
+            &s,
+            &fa3w::Buffers {
+                qkv: case.qkv_bits.as_ptr(),
+                gq: case.gq_bits.as_ptr(),
+                gk: case.gk_bits.as_ptr(),
+                out,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let out = run_and_check(
+        label,
+        seed,
+        AttnLaunch { kernel, config },
+        s.batch * s.tokens() * s.heads * s.head_dim,
+        params,
+        &case.want,
+        &case.plain,
+        &[],
+    );
+    (case, out)
+}
+
+/// Shifted layers with edge windows of 32 to 128 tokens (query and key tiles shorter than
+/// 128: the runs past a window's end are loaded from its first run and masked), batch 2.
+#[test]
+fn sm90_window_d128_shifted_batch2() {
+    let s = WindowShape {
+        batch: 2,
+        grid: [4, 8, 32],
+        window: [2, 8, 16],
+        shift: [1, 4, 8],
+        heads: 2,
+        head_dim: 128,
+    };
+    check_window_sm90("sm90 window dh128 shifted", 31, s);
+}
+
+/// Windows of 192 tokens (a full and a ragged query tile, a full and a ragged key tile) and
+/// unshifted windows of 512 (four key tiles: the 2-stage ring wraps twice).
+#[test]
+fn sm90_window_d64_ragged_and_wrapping() {
+    let s = WindowShape {
+        batch: 1,
+        grid: [6, 8, 16],
+        window: [3, 8, 8],
+        shift: [1, 0, 0],
+        heads: 2,
+        head_dim: 64,
+    };
+    check_window_sm90("sm90 window dh64 ragged tiles", 32, s);
+    if common::full() {
+        let s = WindowShape {
+            batch: 1,
+            grid: [4, 8, 32],
+            window: [4, 8, 16],
+            shift: [0, 0, 0],
+            heads: 1,
+            head_dim: 128,
+        };
+        check_window_sm90("sm90 window dh128 512-token windows", 33, s);
+    }
+}
+
+/// `kernels/cuda/attention_sm90_window.cu:<line>` of the one line containing `needle`.
+fn sm90_site(needle: &str) -> String {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda/attention_sm90_window.cu");
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(lines.len(), 1, "{needle:?} on lines {lines:?}");
+    format!("kernels/cuda/attention_sm90_window.cu:{}", lines[0])
+}
+
+/// The default tier's race-checked sm_90a case (one window of 384 tokens: three query tiles,
+/// three key tiles, so a ring stage and its k norms are refilled), and the two planted
+/// races: the consumers reading the k norms without waiting for them, and normalizing Q
+/// without the proxy fence before wgmma reads it. Each is reported as a race naming the
+/// sites; the unmodified kernel is clean on the same inputs.
+#[test]
+fn sm90_window_race_checked_and_planted_races() {
+    let s = WindowShape {
+        batch: 1,
+        grid: [3, 8, 16],
+        window: [3, 8, 16],
+        shift: [0, 0, 0],
+        heads: 1,
+        head_dim: 64,
+    };
+    let (case, _) = race_checked(|| check_window_sm90("sm90 window, race-checked", 34, s));
+    let (_, config) = fa3w::config(&s).unwrap();
+    let run = |variant: &str, order: ThreadOrder| {
+        let kernel = emu::variant(fa3w::KERNEL_D64, variant).unwrap_or_else(|e| panic!("{e}"));
+        let mut out = vec![0xffffu16; s.tokens() * s.heads * s.head_dim];
+        let b = fa3w::Buffers {
+            qkv: case.qkv_bits.as_ptr(),
+            gq: case.gq_bits.as_ptr(),
+            gk: case.gk_bits.as_ptr(),
+            out: out.as_mut_ptr(),
+        };
+        let p = fa3w::params_emulated(&s, &b).unwrap();
+        // SAFETY: the buffers have the extents of `s`, which `config` checked; `out` lives
+        // until the launch returns.
+        race_checked(|| unsafe { emu::launch_with(kernel, config, &p, order) })
+    };
+    let kinv_read = sm90_site("kinv[s][col] * T::kScaleLog2");
+    let kinv_write = sm90_site("kinv[s][r] = 1.0f / sqrtf");
+    for order in [ThreadOrder::Forward, ThreadOrder::Reverse] {
+        let e = run("no_kinv_wait", order).expect_err("the missing kinv_full wait is reported");
+        eprintln!("no_kinv_wait {order:?}: {e}");
+        assert_eq!(e.kind, EmuErrorKind::Race, "{e}");
+        assert!(
+            e.message.contains(&kinv_read) && e.message.contains(&kinv_write),
+            "the report names both sites ({kinv_read}, {kinv_write}): {e}"
+        );
+    }
+    let e = run("no_q_fence", ThreadOrder::Forward).expect_err("the missing fence is reported");
+    eprintln!("no_q_fence: {e}");
+    assert_eq!(e.kind, EmuErrorKind::Race, "{e}");
+    assert!(
+        e.message.contains("wgmma"),
+        "the report names the wgmma read: {e}"
+    );
+}
+
+#[test]
+fn sm90_window_shapes_outside_the_contract_are_errors() {
+    let ok = WindowShape {
+        batch: 1,
+        grid: [4, 8, 32],
+        window: [2, 8, 16],
+        shift: [1, 4, 8],
+        heads: 2,
+        head_dim: 128,
+    };
+    assert!(fa3w::config(&ok).is_ok());
+    let bad = |s: WindowShape, needle: &str| {
+        let e = fa3w::config(&s).expect_err(needle);
+        assert!(
+            e.starts_with("attn_sm90_window") && e.contains(needle),
+            "{e} (wanted {needle})"
+        );
+    };
+    bad(WindowShape { head_dim: 96, ..ok }, "dh = 96");
+    bad(
+        WindowShape {
+            shift: [1, 4, 4],
+            ..ok
+        },
+        "multiples of 8",
+    );
+    bad(
+        WindowShape {
+            grid: [4, 8, 24],
+            ..ok
+        },
+        "not a multiple of the window",
+    );
+    bad(WindowShape { heads: 0, ..ok }, "heads = 0");
+    let null = fa3w::Buffers {
+        qkv: std::ptr::null(),
+        gq: std::ptr::null(),
+        gk: std::ptr::null(),
+        out: std::ptr::null_mut(),
+    };
+    let e = fa3w::params_emulated(&ok, &null).unwrap_err();
+    assert!(e.contains("must not be null"), "{e}");
+}
+
+/// The sm_90a cubin: no spills or stack, at most the 168 registers 384 threads allow at
+/// launch; Q K^T and P V are HGMMA fed by UTMALDG, with no mma.sync, ldmatrix or cp.async.
+#[test]
+fn sm90_window_sass_and_resources() {
+    if !common::nvcc_built() {
+        return;
+    }
+    for (kernel, dh) in [(fa3w::KERNEL_D64, 64u32), (fa3w::KERNEL_D128, 128)] {
+        let r = common::resources("attention_sm90_window", kernel, "sm_90a");
+        eprintln!(
+            "{kernel} sm_90a: {} regs, {} B static smem + {} B dynamic, stack {}, spills {}/{}, \
+             HGMMA {}, UTMALDG {}, HMMA {}, LDSM {}, LDGSTS {}",
+            r.registers,
+            r.shared_bytes,
+            fa3w::shared_bytes(dh),
+            r.stack_frame_bytes,
+            r.spill_store_bytes,
+            r.spill_load_bytes,
+            r.hgmma,
+            r.utmaldg,
+            r.hmma,
+            r.ldsm,
+            r.ldgsts
+        );
+        assert!(r.sass, "{kernel}: SASS not counted: {r:?}");
+        assert_eq!(
+            (r.spill_store_bytes, r.spill_load_bytes, r.stack_frame_bytes),
+            (0, 0, 0),
+            "{kernel} spills: {r:?}"
+        );
+        assert!(r.registers <= 168, "{kernel}: {r:?}");
+        assert!(
+            r.hgmma >= dh / 16 + fa3w::BLOCK_KV / 16 && r.utmaldg >= 3,
+            "{kernel}: Q K^T and P V must be HGMMA fed by UTMALDG: {r:?}"
+        );
+        assert_eq!((r.hmma, r.ldsm, r.ldgsts), (0, 0, 0), "{kernel}: {r:?}");
     }
 }

@@ -1,19 +1,25 @@
 //! `streamdit bench --kernels`: every GEMM shape of a profile's model call on each GEMM path
 //! the device has — our mma.sync kernel, our sm_90a kernel (compute capability 9.0) and
 //! cuBLAS (a GPU with libcublas) — side by side on the same inputs, as time, TFLOP/s, ratio
-//! to cuBLAS and largest difference from the mma.sync result.
+//! to cuBLAS and largest difference from the mma.sync result; then every attention shape of
+//! a StreamDiT call (window, shifted window, cross) or the Wan family's attention over its
+//! KV cache on our attention paths (mma.sync, and the sm_90a kernels on 9.0), with TFLOP/s, share of the device's dense FP16 peak
+//! and the CTAs launched (cuBLAS has no attention).
 
 use std::path::Path;
 
 use serde_json::json;
-use streamdit::inspect::{kernel_bench, GemmShape, KernelDevice, Op};
+use streamdit::inspect::{
+    attention_shapes, kernel_bench, wan_attention_shape, AttentionShape, GemmShape, GpuSpec,
+    KernelDevice, Op,
+};
 use streamdit::{BackendKind, Error, Result};
 
 use crate::common::{load_profile, print_stdout, ModelArgs};
 
 /// The distinct linear shapes `(m, n, k)` of the profile's call with how often each runs,
 /// largest first.
-fn profile_shapes(model: &ModelArgs) -> Result<Vec<GemmShape>> {
+fn profile_shapes(model: &ModelArgs) -> Result<(Vec<GemmShape>, Vec<AttentionShape>)> {
     let profile = load_profile(&model.profile, &model.text_dir)?;
     let guidance = if profile.family == streamdit::Family::Wan {
         1.0
@@ -37,7 +43,22 @@ fn profile_shapes(model: &ModelArgs) -> Result<Vec<GemmShape>> {
         }
     }
     shapes.sort_by(|a, b| b.flops().total_cmp(&a.flops()));
-    Ok(shapes)
+    // The Wan family's attention runs over its KV cache (one shape: a full cache).
+    let attention = if profile.family == streamdit::Family::Wan {
+        vec![wan_attention_shape(profile.wan()?)]
+    } else {
+        attention_shapes(&graph)
+    };
+    Ok((shapes, attention))
+}
+
+/// The dense FP16 tensor-core peak (TFLOP/s) of the GPU `device` names, when `plan` knows it.
+fn peak_tflops(device: &str) -> Option<f64> {
+    let upper = device.to_uppercase().replace(' ', "");
+    GpuSpec::ALL
+        .iter()
+        .find(|g| upper.contains(&g.key.to_uppercase()))
+        .map(|g| g.fp16_tflops)
 }
 
 /// `MxNxK[,MxNxK...]`.
@@ -80,11 +101,11 @@ pub(crate) fn run(
             ))
         }
     };
-    let shapes = match shapes {
-        Some(text) => parse_shapes(text)?,
+    let (shapes, attention) = match shapes {
+        Some(text) => (parse_shapes(text)?, Vec::new()),
         None => profile_shapes(model)?,
     };
-    let bench = kernel_bench(on, &shapes, reps)?;
+    let bench = kernel_bench(on, &shapes, &attention, reps)?;
     let mut text = format!("GEMM kernels on {}\n", bench.device);
     match &bench.cublas {
         Ok(v) => text += &format!("cuBLAS {v}: cublasGemmEx, f16 in and out, f32 compute\n"),
@@ -120,6 +141,51 @@ pub(crate) fn run(
             }));
         }
     }
+    let peak = peak_tflops(&bench.device);
+    let mut attn_rows = Vec::new();
+    if !bench.attention.is_empty() {
+        text += &format!(
+            "attention kernels (cuBLAS has no attention; share of the dense FP16 peak {}):\n",
+            peak.map_or("unknown for this device".into(), |p| format!("{p} TFLOP/s"))
+        );
+        text += &format!(
+            "{:>52} {:>5} {:>9} {:>8} {:>10} {:>9} {:>6} {:>10} {:>10}\n",
+            "shape", "count", "path", "CTAs", "ms", "TFLOP/s", "peak", "rel diff", "vs CPU"
+        );
+    }
+    for row in &bench.attention {
+        let s = row.shape;
+        for p in &row.paths {
+            let share = peak.map(|pk| p.tflops / pk);
+            text += &format!(
+                "{:>52} {:>5} {:>9} {:>8} {:>10.4} {:>9.2} {:>6} {:>10.2e} {:>10}\n",
+                s.label(),
+                s.count,
+                p.path,
+                p.ctas,
+                p.ms,
+                p.tflops,
+                share.map_or("-".into(), |v| format!("{:.0}%", 100.0 * v)),
+                p.rel_diff,
+                p.rel_l2_cpu.map_or("-".into(), |e| format!("{e:.2e}"))
+            );
+            attn_rows.push(json!({
+                "shape": s.label(), "count": s.count, "flops": s.flops(), "path": p.path,
+                "kernel": p.kernel, "ctas": p.ctas,
+                "unpacked_ctas": row.unpacked_ctas.map(|c| c * s.heads * s.batch),
+                "ms": p.ms, "tflops": p.tflops, "share_of_peak": share,
+                "rel_diff_vs_mma_sync": if p.rel_diff.is_finite() { json!(p.rel_diff) } else { json!(null) },
+                "rel_l2_vs_cpu": p.rel_l2_cpu,
+            }));
+        }
+        if let Some(u) = row.unpacked_ctas {
+            text += &format!(
+                "{:>52} window CTAs before the packed tile list: {}\n",
+                "",
+                u * s.heads * s.batch
+            );
+        }
+    }
     if let Some(path) = json_path {
         let report = json!({
             "device": bench.device,
@@ -128,6 +194,7 @@ pub(crate) fn run(
             "emulated": on == KernelDevice::Emulator,
             "reps": reps,
             "gemms": rows,
+            "attention": attn_rows,
         });
         let json = serde_json::to_string_pretty(&report)
             .map_err(|e| Error::Invalid(format!("JSON report: {e}")))?;

@@ -1664,6 +1664,46 @@ fn bench_kernels_compares_the_gemm_paths_on_the_emulator() {
         assert!(r["ms"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["rel_diff_vs_mma_sync"].as_f64().unwrap() <= 2e-3, "{r}");
     }
+    // A profile's own shapes: its GEMMs and its attention shapes (StreamDiT: window, shifted
+    // window, cross), each attention path checked against the CPU on the emulator.
+    let path = temp("kernels-emu-small.json");
+    let small = emu_profile_small();
+    ok(&[
+        "bench",
+        "--kernels",
+        "--backend",
+        "emu",
+        "--profile",
+        &small,
+        "--kernel-reps",
+        "1",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    let report = read_json(&path);
+    assert!(!report["gemms"].as_array().unwrap().is_empty());
+    let attention = report["attention"].as_array().unwrap();
+    let labels: Vec<&str> = attention
+        .iter()
+        .map(|r| r["shape"].as_str().unwrap())
+        .collect();
+    assert!(
+        labels
+            .iter()
+            .any(|l| l.starts_with("window") && l.contains("shift 0x0x0"))
+            && labels
+                .iter()
+                .any(|l| l.starts_with("window") && !l.contains("shift 0x0x0"))
+            && labels.iter().any(|l| l.starts_with("cross")),
+        "{labels:?}"
+    );
+    for r in attention {
+        assert!(
+            r["ms"].as_f64().unwrap() > 0.0 && r["ctas"].as_u64().unwrap() > 0,
+            "{r}"
+        );
+        assert!(r["rel_l2_vs_cpu"].as_f64().unwrap() <= 2e-3, "{r}");
+    }
     let refused = streamdit(&["bench", "--kernels", "--backend", "cpu"]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);

@@ -14,6 +14,7 @@
 use half::f16;
 use streamdit_kernels::gemm;
 
+use super::attention_bench::{bench_attention, AttentionShape, AttentionTiming};
 use super::device::{Device, DeviceBuffer, Queue};
 use super::limits;
 use super::lower::{run, select_gemm, Params, Step};
@@ -69,7 +70,7 @@ pub type ExternalGemm<'a, D> = dyn FnMut(
     + 'a;
 
 /// Uniform f16 values in [-1, 1) from a 64-bit xorshift seeded by `seed`.
-fn random_f16(len: usize, seed: u64) -> Vec<u16> {
+pub(super) fn random_f16(len: usize, seed: u64) -> Vec<u16> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -138,7 +139,7 @@ fn gemm_step<D: Device>(
 
 /// Times `launch` (one product queued on the compute queue) over `reps` launches after a
 /// warm-up, in milliseconds per launch.
-fn time<D: Device>(
+pub(super) fn time<D: Device>(
     dev: &mut D,
     reps: usize,
     mut launch: impl FnMut(&mut D) -> Result<()>,
@@ -156,7 +157,7 @@ fn time<D: Device>(
 }
 
 /// `max |x - r| / max |r|`, NaN when any element of `x` is not finite.
-fn rel_diff(x: &[u16], r: &[u16]) -> f64 {
+pub(super) fn rel_diff(x: &[u16], r: &[u16]) -> f64 {
     let (mut diff, mut scale) = (0.0f64, 0.0f64);
     for (&a, &b) in x.iter().zip(r) {
         let (a, b) = (f16::from_bits(a).to_f64(), f16::from_bits(b).to_f64());
@@ -269,10 +270,19 @@ pub struct KernelBench {
     /// cuBLAS's version, or why it is not in the comparison.
     pub cublas: std::result::Result<String, String>,
     pub rows: Vec<GemmTiming>,
+    /// The attention shapes asked for, on each attention path (`attention_bench`).
+    pub attention: Vec<AttentionTiming>,
 }
 
-/// Times each of `shapes` on every GEMM path of `on` ([`bench_gemms`]), `reps` launches each.
-pub fn kernel_bench(on: KernelDevice, shapes: &[GemmShape], reps: usize) -> Result<KernelBench> {
+/// Times each of `shapes` on every GEMM path of `on` ([`bench_gemms`]) and each of
+/// `attention` on every attention path ([`bench_attention`]; on the emulator each result is
+/// also checked against the CPU), `reps` launches each.
+pub fn kernel_bench(
+    on: KernelDevice,
+    shapes: &[GemmShape],
+    attention: &[AttentionShape],
+    reps: usize,
+) -> Result<KernelBench> {
     match on {
         KernelDevice::Emulator => {
             let mut dev = super::emu::EmuDevice::new().with_compute_capability((9, 0));
@@ -280,6 +290,7 @@ pub fn kernel_bench(on: KernelDevice, shapes: &[GemmShape], reps: usize) -> Resu
                 device: format!("{} (modelling compute capability 9.0)", dev.describe()),
                 cublas: Err("cuBLAS runs only on a GPU".into()),
                 rows: bench_gemms(&mut dev, shapes, reps, None)?,
+                attention: bench_attention(&mut dev, attention, reps, true)?,
             })
         }
         KernelDevice::Gpu(ordinal) => {
@@ -296,10 +307,12 @@ pub fn kernel_bench(on: KernelDevice, shapes: &[GemmShape], reps: usize) -> Resu
                 }
                 Err(_) => bench_gemms(&mut dev, shapes, reps, None)?,
             };
+            let attention = bench_attention(&mut dev, attention, reps, false)?;
             Ok(KernelBench {
                 device,
                 cublas,
                 rows,
+                attention,
             })
         }
     }

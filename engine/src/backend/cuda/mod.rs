@@ -36,6 +36,7 @@
 //! The TAE decoder's lowering to its kernels lives with the decoder, in
 //! `crate::decoder::tae::device`, built on this module's device layer and launch steps.
 
+pub mod attention_bench;
 pub mod backend;
 pub mod causal;
 pub mod device;

@@ -32,6 +32,9 @@ mod step;
 pub mod wan;
 mod wan_layout;
 pub mod wan_sm90;
+mod window_sm90;
+
+pub use self::window_sm90::select_window_attention;
 
 use std::collections::HashMap;
 

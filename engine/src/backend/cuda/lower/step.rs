@@ -4,7 +4,8 @@
 
 use streamdit_kernels::gemm_sm90::{self, Buffers, Epilogue};
 use streamdit_kernels::{
-    adaln, attention, attention_sm90, conv, elementwise as ew, gemm, vae, video, wan_attention,
+    adaln, attention, attention_sm90, attention_sm90_window, conv, elementwise as ew, gemm, vae,
+    video, wan_attention,
     wan_embed,
     wan_qk,
 };
@@ -63,6 +64,8 @@ pub enum Params {
     AttnKvCache(wan_attention::AttnKvCacheParams),
     /// `AttnKvCache` (dh = 128) on the sm_90a attention (`lower::wan_sm90`).
     AttnSm90(attention_sm90::AttnSm90Params),
+    /// `WindowAttention` with the norms on the sm_90a window attention (`lower::window_sm90`).
+    AttnSm90Window(attention_sm90_window::AttnSm90WindowParams),
     VideoWithPast(video::VideoWithPastParams),
     VideoShuffle(video::VideoShuffleParams),
     VideoMap(video::VideoMapParams),
@@ -144,6 +147,7 @@ pub fn resolve<D: Device>(dev: &mut D, mut steps: Vec<Step>) -> Result<Vec<Step>
     let limit = dev.shared_memory_limit();
     for step in &mut steps {
         select_gemm(dev, step)?;
+        super::window_sm90::select_window_attention(dev, step)?;
         limits::fit_step(step, limit)
             .map_err(|e| backend_error(dev.backend(), "fit shared memory", e))?;
         if let Step::Launch {
@@ -318,6 +322,7 @@ unsafe fn launch<D: Device>(
         WanTimestep,
         AttnKvCache,
         AttnSm90,
+        AttnSm90Window,
         VideoWithPast,
         VideoShuffle,
         VideoMap,

@@ -1,0 +1,187 @@
+// The FlashAttention-3-style consumer pieces shared by the sm_90a attention kernels
+// (attention_sm90.cu: Wan's chunk over its KV cache; attention_sm90_window.cu: StreamDiT's
+// window attention): the tile traits, the 128-byte-swizzled wgmma descriptors, and one
+// consumer warpgroup's work on a key tile, split where the kernels differ (what masks or
+// scales a score, which barrier guards V):
+//
+//   fa3_qk       S = Q K^T by dh/16 wgmma.m64n{kBN}k16, both operands in shared memory
+//                (K-major), waited for;
+//   fa3_softmax  the online softmax of scores already scaled to log2 units (-inf = masked):
+//                running max and sums per row, O rescaled, P rounded to f16 as the register-A
+//                fragments of P V (the S accumulator layout of 16 columns is the A layout of
+//                one k16 step);
+//   fa3_pv       O += P V by kBN/16 wgmma.m64n{dh}k16, V an MN-major 128-byte-swizzled
+//                descriptor, committed (the caller waits before releasing the stage);
+//   fa3_inv      1 / row sum over the quad (0 for a row without any key).
+//
+// Accumulator r of thread t holds row 16 (t / 32) + (t % 32) / 4 + 8 ((r >> 1) & 1) of the
+// warpgroup's 64 and column 8 (r >> 2) + 2 (t % 4) + (r & 1) ("Matrix Fragments for
+// wgmma.mma_async.m64nNk16"); `fa3_col` gives that column. Layout and barrier protocol of
+// each kernel: its file's header, and kernels/README.md "Hopper attention".
+#pragma once
+
+#include <cuda_fp16.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "common/ptx_sm90.cuh"
+
+#if PTX_EMU
+#define FA3_UNROLL
+#else
+#define FA3_UNROLL _Pragma("unroll")
+#endif
+
+template <int kHeadDim>
+struct Fa3Traits {
+    static constexpr int kDh = kHeadDim;
+    static constexpr int kBM = 128;                        // queries per CTA
+    static constexpr int kBN = 128;                        // keys per tile
+    static constexpr int kStages = 2;
+    static constexpr int kConsumers = 2;
+    static constexpr int kThreads = 128 * (1 + kConsumers);
+    static constexpr int kWgRows = kBM / kConsumers;       // 64: one m64 per consumer
+    static constexpr int kBoxes = kDh / 64;                // 64-column (128-byte) TMA boxes per row
+    static constexpr int kSAcc = kBN / 2;                  // S accumulators per thread
+    static constexpr int kOAcc = kDh / 2;                  // O accumulators per thread
+    static constexpr int kQkSteps = kDh / 16;              // k16 steps of Q K^T
+    static constexpr int kPvSteps = kBN / 16;              // k16 steps of P V
+    static constexpr uint32_t kQBox = kBM * 128;           // bytes of one Q box
+    static constexpr uint32_t kKvBox = kBN * 128;          // bytes of one K or V box
+    static constexpr uint32_t kTileQ = kBoxes * kQBox;
+    static constexpr uint32_t kTileKv = kBoxes * kKvBox;   // K or V of one key tile
+    static constexpr uint32_t kStageBytes = 2 * kTileKv;
+    static constexpr uint32_t kSmemBytes = kTileQ + kStages * kStageBytes + 1024;  // + align
+    static constexpr int kProducerRegs = 24;
+    static constexpr int kConsumerRegs = 240;
+    // 1/sqrt(dh) * log2(e): exp(x / sqrt(dh)) = exp2(x * kScaleLog2).
+    static constexpr float kScaleLog2 = static_cast<float>(
+        (kDh == 64 ? 0.125 : 0.08838834764831844055) * 1.4426950408889634074);
+
+    static_assert(kDh == 64 || kDh == 128, "head dims 64 and 128");
+    static_assert(kWgRows == 64, "each consumer warpgroup issues m64 wgmmas");
+    static_assert(kBN % 16 == 0 && kBN <= 256, "wgmma N and whole k16 steps of P V");
+    static_assert(kTileQ % 1024 == 0 && kKvBox % 1024 == 0,
+                  "every box starts on the 1024-byte repeat of the 128-byte swizzle");
+    static_assert(kTileKv < (1u << 20) && kTileQ < (1u << 20), "tx-count limit of a phase");
+    static_assert(kSmemBytes <= 227 * 1024, "must fit one SM's shared memory");
+    static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536,
+                  "setmaxnreg budgets must fit the SM's 64K registers");
+};
+
+// The 128-byte-swizzled operand descriptors. K-major (Q, K: a row's 64 columns are one
+// 128-byte atom row, 8 rows per 1024 bytes; step j of 16 columns advances the start 32 B
+// inside the atom). MN-major (V as the B operand of P V, i.e. B(n = channel, k = key): 64
+// channels contiguous per key row; LBO = the next 64 channels' box, SBO = the next 8 keys).
+__device__ __forceinline__ uint64_t kmajor_desc(uint32_t addr) {
+    return ptx::wgmma_desc(addr, 16, 1024, 1);
+}
+__device__ __forceinline__ uint64_t mnmajor_desc(uint32_t addr, uint32_t lbo) {
+    return ptx::wgmma_desc(addr, lbo, 1024, 1);
+}
+
+__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
+
+// Column (key within the tile, or channel) of accumulator r of thread t (see the top).
+__device__ __forceinline__ int fa3_col(int r, int t) { return 8 * (r >> 2) + 2 * (t % 4) + (r & 1); }
+
+// One consumer warpgroup's running state over its 64 query rows.
+template <int kDh>
+struct Fa3Rows {
+    float o[Fa3Traits<kDh>::kOAcc];
+    float m_row[2];  // running max of the scaled scores (log2 units)
+    float l_row[2];  // this thread's part of the running row sums
+
+    __device__ __forceinline__ void init() {
+FA3_UNROLL
+        for (int r = 0; r < Fa3Traits<kDh>::kOAcc; ++r) o[r] = 0.0f;
+        m_row[0] = m_row[1] = -INFINITY;
+        l_row[0] = l_row[1] = 0.0f;
+    }
+};
+
+// S = Q K^T of the warpgroup's rows (q_rows: their first swizzled row; k_tile: the K tile):
+// step j covers channels [16 j, 16 j + 16), box j / 4, 32 B per step inside the atom.
+template <int kDh>
+__device__ __forceinline__ void fa3_qk(float (&s_acc)[Fa3Traits<kDh>::kSAcc], uint32_t q_rows,
+                                       uint32_t k_tile) {
+    using T = Fa3Traits<kDh>;
+    ptx::wgmma_fence();
+FA3_UNROLL
+    for (int j = 0; j < T::kQkSteps; ++j)
+        ptx::wgmma_f16_ss<T::kBN>(s_acc, kmajor_desc(q_rows + (j / 4) * T::kQBox + 32u * (j % 4)),
+                                  kmajor_desc(k_tile + (j / 4) * T::kKvBox + 32u * (j % 4)), j > 0);
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+}
+
+// The online softmax of one key tile. `s_acc` holds the scores scaled to log2 units, -inf
+// where masked; on return `pa` holds P (f16) as the A fragments of the kPvSteps k16 steps
+// (A register q: row 8 (q & 1), keys 8 (q >> 1) + 2 (t % 4) + {0, 1}).
+template <int kDh>
+__device__ __forceinline__ void fa3_softmax(Fa3Rows<kDh>& st, float (&s_acc)[Fa3Traits<kDh>::kSAcc],
+                                            uint32_t (&pa)[Fa3Traits<kDh>::kPvSteps][4]) {
+    using T = Fa3Traits<kDh>;
+    float mx[2] = {-INFINITY, -INFINITY};
+FA3_UNROLL
+    for (int r = 0; r < T::kSAcc; ++r) mx[(r >> 1) & 1] = fmaxf(mx[(r >> 1) & 1], s_acc[r]);
+    float alpha[2], sub[2];
+FA3_UNROLL
+    for (int h = 0; h < 2; ++h) {
+        // The four threads of a quad hold the row's columns.
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        const float m_new = fmaxf(st.m_row[h], mx[h]);
+        // A row with no finite score yet subtracts 0 (exp2(-inf) = 0, never NaN).
+        sub[h] = m_new == -INFINITY ? 0.0f : m_new;
+        alpha[h] = exp2f(st.m_row[h] - sub[h]);
+        st.m_row[h] = m_new;
+        st.l_row[h] *= alpha[h];
+    }
+FA3_UNROLL
+    for (int r = 0; r < T::kSAcc; ++r) {
+        const int h = (r >> 1) & 1;
+        s_acc[r] = exp2f(s_acc[r] - sub[h]);
+        st.l_row[h] += s_acc[r];
+    }
+FA3_UNROLL
+    for (int r = 0; r < T::kOAcc; ++r) st.o[r] *= alpha[(r >> 1) & 1];
+FA3_UNROLL
+    for (int kk = 0; kk < T::kPvSteps; ++kk)
+FA3_UNROLL
+        for (int q = 0; q < 4; ++q)
+            pa[kk][q] = pack_f16x2(s_acc[8 * kk + 2 * q], s_acc[8 * kk + 2 * q + 1]);
+}
+
+// O += P V, committed and not waited for: step kk covers keys [16 kk, 16 kk + 16) = 2 KiB
+// of V rows.
+template <int kDh>
+__device__ __forceinline__ void fa3_pv(Fa3Rows<kDh>& st,
+                                       const uint32_t (&pa)[Fa3Traits<kDh>::kPvSteps][4],
+                                       uint32_t v_tile) {
+    using T = Fa3Traits<kDh>;
+    ptx::wgmma_fence();
+FA3_UNROLL
+    for (int kk = 0; kk < T::kPvSteps; ++kk)
+        ptx::wgmma_f16_rs<kDh, 1, 1, 1>(st.o, pa[kk], mnmajor_desc(v_tile + 2048u * kk, T::kKvBox),
+                                        1);
+    ptx::wgmma_commit();
+}
+
+// Row sums over the quad; inv[h] = 1 / l (0 for a row without any key).
+template <int kDh>
+__device__ __forceinline__ void fa3_inv(const Fa3Rows<kDh>& st, float (&inv)[2]) {
+FA3_UNROLL
+    for (int h = 0; h < 2; ++h) {
+        float l = st.l_row[h];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        inv[h] = l > 0.0f ? 1.0f / l : 0.0f;
+    }
+}
