@@ -230,7 +230,9 @@ fn lower_pass(
                 }
                 cur = out;
             }
-            VideoOp::TemporalPool { .. } => return Err(no_lowering(i, "temporal_pool")),
+            VideoOp::TemporalPool { .. } | VideoOp::TemporalDown { .. } | VideoOp::Normalize { .. } => {
+                return Err(no_lowering(i, step.op.kind()))
+            }
             VideoOp::Conv(c) if c.downsample => return Err(no_lowering(i, "conv_down2")),
             VideoOp::TemporalUp {
                 conv: c,
