@@ -4,7 +4,8 @@
 //! give `1 + k` latent frames); any chunking gives the bits of encoding at once, and an
 //! encoder that loses its caches between chunks is caught; random weights keep activations
 //! O(1); checkpoints load from the decoder's file in both namings; bad inputs, missing
-//! tensors and files of another kind are named errors.
+//! tensors and files of another kind are named errors. Then a Wan video-to-video stream with
+//! the Wan VAE decoder encodes its input with this encoder.
 
 mod common;
 #[path = "common/taehv_naive.rs"]
@@ -16,14 +17,21 @@ mod wan_vae_naive;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use common::{assert_close, Rng};
+use streamdit::backend::cpu::CpuCausal;
+use streamdit::checkpoint::wan::random_wan;
 use streamdit::checkpoint::{self, DType, Weights};
 use streamdit::decoder::{TaehvDecoder, WanVaeDecoder, WanVaeEncoder};
 use streamdit::model::taehv::TaehvConfig;
 use streamdit::model::wan_vae::WanVaeConfig;
 use streamdit::model::wan_vae_encoder::{self, diffusers_name};
-use streamdit::Tensor;
+use streamdit::rng::wan_noise_frame;
+use streamdit::{
+    write_random_wan_decoder, BackendKind, CausalBackend, DecoderKind, Engine, EngineParams,
+    Profile, StreamParams, Tensor, TextInput, WanDecoder, WeightsSource,
+};
 use wan_vae_enc_naive::NaiveWanVaeEncoder;
 use wan_vae_naive::NaiveWanVae;
 
@@ -304,4 +312,206 @@ fn bad_inputs_and_sizes_are_named() {
     let msg = enc.encode_f32(&video(57, 5, h, w)).unwrap_err().to_string();
     assert!(msg.contains("4k video frames"), "{msg}");
     assert!(enc.encode_rgb(&vec![128u8; 4 * frame]).is_ok());
+}
+
+// --- Wan video-to-video with the Wan VAE decoder: its encoder is this one. ---
+
+const SEED: u64 = 7;
+const SIDE: usize = 64;
+const FRAME: usize = SIDE * SIDE * 3;
+
+fn wan_engine() -> Engine {
+    Engine::new(EngineParams {
+        profile: Profile::builtin("wan-tiny").unwrap(),
+        weights: WeightsSource::Random {
+            seed: SEED,
+            dtype: DType::F32,
+        },
+        backend: BackendKind::Cpu,
+    })
+    .unwrap()
+}
+
+fn text() -> TextInput {
+    let mut rng = Rng::new(3);
+    TextInput {
+        text: Tensor::new(vec![8, 32], rng.f32s(8 * 32, -1.0, 1.0)).unwrap(),
+        mask: vec![1.0; 8],
+    }
+}
+
+fn vae_params() -> StreamParams {
+    StreamParams {
+        text: Some(text()),
+        seed: Some(5),
+        decoder: DecoderKind::WanVae,
+        ..Default::default()
+    }
+}
+
+fn rgb(frames: usize) -> Vec<u8> {
+    let mut rng = Rng::new(11);
+    (0..frames * FRAME).map(|_| rng.below(256) as u8).collect()
+}
+
+/// `n` chunks of a video-to-video stream with `strength`, pushing what each call needs.
+fn v2v(e: &Engine, strength: f32, rgb: &[u8], n: usize) -> Vec<Vec<f32>> {
+    let mut s = e.video_stream(vae_params(), strength).unwrap();
+    let (mut at, mut out) = (0, Vec::new());
+    while out.len() < n {
+        let need = s.input_frames_needed();
+        if need > 0 {
+            s.push_video_frames(&rgb[at * FRAME..(at + need) * FRAME])
+                .unwrap();
+            at += need;
+            assert_eq!(s.input_frames_needed(), 0);
+        }
+        if s.step().unwrap() {
+            out.push(s.chunk_latents().to_vec());
+        }
+    }
+    out
+}
+
+/// docs/wan.md's SDEdit rule driven through a backend of its own, the input encoded by the
+/// Wan VAE encoder: chunk 0 from frames `0 .. 4c - 3`, chunk `k` from the next `4c`.
+fn reference(strength: f64, rgb: &[u8], chunks: usize) -> Vec<Vec<f32>> {
+    let p = Profile::builtin("wan-tiny").unwrap();
+    let w = p.wan().unwrap().clone();
+    let (timesteps, sigmas) = w.schedule();
+    let j = sigmas
+        .iter()
+        .position(|&s| s <= strength)
+        .unwrap_or(sigmas.len() - 1);
+    let cfg = w.wan_vae_config();
+    let ew = WanVaeEncoder::random_weights(&cfg, SEED, DType::F32).unwrap();
+    let mut enc = WanVaeEncoder::new(&cfg, SIDE, SIDE, &ew).unwrap();
+    let mut b = CpuCausal::new(&w, Arc::new(random_wan(&w, SEED, DType::F32))).unwrap();
+    let t = text();
+    b.set_text(&t.text, &t.mask).unwrap();
+    let (c, fe) = (w.chunk_frames, w.frame_elems());
+    let noise = |f0: u64, step: usize| {
+        let mut z = vec![0.0; c * fe];
+        for (i, fr) in z.chunks_mut(fe).enumerate() {
+            wan_noise_frame(5, f0 + i as u64, step as u32, fr);
+        }
+        z
+    };
+    let mut out = Vec::new();
+    for k in 0..chunks {
+        let f0 = (k * c) as u64;
+        let (from, to) = ((4 * c * k).saturating_sub(3), 4 * c * (k + 1) - 3);
+        let z = enc.encode_rgb(&rgb[from * FRAME..to * FRAME]).unwrap();
+        assert_eq!(z.len(), c * fe);
+        let held = b.cached_frames().len();
+        if held + c > w.window {
+            b.evict(held + c - w.window).unwrap();
+        }
+        let sj = sigmas[j] as f32;
+        let mut x: Vec<f32> = z
+            .iter()
+            .zip(noise(f0, j))
+            .map(|(&z, e)| (1.0 - sj) * z + sj * e)
+            .collect();
+        let mut x0 = vec![0.0; c * fe];
+        let mut v = vec![0.0; c * fe];
+        for s in j..sigmas.len() {
+            b.denoise(&x, &vec![timesteps[s] as f32; c], f0, &mut v)
+                .unwrap();
+            for ((o, &x), &v) in x0.iter_mut().zip(&x).zip(&v) {
+                *o = (f64::from(x) - sigmas[s] * f64::from(v)) as f32;
+            }
+            if s + 1 < sigmas.len() {
+                let sn = sigmas[s + 1] as f32;
+                let eps = noise(f0, s + 1);
+                for ((x, &x0), &e) in x.iter_mut().zip(&x0).zip(&eps) {
+                    *x = (1.0 - sn) * x0 + sn * e;
+                }
+            }
+        }
+        b.commit(&x0, w.context_timestep as f32, f0).unwrap();
+        out.push(x0);
+    }
+    out
+}
+
+#[test]
+fn wan_v2v_with_the_vae_decoder_encodes_with_the_vae_encoder() {
+    let e = wan_engine();
+    // Strength 1 is text-to-video (with the same decoder) bit for bit.
+    let mut t2v = e.stream(vae_params()).unwrap();
+    let want: Vec<Vec<f32>> = (0..2)
+        .map(|_| t2v.next_latents().unwrap().to_vec())
+        .collect();
+    let video = rgb(13);
+    assert!(
+        v2v(&e, 1.0, &video, 2) == want,
+        "strength 1 differs from text-to-video"
+    );
+    // The first chunk of 2 latent frames needs 1 + 4 frames; the first frame is encoded
+    // alone, then groups of 4 (3 wait for a fourth).
+    let mut s = e.video_stream(vae_params(), 0.7).unwrap();
+    assert!(s.is_video_to_video());
+    assert_eq!(s.input_frames_needed(), 5);
+    s.push_video_frames(&video[..4 * FRAME]).unwrap();
+    assert_eq!(s.input_frames_needed(), 1);
+    let err = s.step().unwrap_err().to_string();
+    assert!(err.contains("needs input latent frames"), "{err}");
+    s.push_video_frames(&video[4 * FRAME..5 * FRAME]).unwrap();
+    assert_eq!(s.input_frames_needed(), 0);
+    let first = s.next_latents().unwrap().to_vec();
+    // The stream decodes with the Wan VAE decoder: 4c - 3 frames for the first chunk, so
+    // output frame f is the edit of input frame f.
+    let mut frames = Vec::new();
+    assert_eq!(s.decode_chunk(&mut frames).unwrap(), 5);
+    assert_eq!(s.input_frames_needed(), 8);
+    s.push_video_frames(&video[5 * FRAME..]).unwrap();
+    let second = s.next_latents().unwrap().to_vec();
+    assert_eq!(s.decode_chunk(&mut frames).unwrap(), 8);
+    assert_eq!(frames.len(), 13 * FRAME);
+    // The SDEdit rule with this encoder's latents, and different from text-to-video.
+    let reference = reference(0.7, &video, 2);
+    assert!(
+        first == reference[0] && second == reference[1],
+        "the stream differs from the rule"
+    );
+    assert!(first != want[0]);
+}
+
+/// The stream's encoder reads `encoder.*` and `conv1.*` from the decoder's file (the one
+/// `weights init` writes holds both halves); a file of another kind is a named error.
+#[test]
+fn wan_v2v_reads_the_encoder_from_the_decoders_file() {
+    let e = wan_engine();
+    let dir = std::env::temp_dir().join(format!("streamdit-wan-vae-v2v-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("wan_vae.safetensors");
+    // The same seed and dtype as the engine's random weights: the same encoder.
+    write_random_wan_decoder(e.profile(), WanDecoder::WanVae, SEED, DType::F32, &file).unwrap();
+    let video = rgb(5);
+    let first = |params: StreamParams| {
+        let mut s = e.video_stream(params, 0.7).unwrap();
+        s.push_video_frames(&video).unwrap();
+        s.next_latents().unwrap().to_vec()
+    };
+    let from_file = first(StreamParams {
+        decoder_weights: Some(file),
+        ..vae_params()
+    });
+    assert!(
+        from_file == first(vae_params()),
+        "file and random encoders differ"
+    );
+    let taehv = dir.join("taew2_1.safetensors");
+    write_random_wan_decoder(e.profile(), WanDecoder::Taehv, SEED, DType::F32, &taehv).unwrap();
+    let params = StreamParams {
+        decoder_weights: Some(taehv),
+        ..vae_params()
+    };
+    let Err(err) = e.video_stream(params, 0.7) else {
+        panic!("a TAEHV file accepted as the Wan VAE encoder's");
+    };
+    let err = err.to_string();
+    assert!(err.contains("not a Wan VAE"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
