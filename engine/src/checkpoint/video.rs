@@ -23,6 +23,8 @@ pub const TAEHV_COUNTER: u32 = 0x0200_0000;
 pub const TAEHV_ENCODER_COUNTER: u32 = 0x0210_0000;
 /// The same for the Wan VAE decoder.
 pub const WAN_VAE_COUNTER: u32 = 0x0300_0000;
+/// The same for the Wan VAE encoder (`encoder.*`, `conv1.*`).
+pub const WAN_VAE_ENCODER_COUNTER: u32 = 0x0310_0000;
 
 /// The decoder kinds a checkpoint can hold, as far as this engine tells them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,9 +90,14 @@ fn is_torch_archive(path: &Path) -> Result<bool> {
 /// `Wan2.1_VAE.pth`) read by the restricted unpickler into a safetensors image in memory,
 /// its `encoder.*` tensors left out.
 pub fn open_any(path: &Path) -> Result<Checkpoint> {
+    open_keeping(path, &|name| !name.starts_with("encoder."))
+}
+
+/// [`open_any`] keeping from a `torch.save` archive the tensors `keep` accepts (a
+/// safetensors file is mapped whole).
+fn open_keeping(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Checkpoint> {
     if is_torch_archive(path)? {
-        let image =
-            checkpoint::pickle::safetensors_image(path, &|name| !name.starts_with("encoder."))?;
+        let image = checkpoint::pickle::safetensors_image(path, keep)?;
         Checkpoint::from_image(path, image)
     } else {
         Checkpoint::open(path)
@@ -104,7 +111,18 @@ pub fn open_kind(
     family: &str,
     accepted: &[DecoderKind],
 ) -> Result<(Checkpoint, DecoderKind)> {
-    let ckpt = open_any(path)?;
+    open_kind_keeping(path, family, accepted, &|name| !name.starts_with("encoder."))
+}
+
+/// [`open_kind`] reading from a `torch.save` archive only the tensors `keep` accepts (an
+/// encoder's, and the tensor that tells the kind).
+pub fn open_kind_keeping(
+    path: &Path,
+    family: &str,
+    accepted: &[DecoderKind],
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<(Checkpoint, DecoderKind)> {
+    let ckpt = open_keeping(path, keep)?;
     match identify(ckpt.names()) {
         Some((kind, _)) if accepted.contains(&kind) => Ok((ckpt, kind)),
         Some((kind, tensor)) => Err(Error::Checkpoint {

@@ -59,7 +59,9 @@ impl VideoCost {
             };
             let (weights, extra, class, eflops) = match &step.op {
                 VideoOp::Conv(c) => (conv_weight_elems(c), cache(c), OpClass::Gemm, 0),
-                VideoOp::TemporalUp { conv, .. } | VideoOp::TemporalPool { conv, .. } => {
+                VideoOp::TemporalUp { conv, .. }
+                | VideoOp::TemporalPool { conv, .. }
+                | VideoOp::TemporalDown { conv } => {
                     (conv_weight_elems(conv), cache(conv), OpClass::Gemm, 0)
                 }
                 VideoOp::AddSaved { skip, .. } => (
@@ -82,7 +84,9 @@ impl VideoCost {
                     OpClass::Norm,
                     if *silu { 8 } else { 4 } * output,
                 ),
-                VideoOp::Denormalize { .. } => (0, 0, OpClass::Elementwise, 2 * output),
+                VideoOp::Denormalize { .. } | VideoOp::Normalize { .. } => {
+                    (0, 0, OpClass::Elementwise, 2 * output)
+                }
                 VideoOp::SoftClamp { .. } => (0, 0, OpClass::Elementwise, 3 * output),
                 VideoOp::Relu => (0, 0, OpClass::Elementwise, output),
                 VideoOp::WithPast { .. } | VideoOp::DropFirst { .. } => {

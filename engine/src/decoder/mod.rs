@@ -11,6 +11,7 @@ pub mod video;
 pub mod video_device;
 mod video_kernels;
 pub mod wan_vae;
+pub mod wan_vae_encoder;
 
 use crate::error::Result;
 use crate::tensor::check_finite;
@@ -22,6 +23,7 @@ pub use taehv_encoder::{DeviceTaehvEncoder, TaehvEncoder};
 pub use video::VideoDecoder;
 pub use video_device::DeviceVideo;
 pub use wan_vae::WanVaeDecoder;
+pub use wan_vae_encoder::WanVaeEncoder;
 
 /// A video-to-video stream's input encoder on a device: RGB8 frames `[4n, H, W, 3]`
 /// (continuing the stream) to latents `[n, C, h, w]`.

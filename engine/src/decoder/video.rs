@@ -38,6 +38,14 @@ enum Layer {
         conv: ConvWeights,
         stride: usize,
     },
+    TemporalDown {
+        conv: ConvWeights,
+        cache: usize,
+    },
+    Normalize {
+        mean: Vec<f32>,
+        std: Vec<f32>,
+    },
     DropFirst(usize),
     Attention {
         wqkv: Vec<f32>,
@@ -83,6 +91,7 @@ fn conv_weights(weights: &Weights, c: &Conv) -> Result<ConvWeights> {
     };
     let mut cw = ConvWeights::from_checkpoint(w, b, c.cin, c.cout, c.taps_t, c.taps_s, c.upsample);
     cw.downsample = c.downsample;
+    cw.pad_after = c.pad_after;
     Ok(cw)
 }
 
@@ -133,6 +142,19 @@ impl VideoDecoder {
                 VideoOp::TemporalPool { conv, stride } => Layer::TemporalPool {
                     conv: conv_weights(weights, conv)?,
                     stride: *stride,
+                },
+                VideoOp::TemporalDown { conv } => Layer::TemporalDown {
+                    conv: conv_weights(weights, conv)?,
+                    cache: conv.cache.ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "{}: temporal downsampling `{}` has no cache",
+                            graph.family, conv.name
+                        ))
+                    })?,
+                },
+                VideoOp::Normalize { mean, std } => Layer::Normalize {
+                    mean: mean.clone(),
+                    std: std.clone(),
                 },
                 VideoOp::DropFirst { frames } => Layer::DropFirst(*frames),
                 VideoOp::Attention {
@@ -341,6 +363,14 @@ impl VideoDecoder {
                 Layer::TemporalPool { conv, stride } => {
                     k::temporal_pool(&x, conv, *stride, &mut self.scratch)
                 }
+                Layer::TemporalDown { conv, cache } => k::temporal_down(
+                    &x,
+                    first,
+                    conv,
+                    &mut self.caches[*cache],
+                    &mut self.scratch,
+                ),
+                Layer::Normalize { mean, std } => k::normalize(&x, mean, std),
                 Layer::DropFirst(frames) => {
                     let drop = if first { (*frames).min(x.frames) } else { 0 };
                     Act {

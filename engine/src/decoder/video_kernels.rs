@@ -57,6 +57,9 @@ pub(crate) struct ConvWeights {
     pub upsample: bool,
     /// Stride 2 in space (even input sizes; see `conv`).
     pub downsample: bool,
+    /// With `downsample`: the zero padding only after each axis (output `(y, x)` reads
+    /// input rows `2y ..= 2y + 2`), not centred.
+    pub pad_after: bool,
 }
 
 impl ConvWeights {
@@ -89,6 +92,7 @@ impl ConvWeights {
             taps_s,
             upsample,
             downsample: false,
+            pad_after: false,
         }
     }
 
@@ -133,10 +137,13 @@ pub(crate) fn conv(x: &Act, c: &ConvWeights, scratch: &mut Vec<f32>) -> Act {
     }
     let p = (c.taps_s - 1) / 2;
     let wp = wi + 2 * p;
-    let padded_len = ((hi + 2 * p) * wp + 2 * p) * cin;
+    // Padding after only: every tap reads `p` rows and columns further on (`shift` pixels),
+    // so the buffer gets that much more zero tail for the dropped columns' reads.
+    let shift = if c.pad_after { p * wp + p } else { 0 };
+    let padded_len = ((hi + 2 * p) * wp + 2 * p + shift) * cin;
     // Wide row `y * wp + x` is output pixel `(y, x)` for `x < wo`: with stride `d` it reads
-    // padded pixel `d (y wp + x) + ky wp + kx`, input row `d y + ky - p`, column
-    // `d x + kx - p`; the columns `x >= wo` are dropped.
+    // padded pixel `d (y wp + x) + ky wp + kx (+ shift)`, input row `d y + ky - p` (`+ p`
+    // with `pad_after`), column `d x + kx - p` (likewise); the columns `x >= wo` are dropped.
     let wide_len = ho * wp * cout;
     // A ring of `taps_t` padded input frames, then the wide output.
     scratch.resize(c.taps_t * padded_len + wide_len, 0.0);
@@ -154,7 +161,7 @@ pub(crate) fn conv(x: &Act, c: &ConvWeights, scratch: &mut Vec<f32>) -> Act {
             let padded = &ring[((t + j) % c.taps_t) * padded_len..][..padded_len];
             for ky in 0..c.taps_s {
                 for kx in 0..c.taps_s {
-                    let lhs = View::new(&padded[(ky * wp + kx) * cin..], d * cin, 1);
+                    let lhs = View::new(&padded[(shift + ky * wp + kx) * cin..], d * cin, 1);
                     let tap = (j * c.taps_s + ky) * c.taps_s + kx;
                     gemm_acc(ho * wp, cout, cin, wide, cout, lhs, c.tap(tap));
                 }
@@ -372,6 +379,57 @@ pub(crate) fn attention(
         linear(&o, wo, Some(bo), p, ch, ch, dst);
     }
     Act { data: out, ..*x }
+}
+
+/// The Wan VAE encoder's temporal downsampling of a chunk `x` (`VideoOp::TemporalDown`):
+/// with `first` (the stream's first chunk), frame 0 passes through and is the history;
+/// then output `j` is `c` (3 taps) over frames `2j ..= 2j + 2` of `[history, rest of x]`,
+/// the history from the one-frame `cache`, which keeps the last frame.
+pub(crate) fn temporal_down(
+    x: &Act,
+    first: bool,
+    c: &ConvWeights,
+    cache: &mut [f32],
+    scratch: &mut Vec<f32>,
+) -> Act {
+    let from = usize::from(first && x.frames > 0);
+    if from == 1 {
+        cache.copy_from_slice(x.frames(0, 1));
+    }
+    let ext = with_history(cache, x, from);
+    let outs = (ext.frames - 1) / 2;
+    let mut data = x.frames(0, from).to_vec();
+    for j in 0..outs {
+        let window = Act {
+            data: ext.frames(2 * j, 2 * j + 3).to_vec(),
+            frames: 3,
+            ..*x
+        };
+        data.extend_from_slice(&conv(&window, c, scratch).data);
+    }
+    keep_last(&ext, cache);
+    Act {
+        data,
+        frames: from + outs,
+        channels: c.cout,
+        ..*x
+    }
+}
+
+/// The first `mean.len()` channels of every pixel as `(x - mean[c]) * (1 / std[c])` (the
+/// reference's order: it multiplies by the reciprocal).
+pub(crate) fn normalize(x: &Act, mean: &[f32], std: &[f32]) -> Act {
+    let z = mean.len();
+    let inv: Vec<f32> = std.iter().map(|s| 1.0 / s).collect();
+    let mut data = Vec::with_capacity(x.frames * x.pixels() * z);
+    for px in x.data.chunks_exact(x.channels) {
+        data.extend(px[..z].iter().zip(mean).zip(&inv).map(|((v, m), i)| (v - m) * i));
+    }
+    Act {
+        data,
+        channels: z,
+        ..*x
+    }
 }
 
 /// `x += skip(s)`: `s` through the 1x1 convolution `skip` (per frame), or as it is.

@@ -5,11 +5,13 @@
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
 
-use crate::decoder::{Decoder, VideoDecoder};
+use crate::decoder::{Decoder, VideoDecoder, WanVaeEncoder};
 use crate::error::Result;
 use crate::checkpoint::{DType, Weights};
 use crate::checkpoint::video::{self as vc, DecoderKind, WAN_VAE_COUNTER};
 use crate::model::wan_vae::{self, WanVaeConfig};
+use crate::model::wan_vae_encoder;
+use crate::tensor::Tensor;
 
 /// The Wan VAE decoder on the CPU; derefs to the [`VideoDecoder`] it runs. It takes the
 /// DiT's normalised latents and de-normalises them itself.
@@ -66,7 +68,9 @@ impl WanVaeDecoder {
     }
 
     /// Writes [`random_weights`](Self::random_weights) as a safetensors checkpoint, in the
-    /// original names or, with `diffusers`, in diffusers' names.
+    /// original names or, with `diffusers`, in diffusers' names; like `Wan2.1_VAE.pth` the
+    /// file also holds the encoder ([`WanVaeEncoder::random_weights`] of the same seed), so
+    /// a video-to-video stream reads both halves from it.
     pub fn write_random(
         path: &Path,
         cfg: &WanVaeConfig,
@@ -76,13 +80,25 @@ impl WanVaeDecoder {
     ) -> Result<()> {
         let graph = wan_vae::graph(cfg, 1, 1)?;
         let weights = vc::random(&graph, seed, WAN_VAE_COUNTER, dtype);
-        if diffusers {
-            vc::write(path, &graph, &weights, dtype, |n| {
-                wan_vae::diffusers_name(cfg, n)
-            })
-        } else {
-            vc::write(path, &graph, &weights, dtype, str::to_string)
+        let enc_graph = wan_vae_encoder::graph(cfg, 8, 8)?;
+        let enc = WanVaeEncoder::random_weights(cfg, seed, dtype)?;
+        let mut named = Vec::new();
+        for s in graph.tensors() {
+            let name = match diffusers {
+                true => wan_vae::diffusers_name(cfg, &s.name),
+                false => s.name.clone(),
+            };
+            named.push((name, weights.get(&s.name)?));
         }
+        for s in enc_graph.tensors() {
+            let name = match diffusers {
+                true => wan_vae_encoder::diffusers_name(&s.name),
+                false => s.name.clone(),
+            };
+            named.push((name, enc.get(&s.name)?));
+        }
+        let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        crate::checkpoint::write_tensors(path, &refs, dtype)
     }
 }
 

@@ -19,6 +19,7 @@ use crate::checkpoint::wan::{load_wan, random_wan};
 use crate::checkpoint::{Checkpoint, DType, Weights};
 use crate::decoder::{
     Decoder, DeviceTaehvEncoder, DeviceVideo, TaehvDecoder, TaehvEncoder, WanVaeDecoder,
+    WanVaeEncoder,
 };
 use crate::error::{Error, Result};
 use crate::memory::host::check_host_memory;
@@ -398,10 +399,15 @@ impl Engine {
 
 impl Engine {
     /// [`Engine::video_stream`] for a Wan profile (docs/wan.md "Video-to-video"): the causal
-    /// sampler in SDEdit mode, its input encoded by the TAEHV encoder (on the host with the
-    /// `cpu` backend, lowered to the device with `emu` and `cuda`; `taew2_1`'s `encoder.*`, from the TAEHV checkpoint the stream's decoder would read;
+    /// sampler in SDEdit mode; with the Wan VAE decoder its input is encoded by the Wan VAE
+    /// encoder on the host ([`Engine::video_stream_wan_vae`]), otherwise by the TAEHV encoder
+    /// (on the host with the `cpu` backend, lowered to the device with `emu` and `cuda`;
+    /// `taew2_1`'s `encoder.*`, from the TAEHV checkpoint the stream's decoder would read;
     /// random ones only when the DiT's weights are random too).
     pub(super) fn video_stream_wan(&self, params: StreamParams, strength: f64) -> Result<Stream> {
+        if resolve(&self.profile, params.decoder)? == WanDecoder::WanVae {
+            return self.video_stream_wan_vae(params, strength);
+        }
         let w = self.profile.wan()?;
         let cfg = TaehvEncoderConfig {
             latent_channels: w.latent_channels,
@@ -475,6 +481,61 @@ impl Engine {
             )));
         }
         stream.attach_input(encoder);
+        Ok(stream)
+    }
+}
+
+impl Engine {
+    /// [`Engine::video_stream`] for a Wan stream with the Wan VAE decoder: its input encoded
+    /// on the host by the Wan VAE encoder (docs/wan_vae.md "The encoder"; `encoder.*` and
+    /// `conv1.*` from the same checkpoint as the decoder, random ones only when the DiT's
+    /// weights are random too). The encoder takes the stream's first frame alone, so output
+    /// frame `f` is the edit of input frame `f`.
+    fn video_stream_wan_vae(&self, params: StreamParams, strength: f64) -> Result<Stream> {
+        let w = self.profile.wan()?;
+        let cfg = w.wan_vae_config();
+        let file: Option<PathBuf> = params
+            .decoder_weights
+            .clone()
+            .or_else(|| w.decoder_weights.as_ref().map(PathBuf::from));
+        let weights = match (&file, &self.source) {
+            (Some(f), _) => WanVaeEncoder::load_weights(f, &cfg)?,
+            (None, WeightsSource::Random { seed, dtype }) => {
+                WanVaeEncoder::random_weights(&cfg, *seed, *dtype)?
+            }
+            (None, WeightsSource::File(_)) => {
+                return Err(Error::Invalid(format!(
+                    "video-to-video: profile `{}` with the Wan VAE decoder encodes its input \
+                     with the Wan VAE encoder, whose weights are in the Wan VAE checkpoint \
+                     (Wan2.1_VAE.pth): give its file (--decoder wan-vae --decoder-weights F)",
+                    self.profile.name
+                )))
+            }
+        };
+        let f = crate::model::wan_vae_encoder::SPACE_FACTOR;
+        let (h, wd) = (f * w.latent_height, f * w.latent_width);
+        let graph = crate::model::wan_vae_encoder::graph(&cfg, h, wd)?;
+        let mut need = crate::memory::host::video_encoder_memory(&graph, w.chunk_frames).total();
+        if self.backend == BackendKind::Cpu {
+            need += self.profile.memory_need().stream_bytes;
+        }
+        check_host_memory(
+            &format!(
+                "a video-to-video stream of profile `{}` (with its Wan VAE encoder on the host)",
+                self.profile.name
+            ),
+            need,
+        )?;
+        let encoder = WanVaeEncoder::new(&cfg, h, wd, &weights)?;
+        let mut stream = self.stream_wan(params, Some(strength))?;
+        if stream.frame_size() != encoder.frame_size() {
+            return Err(Error::Invalid(format!(
+                "video-to-video: the decoder's frames are {:?}, the Wan VAE encoder's {:?}",
+                stream.frame_size(),
+                encoder.frame_size()
+            )));
+        }
+        stream.attach_input(InputEncoder::WanVae(Box::new(encoder)));
         Ok(stream)
     }
 }

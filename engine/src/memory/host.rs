@@ -9,7 +9,7 @@
 //! Video-to-video adds the TAE encoder to a stream ([`encoder_memory`]): it runs on the
 //! host in f32 on every backend, so its weights, causal caches and activations count
 //! against the host limit whichever backend runs the DiT. The Wan family's TAEHV encoder
-//! counts the same way ([`taehv_encoder_memory`]).
+//! counts the same way ([`video_encoder_memory`]).
 
 use crate::error::{Error, Result};
 use crate::model::profile::Profile;
@@ -158,14 +158,17 @@ pub fn video_to_video_memory(profile: &Profile) -> Result<EncoderMemory> {
     ))
 }
 
-/// The host memory of the TAEHV encoder `graph` (a Wan video-to-video stream's,
-/// `model::taehv_encoder::graph`) encoding pushes of one chunk of `chunk` latent frames with
-/// one chunk queued in the sampler: f32 weights, the nine MemBlock memories, the pushed
-/// frames in f32 plus three times the largest activation (input, output and a saved one
-/// live at once), the queued latents and up to 3 RGB8 frames waiting for a group of 4.
-pub fn taehv_encoder_memory(graph: &VideoGraph, chunk: usize) -> EncoderMemory {
+/// The host memory of a Wan video-to-video stream's encoder `graph` (TAEHV's,
+/// `model::taehv_encoder::graph`, or the Wan VAE's, `model::wan_vae_encoder::graph`)
+/// encoding pushes of one chunk of `chunk` latent frames with one chunk queued in the
+/// sampler: f32 weights, its caches (TAEHV's nine MemBlock memories, the VAE's causal
+/// convolutions' frames), the pushed frames in f32 plus three times the largest activation
+/// (input, output and a saved one live at once), the queued latents and up to 3 RGB8
+/// frames waiting for a group of 4.
+pub fn video_encoder_memory(graph: &VideoGraph, chunk: usize) -> EncoderMemory {
     const F32: u128 = 4;
-    let (largest, _) = graph.largest_activation(chunk, true);
+    let largest = (graph.largest_activation(chunk, true).0)
+        .max(graph.largest_activation(chunk, false).0);
     let first = graph.steps.first();
     let per_latent = first.map_or(0, |s| s.frames.per_latent);
     let frame = (graph.latent_height * graph.latent_width * graph.latent_channels) as u128;
@@ -179,6 +182,11 @@ pub fn taehv_encoder_memory(graph: &VideoGraph, chunk: usize) -> EncoderMemory {
         activation_bytes: ((chunk * per_latent) as u128 * frame + 3 * largest as u128) * F32,
         queue_bytes: chunk as u128 * latent_frame * F32 + (per_latent as u128 - 1) * frame,
     }
+}
+
+/// [`video_encoder_memory`] of the TAEHV encoder's graph (its first chunk is not smaller).
+pub fn taehv_encoder_memory(graph: &VideoGraph, chunk: usize) -> EncoderMemory {
+    video_encoder_memory(graph, chunk)
 }
 
 #[cfg(test)]
@@ -212,6 +220,28 @@ mod tests {
             (12 * 480 * 832 * 3 + 3 * 12 * 480 * 832 * 64) * 4
         );
         assert_eq!(m.queue_bytes, 3 * 16 * 60 * 104 * 4 + 3 * 480 * 832 * 3);
+    }
+
+    #[test]
+    fn wan_vae_encoder_memory_at_832x480() {
+        use crate::model::wan_vae::WanVaeConfig;
+        use crate::model::wan_vae_encoder::graph;
+        let g = graph(&WanVaeConfig::wan2_1(), 480, 832).unwrap();
+        let m = video_encoder_memory(&g, 3);
+        // Two frames of each causal conv's input: conv1 (3 channels) and the first stage's
+        // four (96) at full size, the second stage's (96, 192 x3) at 1/2, the third's
+        // (192, 384 x3) at 1/4, the last stage's and the middle's 8 and the head at 1/8
+        // (384); one frame of each time_conv (192 at 1/4, 384 at 1/8).
+        let px = 480 * 832;
+        let two = 2 * (px * (3 + 4 * 96) + px / 4 * (96 + 3 * 192) + px / 16 * (192 + 3 * 384)
+            + px / 64 * 9 * 384);
+        let one = px / 16 * 192 + px / 64 * 384;
+        assert_eq!(m.cache_bytes, (two + one) as u128 * 4);
+        // The largest activation: the first stage's 96 channels over a later chunk's 12 frames.
+        assert_eq!(
+            m.activation_bytes,
+            (12 * px * 3 + 3 * 12 * px * 96) as u128 * 4
+        );
     }
 
     #[test]

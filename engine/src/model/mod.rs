@@ -12,7 +12,9 @@ pub mod tae;
 pub mod taehv;
 pub mod taehv_encoder;
 pub mod video_ops;
+pub mod video_types;
 pub mod wan;
 pub mod wan_vae;
+pub mod wan_vae_encoder;
 
 pub use profile::{Family, ModelConfig, Profile};

@@ -13,6 +13,8 @@
 
 use crate::error::{Error, Result};
 
+pub use super::video_types::{CacheSpec, RgbRange, Role, VideoTensor};
+
 /// `F.normalize`'s floor on the L2 norm (PyTorch default `eps = 1e-12`).
 pub const RMS_EPS: f32 = 1e-12;
 /// Most elements one activation of a chunk may have (16 GiB in f32): a longer chunk is an
@@ -38,6 +40,9 @@ pub struct Conv {
     pub upsample: bool,
     /// Stride 2 in space (the TAEHV encoder); never together with `upsample`.
     pub downsample: bool,
+    /// With `downsample`: zero padding after each axis only (`ZeroPad2d((0, 1, 0, 1))`, the
+    /// Wan VAE encoder), so output pixel `(y, x)` reads input rows `2y ..= 2y + 2`.
+    pub pad_after: bool,
     pub bias: bool,
     pub conv3d: bool,
     /// The cache of its last two input frames, when `taps_t == 3`.
@@ -118,6 +123,19 @@ pub enum VideoOp {
         conv: Conv,
         stride: usize,
     },
+    /// Temporal downsampling (the Wan VAE encoder's `downsample3d`): the stream's first input
+    /// frame passes through; output frame `k >= 1` is `conv` (`cin -> cin`, 3 taps, per
+    /// pixel) over input frames `2k - 2, 2k - 1, 2k`, the frame before a chunk from
+    /// `conv.cache` (one frame). A first chunk has an odd number of frames, a later one even.
+    TemporalDown {
+        conv: Conv,
+    },
+    /// The encoder's latents: the first `mean.len()` channels (the mean; the rest are the
+    /// log-variance) mapped to `(x - mean[c]) / std[c]`, the DiT's normalised space.
+    Normalize {
+        mean: Vec<f32>,
+        std: Vec<f32>,
+    },
     /// Drops the stream's first `frames` frames.
     DropFirst {
         frames: usize,
@@ -152,6 +170,8 @@ impl VideoOp {
             VideoOp::WithPast { .. } => "with_past",
             VideoOp::TemporalUp { .. } => "temporal_up",
             VideoOp::TemporalPool { .. } => "temporal_pool",
+            VideoOp::TemporalDown { .. } => "temporal_down",
+            VideoOp::Normalize { .. } => "normalize",
             VideoOp::DropFirst { .. } => "drop_first",
             VideoOp::Attention { .. } => "attention",
         }
@@ -225,6 +245,15 @@ impl VideoStep {
                 };
                 (frames, h, w, conv.cout)
             }
+            VideoOp::TemporalDown { .. } => {
+                // `1 + (n - 1) / 2` frames from a first chunk of odd `n`, `n / 2` after.
+                let frames = Frames {
+                    per_latent: f.per_latent / 2,
+                    first_less: f.first_less.saturating_sub(1) / 2,
+                };
+                (frames, h, w, c)
+            }
+            VideoOp::Normalize { mean, .. } => (f, h, w, mean.len()),
             VideoOp::DropFirst { frames } => {
                 let out = Frames {
                     first_less: f.first_less + frames,
@@ -234,62 +263,6 @@ impl VideoStep {
             }
         }
     }
-}
-
-/// The range of the decoder's RGB output, which fixes the byte mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RgbRange {
-    /// `[0, 1]`: byte `round(clamp(v, 0, 1) * 255)` (TAEHV).
-    Unit,
-    /// `[-1, 1]`: byte `round(clamp((v + 1) / 2, 0, 1) * 255)` (the Wan VAE).
-    Signed,
-}
-
-impl RgbRange {
-    /// The byte of output value `v` (NaN maps to 0).
-    pub fn to_byte(self, v: f32) -> u8 {
-        let unit = match self {
-            RgbRange::Unit => v,
-            RgbRange::Signed => (v + 1.0) / 2.0,
-        };
-        (unit.clamp(0.0, 1.0) * 255.0).round() as u8
-    }
-}
-
-/// A per-stream cache: `frames` frames of `[height, width, channels]`, zeros at the start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheSpec {
-    pub frames: usize,
-    pub height: usize,
-    pub width: usize,
-    pub channels: usize,
-}
-
-impl CacheSpec {
-    pub fn elems(&self) -> usize {
-        self.frames * self.height * self.width * self.channels
-    }
-}
-
-/// What a tensor is, for random initialisation.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Role {
-    /// An RMS-norm gain (around 1).
-    Gain,
-    /// A weight whose output sums `fan_in` inputs: `std = gain / sqrt(fan_in)`.
-    Weight { fan_in: usize, gain: f32 },
-    /// A small bias.
-    Bias,
-    /// The last convolution's bias, around `mean` (the mean colour).
-    OutBias { mean: f32 },
-}
-
-/// One tensor a decoder reads.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VideoTensor {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub role: Role,
 }
 
 /// A decoder for one latent size: its ops in order with their shapes.
@@ -360,9 +333,9 @@ impl VideoGraph {
         for (i, step) in self.steps.iter().enumerate() {
             match &step.op {
                 VideoOp::Conv(c) => conv(&mut out, c, Some(i) == last),
-                VideoOp::TemporalUp { conv: c, .. } | VideoOp::TemporalPool { conv: c, .. } => {
-                    conv(&mut out, c, false)
-                }
+                VideoOp::TemporalUp { conv: c, .. }
+                | VideoOp::TemporalPool { conv: c, .. }
+                | VideoOp::TemporalDown { conv: c } => conv(&mut out, c, false),
                 VideoOp::AddSaved { skip: Some(c), .. } => conv(&mut out, c, false),
                 VideoOp::RmsNorm {
                     name,
@@ -427,6 +400,10 @@ impl VideoGraph {
             } => {
                 let bypass = u64::from(first && *keep_first);
                 2 * conv.macs_per_pixel() * pixels * frames.saturating_sub(bypass)
+            }
+            VideoOp::TemporalDown { conv } => {
+                let out = step.output().0.count(n, first) as u64;
+                2 * conv.macs_per_pixel() * pixels * out.saturating_sub(u64::from(first))
             }
             VideoOp::AddSaved { skip: Some(c), .. } => 2 * c.macs_per_pixel() * pixels * frames,
             VideoOp::Attention { ch, .. } => {
@@ -512,7 +489,7 @@ impl Builder {
     }
 
     /// A new cache of `frames` frames of the current activation with `channels` channels.
-    fn cache(&mut self, frames: usize, channels: usize) -> usize {
+    pub fn cache(&mut self, frames: usize, channels: usize) -> usize {
         self.caches.push(CacheSpec {
             frames,
             height: self.height,
@@ -541,6 +518,7 @@ impl Builder {
             taps_s,
             upsample: flags.upsample,
             downsample: false,
+            pad_after: false,
             bias: flags.bias,
             conv3d: flags.conv3d,
             cache,
@@ -570,6 +548,7 @@ impl Builder {
             taps_s: 1,
             upsample: false,
             downsample: false,
+            pad_after: false,
             bias: flags.bias,
             conv3d: flags.conv3d,
             cache: None,

@@ -192,21 +192,33 @@ pub fn graph(cfg: &WanVaeConfig, height: usize, width: usize) -> Result<VideoGra
     b.finish("Wan VAE decoder", RgbRange::Signed, 8)
 }
 
+/// diffusers' name of a tensor inside a residual block (`residual.2.weight` -> `conv1.weight`).
+pub fn diffusers_leaf(rest: &str) -> String {
+    [
+        ("residual.0.", "norm1."),
+        ("residual.2.", "conv1."),
+        ("residual.3.", "norm2."),
+        ("residual.6.", "conv2."),
+        ("shortcut.", "conv_shortcut."),
+    ]
+    .iter()
+    .find_map(|(a, b)| rest.strip_prefix(a).map(|r| format!("{b}{r}")))
+    .unwrap_or_else(|| rest.to_string())
+}
+
+/// diffusers' name of a tensor of the middle blocks, `rest` following `middle.`.
+pub fn diffusers_middle(rest: &str) -> String {
+    let (i, rest) = rest.split_once('.').unwrap_or((rest, ""));
+    match i {
+        "1" => format!("mid_block.attentions.0.{rest}"),
+        "2" => format!("mid_block.resnets.1.{}", diffusers_leaf(rest)),
+        _ => format!("mid_block.resnets.0.{}", diffusers_leaf(rest)),
+    }
+}
+
 /// The diffusers (`AutoencoderKLWan`) name of a canonical tensor name of `cfg`'s decoder.
 pub fn diffusers_name(cfg: &WanVaeConfig, name: &str) -> String {
-    let sub = |rest: &str| -> String {
-        // Inside a residual block.
-        [
-            ("residual.0.", "norm1."),
-            ("residual.2.", "conv1."),
-            ("residual.3.", "norm2."),
-            ("residual.6.", "conv2."),
-            ("shortcut.", "conv_shortcut."),
-        ]
-        .iter()
-        .find_map(|(a, b)| rest.strip_prefix(a).map(|r| format!("{b}{r}")))
-        .unwrap_or_else(|| rest.to_string())
-    };
+    let sub = diffusers_leaf;
     if let Some(rest) = name.strip_prefix("conv2.") {
         return format!("post_quant_conv.{rest}");
     }
@@ -220,12 +232,7 @@ pub fn diffusers_name(cfg: &WanVaeConfig, name: &str) -> String {
         return format!("decoder.conv_out.{rest}");
     }
     if let Some(rest) = name.strip_prefix("decoder.middle.") {
-        let (i, rest) = rest.split_once('.').unwrap_or((rest, ""));
-        return match i {
-            "1" => format!("decoder.mid_block.attentions.0.{rest}"),
-            "2" => format!("decoder.mid_block.resnets.1.{}", sub(rest)),
-            _ => format!("decoder.mid_block.resnets.0.{}", sub(rest)),
-        };
+        return format!("decoder.{}", diffusers_middle(rest));
     }
     if let Some(rest) = name.strip_prefix("decoder.upsamples.") {
         let (k, rest) = rest.split_once('.').unwrap_or((rest, ""));

@@ -10,7 +10,7 @@ pub mod sink;
 pub mod source;
 mod trace;
 
-use crate::decoder::{Decoder, RgbEncoder, TaeEncoder, TaehvEncoder};
+use crate::decoder::{Decoder, RgbEncoder, TaeEncoder, TaehvEncoder, WanVaeEncoder};
 use crate::error::{Error, Result};
 use crate::tensor::{check_finite, describe_non_finite, first_non_finite, Tensor};
 use std::sync::Arc;
@@ -115,7 +115,8 @@ pub struct Stream {
     input: Option<InputVideo>,
 }
 
-/// The encoder of a video-to-video stream's input: 4 RGB8 frames per latent frame.
+/// The encoder of a video-to-video stream's input: 4 RGB8 frames per latent frame (the
+/// Wan VAE's first latent frame from the stream's first frame alone).
 pub(crate) enum InputEncoder {
     /// StreamDiT's TAE encoder.
     Tae(TaeEncoder),
@@ -123,6 +124,8 @@ pub(crate) enum InputEncoder {
     Taehv(Box<TaehvEncoder>),
     /// An encoder lowered to the stream's device (`--backend emu|cuda`).
     Device(Box<dyn RgbEncoder>),
+    /// The Wan family's VAE encoder (docs/wan_vae.md "The encoder").
+    WanVae(Box<WanVaeEncoder>),
 }
 
 impl InputEncoder {
@@ -131,6 +134,23 @@ impl InputEncoder {
             InputEncoder::Tae(e) => e.encode_rgb(rgb),
             InputEncoder::Taehv(e) => e.encode_rgb(rgb),
             InputEncoder::Device(e) => e.encode_rgb(rgb),
+            InputEncoder::WanVae(e) => e.encode_rgb(rgb),
+        }
+    }
+
+    /// Of `frames` waiting, how many make whole latent frames now.
+    fn frames_ready(&self, frames: usize) -> usize {
+        match self {
+            InputEncoder::WanVae(e) => e.frames_ready(frames),
+            _ => frames / 4 * 4,
+        }
+    }
+
+    /// Video frames that make the next `latents` latent frames.
+    fn frames_for(&self, latents: usize) -> usize {
+        match self {
+            InputEncoder::WanVae(e) => e.frames_for(latents),
+            _ => 4 * latents,
         }
     }
 }
@@ -210,7 +230,8 @@ impl Stream {
     /// Video-to-video: appends input video frames `rgb [n, H, W, 3]` (RGB8, the profile's
     /// frame size, frame `f` of the stream is an edit of input frame `f`). Every 4 frames
     /// are encoded (TAE encoder, causal caches) and handed to the sampler; up to 3 wait for
-    /// the next push. An error for a text-to-video stream or a partial frame.
+    /// the next push (the Wan VAE encoder takes the stream's first frame alone, then groups
+    /// of 4). An error for a text-to-video stream or a partial frame.
     pub fn push_video_frames(&mut self, rgb: &[u8]) -> Result<()> {
         let (w, h) = self.frame_size();
         let frame = w * h * 3;
@@ -230,8 +251,7 @@ impl Stream {
         }
         input.pending.extend_from_slice(rgb);
         input.pushed += (rgb.len() / frame) as u64;
-        let group = 4 * frame;
-        let whole = input.pending.len() / group * group;
+        let whole = input.encoder.frames_ready(input.pending.len() / frame) * frame;
         if whole > 0 {
             let latents = input.encoder.encode_rgb(&input.pending[..whole])?;
             input.pending.drain(..whole);
@@ -249,7 +269,8 @@ impl Stream {
         };
         let (w, h) = self.frame_size();
         let pending = input.pending.len() / (w * h * 3);
-        (self.sampler.input_latents_needed() as usize * 4).saturating_sub(pending)
+        let latents = self.sampler.input_latents_needed() as usize;
+        input.encoder.frames_for(latents).saturating_sub(pending)
     }
 
     /// Video-to-video: input video frames pushed so far.

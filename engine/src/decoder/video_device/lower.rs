@@ -231,6 +231,9 @@ fn lower_pass(
                 }
                 cur = out;
             }
+            VideoOp::TemporalDown { .. } | VideoOp::Normalize { .. } => {
+                return Err(no_lowering(i, step.op.kind()))
+            }
             VideoOp::TemporalPool { conv: c, stride } => {
                 let out_ch = cout_pad(graph, c);
                 let out = encoder::temporal_pool(&env, &mut steps, pool, c, cur, frames, hw, *stride, out_ch)?;
@@ -238,7 +241,7 @@ fn lower_pass(
                 cur = out;
             }
             VideoOp::Conv(c) if c.downsample => {
-                if c.taps_t != 1 || c.taps_s != 3 || c.upsample || cur.stride != pad8(c.cin) {
+                if c.taps_t != 1 || c.taps_s != 3 || c.upsample || c.pad_after || cur.stride != pad8(c.cin) {
                     return Err(no_lowering(i, "conv_down2 other than 3x3 on padded channels"));
                 }
                 if let Some(VideoOp::AddSaved { .. }) = ops.get(i + 1).map(|s| &s.op) {
