@@ -181,3 +181,65 @@ fn plan_includes_the_wan_encoder() {
         }
     }
 }
+
+/// `generate` on 13 input frames (ending mid-chunk) writes the bytes of the Rust API given
+/// the same frames and ended the same way; `tests/abi.rs` checks the C ABI against the same
+/// Rust stream (`rust_wan_v2v_frames`: random weights of seed 3 in f16, stream seed 11, this
+/// prompt, strength 0.7, the frames of `input_byte`, the formula of `raw_video`).
+#[test]
+fn generate_equals_the_rust_api_and_so_the_c_abi() {
+    use streamdit::{BackendKind, DType, Engine, EngineParams, Profile, StreamParams};
+    let n = 13;
+    let input = raw_video("wan-in-api.rgb", n);
+    let out = ok(&[
+        "generate",
+        "--profile",
+        "wan-tiny",
+        "--backend",
+        "cpu",
+        "--random-weights",
+        "3",
+        "--seed",
+        "11",
+        "--prompt",
+        "a red kite over the sea",
+        "--input-video",
+        s(&input),
+        "--input-size",
+        "64x64",
+        "--strength",
+        "0.7",
+        "--out",
+        "-",
+    ]);
+    let engine = Engine::new(EngineParams {
+        profile: Profile::load("wan-tiny").unwrap(),
+        weights: streamdit::WeightsSource::Random {
+            seed: 3,
+            dtype: DType::F16,
+        },
+        backend: BackendKind::Cpu,
+    })
+    .unwrap();
+    let mut stream = engine
+        .video_stream(
+            StreamParams {
+                prompt: "a red kite over the sea".into(),
+                seed: Some(11),
+                ..Default::default()
+            },
+            0.7,
+        )
+        .unwrap();
+    stream
+        .push_video_frames(&std::fs::read(&input).unwrap())
+        .unwrap();
+    stream.end_input().unwrap();
+    let mut want = Vec::new();
+    while stream.next_frames(&mut want).unwrap() > 0 {}
+    assert_eq!(want.len(), n * FRAME);
+    assert!(
+        out.stdout == want,
+        "the CLI's frames differ from the Rust API's"
+    );
+}
