@@ -141,22 +141,29 @@ int streamdit_stream_next(streamdit_stream *stream, uint8_t *buffer, size_t buff
 int streamdit_stream_run(streamdit_stream *stream, uint32_t chunks, streamdit_frame_fn on_frame,
                          void *user_data);
 
-/* Video-to-video (StreamDiT profiles; added within ABI version 2, no struct changed).
- * A stream made by streamdit_stream_create_video edits an input video: the profile's
- * schedule is remapped by `strength` in (0, 1] (1: text-to-video that ignores the input;
- * smaller keeps more of it), and output video frame f is an edit of input frame f. Its
- * output comes out as above (streamdit_stream_next, streamdit_stream_run, same geometry).
- * Input frames are RGB8 of the stream's geometry (width x height x 3 bytes, top row first).
- * Before each streamdit_stream_next, push streamdit_stream_input_frames_needed frames: the
- * first call needs the whole buffer's input (its latent frames times 4 video frames), each
- * later chunk the next frames_per_chunk. A model call that lacks its input fails with
+/* Video-to-video (StreamDiT and Wan-family profiles; added within ABI version 2, no struct
+ * changed). A stream made by streamdit_stream_create_video edits an input video: StreamDiT's
+ * schedule is remapped by `strength` in (0, 1], a Wan chunk starts at the step of its list
+ * that the strength selects (SDEdit, docs/wan.md "Video-to-video"); 1 is text-to-video that
+ * ignores the input, smaller keeps more of it. Output video frame f is an edit of input
+ * frame f. Its output comes out as above (streamdit_stream_next, streamdit_stream_run, same
+ * geometry; a Wan stream's first chunk has 3 frames fewer with the TAEHV or Wan VAE
+ * decoder). Input frames are RGB8 of the stream's geometry (width x height x 3 bytes, top
+ * row first). Before each streamdit_stream_next, push streamdit_stream_input_frames_needed
+ * frames: StreamDiT's first call needs the whole buffer's input (its latent frames times 4
+ * video frames), each later chunk the next frames_per_chunk; a Wan chunk needs its own
+ * latent frames times 4 before it starts. A model call that lacks its input fails with
  * STREAMDIT_ERR_INVALID_ARGUMENT (naming the missing frames) before it runs; push and call
- * again. streamdit_stream_run makes several chunks in one call, so on such a stream run
- * one chunk per call with its input pushed before it. Errors
- * (STREAMDIT_ERR_INVALID_ARGUMENT): a strength outside (0, 1], a Wan-family profile, a
- * checkpoint without the TAE encoder's encoder.* tensors, a host memory limit too small for
- * the encoder, pushing to a text-to-video stream, a NULL pointer, a byte count that is not
- * whole frames. Threads: as every stream call, one thread at a time per stream. */
+ * again. When the input ends, call streamdit_stream_end_input: the stream then repeats the
+ * last input frame wherever it still needs input and writes exactly as many output frames
+ * as were pushed (its last chunk is cut; later calls write 0 frames). streamdit_stream_run
+ * makes several chunks in one call, so on such a stream run one chunk per call with its
+ * input pushed before it (or end the input first). Errors
+ * (STREAMDIT_ERR_INVALID_ARGUMENT): a strength outside (0, 1], a checkpoint without the
+ * encoder's encoder.* tensors (a Wan profile reads them from the TAEHV decoder's file), a
+ * host memory limit too small for the encoder, pushing to a text-to-video stream or after
+ * the end, ending an input with no frame, a NULL pointer, a byte count that is not whole
+ * frames. Threads: as every stream call, one thread at a time per stream. */
 int streamdit_stream_create_video(const streamdit_engine *engine,
                                   const streamdit_stream_params *params, float strength,
                                   streamdit_stream **out);
@@ -167,6 +174,10 @@ int streamdit_stream_push_frames(streamdit_stream *stream, const uint8_t *rgb, s
 /* Input video frames still to push before the next model call can run (0: none, and always
  * 0 for a text-to-video stream). */
 int streamdit_stream_input_frames_needed(streamdit_stream *stream, uint32_t *frames);
+/* Ends the input after the frames pushed so far; writes the number of output frames the
+ * stream will write in all (= frames pushed) to output_frames (may be NULL) and logs the
+ * rule's note at STREAMDIT_LOG_INFO. Calling it again returns the same count. */
+int streamdit_stream_end_input(streamdit_stream *stream, uint64_t *output_frames);
 
 #ifdef __cplusplus
 }

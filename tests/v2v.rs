@@ -337,3 +337,47 @@ fn emulator_matches_the_cpu() {
     }
     println!("{chunks} v2v chunks on the emulator in {emu_s:.1} s");
 }
+
+/// The input's end on StreamDiT's buffer (docs/streamdit.md, "Video-to-video input"): 12
+/// input frames (a chunk and a half of 8) give exactly 12 output frames, chunks of 8 and 4;
+/// they equal a stream fed by hand with the last frame repeated whenever it asks, cut after
+/// frame 11; then it writes nothing more and computes nothing.
+#[test]
+fn an_input_ending_mid_chunk_gives_exactly_as_many_frames() {
+    let frame = 128 * 128 * 3;
+    let e = tiny_engine();
+    let rgb = video(5, 12);
+    let mut s = e.video_stream(params(3), 0.6).unwrap();
+    s.push_video_frames(&rgb).unwrap();
+    let end = s.end_input().unwrap();
+    assert_eq!((end.frames, end.chunks, end.last_chunk_frames), (12, 2, 4));
+    assert!(end.mid_chunk() && end.to_string().contains("ended after 12 frames"));
+    let (mut got, mut sizes) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        match s.next_frames(&mut got).unwrap() {
+            0 => break,
+            n => sizes.push(n),
+        }
+    }
+    assert_eq!(sizes, vec![8, 4]);
+    assert!(s.finished() && s.input_frames_repeated() > 0);
+    assert!(s.step().is_err(), "a step after the end is a named error");
+
+    let mut by_hand = e.video_stream(params(3), 0.6).unwrap();
+    by_hand.push_video_frames(&rgb).unwrap();
+    let mut want = Vec::new();
+    while want.len() < 12 * frame {
+        for _ in 0..by_hand.input_frames_needed() {
+            by_hand.push_video_frames(&rgb[11 * frame..]).unwrap();
+        }
+        by_hand.next_frames(&mut want).unwrap();
+    }
+    assert_eq!(
+        s.input_frames_repeated(),
+        by_hand.input_frames_pushed() - 12
+    );
+    assert!(
+        got == want[..12 * frame],
+        "differs from the hand-padded input"
+    );
+}

@@ -203,3 +203,77 @@ fn missing_input_and_bad_strengths_are_named_errors() {
     let mut t2v = e.stream(params()).unwrap();
     assert!(t2v.push_video_frames(&video(4)).is_err());
 }
+
+/// The frames of a stream at `strength` given `input` whole, then (when `end`) told the
+/// input ended; `next_frames` until it gives 0 (at most `limit` calls: nothing may hang).
+fn frames_to_end(e: &Engine, input: &[u8], end: bool, limit: usize) -> (Vec<u8>, Vec<usize>) {
+    let mut s = e.video_stream(params(), 0.7).unwrap();
+    s.push_video_frames(input).unwrap();
+    if end {
+        let got = s.end_input().unwrap();
+        assert_eq!(got.frames as usize, input.len() / FRAME);
+        assert_eq!(s.input_frames_needed(), 0, "the stream pads by itself");
+    }
+    let (mut out, mut sizes) = (Vec::new(), Vec::new());
+    for _ in 0..limit {
+        let n = s.next_frames(&mut out).unwrap();
+        if n == 0 {
+            break;
+        }
+        sizes.push(n);
+    }
+    if end {
+        assert!(s.finished());
+        assert_eq!(s.next_frames(&mut out).unwrap(), 0, "nothing after the end");
+        let err = s.step().unwrap_err().to_string();
+        assert!(err.contains("nothing more to compute"), "{err}");
+        let err = s
+            .push_video_frames(&input[..FRAME])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("was ended"), "{err}");
+        assert_eq!(s.frames_emitted() as usize, out.len() / FRAME);
+    }
+    (out, sizes)
+}
+
+/// The input's end (docs/wan.md "Video-to-video", "The end of the input"): `N` input frames
+/// (not a multiple of the 8-frame chunk, most not of 4) give exactly `N` output frames, the
+/// last chunk cut; they equal the frames of the same input padded by hand with its last
+/// frame to whole chunks, cut after frame `N - 1`. The chunk count follows from the
+/// decoder's 3 start-up frames: chunks `0 .. k` give `8k - 3` frames.
+#[test]
+fn an_input_ending_mid_chunk_gives_exactly_as_many_frames() {
+    let e = engine();
+    let rgb = video(16);
+    for (n, sizes) in [
+        (1, vec![1]),
+        (3, vec![3]),
+        (5, vec![5]),
+        (6, vec![5, 1]),
+        (8, vec![5, 3]),
+        (10, vec![5, 5]),
+        (14, vec![5, 8, 1]),
+    ] {
+        let input = &rgb[..n * FRAME];
+        let (got, got_sizes) = frames_to_end(&e, input, true, 8);
+        assert_eq!(got.len(), n * FRAME, "{n} input frames");
+        assert_eq!(got_sizes, sizes, "{n} input frames: frames per chunk");
+        // By hand: the last frame repeated to whole chunks of 8 input frames.
+        let chunks = sizes.len();
+        let mut padded = input.to_vec();
+        while padded.len() < chunks * 8 * FRAME {
+            padded.extend_from_slice(&input[(n - 1) * FRAME..n * FRAME]);
+        }
+        let (want, _) = frames_to_end(&e, &padded, false, chunks);
+        assert!(
+            got == want[..n * FRAME],
+            "{n} input frames differ from the hand-padded input"
+        );
+    }
+    // An input with no frame cannot end; a text-to-video stream has no input to end.
+    let mut s = e.video_stream(params(), 0.7).unwrap();
+    let err = s.end_input().unwrap_err().to_string();
+    assert!(err.contains("no input video frame"), "{err}");
+    assert!(e.stream(params()).unwrap().end_input().is_err());
+}

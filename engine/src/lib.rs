@@ -64,7 +64,7 @@ pub use model::profile::{
     VideoConfig, BUILTIN_PROFILES,
 };
 pub use model::wan::{LoraConfig, RopePositions, WanConfig, WanDecoder};
-pub use stream::Stream;
+pub use stream::{InputEnd, Stream};
 pub use tensor::Tensor;
 pub use text::TextInput;
 
@@ -125,7 +125,7 @@ pub mod inspect {
         OpClass, OpCost, OpTime, ParamCount, Prediction, VideoCost,
     };
     pub use crate::decoder::tae::{device_memory as decoder_device_memory, TaeMemory};
-    pub use crate::engine::wan_decoder_graph;
+    pub use crate::engine::{wan_decoder_graph, wan_encoder_graph, wan_video_to_video_memory};
     pub use crate::math::linear_rate as cpu_linear_rate;
     pub use crate::memory::host::{encoder_memory, video_to_video_memory, EncoderMemory};
     pub use crate::memory::{
@@ -139,5 +139,6 @@ pub mod inspect {
     pub use crate::model::wan::graph::WanGraph;
     pub use crate::model::wan::schema::wan_parameters;
     pub use crate::rng::{noise_frame, wan_noise_frame};
+    pub use crate::stream::causal::start_step as wan_start_step;
     pub use crate::stream::{Schedule, ScheduledStep};
 }

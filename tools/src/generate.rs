@@ -70,7 +70,10 @@ pub(crate) struct GenerateArgs {
     /// Video-to-video: edit this video with the prompt. A `.y4m` file (8-bit 4:2:0 or
     /// 4:4:4), `-` for Y4M on stdin (raw RGB24 with --input-size), or a folder of PNG
     /// frames. Any size: scaled to cover the profile's frame and centre-cropped. Output
-    /// frame f is an edit of input frame f; without --frames the whole input is edited.
+    /// frame f is an edit of input frame f; without --frames the whole input is edited:
+    /// exactly as many frames as it has. An input that ends inside a chunk (or inside a
+    /// group of 4 frames) is finished by repeating its last frame, and the edits of the
+    /// repeated frames are not written (said on stderr).
     #[arg(long, value_name = "F.y4m|-|DIR")]
     input_video: Option<String>,
     /// Video-to-video strength in (0, 1]: 1 ignores the input (text-to-video), smaller
@@ -95,60 +98,38 @@ pub(crate) fn parse_size(s: &str) -> std::result::Result<(usize, usize), String>
     Ok((w, h))
 }
 
-/// The input video of video-to-video, fitted to the stream's frame size, with the rule
-/// for its end: once it ends, the frames the buffer still needs repeat its last frame.
+/// The input video of video-to-video, fitted to the stream's frame size. When it ends the
+/// stream is told (`Stream::end_input`): it repeats the last frame where it still needs
+/// input and writes exactly as many frames as were read (said once on stderr).
 struct Input {
     source: Box<dyn FrameSource>,
     raw: Vec<u8>,
-    last: Option<Vec<u8>>,
-    /// Frames read from the input (real frames).
+    /// Frames read from the input.
     read: u64,
-    /// Frames pushed that repeat the last one after the end.
-    padded: u64,
     ended: bool,
 }
 
 impl Input {
-    /// Pushes what the next chunk needs: input frames while there are, then repeats of
-    /// the last one (said once on stderr).
-    fn feed(&mut self, stream: &mut Stream, chunk: usize) -> Result<()> {
+    /// Pushes what the next chunk needs, and ends the stream's input when the source ends.
+    fn feed(&mut self, stream: &mut Stream) -> Result<()> {
         let target = stream.frame_size();
-        while stream.input_frames_needed() > 0 {
-            if !self.ended {
-                if self.source.read_frame(&mut self.raw)? {
-                    let (sw, sh) = self.source.size();
-                    let fitted = fit_frame(&self.raw, sw, sh, target.0, target.1);
-                    stream.push_video_frames(&fitted)?;
-                    self.last = Some(fitted);
-                    self.read += 1;
-                    continue;
-                }
-                self.ended = true;
-                if self.last.is_none() {
-                    return Err(Error::Invalid(format!(
-                        "input video `{}`: holds no frames",
-                        self.source.name()
-                    )));
-                }
-                let partial = self.read % chunk as u64;
-                eprintln!(
-                    "\nstreamdit: the input video ended after {} frames{}; the buffer's \
-                     look-ahead repeats the last input frame, and the output stops at frame {}",
-                    self.read,
-                    if partial > 0 {
-                        format!(
-                            " (mid-chunk: {partial} of a {chunk}-frame chunk; the rest repeats \
-                             the last frame and is not written)"
-                        )
-                    } else {
-                        String::new()
-                    },
-                    self.read
-                );
+        while !self.ended && stream.input_frames_needed() > 0 {
+            if self.source.read_frame(&mut self.raw)? {
+                let (sw, sh) = self.source.size();
+                let fitted = fit_frame(&self.raw, sw, sh, target.0, target.1);
+                stream.push_video_frames(&fitted)?;
+                self.read += 1;
+                continue;
             }
-            let last = self.last.clone().unwrap_or_default();
-            stream.push_video_frames(&last)?;
-            self.padded += 1;
+            self.ended = true;
+            if self.read == 0 {
+                return Err(Error::Invalid(format!(
+                    "input video `{}`: holds no frames",
+                    self.source.name()
+                )));
+            }
+            let end = stream.end_input()?;
+            eprintln!("\nstreamdit: {end}");
         }
         Ok(())
     }
@@ -194,9 +175,7 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
         Some(spec) => Some(Input {
             source: open_source(spec, args.input_size)?,
             raw: Vec::new(),
-            last: None,
             read: 0,
-            padded: 0,
             ended: false,
         }),
         None => None,
@@ -276,26 +255,22 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
             eprintln!("\nstreamdit: prompt switch at frame {written}: {prompt:?}");
             stream.set_prompt(&prompt);
         }
-        let mut limit = total;
         if let Some(input) = input.as_mut() {
-            let chunk = stream.frames_per_chunk();
-            input.feed(&mut stream, chunk)?;
-            if input.ended {
-                limit = limit.min(input.read);
-                if written >= limit {
-                    break;
-                }
-            }
+            input.feed(&mut stream)?;
         }
         frames.clear();
+        // 0 once a video-to-video input ended and its last frame's edit was written.
         let n = stream.next_frames(&mut frames)?;
+        if n == 0 {
+            break;
+        }
         first_chunk.get_or_insert(start.elapsed());
-        for frame in frames.chunks(w * h * 3).take((limit - written) as usize) {
+        for frame in frames.chunks(w * h * 3).take((total - written) as usize) {
             sink.write_frame(frame)?;
         }
         written += n as u64;
-        if written >= limit {
-            written = limit;
+        if written >= total {
+            written = total;
             break;
         }
         let secs = start.elapsed().as_secs_f64();
@@ -331,6 +306,12 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
     } else {
         "steady state not reached".to_string()
     };
+    let repeated = stream.input_frames_repeated();
+    if repeated > 0 {
+        eprintln!(
+            "\nstreamdit: the last input frame was repeated {repeated} times to fill the last chunk"
+        );
+    }
     eprintln!(
         "\nstreamdit: wrote {} frames ({w}x{h}, {fps} FPS video) to {} in {secs:.2} s: {:.1} FPS overall, {steady}; \
          first frame after {first:.3} s ({} calls); setup {:.2} s; backend {}",

@@ -23,6 +23,7 @@ mod plan;
 mod plan_decoder;
 mod plan_video;
 mod plan_wan;
+mod plan_wan_encoder;
 mod profile;
 mod profile_wan;
 mod profiles;

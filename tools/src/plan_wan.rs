@@ -1,7 +1,8 @@
 //! `streamdit plan` for the Wan family: the call graph of one chunk over a full KV cache
 //! (the steady state), and the per-chunk summary: `m` denoising calls plus the committing
 //! pass (the call list's prefix up to the last cache write), the KV cache's memory, and the
-//! roofline video FPS beside the published figures.
+//! roofline video FPS beside the published figures; then video-to-video's encoder
+//! (`plan_wan_encoder`).
 
 use serde_json::{json, Value};
 use streamdit::inspect::{GpuSpec, Graph, GraphCost, KernelPath, Kind, OpCost, WanGraph};
@@ -20,6 +21,8 @@ pub(crate) struct WanPlan {
     chunk_frames: usize,
     window: usize,
     video_frames_per_chunk: usize,
+    /// Video-to-video's TAEHV encoder.
+    encoder: crate::plan_wan_encoder::Encoder,
 }
 
 /// The graph `plan` reports: StreamDiT's call with `guidance`, or one Wan chunk's call.
@@ -40,6 +43,7 @@ pub(crate) fn graph(profile: &Profile, guidance: f32) -> Result<(Graph, Option<W
         chunk_frames: w.chunk_frames,
         window: w.window,
         video_frames_per_chunk: profile.video.frames_per_chunk(w.chunk_frames),
+        encoder: crate::plan_wan_encoder::Encoder::of(profile)?,
     };
     Ok((g.graph, Some(plan)))
 }
@@ -135,7 +139,11 @@ pub(crate) fn report(
             "kernel_paths": paths,
         });
     }
+    let dit = gpu.map(|g| (g.list_seconds(calls), g.list_seconds(commit)));
+    let (encoder_text, encoder) = p.encoder.report(gpu, dit);
+    text.push_str(&encoder_text);
     let json = json!({
+        "encoder": encoder,
         "chunk_frames": p.chunk_frames,
         "video_frames_per_chunk": p.video_frames_per_chunk,
         "steps": p.steps,

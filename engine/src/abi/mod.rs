@@ -580,7 +580,8 @@ pub unsafe extern "C" fn streamdit_stream_next(
 }
 
 /// Push mode: produces `chunks` chunks, calling `on_frame` for every frame in order; a
-/// non-zero return from the callback stops with `STREAMDIT_ERR_STOPPED`.
+/// non-zero return from the callback stops with `STREAMDIT_ERR_STOPPED`. A video-to-video
+/// stream whose input ended stops early, with `STREAMDIT_OK`, after its last frame.
 ///
 /// # Safety
 /// `stream` is NULL or a live stream handle; `on_frame` a valid callback for `user_data`.
@@ -596,10 +597,12 @@ pub unsafe extern "C" fn streamdit_stream_run(
         let s = unsafe { stream_mut(stream, "streamdit_stream_run") }?;
         let f = on_frame.ok_or_else(|| invalid("streamdit_stream_run: `on_frame` is NULL"))?;
         let g = geometry(s, 0.0);
-        let mut index = s.stream.chunks_emitted() * g.frames_per_chunk as u64;
+        let mut index = s.stream.frames_emitted();
         for _ in 0..chunks {
             s.frames.clear();
-            s.stream.next_frames(&mut s.frames)?;
+            if s.stream.next_frames(&mut s.frames)? == 0 {
+                break; // a video-to-video input that ended: every frame was written
+            }
             for frame in s.frames.chunks_exact(g.bytes_per_frame as usize) {
                 // SAFETY: the caller's callback with its own user_data; the frame is valid
                 // for the call.

@@ -2,14 +2,15 @@
 //! `streamdit_stream_create_video` starts a stream that edits an input video with a
 //! strength, `streamdit_stream_push_frames` hands it input RGB8 frames of the stream's size,
 //! and `streamdit_stream_input_frames_needed` says how many must be pushed before the next
-//! model call can run. Output comes out as for text-to-video (`streamdit_stream_next`,
-//! `streamdit_stream_run`).
+//! model call can run; `streamdit_stream_end_input` ends the input (the last partial chunk
+//! is filled by repeating the last frame and cut after it, `Stream::end_input`). Output
+//! comes out as for text-to-video (`streamdit_stream_next`, `streamdit_stream_run`).
 
 use std::ffi::c_int;
 
 use super::{
-    create_stream, guard, invalid, stream_logger, stream_mut, EngineHandle, StreamHandle,
-    StreamParamsC, OK,
+    create_stream, guard, invalid, log, stream_logger, stream_mut, EngineHandle, StreamHandle,
+    StreamParamsC, LOG_INFO, OK,
 };
 use crate::Error;
 
@@ -104,6 +105,46 @@ pub unsafe extern "C" fn streamdit_stream_input_frames_needed(
         let need = u32::try_from(s.stream.input_frames_needed()).unwrap_or(u32::MAX);
         // SAFETY: non-NULL and valid for a write per the contract.
         unsafe { frames.write(need) };
+        Ok(OK)
+    })
+}
+
+/// Ends a video-to-video stream's input after the frames pushed so far (`Stream::end_input`):
+/// the stream repeats the last input frame wherever it still needs input, and writes exactly
+/// as many output frames as were pushed; the last chunk from `streamdit_stream_next` then
+/// has fewer frames, and later calls write 0 frames and return `STREAMDIT_OK`. Writes that
+/// count to `output_frames` (may be NULL) and logs the rule's note at `STREAMDIT_LOG_INFO`.
+/// Calling it again is allowed (the same end).
+///
+/// # Safety
+/// `stream` is NULL or a live stream handle; `output_frames` NULL or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_stream_end_input(
+    stream: *mut StreamHandle,
+    output_frames: *mut u64,
+) -> c_int {
+    guard(stream_logger(stream), || {
+        const F: &str = "streamdit_stream_end_input";
+        if !output_frames.is_null() {
+            // SAFETY: non-NULL, valid for a write per the contract.
+            unsafe { output_frames.write(0) };
+        }
+        // SAFETY: per the contract.
+        let s = unsafe { stream_mut(stream, F) }?;
+        let end = s
+            .stream
+            .end_input()
+            .map_err(|e| invalid(&format!("{F}: {e}")))?;
+        log(
+            s.log,
+            s.log_user_data,
+            LOG_INFO,
+            &format!("streamdit: {end}"),
+        );
+        if !output_frames.is_null() {
+            // SAFETY: as above.
+            unsafe { output_frames.write(end.frames) };
+        }
         Ok(OK)
     })
 }

@@ -22,7 +22,7 @@ use crate::decoder::{
     WanVaeEncoder,
 };
 use crate::error::{Error, Result};
-use crate::memory::host::check_host_memory;
+use crate::memory::host::{check_host_memory, EncoderMemory};
 use crate::model::taehv_encoder::TaehvEncoderConfig;
 use crate::model::video_ops::VideoGraph;
 use crate::model::wan::WanConfig;
@@ -140,6 +140,28 @@ pub fn wan_decoder_weights(
             profile.name
         ))),
     }
+}
+
+/// The TAEHV encoder that encodes a Wan `profile`'s video-to-video input (4 video frames
+/// per latent frame, at the profile's frame size): what the stream runs and `plan` costs.
+pub fn wan_encoder_graph(profile: &Profile) -> Result<VideoGraph> {
+    let w = profile.wan()?;
+    let cfg = TaehvEncoderConfig {
+        latent_channels: w.latent_channels,
+        ..TaehvEncoderConfig::taew2_1()
+    };
+    let f = TaehvEncoderConfig::SPACE_FACTOR;
+    crate::model::taehv_encoder::graph(&cfg, f * w.latent_height, f * w.latent_width)
+}
+
+/// The host memory a Wan `profile`'s video-to-video stream adds for its TAEHV encoder
+/// (`memory::host::taehv_encoder_memory` at one chunk).
+pub fn wan_video_to_video_memory(profile: &Profile) -> Result<EncoderMemory> {
+    let graph = wan_encoder_graph(profile)?;
+    Ok(crate::memory::host::taehv_encoder_memory(
+        &graph,
+        profile.wan()?.chunk_frames,
+    ))
 }
 
 /// The op list of Wan decoder `kind` (TAEHV or the Wan VAE) of `profile` at its latent
@@ -455,8 +477,7 @@ impl Engine {
                 (InputEncoder::Device(Box::new(e)), size)
             }
             BackendKind::Cpu | BackendKind::Auto => {
-                let graph = crate::model::taehv_encoder::graph(&cfg, h, wd)?;
-                let mut need = crate::memory::host::taehv_encoder_memory(&graph, chunk).total();
+                let mut need = wan_video_to_video_memory(&self.profile)?.total();
                 if self.backend == BackendKind::Cpu {
                     need += self.profile.memory_need().stream_bytes;
                 }

@@ -80,7 +80,7 @@ struct CausalInput {
 
 /// The step a chunk of an SDEdit stream with `strength` starts at: the first of `sigmas`
 /// (decreasing) at or below `strength`, the last step when every sigma is above it.
-pub(crate) fn start_step(sigmas: &[f64], strength: f64) -> usize {
+pub fn start_step(sigmas: &[f64], strength: f64) -> usize {
     sigmas
         .iter()
         .position(|&s| s <= strength)

@@ -4,13 +4,14 @@
 //! [`causal`] (docs/wan.md section 6). The stream drives any sampler and any [`Decoder`].
 
 pub mod causal;
+mod input;
 mod moving;
 pub mod schedule;
 pub mod sink;
 pub mod source;
 mod trace;
 
-use crate::decoder::{Decoder, RgbEncoder, TaeEncoder, TaehvEncoder, WanVaeEncoder};
+use crate::decoder::Decoder;
 use crate::error::{Error, Result};
 use crate::tensor::{check_finite, describe_non_finite, first_non_finite, Tensor};
 use std::sync::Arc;
@@ -18,6 +19,9 @@ use std::sync::Arc;
 use crate::text::{Conditioner, TextInput};
 
 pub(crate) use causal::CausalSampler;
+pub(crate) use input::InputEncoder;
+pub use input::InputEnd;
+use input::InputVideo;
 pub(crate) use moving::MovingSampler;
 pub use schedule::{Schedule, ScheduledStep};
 pub(crate) use trace::Trace;
@@ -113,55 +117,8 @@ pub struct Stream {
     trace: Option<Trace>,
     /// Video-to-video's input: the encoder and the frames not yet encoded.
     input: Option<InputVideo>,
-}
-
-/// The encoder of a video-to-video stream's input: 4 RGB8 frames per latent frame (the
-/// Wan VAE's first latent frame from the stream's first frame alone).
-pub(crate) enum InputEncoder {
-    /// StreamDiT's TAE encoder.
-    Tae(TaeEncoder),
-    /// The Wan family's TAEHV encoder (`taew2_1`).
-    Taehv(Box<TaehvEncoder>),
-    /// An encoder lowered to the stream's device (`--backend emu|cuda`).
-    Device(Box<dyn RgbEncoder>),
-    /// The Wan family's VAE encoder (docs/wan_vae.md "The encoder").
-    WanVae(Box<WanVaeEncoder>),
-}
-
-impl InputEncoder {
-    fn encode_rgb(&mut self, rgb: &[u8]) -> Result<Vec<f32>> {
-        match self {
-            InputEncoder::Tae(e) => e.encode_rgb(rgb),
-            InputEncoder::Taehv(e) => e.encode_rgb(rgb),
-            InputEncoder::Device(e) => e.encode_rgb(rgb),
-            InputEncoder::WanVae(e) => e.encode_rgb(rgb),
-        }
-    }
-
-    /// Of `frames` waiting, how many make whole latent frames now.
-    fn frames_ready(&self, frames: usize) -> usize {
-        match self {
-            InputEncoder::WanVae(e) => e.frames_ready(frames),
-            _ => frames / 4 * 4,
-        }
-    }
-
-    /// Video frames that make the next `latents` latent frames.
-    fn frames_for(&self, latents: usize) -> usize {
-        match self {
-            InputEncoder::WanVae(e) => e.frames_for(latents),
-            _ => 4 * latents,
-        }
-    }
-}
-
-/// The input video of a video-to-video stream.
-struct InputVideo {
-    encoder: InputEncoder,
-    /// RGB8 frames pushed but not yet encoded (fewer than 4).
-    pending: Vec<u8>,
-    /// Video frames pushed so far.
-    pushed: u64,
+    /// Video frames decoded so far (as written, after the input's end is applied).
+    frames_emitted: u64,
 }
 
 /// Everything a stream is made of, built by the engine: the stream receives ready parts and
@@ -210,16 +167,13 @@ impl Stream {
             chunk: vec![0.0; chunk_frames * frame.iter().product::<usize>()],
             trace: None,
             input: None,
+            frames_emitted: 0,
         })
     }
 
     /// Makes this (video-to-video) stream encode pushed video frames with `encoder`.
     pub(crate) fn attach_input(&mut self, encoder: InputEncoder) {
-        self.input = Some(InputVideo {
-            encoder,
-            pending: Vec::new(),
-            pushed: 0,
-        });
+        self.input = Some(InputVideo::new(encoder));
     }
 
     /// Whether this stream edits an input video (started by `Engine::video_stream`).
@@ -230,18 +184,25 @@ impl Stream {
     /// Video-to-video: appends input video frames `rgb [n, H, W, 3]` (RGB8, the profile's
     /// frame size, frame `f` of the stream is an edit of input frame `f`). Every 4 frames
     /// are encoded (TAE encoder, causal caches) and handed to the sampler; up to 3 wait for
-    /// the next push (the Wan VAE encoder takes the stream's first frame alone, then groups
-    /// of 4). An error for a text-to-video stream or a partial frame.
+    /// the next push. An error for a text-to-video stream, a partial frame, or after
+    /// [`Stream::end_input`].
     pub fn push_video_frames(&mut self, rgb: &[u8]) -> Result<()> {
         let (w, h) = self.frame_size();
         let frame = w * h * 3;
-        let Some(input) = self.input.as_mut() else {
+        let Some(input) = self.input.as_ref() else {
             return Err(Error::Invalid(
                 "push_video_frames: this stream is text-to-video; start it with \
                  Engine::video_stream to edit a video"
                     .into(),
             ));
         };
+        if let Some(end) = &input.ended {
+            return Err(Error::Invalid(format!(
+                "push_video_frames: the input video was ended (end_input) after {} frames; \
+                 no more frames can be pushed",
+                end.frames
+            )));
+        }
         if rgb.len() % frame != 0 {
             return Err(Error::shape(
                 "input video frames",
@@ -249,8 +210,24 @@ impl Stream {
                 format!("{} bytes", rgb.len()),
             ));
         }
+        self.encode_input(rgb)
+    }
+
+    /// Queues whole frames `rgb`, encoding every complete group of 4 (the Wan VAE encoder's
+    /// first group is the stream's first frame alone).
+    fn encode_input(&mut self, rgb: &[u8]) -> Result<()> {
+        let (w, h) = self.frame_size();
+        let frame = w * h * 3;
+        let Some(input) = self.input.as_mut() else {
+            return Ok(());
+        };
+        if rgb.len() < frame {
+            return Ok(());
+        }
         input.pending.extend_from_slice(rgb);
         input.pushed += (rgb.len() / frame) as u64;
+        input.last.clear();
+        input.last.extend_from_slice(&rgb[rgb.len() - frame..]);
         let whole = input.encoder.frames_ready(input.pending.len() / frame) * frame;
         if whole > 0 {
             let latents = input.encoder.encode_rgb(&input.pending[..whole])?;
@@ -260,13 +237,87 @@ impl Stream {
         Ok(())
     }
 
+    /// Video-to-video: the input video ended with the frames pushed so far (`N`, at least
+    /// one). From now on the stream repeats the last input frame wherever it still needs
+    /// input (the rest of a group of 4 frames, of a chunk, StreamDiT's look-ahead), so
+    /// nothing more is pushed, and it writes exactly `N` output frames: the chunk holding
+    /// output frame `N - 1` is the last, cut after that frame ([`InputEnd`] says how many
+    /// chunks and frames). Then [`Stream::next_frames`] returns 0 frames and
+    /// [`Stream::step`] a named error. Calling it again returns the same end.
+    pub fn end_input(&mut self) -> Result<InputEnd> {
+        let fpc = self.frames_per_chunk();
+        let startup = self.decoder.startup_frames();
+        let per_chunk = 4 * self.chunk_frames;
+        let Some(input) = self.input.as_mut() else {
+            return Err(Error::Invalid(
+                "end_input: this stream is text-to-video; it has no input video to end".into(),
+            ));
+        };
+        if let Some(end) = &input.ended {
+            return Ok(end.clone());
+        }
+        if input.pushed == 0 {
+            return Err(Error::Invalid(
+                "end_input: no input video frame was pushed; a video-to-video stream needs at \
+                 least one"
+                    .into(),
+            ));
+        }
+        let end = InputEnd::new(input.pushed, fpc, startup, per_chunk);
+        input.ended = Some(end.clone());
+        Ok(end)
+    }
+
+    /// Video-to-video: the input's end, once [`Stream::end_input`] was called.
+    pub fn input_end(&self) -> Option<&InputEnd> {
+        self.input.as_ref().and_then(|i| i.ended.as_ref())
+    }
+
+    /// Video-to-video: input frames the stream added by repeating the last one after the
+    /// input's end.
+    pub fn input_frames_repeated(&self) -> u64 {
+        self.input.as_ref().map_or(0, |i| i.repeated)
+    }
+
+    /// Whether the input ended and every output frame it implies was emitted.
+    pub fn finished(&self) -> bool {
+        self.input_end()
+            .is_some_and(|e| self.chunks_emitted >= e.chunks)
+    }
+
+    /// After the input's end: pushes repeats of the last frame while the sampler needs input.
+    fn repeat_last_input(&mut self) -> Result<()> {
+        let Some(input) = self.input.as_ref().filter(|i| i.ended.is_some()) else {
+            return Ok(());
+        };
+        let (w, h) = self.frame_size();
+        let pending = input.pending.len() / (w * h * 3);
+        let latents = self.sampler.input_latents_needed() as usize;
+        let need = input.encoder.frames_for(latents).saturating_sub(pending);
+        if need == 0 {
+            return Ok(());
+        }
+        let last = input.last.clone();
+        let frames: Vec<u8> = (0..need).flat_map(|_| last.iter().copied()).collect();
+        self.encode_input(&frames)?;
+        if let Some(input) = self.input.as_mut() {
+            input.repeated += need as u64;
+        }
+        Ok(())
+    }
+
     /// Video-to-video: input video frames still to push before the next model call can run
-    /// (the first call needs the first `B * 4` frames, each pop the next chunk's `c * 4`);
-    /// 0 for text-to-video.
+    /// (StreamDiT: the first call needs the first `B * 4` frames, each pop the next chunk's
+    /// `c * 4`; Wan: each chunk its `c * 4` before it starts); 0 for text-to-video and after
+    /// [`Stream::end_input`].
     pub fn input_frames_needed(&self) -> usize {
         let Some(input) = self.input.as_ref() else {
             return 0;
         };
+        if input.ended.is_some() {
+            // The stream repeats the last frame itself.
+            return 0;
+        }
         let (w, h) = self.frame_size();
         let pending = input.pending.len() / (w * h * 3);
         let latents = self.sampler.input_latents_needed() as usize;
@@ -319,6 +370,14 @@ impl Stream {
     /// step of a Wan chunk); returns whether it finished a chunk, whose latents
     /// [`Stream::chunk_latents`] then holds and [`Stream::decode_chunk`] decodes.
     pub fn step(&mut self) -> Result<bool> {
+        if let Some(end) = self.input_end().filter(|_| self.finished()) {
+            return Err(Error::Invalid(format!(
+                "stream: the input video ended after {} frames and all {} chunks holding their \
+                 edits were emitted; there is nothing more to compute",
+                end.frames, end.chunks
+            )));
+        }
+        self.repeat_last_input()?;
         let _range = crate::nvtx::Range::push(format_args!("step {}", self.sampler.calls()));
         if self.text_changed {
             self.encode_pending()?;
@@ -414,12 +473,25 @@ impl Stream {
         let before = out.len();
         self.decoder.decode(&self.chunk, out)?;
         let (w, h) = self.decoder.frame_size();
-        Ok((out.len() - before) / (w * h * 3))
+        let frame = w * h * 3;
+        if let Some(end) = self.input_end() {
+            // The last chunk is cut after the input's last frame.
+            let keep = end.keep(self.chunks_emitted.saturating_sub(1));
+            out.truncate(before + keep * frame);
+        }
+        let n = (out.len() - before) / frame;
+        self.frames_emitted += n as u64;
+        Ok(n)
     }
 
     /// Produces the next chunk and appends its decoded RGB8 frames to `out`; returns how many
     /// video frames were appended.
+    /// After the input's end ([`Stream::end_input`]) the last chunk gives fewer frames, and
+    /// once every output frame was written this returns 0 and computes nothing.
     pub fn next_frames(&mut self, out: &mut Vec<u8>) -> Result<usize> {
+        if self.finished() {
+            return Ok(0);
+        }
         self.next_latents()?;
         self.decode_chunk(out)
     }
@@ -466,6 +538,11 @@ impl Stream {
     /// elsewhere).
     pub fn prefetched_calls(&self) -> u64 {
         self.sampler.prefetched_calls()
+    }
+
+    /// Video frames decoded so far ([`Stream::decode_chunk`], [`Stream::next_frames`]).
+    pub fn frames_emitted(&self) -> u64 {
+        self.frames_emitted
     }
 
     /// Chunks emitted so far.
