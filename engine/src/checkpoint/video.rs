@@ -86,14 +86,9 @@ fn is_torch_archive(path: &Path) -> Result<bool> {
     Ok(n == 4 && head == *b"PK\x03\x04")
 }
 
-/// A decoder checkpoint: a safetensors file, or a `torch.save` archive (`taew2_1.pth`,
-/// `Wan2.1_VAE.pth`) read by the restricted unpickler into a safetensors image in memory,
-/// its `encoder.*` tensors left out.
-pub fn open_any(path: &Path) -> Result<Checkpoint> {
-    open_keeping(path, &|name| !name.starts_with("encoder."))
-}
-
-/// [`open_any`] keeping from a `torch.save` archive the tensors `keep` accepts (a
+/// A decoder or encoder checkpoint: a safetensors file, or a `torch.save` archive
+/// (`taew2_1.pth`, `Wan2.1_VAE.pth`) read by the restricted unpickler into a safetensors
+/// image in memory, keeping from the archive the tensors `keep` accepts (a
 /// safetensors file is mapped whole).
 fn open_keeping(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Checkpoint> {
     if is_torch_archive(path)? {
