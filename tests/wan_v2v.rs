@@ -14,34 +14,13 @@ use streamdit::checkpoint::wan::random_wan;
 use streamdit::decoder::TaehvEncoder;
 use streamdit::model::taehv_encoder::TaehvEncoderConfig;
 use streamdit::rng::wan_noise_frame;
-use streamdit::{
-    BackendKind, CausalBackend, DType, Engine, EngineParams, Profile, StreamParams, Tensor,
-    TextInput, WeightsSource,
-};
+use streamdit::{CausalBackend, DType, Engine, Profile, StreamParams};
 
-const SEED: u64 = 7;
+use common::wan_tiny::SEED;
 const SIDE: usize = 64;
 const FRAME: usize = SIDE * SIDE * 3;
 
-fn engine() -> Engine {
-    Engine::new(EngineParams {
-        profile: Profile::builtin("wan-tiny").unwrap(),
-        weights: WeightsSource::Random {
-            seed: SEED,
-            dtype: DType::F32,
-        },
-        backend: BackendKind::Cpu,
-    })
-    .unwrap()
-}
-
-fn text() -> TextInput {
-    let mut rng = Rng::new(3);
-    TextInput {
-        text: Tensor::new(vec![8, 32], rng.f32s(8 * 32, -1.0, 1.0)).unwrap(),
-        mask: vec![1.0; 8],
-    }
-}
+use common::wan_tiny::{engine, text};
 
 fn params() -> StreamParams {
     StreamParams {

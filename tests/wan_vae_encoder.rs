@@ -29,8 +29,8 @@ use streamdit::model::wan_vae::WanVaeConfig;
 use streamdit::model::wan_vae_encoder::{self, diffusers_name};
 use streamdit::rng::wan_noise_frame;
 use streamdit::{
-    write_random_wan_decoder, BackendKind, CausalBackend, DecoderKind, Engine, EngineParams,
-    Profile, StreamParams, Tensor, TextInput, WanDecoder, WeightsSource,
+    write_random_wan_decoder, CausalBackend, DecoderKind, Engine, Profile, StreamParams, Tensor,
+    WanDecoder,
 };
 use wan_vae_enc_naive::NaiveWanVaeEncoder;
 use wan_vae_naive::NaiveWanVae;
@@ -316,29 +316,11 @@ fn bad_inputs_and_sizes_are_named() {
 
 // --- Wan video-to-video with the Wan VAE decoder: its encoder is this one. ---
 
-const SEED: u64 = 7;
+use common::wan_tiny::SEED;
 const SIDE: usize = 64;
 const FRAME: usize = SIDE * SIDE * 3;
 
-fn wan_engine() -> Engine {
-    Engine::new(EngineParams {
-        profile: Profile::builtin("wan-tiny").unwrap(),
-        weights: WeightsSource::Random {
-            seed: SEED,
-            dtype: DType::F32,
-        },
-        backend: BackendKind::Cpu,
-    })
-    .unwrap()
-}
-
-fn text() -> TextInput {
-    let mut rng = Rng::new(3);
-    TextInput {
-        text: Tensor::new(vec![8, 32], rng.f32s(8 * 32, -1.0, 1.0)).unwrap(),
-        mask: vec![1.0; 8],
-    }
-}
+use common::wan_tiny::{engine as wan_engine, text};
 
 fn vae_params() -> StreamParams {
     StreamParams {

@@ -5,6 +5,7 @@
 pub mod naive;
 pub mod tae_naive;
 pub mod wan_naive;
+pub mod wan_tiny;
 
 /// A tiny seeded generator (splitmix64): reproducible random inputs without a `rand` crate.
 pub struct Rng(u64);
