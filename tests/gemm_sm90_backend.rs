@@ -321,7 +321,9 @@ fn compute_capability_9_runs_the_sm90_window_attention_and_matches_the_cpu() {
     let default = call((9, 0));
     let m = common::emu_profile().model;
     let fits = |l: usize| {
-        m.window[2] % 8 == 0 && m.window_shift(l)[2] % 8 == 0 && matches!(m.dim / m.heads, 64 | 128)
+        m.window[2].is_multiple_of(8)
+            && m.window_shift(l)[2].is_multiple_of(8)
+            && matches!(m.dim / m.heads, 64 | 128)
     };
     let on_sm90 = (0..m.depth).filter(|&l| fits(l)).count();
     assert_eq!(count(&default, "attn_sm90_window"), on_sm90);
