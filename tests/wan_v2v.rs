@@ -6,21 +6,16 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::Rng;
-use streamdit::backend::cpu::CpuCausal;
-use streamdit::checkpoint::wan::random_wan;
 use streamdit::decoder::TaehvEncoder;
 use streamdit::model::taehv_encoder::TaehvEncoderConfig;
-use streamdit::rng::wan_noise_frame;
-use streamdit::{CausalBackend, DType, Engine, Profile, StreamParams};
+use streamdit::{DType, Engine, Profile, StreamParams};
 
 use common::wan_tiny::SEED;
 const SIDE: usize = 64;
 const FRAME: usize = SIDE * SIDE * 3;
 
-use common::wan_tiny::{engine, text};
+use common::wan_tiny::{engine, sdedit_reference, text};
 
 fn params() -> StreamParams {
     StreamParams {
@@ -73,65 +68,18 @@ fn strength_one_is_text_to_video_bit_for_bit() {
 /// step `j` (the first with `sigma_j <= s`) from `(1 - sigma_j) z + sigma_j eps_j`.
 fn reference(strength: f64, rgb: &[u8], chunks: usize) -> (Vec<Vec<f32>>, usize) {
     let p = Profile::builtin("wan-tiny").unwrap();
-    let w = p.wan().unwrap().clone();
-    let (timesteps, sigmas) = w.schedule();
-    let j = sigmas
-        .iter()
-        .position(|&s| s <= strength)
-        .unwrap_or(sigmas.len() - 1);
+    let w = p.wan().unwrap();
     let cfg = TaehvEncoderConfig {
         latent_channels: w.latent_channels,
         ..TaehvEncoderConfig::taew2_1()
     };
     let ew = TaehvEncoder::random_weights(&cfg, SEED, DType::F32).unwrap();
     let mut enc = TaehvEncoder::new(&cfg, SIDE, SIDE, &ew).unwrap();
-    let mut b = CpuCausal::new(&w, Arc::new(random_wan(&w, SEED, DType::F32))).unwrap();
-    let t = text();
-    b.set_text(&t.text, &t.mask).unwrap();
-    let (c, fe) = (w.chunk_frames, w.frame_elems());
-    let noise = |f0: u64, step: usize| {
-        let mut z = vec![0.0; c * fe];
-        for (i, fr) in z.chunks_mut(fe).enumerate() {
-            wan_noise_frame(5, f0 + i as u64, step as u32, fr);
-        }
-        z
-    };
-    let mut out = Vec::new();
-    for k in 0..chunks {
-        let f0 = (k * c) as u64;
-        let z = enc
-            .encode_rgb(&rgb[4 * k * c * FRAME..4 * (k + 1) * c * FRAME])
-            .unwrap();
-        let held = b.cached_frames().len();
-        if held + c > w.window {
-            b.evict(held + c - w.window).unwrap();
-        }
-        let sj = sigmas[j] as f32;
-        let mut x: Vec<f32> = z
-            .iter()
-            .zip(noise(f0, j))
-            .map(|(&z, e)| (1.0 - sj) * z + sj * e)
-            .collect();
-        let mut x0 = vec![0.0; c * fe];
-        let mut v = vec![0.0; c * fe];
-        for s in j..sigmas.len() {
-            b.denoise(&x, &vec![timesteps[s] as f32; c], f0, &mut v)
-                .unwrap();
-            for ((o, &x), &v) in x0.iter_mut().zip(&x).zip(&v) {
-                *o = (f64::from(x) - sigmas[s] * f64::from(v)) as f32;
-            }
-            if s + 1 < sigmas.len() {
-                let sn = sigmas[s + 1] as f32;
-                let eps = noise(f0, s + 1);
-                for ((x, &x0), &e) in x.iter_mut().zip(&x0).zip(&eps) {
-                    *x = (1.0 - sn) * x0 + sn * e;
-                }
-            }
-        }
-        b.commit(&x0, w.context_timestep as f32, f0).unwrap();
-        out.push(x0);
-    }
-    (out, j)
+    let c = w.chunk_frames;
+    sdedit_reference(strength, chunks, |k| {
+        enc.encode_rgb(&rgb[4 * k * c * FRAME..4 * (k + 1) * c * FRAME])
+            .unwrap()
+    })
 }
 
 #[test]

@@ -17,20 +17,15 @@ mod wan_vae_naive;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use common::{assert_close, Rng};
-use streamdit::backend::cpu::CpuCausal;
-use streamdit::checkpoint::wan::random_wan;
 use streamdit::checkpoint::{self, DType, Weights};
 use streamdit::decoder::{TaehvDecoder, WanVaeDecoder, WanVaeEncoder};
 use streamdit::model::taehv::TaehvConfig;
 use streamdit::model::wan_vae::WanVaeConfig;
 use streamdit::model::wan_vae_encoder::{self, diffusers_name};
-use streamdit::rng::wan_noise_frame;
 use streamdit::{
-    write_random_wan_decoder, CausalBackend, DecoderKind, Engine, Profile, StreamParams, Tensor,
-    WanDecoder,
+    write_random_wan_decoder, DecoderKind, Engine, Profile, StreamParams, Tensor, WanDecoder,
 };
 use wan_vae_enc_naive::NaiveWanVaeEncoder;
 use wan_vae_naive::NaiveWanVae;
@@ -320,7 +315,7 @@ use common::wan_tiny::SEED;
 const SIDE: usize = 64;
 const FRAME: usize = SIDE * SIDE * 3;
 
-use common::wan_tiny::{engine as wan_engine, text};
+use common::wan_tiny::{engine as wan_engine, sdedit_reference, text};
 
 fn vae_params() -> StreamParams {
     StreamParams {
@@ -359,62 +354,16 @@ fn v2v(e: &Engine, strength: f32, rgb: &[u8], n: usize) -> Vec<Vec<f32>> {
 /// Wan VAE encoder: chunk 0 from frames `0 .. 4c - 3`, chunk `k` from the next `4c`.
 fn reference(strength: f64, rgb: &[u8], chunks: usize) -> Vec<Vec<f32>> {
     let p = Profile::builtin("wan-tiny").unwrap();
-    let w = p.wan().unwrap().clone();
-    let (timesteps, sigmas) = w.schedule();
-    let j = sigmas
-        .iter()
-        .position(|&s| s <= strength)
-        .unwrap_or(sigmas.len() - 1);
+    let w = p.wan().unwrap();
     let cfg = w.wan_vae_config();
     let ew = WanVaeEncoder::random_weights(&cfg, SEED, DType::F32).unwrap();
     let mut enc = WanVaeEncoder::new(&cfg, SIDE, SIDE, &ew).unwrap();
-    let mut b = CpuCausal::new(&w, Arc::new(random_wan(&w, SEED, DType::F32))).unwrap();
-    let t = text();
-    b.set_text(&t.text, &t.mask).unwrap();
-    let (c, fe) = (w.chunk_frames, w.frame_elems());
-    let noise = |f0: u64, step: usize| {
-        let mut z = vec![0.0; c * fe];
-        for (i, fr) in z.chunks_mut(fe).enumerate() {
-            wan_noise_frame(5, f0 + i as u64, step as u32, fr);
-        }
-        z
-    };
-    let mut out = Vec::new();
-    for k in 0..chunks {
-        let f0 = (k * c) as u64;
+    let c = w.chunk_frames;
+    sdedit_reference(strength, chunks, |k| {
         let (from, to) = ((4 * c * k).saturating_sub(3), 4 * c * (k + 1) - 3);
-        let z = enc.encode_rgb(&rgb[from * FRAME..to * FRAME]).unwrap();
-        assert_eq!(z.len(), c * fe);
-        let held = b.cached_frames().len();
-        if held + c > w.window {
-            b.evict(held + c - w.window).unwrap();
-        }
-        let sj = sigmas[j] as f32;
-        let mut x: Vec<f32> = z
-            .iter()
-            .zip(noise(f0, j))
-            .map(|(&z, e)| (1.0 - sj) * z + sj * e)
-            .collect();
-        let mut x0 = vec![0.0; c * fe];
-        let mut v = vec![0.0; c * fe];
-        for s in j..sigmas.len() {
-            b.denoise(&x, &vec![timesteps[s] as f32; c], f0, &mut v)
-                .unwrap();
-            for ((o, &x), &v) in x0.iter_mut().zip(&x).zip(&v) {
-                *o = (f64::from(x) - sigmas[s] * f64::from(v)) as f32;
-            }
-            if s + 1 < sigmas.len() {
-                let sn = sigmas[s + 1] as f32;
-                let eps = noise(f0, s + 1);
-                for ((x, &x0), &e) in x.iter_mut().zip(&x0).zip(&eps) {
-                    *x = (1.0 - sn) * x0 + sn * e;
-                }
-            }
-        }
-        b.commit(&x0, w.context_timestep as f32, f0).unwrap();
-        out.push(x0);
-    }
-    out
+        enc.encode_rgb(&rgb[from * FRAME..to * FRAME]).unwrap()
+    })
+    .0
 }
 
 #[test]

@@ -30,3 +30,73 @@ pub fn text() -> TextInput {
         mask: vec![1.0; 8],
     }
 }
+
+/// docs/wan.md's SDEdit rule driven through a CPU backend of its own (wan-tiny, weights of
+/// seed [`SEED`], [`text`], noise seed 5): chunk `k` starts at step `j` (the first with
+/// `sigma_j <= strength`) from `(1 - sigma_j) z_k + sigma_j eps_j`, where `encode(k)` gives
+/// the input latents `z_k`. Returns each chunk's clean latents and `j`.
+pub fn sdedit_reference(
+    strength: f64,
+    chunks: usize,
+    mut encode: impl FnMut(usize) -> Vec<f32>,
+) -> (Vec<Vec<f32>>, usize) {
+    use std::sync::Arc;
+    use streamdit::backend::cpu::CpuCausal;
+    use streamdit::checkpoint::wan::random_wan;
+    use streamdit::rng::wan_noise_frame;
+    use streamdit::CausalBackend;
+
+    let p = Profile::builtin("wan-tiny").unwrap();
+    let w = p.wan().unwrap().clone();
+    let (timesteps, sigmas) = w.schedule();
+    let j = sigmas
+        .iter()
+        .position(|&s| s <= strength)
+        .unwrap_or(sigmas.len() - 1);
+    let mut b = CpuCausal::new(&w, Arc::new(random_wan(&w, SEED, DType::F32))).unwrap();
+    let t = text();
+    b.set_text(&t.text, &t.mask).unwrap();
+    let (c, fe) = (w.chunk_frames, w.frame_elems());
+    let noise = |f0: u64, step: usize| {
+        let mut z = vec![0.0; c * fe];
+        for (i, fr) in z.chunks_mut(fe).enumerate() {
+            wan_noise_frame(5, f0 + i as u64, step as u32, fr);
+        }
+        z
+    };
+    let mut out = Vec::new();
+    for k in 0..chunks {
+        let f0 = (k * c) as u64;
+        let z = encode(k);
+        assert_eq!(z.len(), c * fe);
+        let held = b.cached_frames().len();
+        if held + c > w.window {
+            b.evict(held + c - w.window).unwrap();
+        }
+        let sj = sigmas[j] as f32;
+        let mut x: Vec<f32> = z
+            .iter()
+            .zip(noise(f0, j))
+            .map(|(&z, e)| (1.0 - sj) * z + sj * e)
+            .collect();
+        let mut x0 = vec![0.0; c * fe];
+        let mut v = vec![0.0; c * fe];
+        for s in j..sigmas.len() {
+            b.denoise(&x, &vec![timesteps[s] as f32; c], f0, &mut v)
+                .unwrap();
+            for ((o, &x), &v) in x0.iter_mut().zip(&x).zip(&v) {
+                *o = (f64::from(x) - sigmas[s] * f64::from(v)) as f32;
+            }
+            if s + 1 < sigmas.len() {
+                let sn = sigmas[s + 1] as f32;
+                let eps = noise(f0, s + 1);
+                for ((x, &x0), &e) in x.iter_mut().zip(&x0).zip(&eps) {
+                    *x = (1.0 - sn) * x0 + sn * e;
+                }
+            }
+        }
+        b.commit(&x0, w.context_timestep as f32, f0).unwrap();
+        out.push(x0);
+    }
+    (out, j)
+}
