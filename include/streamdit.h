@@ -77,8 +77,9 @@ typedef int (*streamdit_frame_fn)(const uint8_t *rgb, uint32_t width, uint32_t h
 
 typedef struct streamdit_engine_params {
     const char *profile;    /* built-in name ("tiny", "streamdit-4b", ...) or TOML path */
-    const char *checkpoint; /* safetensors path, or NULL for random weights */
-    uint64_t random_seed;   /* seed of the random weights (f16), when checkpoint is NULL */
+    const char *checkpoint; /* safetensors path, or NULL: the profile's own checkpoint
+                               (its run.weights), else random weights */
+    uint64_t random_seed;   /* seed of the random weights (f16), when both are absent */
     int backend;            /* streamdit_backend */
     int device_index;       /* CUDA device ordinal */
     streamdit_log_fn log;   /* may be NULL */

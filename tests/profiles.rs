@@ -373,3 +373,61 @@ fn bad_wan_profiles_name_the_field_and_the_rule() {
         }
     }
 }
+
+/// A profile's own checkpoint (`run.weights`): relative to its TOML's folder (`..` folded
+/// away), used when a run names none, random weights when a seed is asked for, and a missing
+/// file is an error naming it and the ways out. `train/tiny-shapes.toml` names one.
+#[test]
+fn a_profiles_own_checkpoint_resolves_against_its_folder() {
+    use streamdit::{DType, WeightsSource};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shapes = Profile::load(root.join("train/tiny-shapes.toml").to_str().unwrap()).unwrap();
+    let want = root.join("models/tiny-shapes.safetensors");
+    assert_eq!(shapes.run.weights.as_deref(), Some(want.to_str().unwrap()));
+    assert_eq!(
+        WeightsSource::for_profile(&shapes, Some(3), DType::F16).unwrap(),
+        WeightsSource::Random {
+            seed: 3,
+            dtype: DType::F16
+        }
+    );
+    let tiny = Profile::builtin("tiny").unwrap();
+    assert_eq!(tiny.run.weights, None);
+    assert_eq!(
+        WeightsSource::for_profile(&tiny, None, DType::F32).unwrap(),
+        WeightsSource::Random {
+            seed: 0,
+            dtype: DType::F32
+        }
+    );
+
+    let dir = std::env::temp_dir().join(format!("streamdit-profile-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("w")).unwrap();
+    let file = dir.join("mine.toml");
+    let text = tiny_with(
+        "negative_prompt = \"\"",
+        "negative_prompt = \"\"\nweights = \"w/ck.safetensors\"",
+    );
+    std::fs::write(&file, text).unwrap();
+    let mine = Profile::load(file.to_str().unwrap()).unwrap();
+    let path = dir.join("w/ck.safetensors");
+    assert_eq!(mine.run.weights.as_deref(), Some(path.to_str().unwrap()));
+    let err = WeightsSource::for_profile(&mine, None, DType::F16)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(path.to_str().unwrap())
+            && err.contains("--weights")
+            && err.contains("--random-weights"),
+        "{err}"
+    );
+    // Once the file is there, it is what the run loads.
+    std::fs::write(&path, b"not read here").unwrap();
+    assert_eq!(
+        WeightsSource::for_profile(&mine, None, DType::F16).unwrap(),
+        WeightsSource::File(path)
+    );
+    // A round trip through TOML keeps the resolved path.
+    assert_eq!(Profile::from_toml(&mine.to_toml(), "again").unwrap(), mine);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -7,15 +7,17 @@
 
 The model is `benches/torch_tiny.py`'s PyTorch implementation of ../shared/MODEL_SPEC.md
 (checked there against the engine's `streamdit forward`), its weights made trainable. The
-starting point is the engine's own random `tiny` checkpoint (`streamdit weights init`), so the
-tensor names, shapes and every tensor not trained (none today) are the engine's.
+starting point is the engine's own random checkpoint of `profiles/tiny-shapes.toml` (`tiny`'s
+DiT; `streamdit weights init`), so the tensor names, shapes and every tensor not trained (none
+today) are the engine's.
 
 Recipe (MODEL_SPEC section 5's moving buffer; the staggering and the mixed partitioning are
 the StreamDiT paper's, Kodaira et al. 2025, section 3):
 - data: 32 consecutive video frames of a shapes clip, encoded by the stage-1 TAE encoder into
   the buffer's 8 latent frames `x1` (computed once into `latents.pt`, `--clips` clips, 512 by
   default);
-- text: the profile's text encoders run by the engine (`streamdit encode`) on the clip's
+- text: `tiny-shapes`' text encoder (one random ByT5 stand-in over 64 bytes, so the whole
+  caption reaches the model) run by the engine (`streamdit encode`) on the clip's
   caption, once per caption (`text.pt`); 10% of samples get the empty prompt so classifier-free
   guidance has an unconditional model;
 - noise levels: a chunk size `c` drawn from the divisors of the buffer (1, 2, 4, 8: the mixed
@@ -60,6 +62,9 @@ def _bench_model():
 torch_tiny = _bench_model()
 M = torch_tiny.TINY
 BUFFER = M["F"]
+# The engine profile whose text encoders and random initial weights are used (`tiny`'s DiT,
+# one ByT5 stand-in over 64 bytes: tiny's own encoders cut a caption after 8 to 12 tokens).
+PROFILE = os.path.join(HERE, "..", "profiles", "tiny-shapes.toml")
 BATCH = 4
 NULL_PROMPT_SHARE = 0.1
 
@@ -73,7 +78,7 @@ def text_table(out: str, engine: str, caps: list[str]) -> dict[str, tuple[torch.
     with tempfile.TemporaryDirectory() as d:
         f = os.path.join(d, "t.safetensors")
         for i, cap in enumerate(sorted(set([""] + caps))):
-            subprocess.run([engine, "encode", "--profile", "tiny", "--prompt", cap, "--out", f], check=True,
+            subprocess.run([engine, "encode", "--profile", PROFILE, "--random-weights", "0", "--prompt", cap, "--out", f], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             t = tae.load(f)
             table[cap] = (t["text"], t["text_mask"])
@@ -123,7 +128,7 @@ def train(a) -> None:
     texts = text_table(a.out, a.engine, caps)
     init = os.path.join(a.out, "init.safetensors")
     if not os.path.exists(init):
-        subprocess.run([a.engine, "weights", "init", "--profile", "tiny", "--dtype", "f32", "--out", init], check=True,
+        subprocess.run([a.engine, "weights", "init", "--profile", PROFILE, "--dtype", "f32", "--out", init], check=True,
                        stdout=subprocess.DEVNULL)
     weights = torch_tiny.read_safetensors(init)
     model = torch_tiny.Model({k: v for k, v in weights.items() if not k.startswith(("decoder.", "encoder."))}, M)
@@ -144,7 +149,7 @@ def train(a) -> None:
         torch.save({"weights": {k: v.detach() for k, v in params.items()}, "optimizer": opt.state_dict(),
                     "step": step, "history": history}, ck + ".tmp")
         os.replace(ck + ".tmp", ck)
-        draw_curve(os.path.join(a.out, "loss.png"), history)
+        draw_curve(os.path.join(a.out, "loss.png"), history, "DiT flow-matching loss")
         with open(os.path.join(a.out, "history.json"), "w") as f:
             json.dump({"step": step, "history": history}, f)
 

@@ -61,14 +61,29 @@ def batch(step: int, seed: int, held_out: bool = False) -> torch.Tensor:
     return x / 127.5 - 1
 
 
-def loss_of(enc, dec, x):
+def shape_mask(x: torch.Tensor) -> torch.Tensor:
+    """`[B, T, 1, H, W]`: 1 where a pixel is the shape, i.e. farther than shapes.py's
+    `MIN_CONTRAST / 2` from the clip's background (its median colour: the shape covers at
+    most a third of a frame)."""
+    bg = x.permute(0, 2, 1, 3, 4).flatten(2).median(dim=2).values[:, None, :, None, None]
+    return ((x - bg).norm(dim=2, keepdim=True) > shapes.MIN_CONTRAST / 2 / 127.5).float()
+
+
+def loss_of(enc, dec, x, shape_weight: float = 0.0):
+    """Loss, plain reconstruction MSE, latents. With `shape_weight` w > 0 each pixel of the
+    shape counts `1 + w` times in the reconstruction term: the shape is a few percent of the
+    pixels, so plain MSE is met by the background and lets the shape's colour go."""
     z = enc(x)
     rec = dec(z)
     mse = F.mse_loss(rec, x)
-    return mse + LATENT_PENALTY * z.pow(2).mean(), mse, z
+    rec_loss = mse
+    if shape_weight > 0:
+        w = 1 + shape_weight * shape_mask(x)
+        rec_loss = ((rec - x).pow(2) * w).mean() / w.mean()
+    return rec_loss + LATENT_PENALTY * z.pow(2).mean(), mse, z
 
 
-def draw_curve(path: str, history: list[tuple[int, float]]) -> None:
+def draw_curve(path: str, history: list[tuple[int, float]], title: str = "TAE reconstruction MSE") -> None:
     """A log-scale loss curve as a PNG, drawn with Pillow (no plotting library needed)."""
     from PIL import Image, ImageDraw
 
@@ -86,18 +101,25 @@ def draw_curve(path: str, history: list[tuple[int, float]]) -> None:
             for s, l in zip(steps, ls)
         ]
         d.line(pts, fill=(200, 30, 30), width=2)
-        d.text((pad, 2), f"TAE reconstruction MSE (log10 {lo:.2f}..{hi:.2f}), steps {steps[0]}..{steps[-1]}", fill="black")
+        d.text((pad, 2), f"{title} (log10 {lo:.2f}..{hi:.2f}), steps {steps[0]}..{steps[-1]}", fill="black")
     img.save(path + ".tmp.png")
     os.replace(path + ".tmp.png", path)
 
 
-def train(out: str, minutes: float, seed: int, max_steps: int | None) -> None:
+def train(out: str, minutes: float, seed: int, max_steps: int | None, init: str | None = None,
+          shape_weight: float = 0.0) -> None:
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(seed)
     enc, dec = tae.Encoder(), tae.Decoder()
     opt = torch.optim.AdamW(list(enc.parameters()) + list(dec.parameters()), lr=2e-4, weight_decay=0.0)
     ck = os.path.join(out, "checkpoint.pt")
     step, history = 0, []
+    if init and not os.path.exists(ck):
+        # A second phase starts from another run's weights with a fresh optimizer and warm-up.
+        s = torch.load(init, weights_only=True)
+        enc.load_state_dict(s["encoder"])
+        dec.load_state_dict(s["decoder"])
+        print(f"train_tae: initialised from {init} (step {s['step']})")
     if os.path.exists(ck):
         s = torch.load(ck, weights_only=True)
         enc.load_state_dict(s["encoder"])
@@ -120,7 +142,7 @@ def train(out: str, minutes: float, seed: int, max_steps: int | None) -> None:
     while time.time() < t_end and (max_steps is None or step < max_steps):
         for g in opt.param_groups:
             g["lr"] = 2e-4 * min(1.0, (step + 1) / 200)
-        loss, mse, _ = loss_of(enc, dec, batch(step, seed))
+        loss, mse, _ = loss_of(enc, dec, batch(step, seed), shape_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(enc.parameters()) + list(dec.parameters()), 1.0)
@@ -162,11 +184,14 @@ def main(argv):
     p.add_argument("--max-steps", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", help="write the trained tensors to this safetensors file instead of training")
+    p.add_argument("--init", help="a checkpoint.pt to start from (weights only) when --out has none")
+    p.add_argument("--shape-weight", type=float, default=0.0,
+                   help="extra weight of the shape's pixels in the reconstruction loss (0: plain MSE)")
     a = p.parse_args(argv)
     if a.export:
         export(a.out, a.export, a.seed)
     else:
-        train(a.out, a.minutes, a.seed, a.max_steps)
+        train(a.out, a.minutes, a.seed, a.max_steps, a.init, a.shape_weight)
     return 0
 
 

@@ -32,7 +32,8 @@ pub(crate) struct ModelArgs {
     /// A built-in profile name or a profile TOML file.
     #[arg(long, default_value = "tiny")]
     pub(crate) profile: String,
-    /// A safetensors checkpoint; without it, deterministic random weights are used.
+    /// A safetensors checkpoint; without it, the profile's own checkpoint (`run.weights`),
+    /// else deterministic random weights.
     #[arg(long, conflicts_with = "random_weights")]
     pub(crate) weights: Option<PathBuf>,
     /// Seed of the random weights (the same values `weights init` writes).
@@ -76,10 +77,7 @@ impl ModelArgs {
         }
         let weights = match &self.weights {
             Some(path) => WeightsSource::File(path.clone()),
-            None => WeightsSource::Random {
-                seed: self.random_weights.unwrap_or(0),
-                dtype: self.dtype,
-            },
+            None => WeightsSource::for_profile(&profile, self.random_weights, self.dtype)?,
         };
         let engine = Engine::new(EngineParams {
             profile,

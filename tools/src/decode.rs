@@ -71,10 +71,7 @@ pub(crate) fn decode(args: DecodeArgs) -> Result<()> {
     }
     let source = match &args.weights {
         Some(path) => WeightsSource::File(path.clone()),
-        None => WeightsSource::Random {
-            seed: args.random_weights.unwrap_or(0),
-            dtype: args.dtype,
-        },
+        None => WeightsSource::for_profile(&profile, args.random_weights, args.dtype)?,
     };
     let mut decoder: Box<dyn Decoder> = if profile.family == Family::Wan {
         let wan = profile.wan()?;

@@ -19,11 +19,12 @@ pub(crate) struct EncodeArgs {
     #[arg(long, value_name = "NAME=PATH", value_parser = parse_text_dir)]
     text_dir: Vec<(String, String)>,
     /// The DiT checkpoint holding the adapters `text_adapter.NAME.weight`; without it, the
-    /// random weights' adapters (seed `--random-weights`).
-    #[arg(long)]
+    /// profile's own checkpoint (`run.weights`), else the random weights' adapters (seed
+    /// `--random-weights`, default 0).
+    #[arg(long, conflicts_with = "random_weights")]
     weights: Option<PathBuf>,
-    #[arg(long, value_name = "SEED", default_value_t = 0)]
-    random_weights: u64,
+    #[arg(long, value_name = "SEED")]
+    random_weights: Option<u64>,
     #[arg(long, default_value = "")]
     prompt: String,
     /// Output safetensors file.
@@ -45,10 +46,7 @@ pub(crate) fn encode(args: EncodeArgs) -> Result<()> {
     }
     let source = match &args.weights {
         Some(path) => WeightsSource::File(path.clone()),
-        None => WeightsSource::Random {
-            seed: args.random_weights,
-            dtype: DType::F32,
-        },
+        None => WeightsSource::for_profile(&profile, args.random_weights, DType::F32)?,
     };
     let enc = text::text_encoders(&profile, &source)?;
     for n in enc.notes() {

@@ -69,7 +69,8 @@ pub const BACKEND_EMU: c_int = 3;
 pub struct EngineParamsC {
     /// Profile name (`tiny`, `streamdit-4b`, ...) or path to a TOML file.
     pub profile: *const c_char,
-    /// Safetensors checkpoint, or NULL for random weights from `random_seed`.
+    /// Safetensors checkpoint, or NULL: the profile's own checkpoint (`run.weights`), else
+    /// random weights from `random_seed`.
     pub checkpoint: *const c_char,
     pub random_seed: u64,
     /// `STREAMDIT_BACKEND_*`.
@@ -319,13 +320,6 @@ pub unsafe extern "C" fn streamdit_engine_create(
         };
         let device = usize::try_from(p.device_index)
             .map_err(|_| invalid(&format!("device_index {}: must be >= 0", p.device_index)))?;
-        let weights = match checkpoint {
-            Some(path) => WeightsSource::File(PathBuf::from(path)),
-            None => WeightsSource::Random {
-                seed: p.random_seed,
-                dtype: DType::F16,
-            },
-        };
         // Any failure to load the profile (unknown name, unreadable or invalid file) is a
         // profile error.
         let profile = match Profile::load(&profile) {
@@ -336,6 +330,17 @@ pub unsafe extern "C" fn streamdit_engine_create(
                 set_last_error(&msg);
                 return Ok(ERR_PROFILE);
             }
+        };
+        let weights = match checkpoint {
+            Some(path) => WeightsSource::File(PathBuf::from(path)),
+            // The profile's own checkpoint (`run.weights`) when it names one.
+            None if profile.run.weights.is_some() => {
+                WeightsSource::for_profile(&profile, None, DType::F16)?
+            }
+            None => WeightsSource::Random {
+                seed: p.random_seed,
+                dtype: DType::F16,
+            },
         };
         let engine = Engine::with_device(
             EngineParams {
@@ -663,6 +668,31 @@ mod tests {
             assert_eq!(streamdit_engine_create(&p, &mut e), ERR_PROFILE);
             assert!(e.is_null());
         }
+    }
+
+    #[test]
+    fn a_profiles_missing_own_checkpoint_is_a_checkpoint_error() {
+        let dir = std::env::temp_dir().join(format!("streamdit-abi-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.toml");
+        let tiny = crate::model::Profile::builtin("tiny").unwrap();
+        let mut p = tiny.clone();
+        p.run.weights = Some("absent.safetensors".into());
+        std::fs::write(&file, p.to_toml()).unwrap();
+        let name = CString::new(file.to_str().unwrap()).unwrap();
+        // SAFETY: every pointer is NULL or valid for the call.
+        unsafe {
+            let mut e = std::ptr::null_mut();
+            let mut params = streamdit_engine_default_params();
+            params.profile = name.as_ptr();
+            params.backend = BACKEND_CPU;
+            assert_eq!(streamdit_engine_create(&params, &mut e), ERR_CHECKPOINT);
+            assert!(e.is_null());
+            let want = dir.join("absent.safetensors");
+            let msg = last_error();
+            assert!(msg.contains(want.to_str().unwrap()), "{msg}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -19,6 +19,30 @@ pub enum WeightsSource {
     Random { seed: u64, dtype: DType },
 }
 
+impl WeightsSource {
+    /// The weights of a run that names no checkpoint: random weights of `random_seed` when
+    /// given, else the profile's own checkpoint (`run.weights`), else random weights of seed
+    /// 0. A profile checkpoint that is not there is an error naming it and both ways out.
+    pub fn for_profile(profile: &Profile, random_seed: Option<u64>, dtype: DType) -> Result<Self> {
+        if let Some(seed) = random_seed {
+            return Ok(WeightsSource::Random { seed, dtype });
+        }
+        match &profile.run.weights {
+            Some(path) if !std::path::Path::new(path).is_file() => Err(Error::Checkpoint {
+                path: path.clone(),
+                msg: format!(
+                    "profile `{}` runs this checkpoint (its run.weights), which is not there: \
+                     pass a checkpoint (--weights F, the C ABI's `checkpoint`) or ask for random \
+                     weights (--random-weights SEED)",
+                    profile.name
+                ),
+            }),
+            Some(path) => Ok(WeightsSource::File(PathBuf::from(path))),
+            None => Ok(WeightsSource::Random { seed: 0, dtype }),
+        }
+    }
+}
+
 /// Which backend executes the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {

@@ -135,6 +135,12 @@ pub struct RunConfig {
     /// Prompt of the unconditional branch when CFG is on.
     #[serde(default)]
     pub negative_prompt: String,
+    /// The checkpoint this profile runs when a run names none (no `--weights`, a NULL
+    /// `checkpoint` in the C ABI): relative to the TOML file's folder (`profiles/` of the
+    /// repository for a built-in profile); absolute once loaded. Absent: deterministic
+    /// random weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
 }
 
 /// The temporal-autoencoder decoder this profile pairs with (docs/tae.md).
@@ -286,7 +292,11 @@ impl Profile {
                     builtin_names().join(", ")
                 ))
             })?;
-        Profile::from_toml(text, &format!("built-in `{name}`"))
+        let mut p = Profile::from_toml(text, &format!("built-in `{name}`"))?;
+        // Relative to the TOML's folder, `profiles/` of the repository (the engine crate's
+        // sibling), as for a profile read from a file.
+        p.resolve_weights(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles"));
+        Ok(p)
     }
 
     /// A built-in profile name, or else a path to a TOML file.
@@ -302,7 +312,33 @@ impl Profile {
             )));
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Profile::from_toml(&text, &path.display().to_string())
+        let mut p = Profile::from_toml(&text, &path.display().to_string())?;
+        p.resolve_weights(path.parent().unwrap_or(Path::new(".")));
+        Ok(p)
+    }
+
+    /// Makes a relative `run.weights` absolute against `root`, with `..` folded away.
+    fn resolve_weights(&mut self, root: &Path) {
+        use std::path::{Component, PathBuf};
+        if let Some(w) = &self.run.weights {
+            if Path::new(w).is_relative() {
+                let mut out = PathBuf::new();
+                for c in root.join(w).components() {
+                    match c {
+                        Component::ParentDir
+                            if matches!(
+                                out.components().next_back(),
+                                Some(Component::Normal(_))
+                            ) =>
+                        {
+                            out.pop();
+                        }
+                        c => out.push(c),
+                    }
+                }
+                self.run.weights = Some(out.display().to_string());
+            }
+        }
     }
 
     /// The `[wan]` section, or an error naming the profile's family.

@@ -120,6 +120,7 @@ impl Profile {
                         seed: 0,
                         guidance: 1.0,
                         negative_prompt: String::new(),
+                        weights: None,
                     }),
                     // The TAE decoder is StreamDiT's; a Wan profile has none (the Wan
                     // decoders are their own work), so the view is empty.
