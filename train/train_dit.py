@@ -7,7 +7,7 @@
 
 The model is `benches/torch_tiny.py`'s PyTorch implementation of ../shared/MODEL_SPEC.md
 (checked there against the engine's `streamdit forward`), its weights made trainable. The
-starting point is the engine's own random checkpoint of `profiles/tiny-shapes.toml` (`tiny`'s
+starting point is the engine's own random checkpoint of `train/tiny-shapes.toml` (`tiny`'s
 DiT; `streamdit weights init`), so the tensor names, shapes and every tensor not trained (none
 today) are the engine's.
 
@@ -64,7 +64,7 @@ M = torch_tiny.TINY
 BUFFER = M["F"]
 # The engine profile whose text encoders and random initial weights are used (`tiny`'s DiT,
 # one ByT5 stand-in over 64 bytes: tiny's own encoders cut a caption after 8 to 12 tokens).
-PROFILE = os.path.join(HERE, "..", "profiles", "tiny-shapes.toml")
+PROFILE = os.path.join(HERE, "tiny-shapes.toml")
 BATCH = 4
 NULL_PROMPT_SHARE = 0.1
 
