@@ -5,9 +5,9 @@ shapes world, then write its `encoder.*` and `decoder.*` tensors for the engine.
     python train/train_tae.py --out runs/tae --export tae.safetensors    # writes the tensors
 
 Recipe (chosen here; the spec fixes only the architecture):
-- clips of 8 video frames (2 latent frames), random 64x64 windows of the 128x128 frames of
-  `shapes.py`, batch 4, a fresh clip index every sample (the world is procedural, so no clip
-  repeats within a run);
+- clips of 8 video frames (2 latent frames), 64x64 windows of the 128x128 frames of
+  `shapes.py` placed so that they hold the shape, batch 4, a fresh clip index every sample
+  (the world is procedural, so no clip repeats within a run);
 - loss: mean squared error of the decoder's output against the input in [-1, 1], plus
   `1e-3 * mean(z^2)` so the latents stay near zero (the DiT learns a flow to them from unit
   noise);
@@ -44,7 +44,7 @@ LATENT_PENALTY = 1e-3
 
 
 def batch(step: int, seed: int, held_out: bool = False) -> torch.Tensor:
-    """Clips `[B, 8, 3, 64, 64]` in [-1, 1] (random 64x64 windows of the 128x128 torus: the
+    """Clips `[B, 8, 3, 64, 64]` in [-1, 1] (64x64 windows of the 128x128 torus that hold the shape: the
     autoencoder is convolutional, and four small clips teach more per second than one big);
     held-out clips are whole 128x128 frames with indices past 2^31."""
     xs = []
@@ -52,9 +52,15 @@ def batch(step: int, seed: int, held_out: bool = False) -> torch.Tensor:
         i = step * BATCH + b + (1 << 31 if held_out else 0)
         c = shapes.sample(i, seed)
         r = np.random.Generator(np.random.PCG64([seed, i, 1]))
-        v = shapes.render(c, CLIP_FRAMES, start=int(r.integers(0, 64)))
+        start = int(r.integers(0, 64))
+        v = shapes.render(c, CLIP_FRAMES, start=start)
         if not held_out:
-            dy, dx = (int(a) for a in r.integers(0, 128, size=2))
+            # The window holds the shape: its centre at the clip's middle frame lands at a
+            # random place in the window's middle half (a window anywhere on the torus missed
+            # the shape in most samples, and plain MSE then never asked for its colour).
+            cx, cy = c.centre(start + CLIP_FRAMES / 2, 128, 128)
+            ox, oy = (float(a) for a in r.uniform(CROP / 4, 3 * CROP / 4, size=2))
+            dx, dy = int(round(ox - cx)) % 128, int(round(oy - cy)) % 128
             v = np.roll(v, (dy, dx), axis=(1, 2))[:, :CROP, :CROP]
         xs.append(v)
     x = torch.from_numpy(np.stack(xs)).permute(0, 1, 4, 2, 3).float()
