@@ -10,17 +10,19 @@
 //! Threads: an engine may be shared by streams created and used on different threads; one
 //! stream must be used by one thread at a time. The last error is per thread.
 
-use std::cell::RefCell;
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 
-use crate::{BackendKind, DType, Engine, EngineParams, Error, Profile, Stream};
-use crate::{Result, WeightsSource};
+use crate::{Engine, Result, Stream};
 
 mod create;
+mod engine;
+mod status;
 mod v2v;
 use create::create_stream;
+pub use engine::{streamdit_engine_create, streamdit_engine_default_params, streamdit_engine_free};
+use status::{guard, invalid, log, opt_str, set_last_error};
+pub use status::{streamdit_last_error, streamdit_status_string};
 pub use v2v::{
     streamdit_stream_create_video, streamdit_stream_input_frames_needed,
     streamdit_stream_push_frames,
@@ -136,76 +138,6 @@ unsafe impl Send for EngineHandle {}
 // SAFETY: as above; the engine is only read through `&EngineHandle`.
 unsafe impl Sync for EngineHandle {}
 
-thread_local! {
-    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
-}
-
-fn set_last_error(msg: &str) {
-    let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = c);
-}
-
-fn status_of(e: &Error) -> c_int {
-    match e {
-        Error::Profile { .. } | Error::ProfileParse { .. } => ERR_PROFILE,
-        Error::Tensor { .. } | Error::Checkpoint { .. } => ERR_CHECKPOINT,
-        Error::Io { .. } => ERR_IO,
-        Error::Backend { .. } => ERR_BACKEND,
-        _ => ERR_INVALID_ARGUMENT,
-    }
-}
-
-fn log(f: LogFn, user: *mut c_void, level: c_int, msg: &str) {
-    if let Some(f) = f {
-        let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
-        // SAFETY: the caller registered `f` with `user` for exactly this call; the message
-        // outlives the call.
-        unsafe { f(level, c.as_ptr(), user) };
-    }
-}
-
-/// Runs `body`, turning an error into its status and last-error message, and a panic into
-/// `ERR_PANIC`.
-fn guard(log_to: (LogFn, *mut c_void), body: impl FnOnce() -> Result<c_int>) -> c_int {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => {
-            let msg = e.to_string();
-            log(log_to.0, log_to.1, LOG_ERROR, &msg);
-            set_last_error(&msg);
-            status_of(&e)
-        }
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            set_last_error(&format!("internal error (panic): {msg}"));
-            ERR_PANIC
-        }
-    }
-}
-
-fn invalid(what: &str) -> Error {
-    Error::Invalid(what.to_string())
-}
-
-/// A UTF-8 string argument; NULL is `None`.
-///
-/// # Safety
-/// `p` is NULL or a NUL-terminated string valid for the call.
-unsafe fn opt_str(p: *const c_char, what: &str) -> Result<Option<String>> {
-    if p.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: per this function's contract.
-    let s = unsafe { CStr::from_ptr(p) };
-    s.to_str()
-        .map(|s| Some(s.to_string()))
-        .map_err(|_| invalid(&format!("{what}: not valid UTF-8")))
-}
-
 static VERSION: &CStr =
     match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
         Ok(s) => s,
@@ -240,154 +172,6 @@ pub unsafe extern "C" fn streamdit_version(major: *mut u32, minor: *mut u32, pat
 #[no_mangle]
 pub extern "C" fn streamdit_abi_version() -> u32 {
     ABI_VERSION
-}
-
-/// The calling thread's last error message (empty if none); valid until the next failing
-/// call on this thread.
-#[no_mangle]
-pub extern "C" fn streamdit_last_error() -> *const c_char {
-    LAST_ERROR.with(|e| e.borrow().as_ptr())
-}
-
-/// A short static description of a status code.
-#[no_mangle]
-pub extern "C" fn streamdit_status_string(status: c_int) -> *const c_char {
-    let s: &'static CStr = match status {
-        OK => c"ok",
-        ERR_INVALID_ARGUMENT => c"invalid argument",
-        ERR_BUFFER_TOO_SMALL => c"buffer too small",
-        ERR_PROFILE => c"invalid profile",
-        ERR_CHECKPOINT => c"invalid checkpoint",
-        ERR_IO => c"I/O error",
-        ERR_BACKEND => c"backend error",
-        ERR_PANIC => c"internal error",
-        ERR_STOPPED => c"stopped by the frame callback",
-        _ => c"unknown status",
-    };
-    s.as_ptr()
-}
-
-#[no_mangle]
-pub extern "C" fn streamdit_engine_default_params() -> EngineParamsC {
-    EngineParamsC {
-        profile: c"tiny".as_ptr(),
-        checkpoint: std::ptr::null(),
-        random_seed: 0,
-        backend: BACKEND_AUTO,
-        device_index: 0,
-        log: None,
-        log_user_data: std::ptr::null_mut(),
-    }
-}
-
-/// Creates an engine: loads the profile and the weights and chooses the backend.
-///
-/// # Safety
-/// `params` is NULL or points to a valid `streamdit_engine_params` whose strings are NULL
-/// or NUL-terminated; `out` is NULL or valid for one pointer write.
-#[no_mangle]
-pub unsafe extern "C" fn streamdit_engine_create(
-    params: *const EngineParamsC,
-    out: *mut *mut EngineHandle,
-) -> c_int {
-    // SAFETY: read once, NULL checked.
-    let logger = unsafe { params.as_ref() }
-        .map_or((None, std::ptr::null_mut()), |p| (p.log, p.log_user_data));
-    guard(logger, || {
-        if out.is_null() {
-            return Err(invalid("streamdit_engine_create: `out` is NULL"));
-        }
-        // SAFETY: non-NULL, valid for a write per the contract.
-        unsafe { out.write(std::ptr::null_mut()) };
-        // SAFETY: NULL checked; valid per the contract.
-        let p = unsafe { params.as_ref() }
-            .ok_or_else(|| invalid("streamdit_engine_create: `params` is NULL"))?;
-        // SAFETY: the strings are NULL or NUL-terminated per the contract.
-        let profile = unsafe { opt_str(p.profile, "profile") }?
-            .ok_or_else(|| invalid("streamdit_engine_create: `profile` is NULL"))?;
-        // SAFETY: as above.
-        let checkpoint = unsafe { opt_str(p.checkpoint, "checkpoint") }?;
-        let backend = match p.backend {
-            BACKEND_AUTO => BackendKind::Auto,
-            BACKEND_CPU => BackendKind::Cpu,
-            BACKEND_CUDA => BackendKind::Cuda,
-            BACKEND_EMU => BackendKind::Emu,
-            other => {
-                return Err(invalid(&format!(
-                    "backend {other}: expected 0 (auto), 1 (cpu), 2 (cuda) or 3 (emu)"
-                )))
-            }
-        };
-        let device = usize::try_from(p.device_index)
-            .map_err(|_| invalid(&format!("device_index {}: must be >= 0", p.device_index)))?;
-        // Any failure to load the profile (unknown name, unreadable or invalid file) is a
-        // profile error.
-        let profile = match Profile::load(&profile) {
-            Ok(p) => p,
-            Err(e) => {
-                let msg = e.to_string();
-                log(p.log, p.log_user_data, LOG_ERROR, &msg);
-                set_last_error(&msg);
-                return Ok(ERR_PROFILE);
-            }
-        };
-        let weights = match checkpoint {
-            Some(path) => WeightsSource::File(PathBuf::from(path)),
-            // The profile's own checkpoint (`run.weights`) when it names one.
-            None if profile.run.weights.is_some() => {
-                WeightsSource::for_profile(&profile, None, DType::F16)?
-            }
-            None => WeightsSource::Random {
-                seed: p.random_seed,
-                dtype: DType::F16,
-            },
-        };
-        let engine = Engine::with_device(
-            EngineParams {
-                profile,
-                weights,
-                backend,
-            },
-            device,
-        )?;
-        let (kind, why) = engine.backend_choice();
-        log(
-            p.log,
-            p.log_user_data,
-            LOG_INFO,
-            &format!("backend {kind:?} ({why})"),
-        );
-        for note in engine.text_notes() {
-            let level = if note.contains("RANDOM") {
-                LOG_WARN
-            } else {
-                LOG_INFO
-            };
-            log(p.log, p.log_user_data, level, note);
-        }
-        let handle = Box::new(EngineHandle {
-            engine,
-            log: p.log,
-            log_user_data: p.log_user_data,
-        });
-        // SAFETY: valid for a write per the contract.
-        unsafe { out.write(Box::into_raw(handle)) };
-        Ok(OK)
-    })
-}
-
-/// Frees an engine; NULL is a no-op. Streams made from it stay valid.
-///
-/// # Safety
-/// `engine` is NULL or a live handle from `streamdit_engine_create`, not used afterwards.
-#[no_mangle]
-pub unsafe extern "C" fn streamdit_engine_free(engine: *mut EngineHandle) {
-    if !engine.is_null() {
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            // SAFETY: a live handle made by Box::into_raw, freed once per the contract.
-            drop(unsafe { Box::from_raw(engine) })
-        }));
-    }
 }
 
 #[no_mangle]
@@ -668,31 +452,6 @@ mod tests {
             assert_eq!(streamdit_engine_create(&p, &mut e), ERR_PROFILE);
             assert!(e.is_null());
         }
-    }
-
-    #[test]
-    fn a_profiles_missing_own_checkpoint_is_a_checkpoint_error() {
-        let dir = std::env::temp_dir().join(format!("streamdit-abi-pw-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("p.toml");
-        let tiny = crate::model::Profile::builtin("tiny").unwrap();
-        let mut p = tiny.clone();
-        p.run.weights = Some("absent.safetensors".into());
-        std::fs::write(&file, p.to_toml()).unwrap();
-        let name = CString::new(file.to_str().unwrap()).unwrap();
-        // SAFETY: every pointer is NULL or valid for the call.
-        unsafe {
-            let mut e = std::ptr::null_mut();
-            let mut params = streamdit_engine_default_params();
-            params.profile = name.as_ptr();
-            params.backend = BACKEND_CPU;
-            assert_eq!(streamdit_engine_create(&params, &mut e), ERR_CHECKPOINT);
-            assert!(e.is_null());
-            let want = dir.join("absent.safetensors");
-            let msg = last_error();
-            assert!(msg.contains(want.to_str().unwrap()), "{msg}");
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
