@@ -26,6 +26,10 @@ the StreamDiT paper's, Kodaira et al. 2025, section 3):
   micro-step);
 - flow matching with MODEL_SPEC's convention (`tau = 0` noise, `tau = 1` data):
   `x = tau x1 + (1 - tau) eps`, target `v = x1 - eps`, mean squared error over the buffer;
+- `--shape-weight W`: the latent pixels the shape covers (in any of their 4 video frames)
+  count `1 + W` times in that mean; the shape is a few percent of the latent pixels, and
+  without it the loss is met by the background (the stage-1 autoencoder showed the same);
+- `--init CK`: a later phase starts from another run's DiT weights (fresh optimizer);
 - AdamW, lr 3e-4 after 200 warm-up steps, batch 4 by accumulation, gradient clipping at 1;
 - resumable (`checkpoint.pt` every 50 steps), seeded, `loss.png` drawn as it goes.
 """
@@ -114,6 +118,20 @@ def latent_table(out: str, tae_path: str, seed: int, clips: int) -> tuple[torch.
     return z, caps
 
 
+def shape_masks(seed: int, clips: int) -> torch.Tensor:
+    """`[CLIPS, 8, 1, 16, 16]`: for each latent pixel of `latent_table`'s clips, the largest
+    coverage of the shape over the 4 video frames and the 8x8 pixels it stands for (the same
+    clips and start frames, recomputed from `shapes.py`; no pixels are rendered)."""
+    out = torch.empty(clips, BUFFER, 1, 16, 16)
+    for i in range(clips):
+        c = shapes.sample(i, seed)
+        start = int(np.random.Generator(np.random.PCG64([seed, i, 2])).integers(0, 256))
+        cov = np.stack([shapes.coverage(c, start + t) for t in range(4 * BUFFER)])  # [32, 128, 128]
+        cov = cov.reshape(BUFFER, 4, 16, 8, 16, 8).max(axis=(1, 3, 5))
+        out[i, :, 0] = torch.from_numpy(cov).float()
+    return out
+
+
 def noise_levels(rng: np.random.Generator) -> torch.Tensor:
     c = int(rng.choice([d for d in range(1, BUFFER + 1) if BUFFER % d == 0]))
     n, u = BUFFER // c, float(rng.random())
@@ -126,6 +144,7 @@ def train(a) -> None:
     torch.manual_seed(a.seed)
     z, caps = latent_table(a.out, a.tae, a.seed, a.clips)
     texts = text_table(a.out, a.engine, caps)
+    masks = shape_masks(a.seed, len(caps)) if a.shape_weight > 0 else None
     init = os.path.join(a.out, "init.safetensors")
     if not os.path.exists(init):
         subprocess.run([a.engine, "weights", "init", "--profile", PROFILE, "--dtype", "f32", "--out", init], check=True,
@@ -144,6 +163,13 @@ def train(a) -> None:
         opt.load_state_dict(s["optimizer"])
         step, history = s["step"], [tuple(h) for h in s["history"]]
         print(f"train_dit: resumed at step {step}")
+    elif a.init:
+        # A second phase starts from another run's DiT weights with a fresh optimizer and warm-up.
+        s = torch.load(a.init, weights_only=True)
+        with torch.no_grad():
+            for k, v in s["weights"].items():
+                params[k].copy_(v)
+        print(f"train_dit: initialised from {a.init} (step {s['step']})")
 
     def save():
         torch.save({"weights": {k: v.detach() for k, v in params.items()}, "optimizer": opt.state_dict(),
@@ -170,7 +196,11 @@ def train(a) -> None:
             t = tau[:, None, None, None]
             model.set_text(text, mask)
             v = model.forward(t * x1 + (1 - t) * eps, tau)
-            loss = F.mse_loss(v, x1 - eps) / BATCH
+            if masks is None:
+                loss = F.mse_loss(v, x1 - eps) / BATCH
+            else:
+                w = 1 + a.shape_weight * masks[i]
+                loss = ((v - (x1 - eps)).pow(2) * w).mean() / w.mean() / BATCH
             loss.backward()
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
@@ -205,6 +235,9 @@ def main(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clips", type=int, default=512, help="shapes clips encoded for training")
     p.add_argument("--export", help="write the engine checkpoint to this file instead of training")
+    p.add_argument("--init", help="a checkpoint.pt to start from (DiT weights only) when --out has none")
+    p.add_argument("--shape-weight", type=float, default=0.0,
+                   help="latent pixels the shape covers count 1 + W times in the loss (0: plain MSE)")
     a = p.parse_args(argv)
     if a.export:
         export(a)
