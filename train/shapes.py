@@ -101,6 +101,30 @@ def sample(index: int, seed: int = 0, width: int = 128, height: int = 128) -> Cl
     )
 
 
+def captions() -> list[tuple[str, str, str, str]]:
+    """Every (shape, colour, motion, background) of the world, in a fixed order: 704 with the
+    colours and backgrounds above (a colour is only drawn where it stands out)."""
+    return [
+        (shape, colour, motion, background)
+        for background in BACKGROUNDS
+        for colour in COLOURS
+        if colour_distance(COLOURS[colour], BACKGROUNDS[background]) >= MIN_CONTRAST
+        for shape in SHAPES
+        for motion in MOTIONS
+    ]
+
+
+def covering(index: int, seed: int = 0, width: int = 128, height: int = 128) -> Clip:
+    """Clip `index` of a sequence that shows every caption once per `len(captions())` clips
+    (the attributes of `captions()[index % 704]`, a random place and size): a training set
+    that holds every caption, where `sample`'s 512 clips hold about half of them."""
+    shape, colour, motion, background = captions()[index % len(captions())]
+    rng = np.random.Generator(np.random.PCG64([seed, index, 7]))
+    return Clip(shape=shape, colour=colour, motion=motion, background=background,
+                x0=float(rng.uniform(0, width)), y0=float(rng.uniform(0, height)),
+                size=float(rng.uniform(12.0, 20.0)))
+
+
 def _distance(shape: str, px: np.ndarray, py: np.ndarray, size: float) -> np.ndarray:
     """Signed distance (pixels, negative inside) of points relative to the shape centre."""
     if shape == "ball":

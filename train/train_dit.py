@@ -74,58 +74,77 @@ NULL_PROMPT_SHARE = 0.1
 
 
 def text_table(out: str, engine: str, caps: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """`streamdit encode` of every caption of the data and the empty prompt, cached in `text.pt`."""
+    """`streamdit encode` of every caption of the data and the empty prompt, cached in `text.pt`
+    (a cache missing some captions gets them added)."""
     path = os.path.join(out, "text.pt")
-    if os.path.exists(path):
-        return torch.load(path, weights_only=True)
-    table = {}
+    table = torch.load(path, weights_only=True) if os.path.exists(path) else {}
+    missing = sorted(set([""] + caps) - set(table))
+    if not missing:
+        return table
     with tempfile.TemporaryDirectory() as d:
         f = os.path.join(d, "t.safetensors")
-        for i, cap in enumerate(sorted(set([""] + caps))):
+        for i, cap in enumerate(missing):
             subprocess.run([engine, "encode", "--profile", PROFILE, "--random-weights", "0", "--prompt", cap, "--out", f], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             t = tae.load(f)
             table[cap] = (t["text"], t["text_mask"])
             if i % 50 == 0:
-                print(f"train_dit: encoded {i + 1} prompts", flush=True)
+                print(f"train_dit: encoded {i + 1}/{len(missing)} prompts", flush=True)
     torch.save(table, path + ".tmp")
     os.replace(path + ".tmp", path)
     return table
 
 
-def latent_table(out: str, tae_path: str, seed: int, clips: int) -> tuple[torch.Tensor, list[str]]:
-    """`[CLIPS, 8, C, 16, 16]` buffer latents of shapes clips and their captions, in `latents.pt`."""
+def clip_list(seed: int, clips: int, covering: int) -> list[tuple[shapes.Clip, int]]:
+    """The training clips and their first video frames: `clips` clips of `shapes.sample`, then
+    `covering` clips of `shapes.covering` (every caption of the world once per 704)."""
+    out = []
+    for i in range(clips + covering):
+        c = shapes.sample(i, seed) if i < clips else shapes.covering(i - clips, seed)
+        tag = 2 if i < clips else 3
+        out.append((c, int(np.random.Generator(np.random.PCG64([seed, i, tag])).integers(0, 256))))
+    return out
+
+
+def latent_table(out: str, tae_path: str, clips: list[tuple[shapes.Clip, int]]) -> tuple[torch.Tensor, list[str]]:
+    """`[CLIPS, 8, C, 16, 16]` buffer latents of the clips and their captions, in `latents.pt`.
+    The table grows: a cache holding the first K clips gets the rest appended (saved every
+    64 clips, so a stopped encoding resumes)."""
     path = os.path.join(out, "latents.pt")
+    zs, caps = [], []
     if os.path.exists(path):
         s = torch.load(path, weights_only=True)
-        return s["latents"], s["captions"]
+        zs, caps = list(s["latents"]), list(s["captions"])
+        if caps != [c.caption for c, _ in clips[: len(caps)]]:
+            raise SystemExit(f"train_dit: {path} holds other clips than --clips/--covering ask for")
+    if len(zs) >= len(clips):
+        return torch.stack(zs[: len(clips)]), caps[: len(clips)]
     enc = tae.Encoder()
     tae.load_into(enc, "encoder.", tae.load(tae_path))
-    zs, caps = [], []
+
+    def save():
+        torch.save({"latents": torch.stack(zs), "captions": caps}, path + ".tmp")
+        os.replace(path + ".tmp", path)
+
     with torch.no_grad():
-        for i in range(clips):
-            c = shapes.sample(i, seed)
-            start = int(np.random.Generator(np.random.PCG64([seed, i, 2])).integers(0, 256))
+        for c, start in clips[len(zs):]:
             v = shapes.render(c, 4 * BUFFER, start=start)
             x = torch.from_numpy(v).permute(0, 3, 1, 2).float()[None] / 127.5 - 1
             zs.append(enc(x)[0])
             caps.append(c.caption)
-            if i % 64 == 0:
-                print(f"train_dit: encoded {i + 1}/{clips} clips", flush=True)
-    z = torch.stack(zs)
-    torch.save({"latents": z, "captions": caps}, path + ".tmp")
-    os.replace(path + ".tmp", path)
-    return z, caps
+            if len(zs) % 64 == 0:
+                save()
+                print(f"train_dit: encoded {len(zs)}/{len(clips)} clips", flush=True)
+    save()
+    return torch.stack(zs), caps
 
 
-def shape_masks(seed: int, clips: int) -> torch.Tensor:
-    """`[CLIPS, 8, 1, 16, 16]`: for each latent pixel of `latent_table`'s clips, the largest
-    coverage of the shape over the 4 video frames and the 8x8 pixels it stands for (the same
-    clips and start frames, recomputed from `shapes.py`; no pixels are rendered)."""
-    out = torch.empty(clips, BUFFER, 1, 16, 16)
-    for i in range(clips):
-        c = shapes.sample(i, seed)
-        start = int(np.random.Generator(np.random.PCG64([seed, i, 2])).integers(0, 256))
+def shape_masks(clips: list[tuple[shapes.Clip, int]]) -> torch.Tensor:
+    """`[CLIPS, 8, 1, 16, 16]`: for each latent pixel of the clips, the largest coverage of the
+    shape over the 4 video frames and the 8x8 pixels it stands for (from `shapes.coverage`;
+    no pixels are rendered)."""
+    out = torch.empty(len(clips), BUFFER, 1, 16, 16)
+    for i, (c, start) in enumerate(clips):
         cov = np.stack([shapes.coverage(c, start + t) for t in range(4 * BUFFER)])  # [32, 128, 128]
         cov = cov.reshape(BUFFER, 4, 16, 8, 16, 8).max(axis=(1, 3, 5))
         out[i, :, 0] = torch.from_numpy(cov).float()
@@ -142,9 +161,10 @@ def noise_levels(rng: np.random.Generator) -> torch.Tensor:
 def train(a) -> None:
     os.makedirs(a.out, exist_ok=True)
     torch.manual_seed(a.seed)
-    z, caps = latent_table(a.out, a.tae, a.seed, a.clips)
+    clips = clip_list(a.seed, a.clips, a.covering)
+    z, caps = latent_table(a.out, a.tae, clips)
     texts = text_table(a.out, a.engine, caps)
-    masks = shape_masks(a.seed, len(caps)) if a.shape_weight > 0 else None
+    masks = shape_masks(clips) if a.shape_weight > 0 else None
     init = os.path.join(a.out, "init.safetensors")
     if not os.path.exists(init):
         subprocess.run([a.engine, "weights", "init", "--profile", PROFILE, "--dtype", "f32", "--out", init], check=True,
@@ -235,6 +255,8 @@ def main(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clips", type=int, default=512, help="shapes clips encoded for training")
     p.add_argument("--export", help="write the engine checkpoint to this file instead of training")
+    p.add_argument("--covering", type=int, default=0,
+                   help="clips after --clips that show every caption of the world once per 704 (shapes.covering)")
     p.add_argument("--init", help="a checkpoint.pt to start from (DiT weights only) when --out has none")
     p.add_argument("--shape-weight", type=float, default=0.0,
                    help="latent pixels the shape covers count 1 + W times in the loss (0: plain MSE)")
