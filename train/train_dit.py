@@ -14,8 +14,9 @@ today) are the engine's.
 Recipe (MODEL_SPEC section 5's moving buffer; the staggering and the mixed partitioning are
 the StreamDiT paper's, Kodaira et al. 2025, section 3):
 - data: 32 consecutive video frames of a shapes clip, encoded by the stage-1 TAE encoder into
-  the buffer's 8 latent frames `x1` (computed once into `latents.pt`, `--clips` clips, 512 by
-  default);
+  the buffer's 8 latent frames `x1` (computed once into `latents.pt`): `--clips` random clips
+  of `shapes.sample` (512 by default), then `--covering` clips of `shapes.covering`, which
+  show each of the world's 704 captions once per 704 (random clips miss many captions);
 - text: `tiny-shapes`' text encoder (one random ByT5 stand-in over 64 bytes, so the whole
   caption reaches the model) run by the engine (`streamdit encode`) on the clip's
   caption, once per caption (`text.pt`); 10% of samples get the empty prompt so classifier-free
