@@ -136,17 +136,11 @@ pub unsafe extern "C" fn streamdit_engine_free(engine: *mut EngineHandle) {
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::{CStr, CString};
+    use std::ffi::CString;
 
     use super::*;
-    use crate::abi::{streamdit_last_error, ERR_CHECKPOINT};
-
-    fn last_error() -> String {
-        // SAFETY: the library's own NUL-terminated thread-local string.
-        unsafe { CStr::from_ptr(streamdit_last_error()) }
-            .to_string_lossy()
-            .into_owned()
-    }
+    use crate::abi::status::last_error_string as last_error;
+    use crate::abi::ERR_CHECKPOINT;
 
     #[test]
     fn a_profiles_missing_own_checkpoint_is_a_checkpoint_error() {

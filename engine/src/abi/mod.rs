@@ -410,13 +410,7 @@ pub unsafe extern "C" fn streamdit_stream_run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn last_error() -> String {
-        // SAFETY: the library's own NUL-terminated thread-local string.
-        unsafe { CStr::from_ptr(streamdit_last_error()) }
-            .to_string_lossy()
-            .into_owned()
-    }
+    use status::last_error_string as last_error;
 
     #[test]
     fn null_arguments_are_errors_not_crashes() {

@@ -89,6 +89,16 @@ pub extern "C" fn streamdit_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
+/// The calling thread's last error as a `String`, for the ABI's tests.
+#[cfg(test)]
+pub(crate) fn last_error_string() -> String {
+    // SAFETY: the library's own NUL-terminated thread-local string, read before any other
+    // call on this thread can replace it.
+    unsafe { CStr::from_ptr(streamdit_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// A short static description of a status code.
 #[no_mangle]
 pub extern "C" fn streamdit_status_string(status: c_int) -> *const c_char {
