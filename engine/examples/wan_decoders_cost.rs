@@ -2,7 +2,7 @@
 //! lists) and measured decode time per video frame with random weights.
 //!
 //! ```sh
-//! cargo run --release -p streamdit --example wan_decoders_cost -- [taehv|wan-vae] [WIDTH HEIGHT] [CHUNKS] [--no-run]
+//! cargo run --release -p streamdit --features internals --example wan_decoders_cost -- [taehv|wan-vae] [WIDTH HEIGHT] [CHUNKS] [--no-run]
 //! ```
 //! Defaults: both decoders, 832x480, 2 chunks of 1 latent frame (the first chunk starts the
 //! stream and gives 1 frame, the second gives 4; the figure per frame is the second's).
