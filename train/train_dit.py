@@ -54,7 +54,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import shapes  # noqa: E402
 import tae  # noqa: E402
-from train_tae import draw_curve  # noqa: E402
+from train_tae import draw_curve, weighted_mse  # noqa: E402
 
 
 def _bench_model():
@@ -220,8 +220,7 @@ def train(a) -> None:
             if masks is None:
                 loss = F.mse_loss(v, x1 - eps) / BATCH
             else:
-                w = 1 + a.shape_weight * masks[i]
-                loss = ((v - (x1 - eps)).pow(2) * w).mean() / w.mean() / BATCH
+                loss = weighted_mse(v, x1 - eps, 1 + a.shape_weight * masks[i]) / BATCH
             loss.backward()
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)

@@ -75,6 +75,12 @@ def shape_mask(x: torch.Tensor) -> torch.Tensor:
     return ((x - bg).norm(dim=2, keepdim=True) > shapes.MIN_CONTRAST / 2 / 127.5).float()
 
 
+def weighted_mse(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean squared error with each element counted `w` times (`w` broadcasts), normalised by
+    the mean weight so that it stays on plain MSE's scale."""
+    return ((a - b).pow(2) * w).mean() / w.mean()
+
+
 def loss_of(enc, dec, x, shape_weight: float = 0.0):
     """Loss, plain reconstruction MSE, latents. With `shape_weight` w > 0 each pixel of the
     shape counts `1 + w` times in the reconstruction term: the shape is a few percent of the
@@ -84,8 +90,7 @@ def loss_of(enc, dec, x, shape_weight: float = 0.0):
     mse = F.mse_loss(rec, x)
     rec_loss = mse
     if shape_weight > 0:
-        w = 1 + shape_weight * shape_mask(x)
-        rec_loss = ((rec - x).pow(2) * w).mean() / w.mean()
+        rec_loss = weighted_mse(rec, x, 1 + shape_weight * shape_mask(x))
     return rec_loss + LATENT_PENALTY * z.pow(2).mean(), mse, z
 
 
