@@ -409,6 +409,33 @@ fn wan_v2v_with_the_vae_decoder_encodes_with_the_vae_encoder() {
     assert!(first != want[0]);
 }
 
+/// The end of an input encoded by the Wan VAE encoder: its chunks of input are `4c - 3`
+/// frames, then `4c` (5, 13, 21, .. frames end chunks with `c = 2`), which the end's note
+/// counts; the stream writes exactly as many frames as were pushed.
+#[test]
+fn a_wan_vae_input_ends_mid_chunk_counted_from_its_short_first_chunk() {
+    let e = wan_engine();
+    let video = rgb(13);
+    for (n, mid) in [
+        (5, None),
+        (13, None),
+        (3, Some("mid-chunk: 3 of a 5-frame chunk of input")),
+        (8, Some("mid-chunk: 3 of a 8-frame chunk of input")),
+    ] {
+        let mut s = e.video_stream(vae_params(), 0.7).unwrap();
+        s.push_video_frames(&video[..n * FRAME]).unwrap();
+        let end = s.end_input().unwrap();
+        assert_eq!(end.input_startup_frames, 3);
+        assert_eq!(end.mid_chunk(), mid.is_some(), "{n}: {end}");
+        let note = end.to_string();
+        assert!(mid.is_none_or(|m| note.contains(m)), "{n}: {note}");
+        let mut out = Vec::new();
+        while s.next_frames(&mut out).unwrap() > 0 {}
+        assert!(s.finished());
+        assert_eq!(out.len(), n * FRAME, "{n}: {note}");
+    }
+}
+
 /// The stream's encoder reads `encoder.*` and `conv1.*` from the decoder's file (the one
 /// `weights init` writes holds both halves); a file of another kind is a named error.
 #[test]

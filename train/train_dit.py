@@ -31,7 +31,8 @@ the StreamDiT paper's, Kodaira et al. 2025, section 3):
   count `1 + W` times in that mean; the shape is a few percent of the latent pixels, and
   without it the loss is met by the background (the stage-1 autoencoder showed the same);
 - `--init CK`: a later phase starts from another run's DiT weights (fresh optimizer);
-- AdamW, lr 3e-4 after 200 warm-up steps, batch 4 by accumulation, gradient clipping at 1;
+- AdamW, lr 3e-4 after 200 warm-up steps (`--decay A:B`: a cosine down to 3e-5 from step A to
+  step B), batch 4 by accumulation, gradient clipping at 1;
 - resumable (`checkpoint.pt` every 50 steps), seeded, `loss.png` drawn as it goes.
 """
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -159,6 +161,16 @@ def noise_levels(rng: np.random.Generator) -> torch.Tensor:
     return torch.tensor(tau, dtype=torch.float32)
 
 
+def learning_rate(step: int, decay) -> float:
+    """3e-4 after a 200-step warm-up; with `--decay A:B`, a cosine from 3e-4 at step A down to
+    3e-5 at step B, held after B (a last phase at a constant rate left the loss noisy)."""
+    lr = 3e-4 * min(1.0, (step + 1) / 200)
+    if decay is not None and step > decay[0]:
+        f = min(1.0, (step - decay[0]) / max(1, decay[1] - decay[0]))
+        lr = 3e-5 + (3e-4 - 3e-5) * 0.5 * (1 + math.cos(math.pi * f))
+    return lr
+
+
 def train(a) -> None:
     os.makedirs(a.out, exist_ok=True)
     torch.manual_seed(a.seed)
@@ -203,7 +215,7 @@ def train(a) -> None:
     t_end = time.time() + a.minutes * 60
     while time.time() < t_end and (a.max_steps is None or step < a.max_steps):
         for g in opt.param_groups:
-            g["lr"] = 3e-4 * min(1.0, (step + 1) / 200)
+            g["lr"] = learning_rate(step, a.decay)
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for b in range(BATCH):
@@ -257,6 +269,8 @@ def main(argv):
     p.add_argument("--export", help="write the engine checkpoint to this file instead of training")
     p.add_argument("--covering", type=int, default=0,
                    help="clips after --clips that show every caption of the world once per 704 (shapes.covering)")
+    p.add_argument("--decay", type=lambda v: tuple(int(x) for x in v.split(":")), metavar="A:B",
+                   help="cosine learning-rate decay from 3e-4 at step A to 3e-5 at step B")
     p.add_argument("--init", help="a checkpoint.pt to start from (DiT weights only) when --out has none")
     p.add_argument("--shape-weight", type=float, default=0.0,
                    help="latent pixels the shape covers count 1 + W times in the loss (0: plain MSE)")

@@ -48,6 +48,15 @@ impl InputEncoder {
         }
     }
 
+    /// Input video frames the first chunk of input takes fewer than the others: 3 for the
+    /// Wan VAE encoder (its first latent frame is the stream's first frame alone), else 0.
+    pub(super) fn input_startup_frames(&self) -> usize {
+        match self {
+            InputEncoder::WanVae(_) => 3,
+            _ => 0,
+        }
+    }
+
     /// Video frames that make the next `latents` latent frames.
     pub(super) fn frames_for(&self, latents: usize) -> usize {
         match self {
@@ -97,6 +106,9 @@ pub struct InputEnd {
     pub startup_frames: usize,
     /// Input video frames per chunk (the sampler's chunk of latent frames times 4).
     pub input_frames_per_chunk: usize,
+    /// Input video frames the first chunk takes fewer than `input_frames_per_chunk` (the Wan
+    /// VAE encoder's 3: its first latent frame is one video frame).
+    pub input_startup_frames: usize,
     /// Chunks the stream emits in all, the last one included.
     pub chunks: u64,
     /// Output frames of the last chunk that are written (the rest are dropped).
@@ -107,12 +119,14 @@ pub struct InputEnd {
 
 impl InputEnd {
     /// The end after `frames >= 1` input frames with `fpc` output frames per chunk, `startup`
-    /// frames fewer in the first, `input_per_chunk` input frames per chunk.
+    /// frames fewer in the first, `input_per_chunk` input frames per chunk and `input_startup`
+    /// fewer in the first chunk of input.
     pub(super) fn new(
         frames: u64,
         fpc: usize,
         startup: usize,
         input_per_chunk: usize,
+        input_startup: usize,
     ) -> InputEnd {
         let f = fpc as u64;
         let chunks = (frames + startup as u64).div_ceil(f).max(1);
@@ -123,6 +137,7 @@ impl InputEnd {
             frames_per_chunk: fpc,
             startup_frames: startup,
             input_frames_per_chunk: input_per_chunk,
+            input_startup_frames: input_startup,
             chunks,
             last_chunk_frames: (frames - before) as usize,
             last_chunk_size: size as usize,
@@ -131,7 +146,22 @@ impl InputEnd {
 
     /// Whether the input stops inside a chunk of input frames.
     pub fn mid_chunk(&self) -> bool {
-        self.frames % self.input_frames_per_chunk as u64 != 0
+        self.in_last_input_chunk().0 != 0
+    }
+
+    /// Input frames in the chunk of input the end falls in, and that chunk's size (`(0, _)`
+    /// when the end is a chunk boundary). Chunks of input end after `k n - s` frames (`n`
+    /// input frames per chunk, `s` fewer in the first).
+    fn in_last_input_chunk(&self) -> (u64, u64) {
+        let (n, s) = (
+            self.input_frames_per_chunk as u64,
+            self.input_startup_frames as u64,
+        );
+        if self.frames < n - s {
+            (self.frames, n - s)
+        } else {
+            ((self.frames + s) % n, n)
+        }
     }
 
     /// Output frames chunk `k` (0-based) may write: `0` after the last chunk.
@@ -151,12 +181,11 @@ impl fmt::Display for InputEnd {
     /// The note `generate` prints and the C ABI logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "the input video ended after {} frames", self.frames)?;
-        if self.mid_chunk() {
+        let (within, size) = self.in_last_input_chunk();
+        if within != 0 {
             write!(
                 f,
-                " (mid-chunk: {} of a {}-frame chunk of input)",
-                self.frames % self.input_frames_per_chunk as u64,
-                self.input_frames_per_chunk
+                " (mid-chunk: {within} of a {size}-frame chunk of input)"
             )?;
         }
         write!(
@@ -186,21 +215,40 @@ mod tests {
     #[test]
     fn chunks_and_frames_of_the_end() {
         // Wan tiny with TAEHV: 8 frames per chunk, the first gives 5.
-        let e = InputEnd::new(5, 8, 3, 8);
+        let e = InputEnd::new(5, 8, 3, 8, 0);
         assert_eq!((e.chunks, e.last_chunk_frames, e.last_chunk_size), (1, 5, 5));
-        let e = InputEnd::new(8, 8, 3, 8);
+        let e = InputEnd::new(8, 8, 3, 8, 0);
         assert_eq!((e.chunks, e.last_chunk_frames, e.last_chunk_size), (2, 3, 8));
         assert!(!e.mid_chunk());
-        let e = InputEnd::new(1, 8, 3, 8);
+        let e = InputEnd::new(1, 8, 3, 8, 0);
         assert_eq!((e.chunks, e.last_chunk_frames), (1, 1));
         assert!(e.mid_chunk());
         assert_eq!((e.keep(0), e.keep(1)), (1, 0));
-        let e = InputEnd::new(14, 8, 3, 8);
+        let e = InputEnd::new(14, 8, 3, 8, 0);
         assert_eq!((e.chunks, e.keep(0), e.keep(1), e.keep(2)), (3, 5, 8, 1));
         // StreamDiT: no start-up frames.
-        let e = InputEnd::new(12, 8, 0, 8);
+        let e = InputEnd::new(12, 8, 0, 8, 0);
         assert_eq!((e.chunks, e.keep(0), e.keep(1), e.keep(2)), (2, 8, 4, 0));
         let text = e.to_string();
-        assert!(text.contains("ended after 12 frames") && text.contains("mid-chunk"));
+        assert!(text.contains("ended after 12 frames") && text.contains("mid-chunk: 4 of a 8-frame"));
+    }
+
+    #[test]
+    fn the_wan_vae_encoders_chunks_of_input_start_3_frames_short() {
+        // Its chunks of 2 latent frames take 5 video frames, then 8: they end after 5, 13, 21.
+        for (frames, mid, text) in [
+            (5, false, ""),
+            (13, false, ""),
+            (21, false, ""),
+            (3, true, "mid-chunk: 3 of a 5-frame chunk"),
+            (8, true, "mid-chunk: 3 of a 8-frame chunk"),
+            (12, true, "mid-chunk: 7 of a 8-frame chunk"),
+            (14, true, "mid-chunk: 1 of a 8-frame chunk"),
+        ] {
+            let e = InputEnd::new(frames, 8, 3, 8, 3);
+            assert_eq!(e.mid_chunk(), mid, "{frames}");
+            assert_eq!(e.to_string().contains("mid-chunk"), mid, "{frames}");
+            assert!(e.to_string().contains(text), "{frames}: {e}");
+        }
     }
 }

@@ -263,7 +263,8 @@ impl Stream {
                     .into(),
             ));
         }
-        let end = InputEnd::new(input.pushed, fpc, startup, per_chunk);
+        let input_startup = input.encoder.input_startup_frames();
+        let end = InputEnd::new(input.pushed, fpc, startup, per_chunk, input_startup);
         input.ended = Some(end.clone());
         Ok(end)
     }
