@@ -179,6 +179,12 @@ int streamdit_stream_input_frames_needed(streamdit_stream *stream, uint32_t *fra
  * stream will write in all (= frames pushed) to output_frames (may be NULL) and logs the
  * rule's note at STREAMDIT_LOG_INFO. Calling it again returns the same count. */
 int streamdit_stream_end_input(streamdit_stream *stream, uint64_t *output_frames);
+/* Wan family only, before the first streamdit_stream_next: adaptive noise (StreamDiffusionV2's
+ * motion-aware noise, docs/wan.md "Adaptive noise"). From the second chunk on, each chunk
+ * starts at its own noise level, up to 0.1 below the strength as its input frames move
+ * more. STREAMDIT_ERR_INVALID_ARGUMENT for a text-to-video or StreamDiT stream, or after the
+ * first model call. */
+int streamdit_stream_set_adaptive_noise(streamdit_stream *stream);
 
 #ifdef __cplusplus
 }

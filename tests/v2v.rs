@@ -212,6 +212,13 @@ fn bad_strengths_and_missing_input_are_named_errors() {
         assert!(e.contains("strength") && e.contains("(0, 1]"), "{e}");
     }
     let mut stream = engine.video_stream(params(1), 0.5).unwrap();
+    // Adaptive noise is the Wan family's (StreamDiffusionV2's controller).
+    let e = stream.set_adaptive_noise().unwrap_err().to_string();
+    assert!(
+        e.contains("adaptive noise") && e.contains("Wan family"),
+        "{e}"
+    );
+    assert_eq!(stream.chunk_noise_level(), None);
     // The first call needs B * 4 = 32 video frames.
     assert_eq!(stream.input_frames_needed(), 32);
     let e = stream.step().unwrap_err().to_string();

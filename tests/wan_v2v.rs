@@ -15,7 +15,7 @@ use common::wan_tiny::SEED;
 const SIDE: usize = 64;
 const FRAME: usize = SIDE * SIDE * 3;
 
-use common::wan_tiny::{engine, sdedit_reference, text};
+use common::wan_tiny::{engine, sdedit_levels_reference, sdedit_reference, text};
 
 fn params() -> StreamParams {
     StreamParams {
@@ -203,4 +203,135 @@ fn an_input_ending_mid_chunk_gives_exactly_as_many_frames() {
     let err = s.end_input().unwrap_err().to_string();
     assert!(err.contains("no input video frame"), "{err}");
     assert!(e.stream(params()).unwrap().end_input().is_err());
+}
+
+/// docs/wan.md "Adaptive noise", written here in f64 from the doc: a frame's motion is the
+/// RMS of its difference from the frame before in [-1, 1] units, a chunk's the largest over
+/// its frames, `d = min(1, motion / 0.2)`; chunk 0 starts at the strength `s`, chunk `j` at
+/// `0.9 (s - 0.1 d_j) + 0.1 l_{j-1}`.
+fn adaptive_levels(strength: f64, rgb: &[u8], chunks: usize, per_chunk: usize) -> Vec<f64> {
+    let motion = |f: usize| -> f64 {
+        if f == 0 {
+            return 0.0;
+        }
+        let (a, b) = (
+            &rgb[f * FRAME..(f + 1) * FRAME],
+            &rgb[(f - 1) * FRAME..f * FRAME],
+        );
+        let sum: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| ((f64::from(x) - f64::from(y)) / 127.5).powi(2))
+            .sum();
+        (sum / FRAME as f64).sqrt()
+    };
+    let mut levels: Vec<f64> = vec![strength];
+    for j in 1..chunks {
+        let m = (j * per_chunk..(j + 1) * per_chunk)
+            .map(motion)
+            .fold(0.0, f64::max);
+        let d = (m / 0.2).min(1.0);
+        levels.push(0.9 * (strength - 0.1 * d) + 0.1 * levels[j - 1]);
+    }
+    levels
+}
+
+/// Adaptive noise on a video whose chunks are still (the last frame held), gently moving
+/// and fully moving: each chunk's level follows the rule (checked in f64 within 1e-6), the
+/// chunk starts at the step that level selects with its first call at the level itself, and
+/// the latents equal the rule driven through a backend of its own bit for bit.
+#[test]
+fn adaptive_noise_lowers_a_moving_chunks_level_and_starts_it_there() {
+    let e = engine();
+    let mut rgb = video(8);
+    let last = rgb[7 * FRAME..].to_vec();
+    for _ in 0..8 {
+        rgb.extend_from_slice(&last); // chunk 1: no motion
+    }
+    for f in 0..8 {
+        // chunk 2: each frame 3 levels brighter than the one before (motion 3/127.5)
+        let next: Vec<u8> = last
+            .iter()
+            .map(|&v| v.saturating_add(3 * (f + 1)))
+            .collect();
+        rgb.extend_from_slice(&next);
+    }
+    rgb.extend_from_slice(&video(9)[FRAME..]); // chunk 3: random frames, full motion
+    let strength = 0.9;
+    let want_levels = adaptive_levels(strength, &rgb, 4, 8);
+    let mut s = e.video_stream(params(), strength as f32).unwrap();
+    s.set_adaptive_noise().unwrap();
+    s.push_video_frames(&rgb).unwrap();
+    let (mut got, mut levels, mut calls) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..4 {
+        let before = s.calls();
+        got.push(s.next_latents().unwrap().to_vec());
+        levels.push(s.chunk_noise_level().unwrap());
+        calls.push(s.calls() - before);
+    }
+    for (j, (&l, &w)) in levels.iter().zip(&want_levels).enumerate() {
+        assert!((l - w).abs() < 1e-6, "chunk {j}: level {l}, the rule {w}");
+    }
+    assert!(
+        levels[1] >= levels[2] && levels[2] > levels[3] && levels[3] < 0.82,
+        "{levels:?}"
+    );
+    // wan-tiny's sigmas 1, 0.9375, 0.8333, 0.625: 0.9 starts at step 2 (2 calls), below
+    // 0.8333 at step 3 (1 call).
+    let (timesteps, sigmas) = Profile::builtin("wan-tiny")
+        .unwrap()
+        .wan()
+        .unwrap()
+        .schedule();
+    let step = |l: f64| {
+        sigmas
+            .iter()
+            .position(|&s| s <= l)
+            .unwrap_or(sigmas.len() - 1)
+    };
+    let want_calls: Vec<u64> = levels.iter().map(|&l| (4 - step(l)) as u64).collect();
+    assert_eq!(calls, want_calls, "levels {levels:?}");
+    assert_eq!(calls[3], 1);
+    assert_eq!(timesteps.len(), 4);
+    let p = Profile::builtin("wan-tiny").unwrap();
+    let w = p.wan().unwrap();
+    let cfg = TaehvEncoderConfig {
+        latent_channels: w.latent_channels,
+        ..TaehvEncoderConfig::taew2_1()
+    };
+    let ew = TaehvEncoder::random_weights(&cfg, SEED, DType::F32).unwrap();
+    let mut enc = TaehvEncoder::new(&cfg, SIDE, SIDE, &ew).unwrap();
+    let want = sdedit_levels_reference(
+        4,
+        |k| (step(levels[k]), levels[k], 1000.0 * levels[k]),
+        |k| {
+            enc.encode_rgb(&rgb[8 * k * FRAME..8 * (k + 1) * FRAME])
+                .unwrap()
+        },
+    );
+    assert!(
+        got == want,
+        "the stream differs from the rule at its levels"
+    );
+    // Without adaptive noise every chunk starts at step 2's sigma.
+    let mut fixed = e.video_stream(params(), strength as f32).unwrap();
+    fixed.push_video_frames(&rgb).unwrap();
+    fixed.next_latents().unwrap();
+    assert_eq!(fixed.chunk_noise_level(), Some(sigmas[2]));
+}
+
+#[test]
+fn adaptive_noise_is_refused_where_it_cannot_apply() {
+    let e = engine();
+    let err = e
+        .stream(params())
+        .unwrap()
+        .set_adaptive_noise()
+        .unwrap_err();
+    assert!(err.to_string().contains("text-to-video"), "{err}");
+    let mut s = e.video_stream(params(), 0.7).unwrap();
+    s.push_video_frames(&video(8)).unwrap();
+    s.step().unwrap();
+    let err = s.set_adaptive_noise().unwrap_err().to_string();
+    assert!(err.contains("before the first model call"), "{err}");
 }

@@ -95,7 +95,16 @@ int main(int argc, char **argv) {
     EXPECT_ERROR(streamdit_stream_end_input(t2v, &out_frames), STREAMDIT_ERR_INVALID_ARGUMENT,
                  "text-to-video");
     CHECK(out_frames == 0, "output_frames not cleared on failure");
+    /* Adaptive noise needs an input video. */
+    EXPECT_ERROR(streamdit_stream_set_adaptive_noise(t2v), STREAMDIT_ERR_INVALID_ARGUMENT,
+                 "text-to-video");
     streamdit_stream_free(t2v);
+    EXPECT_ERROR(streamdit_stream_set_adaptive_noise(NULL), STREAMDIT_ERR_INVALID_ARGUMENT,
+                 "`stream` is NULL");
+    streamdit_stream *adaptive = NULL;
+    EXPECT_STATUS(streamdit_stream_create_video(engine, &sp, 0.7f, &adaptive), STREAMDIT_OK);
+    EXPECT_STATUS(streamdit_stream_set_adaptive_noise(adaptive), STREAMDIT_OK);
+    streamdit_stream_free(adaptive);
     EXPECT_ERROR(streamdit_stream_end_input(NULL, NULL), STREAMDIT_ERR_INVALID_ARGUMENT,
                  "`stream` is NULL");
 

@@ -38,8 +38,26 @@ pub fn text() -> TextInput {
 pub fn sdedit_reference(
     strength: f64,
     chunks: usize,
-    mut encode: impl FnMut(usize) -> Vec<f32>,
+    encode: impl FnMut(usize) -> Vec<f32>,
 ) -> (Vec<Vec<f32>>, usize) {
+    let p = Profile::builtin("wan-tiny").unwrap();
+    let (timesteps, sigmas) = p.wan().unwrap().schedule();
+    let j = sigmas
+        .iter()
+        .position(|&s| s <= strength)
+        .unwrap_or(sigmas.len() - 1);
+    let out = sdedit_levels_reference(chunks, |_| (j, sigmas[j], timesteps[j]), encode);
+    (out, j)
+}
+
+/// The same rule with each chunk's own start: `start(k) = (j, sigma, timestep)` starts chunk
+/// `k` at step `j` from `(1 - sigma) z_k + sigma eps_j` with its first call at `sigma` and
+/// `timestep` (adaptive noise, docs/wan.md "Adaptive noise"), then steps `j+1 ..` as listed.
+pub fn sdedit_levels_reference(
+    chunks: usize,
+    start: impl Fn(usize) -> (usize, f64, f64),
+    mut encode: impl FnMut(usize) -> Vec<f32>,
+) -> Vec<Vec<f32>> {
     use std::sync::Arc;
     use streamdit::backend::cpu::CpuCausal;
     use streamdit::checkpoint::wan::random_wan;
@@ -49,10 +67,6 @@ pub fn sdedit_reference(
     let p = Profile::builtin("wan-tiny").unwrap();
     let w = p.wan().unwrap().clone();
     let (timesteps, sigmas) = w.schedule();
-    let j = sigmas
-        .iter()
-        .position(|&s| s <= strength)
-        .unwrap_or(sigmas.len() - 1);
     let mut b = CpuCausal::new(&w, Arc::new(random_wan(&w, SEED, DType::F32))).unwrap();
     let t = text();
     b.set_text(&t.text, &t.mask).unwrap();
@@ -73,19 +87,23 @@ pub fn sdedit_reference(
         if held + c > w.window {
             b.evict(held + c - w.window).unwrap();
         }
-        let sj = sigmas[j] as f32;
+        let (j, first_sigma, first_t) = start(k);
+        let sj = first_sigma as f32;
         let mut x: Vec<f32> = z
             .iter()
             .zip(noise(f0, j))
-            .map(|(&z, e)| (1.0 - sj) * z + sj * e)
+            .map(|(&z, e)| if sj < 1.0 { (1.0 - sj) * z + sj * e } else { e })
             .collect();
         let mut x0 = vec![0.0; c * fe];
         let mut v = vec![0.0; c * fe];
         for s in j..sigmas.len() {
-            b.denoise(&x, &vec![timesteps[s] as f32; c], f0, &mut v)
-                .unwrap();
+            let (sigma, t) = match s == j {
+                true => (first_sigma, first_t),
+                false => (sigmas[s], timesteps[s]),
+            };
+            b.denoise(&x, &vec![t as f32; c], f0, &mut v).unwrap();
             for ((o, &x), &v) in x0.iter_mut().zip(&x).zip(&v) {
-                *o = (f64::from(x) - sigmas[s] * f64::from(v)) as f32;
+                *o = (f64::from(x) - sigma * f64::from(v)) as f32;
             }
             if s + 1 < sigmas.len() {
                 let sn = sigmas[s + 1] as f32;
@@ -98,5 +116,5 @@ pub fn sdedit_reference(
         b.commit(&x0, w.context_timestep as f32, f0).unwrap();
         out.push(x0);
     }
-    (out, j)
+    out
 }

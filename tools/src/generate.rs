@@ -80,6 +80,11 @@ pub(crate) struct GenerateArgs {
     /// keeps more of it.
     #[arg(long, requires = "input_video", default_value_t = 0.6)]
     strength: f32,
+    /// Video-to-video, Wan family: adaptive noise (StreamDiffusionV2's motion-aware noise,
+    /// docs/wan.md "Adaptive noise"): from the second chunk on, each chunk starts at its own
+    /// noise level, up to 0.1 below --strength as its input frames move more.
+    #[arg(long, requires = "input_video")]
+    adaptive_noise: bool,
     /// The input is raw RGB24 frames of this size (`WxH`), from a file or stdin.
     #[arg(long, value_name = "WxH", requires = "input_video", value_parser = parse_size)]
     input_size: Option<(usize, usize)>,
@@ -184,6 +189,9 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
         Some(_) => engine.video_stream(params, args.strength)?,
         None => engine.stream(params)?,
     };
+    if args.adaptive_noise {
+        stream.set_adaptive_noise()?;
+    }
     if let Some(input) = &input {
         let (sw, sh) = input.source.size();
         let (tw, th) = stream.frame_size();
@@ -203,7 +211,7 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
             )
         };
         eprintln!(
-            "streamdit: video-to-video from `{}` ({sw}x{sh}{}), strength {}; {lag}",
+            "streamdit: video-to-video from `{}` ({sw}x{sh}{}), strength {}{}; {lag}",
             input.source.name(),
             if (sw, sh) == (tw, th) {
                 String::new()
@@ -211,6 +219,11 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
                 format!(", scaled to cover {tw}x{th} and centre-cropped")
             },
             args.strength,
+            if args.adaptive_noise {
+                " with adaptive noise"
+            } else {
+                ""
+            },
         );
     }
     if args.trace.is_some() {
@@ -250,6 +263,8 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
     let mut first_chunk = None;
     let mut written = 0u64;
     let mut frames = Vec::new();
+    // Adaptive noise: the lowest and highest level a chunk started at.
+    let mut levels: Option<(f64, f64)> = None;
     while written < total {
         while let Some((_, prompt)) = schedule.next_if(|(at, _)| *at <= written) {
             eprintln!("\nstreamdit: prompt switch at frame {written}: {prompt:?}");
@@ -265,6 +280,9 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
             break;
         }
         first_chunk.get_or_insert(start.elapsed());
+        if let (true, Some(l)) = (args.adaptive_noise, stream.chunk_noise_level()) {
+            levels = Some(levels.map_or((l, l), |(lo, hi): (f64, f64)| (lo.min(l), hi.max(l))));
+        }
         for frame in frames.chunks(w * h * 3).take((total - written) as usize) {
             sink.write_frame(frame)?;
         }
@@ -288,6 +306,9 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
     }
     sink.finish()?;
     let secs = start.elapsed().as_secs_f64();
+    if let Some((lo, hi)) = levels {
+        eprintln!("\nstreamdit: adaptive noise: chunks started at noise levels {lo:.4} to {hi:.4}");
+    }
     if let Some(path) = &args.trace {
         let trace = stream.take_trace();
         let refs: Vec<(&str, &streamdit::Tensor)> =

@@ -243,3 +243,48 @@ fn generate_equals_the_rust_api_and_so_the_c_abi() {
         "the CLI's frames differ from the Rust API's"
     );
 }
+
+/// `generate --adaptive-noise` (docs/wan.md "Adaptive noise"): the whole input is edited,
+/// chunks after the first start below the strength (this input moves), said on stderr, and
+/// the frames differ from a fixed-level run; StreamDiT refuses it by name.
+#[test]
+fn generate_with_adaptive_noise() {
+    let n = 16;
+    let input = raw_video("wan-in-adaptive.rgb", n);
+    let out = generate(&input, &["--adaptive-noise"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.stdout.len(), n * FRAME, "{stderr}");
+    assert!(
+        stderr.contains("strength 0.7 with adaptive noise"),
+        "{stderr}"
+    );
+    let levels = stderr
+        .split("chunks started at noise levels ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no levels said: {stderr}"));
+    let (lo, hi) = levels.split_once(" to ").unwrap();
+    let lo: f64 = lo.parse().unwrap();
+    let hi: f64 = hi.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(hi == 0.7 && lo < 0.7 && lo >= 0.6, "{lo} {hi}");
+    let fixed = generate(&input, &[]);
+    assert_eq!(fixed.stdout.len(), n * FRAME);
+    assert!(fixed.stdout != out.stdout, "adaptive noise changed nothing");
+    let err = cli_common::fails(&[
+        "generate",
+        "--profile",
+        "tiny",
+        "--backend",
+        "cpu",
+        "--input-video",
+        s(&input),
+        "--input-size",
+        "64x64",
+        "--adaptive-noise",
+        "--out",
+        "-",
+    ]);
+    assert!(
+        err.contains("adaptive noise") && err.contains("Wan family"),
+        "{err}"
+    );
+}

@@ -148,3 +148,24 @@ pub unsafe extern "C" fn streamdit_stream_end_input(
         Ok(OK)
     })
 }
+
+/// Turns on adaptive noise for a Wan-family video-to-video stream (`Stream::set_adaptive_noise`,
+/// docs/wan.md "Adaptive noise"): from the second chunk on, each chunk starts at its own
+/// noise level, up to 0.1 below the strength as its input frames move more. Only before the
+/// stream's first model call; `STREAMDIT_ERR_INVALID_ARGUMENT` for a text-to-video or
+/// StreamDiT stream, or after the first call.
+///
+/// # Safety
+/// `stream` is NULL or a live stream handle.
+#[no_mangle]
+pub unsafe extern "C" fn streamdit_stream_set_adaptive_noise(stream: *mut StreamHandle) -> c_int {
+    guard(stream_logger(stream), || {
+        const F: &str = "streamdit_stream_set_adaptive_noise";
+        // SAFETY: per the contract.
+        let s = unsafe { stream_mut(stream, F) }?;
+        s.stream
+            .set_adaptive_noise()
+            .map_err(|e| invalid(&format!("{F}: {e}")))?;
+        Ok(OK)
+    })
+}

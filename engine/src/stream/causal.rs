@@ -26,11 +26,16 @@
 //! sampler starts every chunk at step `k`, the first step of the list with `sigma_k <= s`,
 //! from `x = (1 - sigma_k) z + sigma_k eps_k` (`z` the chunk's encoded input latents) and
 //! runs steps `k .. m-1`; the KV cache is written as in text-to-video. `k = 0` (strength 1,
-//! `sigma_0 = 1`) starts from `eps_0` exactly as text-to-video does.
+//! `sigma_0 = 1`) starts from `eps_0` exactly as text-to-video does. With adaptive noise
+//! (docs/wan.md "Adaptive noise") chunk `j` has a level `l_j` of its own
+//! ([`super::motion::NoiseController`]): it starts at `k = start_step(l_j)` from
+//! `x = (1 - l_j) z + l_j eps_k`, its first call runs at sigma `l_j` (timestep `1000 l_j`) in
+//! place of step `k`'s, and steps `k+1 .. m-1` follow as above.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::motion::NoiseController;
 use super::{Sampler, Trace};
 use crate::backend::CausalBackend;
 use crate::error::{Error, Result};
@@ -67,15 +72,23 @@ pub(crate) struct CausalSampler {
     next_noise: Option<Vec<f32>>,
     /// Video-to-video: the input, when the stream edits a video.
     input: Option<CausalInput>,
+    /// Adaptive noise: the level of the started chunk's first call, until it runs.
+    first_level: Option<f64>,
 }
 
 /// A video-to-video stream's input side.
 struct CausalInput {
-    /// The step every chunk starts at.
+    /// The strength and the step every chunk starts at (without adaptive noise).
+    strength: f64,
     start: usize,
-    /// Encoded input latent frames not yet used, and how many were pushed in all.
+    /// Encoded input latent frames not yet used, their motions, and how many were pushed.
     latents: VecDeque<Vec<f32>>,
+    motion: VecDeque<f32>,
     pushed: u64,
+    /// Adaptive noise: the controller of each chunk's level.
+    adaptive: Option<NoiseController>,
+    /// The level the last started chunk began at.
+    level: Option<f64>,
 }
 
 /// The step a chunk of an SDEdit stream with `strength` starts at: the first of `sigmas`
@@ -121,6 +134,7 @@ impl CausalSampler {
             calls: 0,
             next_noise: None,
             input: None,
+            first_level: None,
         }
     }
 
@@ -135,11 +149,24 @@ impl CausalSampler {
             ));
         }
         self.input = Some(CausalInput {
+            strength,
             start: start_step(&self.sigmas, strength),
             latents: VecDeque::new(),
+            motion: VecDeque::new(),
             pushed: 0,
+            adaptive: None,
+            level: None,
         });
         Ok(())
+    }
+
+    /// Whether every timestep is `1000 sigma` (a warped schedule), which lets a chunk start
+    /// at a level between the list's steps.
+    fn timesteps_are_sigmas(&self) -> bool {
+        self.timesteps
+            .iter()
+            .zip(&self.sigmas)
+            .all(|(&t, &s)| (t - 1000.0 * s).abs() <= 1e-9 * t.abs().max(1.0))
     }
 
     fn f0(&self) -> u64 {
@@ -195,7 +222,17 @@ impl CausalSampler {
             )));
         }
         let z: Vec<f32> = input.latents.drain(..c).flatten().collect();
-        let sigma = self.sigmas[k];
+        let motion = input.motion.drain(..c).fold(0.0, f32::max);
+        let (sigma, k) = match input.adaptive.as_mut() {
+            None => (self.sigmas[k], k),
+            Some(a) => {
+                // The chunk's own level; its first call runs there in place of step k's.
+                let level = a.next_level(motion);
+                self.first_level = Some(level);
+                (level, start_step(&self.sigmas, level))
+            }
+        };
+        input.level = Some(sigma);
         self.x = self.noise(k, trace);
         if sigma < 1.0 {
             let s = sigma as f32;
@@ -250,11 +287,15 @@ impl Sampler for CausalSampler {
             self.start_chunk(trace.as_deref_mut())?;
         }
         let (s, m) = (self.step, self.timesteps.len());
-        let t = vec![self.timesteps[s] as f32; self.chunk_frames];
+        // Adaptive noise: a chunk's first call at its own level (timestep `1000 sigma`).
+        let (timestep, sigma) = match self.first_level.take() {
+            Some(level) => (1000.0 * level, level),
+            None => (self.timesteps[s], self.sigmas[s]),
+        };
+        let t = vec![timestep as f32; self.chunk_frames];
         let f0 = self.f0();
         self.backend.denoise(&self.x, &t, f0, &mut self.v)?;
         self.calls += 1;
-        let sigma = self.sigmas[s];
         for ((o, &x), &v) in self.x0.iter_mut().zip(&self.x).zip(&self.v) {
             *o = (f64::from(x) - sigma * f64::from(v)) as f32;
         }
@@ -311,7 +352,33 @@ impl Sampler for CausalSampler {
         (self.timesteps.len() - k) as u64
     }
 
-    fn push_input(&mut self, latents: &[f32]) -> Result<()> {
+    fn set_adaptive_noise(&mut self) -> Result<()> {
+        if self.calls > 0 {
+            return Err(Error::Invalid(
+                "adaptive noise: it is turned on before the first model call".into(),
+            ));
+        }
+        if !self.timesteps_are_sigmas() {
+            return Err(Error::Invalid(format!(
+                "adaptive noise: a chunk starts at a level between the schedule's steps with \
+                 timestep 1000 sigma, which needs a warped schedule (timesteps {:?}, sigmas {:?})",
+                self.timesteps, self.sigmas
+            )));
+        }
+        let Some(input) = self.input.as_mut() else {
+            return Err(Error::Invalid(
+                "adaptive noise: this stream is text-to-video; it needs an input video".into(),
+            ));
+        };
+        input.adaptive = Some(NoiseController::new(input.strength));
+        Ok(())
+    }
+
+    fn chunk_noise_level(&self) -> Option<f64> {
+        self.input.as_ref().and_then(|i| i.level)
+    }
+
+    fn push_input(&mut self, latents: &[f32], motion: &[f32]) -> Result<()> {
         let fe = self.frame_elems;
         let Some(input) = self.input.as_mut() else {
             return Err(Error::Invalid(
@@ -327,9 +394,18 @@ impl Sampler for CausalSampler {
                 format!("{} values", latents.len()),
             ));
         }
+        let n = latents.len() / fe;
+        if motion.len() != n {
+            return Err(Error::shape(
+                "input latents' motion",
+                format!("one value per latent frame ({n})"),
+                format!("{} values", motion.len()),
+            ));
+        }
         for frame in latents.chunks(fe) {
             input.latents.push_back(frame.to_vec());
         }
+        input.motion.extend(motion);
         input.pushed += (latents.len() / fe) as u64;
         Ok(())
     }

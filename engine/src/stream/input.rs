@@ -73,6 +73,9 @@ pub(super) struct InputVideo {
     pub pending: Vec<u8>,
     /// Video frames pushed so far, repeats after the end included.
     pub pushed: u64,
+    /// The motion of each pending frame ([`super::motion::frame_motion`] against the one
+    /// before).
+    pub motion: Vec<f32>,
     /// The last frame pushed, repeated once the input ended.
     pub last: Vec<u8>,
     /// Set by `end_input`: the input's end and what follows from it.
@@ -87,6 +90,7 @@ impl InputVideo {
             encoder,
             pending: Vec::new(),
             pushed: 0,
+            motion: Vec::new(),
             last: Vec::new(),
             ended: None,
             repeated: 0,

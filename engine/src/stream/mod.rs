@@ -5,6 +5,7 @@
 
 pub mod causal;
 mod input;
+pub mod motion;
 mod moving;
 pub mod schedule;
 pub mod sink;
@@ -42,12 +43,29 @@ pub(crate) trait Sampler: Send {
     fn step(&mut self, chunk: &mut [f32], trace: Option<&mut Trace>) -> Result<bool>;
 
     /// Video-to-video: appends encoded input latents `[n, C, H, W]` (global latent frames in
-    /// order). An error for a text-to-video stream or a family without video-to-video.
-    fn push_input(&mut self, _latents: &[f32]) -> Result<()> {
+    /// order) with each latent frame's motion (the largest [`motion::frame_motion`] of the
+    /// video frames it was encoded from). An error for a text-to-video stream or a family
+    /// without video-to-video.
+    fn push_input(&mut self, _latents: &[f32], _motion: &[f32]) -> Result<()> {
         Err(Error::Invalid(format!(
             "input video: the {} sampler of this model family has no video-to-video",
             self.backend_name()
         )))
+    }
+
+    /// Video-to-video: turns on adaptive noise ([`Stream::set_adaptive_noise`]).
+    fn set_adaptive_noise(&mut self) -> Result<()> {
+        Err(Error::Invalid(format!(
+            "adaptive noise: the {} sampler of this model family has none (StreamDiffusionV2's \
+             motion-aware noise is for the Wan family's video-to-video)",
+            self.backend_name()
+        )))
+    }
+
+    /// Video-to-video: the noise level the last started chunk began at (`None` before one,
+    /// for text-to-video and for a family without a per-chunk level).
+    fn chunk_noise_level(&self) -> Option<f64> {
+        None
     }
 
     /// Video-to-video: input latent frames still missing before the next call can run
@@ -224,15 +242,21 @@ impl Stream {
         if rgb.len() < frame {
             return Ok(());
         }
+        for f in rgb.chunks_exact(frame) {
+            // The stream's first frame has none before it: no motion.
+            input.motion.push(motion::frame_motion(f, &input.last));
+            input.last.clear();
+            input.last.extend_from_slice(f);
+        }
         input.pending.extend_from_slice(rgb);
         input.pushed += (rgb.len() / frame) as u64;
-        input.last.clear();
-        input.last.extend_from_slice(&rgb[rgb.len() - frame..]);
-        let whole = input.encoder.frames_ready(input.pending.len() / frame) * frame;
+        let whole = input.encoder.frames_ready(input.pending.len() / frame);
         if whole > 0 {
-            let latents = input.encoder.encode_rgb(&input.pending[..whole])?;
-            input.pending.drain(..whole);
-            self.sampler.push_input(&latents)?;
+            let latents = input.encoder.encode_rgb(&input.pending[..whole * frame])?;
+            input.pending.drain(..whole * frame);
+            let motion = motion::latent_motion(&input.motion[..whole]);
+            input.motion.drain(..whole);
+            self.sampler.push_input(&latents, &motion)?;
         }
         Ok(())
     }
@@ -323,6 +347,29 @@ impl Stream {
         let pending = input.pending.len() / (w * h * 3);
         let latents = self.sampler.input_latents_needed() as usize;
         input.encoder.frames_for(latents).saturating_sub(pending)
+    }
+
+    /// Video-to-video, Wan family: adaptive noise (docs/wan.md "Adaptive noise",
+    /// StreamDiffusionV2's motion-aware noise controller): from the second chunk on, each
+    /// chunk starts at its own noise level, lowered below the strength by up to 0.1 as its
+    /// input frames move more ([`motion::NoiseController`]). Only before the first model call;
+    /// an error for text-to-video, StreamDiT, or a schedule whose timesteps are not
+    /// `1000 sigma`.
+    pub fn set_adaptive_noise(&mut self) -> Result<()> {
+        if self.input.is_none() {
+            return Err(Error::Invalid(
+                "adaptive noise: this stream is text-to-video; it needs an input video \
+                 (Engine::video_stream)"
+                    .into(),
+            ));
+        }
+        self.sampler.set_adaptive_noise()
+    }
+
+    /// Video-to-video: the noise level (sigma) the last started chunk began at, `None` where
+    /// the family has no per-chunk level (StreamDiT) or before the first chunk.
+    pub fn chunk_noise_level(&self) -> Option<f64> {
+        self.sampler.chunk_noise_level()
     }
 
     /// Video-to-video: input video frames pushed so far.

@@ -214,7 +214,7 @@ impl Sampler for MovingSampler {
         Ok(s.pop)
     }
 
-    fn push_input(&mut self, latents: &[f32]) -> Result<()> {
+    fn push_input(&mut self, latents: &[f32], _motion: &[f32]) -> Result<()> {
         let fe = self.frame_elems();
         let Some(input) = self.input.as_mut() else {
             return Err(Error::Invalid(
