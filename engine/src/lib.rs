@@ -125,7 +125,9 @@ pub mod inspect {
         OpClass, OpCost, OpTime, ParamCount, Prediction, VideoCost,
     };
     pub use crate::decoder::tae::{device_memory as decoder_device_memory, TaeMemory};
-    pub use crate::engine::{wan_decoder_graph, wan_encoder_graph, wan_video_to_video_memory};
+    pub use crate::engine::{
+        wan_decoder_graph, wan_decoder_kind, wan_encoder_graph, wan_video_to_video_memory,
+    };
     pub use crate::math::linear_rate as cpu_linear_rate;
     pub use crate::memory::host::{encoder_memory, video_to_video_memory, EncoderMemory};
     pub use crate::memory::{

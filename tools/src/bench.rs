@@ -195,7 +195,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let cold_calls = stream.calls();
     let profile = engine.profile().clone();
     // A Wan profile's call: one chunk over a full window (plan's steady state).
-    let (graph, _) = crate::plan_wan::graph(&profile, stream.guidance())?;
+    let (graph, _) = crate::plan_wan::graph(&profile, stream.guidance(), None)?;
     let cost = GraphCost::of(&graph);
 
     // Steady state: warm-up calls, then the measured window.

@@ -26,7 +26,7 @@ fn profile_shapes(model: &ModelArgs) -> Result<(Vec<GemmShape>, Vec<AttentionSha
     } else {
         profile.run.guidance
     };
-    let (graph, _) = crate::plan_wan::graph(&profile, guidance)?;
+    let (graph, _) = crate::plan_wan::graph(&profile, guidance, None)?;
     let mut shapes: Vec<GemmShape> = Vec::new();
     for op in &graph.call_ops {
         let Op::Linear { x, w, .. } = *op else {

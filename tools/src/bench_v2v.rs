@@ -1,7 +1,8 @@
 //! `streamdit bench`'s video-to-video part (`--input-video F` or `--strength S`): a second
 //! stream of the same engine edits an input video, and the report gains the latency from
 //! an input frame pushed to its edited frame decoded, and the time and FPS of each stage
-//! (the encoder, TAE for StreamDiT and TAEHV for the Wan family, the DiT, the decoder).
+//! (the encoder, TAE for StreamDiT and TAEHV or, with the Wan VAE decoder, the Wan VAE's own
+//! for the Wan family, the DiT, the decoder).
 //!
 //! Input frames are pushed when the stream asks for them (`Stream::input_frames_needed`),
 //! as fast as the machine computes: the latency is the pipeline's own, a live camera adds
@@ -187,20 +188,29 @@ pub fn measure(
     let steady_mean = mean(&steady).unwrap_or(0.0);
     let first_mean = mean(&first_chunk).unwrap_or(0.0);
     let output_frames = written;
+    let encoder = stream.input_encoder_name().unwrap_or("none");
+    // The Wan VAE encoder's first chunk takes 3 frames fewer (its first frame alone).
+    let (chunk_input, vae_first) = match encoder.starts_with("Wan VAE") {
+        true => (
+            buffer_frames + 3,
+            format!("; the first chunk {buffer_frames}, its first frame encoded alone"),
+        ),
+        false => (buffer_frames, String::new()),
+    };
     let (encoder, structure) = if wan {
         (
-            "TAEHV, CPU, f32",
+            encoder,
             format!(
-                "a Wan chunk starts once its own {buffer_frames} input frames are encoded (the KV \
-                 cache holds earlier chunks, no look-ahead beyond the chunk): a frame waits for \
-                 the rest of its chunk's input, then {calls_per_chunk} denoising calls per chunk \
+                "a Wan chunk starts once its own {chunk_input} input frames are encoded (the KV \
+                 cache holds earlier chunks, no look-ahead beyond the chunk{vae_first}): a frame \
+                 waits for the rest of its chunk's input, then {calls_per_chunk} denoising calls per chunk \
                  at this strength, the commit into the cache and the decode; {per_chunk} frames \
                  per chunk, the first {first_frames} with the decoder's start-up"
             ),
         )
     } else {
         (
-            "TAE, CPU, f32",
+            encoder,
             format!(
                 "the buffer holds {buffer_frames} input video frames (B * 4) before its first \
                  call, then takes {per_chunk} per chunk"

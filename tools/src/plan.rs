@@ -41,7 +41,7 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
     let profile = Profile::load(&args.profile)?;
     let guidance = streamdit::check_guidance(args.guidance.unwrap_or(profile.run.guidance))?;
     let gpu = args.gpu.as_deref().map(GpuSpec::by_key).transpose()?;
-    let (graph, wan) = crate::plan_wan::graph(&profile, guidance)?;
+    let (graph, wan) = crate::plan_wan::graph(&profile, guidance, args.decoder)?;
     let cost = GraphCost::of(&graph);
     // The plan of the CUDA backend: ops it runs in one launch share one liveness step.
     let fusion = streamdit::inspect::device_fusion(&graph);

@@ -3,7 +3,7 @@
 //! per chunk beside the DiT's, in the steady state (a chunk that does not start the stream).
 
 use serde_json::{json, Value};
-use streamdit::inspect::{wan_decoder_graph, GpuSpec, VideoCost};
+use streamdit::inspect::{wan_decoder_graph, wan_decoder_kind, GpuSpec, VideoCost};
 use streamdit::{DecoderKind, Error, Profile, Result, WanDecoder};
 
 use crate::common::{fmt_bytes, fmt_count, fmt_flops};
@@ -27,12 +27,7 @@ pub(crate) fn report(
     dit: Dit,
     efficiency: f64,
 ) -> Result<DecoderReport> {
-    let kind = match kind {
-        None | Some(DecoderKind::Tae) => profile.wan()?.decoder,
-        Some(DecoderKind::Taehv) => WanDecoder::Taehv,
-        Some(DecoderKind::WanVae) => WanDecoder::WanVae,
-        Some(DecoderKind::Preview) => WanDecoder::Preview,
-    };
+    let kind = wan_decoder_kind(profile, kind.unwrap_or_default())?;
     if kind == WanDecoder::Preview {
         return Ok(DecoderReport::none(
             "decoder: the preview (a per-pixel map; it costs next to nothing; --decoder taehv|wan-vae costs a real one)",

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 use streamdit::inspect::{GpuSpec, Graph, GraphCost, KernelPath, Kind, OpCost, WanGraph};
-use streamdit::{Error, Family, Profile, Result};
+use streamdit::{DecoderKind, Error, Family, Profile, Result};
 
 use crate::common::{fmt_bytes, fmt_flops};
 
@@ -21,12 +21,17 @@ pub(crate) struct WanPlan {
     chunk_frames: usize,
     window: usize,
     video_frames_per_chunk: usize,
-    /// Video-to-video's TAEHV encoder.
+    /// Video-to-video's encoder (the one the costed decoder's stream uses).
     encoder: crate::plan_wan_encoder::Encoder,
 }
 
-/// The graph `plan` reports: StreamDiT's call with `guidance`, or one Wan chunk's call.
-pub(crate) fn graph(profile: &Profile, guidance: f32) -> Result<(Graph, Option<WanPlan>)> {
+/// The graph `plan` reports: StreamDiT's call with `guidance`, or one Wan chunk's call (with
+/// the video-to-video encoder of a stream decoding with `decoder`).
+pub(crate) fn graph(
+    profile: &Profile,
+    guidance: f32,
+    decoder: Option<DecoderKind>,
+) -> Result<(Graph, Option<WanPlan>)> {
     if profile.family != Family::Wan {
         return Ok((Graph::build(&profile.model, guidance), None));
     }
@@ -43,7 +48,7 @@ pub(crate) fn graph(profile: &Profile, guidance: f32) -> Result<(Graph, Option<W
         chunk_frames: w.chunk_frames,
         window: w.window,
         video_frames_per_chunk: profile.video.frames_per_chunk(w.chunk_frames),
-        encoder: crate::plan_wan_encoder::Encoder::of(profile)?,
+        encoder: crate::plan_wan_encoder::Encoder::of(profile, decoder)?,
     };
     Ok((g.graph, Some(plan)))
 }

@@ -1,14 +1,16 @@
-//! The video-to-video part of `streamdit plan` for a Wan profile: the TAEHV encoder that
-//! turns each chunk's `4c` input video frames into its `c` latent frames (docs/taehv.md
-//! "The encoder"): its FLOPs and bytes per chunk and per input frame, its roofline on the
-//! named GPU beside the chunk's DiT calls at the default strength, and its memory (f16 on a
-//! device as costed, f32 on the host where this build runs it).
+//! The video-to-video part of `streamdit plan` for a Wan profile: the encoder that turns
+//! each chunk's `4c` input video frames into its `c` latent frames (the stream's: TAEHV's,
+//! docs/taehv.md "The encoder", or with the Wan VAE decoder the Wan VAE's own,
+//! docs/wan_vae.md "The encoder"): its FLOPs and bytes per chunk and per input frame, its
+//! roofline on the named GPU beside the chunk's DiT calls at the default strength, and its
+//! memory (f16 on a device as costed, f32 on the host where this build runs it).
 
 use serde_json::{json, Value};
 use streamdit::inspect::{
-    wan_encoder_graph, wan_start_step, wan_video_to_video_memory, EncoderMemory, GpuSpec, VideoCost,
+    wan_decoder_kind, wan_encoder_graph, wan_start_step, wan_video_to_video_memory, EncoderMemory,
+    GpuSpec, VideoCost,
 };
-use streamdit::{Profile, Result};
+use streamdit::{DecoderKind, Profile, Result, WanDecoder};
 
 use crate::common::{fmt_bytes, fmt_count, fmt_flops};
 
@@ -17,6 +19,8 @@ const DEFAULT_STRENGTH: f64 = 0.6;
 
 /// The encoder of a Wan profile at one chunk, with what the report sets beside it.
 pub(crate) struct Encoder {
+    /// The stream's decoder, which picks the encoder.
+    decoder: WanDecoder,
     cost: VideoCost,
     host: EncoderMemory,
     chunk_frames: usize,
@@ -26,13 +30,17 @@ pub(crate) struct Encoder {
 }
 
 impl Encoder {
-    pub(crate) fn of(profile: &Profile) -> Result<Encoder> {
+    /// The encoder of a stream of `profile` decoding with `decoder` (the profile's when
+    /// `None`; the preview encodes with TAEHV).
+    pub(crate) fn of(profile: &Profile, decoder: Option<DecoderKind>) -> Result<Encoder> {
         let w = profile.wan()?;
-        let graph = wan_encoder_graph(profile)?;
+        let decoder = wan_decoder_kind(profile, decoder.unwrap_or_default())?;
+        let graph = wan_encoder_graph(profile, decoder)?;
         let (_, sigmas) = w.schedule();
         Ok(Encoder {
+            decoder,
             cost: VideoCost::of(&graph, w.chunk_frames, false),
-            host: wan_video_to_video_memory(profile)?,
+            host: wan_video_to_video_memory(profile, decoder)?,
             chunk_frames: w.chunk_frames,
             steps: w.steps(),
             start: wan_start_step(&sigmas, DEFAULT_STRENGTH),
@@ -48,9 +56,19 @@ impl Encoder {
         let bytes = c.total.bytes_read + c.total.bytes_written;
         let calls = self.steps - self.start;
         let mut text = String::new();
+        let (name, doc, kind, first, caches) = match self.decoder {
+            WanDecoder::WanVae => (
+                "the Wan VAE's, as the stream decodes with the Wan VAE",
+                "docs/wan_vae.md",
+                "wan-vae",
+                "; the stream's first chunk takes 3 frames fewer",
+                "causal-conv caches",
+            ),
+            _ => ("TAEHV", "docs/taehv.md", "taehv", "", "MemBlock memories"),
+        };
         say!(
             text,
-            "\nvideo-to-video encoder (TAEHV, docs/taehv.md \"The encoder\"; once per chunk of {} input frames -> {} latent frames; CPU f32 in this build, costed at f16 on a device)",
+            "\nvideo-to-video encoder ({name}, {doc} \"The encoder\"; once per chunk of {} input frames -> {} latent frames{first}; CPU f32 in this build, costed at f16 on a device)",
             input_frames,
             self.chunk_frames
         );
@@ -69,7 +87,7 @@ impl Encoder {
         );
         say!(
             text,
-            "  device memory    {}: weights {}, MemBlock memories {}, activations {}",
+            "  device memory    {}: weights {}, {caches} {}, activations {}",
             fmt_bytes(c.memory_bytes()),
             fmt_bytes(c.weight_bytes),
             fmt_bytes(c.cache_bytes),
@@ -122,7 +140,7 @@ impl Encoder {
             });
         }
         let json = json!({
-            "kind": "taehv",
+            "kind": kind,
             "latent_frames_per_chunk": self.chunk_frames,
             "input_frames_per_chunk": input_frames,
             "parameters": c.parameters,

@@ -139,6 +139,44 @@ fn bench_reports_wan_video_to_video_stages_and_latency() {
     }
 }
 
+/// `bench --decoder wan-vae --strength`: the stream encodes with the Wan VAE encoder, and the
+/// report names it as the encoder stage, with the first chunk's 3 frames fewer said.
+#[test]
+fn bench_names_the_wan_vae_encoder_as_the_stage() {
+    let json = temp("bench-wan-vae-v2v.json");
+    let out = ok(&[
+        "bench",
+        "--profile",
+        "wan-tiny",
+        "--backend",
+        "cpu",
+        "--decoder",
+        "wan-vae",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--strength",
+        "0.7",
+        "--json",
+        s(&json),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "encoder (Wan VAE encoder, CPU, f32)",
+        "its own 8 input frames",
+        "the first chunk 5, its first frame encoded alone",
+    ] {
+        assert!(stdout.contains(needle), "`{needle}` missing:\n{stdout}");
+    }
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v = &r["video_to_video"];
+    assert_eq!(v["encoder"]["name"].as_str(), Some("Wan VAE encoder, CPU, f32"));
+    let fps = v.pointer("/stages/encoder/fps").and_then(serde_json::Value::as_f64);
+    assert!(fps.is_some_and(|x| x > 0.0), "{fps:?}");
+}
+
 /// `plan` for a Wan profile includes the TAEHV encoder: FLOPs and bytes per chunk and per
 /// input frame, memory on the device and on the host, and its roofline on an H100.
 #[test]
@@ -180,6 +218,45 @@ fn plan_includes_the_wan_encoder() {
             assert!(x.is_some_and(|x| x > 0.0), "{profile}: encoder{p} = {x:?}");
         }
     }
+}
+
+/// With `--decoder wan-vae` the stream encodes its input with the Wan VAE's own encoder,
+/// and `plan` costs that one: its parameters are those of the encoder graph the stream runs.
+#[test]
+fn plan_costs_the_wan_vae_encoder_with_the_wan_vae_decoder() {
+    use streamdit::inspect::{wan_encoder_graph, VideoCost};
+    let p = streamdit::Profile::builtin("wan-tiny").unwrap();
+    let path = temp("plan-wan-tiny-vae-v2v.json");
+    let out = ok(&[
+        "plan",
+        "--profile",
+        "wan-tiny",
+        "--decoder",
+        "wan-vae",
+        "--gpu",
+        "h100",
+        "--json",
+        s(&path),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("video-to-video encoder (the Wan VAE's"),
+        "{stdout}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let e = &r["wan"]["encoder"];
+    assert_eq!(e["kind"], "wan-vae");
+    let graph = wan_encoder_graph(&p, streamdit::WanDecoder::WanVae).unwrap();
+    let taehv = wan_encoder_graph(&p, streamdit::WanDecoder::Taehv).unwrap();
+    assert_eq!(e["parameters"].as_u64(), Some(graph.parameters()));
+    assert_ne!(graph.parameters(), taehv.parameters());
+    let flops = VideoCost::of(&graph, 2, false).total.flops;
+    assert_eq!(e["flops_per_chunk"].as_u64(), Some(flops));
+    assert!(e
+        .pointer("/roofline/with_dit/fps")
+        .and_then(serde_json::Value::as_f64)
+        .is_some_and(|f| f > 0.0));
 }
 
 /// `generate` on 13 input frames (ending mid-chunk) writes the bytes of the Rust API given

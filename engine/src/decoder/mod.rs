@@ -29,6 +29,9 @@ pub use wan_vae_encoder::WanVaeEncoder;
 /// (continuing the stream) to latents `[n, C, h, w]`.
 pub trait RgbEncoder: Send {
     fn encode_rgb(&mut self, rgb: &[u8]) -> Result<Vec<f32>>;
+
+    /// What encodes and where, for reports ("TAEHV on the device").
+    fn name(&self) -> &'static str;
 }
 
 /// Latents `[n, C, H, W]` to RGB8 video frames.

@@ -211,4 +211,8 @@ impl<D: Device + Send> RgbEncoder for DeviceTaehvEncoder<D> {
     fn encode_rgb(&mut self, rgb: &[u8]) -> Result<Vec<f32>> {
         DeviceTaehvEncoder::encode_rgb(self, rgb)
     }
+
+    fn name(&self) -> &'static str {
+        "TAEHV on the device"
+    }
 }

@@ -32,8 +32,8 @@ pub use params::{
 };
 pub use parts::{tae_decoder, tae_encoder, text_encoders, write_random_encoder_folders};
 pub use wan::{
-    wan_decoder, wan_decoder_graph, wan_decoder_weights, wan_encoder_graph,
-    wan_video_to_video_memory, write_random_wan_decoder,
+    resolve as wan_decoder_kind, wan_decoder, wan_decoder_graph, wan_decoder_weights,
+    wan_encoder_graph, wan_video_to_video_memory, write_random_wan_decoder,
 };
 
 /// A loaded model: profile, weights and the choice of backend. Cheap to share between

@@ -107,8 +107,9 @@ fn file_stamp(path: &Path) -> Option<(u64, SystemTime)> {
     Some((meta.len(), meta.modified().ok()?))
 }
 
-/// The decoder a Wan stream asking for `kind` uses (the profile's for the default).
-pub(crate) fn resolve(profile: &Profile, kind: DecoderKind) -> Result<WanDecoder> {
+/// The decoder a Wan stream asking for `kind` uses (the profile's for the default,
+/// [`DecoderKind::Tae`]).
+pub fn resolve(profile: &Profile, kind: DecoderKind) -> Result<WanDecoder> {
     Ok(match kind {
         DecoderKind::Tae => profile.wan()?.decoder,
         DecoderKind::Taehv => WanDecoder::Taehv,
@@ -142,10 +143,20 @@ pub fn wan_decoder_weights(
     }
 }
 
-/// The TAEHV encoder that encodes a Wan `profile`'s video-to-video input (4 video frames
-/// per latent frame, at the profile's frame size): what the stream runs and `plan` costs.
-pub fn wan_encoder_graph(profile: &Profile) -> Result<VideoGraph> {
+/// The encoder of a Wan `profile`'s video-to-video input in a stream that decodes with
+/// `decoder` (4 video frames per latent frame, at the profile's frame size): the Wan VAE's
+/// own encoder with the Wan VAE decoder (docs/wan_vae.md "The encoder"), TAEHV's otherwise
+/// (docs/taehv.md "The encoder"). What the stream runs and `plan` costs.
+pub fn wan_encoder_graph(profile: &Profile, decoder: WanDecoder) -> Result<VideoGraph> {
     let w = profile.wan()?;
+    if decoder == WanDecoder::WanVae {
+        let f = crate::model::wan_vae_encoder::SPACE_FACTOR;
+        return crate::model::wan_vae_encoder::graph(
+            &w.wan_vae_config(),
+            f * w.latent_height,
+            f * w.latent_width,
+        );
+    }
     let cfg = TaehvEncoderConfig {
         latent_channels: w.latent_channels,
         ..TaehvEncoderConfig::taew2_1()
@@ -154,11 +165,11 @@ pub fn wan_encoder_graph(profile: &Profile) -> Result<VideoGraph> {
     crate::model::taehv_encoder::graph(&cfg, f * w.latent_height, f * w.latent_width)
 }
 
-/// The host memory a Wan `profile`'s video-to-video stream adds for its TAEHV encoder
-/// (`memory::host::taehv_encoder_memory` at one chunk).
-pub fn wan_video_to_video_memory(profile: &Profile) -> Result<EncoderMemory> {
-    let graph = wan_encoder_graph(profile)?;
-    Ok(crate::memory::host::taehv_encoder_memory(
+/// The host memory a Wan `profile`'s video-to-video stream adds for its encoder
+/// ([`wan_encoder_graph`] of `decoder`; `memory::host::video_encoder_memory` at one chunk).
+pub fn wan_video_to_video_memory(profile: &Profile, decoder: WanDecoder) -> Result<EncoderMemory> {
+    let graph = wan_encoder_graph(profile, decoder)?;
+    Ok(crate::memory::host::video_encoder_memory(
         &graph,
         profile.wan()?.chunk_frames,
     ))
@@ -477,7 +488,7 @@ impl Engine {
                 (InputEncoder::Device(Box::new(e)), size)
             }
             BackendKind::Cpu | BackendKind::Auto => {
-                let mut need = wan_video_to_video_memory(&self.profile)?.total();
+                let mut need = wan_video_to_video_memory(&self.profile, WanDecoder::Taehv)?.total();
                 if self.backend == BackendKind::Cpu {
                     need += self.profile.memory_need().stream_bytes;
                 }
@@ -535,8 +546,7 @@ impl Engine {
         };
         let f = crate::model::wan_vae_encoder::SPACE_FACTOR;
         let (h, wd) = (f * w.latent_height, f * w.latent_width);
-        let graph = crate::model::wan_vae_encoder::graph(&cfg, h, wd)?;
-        let mut need = crate::memory::host::video_encoder_memory(&graph, w.chunk_frames).total();
+        let mut need = wan_video_to_video_memory(&self.profile, WanDecoder::WanVae)?.total();
         if self.backend == BackendKind::Cpu {
             need += self.profile.memory_need().stream_bytes;
         }

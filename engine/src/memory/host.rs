@@ -184,11 +184,6 @@ pub fn video_encoder_memory(graph: &VideoGraph, chunk: usize) -> EncoderMemory {
     }
 }
 
-/// [`video_encoder_memory`] of the TAEHV encoder's graph (its first chunk is not smaller).
-pub fn taehv_encoder_memory(graph: &VideoGraph, chunk: usize) -> EncoderMemory {
-    video_encoder_memory(graph, chunk)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +204,7 @@ mod tests {
     fn taehv_encoder_memory_at_832x480() {
         use crate::model::taehv_encoder::{graph, TaehvEncoderConfig};
         let g = graph(&TaehvEncoderConfig::taew2_1(), 480, 832).unwrap();
-        let m = taehv_encoder_memory(&g, 3);
+        let m = video_encoder_memory(&g, 3);
         // Three MemBlocks of 64 channels at each of 240x416, 120x208 and 60x104.
         let cache = 3 * 64 * (240 * 416 + 120 * 208 + 60 * 104) as u128 * 4;
         assert_eq!(m.cache_bytes, cache);

@@ -40,6 +40,16 @@ impl InputEncoder {
         }
     }
 
+    /// What encodes and where, for reports.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            InputEncoder::Tae(_) => "TAE, CPU, f32",
+            InputEncoder::Taehv(_) => "TAEHV, CPU, f32",
+            InputEncoder::Device(e) => e.name(),
+            InputEncoder::WanVae(_) => "Wan VAE encoder, CPU, f32",
+        }
+    }
+
     /// Of `frames` waiting, how many make whole latent frames now.
     pub(super) fn frames_ready(&self, frames: usize) -> usize {
         match self {

@@ -372,6 +372,12 @@ impl Stream {
         self.sampler.chunk_noise_level()
     }
 
+    /// Video-to-video: the input's encoder and where it runs ("TAEHV, CPU, f32", "TAEHV on
+    /// the device", "Wan VAE encoder, CPU, f32"); `None` for text-to-video.
+    pub fn input_encoder_name(&self) -> Option<&'static str> {
+        self.input.as_ref().map(|i| i.encoder.name())
+    }
+
     /// Video-to-video: input video frames pushed so far.
     pub fn input_frames_pushed(&self) -> u64 {
         self.input.as_ref().map_or(0, |i| i.pushed)

@@ -303,4 +303,8 @@ impl<D: Device + Send> crate::decoder::RgbEncoder for DeviceTae<D> {
     fn encode_rgb(&mut self, rgb: &[u8]) -> Result<Vec<f32>> {
         DeviceTae::encode_rgb(self, rgb)
     }
+
+    fn name(&self) -> &'static str {
+        "TAE on the device"
+    }
 }
