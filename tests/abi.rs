@@ -13,7 +13,9 @@ use std::process::Command;
 
 use streamdit::abi::{EngineParamsC, GeometryC, StreamParamsC};
 use streamdit::checkpoint::DType;
-use streamdit::{BackendKind, Engine, EngineParams, Profile, StreamParams, WeightsSource};
+use streamdit::{
+    BackendKind, DecoderKind, Engine, EngineParams, Profile, StreamParams, WeightsSource,
+};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -549,6 +551,11 @@ fn c_video_to_video_is_clean_under_valgrind() {
 /// The C Wan program's stream through the Rust API: `wan-tiny` at strength 0.7, the `n`
 /// input frames of `input_byte` pushed at once, the input ended, chunks until one is empty.
 fn rust_wan_v2v_frames(n: u64) -> Vec<u8> {
+    rust_wan_v2v_frames_with(n, DecoderKind::Tae, false)
+}
+
+/// [`rust_wan_v2v_frames`] with `decoder` and adaptive noise when `adaptive`.
+fn rust_wan_v2v_frames_with(n: u64, decoder: DecoderKind, adaptive: bool) -> Vec<u8> {
     let engine = Engine::new(EngineParams {
         profile: Profile::load("wan-tiny").unwrap(),
         weights: WeightsSource::Random {
@@ -563,11 +570,15 @@ fn rust_wan_v2v_frames(n: u64) -> Vec<u8> {
             StreamParams {
                 prompt: "a red kite over the sea".into(),
                 seed: Some(11),
+                decoder,
                 ..Default::default()
             },
             0.7,
         )
         .unwrap();
+    if adaptive {
+        stream.set_adaptive_noise().unwrap();
+    }
     let (w, h) = stream.frame_size();
     let mut rgb = Vec::new();
     for t in 0..n {
@@ -591,6 +602,16 @@ fn rust_wan_v2v_frames(n: u64) -> Vec<u8> {
 /// Runs `tests/abi/wan_v2v_test.c` on `n` input frames (under `wrapper`); its frames and
 /// its stdout.
 fn run_wan_v2v(tag: &str, n: u64, wrapper: Option<&[&str]>) -> (Vec<u8>, String) {
+    run_wan_v2v_with(tag, n, wrapper, "")
+}
+
+/// [`run_wan_v2v`] with the program's OPTIONS (`wan-vae`, `adaptive`, comma-separated).
+fn run_wan_v2v_with(
+    tag: &str,
+    n: u64,
+    wrapper: Option<&[&str]>,
+    options: &str,
+) -> (Vec<u8>, String) {
     let lib = lib_dir();
     let exe = compile(&lib, "tests/abi/wan_v2v_test.c", tag);
     let frames_path = temp(&format!("{tag}-wan-v2v-frames.rgb"));
@@ -610,6 +631,7 @@ fn run_wan_v2v(tag: &str, n: u64, wrapper: Option<&[&str]>) -> (Vec<u8>, String)
         .env("LD_LIBRARY_PATH", format!("{}:{path}", lib.display()))
         .arg(&frames_path)
         .arg(n.to_string())
+        .args((!options.is_empty()).then_some(options))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -642,6 +664,24 @@ fn c_program_edits_a_wan_video_ending_mid_chunk_like_the_rust_api() {
         let want = rust_wan_v2v_frames(n);
         assert!(got == want, "{n} input frames: C and Rust differ");
     }
+}
+
+/// Wan video-to-video from C with the Wan VAE decoder (so the Wan VAE encoder encodes the
+/// input, its first chunk 3 frames short) and adaptive noise: 13 input frames give 13 out in
+/// 2 chunks, byte-identical to the Rust API.
+#[test]
+fn c_program_edits_a_wan_video_with_the_wan_vae_and_adaptive_noise_like_the_rust_api() {
+    let (got, stdout) = run_wan_v2v_with("wan-v2v-vae", 13, None, "wan-vae,adaptive");
+    assert!(stdout.contains("written 13 chunks 2"), "{stdout}");
+    assert!(
+        stdout.contains("ended after 13 frames") && !stdout.contains("mid-chunk"),
+        "13 frames fill the Wan VAE encoder's chunks (5 + 8): {stdout}"
+    );
+    let want = rust_wan_v2v_frames_with(13, DecoderKind::WanVae, true);
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "C and Rust differ");
+    let plain = rust_wan_v2v_frames_with(13, DecoderKind::WanVae, false);
+    assert!(plain != want, "adaptive noise changed nothing");
 }
 
 /// The Wan program under valgrind memcheck (3 input frames, one chunk): no invalid access,

@@ -1,7 +1,9 @@
 /* Wan-family video-to-video through the C ABI, compiled and run by tests/abi.rs (also under
  * valgrind in the full tier).
  *
- * usage: wan_v2v_test FRAMES_OUT INPUT_FRAMES
+ * usage: wan_v2v_test FRAMES_OUT INPUT_FRAMES [OPTIONS]
+ * OPTIONS (comma-separated): `wan-vae` decodes with the Wan VAE (so the input is encoded by
+ * the Wan VAE encoder), `adaptive` turns on adaptive noise.
  * Edits INPUT_FRAMES frames of a synthetic input (the formula of input_byte, mirrored in
  * tests/abi.rs) with wan-tiny on the CPU at strength 0.7: before each
  * streamdit_stream_next it pushes the frames the stream asks for (in two pieces, so a group
@@ -70,10 +72,13 @@ static void fill_frames(uint8_t *dst, uint64_t first, uint32_t n, uint32_t w, ui
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s FRAMES_OUT INPUT_FRAMES\n", argv[0]);
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s FRAMES_OUT INPUT_FRAMES [wan-vae,adaptive]\n", argv[0]);
         return 2;
     }
+    const char *options = argc == 4 ? argv[3] : "";
+    const int wan_vae = strstr(options, "wan-vae") != NULL;
+    const int adaptive = strstr(options, "adaptive") != NULL;
     const uint64_t total = strtoull(argv[2], NULL, 10);
     streamdit_engine_params p = streamdit_engine_default_params();
     p.profile = "wan-tiny";
@@ -88,6 +93,7 @@ int main(int argc, char **argv) {
     sp.prompt = "a red kite over the sea";
     sp.seed = 11;
     sp.use_seed = 1;
+    if (wan_vae) sp.decoder = STREAMDIT_DECODER_WAN_VAE;
     /* A text-to-video stream has no input to end. */
     streamdit_stream *t2v = NULL;
     EXPECT_STATUS(streamdit_stream_create(engine, &sp, &t2v), STREAMDIT_OK);
@@ -101,16 +107,17 @@ int main(int argc, char **argv) {
     streamdit_stream_free(t2v);
     EXPECT_ERROR(streamdit_stream_set_adaptive_noise(NULL), STREAMDIT_ERR_INVALID_ARGUMENT,
                  "`stream` is NULL");
-    streamdit_stream *adaptive = NULL;
-    EXPECT_STATUS(streamdit_stream_create_video(engine, &sp, 0.7f, &adaptive), STREAMDIT_OK);
-    EXPECT_STATUS(streamdit_stream_set_adaptive_noise(adaptive), STREAMDIT_OK);
-    streamdit_stream_free(adaptive);
+    streamdit_stream *v2v = NULL;
+    EXPECT_STATUS(streamdit_stream_create_video(engine, &sp, 0.7f, &v2v), STREAMDIT_OK);
+    EXPECT_STATUS(streamdit_stream_set_adaptive_noise(v2v), STREAMDIT_OK);
+    streamdit_stream_free(v2v);
     EXPECT_ERROR(streamdit_stream_end_input(NULL, NULL), STREAMDIT_ERR_INVALID_ARGUMENT,
                  "`stream` is NULL");
 
     streamdit_stream *stream = NULL;
     EXPECT_STATUS(streamdit_stream_create_video(engine, &sp, 0.7f, &stream), STREAMDIT_OK);
     if (!stream) return 1;
+    if (adaptive) EXPECT_STATUS(streamdit_stream_set_adaptive_noise(stream), STREAMDIT_OK);
     /* Nothing pushed yet: the input cannot end. */
     EXPECT_ERROR(streamdit_stream_end_input(stream, NULL), STREAMDIT_ERR_INVALID_ARGUMENT,
                  "no input video frame");

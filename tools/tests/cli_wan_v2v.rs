@@ -172,8 +172,13 @@ fn bench_names_the_wan_vae_encoder_as_the_stage() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let v = &r["video_to_video"];
-    assert_eq!(v["encoder"]["name"].as_str(), Some("Wan VAE encoder, CPU, f32"));
-    let fps = v.pointer("/stages/encoder/fps").and_then(serde_json::Value::as_f64);
+    assert_eq!(
+        v["encoder"]["name"].as_str(),
+        Some("Wan VAE encoder, CPU, f32")
+    );
+    let fps = v
+        .pointer("/stages/encoder/fps")
+        .and_then(serde_json::Value::as_f64);
     assert!(fps.is_some_and(|x| x > 0.0), "{fps:?}");
 }
 
