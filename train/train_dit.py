@@ -24,7 +24,10 @@ the StreamDiT paper's, Kodaira et al. 2025, section 3):
 - noise levels: a chunk size `c` drawn from the divisors of the buffer (1, 2, 4, 8: the mixed
   partitioning), `N = 8 / c` chunks, one `u ~ U[0, 1)` per sample, chunk `j` (0 = oldest) at
   `tau_j = (N - 1 - j + u) / N` (the steady state of linear stage boundaries at a random
-  micro-step);
+  micro-step); `--prefill-share P`: that share of samples takes the prefill's levels
+  instead (MODEL_SPEC section 5, stage `k` uniform: chunks `j < N-1-k` all at
+  `(k + u) / N`, the others at `(N-1-j) / N`), which the first chunks of every stream pass
+  through and the steady-state levels never show;
 - flow matching with MODEL_SPEC's convention (`tau = 0` noise, `tau = 1` data):
   `x = tau x1 + (1 - tau) eps`, target `v = x1 - eps`, mean squared error over the buffer;
 - `--shape-weight W`: the latent pixels the shape covers (in any of their 4 video frames)
@@ -154,10 +157,16 @@ def shape_masks(clips: list[tuple[shapes.Clip, int]]) -> torch.Tensor:
     return out
 
 
-def noise_levels(rng: np.random.Generator) -> torch.Tensor:
+def noise_levels(rng: np.random.Generator, prefill_share: float = 0.0) -> torch.Tensor:
     c = int(rng.choice([d for d in range(1, BUFFER + 1) if BUFFER % d == 0]))
     n, u = BUFFER // c, float(rng.random())
-    tau = [(n - 1 - (f // c) + u) / n for f in range(BUFFER)]
+    if n > 1 and rng.random() < prefill_share:
+        # MODEL_SPEC section 5's prefill at stage k: chunks j < n-1-k are active, all at
+        # (k + u) / n; the others wait at their boundary (n-1-j) / n.
+        k = int(rng.integers(0, n - 1))
+        tau = [(k + u) / n if f // c < n - 1 - k else (n - 1 - f // c) / n for f in range(BUFFER)]
+    else:
+        tau = [(n - 1 - (f // c) + u) / n for f in range(BUFFER)]
     return torch.tensor(tau, dtype=torch.float32)
 
 
@@ -225,7 +234,7 @@ def train(a) -> None:
             text, mask = texts[cap]
             x1 = z[i]
             eps = torch.from_numpy(rng.standard_normal(x1.shape).astype(np.float32))
-            tau = noise_levels(rng)
+            tau = noise_levels(rng, a.prefill_share)
             t = tau[:, None, None, None]
             model.set_text(text, mask)
             v = model.forward(t * x1 + (1 - t) * eps, tau)
@@ -271,6 +280,8 @@ def main(argv):
                    help="clips after --clips that show every caption of the world once per 704 (shapes.covering)")
     p.add_argument("--decay", type=lambda v: tuple(int(x) for x in v.split(":")), metavar="A:B",
                    help="cosine learning-rate decay from 3e-4 at step A to 3e-5 at step B")
+    p.add_argument("--prefill-share", type=float, default=0.0,
+                   help="share of samples at the prefill's noise levels (the first chunks' start-up)")
     p.add_argument("--init", help="a checkpoint.pt to start from (DiT weights only) when --out has none")
     p.add_argument("--shape-weight", type=float, default=0.0,
                    help="latent pixels the shape covers count 1 + W times in the loss (0: plain MSE)")
