@@ -64,18 +64,26 @@ fn strength_one_is_text_to_video_bit_for_bit() {
     assert!(low != want);
 }
 
-/// The SDEdit rule of docs/wan.md, driven through a backend of its own: chunk `k` starts at
-/// step `j` (the first with `sigma_j <= s`) from `(1 - sigma_j) z + sigma_j eps_j`.
-fn reference(strength: f64, rgb: &[u8], chunks: usize) -> (Vec<Vec<f32>>, usize) {
+/// The stream's TAEHV encoder, built apart from it (the random weights of [`SEED`]).
+fn encoder() -> TaehvEncoder {
     let p = Profile::builtin("wan-tiny").unwrap();
-    let w = p.wan().unwrap();
     let cfg = TaehvEncoderConfig {
-        latent_channels: w.latent_channels,
+        latent_channels: p.wan().unwrap().latent_channels,
         ..TaehvEncoderConfig::taew2_1()
     };
     let ew = TaehvEncoder::random_weights(&cfg, SEED, DType::F32).unwrap();
-    let mut enc = TaehvEncoder::new(&cfg, SIDE, SIDE, &ew).unwrap();
-    let c = w.chunk_frames;
+    TaehvEncoder::new(&cfg, SIDE, SIDE, &ew).unwrap()
+}
+
+/// The SDEdit rule of docs/wan.md, driven through a backend of its own: chunk `k` starts at
+/// step `j` (the first with `sigma_j <= s`) from `(1 - sigma_j) z + sigma_j eps_j`.
+fn reference(strength: f64, rgb: &[u8], chunks: usize) -> (Vec<Vec<f32>>, usize) {
+    let mut enc = encoder();
+    let c = Profile::builtin("wan-tiny")
+        .unwrap()
+        .wan()
+        .unwrap()
+        .chunk_frames;
     sdedit_reference(strength, chunks, |k| {
         enc.encode_rgb(&rgb[4 * k * c * FRAME..4 * (k + 1) * c * FRAME])
             .unwrap()
@@ -293,14 +301,7 @@ fn adaptive_noise_lowers_a_moving_chunks_level_and_starts_it_there() {
     assert_eq!(calls, want_calls, "levels {levels:?}");
     assert_eq!(calls[3], 1);
     assert_eq!(timesteps.len(), 4);
-    let p = Profile::builtin("wan-tiny").unwrap();
-    let w = p.wan().unwrap();
-    let cfg = TaehvEncoderConfig {
-        latent_channels: w.latent_channels,
-        ..TaehvEncoderConfig::taew2_1()
-    };
-    let ew = TaehvEncoder::random_weights(&cfg, SEED, DType::F32).unwrap();
-    let mut enc = TaehvEncoder::new(&cfg, SIDE, SIDE, &ew).unwrap();
+    let mut enc = encoder();
     let want = sdedit_levels_reference(
         4,
         |k| (step(levels[k]), levels[k], 1000.0 * levels[k]),

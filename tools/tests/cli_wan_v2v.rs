@@ -81,26 +81,34 @@ fn generate_writes_as_many_frames_as_the_input_has() {
     assert_eq!(out.stdout.len(), 4 * FRAME);
 }
 
+/// `bench --strength 0.7` on `wan-tiny` on the CPU without warm-up, its JSON to `json`.
+fn bench_v2v(json: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let args = [
+        &[
+            "bench",
+            "--profile",
+            "wan-tiny",
+            "--backend",
+            "cpu",
+            "--warmup",
+            "0",
+            "--strength",
+            "0.7",
+            "--json",
+            s(json),
+        ][..],
+        extra,
+    ]
+    .concat();
+    ok(&args)
+}
+
 /// `bench --strength` on `wan-tiny`: the video-to-video section with the TAEHV encoder as a
 /// stage, the chunk structure said, every figure present and positive.
 #[test]
 fn bench_reports_wan_video_to_video_stages_and_latency() {
     let json = temp("bench-wan-v2v.json");
-    let out = ok(&[
-        "bench",
-        "--profile",
-        "wan-tiny",
-        "--backend",
-        "cpu",
-        "--steps",
-        "4",
-        "--warmup",
-        "0",
-        "--strength",
-        "0.7",
-        "--json",
-        s(&json),
-    ]);
+    let out = bench_v2v(&json, &["--steps", "4"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "video-to-video (strength 0.7",
@@ -144,23 +152,7 @@ fn bench_reports_wan_video_to_video_stages_and_latency() {
 #[test]
 fn bench_names_the_wan_vae_encoder_as_the_stage() {
     let json = temp("bench-wan-vae-v2v.json");
-    let out = ok(&[
-        "bench",
-        "--profile",
-        "wan-tiny",
-        "--backend",
-        "cpu",
-        "--decoder",
-        "wan-vae",
-        "--steps",
-        "2",
-        "--warmup",
-        "0",
-        "--strength",
-        "0.7",
-        "--json",
-        s(&json),
-    ]);
+    let out = bench_v2v(&json, &["--steps", "2", "--decoder", "wan-vae"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "encoder (Wan VAE encoder, CPU, f32)",
