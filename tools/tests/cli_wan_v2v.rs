@@ -174,13 +174,12 @@ fn bench_names_the_wan_vae_encoder_as_the_stage() {
     assert!(fps.is_some_and(|x| x > 0.0), "{fps:?}");
 }
 
-/// `plan` for a Wan profile includes the TAEHV encoder: FLOPs and bytes per chunk and per
-/// input frame, memory on the device and on the host, and its roofline on an H100.
-#[test]
-fn plan_includes_the_wan_encoder() {
-    for profile in ["wan-tiny", "wan-1.3b"] {
-        let path = temp(&format!("plan-{profile}-v2v.json"));
-        let out = ok(&[
+/// `plan --profile P --gpu h100` with `extra`: its text holds `heading`; the JSON's
+/// `wan.encoder`.
+fn plan_encoder(profile: &str, extra: &[&str], heading: &str) -> serde_json::Value {
+    let path = temp(&format!("plan-{profile}-v2v{}.json", extra.len()));
+    let args = [
+        &[
             "plan",
             "--profile",
             profile,
@@ -188,15 +187,24 @@ fn plan_includes_the_wan_encoder() {
             "h100",
             "--json",
             s(&path),
-        ]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            stdout.contains("video-to-video encoder (TAEHV"),
-            "{profile}:\n{stdout}"
-        );
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let e = &r["wan"]["encoder"];
+        ][..],
+        extra,
+    ]
+    .concat();
+    let out = ok(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(heading), "{profile}:\n{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    r["wan"]["encoder"].clone()
+}
+
+/// `plan` for a Wan profile includes the TAEHV encoder: FLOPs and bytes per chunk and per
+/// input frame, memory on the device and on the host, and its roofline on an H100.
+#[test]
+fn plan_includes_the_wan_encoder() {
+    for profile in ["wan-tiny", "wan-1.3b"] {
+        let e = plan_encoder(profile, &[], "video-to-video encoder (TAEHV");
         for p in [
             "/parameters",
             "/flops_per_chunk",
@@ -223,26 +231,11 @@ fn plan_includes_the_wan_encoder() {
 fn plan_costs_the_wan_vae_encoder_with_the_wan_vae_decoder() {
     use streamdit::inspect::{wan_encoder_graph, VideoCost};
     let p = streamdit::Profile::builtin("wan-tiny").unwrap();
-    let path = temp("plan-wan-tiny-vae-v2v.json");
-    let out = ok(&[
-        "plan",
-        "--profile",
+    let e = plan_encoder(
         "wan-tiny",
-        "--decoder",
-        "wan-vae",
-        "--gpu",
-        "h100",
-        "--json",
-        s(&path),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("video-to-video encoder (the Wan VAE's"),
-        "{stdout}"
+        &["--decoder", "wan-vae"],
+        "video-to-video encoder (the Wan VAE's",
     );
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let e = &r["wan"]["encoder"];
     assert_eq!(e["kind"], "wan-vae");
     let graph = wan_encoder_graph(&p, streamdit::WanDecoder::WanVae).unwrap();
     let taehv = wan_encoder_graph(&p, streamdit::WanDecoder::Taehv).unwrap();
