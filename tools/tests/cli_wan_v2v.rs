@@ -332,7 +332,7 @@ fn generate_with_adaptive_noise() {
     let (lo, hi) = levels.split_once(" to ").unwrap();
     let lo: f64 = lo.parse().unwrap();
     let hi: f64 = hi.split_whitespace().next().unwrap().parse().unwrap();
-    assert!(hi == 0.7 && lo < 0.7 && lo >= 0.6, "{lo} {hi}");
+    assert!(hi == 0.7 && (0.6..0.7).contains(&lo), "{lo} {hi}");
     let fixed = generate(&input, &[]);
     assert_eq!(fixed.stdout.len(), n * FRAME);
     assert!(fixed.stdout != out.stdout, "adaptive noise changed nothing");
