@@ -251,10 +251,12 @@ impl Stream {
         input.pending.extend_from_slice(rgb);
         input.pushed += (rgb.len() / frame) as u64;
         let whole = input.encoder.frames_ready(input.pending.len() / frame);
+        // The Wan VAE encoder at the stream's start makes a latent frame of one video frame.
+        let lone_first = input.encoder.frames_for(1) == 1;
         if whole > 0 {
             let latents = input.encoder.encode_rgb(&input.pending[..whole * frame])?;
             input.pending.drain(..whole * frame);
-            let motion = motion::latent_motion(&input.motion[..whole]);
+            let motion = motion::latent_motion(&input.motion[..whole], lone_first);
             input.motion.drain(..whole);
             self.sampler.push_input(&latents, &motion)?;
         }

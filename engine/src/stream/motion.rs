@@ -33,17 +33,13 @@ pub fn frame_motion(frame: &[u8], before: &[u8]) -> f32 {
 }
 
 /// The motion of each latent frame encoded from `frames` video frames' motions: 4 frames a
-/// latent frame, the first taking 1 when their count is `1 + 4k` (the Wan VAE encoder's
-/// lone first frame); each the largest of its frames'.
-pub(super) fn latent_motion(frames: &[f32]) -> Vec<f32> {
-    let first = match frames.len() % 4 {
-        1 => 1,
-        _ => 4.min(frames.len()),
-    };
-    let (head, rest) = frames.split_at(first);
+/// latent frame, the first 1 alone when `lone_first` (the Wan VAE encoder at the stream's
+/// start); each the largest of its frames'.
+pub(super) fn latent_motion(frames: &[f32], lone_first: bool) -> Vec<f32> {
+    let (head, rest) = frames.split_at(if lone_first { frames.len().min(1) } else { 0 });
     std::iter::once(head)
-        .chain(rest.chunks(4))
         .filter(|g| !g.is_empty())
+        .chain(rest.chunks(4))
         .map(|g| g.iter().copied().fold(0.0, f32::max))
         .collect()
 }
@@ -94,10 +90,10 @@ mod tests {
     #[test]
     fn latent_frames_take_the_largest_motion_of_their_frames() {
         let m = [0.0, 0.5, 0.1, 0.2, 0.3, 0.05, 0.0, 0.01];
-        assert_eq!(latent_motion(&m), vec![0.5, 0.3]);
+        assert_eq!(latent_motion(&m, false), vec![0.5, 0.3]);
         // The Wan VAE encoder's first chunk: frame 0 alone, then groups of 4.
-        assert_eq!(latent_motion(&m[..5]), vec![0.0, 0.5]);
-        assert_eq!(latent_motion(&m[..1]), vec![0.0]);
+        assert_eq!(latent_motion(&m[..5], true), vec![0.0, 0.5]);
+        assert_eq!(latent_motion(&m[..1], true), vec![0.0]);
     }
 
     #[test]
