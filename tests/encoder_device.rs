@@ -423,3 +423,253 @@ mod tae {
         assert!(e.contains("encoder.down.1.downt.weight"), "{e}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The Wan VAE encoder (docs/wan_vae.md "The encoder on the device") lowered by `DeviceVideo`:
+// its causal 3x3x3 convolutions on `conv3d_f16`, the stride-2 convolutions after a zero row
+// and column on `conv3x3s2_f16` (pad 0), the temporal downsampling on `conv_tstride_f16`
+// (3 taps, stride 2) with its one-frame cache, the mid block's attention, and `conv1` with
+// the latent normalisation folded in. The first chunk of a stream has `1 + 4k` frames.
+// ---------------------------------------------------------------------------------------
+
+mod wan_vae {
+    use super::{bits, errors, MAX_OVER_RMS, REL_L2};
+    use crate::common::{f64s, rel_l2, Rng};
+    use streamdit::backend::cuda::emu::EmuDevice;
+    use streamdit::checkpoint::{DType, Weights};
+    use streamdit::decoder::{DeviceWanVaeEncoder, WanVaeEncoder};
+    use streamdit::model::wan_vae::WanVaeConfig;
+    use streamdit::WeightsSource;
+    use streamdit::{BackendKind, DecoderKind, Engine, EngineParams, Profile, StreamParams};
+
+    /// Base width 8 (stage widths 8, 8, 16, 32, 32), 16 latent channels as Wan 2.1's, the
+    /// released latent mean and std (so the folded normalisation is not the identity).
+    fn cfg() -> WanVaeConfig {
+        WanVaeConfig {
+            dim: 8,
+            ..WanVaeConfig::wan2_1()
+        }
+    }
+    /// Frames of 16x32: latents 2x4, 8 pixels per frame for the mid block's attention.
+    const H: usize = 16;
+    const W: usize = 32;
+    const FRAME: usize = H * W * 3;
+    const LATENT: usize = 16 * (H / 8) * (W / 8);
+
+    /// `t` video frames in `[-1, 1]`.
+    fn video(seed: u64, t: usize) -> Vec<f32> {
+        Rng::new(seed).f32s(t * FRAME, -1.0, 1.0)
+    }
+
+    fn weights(seed: u64) -> Weights {
+        WanVaeEncoder::random_weights(&cfg(), seed, DType::F32).unwrap()
+    }
+
+    fn emu(w: &Weights, max: usize) -> DeviceWanVaeEncoder<EmuDevice> {
+        DeviceWanVaeEncoder::new(&cfg(), H, W, w, max, EmuDevice::new()).unwrap()
+    }
+
+    /// Encodes `x` from a stream's start in chunks of `sizes` frames.
+    fn chunked(dev: &mut DeviceWanVaeEncoder<EmuDevice>, x: &[f32], sizes: &[usize]) -> Vec<f32> {
+        dev.reset();
+        let (mut out, mut at) = (Vec::new(), 0);
+        for &n in sizes {
+            out.extend(dev.encode_f32(&x[at * FRAME..(at + n) * FRAME]).unwrap());
+            at += n;
+        }
+        assert_eq!(at * FRAME, x.len());
+        out
+    }
+
+    /// f16 weights and activations through the encoder's 26 convolutions (the device
+    /// decoders' bounds, as the TAEHV encoder's above), chunked as a stream feeds it: the
+    /// first frame, then 8 frames (2 latent frames per list).
+    #[test]
+    fn device_wan_vae_encoder_matches_the_cpu_encoder_chunk_by_chunk() {
+        let w = weights(3);
+        let x = video(7, 9);
+        let want = WanVaeEncoder::new(&cfg(), H, W, &w)
+            .unwrap()
+            .encode_f32(&x)
+            .unwrap();
+        assert_eq!(want.len(), 3 * LATENT);
+        let mut dev = emu(&w, 2);
+        assert!(dev.at_stream_start());
+        assert_eq!((dev.frames_for(1), dev.frames_ready(7)), (1, 5));
+        let got = chunked(&mut dev, &x, &[1, 8]);
+        assert!(!dev.at_stream_start());
+        assert_eq!((dev.frames_for(1), dev.frames_ready(7)), (4, 4));
+        let (max, l2) = errors(&got, &want);
+        eprintln!(
+            "device vs CPU Wan VAE encoder, chunks of 1 + 8 frames: rel L2 {l2:.2e}, max err / \
+             RMS {max:.2e}"
+        );
+        assert!(
+            l2 <= REL_L2 && max <= MAX_OVER_RMS,
+            "rel L2 {l2}, max/RMS {max}"
+        );
+        // Bytes map to (v / 255 - 0.5) / 0.5 as on the CPU.
+        let rgb: Vec<u8> = (0..5 * FRAME).map(|i| (i * 37 % 256) as u8).collect();
+        let xf: Vec<f32> = rgb
+            .iter()
+            .map(|&v| (f32::from(v) / 255.0 - 0.5) / 0.5)
+            .collect();
+        dev.reset();
+        let a = dev.encode_rgb(&rgb).unwrap();
+        dev.reset();
+        assert_eq!(bits(&a), bits(&dev.encode_f32(&xf).unwrap()));
+    }
+
+    /// Any chunking, and pieces longer than the lists, give the same bits; a restart does
+    /// not see the earlier stream; an encoder whose caches are zeroed between chunks is far
+    /// off (so the comparisons can fail).
+    #[test]
+    fn wan_vae_chunked_equals_whole_and_lost_caches_are_caught() {
+        let w = weights(4);
+        let x = video(8, 13);
+        let whole = chunked(&mut emu(&w, 4), &x, &[13]);
+        assert_eq!(whole.len(), 4 * LATENT);
+        let mut dev = emu(&w, 2);
+        let a = chunked(&mut dev, &x, &[5, 4, 4]);
+        assert_eq!(
+            bits(&a),
+            bits(&whole),
+            "chunks of 5 + 4 + 4 frames vs 13 at once"
+        );
+        let b = chunked(&mut dev, &x, &[1, 12]);
+        assert_eq!(
+            bits(&b),
+            bits(&whole),
+            "1 + 12 (12 in lists of 2 latent frames)"
+        );
+        let c = chunked(&mut emu(&w, 1), &x, &[13]);
+        assert_eq!(bits(&c), bits(&whole), "13 in lists of 1 latent frame");
+
+        let mut lost = emu(&w, 2);
+        let mut bad = lost.encode_f32(&x[..5 * FRAME]).unwrap();
+        lost.forget_context().unwrap();
+        bad.extend(lost.encode_f32(&x[5 * FRAME..]).unwrap());
+        let (max, l2) = errors(&bad[2 * LATENT..], &whole[2 * LATENT..]);
+        eprintln!("Wan VAE encoder without its caches, later chunks: rel L2 {l2:.2e}, max err / RMS {max:.2e}");
+        assert!(
+            l2 > 5.0 * REL_L2 || max > 5.0 * MAX_OVER_RMS,
+            "an encoder that lost its caches stayed within the bound: rel L2 {l2}, max/RMS {max}"
+        );
+    }
+
+    /// The stream-start list and the next, captured and replayed against launch by launch
+    /// and under the race checker.
+    #[test]
+    fn wan_vae_graph_replay_equals_eager_launches_and_is_race_free() {
+        let w = weights(6);
+        let x = video(10, 5);
+        let (mut eager, mut replay, mut checked) = (emu(&w, 1), emu(&w, 1), emu(&w, 1));
+        eager.set_graphs(false);
+        for piece in [&x[..FRAME], &x[FRAME..]] {
+            let a = eager.encode_f32(piece).unwrap();
+            let b = replay.encode_f32(piece).unwrap();
+            assert_eq!(bits(&a), bits(&b));
+            let c = {
+                let _race = streamdit_kernels::emu::racecheck(true);
+                checked.encode_f32(piece).unwrap()
+            };
+            assert_eq!(bits(&a), bits(&c));
+        }
+    }
+
+    #[test]
+    fn wan_vae_bad_input_is_a_named_error() {
+        let w = weights(1);
+        let mut dev = emu(&w, 2);
+        // The first chunk takes 1 + 4k frames, later ones 4k.
+        let e = dev.encode_f32(&video(2, 4)).unwrap_err().to_string();
+        assert!(
+            e.contains("Wan VAE encoder input") && e.contains("1 + 4k"),
+            "{e}"
+        );
+        let e = dev
+            .encode_f32(&vec![0.5; FRAME + 1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Wan VAE encoder input"), "{e}");
+        let mut x = video(2, 1);
+        x[17] = f32::INFINITY;
+        let e = dev.encode_f32(&x).unwrap_err().to_string();
+        assert!(e.contains("element 17") && e.contains("finite"), "{e}");
+        assert!(dev.encode_f32(&[]).unwrap().is_empty());
+        dev.encode_f32(&video(3, 1)).unwrap();
+        let e = dev.encode_f32(&video(4, 5)).unwrap_err().to_string();
+        assert!(e.contains("4k video frames"), "{e}");
+        // Sides that are not multiples of 8, and a missing tensor, are named.
+        let e = DeviceWanVaeEncoder::new(&cfg(), 20, W, &w, 1, EmuDevice::new())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("multiples of 8"), "{e}");
+        let mut tensors = w.into_tensors();
+        tensors.remove("encoder.downsamples.5.time_conv.weight");
+        let broken = Weights::from_tensors("test", tensors);
+        let e = DeviceWanVaeEncoder::new(&cfg(), H, W, &broken, 1, EmuDevice::new())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("encoder.downsamples.5.time_conv.weight"), "{e}");
+    }
+
+    /// A wan-tiny video-to-video stream with the Wan VAE decoder on `--backend emu` encodes
+    /// its input on the device; its latents stay close to the CPU backend's stream (f16
+    /// encoder and DiT against f32; the bound of the TAEHV stream above).
+    #[test]
+    fn an_emu_wan_vae_v2v_stream_encodes_on_the_device_close_to_the_cpu_stream() {
+        let run = |backend| -> (String, Vec<Vec<f32>>) {
+            let e = Engine::new(EngineParams {
+                profile: Profile::builtin("wan-tiny").unwrap(),
+                weights: WeightsSource::Random {
+                    seed: 5,
+                    dtype: DType::F16,
+                },
+                backend,
+            })
+            .unwrap();
+            let params = StreamParams {
+                prompt: "a lighthouse at dusk".into(),
+                seed: Some(9),
+                decoder: DecoderKind::WanVae,
+                ..StreamParams::default()
+            };
+            let mut s = e.video_stream(params, 0.6).unwrap();
+            let name = s.input_encoder_name().unwrap_or_default().to_string();
+            // Its first chunk of input is 3 frames short: the first frame is encoded alone.
+            assert_eq!(s.input_startup_frames(), 3);
+            let side = 64 * 64 * 3;
+            let mut rng = Rng::new(11);
+            let (mut pushed, mut out) = (0, Vec::new());
+            while out.len() < 2 {
+                let need = s.input_frames_needed();
+                if need > 0 {
+                    let rgb: Vec<u8> = (0..need * side)
+                        .map(|i| {
+                            (((pushed * side + i) % 251) as f64 * 0.8 + rng.uniform(0.0, 50.0))
+                                as u8
+                        })
+                        .collect();
+                    s.push_video_frames(&rgb).unwrap();
+                    pushed += need;
+                }
+                if s.step().unwrap() {
+                    out.push(s.chunk_latents().to_vec());
+                }
+            }
+            (name, out)
+        };
+        let (emu_name, emu_v) = run(BackendKind::Emu);
+        let (cpu_name, cpu_v) = run(BackendKind::Cpu);
+        assert_eq!(emu_name, "Wan VAE encoder on the device");
+        assert_eq!(cpu_name, "Wan VAE encoder, CPU, f32");
+        for k in 0..2 {
+            let v = rel_l2(&f64s(&emu_v[k]), &f64s(&cpu_v[k]));
+            println!("chunk {k}: emu vs cpu rel L2, Wan VAE video-to-video {v:.3e}");
+            assert!(v < 5e-3, "chunk {k}: {v:.3e}");
+        }
+    }
+}

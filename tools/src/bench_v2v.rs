@@ -190,12 +190,13 @@ pub fn measure(
     let output_frames = written;
     let encoder = stream.input_encoder_name().unwrap_or("none");
     // The Wan VAE encoder's first chunk takes 3 frames fewer (its first frame alone).
-    let (chunk_input, vae_first) = match encoder.starts_with("Wan VAE") {
-        true => (
-            buffer_frames + 3,
+    let startup = stream.input_startup_frames();
+    let (chunk_input, vae_first) = match startup {
+        0 => (buffer_frames, String::new()),
+        _ => (
+            buffer_frames + startup,
             format!("; the first chunk {buffer_frames}, its first frame encoded alone"),
         ),
-        false => (buffer_frames, String::new()),
     };
     let (encoder, structure) = if wan {
         (

@@ -23,15 +23,33 @@ pub use taehv_encoder::{DeviceTaehvEncoder, TaehvEncoder};
 pub use video::VideoDecoder;
 pub use video_device::DeviceVideo;
 pub use wan_vae::WanVaeDecoder;
-pub use wan_vae_encoder::WanVaeEncoder;
+pub use wan_vae_encoder::{DeviceWanVaeEncoder, WanVaeEncoder};
 
 /// A video-to-video stream's input encoder on a device: RGB8 frames `[4n, H, W, 3]`
-/// (continuing the stream) to latents `[n, C, h, w]`.
+/// (continuing the stream; `4n - 3` for the Wan VAE's first chunk, see
+/// [`input_startup_frames`](Self::input_startup_frames)) to latents `[n, C, h, w]`.
 pub trait RgbEncoder: Send {
     fn encode_rgb(&mut self, rgb: &[u8]) -> Result<Vec<f32>>;
 
     /// What encodes and where, for reports ("TAEHV on the device").
     fn name(&self) -> &'static str;
+
+    /// Of `frames` video frames waiting, how many the encoder takes now: the most that make
+    /// whole latent frames (groups of 4 unless the encoder says otherwise).
+    fn frames_ready(&self, frames: usize) -> usize {
+        frames / 4 * 4
+    }
+
+    /// Video frames that make the next `latents` latent frames.
+    fn frames_for(&self, latents: usize) -> usize {
+        4 * latents
+    }
+
+    /// Video frames a stream's first chunk takes fewer than `4n`: 3 for the Wan VAE
+    /// encoder, whose first latent frame is the first video frame alone.
+    fn input_startup_frames(&self) -> usize {
+        0
+    }
 }
 
 /// Latents `[n, C, H, W]` to RGB8 video frames.

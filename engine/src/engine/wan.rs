@@ -18,8 +18,8 @@ use crate::backend::CausalBackend;
 use crate::checkpoint::wan::{load_wan, random_wan};
 use crate::checkpoint::{Checkpoint, DType, Weights};
 use crate::decoder::{
-    Decoder, DeviceTaehvEncoder, DeviceVideo, TaehvDecoder, TaehvEncoder, WanVaeDecoder,
-    WanVaeEncoder,
+    Decoder, DeviceTaehvEncoder, DeviceVideo, DeviceWanVaeEncoder, TaehvDecoder, TaehvEncoder,
+    WanVaeDecoder, WanVaeEncoder,
 };
 use crate::error::{Error, Result};
 use crate::memory::host::{check_host_memory, EncoderMemory};
@@ -519,7 +519,7 @@ impl Engine {
 
 impl Engine {
     /// [`Engine::video_stream`] for a Wan stream with the Wan VAE decoder: its input encoded
-    /// on the host by the Wan VAE encoder (docs/wan_vae.md "The encoder"; `encoder.*` and
+    /// by the Wan VAE encoder, on the device for `emu` and `cuda`, else on the host (docs/wan_vae.md "The encoder"; `encoder.*` and
     /// `conv1.*` from the same checkpoint as the decoder, random ones only when the DiT's
     /// weights are random too). The encoder takes the stream's first frame alone, so output
     /// frame `f` is the edit of input frame `f`.
@@ -546,27 +546,48 @@ impl Engine {
         };
         let f = crate::model::wan_vae_encoder::SPACE_FACTOR;
         let (h, wd) = (f * w.latent_height, f * w.latent_width);
-        let mut need = wan_video_to_video_memory(&self.profile, WanDecoder::WanVae)?.total();
-        if self.backend == BackendKind::Cpu {
-            need += self.profile.memory_need().stream_bytes;
-        }
-        check_host_memory(
-            &format!(
-                "a video-to-video stream of profile `{}` (with its Wan VAE encoder on the host)",
-                self.profile.name
-            ),
-            need,
-        )?;
-        let encoder = WanVaeEncoder::new(&cfg, h, wd, &weights)?;
+        // On `emu` and `cuda` the encoder is lowered to its own device allocation
+        // (docs/wan_vae.md "The encoder on the device"); on the CPU it runs on the host.
+        let chunk = w.chunk_frames;
+        let (encoder, size) = match self.backend {
+            BackendKind::Emu => {
+                let e = DeviceWanVaeEncoder::new(&cfg, h, wd, &weights, chunk, EmuDevice::new())?;
+                let size = e.frame_size();
+                (InputEncoder::Device(Box::new(e)), size)
+            }
+            BackendKind::Cuda => {
+                let dev = CudaDevice::new(self.device)?;
+                let e = DeviceWanVaeEncoder::new(&cfg, h, wd, &weights, chunk, dev)?;
+                let size = e.frame_size();
+                (InputEncoder::Device(Box::new(e)), size)
+            }
+            BackendKind::Cpu | BackendKind::Auto => {
+                let mut need =
+                    wan_video_to_video_memory(&self.profile, WanDecoder::WanVae)?.total();
+                if self.backend == BackendKind::Cpu {
+                    need += self.profile.memory_need().stream_bytes;
+                }
+                check_host_memory(
+                    &format!(
+                        "a video-to-video stream of profile `{}` (with its Wan VAE encoder on \
+                         the host)",
+                        self.profile.name
+                    ),
+                    need,
+                )?;
+                let e = WanVaeEncoder::new(&cfg, h, wd, &weights)?;
+                let size = e.frame_size();
+                (InputEncoder::WanVae(Box::new(e)), size)
+            }
+        };
         let mut stream = self.stream_wan(params, Some(strength))?;
-        if stream.frame_size() != encoder.frame_size() {
+        if stream.frame_size() != size {
             return Err(Error::Invalid(format!(
-                "video-to-video: the decoder's frames are {:?}, the Wan VAE encoder's {:?}",
+                "video-to-video: the decoder's frames are {:?}, the Wan VAE encoder's {size:?}",
                 stream.frame_size(),
-                encoder.frame_size()
             )));
         }
-        stream.attach_input(InputEncoder::WanVae(Box::new(encoder)));
+        stream.attach_input(encoder);
         Ok(stream)
     }
 }

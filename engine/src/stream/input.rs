@@ -54,6 +54,7 @@ impl InputEncoder {
     pub(super) fn frames_ready(&self, frames: usize) -> usize {
         match self {
             InputEncoder::WanVae(e) => e.frames_ready(frames),
+            InputEncoder::Device(e) => e.frames_ready(frames),
             _ => frames / 4 * 4,
         }
     }
@@ -63,6 +64,7 @@ impl InputEncoder {
     pub(super) fn input_startup_frames(&self) -> usize {
         match self {
             InputEncoder::WanVae(_) => 3,
+            InputEncoder::Device(e) => e.input_startup_frames(),
             _ => 0,
         }
     }
@@ -71,6 +73,7 @@ impl InputEncoder {
     pub(super) fn frames_for(&self, latents: usize) -> usize {
         match self {
             InputEncoder::WanVae(e) => e.frames_for(latents),
+            InputEncoder::Device(e) => e.frames_for(latents),
             _ => 4 * latents,
         }
     }

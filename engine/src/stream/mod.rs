@@ -375,9 +375,19 @@ impl Stream {
     }
 
     /// Video-to-video: the input's encoder and where it runs ("TAEHV, CPU, f32", "TAEHV on
-    /// the device", "Wan VAE encoder, CPU, f32"); `None` for text-to-video.
+    /// the device", "Wan VAE encoder, CPU, f32", "Wan VAE encoder on the device"); `None`
+    /// for text-to-video.
     pub fn input_encoder_name(&self) -> Option<&'static str> {
         self.input.as_ref().map(|i| i.encoder.name())
+    }
+
+    /// Video-to-video: the input video frames the first chunk of input takes fewer than the
+    /// others (3 for the Wan VAE encoder, whose first latent frame is the first video frame
+    /// alone; else 0, and 0 for text-to-video).
+    pub fn input_startup_frames(&self) -> usize {
+        self.input
+            .as_ref()
+            .map_or(0, |i| i.encoder.input_startup_frames())
     }
 
     /// Video-to-video: input video frames pushed so far.

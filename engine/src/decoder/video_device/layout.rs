@@ -66,9 +66,26 @@ impl PackedConv<'_> {
     }
 }
 
+/// The latent normalisation that follows convolution `c` directly (the Wan VAE encoder's
+/// `conv1`, then `Normalize`): its mean and std. The lowering folds it into the
+/// convolution's packed weight and bias, which then keep only the `mean.len()` channels it
+/// maps (docs/wan_vae.md "The encoder on the device").
+pub(super) fn folded_normalize<'a>(graph: &'a VideoGraph, c: &Conv) -> Option<(&'a [f32], &'a [f32])> {
+    graph.steps.windows(2).find_map(|p| match (&p[0].op, &p[1].op) {
+        (VideoOp::Conv(k), VideoOp::Normalize { mean, std }) if std::ptr::eq(k, c) => {
+            Some((mean.as_slice(), std.as_slice()))
+        }
+        _ => None,
+    })
+}
+
 /// The channels in memory of convolution `c`'s output: padded to a multiple of 8 unless it
-/// is the op list's last convolution (the RGB output).
+/// is the op list's last convolution (the RGB output, or the latents: a convolution with a
+/// folded normalisation keeps only the normalised channels).
 pub(super) fn cout_pad(graph: &VideoGraph, c: &Conv) -> usize {
+    if let Some((mean, _)) = folded_normalize(graph, c) {
+        return mean.len();
+    }
     let last = graph.steps.iter().rev().find_map(|s| match &s.op {
         VideoOp::Conv(c) => Some(c),
         _ => None,
@@ -86,7 +103,9 @@ pub(super) fn packed_convs(graph: &VideoGraph) -> Vec<PackedConv<'_>> {
     let mut out = Vec::new();
     for step in &graph.steps {
         let (conv, padded_out) = match &step.op {
-            VideoOp::Conv(c) | VideoOp::TemporalPool { conv: c, .. } => (c, cout_pad(graph, c)),
+            VideoOp::Conv(c)
+            | VideoOp::TemporalPool { conv: c, .. }
+            | VideoOp::TemporalDown { conv: c } => (c, cout_pad(graph, c)),
             VideoOp::TemporalUp { conv: c, .. } => (c, c.cout),
             VideoOp::AddSaved { skip: Some(c), .. } => (c, c.cout),
             _ => continue,
@@ -158,11 +177,19 @@ pub(super) fn pack_weights(graph: &VideoGraph, weights: &Weights) -> Result<Vec<
         let (cin, cout, taps) = (c.cin, c.cout, p.taps());
         let name = format!("{}.weight", c.name);
         let w = tensor(weights, &name, &c.weight_shape())?;
+        // A folded normalisation `(y - mean) / std` of the first `mean.len()` outputs: row
+        // `o` scaled by `1 / std[o]` (the CPU's reciprocal), its bias `(b - mean) / std`.
+        let fold = folded_normalize(graph, c);
+        let scale = |o: usize| fold.map_or(1.0, |(_, std)| 1.0 / std[o]);
+        let rows = cout.min(p.cout_pad);
         // [cout_pad, cin_pad, taps], the padding zeros.
         let mut padded = vec![0.0f32; p.weight_len()];
-        for o in 0..cout {
+        for o in 0..rows {
             let src = &w[o * cin * taps..][..cin * taps];
-            padded[o * p.cin_pad * taps..][..cin * taps].copy_from_slice(src);
+            let dst = &mut padded[o * p.cin_pad * taps..][..cin * taps];
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = v * scale(o);
+            }
         }
         let (co, ci) = (p.cout_pad, p.cin_pad);
         let packed = match (c.taps_t, c.taps_s) {
@@ -177,6 +204,11 @@ pub(super) fn pack_weights(graph: &VideoGraph, weights: &Weights) -> Result<Vec<
             let name = format!("{}.bias", c.name);
             let mut b = tensor(weights, &name, &[cout])?.to_vec();
             b.resize(p.cout_pad, 0.0);
+            if let Some((mean, _)) = fold {
+                for (o, v) in b.iter_mut().enumerate() {
+                    *v = (*v - mean[o]) * scale(o);
+                }
+            }
             out.push((name, to_f16(&b)));
         }
     }

@@ -3,7 +3,7 @@
 
 use streamdit_kernels::{conv, video};
 
-use super::layout::{cout_pad, pad8, Layout};
+use super::layout::{self, cout_pad, pad8, Layout};
 use super::vae::{self, Env};
 use super::encoder;
 use super::lowering_error;
@@ -171,8 +171,8 @@ fn lower_pass(
     };
     let no_lowering = |i: usize, what: &str| {
         lowering_error(format!(
-            "{family}: op {i} ({what}) has no device lowering yet (TAEHV's ops, its \
-             encoder's and the Wan VAE's have)"
+            "{family}: op {i} ({what}) has no device lowering yet (TAEHV's ops and its \
+             encoder's, the Wan VAE's and its encoder's have)"
         ))
     };
     let mut steps = Vec::new();
@@ -231,8 +231,20 @@ fn lower_pass(
                 }
                 cur = out;
             }
-            VideoOp::TemporalDown { .. } | VideoOp::Normalize { .. } => {
-                return Err(no_lowering(i, step.op.kind()))
+            VideoOp::TemporalDown { conv: c } => {
+                let out_ch = cout_pad(graph, c);
+                let out = encoder::temporal_down(&env, &mut steps, pool, c, cur, frames, hw, out_ch)?;
+                pool.release(cur.buf);
+                cur = out;
+            }
+            VideoOp::Normalize { mean, .. } => {
+                // Folded into the convolution before it (`layout::folded_normalize`), whose
+                // output already holds the normalised channels only.
+                let folded = i > 0
+                    && matches!(&ops[i - 1].op, VideoOp::Conv(c) if layout::folded_normalize(graph, c).is_some());
+                if !folded || cur.stride != mean.len() {
+                    return Err(no_lowering(i, "normalize other than right after a convolution"));
+                }
             }
             VideoOp::TemporalPool { conv: c, stride } => {
                 let out_ch = cout_pad(graph, c);
@@ -241,7 +253,7 @@ fn lower_pass(
                 cur = out;
             }
             VideoOp::Conv(c) if c.downsample => {
-                if c.taps_t != 1 || c.taps_s != 3 || c.upsample || c.pad_after || cur.stride != pad8(c.cin) {
+                if c.taps_t != 1 || c.taps_s != 3 || c.upsample || cur.stride != pad8(c.cin) {
                     return Err(no_lowering(i, "conv_down2 other than 3x3 on padded channels"));
                 }
                 if let Some(VideoOp::AddSaved { .. }) = ops.get(i + 1).map(|s| &s.op) {
@@ -249,7 +261,8 @@ fn lower_pass(
                 }
                 let out_ch = cout_pad(graph, c);
                 let hw2 = (step.height, step.width);
-                let out = encoder::conv_down(&env, &mut steps, pool, c, cur, frames, hw2, out_ch)?;
+                let (_, ho, wo, _) = step.output();
+                let out = encoder::conv_down(&env, &mut steps, pool, c, cur, frames, hw2, out_ch, (ho, wo))?;
                 pool.release(cur.buf);
                 cur = out;
             }

@@ -17,8 +17,10 @@
 //! | `RmsNorm` (+ SiLU) | `rms_norm_channels_f16` (in place unless a `Save` holds the input) |
 //! | `Denormalize` (first op) | on the host, in f32, as the latents are staged |
 //! | `Attention` + `AddSaved` (one head) | per frame: `conv1x1_f16` (q, k), `gemm_bias_f16` (`V^T = Wv x^T`), `gemm_bias_f32` (`S = q k^T`), `softmax_rows_f16`, `gemm_bias_f16` (`P V`), `conv1x1_f16` (proj with the value bias folded in, the block input as residual) |
-//! | `Conv` 3x3 stride 2 (the TAEHV encoder) | `conv3x3s2_f16` (padding 1) |
+//! | `Conv` 3x3 stride 2 (the encoders) | `conv3x3s2_f16`: padding 1 (TAEHV), or 0 for a zero row and column after the frame only (the Wan VAE's `pad_after`) |
 //! | `TemporalPool` (TAEHV's TPool) | `conv_tstride_f16` with `taps = stride`: a group's frames read side by side as one GEMM row |
+//! | `TemporalDown` (the Wan VAE encoder) | at a stream's start a copy of frame 0 to the output; `conv_tstride_f16` (3 taps, stride 2) over the chunk, after the start over a context buffer of the cached frame and the chunk; a copy of the chunk's last frame to the cache |
+//! | `Conv` + `Normalize` (the Wan VAE encoder's `conv1`) | the convolution alone: the normalisation is folded into its packed weight and bias (`W / std`, `(b - mean) / std`, the mean's channels only) |
 //! | `DropFirst` | an offset into the activation at a stream's start: no launch |
 //! | `Save` | nothing: the activation's buffer is held until its `AddSaved` |
 //!
@@ -50,7 +52,7 @@ use crate::backend::cuda::lower::Step;
 use crate::checkpoint::Weights;
 use crate::decoder::Decoder;
 use crate::error::{fmt_shape, Error, Result};
-use crate::model::video_ops::{VideoGraph, VideoOp};
+use crate::model::video_ops::{Frames, VideoGraph, VideoOp};
 use crate::tensor::Tensor;
 
 fn lowering_error(what: impl std::fmt::Display) -> Error {
@@ -125,6 +127,11 @@ impl<D: Device> DeviceVideo<D> {
     /// Forgets the stream: the next chunk starts a new one.
     pub fn reset(&mut self) {
         self.started = false;
+    }
+
+    /// Whether the next chunk starts a stream.
+    pub fn at_stream_start(&self) -> bool {
+        !self.started
     }
 
     /// Zeroes the caches on the device while the stream goes on (the first-chunk rules do
@@ -202,21 +209,36 @@ impl<D: Device> DeviceVideo<D> {
         })
     }
 
-    /// Encoder graphs (TAEHV's): encodes `x [k n, H, W, C]` (`k` input frames per latent
-    /// frame, channels last, continuing the stream) into latents `[n, C', H', W']`, in
-    /// pieces of the chunk size the encoder was made for. The frame count must be a whole
-    /// number of latent frames and every value finite (named errors otherwise).
+    /// Encoder graphs (TAEHV's, the Wan VAE's): encodes `x [T, H, W, C]` (channels last,
+    /// continuing the stream) into latents `[n, C', H', W']`, in pieces of the chunk size
+    /// the encoder was made for. `T` must make whole latent frames: `k n` input frames for
+    /// `n` latent frames (`k` per latent frame), less the input op's `first_less` when the
+    /// chunk starts a stream (the Wan VAE's first latent frame is one video frame), and
+    /// every value finite (named errors otherwise).
     pub fn encode_f32(&mut self, x: &[f32]) -> Result<Vec<f32>> {
         let g = &self.graph;
         let (c, h, w) = (g.latent_channels, g.latent_height, g.latent_width);
-        let k = g.steps.first().map_or(1, |s| s.frames.per_latent);
+        let f0 = g.steps.first().map_or(Frames::LATENT, |s| s.frames);
+        let k = f0.per_latent;
         let (_, lh, lw, lc) = g.steps.last().map_or((g.out_frames, 0, 0, 0), |s| s.output());
-        let group = k * h * w * c;
+        let frame = h * w * c;
         let what = format!("{} input", g.family);
-        if x.len() % group != 0 {
+        let less = |first: bool| if first { f0.first_less } else { 0 };
+        let total = x.len() / frame.max(1);
+        let whole = |t: usize, first: bool| t == 0 || (t + less(first)) % k == 0;
+        if x.len() % frame.max(1) != 0 || !whole(total, !self.started) {
+            let rule = if less(!self.started) > 0 {
+                format!(
+                    "{k}n - {} frames at a stream's start (its first latent frame is one \
+                     frame), a multiple of {k} after",
+                    less(true)
+                )
+            } else {
+                format!("a multiple of {k} frames")
+            };
             return Err(Error::shape(
                 what,
-                format!("a multiple of {k} frames of {w}x{h}x{c} = {group} elements"),
+                format!("{rule} of {w}x{h}x{c} = {frame} elements"),
                 format!("{} elements", x.len()),
             ));
         }
@@ -228,9 +250,16 @@ impl<D: Device> DeviceVideo<D> {
         }
         let cp = pad8(c);
         let mut raw = Vec::new();
-        for piece in x.chunks(self.max_frames * group) {
-            let n = piece.len() / group;
-            // [k n, H, W, C] f32 to [k n, H, W, pad8(C)] f16 in pinned memory.
+        let mut rest = x;
+        while !rest.is_empty() {
+            let first = !self.started;
+            // The most frames one list of `max_frames` latent frames takes; every piece
+            // but the last is that long, so each stays whole.
+            let take = f0.count(self.max_frames, first).min(rest.len() / frame);
+            let (piece, after) = rest.split_at(take * frame);
+            rest = after;
+            let n = (take + less(first)) / k;
+            // [T, H, W, C] f32 to [T, H, W, pad8(C)] f16 in pinned memory.
             self.run_piece(n, &mut raw, |staged| {
                 for (p, px) in piece.chunks_exact(c).enumerate() {
                     for (ch, &v) in px.iter().enumerate() {
