@@ -317,3 +317,59 @@ extern "C" __global__ void selftest_fault(FaultParams p) {
     p.out[t] = v;
 }
 EMU_REGISTER_KERNEL(selftest_fault, FaultParams)
+
+// ---------------------------------------------------------------------------------------
+// Named barriers (bar.sync / bar.arrive id, count), 128 threads: group 0 = warps 0-1 (the
+// producers), group 1 = warps 2-3 (the consumers), every barrier counting both groups (128).
+//   mode 0: a hand-off, then a ping-pong. The producers write shared[t] = src[t] and
+//     bar.arrive(1); the consumers bar.sync(1) and copy shared[t - 64] to out[t - 64]. Then
+//     kTurns turns each, the groups alternating as FlashAttention-3's consumer warpgroups do
+//     (its scheduler barriers): group g waits at bar.sync(2 + g) for its turn, its first
+//     thread appends g to a shared log, and bar.arrive(3 - g) hands the turn over; group 0's
+//     first turn comes from its own bar.arrive(2), and group 1 does not hand over after its
+//     last turn (so every arrival pairs with a wait). out[64 + k] = log[k].
+// Misuse (emulator only): 1 no hand-off barrier (the consumers' copy races the producers'
+// writes); 2 group 1 hands over
+// after its last turn too (arrivals left at exit); 3 no first bar.arrive(2) (deadlock);
+// 4 barrier 0; 5 a count of 100; 6 the consumers wait with another count than the
+// producers'; 7 warp 0 and half of warps 1 and 2 meet at bar.sync(1, 64) (partial warps).
+// ---------------------------------------------------------------------------------------
+struct NamedBarrierParams {
+    const float* src;  // (64)
+    float* out;        // (64 + 2 kTurns)
+    int mode;
+};
+constexpr int kTurns = 3;
+
+extern "C" __global__ void selftest_named_barrier(NamedBarrierParams p) {
+    __shared__ float handoff[64];
+    __shared__ int log_len;
+    __shared__ float log[2 * kTurns];
+    const int t = threadIdx.x;
+    const int g = t / 64;
+    if (p.mode == 4) ptx::named_barrier_sync(0, 128);
+    if (p.mode == 5) ptx::named_barrier_sync(1, 100);
+    if (p.mode == 7) {
+        if (t < 32 || (t < 96 && t % 32 < 16)) ptx::named_barrier_sync(1, 64);
+        __syncthreads();  // the other lanes stay live meanwhile
+        return;
+    }
+    if (t == 0) log_len = 0;
+    __syncthreads();
+    if (g == 0) {
+        handoff[t] = p.src[t];
+        if (p.mode != 1) ptx::named_barrier_arrive(1, 128);
+    } else {
+        if (p.mode != 1) ptx::named_barrier_sync(1, p.mode == 6 ? 96 : 128);
+        p.out[t - 64] = handoff[t - 64];
+    }
+    if (g == 0 && p.mode != 3) ptx::named_barrier_arrive(2, 128);
+    for (int k = 0; k < kTurns; ++k) {
+        ptx::named_barrier_sync(2 + g, 128);
+        if (t % 64 == 0) log[log_len++] = static_cast<float>(g);
+        if (g == 0 || k + 1 < kTurns || p.mode == 2) ptx::named_barrier_arrive(3 - g, 128);
+    }
+    __syncthreads();
+    if (t < 2 * kTurns) p.out[64 + t] = log[t];
+}
+EMU_REGISTER_KERNEL(selftest_named_barrier, NamedBarrierParams)

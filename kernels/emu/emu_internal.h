@@ -36,7 +36,7 @@ struct Context {
 };
 #endif
 
-enum class FState : uint8_t { Runnable, Barrier, Warp, Warpgroup, Mbarrier, Exited, Failed };
+enum class FState : uint8_t { Runnable, Barrier, Warp, Warpgroup, Mbarrier, Named, Exited, Failed };
 
 struct CpOp {
     unsigned char* dst;
@@ -59,7 +59,21 @@ struct Fiber {
     uint32_t cp_groups_retired = 0;
     int mbar_wait = -1;  // index of the mbarrier this fiber blocks on, FState::Mbarrier
     uint32_t mbar_parity = 0;
+    int named_wait = -1;  // the named barrier (bar.sync id) it blocks on, FState::Named
 };
+
+// One of the CTA's named barriers 1..15 (PTX ISA "bar, barrier"; 0 is __syncthreads'):
+// the phase in progress. A phase completes when `expected` threads have arrived (bar.sync
+// and bar.arrive both arrive; only bar.sync waits); then the barrier is ready again.
+struct NamedBarrier {
+    uint32_t expected = 0;  // the thread count of this phase's arrivals (0: none yet)
+    uint32_t arrived = 0;
+    uint32_t lanes[32] = {};  // per warp, the lanes arrived in this phase
+    const char* file = "";    // the first arrival of the phase
+    int line = 0;
+    uint64_t phases = 0;      // completed phases
+};
+constexpr unsigned kNamedBarriers = 16;
 
 enum class Coll : uint8_t { Syncwarp, Shfl, Vote, Mma, Ldmatrix, Elect };
 
@@ -165,6 +179,7 @@ struct Launch {
     std::vector<Warp> warps;
     std::vector<std::unique_ptr<Warpgroup>> warpgroups;
     std::vector<Mbarrier> mbarriers;
+    NamedBarrier named[kNamedBarriers];
     std::vector<Fiber*> runlist;
     Context sched;
     Fiber* current = nullptr;

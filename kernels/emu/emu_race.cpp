@@ -74,6 +74,9 @@ struct RaceState {
     };
     std::vector<Slot> slots;
     unsigned next_slot = 0;
+    // Per named barrier (bar.sync / bar.arrive id): the join of this phase's arrivals, and
+    // of the last completed phase's (what its bar.sync waiters acquire).
+    std::vector<uint32_t> named_cur[kNamedBarriers], named_done[kNamedBarriers];
     std::vector<uint32_t> meet;  // view of the warpgroup issuing a wgmma
     uint64_t meet_seq = 0;
     unsigned meet_wg = ~0u;
@@ -363,6 +366,10 @@ void block_begin(Launch& L) {
     R.statics.clear();
     R.overflow.clear();
     R.next_slot = 0;
+    for (unsigned b = 0; b < kNamedBarriers; ++b) {
+        R.named_cur[b].assign(R.agents, 0u);
+        R.named_done[b].assign(R.agents, 0u);
+    }
     R.meet_seq = 0;
     R.meet_wg = ~0u;
     R.win_lo = reinterpret_cast<uintptr_t>(smem);
@@ -399,6 +406,26 @@ void barrier_release(Launch& L) {
         memcpy(R.row(t), j.data(), sizeof(uint32_t) * R.agents);
         R.row(t)[t] += 1;
     }
+}
+
+// Named barriers: an arrival (bar.sync or bar.arrive) releases the thread's clock into the
+// phase; when the phase completes its join is what every bar.sync waiter of the phase
+// acquires. bar.arrive threads acquire nothing (they do not wait).
+void named_arrive(Launch& L, Fiber& f, unsigned id) {
+    RaceState& R = *L.race;
+    join_into(R.named_cur[id].data(), R.row(f.tid), R.agents);
+    R.row(f.tid)[f.tid] += 1;
+}
+
+void named_complete(Launch& L, unsigned id) {
+    RaceState& R = *L.race;
+    R.named_done[id] = R.named_cur[id];
+    std::fill(R.named_cur[id].begin(), R.named_cur[id].end(), 0u);
+}
+
+void named_acquire(Launch& L, Fiber& f, unsigned id) {
+    RaceState& R = *L.race;
+    join_into(R.row(f.tid), R.named_done[id].data(), R.agents);
 }
 
 void warp_sync(Launch& L, unsigned warp, unsigned lanes) {

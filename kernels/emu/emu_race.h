@@ -24,6 +24,9 @@ std::string report(Launch& L);
 
 // Synchronisation.
 void barrier_release(Launch& L);                              // __syncthreads released
+void named_arrive(Launch& L, Fiber& f, unsigned id);           // bar.sync/bar.arrive: release
+void named_complete(Launch& L, unsigned id);                   // the phase's arrivals joined
+void named_acquire(Launch& L, Fiber& f, unsigned id);          // a bar.sync waiter goes on
 void warp_sync(Launch& L, unsigned warp, unsigned lanes);     // __syncwarp among `lanes`
 void cp_async_retired(Launch& L, Fiber& f);                   // after a cp.async wait
 void mbar_init(Launch& L, Mbarrier& m);

@@ -3,7 +3,8 @@
 //
 // Scheduling. A fiber runs until it blocks: at __syncthreads, at a warp collective
 // (__shfl_*, votes, __syncwarp, mma, ldmatrix, elect), at a warpgroup collective (wgmma and
-// its fence/commit/wait, setmaxnreg), at an mbarrier wait, or at exit. The scheduler works
+// its fence/commit/wait, setmaxnreg), at an mbarrier wait, at a named barrier's bar.sync
+// (until the phase's thread count has arrived), or at exit. The scheduler works
 // in passes: each pass resumes every runnable fiber once, in the launch's order (forward,
 // reverse, or a fresh seeded shuffle per pass). A collective completes when all threads it
 // names have arrived; a barrier is released when every thread of the block waits at it; an
@@ -225,7 +226,8 @@ void resolve_stall(Launch& L) {
     const Fiber* other_site = nullptr;
     const Fiber* at_mbar = nullptr;
     const Fiber* at_wg = nullptr;
-    unsigned n_barrier = 0, n_warp = 0, n_wg = 0, n_mbar = 0;
+    const Fiber* at_named = nullptr;
+    unsigned n_barrier = 0, n_warp = 0, n_wg = 0, n_mbar = 0, n_named = 0;
     for (const Fiber& f : L.fibers) {
         if (f.state == FState::Barrier) {
             // Call sites compare by source line: the compiler may duplicate one call.
@@ -242,12 +244,15 @@ void resolve_stall(Launch& L) {
         } else if (f.state == FState::Mbarrier) {
             if (!at_mbar) at_mbar = &f;
             n_mbar += 1;
+        } else if (f.state == FState::Named) {
+            if (!at_named) at_named = &f;
+            n_named += 1;
         } else if (f.state == FState::Exited && !exited) {
             exited = &f;
         }
     }
     char a[512], b[512];
-    if (n_warp == 0 && n_wg == 0 && n_mbar == 0 && n_barrier > 0) {
+    if (n_warp == 0 && n_wg == 0 && n_mbar == 0 && n_named == 0 && n_barrier > 0) {
         if (exited) {
             describe_thread(*exited, a, sizeof a);
             set_errorf(L, EMU_ERR_BARRIER, "__syncthreads: %s has exited while %u thread(s) "
@@ -275,6 +280,15 @@ void resolve_stall(Launch& L) {
                    n_mbar, n_barrier, n_warp, n_wg, L.exited);
         return;
     }
+    if (at_named) {
+        const NamedBarrier& nb = L.named[at_named->named_wait];
+        describe_thread(*at_named, a, sizeof a);
+        set_errorf(L, EMU_ERR_DEADLOCK, "deadlock: %s waits at bar.sync %d: %u of the phase's %u "
+                   "threads have arrived (the first at %s:%d); %u thread(s) wait at named "
+                   "barriers, %u at __syncthreads, %u exited", a, at_named->named_wait,
+                   nb.arrived, nb.expected, nb.file, nb.line, n_named, n_barrier, L.exited);
+        return;
+    }
     if (at_wg) {
         const Warpgroup& g = *L.warpgroups[at_wg->tid / 128];
         describe_thread(*at_wg, a, sizeof a);
@@ -298,6 +312,22 @@ void resolve_stall(Launch& L) {
                "warp collectives)", n_barrier, n_warp);
 }
 
+// A block that exits with a named barrier's phase partly arrived. The hardware resets the
+// barriers for the next CTA, so such a kernel runs, but in this engine's kernels arrivals
+// and waits always pair up: a leftover is an unbalanced schedule, reported as an error.
+void check_named_at_exit(Launch& L) {
+    for (unsigned id = 1; id < kNamedBarriers; ++id) {
+        const NamedBarrier& b = L.named[id];
+        if (b.arrived == 0) continue;
+        set_errorf(L, EMU_ERR_BARRIER, "named barrier %u: the block of (%u,%u,%u) exited with "
+                   "%u of the phase's %u threads arrived (the first at %s:%d): arrivals "
+                   "without the waits they pair with", id, L.fibers[0].vars.block_idx.x,
+                   L.fibers[0].vars.block_idx.y, L.fibers[0].vars.block_idx.z, b.arrived,
+                   b.expected, b.file, b.line);
+        return;
+    }
+}
+
 void run_block(Launch& L, EmuDim3 block_idx) {
     const unsigned bx = L.block.x, by = L.block.y;
     memset(smem, 0xff, L.shared_bytes);
@@ -309,6 +339,7 @@ void run_block(Launch& L, EmuDim3 block_idx) {
     }
     warpgroups_reset(L);
     mbarriers_reset(L);
+    for (NamedBarrier& b : L.named) b = NamedBarrier{};
     for (unsigned i = 0; i < L.nthreads; ++i) {
         Fiber& f = L.fibers[i];
         f.vars.thread_idx = EmuDim3{i % bx, (i / bx) % by, i / (bx * by)};
@@ -326,6 +357,7 @@ void run_block(Launch& L, EmuDim3 block_idx) {
         f.cp_groups_committed = 0;
         f.cp_groups_retired = 0;
         f.mbar_wait = -1;
+        f.named_wait = -1;
         ctx_make(&f.ctx, tls_stacks.get(i), kStackBytes, &fiber_main, nullptr);
     }
     if (L.race) race::block_begin(L);
@@ -336,6 +368,7 @@ void run_block(Launch& L, EmuDim3 block_idx) {
         if (L.runlist.empty()) {
             if (L.exited == L.nthreads) {
                 tma_land_all(L);  // loads nobody waited for still complete
+                check_named_at_exit(L);
                 return;
             }
             resolve_stall(L);
@@ -434,6 +467,60 @@ void syncthreads(const char* file, int line) {
     f->barrier_line = line;
     f->state = FState::Barrier;
     yield_to_scheduler(L, f);
+}
+
+void named_barrier(unsigned id, unsigned count, bool wait, const char* file, int line) {
+    Launch& L = launch();
+    Fiber* f = L.current;
+    const char* op = wait ? "bar.sync" : "bar.arrive";
+    if (id == 0 || id >= kNamedBarriers)
+        fail(EMU_ERR_BARRIER, "%s %u, %u at %s:%d: named barriers are 1..15 here (0 is "
+             "__syncthreads')", op, id, count, file, line);
+    if (count == 0 || count % 32 != 0 || count > L.nthreads)
+        fail(EMU_ERR_BARRIER, "%s %u, %u at %s:%d: the thread count must be a positive "
+             "multiple of the warp size and at most the block's %u threads", op, id, count,
+             file, line, L.nthreads);
+    NamedBarrier& b = L.named[id];
+    if (b.arrived == 0) {
+        b.expected = count;
+        b.file = file;
+        b.line = line;
+    } else if (b.expected != count) {
+        fail(EMU_ERR_BARRIER, "%s %u, %u at %s:%d: this phase of the barrier counts %u threads "
+             "(its first arrival at %s:%d)", op, id, count, file, line, b.expected, b.file,
+             b.line);
+    }
+    b.arrived += 1;
+    b.lanes[f->warp] |= 1u << f->lane;
+    if (L.race) race::named_arrive(L, *f, id);
+    if (b.arrived < b.expected) {
+        if (!wait) return;
+        f->named_wait = static_cast<int>(id);
+        f->state = FState::Named;
+        yield_to_scheduler(L, f);
+        return;
+    }
+    // The phase completes. The hardware counts a warp's arrival as all its non-exited
+    // threads: every warp that arrived must have arrived whole.
+    for (size_t w = 0; w < L.warps.size(); ++w) {
+        const uint32_t lanes = b.lanes[w], live = L.warps[w].live;
+        if (lanes != 0 && (lanes & live) != live)
+            fail(EMU_ERR_BARRIER, "%s %u, %u at %s:%d: the phase completed with lanes 0x%08x "
+                 "of warp %zu arrived but not its other live lanes 0x%08x (the hardware "
+                 "counts whole warps)", op, id, count, file, line, lanes, w, live & ~lanes);
+    }
+    if (L.race) race::named_complete(L, id);
+    for (Fiber& g : L.fibers) {
+        if (g.state != FState::Named || g.named_wait != static_cast<int>(id)) continue;
+        if (L.race) race::named_acquire(L, g, id);
+        g.named_wait = -1;
+        g.state = FState::Runnable;
+    }
+    if (wait && L.race) race::named_acquire(L, *f, id);
+    b.arrived = 0;
+    b.expected = 0;
+    std::fill(std::begin(b.lanes), std::end(b.lanes), 0u);
+    b.phases += 1;
 }
 
 unsigned activemask() {

@@ -119,6 +119,9 @@ extern thread_local const ThreadVars* tls_vars;
 #define EMU_SITE_PARAMS const char* site_file, int site_line
 
 void syncthreads(const char* file, int line);
+// bar.sync id, count (wait = true) and bar.arrive id, count: named barrier `id` in 1..15,
+// `count` threads (a positive multiple of 32) per phase.
+void named_barrier(unsigned id, unsigned count, bool wait, const char* file, int line);
 void syncwarp(unsigned mask);
 unsigned activemask();
 

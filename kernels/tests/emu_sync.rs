@@ -482,3 +482,83 @@ fn launches_on_different_threads_are_independent() {
         assert!(err < 1e-5, "{err:e}");
     }
 }
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct NamedBarrierParams {
+    src: *const f32,
+    out: *mut f32,
+    mode: i32,
+}
+const TURNS: usize = 3;
+
+/// Runs `selftest_named_barrier` in `mode`: its output, or the emulator's error.
+fn named_barrier(mode: i32, order: ThreadOrder) -> Result<(Vec<f32>, Vec<f32>), emu::EmuError> {
+    let mut rng = Rng::new(40 + mode as u64);
+    let src: Vec<f32> = (0..64).map(|_| rng.nonzero(0.5, 1.5)).collect();
+    let mut out = poisoned_f32(64 + 2 * TURNS);
+    let params = NamedBarrierParams {
+        src: ptr(&src),
+        out: mut_ptr(&mut out),
+        mode,
+    };
+    // SAFETY: src holds 64 floats, out 64 + 2 TURNS; the kernel uses static shared memory.
+    unsafe { launch("selftest_named_barrier", config(1, 128, 0), &params, order) }?;
+    Ok((src, out))
+}
+
+/// bar.arrive / bar.sync hand data over and alternate two groups of warps (FlashAttention-3's
+/// ping-pong) in every thread order, race-free under the checker: the hand-off copies every
+/// value and the turns alternate 0, 1, 0, 1, ...
+#[test]
+fn named_barriers_hand_over_and_alternate_in_every_order() {
+    for check in [false, true] {
+        let _race = emu::racecheck(check);
+        for order in orders() {
+            let (src, out) = named_barrier(0, order).unwrap_or_else(|e| panic!("{order:?}: {e}"));
+            assert_eq!(&out[..64], &src[..], "{order:?}: the hand-off");
+            let turns: Vec<f32> = (0..2 * TURNS).map(|k| (k % 2) as f32).collect();
+            assert_eq!(&out[64..], &turns[..], "{order:?}: the turns");
+        }
+    }
+}
+
+/// Without the hand-off barrier the consumers' copy races with the producers' writes: the
+/// checker names both sites in every order.
+#[test]
+fn a_skipped_named_barrier_wait_is_a_race() {
+    let _race = emu::racecheck(true);
+    for order in orders() {
+        let e = named_barrier(1, order).expect_err("a race");
+        assert_eq!(e.kind, EmuErrorKind::Race, "{order:?}: {e}");
+        // Which access comes first depends on the order: the write, or the read.
+        assert!(
+            e.message.contains("read-after-write") || e.message.contains("write-after-read"),
+            "{e}"
+        );
+        assert!(e.message.contains("kernels/cuda/emu_selftest.cu"), "{e}");
+    }
+}
+
+#[test]
+fn named_barrier_misuse_is_reported_in_every_order() {
+    let cases = [
+        (
+            2,
+            EmuErrorKind::Barrier,
+            "exited with 64 of the phase's 128 threads arrived",
+        ),
+        (3, EmuErrorKind::Deadlock, "waits at bar.sync"),
+        (4, EmuErrorKind::Barrier, "named barriers are 1..15"),
+        (5, EmuErrorKind::Barrier, "multiple of the warp size"),
+        (6, EmuErrorKind::Barrier, "this phase of the barrier counts"),
+        (7, EmuErrorKind::Barrier, "counts whole warps"),
+    ];
+    for order in orders() {
+        for (mode, kind, text) in cases {
+            let e = named_barrier(mode, order).expect_err("misuse");
+            assert_eq!(e.kind, kind, "mode {mode} {order:?}: {e}");
+            assert!(e.message.contains(text), "mode {mode} {order:?}: {e}");
+        }
+    }
+}

@@ -109,6 +109,29 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
     PTX_LDMATRIX(4, true, ".trans");
 }
 
+// ---- named barriers (PTX ISA, "Parallel Synchronization and Communication Instructions:
+// bar, barrier") ----
+// A CTA has 16 barriers; 0 is __syncthreads'. bar.sync id, count arrives at barrier `id`
+// and waits until `count` threads (a multiple of the warp size; the hardware counts whole
+// warps) have arrived in this phase; bar.arrive id, count arrives without waiting (the
+// producer side of a hand-off). The barrier is then ready for its next phase. Arriving
+// orders the thread's earlier memory accesses before those of the phase's bar.sync
+// threads after it. Every arriving warp must execute it with all its lanes.
+__device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t count PTX_SITE) {
+#if PTX_EMU
+    ::emu::named_barrier(id, count, true, site_file, site_line);
+#else
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+#endif
+}
+__device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t count PTX_SITE) {
+#if PTX_EMU
+    ::emu::named_barrier(id, count, false, site_file, site_line);
+#else
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+#endif
+}
+
 // ---- cp.async (PTX ISA, "Data Movement and Conversion Instructions: cp.async") ----
 // Copies global -> shared without going through registers. The copy is complete (and the
 // destination may be read) only after a cp_async_wait that retires its group.
