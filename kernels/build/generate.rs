@@ -42,7 +42,7 @@ pub fn generate(modules: &[Module], outcome: &Result<Built, String>) -> String {
                     "    KernelResources {{ module: {:?}, kernel: {:?}, arch: {:?}, \
                      registers: {}, shared_bytes: {}, stack_frame_bytes: {}, \
                      spill_store_bytes: {}, spill_load_bytes: {}, sass: {}, hmma: {}, \
-                     ldsm: {}, ldgsts: {}, ldg128: {}, hgmma: {}, utmaldg: {} }},",
+                     ldsm: {}, ldgsts: {}, ldg128: {}, hgmma: {}, utmaldg: {}, bar_arv: {} }},",
                     m.name,
                     r.kernel,
                     r.arch,
@@ -57,7 +57,8 @@ pub fn generate(modules: &[Module], outcome: &Result<Built, String>) -> String {
                     r.ldgsts,
                     r.ldg128,
                     r.hgmma,
-                    r.utmaldg
+                    r.utmaldg,
+                    r.bar_arv
                 );
             }
         }

@@ -56,6 +56,8 @@ pub struct Resources {
     /// Warpgroup mma (wgmma.mma_async) and TMA tensor loads (cp.async.bulk.tensor).
     pub hgmma: u32,
     pub utmaldg: u32,
+    /// Named-barrier arrivals (bar.arrive id, count).
+    pub bar_arv: u32,
 }
 
 /// One compiled module: its PTX file, a cubin per architecture, and the per-kernel reports.
@@ -207,6 +209,8 @@ pub fn count_sass(sass: &str, table: &mut [Resources]) {
             r.hgmma += 1;
         } else if op.starts_with("UTMALDG") {
             r.utmaldg += 1;
+        } else if op.starts_with("BAR.ARV") {
+            r.bar_arv += 1;
         }
     }
 }

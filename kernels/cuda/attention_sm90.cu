@@ -36,11 +36,10 @@
 // consumers wait k_full/v_full with parity r & 1, the producer waits empty with parity
 // (r & 1) ^ 1 (a fresh barrier's previous phase counts as complete).
 //
-// What FlashAttention-3 does beyond this (kernels/README.md): the two consumer warpgroups
-// ping-pong (named barriers schedule one warpgroup's softmax under the other's GEMMs) and
-// each warpgroup overlaps its softmax with the next tile's Q K^T (intra-warpgroup
-// pipelining). Neither is done here: the emulator does not model named barriers
-// (bar.sync id, count), and the overlap is a scheduling change of the same instructions.
+// Ping-pong (common/fa3_core.cuh, Fa3PingPong): the two consumers take turns issuing their
+// Q K^T (named barriers 1 and 2), so one's softmax runs under the other's GEMMs, as in
+// FlashAttention-3. Not done: FA3's intra-warpgroup overlap (each warpgroup issuing the next
+// tile's Q K^T before this tile's softmax), a scheduling change of the same instructions.
 //
 // Shape contract (kernels/src/attention_sm90.rs): dh in {64, 128}, D = heads * dh, tokens,
 // P, frames >= 1, every table entry a valid slot; TMA needs D % 8 == 0 (it is: dh % 64 == 0).
@@ -54,6 +53,9 @@
 // streamdit-emu-variant: no_v_wait
 //   the consumers skip the wait on v_full[s]: P V reads V before (or unordered with) the TMA
 //   load that fills it (read-after-write).
+// streamdit-emu-variant: unpaired_turn
+//   consumer 1 hands the turn over after its last tile too: an arrival on consumer 0's turn
+//   barrier that no bar.sync pairs with (the emulator reports it at the block's exit).
 #include "common/fa3_core.cuh"
 
 struct AttnSm90Params {
@@ -133,6 +135,9 @@ __device__ __forceinline__ void attn_sm90(const AttnSm90Params& p, unsigned char
     uint32_t pa[T::kPvSteps][4];
     ptx::mbarrier_wait(&q_full, 0);
     const uint32_t q_rows = q_tile + wg * T::kWgRows * 128;  // 8 KiB: 1024-aligned
+    static_assert(T::kConsumers == 2, "the ping-pong pairs two consumer warpgroups");
+    const Fa3PingPong turns{wg, p.frames * key_tiles};
+    turns.start();
 
     int it = 0;
     for (int f = 0; f < p.frames; ++f) {
@@ -142,7 +147,10 @@ __device__ __forceinline__ void attn_sm90(const AttnSm90Params& p, unsigned char
             const uint32_t k_tile = ring + s * T::kStageBytes;
             const uint32_t v_tile = k_tile + T::kTileKv;
             ptx::mbarrier_wait(&k_full[s], parity);
-            fa3_qk<kDh>(s_acc, q_rows, k_tile);
+            turns.my_turn();
+            fa3_qk_issue<kDh>(s_acc, q_rows, k_tile);
+            turns.hand_over(it);
+            ptx::wgmma_wait<0>();
             // Keys t0 + col >= P are zero rows: -inf.
             const int valid = p.frame_tokens - kt * T::kBN;
 FA3_UNROLL

@@ -34,8 +34,9 @@
 //     one shuffle), since qn . kn = sum_c q_c inv_q gq_c k_c inv_k gk_c = inv_k (q'' . k):
 //     K stays as loaded and its norm is one scale per score column. The writes are generic
 //     proxy and wgmma reads Q through the async proxy: fence.proxy.async, then the
-//     warpgroup's 128 threads meet on q_ready[c] (an mbarrier, as the emulator models no
-//     named barriers). Per key tile: S = q'' K^T (fa3_qk), scaled by kinv[s][col] and
+//     warpgroup's 128 threads meet on q_ready[c] (an mbarrier). Per key tile, in its turn of
+//     the two consumers' ping-pong (common/fa3_core.cuh, Fa3PingPong: named barriers 1 and
+//     2), S = q'' K^T (fa3_qk_issue, then the wait), scaled by kinv[s][col] and
 //     log2(e)/sqrt(dh) (keys past n: -inf), online softmax (fa3_softmax), O += P V (fa3_pv)
 //     after v_full[s], wgmma.wait_group 0, then every consumer thread arrives on empty[s].
 //   The epilogue divides by the row sums and stores f16 pairs to the tokens' rows (local
@@ -253,13 +254,19 @@ FA3_UNROLL
     float s_acc[T::kSAcc];
     uint32_t pa[T::kPvSteps][4];
     const uint32_t q_rows = q_tile + wg * T::kWgRows * 128;  // 8 KiB: 1024-aligned
+    static_assert(T::kConsumers == 2, "the ping-pong pairs two consumer warpgroups");
+    const Fa3PingPong turns{wg, key_tiles};
+    turns.start();
     for (int kt = 0; kt < key_tiles; ++kt) {
         const int s = kt % S;
         const uint32_t parity = (kt / S) & 1;
         const uint32_t k_tile = ring + s * T::kStageBytes;
         const uint32_t v_tile = k_tile + T::kTileKv;
         ptx::mbarrier_wait(&k_full[s], parity);
-        fa3_qk<kDh>(s_acc, q_rows, k_tile);
+        turns.my_turn();
+        fa3_qk_issue<kDh>(s_acc, q_rows, k_tile);
+        turns.hand_over(kt);
+        ptx::wgmma_wait<0>();
 #if !defined(EMU_VARIANT_no_kinv_wait)  // planted race when defined (top of the file)
         ptx::mbarrier_wait(&kinv_full[s], parity);
 #endif

@@ -53,6 +53,9 @@ pub struct KernelResources {
     /// loads (`UTMALDG`, from cp.async.bulk.tensor).
     pub hgmma: u32,
     pub utmaldg: u32,
+    /// Named-barrier arrivals (`BAR.ARV`, from bar.arrive id, count): the sm_90a attention
+    /// kernels' ping-pong hand-overs.
+    pub bar_arv: u32,
 }
 
 /// Whether build.rs compiled the kernels with nvcc.

@@ -967,5 +967,7 @@ fn sm90_window_sass_and_resources() {
             "{kernel}: Q K^T and P V must be HGMMA fed by UTMALDG: {r:?}"
         );
         assert_eq!((r.hmma, r.ldsm, r.ldgsts), (0, 0, 0), "{kernel}: {r:?}");
+        // The consumers' ping-pong hand-overs (common/fa3_core.cuh, Fa3PingPong).
+        assert!(r.bar_arv >= 2, "{kernel}: no named-barrier arrival: {r:?}");
     }
 }

@@ -381,6 +381,25 @@ fn planted_pipeline_races_are_reported() {
     });
 }
 
+/// The two consumers' ping-pong turns (common/fa3_core.cuh, `Fa3PingPong`) are live named
+/// barriers: a hand-over without the wait it pairs with is reported at the block's exit,
+/// naming consumer 0's turn barrier (1) and the arrival's line.
+#[test]
+fn an_unpaired_ping_pong_turn_is_reported() {
+    let inp = inputs(6, shape(64, 40, 3, 1, 64, 3), vec![1, 2, 0]);
+    let unpaired = emu::variant(fa3::KERNEL_D64, "unpaired_turn").unwrap();
+    for order in [ThreadOrder::Forward, ThreadOrder::Reverse] {
+        let e = launch(&inp, unpaired, order).expect_err("an arrival left at exit");
+        assert_eq!(e.kind, EmuErrorKind::Barrier, "{order:?}: {e}");
+        assert!(
+            e.message.contains("named barrier 1:")
+                && e.message.contains("128 of the phase's 256 threads arrived")
+                && e.message.contains("cuda/common/fa3_core.cuh"),
+            "{order:?}: {e}"
+        );
+    }
+}
+
 #[test]
 fn shapes_outside_the_contract_are_errors() {
     let bad = |s: KvCacheShape, needle: &str| {
@@ -421,7 +440,7 @@ fn attention_sm90_sass_and_resources() {
         let r = common::resources("attention_sm90", kernel, "sm_90a");
         eprintln!(
             "{kernel} sm_90a: {} regs, {} B static smem + {} B dynamic, stack {}, spills {}/{}, \
-             HGMMA {}, UTMALDG {}, HMMA {}, LDSM {}, LDGSTS {}",
+             HGMMA {}, UTMALDG {}, BAR.ARV {}, HMMA {}, LDSM {}, LDGSTS {}",
             r.registers,
             r.shared_bytes,
             fa3::shared_bytes(dh),
@@ -430,6 +449,7 @@ fn attention_sm90_sass_and_resources() {
             r.spill_load_bytes,
             r.hgmma,
             r.utmaldg,
+            r.bar_arv,
             r.hmma,
             r.ldsm,
             r.ldgsts
@@ -446,5 +466,7 @@ fn attention_sm90_sass_and_resources() {
             "{kernel}: Q K^T and P V must be HGMMA fed by UTMALDG: {r:?}"
         );
         assert_eq!((r.hmma, r.ldsm, r.ldgsts), (0, 0, 0), "{kernel}: {r:?}");
+        // The ping-pong's hand-overs (consumer 0's first turn and every tile's).
+        assert!(r.bar_arv >= 2, "{kernel}: no named-barrier arrival: {r:?}");
     }
 }

@@ -5,7 +5,10 @@
 // scales a score, which barrier guards V):
 //
 //   fa3_qk       S = Q K^T by dh/16 wgmma.m64n{kBN}k16, both operands in shared memory
-//                (K-major), waited for;
+//                (K-major), issued and committed (fa3_qk_issue), then waited for;
+//   Fa3PingPong  the two consumer warpgroups take turns issuing their Q K^T, so one's
+//                softmax runs under the other's GEMMs (FlashAttention-3's scheduler
+//                barriers: named barriers kFa3TurnBarrier + c);
 //   fa3_softmax  the online softmax of scores already scaled to log2 units (-inf = masked):
 //                running max and sums per row, O rescaled, P rounded to f16 as the register-A
 //                fragments of P V (the S accumulator layout of 16 columns is the A layout of
@@ -109,8 +112,8 @@ FA3_UNROLL
 // S = Q K^T of the warpgroup's rows (q_rows: their first swizzled row; k_tile: the K tile):
 // step j covers channels [16 j, 16 j + 16), box j / 4, 32 B per step inside the atom.
 template <int kDh>
-__device__ __forceinline__ void fa3_qk(float (&s_acc)[Fa3Traits<kDh>::kSAcc], uint32_t q_rows,
-                                       uint32_t k_tile) {
+__device__ __forceinline__ void fa3_qk_issue(float (&s_acc)[Fa3Traits<kDh>::kSAcc],
+                                             uint32_t q_rows, uint32_t k_tile) {
     using T = Fa3Traits<kDh>;
     ptx::wgmma_fence();
 FA3_UNROLL
@@ -118,8 +121,40 @@ FA3_UNROLL
         ptx::wgmma_f16_ss<T::kBN>(s_acc, kmajor_desc(q_rows + (j / 4) * T::kQBox + 32u * (j % 4)),
                                   kmajor_desc(k_tile + (j / 4) * T::kKvBox + 32u * (j % 4)), j > 0);
     ptx::wgmma_commit();
+}
+template <int kDh>
+__device__ __forceinline__ void fa3_qk(float (&s_acc)[Fa3Traits<kDh>::kSAcc], uint32_t q_rows,
+                                       uint32_t k_tile) {
+    fa3_qk_issue<kDh>(s_acc, q_rows, k_tile);
     ptx::wgmma_wait<0>();
 }
+
+// The ping-pong of the two consumer warpgroups (FlashAttention-3, hopper/
+// mainloop_fwd_sm90_tma_gmma_ws.hpp: warp_scheduler_barrier_sync / _arrive, mma_init):
+// consumer c issues a tile's Q K^T only in its turn, bar.sync(kFa3TurnBarrier + c, 256),
+// and hands the turn over as soon as it is issued, bar.arrive(kFa3TurnBarrier + 1 - c,
+// 256), then waits for its scores and runs its softmax while the other consumer's GEMMs
+// run. Each barrier counts both warpgroups: one's bar.sync meets the other's bar.arrive.
+// Consumer 0's first turn is its own arrival (start); consumer 1 does not hand over after
+// its last tile, so every arrival pairs with a wait (both walk the same tiles). Barrier ids
+// 1 and 2 (0 is __syncthreads').
+constexpr uint32_t kFa3TurnBarrier = 1;
+struct Fa3PingPong {
+    int wg;     // the consumer: 0 or 1
+    int tiles;  // key tiles each consumer walks
+    __device__ __forceinline__ void start() const {
+        if (wg == 0) ptx::named_barrier_arrive(kFa3TurnBarrier, 256);
+    }
+    __device__ __forceinline__ void my_turn() const {
+        ptx::named_barrier_sync(kFa3TurnBarrier + wg, 256);
+    }
+    __device__ __forceinline__ void hand_over(int tile) const {
+#if !defined(EMU_VARIANT_unpaired_turn)  // planted when defined: an arrival left at exit
+        if (wg == 0 || tile + 1 < tiles)
+#endif
+            ptx::named_barrier_arrive(kFa3TurnBarrier + 1 - wg, 256);
+    }
+};
 
 // The online softmax of one key tile. `s_acc` holds the scores scaled to log2 units, -inf
 // where masked; on return `pa` holds P (f16) as the A fragments of the kPvSteps k16 steps
