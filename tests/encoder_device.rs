@@ -1,5 +1,5 @@
 //! The video encoders lowered to a device (issue 19; docs/taehv.md "On the device"), on the
-//! emulated device: the TAEHV encoder (`DeviceTaehvEncoder`: the op list of
+//! emulated device: the TAEHV encoder (`DeviceEncoder::taehv`: the op list of
 //! `model::taehv_encoder` run by `DeviceVideo`, its TPools on `conv_tstride_f16` and its
 //! stride-2 convolutions on `conv3x3s2_f16`) against the f32 CPU encoder on the same random
 //! weights (relative L2 and the worst error against the output RMS, both printed), chunked
@@ -13,7 +13,7 @@ mod common;
 use common::{f64s, rel_l2, Rng};
 use streamdit::backend::cuda::emu::EmuDevice;
 use streamdit::checkpoint::DType;
-use streamdit::decoder::{DeviceTaehvEncoder, TaehvEncoder};
+use streamdit::decoder::{DeviceEncoder, DeviceTaehvEncoder, TaehvEncoder};
 use streamdit::model::taehv_encoder::TaehvEncoderConfig;
 use streamdit::{BackendKind, Engine, EngineParams, Profile, StreamParams, WeightsSource};
 
@@ -41,7 +41,7 @@ fn setup(seed: u64) -> (TaehvEncoder, streamdit::checkpoint::Weights) {
 }
 
 fn emu(weights: &streamdit::checkpoint::Weights, max: usize) -> DeviceTaehvEncoder<EmuDevice> {
-    DeviceTaehvEncoder::new(&cfg(), H, W, weights, max, EmuDevice::new()).unwrap()
+    DeviceEncoder::taehv(&cfg(), H, W, weights, max, EmuDevice::new()).unwrap()
 }
 
 /// Largest error relative to the output's RMS, and the relative L2 error.
@@ -150,15 +150,20 @@ fn a_device_encoder_without_its_memories_is_caught() {
 fn graph_replay_equals_eager_launches_and_is_race_free() {
     let (_, weights) = setup(6);
     let x = video(10, 8);
-    let mut eager = emu(&weights, 1);
+    let (a, b) = x.split_at(4 * FRAME);
+    replay_eager_and_race_checked(|| emu(&weights, 1), &[a, b]);
+}
+
+/// Encodes `pieces` (a stream-start chunk and the next: the caches) with three encoders
+/// from `make`: launch by launch, as captured graphs, and under the race checker; all three
+/// give the same bits.
+fn replay_eager_and_race_checked(make: impl Fn() -> DeviceEncoder<EmuDevice>, pieces: &[&[f32]]) {
+    let (mut eager, mut replay, mut checked) = (make(), make(), make());
     eager.set_graphs(false);
-    let mut replay = emu(&weights, 1);
-    let mut checked = emu(&weights, 1);
-    for piece in x.chunks(4 * FRAME) {
+    for piece in pieces {
         let a = eager.encode_f32(piece).unwrap();
         let b = replay.encode_f32(piece).unwrap();
         assert_eq!(bits(&a), bits(&b));
-        // A stream-start chunk and the next (the memories) under the race checker.
         let c = {
             let _race = streamdit_kernels::emu::racecheck(true);
             checked.encode_f32(piece).unwrap()
@@ -190,7 +195,7 @@ fn bad_input_is_a_named_error() {
     // Empty input: no latents, no launch.
     assert!(dev.encode_f32(&[]).unwrap().is_empty());
     // Sides that are not multiples of 8, and a missing tensor, are named.
-    let e = DeviceTaehvEncoder::new(&cfg(), 20, W, &weights, 1, EmuDevice::new())
+    let e = DeviceEncoder::taehv(&cfg(), 20, W, &weights, 1, EmuDevice::new())
         .err()
         .unwrap()
         .to_string();
@@ -198,7 +203,7 @@ fn bad_input_is_a_named_error() {
     let mut tensors = weights.into_tensors();
     tensors.remove("encoder.7.conv.weight");
     let broken = streamdit::checkpoint::Weights::from_tensors("test", tensors);
-    let e = DeviceTaehvEncoder::new(&cfg(), H, W, &broken, 1, EmuDevice::new())
+    let e = DeviceEncoder::taehv(&cfg(), H, W, &broken, 1, EmuDevice::new())
         .err()
         .unwrap()
         .to_string();
@@ -437,7 +442,7 @@ mod wan_vae {
     use crate::common::{f64s, rel_l2, Rng};
     use streamdit::backend::cuda::emu::EmuDevice;
     use streamdit::checkpoint::{DType, Weights};
-    use streamdit::decoder::{DeviceWanVaeEncoder, WanVaeEncoder};
+    use streamdit::decoder::{DeviceEncoder, DeviceWanVaeEncoder, WanVaeEncoder};
     use streamdit::model::wan_vae::WanVaeConfig;
     use streamdit::WeightsSource;
     use streamdit::{BackendKind, DecoderKind, Engine, EngineParams, Profile, StreamParams};
@@ -466,7 +471,7 @@ mod wan_vae {
     }
 
     fn emu(w: &Weights, max: usize) -> DeviceWanVaeEncoder<EmuDevice> {
-        DeviceWanVaeEncoder::new(&cfg(), H, W, w, max, EmuDevice::new()).unwrap()
+        DeviceEncoder::wan_vae(&cfg(), H, W, w, max, EmuDevice::new()).unwrap()
     }
 
     /// Encodes `x` from a stream's start in chunks of `sizes` frames.
@@ -563,18 +568,8 @@ mod wan_vae {
     fn wan_vae_graph_replay_equals_eager_launches_and_is_race_free() {
         let w = weights(6);
         let x = video(10, 5);
-        let (mut eager, mut replay, mut checked) = (emu(&w, 1), emu(&w, 1), emu(&w, 1));
-        eager.set_graphs(false);
-        for piece in [&x[..FRAME], &x[FRAME..]] {
-            let a = eager.encode_f32(piece).unwrap();
-            let b = replay.encode_f32(piece).unwrap();
-            assert_eq!(bits(&a), bits(&b));
-            let c = {
-                let _race = streamdit_kernels::emu::racecheck(true);
-                checked.encode_f32(piece).unwrap()
-            };
-            assert_eq!(bits(&a), bits(&c));
-        }
+        let (a, b) = x.split_at(FRAME);
+        super::replay_eager_and_race_checked(|| emu(&w, 1), &[a, b]);
     }
 
     #[test]
@@ -601,7 +596,7 @@ mod wan_vae {
         let e = dev.encode_f32(&video(4, 5)).unwrap_err().to_string();
         assert!(e.contains("4k video frames"), "{e}");
         // Sides that are not multiples of 8, and a missing tensor, are named.
-        let e = DeviceWanVaeEncoder::new(&cfg(), 20, W, &w, 1, EmuDevice::new())
+        let e = DeviceEncoder::wan_vae(&cfg(), 20, W, &w, 1, EmuDevice::new())
             .err()
             .unwrap()
             .to_string();
@@ -609,7 +604,7 @@ mod wan_vae {
         let mut tensors = w.into_tensors();
         tensors.remove("encoder.downsamples.5.time_conv.weight");
         let broken = Weights::from_tensors("test", tensors);
-        let e = DeviceWanVaeEncoder::new(&cfg(), H, W, &broken, 1, EmuDevice::new())
+        let e = DeviceEncoder::wan_vae(&cfg(), H, W, &broken, 1, EmuDevice::new())
             .err()
             .unwrap()
             .to_string();

@@ -392,7 +392,7 @@ fn device_encoders_on_the_gpu_match_the_cpu() {
         .encode_f32(&x)
         .unwrap();
     let mut gpu =
-        streamdit::decoder::DeviceTaehvEncoder::new(&cfg, h, w, &weights, 2, device().unwrap())
+        streamdit::decoder::DeviceEncoder::taehv(&cfg, h, w, &weights, 2, device().unwrap())
             .unwrap();
     let mut got = gpu.encode_f32(&x[..4 * frame]).unwrap();
     got.extend(gpu.encode_f32(&x[4 * frame..]).unwrap());

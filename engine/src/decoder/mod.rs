@@ -3,6 +3,7 @@
 //! do the Wan-family decoders (TAEHV, the Wan VAE: `video` executes their op lists on the CPU,
 //! `video_device` lowers them to a device; docs/taehv.md, docs/wan_vae.md).
 
+pub mod device_encoder;
 pub mod preview;
 pub mod tae;
 pub mod taehv;
@@ -19,11 +20,12 @@ use crate::tensor::check_finite;
 pub use preview::Preview;
 pub use tae::{DeviceTae, TaeDecoder, TaeEncoder};
 pub use taehv::TaehvDecoder;
-pub use taehv_encoder::{DeviceTaehvEncoder, TaehvEncoder};
+pub use device_encoder::{DeviceEncoder, DeviceTaehvEncoder, DeviceWanVaeEncoder};
+pub use taehv_encoder::TaehvEncoder;
 pub use video::VideoDecoder;
 pub use video_device::DeviceVideo;
 pub use wan_vae::WanVaeDecoder;
-pub use wan_vae_encoder::{DeviceWanVaeEncoder, WanVaeEncoder};
+pub use wan_vae_encoder::WanVaeEncoder;
 
 /// A video-to-video stream's input encoder on a device: RGB8 frames `[4n, H, W, 3]`
 /// (continuing the stream; `4n - 3` for the Wan VAE's first chunk, see

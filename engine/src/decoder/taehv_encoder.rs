@@ -6,8 +6,7 @@
 use crate::checkpoint::video::{self as vc, DecoderKind, TAEHV_ENCODER_COUNTER};
 use crate::checkpoint::{DType, Weights};
 use crate::decoder::video_kernels::Act;
-use crate::backend::cuda::device::Device;
-use crate::decoder::{DeviceVideo, RgbEncoder, VideoDecoder};
+use crate::decoder::VideoDecoder;
 use crate::error::{Error, Result};
 use crate::model::taehv_encoder::{self, TaehvEncoderConfig};
 use std::path::Path;
@@ -142,77 +141,5 @@ impl TaehvEncoder {
             }
         }
         Ok(z)
-    }
-}
-
-/// The TAEHV encoder lowered to a device (emulator or GPU; docs/taehv.md "On the device"):
-/// the op list of [`taehv_encoder::graph`] run by [`DeviceVideo`] over its own allocation,
-/// the nine MemBlock memories kept on the device between chunks, one captured graph per
-/// (chunk size, stream start). f16 weights and activations, f32 accumulation.
-pub struct DeviceTaehvEncoder<D: Device> {
-    video: DeviceVideo<D>,
-    frame: (usize, usize),
-}
-
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
-impl<D: Device> DeviceTaehvEncoder<D> {
-    /// The encoder of `cfg` for frames of `height x width` pixels (multiples of 8) with
-    /// `weights`, for chunks of up to `max_latent_frames` latent frames (4 video frames
-    /// each), on `dev`. A missing or mis-shaped tensor is an error naming it.
-    pub fn new(
-        cfg: &TaehvEncoderConfig,
-        height: usize,
-        width: usize,
-        weights: &Weights,
-        max_latent_frames: usize,
-        dev: D,
-    ) -> Result<Self> {
-        let graph = taehv_encoder::graph(cfg, height, width)?;
-        Ok(DeviceTaehvEncoder {
-            video: DeviceVideo::new(graph, weights, max_latent_frames, dev)?,
-            frame: (width, height),
-        })
-    }
-
-    /// Input video frame `(width, height)` in pixels.
-    pub fn frame_size(&self) -> (usize, usize) {
-        self.frame
-    }
-
-    /// Whether chunks run as captured graphs (default) or launch by launch.
-    pub fn set_graphs(&mut self, on: bool) {
-        self.video.set_graphs(on)
-    }
-
-    /// Forgets the stream: the next chunk starts a new one (zero MemBlock memories).
-    pub fn reset(&mut self) {
-        self.video.reset()
-    }
-
-    /// Test hook (a planted bug): zeroes the memories on the device while the stream goes on.
-    #[doc(hidden)]
-    pub fn forget_context(&mut self) -> Result<()> {
-        self.video.forget_context()
-    }
-
-    /// [`TaehvEncoder::encode_f32`] on the device: `x [4n, H, W, 3]` to `[n, C, H/8, W/8]`.
-    pub fn encode_f32(&mut self, x: &[f32]) -> Result<Vec<f32>> {
-        self.video.encode_f32(x)
-    }
-
-    /// [`TaehvEncoder::encode_rgb`] on the device (`x = rgb / 255`).
-    pub fn encode_rgb(&mut self, rgb: &[u8]) -> Result<Vec<f32>> {
-        let x: Vec<f32> = rgb.iter().map(|&v| f32::from(v) / 255.0).collect();
-        self.encode_f32(&x)
-    }
-}
-
-impl<D: Device + Send> RgbEncoder for DeviceTaehvEncoder<D> {
-    fn encode_rgb(&mut self, rgb: &[u8]) -> Result<Vec<f32>> {
-        DeviceTaehvEncoder::encode_rgb(self, rgb)
-    }
-
-    fn name(&self) -> &'static str {
-        "TAEHV on the device"
     }
 }

@@ -10,8 +10,7 @@ use std::path::Path;
 use crate::checkpoint::video::{self as vc, DecoderKind, WAN_VAE_ENCODER_COUNTER};
 use crate::checkpoint::{DType, Weights};
 use crate::decoder::video_kernels::Act;
-use crate::backend::cuda::device::Device;
-use crate::decoder::{DeviceVideo, RgbEncoder, VideoDecoder};
+use crate::decoder::VideoDecoder;
 use crate::error::{Error, Result};
 use crate::model::video_ops::{VideoGraph, MAX_ACTIVATION_ELEMS};
 use crate::model::wan_vae::WanVaeConfig;
@@ -220,107 +219,5 @@ impl WanVaeEncoder {
             }
         }
         Ok(z)
-    }
-}
-
-/// The Wan VAE encoder lowered to a device (emulator or GPU; docs/wan_vae.md "The encoder
-/// on the device"): the op list of [`wan_vae_encoder::graph`] run by [`DeviceVideo`] over
-/// its own allocation, the causal caches kept on the device between chunks, one captured
-/// graph per (chunk size, stream start). f16 weights and activations, f32 accumulation; the
-/// latent normalisation is folded into `conv1`.
-pub struct DeviceWanVaeEncoder<D: Device> {
-    video: DeviceVideo<D>,
-    frame: (usize, usize),
-}
-
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
-impl<D: Device> DeviceWanVaeEncoder<D> {
-    /// The encoder of `cfg` for frames of `height x width` pixels (multiples of 8) with
-    /// `weights` (the original names), for chunks of up to `max_latent_frames` latent frames,
-    /// on `dev`. A missing or mis-shaped tensor is an error naming it.
-    pub fn new(
-        cfg: &WanVaeConfig,
-        height: usize,
-        width: usize,
-        weights: &Weights,
-        max_latent_frames: usize,
-        dev: D,
-    ) -> Result<Self> {
-        let graph = wan_vae_encoder::graph(cfg, height, width)?;
-        Ok(DeviceWanVaeEncoder {
-            video: DeviceVideo::new(graph, weights, max_latent_frames, dev)?,
-            frame: (width, height),
-        })
-    }
-
-    /// Input video frame `(width, height)` in pixels.
-    pub fn frame_size(&self) -> (usize, usize) {
-        self.frame
-    }
-
-    /// Whether chunks run as captured graphs (default) or launch by launch.
-    pub fn set_graphs(&mut self, on: bool) {
-        self.video.set_graphs(on)
-    }
-
-    /// Whether the next chunk starts a stream (its first frame makes a latent alone).
-    pub fn at_stream_start(&self) -> bool {
-        self.video.at_stream_start()
-    }
-
-    /// [`WanVaeEncoder::frames_for`]: `4 latents - 3` at the stream start, `4 latents` after.
-    pub fn frames_for(&self, latents: usize) -> usize {
-        frames_for(self.at_stream_start(), latents)
-    }
-
-    /// [`WanVaeEncoder::frames_ready`]: `1 + 4k` at the stream start, `4k` after.
-    pub fn frames_ready(&self, frames: usize) -> usize {
-        frames_ready(self.at_stream_start(), frames)
-    }
-
-    /// Forgets the stream: the next chunk starts a new one.
-    pub fn reset(&mut self) {
-        self.video.reset()
-    }
-
-    /// Test hook (a planted bug): zeroes the caches on the device while the stream goes on.
-    #[doc(hidden)]
-    pub fn forget_context(&mut self) -> Result<()> {
-        self.video.forget_context()
-    }
-
-    /// [`WanVaeEncoder::encode_f32`] on the device: `x [T, H, W, 3]` in `[-1, 1]` (`T = 1 +
-    /// 4k` for the stream's first chunk, `4k` after) to normalised latents
-    /// `[n, z_dim, H/8, W/8]`.
-    pub fn encode_f32(&mut self, x: &[f32]) -> Result<Vec<f32>> {
-        check_chunk(self.at_stream_start(), self.frame, x.len())?;
-        self.video.encode_f32(x)
-    }
-
-    /// [`WanVaeEncoder::encode_rgb`] on the device: `x = (rgb / 255 - 0.5) / 0.5`.
-    pub fn encode_rgb(&mut self, rgb: &[u8]) -> Result<Vec<f32>> {
-        self.encode_f32(&rgb_to_signed(rgb))
-    }
-}
-
-impl<D: Device + Send> RgbEncoder for DeviceWanVaeEncoder<D> {
-    fn encode_rgb(&mut self, rgb: &[u8]) -> Result<Vec<f32>> {
-        DeviceWanVaeEncoder::encode_rgb(self, rgb)
-    }
-
-    fn name(&self) -> &'static str {
-        "Wan VAE encoder on the device"
-    }
-
-    fn frames_ready(&self, frames: usize) -> usize {
-        DeviceWanVaeEncoder::frames_ready(self, frames)
-    }
-
-    fn frames_for(&self, latents: usize) -> usize {
-        DeviceWanVaeEncoder::frames_for(self, latents)
-    }
-
-    fn input_startup_frames(&self) -> usize {
-        TIME_FACTOR - 1
     }
 }

@@ -18,8 +18,7 @@ use crate::backend::CausalBackend;
 use crate::checkpoint::wan::{load_wan, random_wan};
 use crate::checkpoint::{Checkpoint, DType, Weights};
 use crate::decoder::{
-    Decoder, DeviceTaehvEncoder, DeviceVideo, DeviceWanVaeEncoder, TaehvDecoder, TaehvEncoder,
-    WanVaeDecoder, WanVaeEncoder,
+    Decoder, DeviceEncoder, DeviceVideo, TaehvDecoder, TaehvEncoder, WanVaeDecoder, WanVaeEncoder,
 };
 use crate::error::{Error, Result};
 use crate::memory::host::{check_host_memory, EncoderMemory};
@@ -477,13 +476,13 @@ impl Engine {
         let chunk = w.chunk_frames;
         let (encoder, size) = match self.backend {
             BackendKind::Emu => {
-                let e = DeviceTaehvEncoder::new(&cfg, h, wd, &weights, chunk, EmuDevice::new())?;
+                let e = DeviceEncoder::taehv(&cfg, h, wd, &weights, chunk, EmuDevice::new())?;
                 let size = e.frame_size();
                 (InputEncoder::Device(Box::new(e)), size)
             }
             BackendKind::Cuda => {
                 let dev = CudaDevice::new(self.device)?;
-                let e = DeviceTaehvEncoder::new(&cfg, h, wd, &weights, chunk, dev)?;
+                let e = DeviceEncoder::taehv(&cfg, h, wd, &weights, chunk, dev)?;
                 let size = e.frame_size();
                 (InputEncoder::Device(Box::new(e)), size)
             }
@@ -551,13 +550,13 @@ impl Engine {
         let chunk = w.chunk_frames;
         let (encoder, size) = match self.backend {
             BackendKind::Emu => {
-                let e = DeviceWanVaeEncoder::new(&cfg, h, wd, &weights, chunk, EmuDevice::new())?;
+                let e = DeviceEncoder::wan_vae(&cfg, h, wd, &weights, chunk, EmuDevice::new())?;
                 let size = e.frame_size();
                 (InputEncoder::Device(Box::new(e)), size)
             }
             BackendKind::Cuda => {
                 let dev = CudaDevice::new(self.device)?;
-                let e = DeviceWanVaeEncoder::new(&cfg, h, wd, &weights, chunk, dev)?;
+                let e = DeviceEncoder::wan_vae(&cfg, h, wd, &weights, chunk, dev)?;
                 let size = e.frame_size();
                 (InputEncoder::Device(Box::new(e)), size)
             }

@@ -228,13 +228,13 @@ impl<D: Device> DeviceVideo<D> {
         let whole = |t: usize, first: bool| t == 0 || (t + less(first)) % k == 0;
         if x.len() % frame.max(1) != 0 || !whole(total, !self.started) {
             let rule = if less(!self.started) > 0 {
+                let lone = k - less(true);
                 format!(
-                    "{k}n - {} frames at a stream's start (its first latent frame is one \
-                     frame), a multiple of {k} after",
-                    less(true)
+                    "{lone} + {k}k video frames (the stream's first chunk: its first latent \
+                     frame is {lone} frame)"
                 )
             } else {
-                format!("a multiple of {k} frames")
+                format!("{k}k video frames (a multiple of {k} frames)")
             };
             return Err(Error::shape(
                 what,
