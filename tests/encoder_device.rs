@@ -13,7 +13,7 @@ mod common;
 use common::{f64s, rel_l2, Rng};
 use streamdit::backend::cuda::emu::EmuDevice;
 use streamdit::checkpoint::DType;
-use streamdit::decoder::{DeviceEncoder, DeviceTaehvEncoder, TaehvEncoder};
+use streamdit::decoder::{DeviceEncoder, TaehvEncoder};
 use streamdit::model::taehv_encoder::TaehvEncoderConfig;
 use streamdit::{BackendKind, Engine, EngineParams, Profile, StreamParams, WeightsSource};
 
@@ -40,7 +40,7 @@ fn setup(seed: u64) -> (TaehvEncoder, streamdit::checkpoint::Weights) {
     (TaehvEncoder::new(&cfg(), H, W, &weights).unwrap(), weights)
 }
 
-fn emu(weights: &streamdit::checkpoint::Weights, max: usize) -> DeviceTaehvEncoder<EmuDevice> {
+fn emu(weights: &streamdit::checkpoint::Weights, max: usize) -> DeviceEncoder<EmuDevice> {
     DeviceEncoder::taehv(&cfg(), H, W, weights, max, EmuDevice::new()).unwrap()
 }
 
@@ -442,7 +442,7 @@ mod wan_vae {
     use crate::common::{f64s, rel_l2, Rng};
     use streamdit::backend::cuda::emu::EmuDevice;
     use streamdit::checkpoint::{DType, Weights};
-    use streamdit::decoder::{DeviceEncoder, DeviceWanVaeEncoder, WanVaeEncoder};
+    use streamdit::decoder::{DeviceEncoder, WanVaeEncoder};
     use streamdit::model::wan_vae::WanVaeConfig;
     use streamdit::WeightsSource;
     use streamdit::{BackendKind, DecoderKind, Engine, EngineParams, Profile, StreamParams};
@@ -470,12 +470,12 @@ mod wan_vae {
         WanVaeEncoder::random_weights(&cfg(), seed, DType::F32).unwrap()
     }
 
-    fn emu(w: &Weights, max: usize) -> DeviceWanVaeEncoder<EmuDevice> {
+    fn emu(w: &Weights, max: usize) -> DeviceEncoder<EmuDevice> {
         DeviceEncoder::wan_vae(&cfg(), H, W, w, max, EmuDevice::new()).unwrap()
     }
 
     /// Encodes `x` from a stream's start in chunks of `sizes` frames.
-    fn chunked(dev: &mut DeviceWanVaeEncoder<EmuDevice>, x: &[f32], sizes: &[usize]) -> Vec<f32> {
+    fn chunked(dev: &mut DeviceEncoder<EmuDevice>, x: &[f32], sizes: &[usize]) -> Vec<f32> {
         dev.reset();
         let (mut out, mut at) = (Vec::new(), 0);
         for &n in sizes {

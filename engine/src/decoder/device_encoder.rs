@@ -34,11 +34,6 @@ pub struct DeviceEncoder<D: Device> {
     name: &'static str,
 }
 
-/// The TAEHV encoder on a device (the type's former name).
-pub type DeviceTaehvEncoder<D> = DeviceEncoder<D>;
-/// The Wan VAE encoder on a device.
-pub type DeviceWanVaeEncoder<D> = DeviceEncoder<D>;
-
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 impl<D: Device> DeviceEncoder<D> {
     fn new(

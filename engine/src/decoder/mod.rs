@@ -20,7 +20,7 @@ use crate::tensor::check_finite;
 pub use preview::Preview;
 pub use tae::{DeviceTae, TaeDecoder, TaeEncoder};
 pub use taehv::TaehvDecoder;
-pub use device_encoder::{DeviceEncoder, DeviceTaehvEncoder, DeviceWanVaeEncoder};
+pub use device_encoder::DeviceEncoder;
 pub use taehv_encoder::TaehvEncoder;
 pub use video::VideoDecoder;
 pub use video_device::DeviceVideo;
