@@ -42,7 +42,8 @@ pub fn generate(modules: &[Module], outcome: &Result<Built, String>) -> String {
                     "    KernelResources {{ module: {:?}, kernel: {:?}, arch: {:?}, \
                      registers: {}, shared_bytes: {}, stack_frame_bytes: {}, \
                      spill_store_bytes: {}, spill_load_bytes: {}, sass: {}, hmma: {}, \
-                     ldsm: {}, ldgsts: {}, ldg128: {}, hgmma: {}, utmaldg: {}, bar_arv: {} }},",
+                     ldsm: {}, ldgsts: {}, ldg128: {}, hgmma: {}, utmaldg: {}, bar_arv: {}, \
+                     wgmma_serialized: {} }},",
                     m.name,
                     r.kernel,
                     r.arch,
@@ -58,7 +59,8 @@ pub fn generate(modules: &[Module], outcome: &Result<Built, String>) -> String {
                     r.ldg128,
                     r.hgmma,
                     r.utmaldg,
-                    r.bar_arv
+                    r.bar_arv,
+                    r.wgmma_serialized
                 );
             }
         }

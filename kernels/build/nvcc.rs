@@ -58,6 +58,9 @@ pub struct Resources {
     pub utmaldg: u32,
     /// Named-barrier arrivals (bar.arrive id, count).
     pub bar_arv: u32,
+    /// ptxas serialized the function's wgmma (its note C7518, "Potential Performance Loss:
+    /// wgmma.mma_async instructions are serialized ...").
+    pub wgmma_serialized: bool,
 }
 
 /// One compiled module: its PTX file, a cubin per architecture, and the per-kernel reports.
@@ -142,6 +145,7 @@ fn number_before(text: &str, unit: &str) -> Option<u32> {
 pub fn parse_ptxas(report: &str, arch: &str) -> Vec<Resources> {
     let mut table: Vec<Resources> = Vec::new();
     let mut props_for: Option<String> = None;
+    let mut serialized: Vec<String> = Vec::new();
     for line in report.lines() {
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {
             let name = rest.split('\'').next().unwrap_or_default().to_string();
@@ -163,11 +167,29 @@ pub fn parse_ptxas(report: &str, arch: &str) -> Vec<Resources> {
                 r.spill_store_bytes = number_before(line, "bytes spill stores").unwrap_or(0);
                 r.spill_load_bytes = number_before(line, "bytes spill loads").unwrap_or(0);
             }
+        } else if line.contains("wgmma.mma_async instructions are serialized") {
+            // "... in the function 'NAME'": possibly before the function's own report.
+            let name = line
+                .split("in the function '")
+                .nth(1)
+                .and_then(|r| r.split('\'').next());
+            if let Some(name) = name {
+                if let Some(r) = table.iter_mut().find(|r| r.kernel == name) {
+                    r.wgmma_serialized = true;
+                } else {
+                    serialized.push(name.to_string());
+                }
+            }
         } else if line.contains("Used") && line.contains("registers") {
             if let Some(r) = table.last_mut() {
                 r.registers = number_before(line, "registers").unwrap_or(0);
                 r.shared_bytes = number_before(line, "bytes smem").unwrap_or(0);
             }
+        }
+    }
+    for r in &mut table {
+        if serialized.contains(&r.kernel) {
+            r.wgmma_serialized = true;
         }
     }
     table

@@ -36,10 +36,10 @@
 // consumers wait k_full/v_full with parity r & 1, the producer waits empty with parity
 // (r & 1) ^ 1 (a fresh barrier's previous phase counts as complete).
 //
-// Ping-pong (common/fa3_core.cuh, Fa3PingPong): the two consumers take turns issuing their
-// Q K^T (named barriers 1 and 2), so one's softmax runs under the other's GEMMs, as in
-// FlashAttention-3. Not done: FA3's intra-warpgroup overlap (each warpgroup issuing the next
-// tile's Q K^T before this tile's softmax), a scheduling change of the same instructions.
+// Scheduling as FlashAttention-3 (common/fa3_core.cuh): the two consumers take turns
+// issuing their GEMMs (Fa3PingPong, named barriers 1 and 2), so one's softmax runs under the
+// other's GEMMs, and within a consumer the softmax of tile it runs under the P V of tile
+// it - 1 (fa3_consume, the intra-warpgroup overlap).
 //
 // Shape contract (kernels/src/attention_sm90.rs): dh in {64, 128}, D = heads * dh, tokens,
 // P, frames >= 1, every table entry a valid slot; TMA needs D % 8 == 0 (it is: dh % 64 == 0).
@@ -53,6 +53,9 @@
 // streamdit-emu-variant: no_v_wait
 //   the consumers skip the wait on v_full[s]: P V reads V before (or unordered with) the TMA
 //   load that fills it (read-after-write).
+// streamdit-emu-variant: serial
+//   not a race: the consumers walk their tiles without the intra-warpgroup overlap (S, then
+//   softmax, then P V, per tile), the order the overlap must reproduce bit for bit;
 // streamdit-emu-variant: unpaired_turn
 //   consumer 1 hands the turn over after its last tile too: an arrival on consumer 0's turn
 //   barrier that no bar.sync pairs with (the emulator reports it at the block's exit).
@@ -131,45 +134,31 @@ __device__ __forceinline__ void attn_sm90(const AttnSm90Params& p, unsigned char
     const int t = threadIdx.x % 128;
     Fa3Rows<kDh> st;
     st.init();
-    float s_acc[T::kSAcc];
-    uint32_t pa[T::kPvSteps][4];
     ptx::mbarrier_wait(&q_full, 0);
     const uint32_t q_rows = q_tile + wg * T::kWgRows * 128;  // 8 KiB: 1024-aligned
     static_assert(T::kConsumers == 2, "the ping-pong pairs two consumer warpgroups");
     const Fa3PingPong turns{wg, p.frames * key_tiles};
     turns.start();
-
-    int it = 0;
-    for (int f = 0; f < p.frames; ++f) {
-        for (int kt = 0; kt < key_tiles; ++kt, ++it) {
-            const int s = it % S;
-            const uint32_t parity = (it / S) & 1;
-            const uint32_t k_tile = ring + s * T::kStageBytes;
-            const uint32_t v_tile = k_tile + T::kTileKv;
-            ptx::mbarrier_wait(&k_full[s], parity);
-            turns.my_turn();
-            fa3_qk_issue<kDh>(s_acc, q_rows, k_tile);
-            turns.hand_over(it);
-            ptx::wgmma_wait<0>();
+    // Tile it = frame it / key_tiles, tokens from (it % key_tiles) kBN, in stage it % S of
+    // round it / S.
+    const auto k_tile = [&](int it) { return ring + (it % S) * T::kStageBytes; };
+    const auto parity = [](int it) { return static_cast<uint32_t>((it / S) & 1); };
+    fa3_consume<kDh>(
+        st, q_rows, turns, k_tile,
+        [&](int it) { ptx::mbarrier_wait(&k_full[it % S], parity(it)); },
+        [&](int it) {
+#if !defined(EMU_VARIANT_no_v_wait)  // planted race when defined (top of the file)
+            ptx::mbarrier_wait(&v_full[it % S], parity(it));
+#endif
+        },
+        [&](int it, float (&s_acc)[T::kSAcc]) {
             // Keys t0 + col >= P are zero rows: -inf.
-            const int valid = p.frame_tokens - kt * T::kBN;
+            const int valid = p.frame_tokens - (it % key_tiles) * T::kBN;
 FA3_UNROLL
             for (int r = 0; r < T::kSAcc; ++r)
                 s_acc[r] = fa3_col(r, t) < valid ? s_acc[r] * T::kScaleLog2 : -INFINITY;
-            fa3_softmax<kDh>(st, s_acc, pa);
-#if !defined(EMU_VARIANT_no_v_wait)  // planted race when defined (top of the file)
-            ptx::mbarrier_wait(&v_full[s], parity);
-#endif
-            fa3_pv<kDh>(st, pa, v_tile);
-#if defined(EMU_VARIANT_early_release)
-            ptx::mbarrier_arrive(&empty[s]);  // planted race: P V may still read slot s
-            ptx::wgmma_wait<0>();
-#else
-            ptx::wgmma_wait<0>();
-            ptx::mbarrier_arrive(&empty[s]);  // both K and V of slot s are no longer read
-#endif
-        }
-    }
+        },
+        [&](int it) { ptx::mbarrier_arrive(&empty[it % S]); });  // K and V no longer read
 
     // out = O / l (0 for a row without any key).
     float inv[2];

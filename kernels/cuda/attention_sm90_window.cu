@@ -36,9 +36,10 @@
 //     proxy and wgmma reads Q through the async proxy: fence.proxy.async, then the
 //     warpgroup's 128 threads meet on q_ready[c] (an mbarrier). Per key tile, in its turn of
 //     the two consumers' ping-pong (common/fa3_core.cuh, Fa3PingPong: named barriers 1 and
-//     2), S = q'' K^T (fa3_qk_issue, then the wait), scaled by kinv[s][col] and
-//     log2(e)/sqrt(dh) (keys past n: -inf), online softmax (fa3_softmax), O += P V (fa3_pv)
-//     after v_full[s], wgmma.wait_group 0, then every consumer thread arrives on empty[s].
+//     2), S = q'' K^T, scaled by kinv[s][col] and log2(e)/sqrt(dh) (keys past n: -inf),
+//     online softmax, O += P V after v_full[s], then every consumer thread arrives on
+//     empty[s]; the softmax of tile kt runs under the P V of tile kt - 1 (fa3_consume,
+//     FA3's intra-warpgroup overlap).
 //   The epilogue divides by the row sums and stores f16 pairs to the tokens' rows (local
 //   rows past n are not stored).
 //
@@ -251,37 +252,31 @@ FA3_UNROLL
 
     Fa3Rows<kDh> st;
     st.init();
-    float s_acc[T::kSAcc];
-    uint32_t pa[T::kPvSteps][4];
     const uint32_t q_rows = q_tile + wg * T::kWgRows * 128;  // 8 KiB: 1024-aligned
     static_assert(T::kConsumers == 2, "the ping-pong pairs two consumer warpgroups");
     const Fa3PingPong turns{wg, key_tiles};
     turns.start();
-    for (int kt = 0; kt < key_tiles; ++kt) {
-        const int s = kt % S;
-        const uint32_t parity = (kt / S) & 1;
-        const uint32_t k_tile = ring + s * T::kStageBytes;
-        const uint32_t v_tile = k_tile + T::kTileKv;
-        ptx::mbarrier_wait(&k_full[s], parity);
-        turns.my_turn();
-        fa3_qk_issue<kDh>(s_acc, q_rows, k_tile);
-        turns.hand_over(kt);
-        ptx::wgmma_wait<0>();
+    // Key tile kt in stage kt % S of round kt / S.
+    const auto k_tile = [&](int kt) { return ring + (kt % S) * T::kStageBytes; };
+    const auto parity = [](int kt) { return static_cast<uint32_t>((kt / S) & 1); };
+    fa3_consume<kDh>(
+        st, q_rows, turns, k_tile,
+        [&](int kt) { ptx::mbarrier_wait(&k_full[kt % S], parity(kt)); },
+        [&](int kt) { ptx::mbarrier_wait(&v_full[kt % S], parity(kt)); },
+        [&](int kt, float (&s_acc)[T::kSAcc]) {
+            const int s = kt % S;
 #if !defined(EMU_VARIANT_no_kinv_wait)  // planted race when defined (top of the file)
-        ptx::mbarrier_wait(&kinv_full[s], parity);
+            ptx::mbarrier_wait(&kinv_full[s], parity(kt));
 #endif
-        const int valid = w.n - kt * T::kBN;  // keys past the window's end: -inf
+            const int valid = w.n - kt * T::kBN;  // keys past the window's end: -inf
 FA3_UNROLL
-        for (int r = 0; r < T::kSAcc; ++r) {
-            const int col = fa3_col(r, t);
-            s_acc[r] = col < valid ? s_acc[r] * kinv[s][col] * T::kScaleLog2 : -INFINITY;
-        }
-        fa3_softmax<kDh>(st, s_acc, pa);
-        ptx::mbarrier_wait(&v_full[s], parity);
-        fa3_pv<kDh>(st, pa, v_tile);
-        ptx::wgmma_wait<0>();
-        ptx::mbarrier_arrive(&empty[s]);  // K, V and kinv of stage s are no longer read
-    }
+            for (int r = 0; r < T::kSAcc; ++r) {
+                const int col = fa3_col(r, t);
+                s_acc[r] = col < valid ? s_acc[r] * kinv[s][col] * T::kScaleLog2 : -INFINITY;
+            }
+        },
+        // K, V and kinv of the stage are no longer read.
+        [&](int kt) { ptx::mbarrier_arrive(&empty[kt % S]); });
 
     float inv[2];
     fa3_inv<kDh>(st, inv);

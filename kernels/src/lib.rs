@@ -56,6 +56,9 @@ pub struct KernelResources {
     /// Named-barrier arrivals (`BAR.ARV`, from bar.arrive id, count): the sm_90a attention
     /// kernels' ping-pong hand-overs.
     pub bar_arv: u32,
+    /// ptxas serialized the kernel's wgmma (note C7518): each waits for the previous one,
+    /// the asynchrony lost. The sm_90a kernels' gates require false.
+    pub wgmma_serialized: bool,
 }
 
 /// Whether build.rs compiled the kernels with nvcc.

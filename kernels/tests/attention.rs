@@ -969,5 +969,9 @@ fn sm90_window_sass_and_resources() {
         assert_eq!((r.hmma, r.ldsm, r.ldgsts), (0, 0, 0), "{kernel}: {r:?}");
         // The consumers' ping-pong hand-overs (common/fa3_core.cuh, Fa3PingPong).
         assert!(r.bar_arv >= 2, "{kernel}: no named-barrier arrival: {r:?}");
+        assert!(
+            !r.wgmma_serialized,
+            "{kernel}: ptxas serialized its wgmma (C7518): {r:?}"
+        );
     }
 }

@@ -381,6 +381,40 @@ fn planted_pipeline_races_are_reported() {
     });
 }
 
+/// FA3's intra-warpgroup overlap (common/fa3_core.cuh, `fa3_consume`: the softmax of tile it
+/// while the P V of tile it - 1 runs) gives every output the bits of the serial walk (the
+/// variant `serial`: S, softmax, P V per tile), in several thread orders, for both head
+/// dims and a walk of 6 key tiles (both ring stages refilled).
+#[test]
+fn the_overlapped_walk_equals_the_serial_walk_bit_for_bit() {
+    for (seed, s, table) in [
+        (21, shape(70, 35, 3, 2, 64, 5), vec![4, 0, 2]),
+        (22, shape(200, 150, 3, 2, 128, 4), vec![3, 1, 0]),
+    ] {
+        let inp = inputs(seed, s, table);
+        let kernel = if s.head_dim == 64 {
+            fa3::KERNEL_D64
+        } else {
+            fa3::KERNEL_D128
+        };
+        let overlapped = emu::kernel(kernel).unwrap();
+        let serial = emu::variant(kernel, "serial").unwrap();
+        let want = launch(&inp, serial, ThreadOrder::Forward).unwrap();
+        assert!(
+            want.iter().all(|&b| b != 0xffff),
+            "{kernel}: every output written"
+        );
+        for order in [
+            ThreadOrder::Forward,
+            ThreadOrder::Reverse,
+            ThreadOrder::Shuffle(7),
+        ] {
+            let got = launch(&inp, overlapped, order).unwrap();
+            assert!(got == want, "{kernel} {order:?}: the overlap changed bits");
+        }
+    }
+}
+
 /// The two consumers' ping-pong turns (common/fa3_core.cuh, `Fa3PingPong`) are live named
 /// barriers: a hand-over without the wait it pairs with is reported at the block's exit,
 /// naming consumer 0's turn barrier (1) and the arrival's line.
@@ -468,5 +502,9 @@ fn attention_sm90_sass_and_resources() {
         assert_eq!((r.hmma, r.ldsm, r.ldgsts), (0, 0, 0), "{kernel}: {r:?}");
         // The ping-pong's hand-overs (consumer 0's first turn and every tile's).
         assert!(r.bar_arv >= 2, "{kernel}: no named-barrier arrival: {r:?}");
+        assert!(
+            !r.wgmma_serialized,
+            "{kernel}: ptxas serialized its wgmma (C7518): {r:?}"
+        );
     }
 }

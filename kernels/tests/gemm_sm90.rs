@@ -582,6 +582,10 @@ fn gemm_sm90_sass_and_resources() {
             r.hgmma >= 4 && r.utmaldg >= 3,
             "{kernel}: the main loop must be HGMMA fed by UTMALDG: {r:?}"
         );
+        assert!(
+            !r.wgmma_serialized,
+            "{kernel}: ptxas serialized its wgmma (C7518): {r:?}"
+        );
         assert_eq!(
             (r.hmma, r.ldsm, r.ldgsts),
             (0, 0, 0),

@@ -433,3 +433,41 @@ fn hopper_only_sources_build_for_sm90a_and_the_emulator() {
     assert!(err.contains("ptxas") && err.contains("sm_80"), "{err}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// ptxas's note that it serialized a function's wgmma (C7518) marks that function in the
+/// resource table, whether the note comes before or after the function's own report; the
+/// sm_90a kernels' gates (tests/gemm_sm90.rs, attention_sm90.rs, attention.rs) require it
+/// unset. The first note is verbatim what ptxas 13.0 printed for a branch around the
+/// attention kernels' wgmma; the second's reason is made up (only the function name counts).
+#[test]
+fn ptxas_wgmma_serialization_notes_are_parsed() {
+    let report = "\
+ptxas info    : (C7518) Potential Performance Loss: wgmma.mma_async instructions are serialized due to program dependence on compiler-inserted WG.DP in divergent path in the function 'k_before'
+ptxas info    : Compiling entry function 'k_before' for 'sm_90a'
+ptxas info    : Function properties for k_before
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 168 registers, used 16 barriers, 64 bytes smem
+ptxas info    : Compiling entry function 'k_clean' for 'sm_90a'
+ptxas info    : Function properties for k_clean
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 168 registers, used 16 barriers, 64 bytes smem
+ptxas info    : Compiling entry function 'k_after' for 'sm_90a'
+ptxas info    : (C7518) Potential Performance Loss: wgmma.mma_async instructions are serialized due to the presence of Extern calls in the function 'k_after'
+ptxas info    : Function properties for k_after
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 128 registers, 64 bytes smem
+";
+    let table = nvcc::parse_ptxas(report, "sm_90a");
+    let flags: Vec<(&str, bool, u32)> = table
+        .iter()
+        .map(|r| (r.kernel.as_str(), r.wgmma_serialized, r.registers))
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            ("k_before", true, 168),
+            ("k_clean", false, 168),
+            ("k_after", true, 128)
+        ]
+    );
+}

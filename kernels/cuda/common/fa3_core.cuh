@@ -4,18 +4,22 @@
 // consumer warpgroup's work on a key tile, split where the kernels differ (what masks or
 // scales a score, which barrier guards V):
 //
-//   fa3_qk       S = Q K^T by dh/16 wgmma.m64n{kBN}k16, both operands in shared memory
-//                (K-major), issued and committed (fa3_qk_issue), then waited for;
-//   Fa3PingPong  the two consumer warpgroups take turns issuing their Q K^T, so one's
-//                softmax runs under the other's GEMMs (FlashAttention-3's scheduler
-//                barriers: named barriers kFa3TurnBarrier + c);
-//   fa3_softmax  the online softmax of scores already scaled to log2 units (-inf = masked):
-//                running max and sums per row, O rescaled, P rounded to f16 as the register-A
-//                fragments of P V (the S accumulator layout of 16 columns is the A layout of
-//                one k16 step);
+//   fa3_qk_issue S = Q K^T by dh/16 wgmma.m64n{kBN}k16, both operands in shared memory
+//                (K-major), issued and committed;
+//   fa3_softmax_deferred, fa3_rescale_o, fa3_pack_p
+//                the online softmax of scores already scaled to log2 units (-inf = masked):
+//                running max and sums per row, the factor O is rescaled by, P rounded to
+//                f16 as the register-A fragments of P V (the S accumulator layout of 16
+//                columns is the A layout of one k16 step), in three steps so that the
+//                softmax can run while the previous tile's P V still writes O;
 //   fa3_pv       O += P V by kBN/16 wgmma.m64n{dh}k16, V an MN-major 128-byte-swizzled
 //                descriptor, committed (the caller waits before releasing the stage);
-//   fa3_inv      1 / row sum over the quad (0 for a row without any key).
+//   fa3_inv      1 / row sum over the quad (0 for a row without any key);
+//   Fa3PingPong  the two consumer warpgroups take turns issuing their GEMMs, so one's
+//                softmax runs under the other's (FlashAttention-3's scheduler barriers:
+//                named barriers kFa3TurnBarrier + c);
+//   fa3_consume  a consumer's walk over its key tiles with FA3's intra-warpgroup overlap
+//                (the softmax of tile it under the P V of tile it - 1), inside the turns.
 //
 // Accumulator r of thread t holds row 16 (t / 32) + (t % 32) / 4 + 8 ((r >> 1) & 1) of the
 // warpgroup's 64 and column 8 (r >> 2) + 2 (t % 4) + (r & 1) ("Matrix Fragments for
@@ -122,12 +126,6 @@ FA3_UNROLL
                                   kmajor_desc(k_tile + (j / 4) * T::kKvBox + 32u * (j % 4)), j > 0);
     ptx::wgmma_commit();
 }
-template <int kDh>
-__device__ __forceinline__ void fa3_qk(float (&s_acc)[Fa3Traits<kDh>::kSAcc], uint32_t q_rows,
-                                       uint32_t k_tile) {
-    fa3_qk_issue<kDh>(s_acc, q_rows, k_tile);
-    ptx::wgmma_wait<0>();
-}
 
 // The ping-pong of the two consumer warpgroups (FlashAttention-3, hopper/
 // mainloop_fwd_sm90_tma_gmma_ws.hpp: warp_scheduler_barrier_sync / _arrive, mma_init):
@@ -157,23 +155,25 @@ struct Fa3PingPong {
 };
 
 // The online softmax of one key tile. `s_acc` holds the scores scaled to log2 units, -inf
-// where masked; on return `pa` holds P (f16) as the A fragments of the kPvSteps k16 steps
-// (A register q: row 8 (q & 1), keys 8 (q >> 1) + 2 (t % 4) + {0, 1}).
+// where masked; on return it holds P (f32), the running max and row sums are updated, and
+// `alpha` is the factor O must be rescaled by (fa3_rescale_o) before this tile's P V: the
+// caller does that, and packs P to f16 (fa3_pack_p: A register q of k16 step kk holds row
+// 8 (q & 1), keys 16 kk + 8 (q >> 1) + 2 (t % 4) + {0, 1}), only once the previous P V,
+// which accumulates into O and reads `pa`, has retired.
 template <int kDh>
-__device__ __forceinline__ void fa3_softmax(Fa3Rows<kDh>& st, float (&s_acc)[Fa3Traits<kDh>::kSAcc],
-                                            uint32_t (&pa)[Fa3Traits<kDh>::kPvSteps][4]) {
+__device__ __forceinline__ void fa3_softmax_deferred(Fa3Rows<kDh>& st,
+                                                     float (&s_acc)[Fa3Traits<kDh>::kSAcc],
+                                                     float (&alpha)[2]) {
     using T = Fa3Traits<kDh>;
     float mx[2] = {-INFINITY, -INFINITY};
 FA3_UNROLL
     for (int r = 0; r < T::kSAcc; ++r) mx[(r >> 1) & 1] = fmaxf(mx[(r >> 1) & 1], s_acc[r]);
-    float alpha[2], sub[2];
+    float sub[2];
 FA3_UNROLL
     for (int h = 0; h < 2; ++h) {
-        // The four threads of a quad hold the row's columns.
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
         const float m_new = fmaxf(st.m_row[h], mx[h]);
-        // A row with no finite score yet subtracts 0 (exp2(-inf) = 0, never NaN).
         sub[h] = m_new == -INFINITY ? 0.0f : m_new;
         alpha[h] = exp2f(st.m_row[h] - sub[h]);
         st.m_row[h] = m_new;
@@ -185,10 +185,17 @@ FA3_UNROLL
         s_acc[r] = exp2f(s_acc[r] - sub[h]);
         st.l_row[h] += s_acc[r];
     }
+}
+template <int kDh>
+__device__ __forceinline__ void fa3_rescale_o(Fa3Rows<kDh>& st, const float (&alpha)[2]) {
 FA3_UNROLL
-    for (int r = 0; r < T::kOAcc; ++r) st.o[r] *= alpha[(r >> 1) & 1];
+    for (int r = 0; r < Fa3Traits<kDh>::kOAcc; ++r) st.o[r] *= alpha[(r >> 1) & 1];
+}
+template <int kDh>
+__device__ __forceinline__ void fa3_pack_p(const float (&s_acc)[Fa3Traits<kDh>::kSAcc],
+                                           uint32_t (&pa)[Fa3Traits<kDh>::kPvSteps][4]) {
 FA3_UNROLL
-    for (int kk = 0; kk < T::kPvSteps; ++kk)
+    for (int kk = 0; kk < Fa3Traits<kDh>::kPvSteps; ++kk)
 FA3_UNROLL
         for (int q = 0; q < 4; ++q)
             pa[kk][q] = pack_f16x2(s_acc[8 * kk + 2 * q], s_acc[8 * kk + 2 * q + 1]);
@@ -219,4 +226,90 @@ FA3_UNROLL
         l += __shfl_xor_sync(0xffffffffu, l, 2);
         inv[h] = l > 0.0f ? 1.0f / l : 0.0f;
     }
+}
+
+// One consumer warpgroup's walk over `tiles` key tiles, FlashAttention-3's intra-warpgroup
+// overlap (hopper/mainloop_fwd_sm90_tma_gmma_ws.hpp, IntraWGOverlap) inside the ping-pong
+// turns. Tile `it` (>= 1), in this consumer's turn: issue S = Q K^T of tile it, rescale O by
+// the previous tile's alpha, issue O += P V of tile it - 1 (P from the registers `pa`), hand
+// the turn over; then wait for S only (wgmma.wait_group 1: the P V still runs), mask and
+// scale it (`score`), softmax it with O left alone, wait for the P V, release tile it - 1's
+// stage, and only then overwrite `pa` with tile it's P. So the softmax of tile it runs under
+// the P V of tile it - 1. Tile 0 has no P V before it; the last tile's P V follows the loop.
+// Every element of O and of the row sums sees the same operations in the same order as
+// the serial walk (S, softmax with O rescaled, P V, per tile), so the result is the same
+// bit for bit; the variant `serial` (attention_sm90.cu) runs that serial walk to show it.
+//   k_tile(it)   shared address of tile it's K (its V follows at + kTileKv);
+//   wait_k(it), wait_v(it)   the barrier waits before reading K, V of tile it;
+//   score(it, s_acc)   scales S in place to log2 units, -inf where masked (may wait, e.g.
+//                     for the window kernel's k norms);
+//   release(it)  tile it's stage is no longer read (after its P V retired).
+template <int kDh, class KTile, class WaitK, class WaitV, class Score, class Release>
+__device__ __forceinline__ void fa3_consume(Fa3Rows<kDh>& st, uint32_t q_rows,
+                                            const Fa3PingPong& turns, KTile k_tile,
+                                            WaitK wait_k, WaitV wait_v, Score score,
+                                            Release release) {
+    using T = Fa3Traits<kDh>;
+    const int tiles = turns.tiles;
+    float s_acc[T::kSAcc];
+    uint32_t pa[T::kPvSteps][4];
+    float alpha[2];
+#if defined(EMU_VARIANT_serial)  // the serial walk (test-only, never built by nvcc)
+    for (int it = 0; it < tiles; ++it) {
+        wait_k(it);
+        turns.my_turn();
+        fa3_qk_issue<kDh>(s_acc, q_rows, k_tile(it));
+        turns.hand_over(it);
+        ptx::wgmma_wait<0>();
+        score(it, s_acc);
+        fa3_softmax_deferred<kDh>(st, s_acc, alpha);
+        fa3_rescale_o<kDh>(st, alpha);
+        fa3_pack_p<kDh>(s_acc, pa);
+        wait_v(it);
+        fa3_pv<kDh>(st, pa, k_tile(it) + T::kTileKv);
+        ptx::wgmma_wait<0>();
+        release(it);
+    }
+#else
+    // Tile 0: no P V before it. Peeled, so that the loop body has no branch (a branch around
+    // wgmma makes ptxas serialize every wgmma of the kernel, its C7518 note).
+    wait_k(0);
+    turns.my_turn();
+    fa3_qk_issue<kDh>(s_acc, q_rows, k_tile(0));
+    turns.hand_over(0);
+    ptx::wgmma_wait<0>();
+    score(0, s_acc);
+    fa3_softmax_deferred<kDh>(st, s_acc, alpha);
+    fa3_pack_p<kDh>(s_acc, pa);
+    for (int it = 1; it < tiles; ++it) {
+        wait_k(it);
+        turns.my_turn();
+        fa3_qk_issue<kDh>(s_acc, q_rows, k_tile(it));
+        fa3_rescale_o<kDh>(st, alpha);
+        wait_v(it - 1);
+        fa3_pv<kDh>(st, pa, k_tile(it - 1) + T::kTileKv);
+#if defined(EMU_VARIANT_early_release)  // planted race (attention_sm90.cu): P V still reads
+        release(it - 1);
+#endif
+        turns.hand_over(it);
+        ptx::wgmma_wait<1>();  // S of tile it; the P V of tile it - 1 may still run
+        score(it, s_acc);
+        fa3_softmax_deferred<kDh>(st, s_acc, alpha);
+        ptx::wgmma_wait<0>();  // the P V of tile it - 1: O and `pa` are free again
+#if !defined(EMU_VARIANT_early_release)
+        release(it - 1);
+#endif
+        fa3_pack_p<kDh>(s_acc, pa);
+    }
+    fa3_rescale_o<kDh>(st, alpha);
+    wait_v(tiles - 1);
+    fa3_pv<kDh>(st, pa, k_tile(tiles - 1) + T::kTileKv);
+#if defined(EMU_VARIANT_early_release)
+    release(tiles - 1);
+    ptx::wgmma_wait<0>();
+#else
+    ptx::wgmma_wait<0>();
+    release(tiles - 1);
+#endif
+#endif
 }
