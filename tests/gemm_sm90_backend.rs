@@ -27,10 +27,12 @@ struct Call {
 }
 
 fn call(cc: (u32, u32)) -> Call {
-    call_model(cc, common::emu_profile().model.clone())
+    call_model(cc, common::emu_profile().model.clone(), None)
 }
 
-fn call_model(cc: (u32, u32), m: streamdit::ModelConfig) -> Call {
+/// `sms`: the SM count the emulated device reports (persistent sm_90a GEMMs launch at most
+/// that many CTAs); none: one CTA per output tile.
+fn call_model(cc: (u32, u32), m: streamdit::ModelConfig, sms: Option<u32>) -> Call {
     let weights = Arc::new(Weights::random(&m, 5, DType::F16));
     let graph = Graph::build(&m, 4.5);
     let table = weights.get("text_embed.weight").unwrap().clone();
@@ -46,6 +48,10 @@ fn call_model(cc: (u32, u32), m: streamdit::ModelConfig) -> Call {
     let (want, cpu_out) = common::cpu_traced_call(&graph, &weights, &text, &mask, &x, &tau);
 
     let dev = EmuDevice::new().with_compute_capability(cc);
+    let dev = match sms {
+        Some(n) => dev.with_multiprocessors(n),
+        None => dev,
+    };
     let mut gpu = CudaBackend::new(graph, DeviceWeights::Host(&weights), 2, dev).unwrap();
     gpu.set_text(&text, &mask).unwrap();
     let mut out = vec![0.0; x.len()];
@@ -110,6 +116,15 @@ fn compute_capability_9_runs_the_sm90_gemm_and_matches_the_cpu() {
     // The two paths sum the same f32 products of the same f16 operands; only the order of
     // the f32 additions may differ.
     assert!(paths < 1e-3, "9.0 vs 8.0 output rel L2 {paths:.2e}");
+    // A device that reports 2 SMs gets persistent GEMMs of at most 2 CTAs, each walking
+    // several output tiles: the same bits.
+    let persistent = call_model((9, 0), common::emu_profile().model.clone(), Some(2));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&persistent.out),
+        bits(&hopper.out),
+        "2 persistent CTAs vs one per tile"
+    );
 }
 
 /// The Wan family on compute capability 9.0: every GEMM of the prompt and call lists of
@@ -294,8 +309,8 @@ fn compute_capability_9_runs_the_sm90_window_attention_and_matches_the_cpu() {
     let mut m = common::emu_profile().model.clone();
     m.latent_width = 32;
     m.window = [m.window[0], m.window[1], 16];
-    let hopper = call_model((9, 0), m.clone());
-    let ampere = call_model((8, 0), m);
+    let hopper = call_model((9, 0), m.clone(), None);
+    let ampere = call_model((8, 0), m, None);
     let count = |c: &Call, kernel: &str| c.steps.iter().filter(|s| s.2.starts_with(kernel)).count();
     let n = count(&ampere, "attn_window_d");
     assert!(n >= 2, "the 8.0 call has window attention in both blocks");

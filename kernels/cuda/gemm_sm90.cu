@@ -10,8 +10,10 @@
 //   gemm_sm90_gated_residual  h_f32[M, N]   += mods[frame(r), gate, n] * (acc + bias[n])
 //   gemm_sm90_swiglu          out_f16[M, Dff] = SiLU(u) * g,  [u; g] = A * W13^T
 //
-// CTA = 3 warpgroups (384 threads), one 128 x 128 output tile (SwiGLU: 128 x 64 outputs
-// from 64 u and 64 g columns), grid x over column tiles, y over row tiles:
+// CTA = 3 warpgroups (384 threads) working through 128 x 128 output tiles (SwiGLU: 128 x 64
+// outputs from 64 u and 64 g columns), persistent: grid x is at most the SM count (or the
+// tile count), CTA b takes tiles b, b + gridDim.x, ... in grouped order (TileOrder), its
+// mbarrier ring running on across its tiles:
 //   warpgroup 0, the producer: setmaxnreg.dec to 40; one elected thread of warp 0 walks the
 //     k-tiles, waits until the ring slot is empty, arms the slot's full barrier with the
 //     slot's byte count (arrive.expect_tx) and issues three TMA tensor loads into it: A rows
@@ -50,16 +52,20 @@
 //     (CUTLASS sizes its stage count the same way: as many as fit after the epilogue).
 //   - Registers: 128 x 40 + 256 x 232 = 64 512 <= 65 536, the split CUTLASS's cooperative
 //     kernel and DeepGEMM use for one producer and two consumer warpgroups.
-//   - Not done (yet): persistent CTAs with a tile scheduler and grouped rasterisation,
-//     clusters with TMA multicast, a TMA store epilogue. The grid's x runs over N, so the
-//     CTAs in flight share A's row block and W stays L2-resident, as in gemm.cu.
+//   - Persistent CTAs with a static tile schedule (CUTLASS's persistent "cooperative"
+//     scheduler, DeepGEMM's): the producer starts the next tile's loads during the
+//     epilogue, and the grouped order (8 row tiles per group) keeps both operands' tiles
+//     L2-resident across the CTAs in flight.
+//   - Not done (yet): clusters with TMA multicast, a TMA store epilogue, 128 x 256 tiles.
 //
 // Barriers (kernels/README.md, "Hopper GEMM"): full[s] (1 arrival + the slot's TMA bytes)
 // says slot s holds k-tile kt; empty[s] (256 arrivals, every consumer thread) says both
 // consumers' wgmmas that read k-tile kt from slot s have retired. The producer waits on
-// empty[s] with parity ((kt / S) & 1) ^ 1 (a fresh barrier's "previous phase" counts as
-// complete, so the first S waits return at once); the consumers wait on full[s] with
-// parity (kt / S) & 1.
+// empty[s] with parity ((it / S) & 1) ^ 1, `it` counting the CTA's k-tiles over all its
+// tiles (a fresh barrier's "previous phase" counts as complete, so the first S waits
+// return at once); the consumers wait on full[s] with parity (it / S) & 1 and release each
+// k-tile's slot once the next k-tile's group is issued and this one retired, a tile's last
+// k-tile after the wait before its epilogue.
 //
 // Shape contract (kernels/src/gemm_sm90.rs checks it before any launch): M >= 1, N and K
 // multiples of 8 (TMA: global strides are multiples of 16 bytes; the predicated epilogue
@@ -213,6 +219,26 @@ SM90_UNROLL
     }
 }
 
+// The output tiles in launch order, grouped rasterisation: tiles are numbered group by
+// group, a group being kGroupRows row tiles by every column tile, column-major inside the
+// group (tile i of a group: row tile i % rows, column tile i / rows). CTAs that run at the
+// same time then cover a few row tiles across many columns instead of one row across all
+// of them, so both A's rows and W's columns are reused from L2 (Triton's and CUTLASS's
+// "swizzle" of the tile order: the row tiles of a group share each W column tile).
+struct TileOrder {
+    static constexpr int kGroupRows = 8;
+    int row_tiles, col_tiles;
+    __device__ __forceinline__ int count() const { return row_tiles * col_tiles; }
+    __device__ __forceinline__ void at(int tile, int& row, int& col) const {
+        const int per_group = kGroupRows * col_tiles;
+        const int first = (tile / per_group) * kGroupRows;
+        const int rows = min(row_tiles - first, kGroupRows);
+        const int i = tile % per_group;
+        row = first + i % rows;
+        col = i / rows;
+    }
+};
+
 template <Epi kEpi>
 __device__ __forceinline__ void gemm_sm90(const GemmSm90Params& p, unsigned char* smem) {
     using T = Sm90Traits;
@@ -223,9 +249,9 @@ __device__ __forceinline__ void gemm_sm90(const GemmSm90Params& p, unsigned char
     unsigned char* ring_ptr = smem + (ring - base);
     const int warpgroup = threadIdx.x / 128;
     const int k_tiles = (p.k + T::kBK - 1) / T::kBK;
-    const int m0 = blockIdx.y * T::kBM;
-    // SwiGLU: 64 output columns per CTA (u rows n0.., g rows dff + n0..).
-    const int n0 = blockIdx.x * (kEpi == Epi::Swiglu ? T::kBoxW : T::kBN);
+    // SwiGLU: 64 output columns per tile (u rows n0.., g rows dff + n0..).
+    const int block_n = kEpi == Epi::Swiglu ? T::kBoxW : T::kBN;
+    const TileOrder order{(p.m + T::kBM - 1) / T::kBM, (p.n + block_n - 1) / block_n};
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < S; ++s) {
@@ -238,22 +264,34 @@ __device__ __forceinline__ void gemm_sm90(const GemmSm90Params& p, unsigned char
     }
     __syncthreads();  // every thread sees initialised barriers before any use
 
+    // Persistent: CTA b takes tiles b, b + gridDim.x, ... (the grid is at most one CTA per
+    // SM, or one per tile). The ring runs on across tiles: `it` counts this CTA's k-tiles
+    // over all its tiles, slot it % S, round it / S, so the producer loads the next tile's
+    // first k-tiles while the consumers run this tile's epilogue.
     if (warpgroup == 0) {
         ptx::setmaxnreg_dec<T::kProducerRegs>();
         if (threadIdx.x < 32 && ptx::elect_one()) {
-            const int w_row0 = n0;
-            const int w_row1 = kEpi == Epi::Swiglu ? p.n + n0 : n0 + static_cast<int>(T::kBoxW);
-            for (int kt = 0; kt < k_tiles; ++kt) {
-                const int s = kt % S;
-                // Slot s is free once both consumers released k-tile kt - S.
-                ptx::mbarrier_wait(&empty[s], ((kt / S) & 1) ^ 1);
-                ptx::mbarrier_arrive_expect_tx(&full[s], T::kStageBytes);
-                unsigned char* a = ring_ptr + s * T::kStageBytes;
-                unsigned char* w = a + T::kTileA;
-                const int k0 = kt * T::kBK;
-                ptx::tma_load_2d(a, &p.map_a, &full[s], k0, m0);
-                ptx::tma_load_2d(w, &p.map_w, &full[s], k0, w_row0);
-                ptx::tma_load_2d(w + T::kBoxW * T::kRowBytes, &p.map_w, &full[s], k0, w_row1);
+            int it = 0;
+            for (int tile = blockIdx.x; tile < order.count(); tile += gridDim.x) {
+                int row, col;
+                order.at(tile, row, col);
+                const int m0 = row * T::kBM, n0 = col * block_n;
+                const int w_row0 = n0;
+                const int w_row1 =
+                    kEpi == Epi::Swiglu ? p.n + n0 : n0 + static_cast<int>(T::kBoxW);
+                for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+                    const int s = it % S;
+                    // Slot s is free once both consumers released k-tile it - S.
+                    ptx::mbarrier_wait(&empty[s], ((it / S) & 1) ^ 1);
+                    ptx::mbarrier_arrive_expect_tx(&full[s], T::kStageBytes);
+                    unsigned char* a = ring_ptr + s * T::kStageBytes;
+                    unsigned char* w = a + T::kTileA;
+                    const int k0 = kt * T::kBK;
+                    ptx::tma_load_2d(a, &p.map_a, &full[s], k0, m0);
+                    ptx::tma_load_2d(w, &p.map_w, &full[s], k0, w_row0);
+                    ptx::tma_load_2d(w + T::kBoxW * T::kRowBytes, &p.map_w, &full[s], k0,
+                                     w_row1);
+                }
             }
         }
         return;  // nothing after this reads or writes shared memory for the producer
@@ -263,33 +301,42 @@ __device__ __forceinline__ void gemm_sm90(const GemmSm90Params& p, unsigned char
     const int wg = warpgroup - 1;
     const int t = threadIdx.x % 128;
     float acc[T::kAcc];
-SM90_UNROLL
-    for (int r = 0; r < T::kAcc; ++r) acc[r] = 0.0f;
-    for (int kt = 0; kt < k_tiles; ++kt) {
-        const int s = kt % S;
+    int it = 0;
+    for (int tile = blockIdx.x; tile < order.count(); tile += gridDim.x) {
+        int row, col;
+        order.at(tile, row, col);
+        [[maybe_unused]] const int first = it;  // this tile's first k-tile
+        for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+            const int s = it % S;
 #if !defined(EMU_VARIANT_no_full_wait)  // planted race when defined (top of the file)
-        ptx::mbarrier_wait(&full[s], (kt / S) & 1);  // k-tile kt has landed in slot s
+            ptx::mbarrier_wait(&full[s], (it / S) & 1);  // k-tile it has landed in slot s
 #endif
-        const uint32_t a = ring + s * T::kStageBytes + wg * T::kWgRows * T::kRowBytes;
-        const uint32_t w = ring + s * T::kStageBytes + T::kTileA;
-        ptx::wgmma_fence();  // the accumulators were last touched by the previous group
+            const uint32_t a = ring + s * T::kStageBytes + wg * T::kWgRows * T::kRowBytes;
+            const uint32_t w = ring + s * T::kStageBytes + T::kTileA;
+            // The accumulators were last touched by the previous group, or by the previous
+            // tile's epilogue (scale-d 0 on the tile's first step starts them afresh).
+            ptx::wgmma_fence();
 SM90_UNROLL
-        for (int j = 0; j < T::kBK / 16; ++j)
-            ptx::wgmma_f16_ss<T::kBN>(acc, kmajor_sw128_desc(a, j), kmajor_sw128_desc(w, j),
-                                      kt > 0 || j > 0);
-        ptx::wgmma_commit();
+            for (int j = 0; j < T::kBK / 16; ++j)
+                ptx::wgmma_f16_ss<T::kBN>(acc, kmajor_sw128_desc(a, j), kmajor_sw128_desc(w, j),
+                                          kt > 0 || j > 0);
+            ptx::wgmma_commit();
 #if defined(EMU_VARIANT_early_release)
-        ptx::mbarrier_arrive(&empty[s]);  // planted race: the wgmmas may still read slot s
-        ptx::wgmma_wait<0>();
+            ptx::mbarrier_arrive(&empty[s]);  // planted race: the wgmmas may still read slot s
+            ptx::wgmma_wait<0>();
 #else
-        // At most this k-tile's group is pending: the previous one, which read slot
-        // (kt - 1) % S, has retired, so that slot may be refilled.
-        ptx::wgmma_wait<1>();
-        if (kt > 0) ptx::mbarrier_arrive(&empty[(kt - 1) % S]);
+            // At most this k-tile's group is pending: the previous one, which read slot
+            // (it - 1) % S, has retired, so that slot may be refilled.
+            ptx::wgmma_wait<1>();
+            if (it > first) ptx::mbarrier_arrive(&empty[(it - 1) % S]);
 #endif
+        }
+        ptx::wgmma_wait<0>();  // the last group has retired: the accumulators are final
+#if !defined(EMU_VARIANT_early_release)
+        ptx::mbarrier_arrive(&empty[(it - 1) % S]);  // the tile's last k-tile is read
+#endif
+        epilogue<kEpi>(p, acc, row * T::kBM, col * block_n, wg, t);
     }
-    ptx::wgmma_wait<0>();  // the last group has retired: the accumulators are final
-    epilogue<kEpi>(p, acc, m0, n0, wg, t);
 }
 
 extern "C" __global__ void __launch_bounds__(Sm90Traits::kThreads, 1)

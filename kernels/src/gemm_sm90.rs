@@ -39,8 +39,8 @@ pub const THREADS: u32 = 384;
 /// the 1024-byte repeat of the 128-byte swizzle: 132 096 bytes.
 pub const SHARED_BYTES: u32 = STAGES * (BLOCK_M + BLOCK_N) * BLOCK_K * 2 + 1024;
 
-/// Largest grid y (row tiles).
-const MAX_GRID_Y: u32 = 65535;
+/// Most output tiles of one launch: the kernel numbers them with an `int`.
+const MAX_TILES: u32 = i32::MAX as u32;
 
 /// The fused epilogue, i.e. the entry point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,12 +170,6 @@ pub fn config(
     to_i32(kernel, "W rows", epi.w_rows(n))?;
     to_i32(kernel, "K", k)?;
     let row_tiles = m.div_ceil(BLOCK_M as usize);
-    if row_tiles > MAX_GRID_Y as usize {
-        return Err(format!(
-            "{kernel}: M = {m} needs {row_tiles} row tiles of {BLOCK_M}, more than the grid's \
-             y limit {MAX_GRID_Y}"
-        ));
-    }
     if let Some(g) = gate {
         if epi != Epilogue::GatedResidual {
             return Err(format!(
@@ -185,15 +179,44 @@ pub fn config(
         crate::gemm::check_gate(kernel, m, n, g)?;
     }
     let col_tiles = n.div_ceil(epi.block_n() as usize);
+    let tiles = row_tiles.saturating_mul(col_tiles);
+    if tiles > MAX_TILES as usize {
+        return Err(format!(
+            "{kernel}: M = {m}, N = {n} make {tiles} output tiles of {BLOCK_M} x {}, more than \
+             the kernel's tile index holds ({MAX_TILES})",
+            epi.block_n()
+        ));
+    }
     Ok(LaunchConfig {
         grid: Dim3 {
-            x: col_tiles as u32,
-            y: row_tiles as u32,
+            x: tiles as u32,
+            y: 1,
             z: 1,
         },
         block: THREADS.into(),
         shared_bytes: SHARED_BYTES,
     })
+}
+
+/// [`config`] with at most `ctas` CTAs (the device's SM count: one resident CTA per SM), each
+/// working through every `ctas`-th output tile: the persistent launch. `ctas` 0 is refused.
+pub fn config_persistent(
+    epi: Epilogue,
+    m: usize,
+    n: usize,
+    k: usize,
+    gate: Option<&GateLayout>,
+    ctas: u32,
+) -> Result<LaunchConfig, String> {
+    if ctas == 0 {
+        return Err(format!(
+            "{}: a persistent launch needs at least one CTA",
+            epi.kernel()
+        ));
+    }
+    let mut c = config(epi, m, n, k, gate)?;
+    c.grid.x = c.grid.x.min(ctas);
+    Ok(c)
 }
 
 /// A row-major f16 `[rows, k]` matrix at `address`, loaded in boxes of `box_rows` x 64 k,
@@ -307,12 +330,19 @@ mod tests {
 
     #[test]
     fn configs_cover_the_output() {
+        // One CTA per output tile: 9 row tiles x 7 column tiles.
         let c = config(Epilogue::BiasF16, 1037, 776, 512, None).unwrap();
-        assert_eq!((c.grid.x, c.grid.y, c.block.x), (7, 9, 384));
+        assert_eq!((c.grid.x, c.grid.y, c.block.x), (63, 1, 384));
         assert_eq!(c.shared_bytes, 4 * 32 * 1024 + 1024);
         let c = config(Epilogue::Swiglu, 16384, 8192, 3072, None).unwrap();
-        assert_eq!((c.grid.x, c.grid.y), (128, 128));
+        assert_eq!((c.grid.x, c.grid.y), (128 * 128, 1));
         assert_eq!(Epilogue::Swiglu.w_rows(8192), 16384);
+        // Persistent: at most one CTA per SM, never more than the tiles.
+        let c = config_persistent(Epilogue::BiasF16, 1037, 776, 512, None, 132).unwrap();
+        assert_eq!(c.grid.x, 63);
+        let c = config_persistent(Epilogue::Swiglu, 16384, 8192, 3072, None, 132).unwrap();
+        assert_eq!(c.grid.x, 132);
+        assert!(config_persistent(Epilogue::BiasF16, 8, 8, 8, None, 0).is_err());
     }
 
     #[test]

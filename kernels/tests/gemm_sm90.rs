@@ -190,6 +190,16 @@ fn inputs(seed: u64, c: Case) -> Inputs {
 /// Runs the case with `kernel` (the entry point or a variant of it): the output as f64 (for
 /// the gated residual the update h - h0), every output element starting as NaN.
 fn launch(inp: &Inputs, kernel: emu::Kernel, order: ThreadOrder) -> Result<Vec<f64>, EmuError> {
+    launch_ctas(inp, kernel, order, None)
+}
+
+/// [`launch`] with at most `ctas` persistent CTAs (none: one CTA per output tile).
+fn launch_ctas(
+    inp: &Inputs,
+    kernel: emu::Kernel,
+    order: ThreadOrder,
+    ctas: Option<u32>,
+) -> Result<Vec<f64>, EmuError> {
     let c = inp.case;
     let (m, n) = (c.m, c.n);
     let mut out16 = vec![0xffffu16; m * n];
@@ -216,7 +226,12 @@ fn launch(inp: &Inputs, kernel: emu::Kernel, order: ThreadOrder) -> Result<Vec<f
             std::ptr::null()
         },
     };
-    let config = gemm_sm90::config(c.epi, m, n, c.k, inp.layout.as_ref()).unwrap();
+    let config = match ctas {
+        Some(ctas) => {
+            gemm_sm90::config_persistent(c.epi, m, n, c.k, inp.layout.as_ref(), ctas).unwrap()
+        }
+        None => gemm_sm90::config(c.epi, m, n, c.k, inp.layout.as_ref()).unwrap(),
+    };
     let params = gemm_sm90::params_emulated(c.epi, m, n, c.k, inp.layout.as_ref(), &buffers)
         .unwrap_or_else(|e| panic!("{e}"));
     // SAFETY: the tensor maps describe a [m, k] and w [w_rows, k] (their vectors); bias is
@@ -311,6 +326,46 @@ fn bias_f16_ragged_tiles_and_k_tail() {
         case(Epilogue::BiasF16, 77, 64, 328, false),
         true,
     );
+}
+
+/// Persistent CTAs: each CTA walks every `ctas`-th output tile in the grouped order, its
+/// mbarrier ring running on across tiles (the next tile's loads start during this tile's
+/// epilogue). 10 row tiles (a full group of 8 and a partial group of 2, the last tile
+/// ragged) by 3 column tiles (the last 8 columns wide), 3 k-tiles each: with 1, 4 and 7
+/// CTAs (rings that wrap inside and across tiles) the output is within tolerance and
+/// bit-identical to one CTA per tile, in several thread orders; 4 CTAs once under the race
+/// checker (slot reuse across a tile boundary).
+#[test]
+fn persistent_ctas_walk_tiles_like_one_cta_per_tile() {
+    let c = case(Epilogue::BiasF16, 9 * 128 + 5, 264, 136, true);
+    let inp = inputs(31, c);
+    let kernel = emu::kernel(c.epi.kernel()).unwrap();
+    let want = launch(&inp, kernel, ThreadOrder::Forward).unwrap();
+    let (rel, _) = compare("one CTA per tile", &want, &inp);
+    eprintln!("persistent case, one CTA per tile: rel L2 {rel:.2e}");
+    for ctas in [1, 4, 7] {
+        for order in [
+            ThreadOrder::Forward,
+            ThreadOrder::Reverse,
+            ThreadOrder::Shuffle(3),
+        ] {
+            let got = launch_ctas(&inp, kernel, order, Some(ctas))
+                .unwrap_or_else(|e| panic!("{ctas} CTAs {order:?}: {e}"));
+            compare(&format!("{ctas} CTAs {order:?}"), &got, &inp);
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{ctas} CTAs {order:?}: differs from one CTA per tile");
+        }
+    }
+    let _race = emu::racecheck(true);
+    let got = launch_ctas(&inp, kernel, ThreadOrder::Shuffle(5), Some(4))
+        .unwrap_or_else(|e| panic!("4 CTAs under the race checker: {e}"));
+    assert!(got
+        .iter()
+        .zip(&want)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
 }
 
 #[test]
@@ -495,8 +550,8 @@ fn shapes_outside_the_contract_are_errors() {
     );
     expect_err(gemm_sm90::config(BiasGeluF16, 512, 256, 12, None), "K = 12");
     expect_err(
-        gemm_sm90::config(BiasF16, 65536 * 128, 256, 256, None),
-        "grid's y limit",
+        gemm_sm90::config_persistent(BiasF16, 512, 256, 256, None, 0),
+        "at least one CTA",
     );
     expect_err(
         gemm_sm90::config(BiasF16, 512, 256, 1 << 31, None),

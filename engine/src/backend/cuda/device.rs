@@ -216,6 +216,11 @@ pub trait Device: Send {
     /// sm_90a warp-specialised kernels (`streamdit_kernels::gemm_sm90`), elsewhere the
     /// mma.sync ones.
     fn compute_capability(&self) -> (u32, u32);
+    /// The device's streaming multiprocessors, where known: a persistent kernel
+    /// (`gemm_sm90`) launches at most one CTA per SM; without it, one CTA per output tile.
+    fn multiprocessors(&self) -> Option<u32> {
+        None
+    }
     /// Encodes a TMA tensor map over this device's memory for a kernel parameter: the
     /// driver's `cuTensorMapEncodeTiled` on a GPU, the emulator's encoding on the emulator;
     /// both after `Tiled::validate`, whose error names the argument at fault.

@@ -87,6 +87,8 @@ pub struct EmuDevice {
     shared_limit: u32,
     /// The compute capability the lowered lists choose kernels for (8.0 unless set).
     capability: (u32, u32),
+    /// The SM count it reports (`with_multiprocessors`; none by default: one CTA per tile).
+    multiprocessors: Option<u32>,
     /// Synchronous host-to-device copies (`write`): each is a host round trip on a GPU.
     sync_writes: u64,
     /// Host memory of each allocation and pinned buffer, by id.
@@ -119,6 +121,7 @@ impl EmuDevice {
             memory_used: 0,
             shared_limit: emu::MAX_SHARED_BYTES,
             capability: (8, 0),
+            multiprocessors: None,
             sync_writes: 0,
             memory: Default::default(),
             kernels: Vec::new(),
@@ -151,6 +154,15 @@ impl EmuDevice {
     #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
     pub fn with_compute_capability(mut self, cc: (u32, u32)) -> Self {
         self.capability = cc;
+        self
+    }
+
+    /// Reports `n` streaming multiprocessors, so persistent kernels launch at most `n` CTAs
+    /// (the emulator runs CTAs one after another; a small `n` makes each CTA walk several
+    /// output tiles, as on a GPU with more tiles than SMs).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // a hook of the integration tests
+    pub fn with_multiprocessors(mut self, n: u32) -> Self {
+        self.multiprocessors = Some(n);
         self
     }
 
@@ -251,6 +263,10 @@ impl Device for EmuDevice {
 
     fn compute_capability(&self) -> (u32, u32) {
         self.capability
+    }
+
+    fn multiprocessors(&self) -> Option<u32> {
+        self.multiprocessors
     }
 
     fn encode_tensor_map(&self, map: &Tiled) -> Result<TensorMap> {

@@ -268,7 +268,12 @@ pub fn select_gemm<D: Device>(dev: &D, step: &mut Step) -> Result<()> {
         dev.encode_tensor_map(t).map_err(|e| e.to_string())
     };
     let p = gemm_sm90::params(epi, m, n, k, gate.as_ref(), &buffers, encode).map_err(fail)?;
-    *config = gemm_sm90::config(epi, m, n, k, gate.as_ref()).map_err(fail)?;
+    // Persistent where the SM count is known: at most one CTA per SM, each walking tiles.
+    *config = match dev.multiprocessors() {
+        Some(sms) => gemm_sm90::config_persistent(epi, m, n, k, gate.as_ref(), sms),
+        None => gemm_sm90::config(epi, m, n, k, gate.as_ref()),
+    }
+    .map_err(fail)?;
     *module = "gemm_sm90";
     *kernel_name = epi.kernel();
     *params = Params::GemmSm90(p);

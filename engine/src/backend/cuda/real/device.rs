@@ -78,6 +78,10 @@ impl Device for CudaDevice {
         (self.capability.0 as u32, self.capability.1 as u32)
     }
 
+    fn multiprocessors(&self) -> Option<u32> {
+        self.multiprocessors
+    }
+
     fn encode_tensor_map(&self, map: &Tiled) -> Result<TensorMap> {
         let op = "cuTensorMapEncodeTiled";
         map.validate().map_err(|e| err(op, e.to_string()))?;

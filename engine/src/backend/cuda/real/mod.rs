@@ -119,6 +119,9 @@ pub struct CudaDevice {
     copy: sys::CUstream,
     name: String,
     capability: (i32, i32),
+    /// `CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT` (none if the driver reports no positive
+    /// count): the persistent kernels launch at most one CTA per SM.
+    multiprocessors: Option<u32>,
     driver_version: i32,
     /// `GPU-xxxxxxxx-...`, as NVML and nvidia-smi name it.
     uuid: String,
@@ -188,6 +191,9 @@ impl CudaDevice {
             attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
             attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
         );
+        let multiprocessors =
+            attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let multiprocessors = u32::try_from(multiprocessors).ok().filter(|&n| n > 0);
         let shared_optin = attribute(
             sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
         )?;
@@ -225,6 +231,7 @@ impl CudaDevice {
             copy: std::ptr::null_mut(),
             name,
             capability,
+            multiprocessors,
             driver_version,
             uuid,
             shared_optin,
