@@ -477,3 +477,93 @@ fn decoder_costs_match_the_spec() {
         specs.iter().map(|s| s.numel() as u64).sum::<u64>()
     });
 }
+
+/// `plan`'s device launches: the CUDA lowering's folds make one launch of `Linear` +
+/// `GatedResidual` that reads the GEMM's operands and the residual stream once and writes
+/// the stream once (by hand for `tiny`), keep every FLOP, and land between the FLOP floor
+/// and the op-by-op roofline; the modelled prologue fusions fold exactly the `LayerNorm`
+/// and `AdaLn` ops (three per block, one in the final layer) into the GEMM after each.
+#[test]
+fn launches_fold_what_the_lowering_fuses() {
+    use streamdit::backend::cuda::lower::device_call_folds;
+    use streamdit::cost::launches::{costs_of, group, with_prologues, Fold};
+    let g = graph("tiny", 1.0);
+    let cost = GraphCost::of(&g);
+    let folds = device_call_folds(&g);
+    let device = group(&cost.call.ops, &folds).unwrap();
+    // The block-0 out projection and its gated residual: [512, 256] x [256, 256] + bias into
+    // the f32 stream [512, 256] with one f32 modulation row per frame (8 frames).
+    let proj = find(&g, "blocks.0.attn.out.out");
+    let at = g
+        .call_ops
+        .iter()
+        .position(|op| op.output() == proj)
+        .unwrap();
+    assert!(matches!(g.call_ops[at + 1], Op::GatedResidual { .. }));
+    let l = device.iter().find(|l| l.ops.contains(&at)).unwrap();
+    assert_eq!(l.ops, vec![at, at + 1]);
+    let a = 512 * 256 * 2;
+    let w = 256 * 256 * 2 + 256 * 2;
+    let h = 512 * 256 * 4;
+    let gate_rows = 8 * 256 * 4;
+    assert_eq!(l.cost.bytes_read, (a + w + h + gate_rows) as u64);
+    assert_eq!(l.cost.bytes_written, h as u64);
+    assert_eq!(l.cost.class, OpClass::Gemm);
+    assert_eq!(
+        l.cost.flops,
+        2 * 512 * 256 * 256 + 2 * 512 * 256,
+        "GEMM and gated residual FLOPs"
+    );
+
+    for profile in ["tiny", "streamdit-4b"] {
+        let g = graph(profile, 1.0);
+        let cost = GraphCost::of(&g);
+        let folds = device_call_folds(&g);
+        let device = group(&cost.call.ops, &folds).unwrap();
+        let modelled = with_prologues(&g, &g.call_ops, &folds);
+        let prologues = group(&cost.call.ops, &modelled).unwrap();
+        // Every op in exactly one launch, in order.
+        for list in [&device, &prologues] {
+            let order: Vec<usize> = list.iter().flat_map(|l| l.ops.clone()).collect();
+            assert_eq!(order, (0..g.call_ops.len()).collect::<Vec<_>>());
+            let flops: u64 = list.iter().map(|l| l.cost.flops).sum();
+            assert_eq!(flops, cost.call.total.flops, "{profile}: FLOPs kept");
+        }
+        let kinds = |f: &[Fold], want: Fold| -> Vec<&str> {
+            let mut k: Vec<&str> = (g.call_ops.iter().zip(f))
+                .filter(|(_, x)| **x == want)
+                .map(|(op, _)| op_kind(op))
+                .collect();
+            k.sort();
+            k.dedup();
+            k
+        };
+        assert_eq!(
+            kinds(&folds, Fold::IntoPrevious),
+            ["GatedResidual", "Residual", "SwiGlu"]
+        );
+        assert_eq!(kinds(&folds, Fold::IntoNext), ["HeadRmsNorm"]);
+        let depth = Profile::builtin(profile).unwrap().model.depth;
+        let newly = (folds.iter().zip(&modelled))
+            .filter(|(a, b)| a != b)
+            .map(|(_, b)| *b)
+            .collect::<Vec<_>>();
+        // Three per block and the final layer's.
+        assert_eq!(newly, vec![Fold::IntoNext; 3 * depth + 1], "{profile}");
+        assert_eq!(prologues.len(), device.len() - 3 * depth - 1);
+
+        let h100 = GpuSpec::H100;
+        let ops = h100.list_seconds(&cost.call.ops);
+        let dev = h100.list_seconds(&costs_of(&device));
+        let pro = h100.list_seconds(&costs_of(&prologues));
+        let floor = cost.call.total.flops as f64 / 989e12;
+        println!(
+            "{profile} on an H100: op by op {:.2} ms, device launches {:.2} ms, with prologues {:.2} ms, FLOP floor {:.2} ms",
+            ops * 1e3,
+            dev * 1e3,
+            pro * 1e3,
+            floor * 1e3
+        );
+        assert!(floor <= pro && pro < dev && dev < ops, "{profile}");
+    }
+}

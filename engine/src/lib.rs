@@ -104,7 +104,8 @@ pub mod files {
 ///   ([`TaeGraph`]);
 /// - FLOPs and bytes per op and per list ([`GraphCost`], [`DecoderCost`]), parameter counts;
 /// - the device memory plan ([`MemoryPlan`], with the launches the CUDA backend fuses:
-///   [`device_fusion`]) and the device decoder's allocation ([`decoder_device_memory`]);
+///   [`device_fusion`], and the launches they make: [`device_call_folds`], [`launches`])
+///   and the device decoder's allocation ([`decoder_device_memory`]);
 /// - the host memory video-to-video's TAE encoder adds ([`video_to_video_memory`]);
 /// - roofline predictions on named GPUs ([`GpuSpec`], [`Prediction`]);
 /// - the streaming schedule ([`Schedule`]) and the noise of a latent frame ([`noise_frame`]);
@@ -118,7 +119,8 @@ pub mod inspect {
     pub use crate::backend::cuda::kernel_bench::{
         kernel_bench, GemmShape, GemmTiming, KernelBench, KernelDevice, PathTiming,
     };
-    pub use crate::backend::cuda::lower::fusion as device_fusion;
+    pub use crate::backend::cuda::lower::{device_call_folds, fusion as device_fusion};
+    pub use crate::cost::launches::{self, Fold, Launch};
     pub use crate::cost::{
         axis_windows, op_cost, op_kind, tae_op_cost, tae_op_kind, video_frames_per_call,
         window_sum_sq, Bound, CostSum, DecoderCost, GpuSpec, GraphCost, KernelPath, ListCost,

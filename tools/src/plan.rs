@@ -53,6 +53,30 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
     let prediction = gpu
         .map(|g| Prediction::new(g, &cost, frames, args.efficiency))
         .transpose()?;
+    // The launches the CUDA backend makes of the call ops, and the ones it would make with
+    // the prologue fusions no kernel does yet. The Wan family's lowering fuses across its
+    // own ops and its report keeps its own roofline.
+    let launched = match &wan {
+        None => {
+            use streamdit::inspect::{device_call_folds, launches};
+            let folds = device_call_folds(&graph);
+            let device = launches::group(&cost.call.ops, &folds)?;
+            let modelled = launches::with_prologues(&graph, &graph.call_ops, &folds);
+            Some((device, launches::group(&cost.call.ops, &modelled)?))
+        }
+        Some(_) => None,
+    };
+    let launch_prediction = |i: usize| -> Result<Option<Prediction>> {
+        match (gpu, &launched) {
+            (Some(g), Some(l)) => {
+                let list = if i == 0 { &l.0 } else { &l.1 };
+                let costs = streamdit::inspect::launches::costs_of(list);
+                Prediction::of_ops(g, &costs, frames, args.efficiency).map(Some)
+            }
+            _ => Ok(None),
+        }
+    };
+    let (device_prediction, prologue_prediction) = (launch_prediction(0)?, launch_prediction(1)?);
     let (bytes, flops, count) = (fmt_bytes, fmt_flops, fmt_count);
     // The report is built in memory and written at once; a closed pipe (`| head`) ends it.
     let mut text = String::new();
@@ -155,7 +179,12 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
                     profile.name
                 )));
             }
-            crate::plan_decoder::report(&profile, gpu, prediction.as_ref(), mem.peak_bytes())?
+            crate::plan_decoder::report(
+                &profile,
+                gpu,
+                device_prediction.as_ref(),
+                mem.peak_bytes(),
+            )?
         }
         Some(w) => {
             let (dit_flops, dit_s) = w.chunk(&cost, gpu);
@@ -295,29 +324,73 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
         flops(cost.call.total.flops),
         flops(cost.prompt.total.flops)
     );
-    if let (Some(p), None) = (&prediction, &wan) {
+    let mut launches_json = Value::Null;
+    if let (Some(p), Some(d), Some(m), Some((device, modelled))) = (
+        &prediction,
+        &device_prediction,
+        &prologue_prediction,
+        &launched,
+    ) {
         say!(
             text,
-            "  roofline         {:.2} ms per call, {:.2} video FPS ({} frames per call)",
+            "  roofline         {:.2} ms per call, {:.2} video FPS ({} frames per call; the {} graph ops, each its own launch)",
             p.seconds_per_call * 1e3,
             p.fps,
-            p.video_frames_per_call
+            p.video_frames_per_call,
+            graph.call_ops.len()
         );
         say!(
             text,
-            "  {:<17}{:.2} ms per call, {:.2} video FPS",
-            format!("at {:.0}% of it", p.efficiency * 100.0),
-            p.seconds_per_call_at_efficiency * 1e3,
-            p.fps_at_efficiency
+            "  device launches  {:.2} ms per call, {:.2} video FPS (the CUDA backend's {} launches: residuals and SwiGLU in GEMM epilogues, guidance in unpatchify, q/k norms at the attention's load)",
+            d.seconds_per_call * 1e3,
+            d.fps,
+            device.len()
         );
+        say!(
+            text,
+            "  with prologues   {:.2} ms per call, {:.2} video FPS ({} launches; modelled, no kernel yet: LayerNorm and adaLN at the next GEMM's A load)",
+            m.seconds_per_call * 1e3,
+            m.fps,
+            modelled.len()
+        );
+        say!(
+            text,
+            "  {:<17}{:.2} ms per call, {:.2} video FPS (of the device launches)",
+            format!("at {:.0}% of it", d.efficiency * 100.0),
+            d.seconds_per_call_at_efficiency * 1e3,
+            d.fps_at_efficiency
+        );
+        let row = |p: &Prediction, n: usize| json!({"launches": n, "ms_per_call": p.seconds_per_call * 1e3, "fps": p.fps});
+        launches_json = json!({
+            "device": row(d, device.len()),
+            "with_prologues": row(m, modelled.len()),
+        });
     }
-    let paths_json = match (&prediction, &wan) {
-        (Some(p), None) => {
+    let paths_json = match (&device_prediction, &launched) {
+        (Some(p), Some((device, modelled))) => {
             let g = p.gpu;
+            let costs = streamdit::inspect::launches::costs_of(device);
             let (t, j) = crate::plan_wan::kernel_paths(g, "call", p.video_frames_per_call, |k| {
-                k.list_seconds(&g, &cost.call.ops)
+                k.list_seconds(&g, &costs)
             });
-            text.push_str(&t);
+            // The modelled prologue fusions on the wgmma path, before the paths' closing note.
+            let fused = streamdit::inspect::launches::costs_of(modelled);
+            let s = streamdit::inspect::KernelPath::WGMMA.list_seconds(&g, &fused);
+            let mut lines: Vec<&str> = t.lines().collect();
+            let note = lines.pop();
+            for l in lines {
+                say!(text, "{l}");
+            }
+            if let Some(note) = note {
+                say!(
+                    text,
+                    "  {:<17}{:.2} ms per call, {:.2} video FPS (modelled: the prologue fusions above)",
+                    "wgmma, prologues",
+                    s * 1e3,
+                    p.video_frames_per_call / s
+                );
+                say!(text, "{note}");
+            }
             j
         }
         _ => Value::Null,
@@ -381,6 +454,7 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
                 "ms_per_call_at_efficiency": prediction.map(|p| p.seconds_per_call_at_efficiency * 1e3),
                 "fps_at_efficiency": prediction.map(|p| p.fps_at_efficiency),
                 "kernel_paths": paths_json,
+                "launches": launches_json,
                 "prompt_ms": ms(&cost.prompt.ops),
             },
             "classes": classes_json,

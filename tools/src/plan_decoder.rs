@@ -199,7 +199,7 @@ pub fn report(
             per_call / (g.fp16_tflops * 1e12) * 1e3
         );
         totals += &format!(
-            "  end to end       {:.2} ms per call (DiT {:.2} + decoder {:.2} on one GPU), {:.2} video FPS; at {:.0}%: {:.2} ms, {:.2} FPS\n",
+            "  end to end       {:.2} ms per call (DiT launches {:.2} + decoder {:.2} on one GPU), {:.2} video FPS; at {:.0}%: {:.2} ms, {:.2} FPS\n",
             serial * 1e3,
             p.seconds_per_call * 1e3,
             dec * 1e3,

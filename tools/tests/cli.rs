@@ -345,6 +345,17 @@ fn plan_reports_flops_memory_and_roofline() {
     assert!(ms > 128e12 * 0.98 / 989e12 * 1e3 && ms < 250.0, "{ms} ms");
     within("/totals/fps", 8.0 / (ms / 1e3), 1e-9);
     within("/totals/fps_at_efficiency", 0.6 * 8.0 / (ms / 1e3), 1e-9);
+    // The CUDA backend's launches fold the residuals, SwiGLU and norms: faster than op by
+    // op, never under the FLOP floor; the modelled prologues fold more.
+    let device_ms = num("/totals/launches/device/ms_per_call");
+    let prologue_ms = num("/totals/launches/with_prologues/ms_per_call");
+    assert!(
+        prologue_ms < device_ms && device_ms < ms && prologue_ms > 128e12 * 0.98 / 989e12 * 1e3,
+        "{prologue_ms} < {device_ms} < {ms}"
+    );
+    for needle in ["device launches", "wgmma, prologues"] {
+        assert!(stdout.contains(needle), "`{needle}` missing");
+    }
     let ops = report["ops"].as_array().unwrap();
     let op_ms: f64 = ops
         .iter()

@@ -34,6 +34,7 @@
 
 mod decoder;
 mod dit;
+pub mod launches;
 mod op;
 mod paths;
 mod roofline;

@@ -170,12 +170,23 @@ impl Prediction {
         video_frames_per_call: f64,
         efficiency: f64,
     ) -> Result<Prediction> {
+        Prediction::of_ops(gpu, &cost.call.ops, video_frames_per_call, efficiency)
+    }
+
+    /// The same for any list of costs run one after another: a call's graph ops, or the
+    /// device launches they fold into (`cost::launches`).
+    pub fn of_ops(
+        gpu: GpuSpec,
+        ops: &[OpCost],
+        video_frames_per_call: f64,
+        efficiency: f64,
+    ) -> Result<Prediction> {
         if !(efficiency > 0.0 && efficiency <= 1.0) {
             return Err(Error::Invalid(format!(
                 "efficiency must lie in (0, 1], found {efficiency}"
             )));
         }
-        let seconds = gpu.list_seconds(&cost.call.ops);
+        let seconds = gpu.list_seconds(ops);
         Ok(Prediction {
             gpu,
             video_frames_per_call,

@@ -40,6 +40,7 @@ use std::collections::HashMap;
 
 use self::ctx::{At, Ctx};
 use crate::backend::cuda::device::DeviceBuffer;
+use crate::cost::launches::Fold;
 use crate::error::{Error, Result};
 use crate::memory::{Fusion, MemoryPlan, OpList};
 use crate::model::graph::{Graph, Op, TensorId};
@@ -70,6 +71,19 @@ pub fn fusion(graph: &Graph) -> Fusion {
         OpList::Prompt => fused_with_previous(&graph.prompt_ops, i),
         OpList::Call => fused_with_previous(&graph.call_ops, i),
     })
+}
+
+/// Where each op of the call list runs on the device, for `plan`'s launch roofline: the
+/// epilogue fusions of [`fused_with_previous`] fold into the op before, the per-head RMS
+/// norms into the attention op that loads the tensor after them.
+pub fn device_call_folds(graph: &Graph) -> Vec<Fold> {
+    (0..graph.call_ops.len())
+        .map(|i| match graph.call_ops[i] {
+            _ if fused_with_previous(&graph.call_ops, i) => Fold::IntoPrevious,
+            Op::HeadRmsNorm { .. } => Fold::IntoNext,
+            _ => Fold::Alone,
+        })
+        .collect()
 }
 
 /// The gains of the per-head RMS norms waiting for their attention op, by `(tensor, column
