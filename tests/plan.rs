@@ -567,3 +567,76 @@ fn launches_fold_what_the_lowering_fuses() {
         assert!(floor <= pro && pro < dev && dev < ops, "{profile}");
     }
 }
+
+/// The TAE decoder's device launches: every FLOP kept; one launch per op except `Save`,
+/// `RepeatFrames` and plain `AddSaved` (folded) and `GroupNorm` (two passes); the modelled
+/// apply-at-load saves exactly the write and the read of each normalised tensor a `Conv2d`
+/// reads; an `AddSaved` the device cannot fuse is an error, not a guess.
+#[test]
+fn decoder_launches_fold_what_the_device_fuses() {
+    use streamdit::decoder::tae::launch_costs;
+    use streamdit::model::tae::{TaeGraph, TaeOp};
+    for name in ["tiny", "streamdit-4b"] {
+        let p = Profile::builtin(name).unwrap();
+        let m = &p.model;
+        let c = p.stream.chunk_frames;
+        let g = TaeGraph::new(
+            &p.decoder,
+            m.latent_channels,
+            m.latent_height,
+            m.latent_width,
+        )
+        .unwrap();
+        let ops = streamdit::cost::DecoderCost::of(&g, c);
+        let device = launch_costs(&g, c, false).unwrap();
+        let folded = launch_costs(&g, c, true).unwrap();
+        for l in [&device, &folded] {
+            assert_eq!(l.iter().map(|x| x.flops).sum::<u64>(), ops.total.flops);
+        }
+        let count = |f: &dyn Fn(&TaeOp) -> bool| g.steps.iter().filter(|s| f(&s.op)).count();
+        let saves = count(&|o| matches!(o, TaeOp::Save));
+        let repeats = count(&|o| matches!(o, TaeOp::RepeatFrames));
+        let adds = count(&|o| matches!(o, TaeOp::AddSaved { skip: None, .. }));
+        let norms = count(&|o| matches!(o, TaeOp::GroupNorm { .. }));
+        assert_eq!(
+            device.len(),
+            g.steps.len() - saves - repeats - adds + norms,
+            "{name}"
+        );
+        let mut saved = 0;
+        let mut before_conv = 0;
+        for (i, s) in g.steps.iter().enumerate() {
+            let next_conv = matches!(
+                g.steps.get(i + 1).map(|n| &n.op),
+                Some(TaeOp::Conv2d { .. })
+            );
+            if matches!(s.op, TaeOp::GroupNorm { .. }) && next_conv {
+                saved += 2 * ops.ops[i].bytes_written;
+                before_conv += 1;
+            }
+        }
+        assert!(before_conv > 0);
+        assert_eq!(folded.len(), device.len() - before_conv);
+        let bytes = |l: &[streamdit::cost::OpCost]| l.iter().map(|x| x.bytes()).sum::<u64>();
+        assert_eq!(bytes(&device) - bytes(&folded), saved, "{name}");
+        let h100 = GpuSpec::H100;
+        println!(
+            "{name} decoder on an H100 per chunk: op by op {:.2} ms, device launches {:.2} ms, GroupNorm at the load {:.2} ms",
+            h100.list_seconds(&ops.ops) * 1e3,
+            h100.list_seconds(&device) * 1e3,
+            h100.list_seconds(&folded) * 1e3
+        );
+        assert!(h100.list_seconds(&folded) < h100.list_seconds(&device));
+
+        // A residual add after a plain convolution has no device lowering.
+        let mut bad = g.clone();
+        let at = bad
+            .steps
+            .iter()
+            .position(|s| matches!(s.op, TaeOp::AddSaved { skip: None, .. }))
+            .unwrap();
+        bad.steps.remove(at - 1);
+        let e = launch_costs(&bad, c, false).unwrap_err().to_string();
+        assert!(e.contains("AddSaved") && e.contains("ConvT"), "{e}");
+    }
+}

@@ -126,7 +126,9 @@ pub mod inspect {
         window_sum_sq, Bound, CostSum, DecoderCost, GpuSpec, GraphCost, KernelPath, ListCost,
         OpClass, OpCost, OpTime, ParamCount, Prediction, VideoCost,
     };
-    pub use crate::decoder::tae::{device_memory as decoder_device_memory, TaeMemory};
+    pub use crate::decoder::tae::{
+        device_memory as decoder_device_memory, launch_costs as decoder_launch_costs, TaeMemory,
+    };
     pub use crate::engine::{
         wan_decoder_graph, wan_decoder_kind, wan_encoder_graph, wan_video_to_video_memory,
     };

@@ -10,5 +10,5 @@ pub mod encoder;
 mod layers;
 
 pub use cpu::TaeDecoder;
-pub use device::{device_memory, DeviceTae, TaeMemory};
+pub use device::{device_memory, launch_costs, DeviceTae, TaeMemory};
 pub use encoder::TaeEncoder;

@@ -32,6 +32,7 @@
 //!
 //! [`RepeatFrames`]: TaeOp::RepeatFrames
 
+mod plan_launches;
 mod layout;
 mod lower;
 
@@ -49,6 +50,7 @@ use crate::decoder::{to_bytes, Decoder};
 use crate::error::{Error, Result};
 use crate::model::tae::{TaeGraph, TaeKind, TEMPORAL_UPSAMPLE};
 
+pub use self::plan_launches::launch_costs;
 pub use self::layout::{device_memory, TaeMemory};
 
 fn lowering_error(what: impl std::fmt::Display) -> Error {
