@@ -1,7 +1,7 @@
 //! Op costs grouped into device launches: a graph op either runs in a launch of its own or
 //! folds into a neighbour's ([`Fold`]), and a launch's bytes drop the tensors that never
 //! leave the chip. The CUDA lowering says which folds it performs today
-//! (`backend::cuda::lower::device_folds`); [`with_prologues`] adds the ones issue 18 asks for
+//! (`backend::cuda::lower::device_call_folds`); [`with_prologues`] adds the ones issue 18 asks for
 //! and no kernel does yet, so `plan` can show both rooflines.
 //!
 //! The byte rule, for the compulsory-traffic convention of this module's parent:
@@ -18,7 +18,7 @@
 //! FLOPs add up. A launch takes the class of its one op that is not folded (the GEMM or the
 //! attention), so a kernel path's efficiency for that class applies to the whole launch.
 
-use super::{OpClass, OpCost};
+use super::OpCost;
 use crate::error::{Error, Result};
 use crate::model::graph::{Graph, Op};
 
@@ -53,7 +53,7 @@ pub fn group(costs: &[OpCost], folds: &[Fold]) -> Result<Vec<Launch>> {
         )));
     }
     let mut launches: Vec<Launch> = Vec::new();
-    // Ops waiting for the next launch: their indices and what they add to it.
+    // Indices of the ops waiting to fold into the next launch.
     let mut pending: Vec<usize> = Vec::new();
     for (i, (c, fold)) in costs.iter().zip(folds).enumerate() {
         match fold {
@@ -139,21 +139,10 @@ pub fn costs_of(launches: &[Launch]) -> Vec<OpCost> {
     launches.iter().map(|l| l.cost).collect()
 }
 
-/// How many launches of each class a list has, in [`OpClass::ALL`] order.
-pub fn count_by_class(launches: &[Launch]) -> [usize; 5] {
-    let mut n = [0; 5];
-    for l in launches {
-        n[OpClass::ALL
-            .iter()
-            .position(|c| *c == l.cost.class)
-            .unwrap_or(0)] += 1;
-    }
-    n
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cost::OpClass;
 
     fn c(flops: u64, read: u64, written: u64, class: OpClass) -> OpCost {
         OpCost {
@@ -185,7 +174,6 @@ mod tests {
         // Unfolded: the costs unchanged.
         let alone = group(&costs, &[Fold::Alone; 4]).unwrap();
         assert_eq!(costs_of(&alone), costs.to_vec());
-        assert_eq!(count_by_class(&l), [1, 0, 0, 0, 1]);
     }
 
     #[test]
