@@ -12,6 +12,11 @@
 // E[x^2] - mean^2 cancellation when |mean| >> std), and each chunk is normalised, modulated
 // and stored as one 16-byte f16 vector.
 //
+// Row statistics for a GEMM's LayerNorm prologue (gemm_sm90.cu, `ln` entries): the same two
+// reductions, stored as out2[r] = (mean, sum((x - mean)^2)) (f32 pairs over the f16 output's
+// space) instead of the normalised row: ln_stats_rows_warp and ln_stats_row_cta, the same
+// configurations and parameters (mods, weight and bias unused).
+//
 // Entry points (kernels/src/adaln.rs picks one by D):
 //   adaln_rows_warp  one warp per row, AdaLnTraits::kWarpRowsPerCta rows per CTA, for D <= 1024
 //                    (<= 4 chunks per lane; shuffle reductions only, no barrier)
@@ -103,7 +108,7 @@ __device__ __forceinline__ float cta_sum(float v, float* part) {
 // The row computation shared by both entries. The thread owns chunks c = first + i * stride
 // (i < kMaxChunks, c < chunks); `reduce(v, k)` sums v over the threads sharing the row, k
 // (0: mean, 1: variance) naming the reduction.
-template <class Reduce>
+template <bool kStats, class Reduce>
 __device__ __forceinline__ void adaln_row(const AdaLnParams& p, int row, int first, int stride,
                                           Reduce reduce) {
     using T = AdaLnTraits;
@@ -134,7 +139,13 @@ ADALN_UNROLL
             }
         }
     }
-    const float var = reduce(sq, 1) * inv_d;
+    const float m2 = reduce(sq, 1);
+    if constexpr (kStats) {
+        // Every thread holds the sums; the row's first thread stores them.
+        if (first == 0) reinterpret_cast<float2*>(p.out)[row] = make_float2(mean, m2);
+        return;
+    }
+    const float var = m2 * inv_d;
     const float inv = rsqrtf(var + T::kEps);
 
     const float* sh = nullptr;
@@ -186,9 +197,18 @@ extern "C" __global__ void __launch_bounds__(AdaLnTraits::kWarpThreads)
     using T = AdaLnTraits;
     const int row = blockIdx.x * T::kWarpRowsPerCta + threadIdx.x / 32;
     if (row >= p.m) return;
-    adaln_row(p, row, threadIdx.x % 32, 32, [](float v, int) { return warp_sum(v); });
+    adaln_row<false>(p, row, threadIdx.x % 32, 32, [](float v, int) { return warp_sum(v); });
 }
 EMU_REGISTER_KERNEL(adaln_rows_warp, AdaLnParams)
+
+extern "C" __global__ void __launch_bounds__(AdaLnTraits::kWarpThreads)
+    ln_stats_rows_warp(AdaLnParams p) {
+    using T = AdaLnTraits;
+    const int row = blockIdx.x * T::kWarpRowsPerCta + threadIdx.x / 32;
+    if (row >= p.m) return;
+    adaln_row<true>(p, row, threadIdx.x % 32, 32, [](float v, int) { return warp_sum(v); });
+}
+EMU_REGISTER_KERNEL(ln_stats_rows_warp, AdaLnParams)
 
 // ---------------------------------------------------------------------------------------
 // (b) One CTA per row (grid = m), blockDim.x a multiple of 32, at most 512, with
@@ -198,7 +218,16 @@ extern "C" __global__ void __launch_bounds__(AdaLnTraits::kCtaMaxThreads)
     adaln_row_cta(AdaLnParams p) {
     using T = AdaLnTraits;
     __shared__ float part[2][T::kCtaMaxThreads / 32];  // per-warp partials: mean, variance
-    adaln_row(p, blockIdx.x, threadIdx.x, blockDim.x,
-              [&](float v, int k) { return cta_sum(v, part[k]); });
+    adaln_row<false>(p, blockIdx.x, threadIdx.x, blockDim.x,
+                     [&](float v, int k) { return cta_sum(v, part[k]); });
 }
 EMU_REGISTER_KERNEL(adaln_row_cta, AdaLnParams)
+
+extern "C" __global__ void __launch_bounds__(AdaLnTraits::kCtaMaxThreads)
+    ln_stats_row_cta(AdaLnParams p) {
+    using T = AdaLnTraits;
+    __shared__ float part[2][T::kCtaMaxThreads / 32];
+    adaln_row<true>(p, blockIdx.x, threadIdx.x, blockDim.x,
+                    [&](float v, int k) { return cta_sum(v, part[k]); });
+}
+EMU_REGISTER_KERNEL(ln_stats_row_cta, AdaLnParams)

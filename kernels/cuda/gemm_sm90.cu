@@ -10,6 +10,24 @@
 //   gemm_sm90_gated_residual  h_f32[M, N]   += mods[frame(r), gate, n] * (acc + bias[n])
 //   gemm_sm90_swiglu          out_f16[M, Dff] = SiLU(u) * g,  [u; g] = A * W13^T
 //
+// and with a LayerNorm / adaLN prologue, A = adaLN(X) formed as the tile is loaded (the
+// `ln` entries; epilogues as above):
+//   gemm_sm90_ln_bias_f16, gemm_sm90_ln_bias_f32, gemm_sm90_ln_swiglu
+//     A[r, k] = (X[r, k] - mean_r) * rstd_r * (1 + mods[f(r), scale, k]) + mods[f(r), shift, k]
+//     (X f32 [M, K]; without mods the plain LayerNorm), the row statistics combined from
+//     `ln_parts` partial (mean, sum of squared deviations) pairs per row over consecutive
+//     groups of `ln_part_cols` columns (Chan et al.'s pairwise update; one pair from
+//     adaln.cu's ln_stats_* entries); rstd_r = 1 / sqrt(M2_r / K + 1e-6), as adaln.cu.
+//   The producer loads X's f32 rows by TMA (two 32-column boxes per k-tile, 128-byte
+//   swizzled: 32 KiB of A staging per slot instead of 16); each consumer thread reads its
+//   wgmma A-register fragment (two rows, eight k per k16 step) from the staging, normalises
+//   and modulates it in f32, rounds to f16 and issues wgmma with A from registers (the RS
+//   form FlashAttention-3 uses for P V). The f16 A tensor is never written: the adaLN
+//   launch's write and this GEMM's read of it (4 bytes per element) are gone. Each consumer
+//   waits for its own wgmmas before releasing the slot (wgmma.wait_group 0: the A registers
+//   stay live until the MMAs retire), so the two consumer warpgroups alternate between
+//   forming A and the tensor cores rather than overlapping inside one warpgroup.
+//
 // CTA = 3 warpgroups (384 threads) working through 128 x 128 output tiles (SwiGLU: 128 x 64
 // outputs from 64 u and 64 g columns), persistent: grid x is at most the SM count (or the
 // tile count), CTA b takes tiles b, b + gridDim.x, ... in grouped order (TileOrder), its
@@ -80,8 +98,12 @@
 // streamdit-emu-variant: no_full_wait
 //   the consumers skip the wait on the slot's full barrier: their wgmma reads the slot
 //   before (or unordered with) the TMA load that fills it (read-after-write).
+// streamdit-emu-variant: ln_no_full_wait
+//   the prologue's consumers skip the same wait: their loads of the f32 staging read the slot
+//   before (or unordered with) the TMA load that fills it (read-after-write).
 #include <cuda_fp16.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "common/ptx_sm90.cuh"
 
@@ -111,7 +133,19 @@ struct Sm90Traits {
     static constexpr int kProducerRegs = 40;
     static constexpr int kConsumerRegs = 232;
 
+    // The LayerNorm prologue's slot: A staged as f32 (two boxes of 32 k x 128 rows).
+    static constexpr uint32_t kLnBoxK = 32;                      // f32 k per box: 128 bytes
+    static constexpr uint32_t kLnBox = kBM * kLnBoxK * 4;        // 16 KiB
+    static constexpr uint32_t kLnTileA = 2 * kLnBox;             // 32 KiB
+    static constexpr uint32_t kLnStageBytes = kLnTileA + kTileW; // 48 KiB
+    static constexpr uint32_t kLnSmemBytes = kStages * kLnStageBytes + 1024;
+    static constexpr float kLnEps = 1e-6f;                       // adaln.cu's epsilon
+
     static_assert(kRowBytes == 128, "a k-tile row must be one 128-byte swizzle atom row");
+    static_assert(kLnBoxK * 4 == 128 && 2 * kLnBoxK == kBK,
+                  "a k-tile of f32 A is two 128-byte swizzle rows per row");
+    static_assert(kLnSmemBytes <= 227 * 1024, "the prologue's ring must fit shared memory");
+    static_assert(kLnStageBytes < (1u << 20), "tx-count limit of an mbarrier phase");
     static_assert(kBK % 16 == 0, "whole k16 wgmma steps");
     static_assert(kWgRows == 64, "each consumer warpgroup issues m64 wgmmas");
     static_assert(kBN % 8 == 0 && kBN <= 256, "wgmma N is a multiple of 8 up to 256");
@@ -140,6 +174,15 @@ struct GemmSm90Params {
     int gate;
     int tokens;
     int tokens_per_frame;
+    // The LayerNorm prologue (`ln` entries; map_a then describes X f32 [M, K], box {32 k,
+    // 128 rows}); unused otherwise.
+    const float* ln_stats;  // (M, ln_parts) pairs (mean, sum of squared deviations)
+    const float* ln_mods;   // (F, ln_mod_k, K) per-frame shift and scale, or null (plain LN)
+    int ln_parts;           // partial pairs per row
+    int ln_part_cols;       // columns per partial (the last covers the rest of K)
+    int ln_mod_k;
+    int ln_shift;
+    int ln_scale;
 };
 
 enum class Epi { BiasF16, BiasGeluF16, BiasF32, GatedResidual, Swiglu };
@@ -219,6 +262,133 @@ SM90_UNROLL
     }
 }
 
+// ---- The LayerNorm prologue ----
+
+__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
+
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// (mean, rstd) of row `row` of X from its ln_parts partial pairs; the four lanes of a quad
+// (q = t % 4) share the row and each combines every fourth pair. A row past M gives (0, 0):
+// its A values are then 0 whatever TMA's zero fill left. Every lane must call it (shuffles).
+__device__ __forceinline__ float2 ln_row_stats(const GemmSm90Params& p, int row, int q) {
+    using T = Sm90Traits;
+    const bool live = row < p.m;
+    const float inv_k = 1.0f / static_cast<float>(p.k);
+    const float* pairs = p.ln_stats + static_cast<size_t>(live ? row : 0) * p.ln_parts * 2;
+    if (p.ln_parts == 1) {  // one pair over the whole row (ln_stats_*): used as it is
+        const float2 s = live ? make_float2(pairs[0], pairs[1]) : make_float2(0.0f, 0.0f);
+        return make_float2(s.x, live ? rsqrtf(s.y * inv_k + T::kLnEps) : 0.0f);
+    }
+    // Chan et al.: mean = sum n_i mean_i / K; M2 = sum (M2_i + n_i (mean_i - mean)^2).
+    float s1 = 0.0f;
+    for (int i = q; live && i < p.ln_parts; i += 4) {
+        const int n = min(p.ln_part_cols, p.k - i * p.ln_part_cols);
+        s1 += static_cast<float>(n) * pairs[2 * i];
+    }
+    const float mean = quad_sum(s1) * inv_k;
+    float m2 = 0.0f;
+    for (int i = q; live && i < p.ln_parts; i += 4) {
+        const int n = min(p.ln_part_cols, p.k - i * p.ln_part_cols);
+        const float d = pairs[2 * i] - mean;
+        m2 += pairs[2 * i + 1] + static_cast<float>(n) * d * d;
+    }
+    m2 = quad_sum(m2);
+    return make_float2(mean, live ? rsqrtf(m2 * inv_k + T::kLnEps) : 0.0f);
+}
+
+// A consumer thread's view of the prologue for one output tile: its two rows (tile rows
+// r and r + 8 of its A fragment, "register layout of A"), their statistics and, with a
+// modulation, their frames' shift and scale vectors.
+struct LnRows {
+    float mean[2], rstd[2];
+    const float* shift[2];  // null without modulation or past M
+    const float* scale[2];
+};
+
+__device__ __forceinline__ LnRows ln_rows(const GemmSm90Params& p, int m0, int tile_row, int q) {
+    LnRows r;
+SM90_UNROLL
+    for (int h = 0; h < 2; ++h) {
+        const int row = m0 + tile_row + 8 * h;
+        const float2 s = ln_row_stats(p, row, q);
+        r.mean[h] = s.x;
+        r.rstd[h] = s.y;
+        r.shift[h] = nullptr;
+        r.scale[h] = nullptr;
+        if (p.ln_mods != nullptr && row < p.m) {
+            const int frame = (row % p.tokens) / p.tokens_per_frame;
+            const float* fm = p.ln_mods + static_cast<size_t>(frame) * p.ln_mod_k * p.k;
+            r.shift[h] = fm + static_cast<size_t>(p.ln_shift) * p.k;
+            r.scale[h] = fm + static_cast<size_t>(p.ln_scale) * p.k;
+        }
+    }
+    return r;
+}
+
+// The modulation of k-tile k0 for the thread's A registers: for k16 step j and register i
+// (row half h = i & 1, k half i >> 1), columns k0 + 16 j + 8 (i >> 1) + 2 q + {0, 1}:
+// (1 + scale, shift) pairs, identity past K or without a modulation. Loaded before the
+// thread waits for the slot, so the loads overlap the wait.
+struct LnMods {
+    float2 mul[4][4];
+    float2 add[4][4];
+};
+
+__device__ __forceinline__ void ln_mods(const GemmSm90Params& p, const LnRows& r, int k0, int q,
+                                        LnMods& m) {
+SM90_UNROLL
+    for (int j = 0; j < 4; ++j) {
+SM90_UNROLL
+        for (int i = 0; i < 4; ++i) {
+            const int h = i & 1;
+            const int k = k0 + 16 * j + 8 * (i >> 1) + 2 * q;
+            m.mul[j][i] = make_float2(1.0f, 1.0f);
+            m.add[j][i] = make_float2(0.0f, 0.0f);
+            if (r.shift[h] != nullptr && k < p.k) {
+                const float2 sc = *reinterpret_cast<const float2*>(r.scale[h] + k);
+                m.mul[j][i] = make_float2(1.0f + sc.x, 1.0f + sc.y);
+                m.add[j][i] = *reinterpret_cast<const float2*>(r.shift[h] + k);
+            }
+        }
+    }
+}
+
+// The thread's f16 A registers for the four k16 steps of the k-tile staged at `stage` (two
+// 128-byte-swizzled boxes of 32 f32 k x 128 rows): element (row, kk) of the tile lies in
+// box kk / 32, row `row`, 16-byte unit ((kk % 32) / 4) ^ (row % 8) (SWIZZLE_128B: the unit
+// index XOR the row within the 1024-byte repeat).
+__device__ __forceinline__ void ln_form_a(const unsigned char* stage, const LnRows& r,
+                                          const LnMods& m, int tile_row, int q,
+                                          uint32_t (&a)[4][4]) {
+    using T = Sm90Traits;
+SM90_UNROLL
+    for (int j = 0; j < 4; ++j) {
+SM90_UNROLL
+        for (int i = 0; i < 4; ++i) {
+            const int h = i & 1;
+            const int row = tile_row + 8 * h;
+            const int kk = 16 * j + 8 * (i >> 1) + 2 * q;
+            const int byte = (kk % 32) * 4;
+            const int unit = (byte >> 4) ^ (row & 7);
+            const unsigned char* at =
+                stage + (kk / 32) * T::kLnBox + row * 128 + (unit << 4) + (byte & 15);
+            const float2 x = *reinterpret_cast<const float2*>(at);  // the staged X pair
+            const float y0 = (x.x - r.mean[h]) * r.rstd[h] * m.mul[j][i].x + m.add[j][i].x;
+            const float y1 = (x.y - r.mean[h]) * r.rstd[h] * m.mul[j][i].y + m.add[j][i].y;
+            a[j][i] = pack_f16x2(y0, y1);
+        }
+    }
+}
+
 // The output tiles in launch order, grouped rasterisation: tiles are numbered group by
 // group, a group being kGroupRows row tiles by every column tile, column-major inside the
 // group (tile i of a group: row tile i % rows, column tile i / rows). CTAs that run at the
@@ -239,10 +409,13 @@ struct TileOrder {
     }
 };
 
-template <Epi kEpi>
+// kLn: A is adaLN(X) formed from f32 X by the consumers (the `ln` entries, top of the file).
+template <Epi kEpi, bool kLn = false>
 __device__ __forceinline__ void gemm_sm90(const GemmSm90Params& p, unsigned char* smem) {
     using T = Sm90Traits;
     constexpr int S = T::kStages;
+    constexpr uint32_t kTileA = kLn ? T::kLnTileA : T::kTileA;
+    constexpr uint32_t kStage = kLn ? T::kLnStageBytes : T::kStageBytes;
     __shared__ uint64_t full[S], empty[S];
     const uint32_t base = ptx::smem_u32(smem);
     const uint32_t ring = (base + 1023u) & ~1023u;  // the swizzle repeats every 1024 bytes
@@ -283,11 +456,13 @@ __device__ __forceinline__ void gemm_sm90(const GemmSm90Params& p, unsigned char
                     const int s = it % S;
                     // Slot s is free once both consumers released k-tile it - S.
                     ptx::mbarrier_wait(&empty[s], ((it / S) & 1) ^ 1);
-                    ptx::mbarrier_arrive_expect_tx(&full[s], T::kStageBytes);
-                    unsigned char* a = ring_ptr + s * T::kStageBytes;
-                    unsigned char* w = a + T::kTileA;
+                    ptx::mbarrier_arrive_expect_tx(&full[s], kStage);
+                    unsigned char* a = ring_ptr + s * kStage;
+                    unsigned char* w = a + kTileA;
                     const int k0 = kt * T::kBK;
                     ptx::tma_load_2d(a, &p.map_a, &full[s], k0, m0);
+                    if constexpr (kLn)  // the second 32 f32 k of the k-tile
+                        ptx::tma_load_2d(a + T::kLnBox, &p.map_a, &full[s], k0 + T::kLnBoxK, m0);
                     ptx::tma_load_2d(w, &p.map_w, &full[s], k0, w_row0);
                     ptx::tma_load_2d(w + T::kBoxW * T::kRowBytes, &p.map_w, &full[s], k0,
                                      w_row1);
@@ -305,6 +480,32 @@ __device__ __forceinline__ void gemm_sm90(const GemmSm90Params& p, unsigned char
     for (int tile = blockIdx.x; tile < order.count(); tile += gridDim.x) {
         int row, col;
         order.at(tile, row, col);
+        if constexpr (kLn) {
+            // A from registers: form, issue, retire, release, one k-tile at a time.
+            const int q = t % 4;
+            const int tile_row = wg * T::kWgRows + 16 * (t / 32) + (t % 32) / 4;
+            const LnRows rows = ln_rows(p, row * T::kBM, tile_row, q);
+            for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+                const int s = it % S;
+                LnMods mods;
+                ln_mods(p, rows, kt * T::kBK, q, mods);
+#if !defined(EMU_VARIANT_ln_no_full_wait)  // planted race when defined (top of the file)
+                ptx::mbarrier_wait(&full[s], (it / S) & 1);
+#endif
+                uint32_t a[4][4];
+                ln_form_a(ring_ptr + s * kStage, rows, mods, tile_row, q, a);
+                const uint32_t w = ring + s * kStage + kTileA;
+                ptx::wgmma_fence();  // the A registers were just written
+SM90_UNROLL
+                for (int j = 0; j < T::kBK / 16; ++j)
+                    ptx::wgmma_f16_rs<T::kBN>(acc, a[j], kmajor_sw128_desc(w, j), kt > 0 || j > 0);
+                ptx::wgmma_commit();
+                ptx::wgmma_wait<0>();  // the wgmmas have read A's registers and W's slot
+                ptx::mbarrier_arrive(&empty[s]);
+            }
+            epilogue<kEpi>(p, acc, row * T::kBM, col * block_n, wg, t);
+            continue;
+        }
         [[maybe_unused]] const int first = it;  // this tile's first k-tile
         for (int kt = 0; kt < k_tiles; ++kt, ++it) {
             const int s = it % S;
@@ -373,3 +574,26 @@ extern "C" __global__ void __launch_bounds__(Sm90Traits::kThreads, 1)
     gemm_sm90<Epi::Swiglu>(p, smem);
 }
 EMU_REGISTER_KERNEL(gemm_sm90_swiglu, GemmSm90Params)
+
+// ---- The LayerNorm / adaLN prologue entries (top of the file) ----
+
+extern "C" __global__ void __launch_bounds__(Sm90Traits::kThreads, 1)
+    gemm_sm90_ln_bias_f16(const __grid_constant__ GemmSm90Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    gemm_sm90<Epi::BiasF16, true>(p, smem);
+}
+EMU_REGISTER_KERNEL(gemm_sm90_ln_bias_f16, GemmSm90Params)
+
+extern "C" __global__ void __launch_bounds__(Sm90Traits::kThreads, 1)
+    gemm_sm90_ln_bias_f32(const __grid_constant__ GemmSm90Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    gemm_sm90<Epi::BiasF32, true>(p, smem);
+}
+EMU_REGISTER_KERNEL(gemm_sm90_ln_bias_f32, GemmSm90Params)
+
+extern "C" __global__ void __launch_bounds__(Sm90Traits::kThreads, 1)
+    gemm_sm90_ln_swiglu(const __grid_constant__ GemmSm90Params p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    gemm_sm90<Epi::Swiglu, true>(p, smem);
+}
+EMU_REGISTER_KERNEL(gemm_sm90_ln_swiglu, GemmSm90Params)

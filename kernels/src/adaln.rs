@@ -34,6 +34,11 @@ const CTA_CHUNKS_PER_THREAD: usize = 2;
 pub const KERNEL_WARP: &str = "adaln_rows_warp";
 pub const KERNEL_CTA: &str = "adaln_row_cta";
 
+/// The row-statistics entries (same configurations): `out` receives `(mean, sum((x -
+/// mean)^2))` f32 pairs per row, the statistics the sm_90a GEMM's LayerNorm prologue takes.
+pub const KERNEL_STATS_WARP: &str = "ln_stats_rows_warp";
+pub const KERNEL_STATS_CTA: &str = "ln_stats_row_cta";
+
 /// Largest grid x of the CTA entry (one CTA per row); the emulator's block limit.
 const MAX_GRID: usize = 1 << 24;
 
@@ -165,6 +170,30 @@ pub fn config(m: usize, d: usize, mods: Option<&ModLayout>) -> Result<AdaLnLaunc
         }
     };
     Ok(AdaLnLaunch { kernel, config })
+}
+
+/// [`config`] for the row-statistics entries of `x [m, d]` (no modulation): they write `m`
+/// pairs of f32 (8 bytes a row) where the f16 output would be.
+pub fn stats_config(m: usize, d: usize) -> Result<AdaLnLaunch, String> {
+    let rename = |k: &str| {
+        if k == KERNEL_WARP {
+            KERNEL_STATS_WARP
+        } else {
+            KERNEL_STATS_CTA
+        }
+    };
+    let launch = config(m, d, None).map_err(|e| {
+        let k = if d <= WARP_MAX_D {
+            KERNEL_WARP
+        } else {
+            KERNEL_CTA
+        };
+        e.replacen(k, rename(k), 1)
+    })?;
+    Ok(AdaLnLaunch {
+        kernel: rename(launch.kernel),
+        config: launch.config,
+    })
 }
 
 /// Threads of the CTA entry for row width `d`: `roundup32(ceil(chunks / 2))`, at most 512.

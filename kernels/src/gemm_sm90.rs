@@ -13,6 +13,11 @@
 //! launch raises `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` first) and runs on
 //! compute capability 9.0 only (an sm_90a cubin).
 //!
+//! The LayerNorm / adaLN prologue ([`ln_config`], [`ln_params`]): the `gemm_sm90_ln_*`
+//! entries take A as `adaLN(X)` of an f32 `X [M, K]` and the rows' statistics
+//! ([`LnPrologue`]), form the f16 A fragment in registers and never write A; their ring slot
+//! stages X as f32 ([`LN_SHARED_BYTES`], 193 KiB).
+//!
 //! Tensor maps: [`a_map`] and [`w_map`] describe the operands as `cuTensorMapEncodeTiled`
 //! takes them; [`params`] encodes them with the encoder it is given
 //! ([`Tiled::encode_emulated`] for the emulator, the driver's `cuTensorMapEncodeTiled` on a
@@ -38,6 +43,12 @@ pub const THREADS: u32 = 384;
 /// `STAGES * (BLOCK_M + BLOCK_N) * BLOCK_K * 2` bytes of ring plus 1 KiB to align it to
 /// the 1024-byte repeat of the 128-byte swizzle: 132 096 bytes.
 pub const SHARED_BYTES: u32 = STAGES * (BLOCK_M + BLOCK_N) * BLOCK_K * 2 + 1024;
+
+/// The prologue entries' ring: `STAGES * (BLOCK_M * BLOCK_K * 4 + BLOCK_N * BLOCK_K * 2)`
+/// plus the 1 KiB alignment: 197 632 bytes.
+pub const LN_SHARED_BYTES: u32 = STAGES * (BLOCK_M * BLOCK_K * 4 + BLOCK_N * BLOCK_K * 2) + 1024;
+/// f32 columns of X per TMA box (128 bytes: one swizzle row); two boxes per k-tile.
+pub const LN_BOX_K: u32 = 32;
 
 /// Most output tiles of one launch: the kernel numbers them with an `int`.
 const MAX_TILES: u32 = i32::MAX as u32;
@@ -74,6 +85,20 @@ impl Epilogue {
             Epilogue::BiasF32 => "gemm_sm90_bias_f32",
             Epilogue::GatedResidual => "gemm_sm90_gated_residual",
             Epilogue::Swiglu => "gemm_sm90_swiglu",
+        }
+    }
+
+    /// The entry with the LayerNorm prologue: BiasF16, BiasF32 and Swiglu have one (the
+    /// linear layers that read a norm's output); the others are an error.
+    pub fn kernel_ln(self) -> Result<&'static str, String> {
+        match self {
+            Epilogue::BiasF16 => Ok("gemm_sm90_ln_bias_f16"),
+            Epilogue::BiasF32 => Ok("gemm_sm90_ln_bias_f32"),
+            Epilogue::Swiglu => Ok("gemm_sm90_ln_swiglu"),
+            other => Err(format!(
+                "{}: no LayerNorm-prologue variant (only bias f16, bias f32 and SwiGLU have one)",
+                other.kernel()
+            )),
         }
     }
 
@@ -121,9 +146,32 @@ pub struct GemmSm90Params {
     pub gate: i32,
     pub tokens: i32,
     pub tokens_per_frame: i32,
+    /// (M, ln_parts) pairs (mean, sum of squared deviations) of X's rows (prologue), or null.
+    pub ln_stats: *const f32,
+    /// (frames, ln_mod_k, K) f32 shift and scale vectors (adaLN prologue), or null.
+    pub ln_mods: *const f32,
+    pub ln_parts: i32,
+    pub ln_part_cols: i32,
+    pub ln_mod_k: i32,
+    pub ln_shift: i32,
+    pub ln_scale: i32,
 }
 
-const _: () = assert!(std::mem::size_of::<GemmSm90Params>() == 320);
+const _: () = assert!(std::mem::size_of::<GemmSm90Params>() == 384);
+
+/// The LayerNorm / adaLN prologue of a launch: `A = LN(X) * (1 + mods[f, scale]) +
+/// mods[f, shift]` (or the plain `LN(X)` without `mods`) with `X [M, K]` f32 and the rows'
+/// statistics in `stats`: `parts` pairs per row, pair `i` the mean and the sum of squared
+/// deviations of columns `[i * part_cols, min(K, (i + 1) * part_cols))` (one pair per row
+/// from `adaln`'s `ln_stats_*` entries).
+#[derive(Clone, Copy, Debug)]
+pub struct LnPrologue {
+    pub x: *const f32,
+    pub stats: *const f32,
+    pub parts: usize,
+    pub part_cols: usize,
+    pub mods: Option<(*const f32, crate::adaln::ModLayout)>,
+}
 
 /// The device pointers of one launch (f16 as `u16` bit patterns). Null where the epilogue
 /// does not use the buffer.
@@ -219,6 +267,128 @@ pub fn config_persistent(
     Ok(c)
 }
 
+/// [`config`] (or [`config_persistent`] with `ctas`) for the prologue entry of `epi`: the
+/// same grid and block, the f32 staging's [`LN_SHARED_BYTES`]; checks the prologue's layout.
+pub fn ln_config(
+    epi: Epilogue,
+    m: usize,
+    n: usize,
+    k: usize,
+    ln: &LnPrologue,
+    ctas: Option<u32>,
+) -> Result<LaunchConfig, String> {
+    let kernel = epi.kernel_ln()?;
+    let mut c = match ctas {
+        Some(ctas) => config_persistent(epi, m, n, k, None, ctas),
+        None => config(epi, m, n, k, None),
+    }
+    .map_err(|e| e.replacen(epi.kernel(), kernel, 1))?;
+    check_ln(kernel, m, k, ln)?;
+    c.shared_bytes = LN_SHARED_BYTES;
+    Ok(c)
+}
+
+fn check_ln(kernel: &str, m: usize, k: usize, ln: &LnPrologue) -> Result<(), String> {
+    if ln.x.is_null() || ln.stats.is_null() {
+        return Err(format!(
+            "{kernel}: the prologue's X and row statistics must not be null"
+        ));
+    }
+    if ln.parts == 0 || ln.part_cols == 0 || ln.parts != k.div_ceil(ln.part_cols) {
+        return Err(format!(
+            "{kernel}: {} statistics pairs of {} columns per row do not cover K = {k} \
+             (expected ceil(K / columns) pairs, at least one)",
+            ln.parts, ln.part_cols
+        ));
+    }
+    to_i32(kernel, "statistics pairs", m.saturating_mul(ln.parts))?;
+    if let Some((mods, l)) = &ln.mods {
+        if mods.is_null() {
+            return Err(format!("{kernel}: the modulation pointer must not be null"));
+        }
+        for (what, index) in [("shift", l.shift), ("scale", l.scale)] {
+            let g = GateLayout {
+                frames: l.frames,
+                mod_k: l.mod_k,
+                gate: index,
+                tokens: l.tokens,
+                tokens_per_frame: l.tokens_per_frame,
+            };
+            crate::gemm::check_gate(kernel, m, k, &g)
+                .map_err(|e| format!("{e} (the prologue's {what} vector)"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The tensor map of the prologue's X `[M, K]` f32: boxes of 128 rows x 32 k (128 bytes,
+/// one swizzle row), two per k-tile, zeros outside.
+pub fn x_map(address: u64, m: usize, k: usize) -> Tiled {
+    Tiled {
+        data_type: DataType::F32,
+        global_address: address,
+        global_dim: vec![k as u64, m as u64],
+        global_strides: vec![4 * k as u64],
+        box_dim: vec![LN_BOX_K, BLOCK_M],
+        element_strides: vec![1, 1],
+        interleave: Interleave::None,
+        swizzle: Swizzle::B128,
+        l2_promotion: L2Promotion::B256,
+        oob_fill: OobFill::Zero,
+    }
+}
+
+/// [`params`] for the prologue entry of `epi`: `buffers.a` is unused (A is formed from
+/// `ln.x`); the other buffers as [`params`] takes them.
+#[allow(clippy::too_many_arguments)]
+pub fn ln_params(
+    epi: Epilogue,
+    m: usize,
+    n: usize,
+    k: usize,
+    ln: &LnPrologue,
+    buffers: &Buffers,
+    encode: impl Fn(&Tiled) -> Result<TensorMap, String>,
+) -> Result<GemmSm90Params, String> {
+    let kernel = epi.kernel_ln()?;
+    ln_config(epi, m, n, k, ln, None)?;
+    // `params` checks W and the output; its map of A is replaced by X's below.
+    let stand_in = Buffers {
+        a: ln.x.cast(),
+        ..*buffers
+    };
+    let mut p = params(epi, m, n, k, None, &stand_in, &encode)
+        .map_err(|e| e.replacen(epi.kernel(), kernel, 1))?;
+    p.map_a =
+        encode(&x_map(ln.x as u64, m, k)).map_err(|e| format!("{kernel}: tensor map of X: {e}"))?;
+    p.ln_stats = ln.stats;
+    p.ln_parts = to_i32(kernel, "statistics pairs", ln.parts)?;
+    p.ln_part_cols = to_i32(kernel, "statistics columns", ln.part_cols)?;
+    if let Some((mods, l)) = ln.mods {
+        p.ln_mods = mods;
+        p.ln_mod_k = to_i32(kernel, "mod_k", l.mod_k)?;
+        p.ln_shift = to_i32(kernel, "shift", l.shift)?;
+        p.ln_scale = to_i32(kernel, "scale", l.scale)?;
+        p.tokens = to_i32(kernel, "tokens", l.tokens)?;
+        p.tokens_per_frame = to_i32(kernel, "tokens_per_frame", l.tokens_per_frame)?;
+    }
+    Ok(p)
+}
+
+/// [`ln_params`] with the maps encoded for the emulator.
+pub fn ln_params_emulated(
+    epi: Epilogue,
+    m: usize,
+    n: usize,
+    k: usize,
+    ln: &LnPrologue,
+    buffers: &Buffers,
+) -> Result<GemmSm90Params, String> {
+    ln_params(epi, m, n, k, ln, buffers, |t| {
+        t.encode_emulated().map_err(|e| e.to_string())
+    })
+}
+
 /// A row-major f16 `[rows, k]` matrix at `address`, loaded in boxes of `box_rows` x 64 k,
 /// 128-byte swizzled, zeros outside (the ragged tiles and the K tail).
 fn operand_map(address: u64, rows: usize, k: usize, box_rows: u32) -> Tiled {
@@ -307,6 +477,13 @@ pub fn params(
         gate: to_i32(kernel, "gate", g.gate)?,
         tokens: to_i32(kernel, "tokens", g.tokens)?,
         tokens_per_frame: to_i32(kernel, "tokens_per_frame", g.tokens_per_frame)?,
+        ln_stats: std::ptr::null(),
+        ln_mods: std::ptr::null(),
+        ln_parts: 0,
+        ln_part_cols: 0,
+        ln_mod_k: 0,
+        ln_shift: 0,
+        ln_scale: 0,
     })
 }
 
@@ -351,5 +528,8 @@ mod tests {
         w_map(0x1000, 2 * 72, 136).validate().unwrap();
         assert_eq!(a_map(0, 1, 8).box_bytes(), 16 * 1024);
         assert_eq!(w_map(0, 1, 8).box_bytes(), 8 * 1024);
+        x_map(0x1000, 77, 200).validate().unwrap();
+        assert_eq!(x_map(0, 1, 8).box_bytes(), 16 * 1024);
+        assert_eq!(LN_SHARED_BYTES, 4 * 48 * 1024 + 1024);
     }
 }
