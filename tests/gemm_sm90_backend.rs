@@ -86,18 +86,39 @@ fn compute_capability_9_runs_the_sm90_gemm_and_matches_the_cpu() {
     assert_eq!(gemms(&ampere, "gemm_sm90"), 0);
     assert_eq!(gemms(&hopper, "gemm"), 0, "a mma.sync GEMM on 9.0");
     assert_eq!(gemms(&hopper, "gemm_sm90"), n);
-    for (k, name) in ["gemm_sm90_bias_f16", "gemm_sm90_bias_f32"]
-        .iter()
-        .zip(["bias f16", "bias f32"])
-    {
-        assert!(
-            hopper.steps.iter().any(|s| s.2 == *k),
-            "no {name} GEMM ({k}) in the 9.0 call"
+    // Each norm whose output only the next linear layer reads (3 per block and the final
+    // layer's: `cost::launches::with_prologues`) runs as a row-statistics pass and that
+    // GEMM's prologue: no adaLN launch is left, and the GEMMs reading a norm are the
+    // prologue entries.
+    let layers = common::emu_profile().model.depth;
+    let count = |c: &Call, kernel: &str| c.steps.iter().filter(|s| s.2 == kernel).count();
+    let stats = count(&hopper, "ln_stats_rows_warp") + count(&hopper, "ln_stats_row_cta");
+    assert_eq!(
+        stats,
+        3 * layers + 1,
+        "row-statistics passes in the 9.0 call"
+    );
+    let norms = count(&ampere, "adaln_rows_warp") + count(&ampere, "adaln_row_cta");
+    assert_eq!(norms, stats, "the 8.0 call's adaLN launches");
+    assert_eq!(
+        count(&hopper, "adaln_rows_warp") + count(&hopper, "adaln_row_cta"),
+        0,
+        "an adaLN launch left in the 9.0 call"
+    );
+    for (kernel, want) in [
+        ("gemm_sm90_ln_bias_f16", 2 * layers),
+        ("gemm_sm90_ln_swiglu", layers),
+        ("gemm_sm90_ln_bias_f32", 1),
+    ] {
+        assert_eq!(
+            count(&hopper, kernel),
+            want,
+            "{kernel} launches in the 9.0 call"
         );
     }
     let mut worst = (0.0f64, String::new());
     for (label, module, kernel, err) in &hopper.steps {
-        if *module == "gemm_sm90" {
+        if *module == "gemm_sm90" || kernel.starts_with("ln_stats") {
             println!("{label:<70} {kernel:<26} rel L2 vs cpu {err:.2e}");
         }
         if *err > worst.0 {

@@ -486,7 +486,7 @@ fn decoder_costs_match_the_spec() {
 #[test]
 fn launches_fold_what_the_lowering_fuses() {
     use streamdit::backend::cuda::lower::device_call_folds;
-    use streamdit::cost::launches::{costs_of, group, with_prologues, Fold};
+    use streamdit::cost::launches::{costs_of, group, stats_passes, with_prologues, Fold};
     let g = graph("tiny", 1.0);
     let cost = GraphCost::of(&g);
     let folds = device_call_folds(&g);
@@ -565,6 +565,32 @@ fn launches_fold_what_the_lowering_fuses() {
             floor * 1e3
         );
         assert!(floor <= pro && pro < dev && dev < ops, "{profile}");
+        // The sm_90a path: each folded norm leaves a statistics pass that reads its f32
+        // input once and writes a pair of f32 per row; between the bound and the launches
+        // of every device.
+        let stats = stats_passes(&g, &g.call_ops, &folds, &modelled);
+        assert_eq!(stats.len(), 3 * depth + 1, "{profile}: statistics passes");
+        let rows = g.config.tokens() * g.batch;
+        for s in &stats {
+            assert_eq!(s.bytes_read, (rows * g.config.dim * 4) as u64, "{profile}");
+            assert_eq!(s.bytes_written, (rows * 8) as u64, "{profile}");
+        }
+        let mut sm90 = costs_of(&prologues);
+        sm90.extend(stats);
+        let sm90 = h100.list_seconds(&sm90);
+        println!(
+            "{profile}: sm_90a launches {:.4} ms (device launches {:.4} ms)",
+            sm90 * 1e3,
+            dev * 1e3
+        );
+        // The statistics pass reads what the GEMM no longer reads in f16 plus what the norm
+        // no longer writes (4 bytes an element either way): it gains where the GEMMs are
+        // compute bound and hide their larger A read (streamdit-4b), not where they are
+        // memory bound (tiny).
+        assert!(pro < sm90, "{profile}");
+        if profile == "streamdit-4b" {
+            assert!(sm90 < dev, "{profile}");
+        }
     }
 }
 

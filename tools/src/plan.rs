@@ -30,6 +30,17 @@ pub(crate) struct PlanArgs {
     json: Option<PathBuf>,
 }
 
+/// The call's launch costs on each path `plan` reports.
+struct Launched {
+    /// Every device: the lowering's epilogue and load fusions.
+    device: Vec<streamdit::inspect::OpCost>,
+    /// Compute capability 9.0: norms in the next GEMM's prologue, plus their statistics
+    /// passes.
+    sm90: Vec<streamdit::inspect::OpCost>,
+    /// The prologues with the statistics from the previous epilogue (the bound).
+    bound: Vec<streamdit::inspect::OpCost>,
+}
+
 pub(crate) fn plan(args: PlanArgs) -> Result<()> {
     use serde_json::{json, Value};
     use streamdit::inspect::{lifetimes_fused, MemoryPlan, OpList, ALIGNMENT};
@@ -53,30 +64,37 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
     let prediction = gpu
         .map(|g| Prediction::new(g, &cost, frames, args.efficiency))
         .transpose()?;
-    // The launches the CUDA backend makes of the call ops, and the ones it would make with
-    // the prologue fusions no kernel does yet. The Wan family's lowering fuses across its
-    // own ops and its report keeps its own roofline.
+    // The launches the CUDA backend makes of the call ops: on every device; on compute
+    // capability 9.0, with LayerNorm / adaLN in the next GEMM's prologue and their row
+    // statistics from passes of their own; and the bound with those statistics taken from
+    // the previous epilogue (not built). The Wan family's lowering fuses across its own ops
+    // and its report keeps its own roofline.
     let launched = match &wan {
         None => {
             use streamdit::inspect::{device_call_folds, launches};
             let folds = device_call_folds(&graph);
             let device = launches::group(&cost.call.ops, &folds)?;
             let modelled = launches::with_prologues(&graph, &graph.call_ops, &folds);
-            Some((device, launches::group(&cost.call.ops, &modelled)?))
+            let stats = launches::stats_passes(&graph, &graph.call_ops, &folds, &modelled);
+            let bound = launches::group(&cost.call.ops, &modelled)?;
+            let mut sm90 = launches::costs_of(&bound);
+            sm90.extend(stats);
+            Some(Launched {
+                device: launches::costs_of(&device),
+                sm90,
+                bound: launches::costs_of(&bound),
+            })
         }
         Some(_) => None,
     };
-    let launch_prediction = |i: usize| -> Result<Option<Prediction>> {
-        match (gpu, &launched) {
-            (Some(g), Some(l)) => {
-                let list = if i == 0 { &l.0 } else { &l.1 };
-                let costs = streamdit::inspect::launches::costs_of(list);
-                Prediction::of_ops(g, &costs, frames, args.efficiency).map(Some)
-            }
+    let launch_prediction =
+        |pick: fn(&Launched) -> &Vec<streamdit::inspect::OpCost>| match (gpu, &launched) {
+            (Some(g), Some(l)) => Prediction::of_ops(g, pick(l), frames, args.efficiency).map(Some),
             _ => Ok(None),
-        }
-    };
-    let (device_prediction, prologue_prediction) = (launch_prediction(0)?, launch_prediction(1)?);
+        };
+    let device_prediction = launch_prediction(|l| &l.device)?;
+    let sm90_prediction = launch_prediction(|l| &l.sm90)?;
+    let prologue_prediction = launch_prediction(|l| &l.bound)?;
     let (bytes, flops, count) = (fmt_bytes, fmt_flops, fmt_count);
     // The report is built in memory and written at once; a closed pipe (`| head`) ends it.
     let mut text = String::new();
@@ -325,9 +343,10 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
         flops(cost.prompt.total.flops)
     );
     let mut launches_json = Value::Null;
-    if let (Some(p), Some(d), Some(m), Some((device, modelled))) = (
+    if let (Some(p), Some(d), Some(h), Some(m), Some(l)) = (
         &prediction,
         &device_prediction,
+        &sm90_prediction,
         &prologue_prediction,
         &launched,
     ) {
@@ -344,14 +363,21 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
             "  device launches  {:.2} ms per call, {:.2} video FPS (the CUDA backend's {} launches: residuals and SwiGLU in GEMM epilogues, guidance in unpatchify, q/k norms at the attention's load)",
             d.seconds_per_call * 1e3,
             d.fps,
-            device.len()
+            l.device.len()
         );
         say!(
             text,
-            "  with prologues   {:.2} ms per call, {:.2} video FPS ({} launches; modelled, no kernel yet: LayerNorm and adaLN at the next GEMM's A load)",
+            "  sm_90a launches  {:.2} ms per call, {:.2} video FPS ({} launches: as above, with LayerNorm and adaLN in the next GEMM's prologue, each after a row-statistics pass)",
+            h.seconds_per_call * 1e3,
+            h.fps,
+            l.sm90.len()
+        );
+        say!(
+            text,
+            "  with prologues   {:.2} ms per call, {:.2} video FPS ({} launches; modelled: the statistics left by the previous epilogue, not built yet)",
             m.seconds_per_call * 1e3,
             m.fps,
-            modelled.len()
+            l.bound.len()
         );
         say!(
             text,
@@ -362,20 +388,19 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
         );
         let row = |p: &Prediction, n: usize| json!({"launches": n, "ms_per_call": p.seconds_per_call * 1e3, "fps": p.fps});
         launches_json = json!({
-            "device": row(d, device.len()),
-            "with_prologues": row(m, modelled.len()),
+            "device": row(d, l.device.len()),
+            "sm90": row(h, l.sm90.len()),
+            "with_prologues": row(m, l.bound.len()),
         });
     }
     let paths_json = match (&device_prediction, &launched) {
-        (Some(p), Some((device, modelled))) => {
+        (Some(p), Some(l)) => {
             let g = p.gpu;
-            let costs = streamdit::inspect::launches::costs_of(device);
             let (t, j) = crate::plan_wan::kernel_paths(g, "call", p.video_frames_per_call, |k| {
-                k.list_seconds(&g, &costs)
+                k.list_seconds(&g, &l.device)
             });
-            // The modelled prologue fusions on the wgmma path, before the paths' closing note.
-            let fused = streamdit::inspect::launches::costs_of(modelled);
-            let s = streamdit::inspect::KernelPath::WGMMA.list_seconds(&g, &fused);
+            // The sm_90a launches on the wgmma path, before the paths' closing note.
+            let s = streamdit::inspect::KernelPath::WGMMA.list_seconds(&g, &l.sm90);
             let mut lines: Vec<&str> = t.lines().collect();
             let note = lines.pop();
             for l in lines {
@@ -384,7 +409,7 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
             if let Some(note) = note {
                 say!(
                     text,
-                    "  {:<17}{:.2} ms per call, {:.2} video FPS (modelled: the prologue fusions above)",
+                    "  {:<17}{:.2} ms per call, {:.2} video FPS (the sm_90a launches above: the prologue GEMMs and their statistics passes)",
                     "wgmma, prologues",
                     s * 1e3,
                     p.video_frames_per_call / s

@@ -353,7 +353,12 @@ fn plan_reports_flops_memory_and_roofline() {
         prologue_ms < device_ms && device_ms < ms && prologue_ms > 128e12 * 0.98 / 989e12 * 1e3,
         "{prologue_ms} < {device_ms} < {ms}"
     );
-    for needle in ["device launches", "wgmma, prologues"] {
+    let sm90_ms = num("/totals/launches/sm90/ms_per_call");
+    assert!(
+        prologue_ms < sm90_ms && sm90_ms < device_ms,
+        "{prologue_ms} < {sm90_ms} < {device_ms}"
+    );
+    for needle in ["device launches", "sm_90a launches", "wgmma, prologues"] {
         assert!(stdout.contains(needle), "`{needle}` missing");
     }
     let ops = report["ops"].as_array().unwrap();

@@ -134,6 +134,29 @@ pub fn with_prologues(graph: &Graph, ops: &[Op], base: &[Fold]) -> Vec<Fold> {
     folds
 }
 
+/// The row-statistics passes that the sm_90a path runs for the prologue folds `modelled`
+/// adds to `base` (`ln_stats_*`: the norm's input read once, a `(mean, M2)` f32 pair written
+/// per row; 3 FLOPs an element: sum, subtract, square-accumulate), one launch each.
+pub fn stats_passes(graph: &Graph, ops: &[Op], base: &[Fold], modelled: &[Fold]) -> Vec<OpCost> {
+    ops.iter()
+        .enumerate()
+        .filter(|&(i, _)| modelled.get(i) == Some(&Fold::IntoNext) && base.get(i) == Some(&Fold::Alone))
+        .filter_map(|(_, op)| match op {
+            Op::LayerNorm { x, .. } | Op::AdaLn { x, .. } => {
+                let t = graph.tensor(*x);
+                let rows = t.shape.first().copied().unwrap_or(1);
+                Some(OpCost {
+                    flops: 3 * t.numel() as u64,
+                    bytes_read: t.bytes() as u64,
+                    bytes_written: 8 * rows as u64,
+                    class: super::OpClass::Norm,
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// The launches' costs alone, for the roofline sums.
 pub fn costs_of(launches: &[Launch]) -> Vec<OpCost> {
     launches.iter().map(|l| l.cost).collect()

@@ -142,9 +142,14 @@ impl<D: Device> CudaBackend<D> {
             DeviceWeights::Checkpoint(c) => backend.upload_checkpoint(c)?,
             DeviceWeights::Random { seed } => backend.init_weights(seed)?,
         }
-        let Lowered { prompt, call } = lower::lower(&backend.graph, &backend.plan, backend.mem)?;
-        backend.prompt = lower::resolve(&mut backend.dev, prompt)?;
-        backend.call = lower::resolve(&mut backend.dev, call)?;
+        let Lowered {
+            prompt,
+            call,
+            prompt_folds,
+            call_folds,
+        } = lower::lower(&backend.graph, &backend.plan, backend.mem)?;
+        backend.prompt = lower::resolve_folding(&mut backend.dev, prompt, &prompt_folds)?;
+        backend.call = lower::resolve_folding(&mut backend.dev, call, &call_folds)?;
         Ok(backend)
     }
 

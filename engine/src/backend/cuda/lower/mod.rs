@@ -13,6 +13,7 @@
 //! | `HeadRmsNorm` + `WindowAttention` / `CrossAttention` | the attention kernel, norms fused at load |
 //! | `Unpatchify` + `Guidance` | `unpatchify` with classifier-free guidance fused |
 //! | `LayerNorm`, `AdaLn` | `adaln_*` (a null modulation for plain LN) |
+//! | `LayerNorm` / `AdaLn` + `Linear`, on 9.0 | `ln_stats_*` + `gemm_sm90_ln_*` ([`prologue`]) |
 //! | `Repeat` | device-to-device copies |
 //!
 //! The memory plan is made for the unfused graph, so the outputs that fusion skips (the
@@ -28,12 +29,14 @@ mod ctx;
 mod elementwise;
 mod gemm;
 mod norm;
+pub mod prologue;
 mod step;
 pub mod wan;
 mod wan_layout;
 pub mod wan_sm90;
 mod window_sm90;
 
+pub use self::prologue::{device_folds, fold_prologues, PrologueFold};
 pub use self::window_sm90::select_window_attention;
 
 use std::collections::HashMap;
@@ -46,8 +49,8 @@ use crate::memory::{Fusion, MemoryPlan, OpList};
 use crate::model::graph::{Graph, Op, TensorId};
 
 pub use self::step::{
-    euler_step, noise_fill, resolve, run, run_captured, select_gemm, DeviceParams, Lowered, Params,
-    Step, Trace,
+    euler_step, noise_fill, resolve, resolve_folding, run, run_captured, select_gemm,
+    DeviceParams, Lowered, Params, Step, Trace,
 };
 
 /// Whether op `i` runs in the launch of op `i - 1` (the fusions in the module docs): the
@@ -65,25 +68,27 @@ pub fn fused_with_previous(ops: &[Op], i: usize) -> bool {
     }
 }
 
-/// The launches of `graph`'s op lists, for [`MemoryPlan::build_fused`].
+/// The launches of `graph`'s op lists, for [`MemoryPlan::build_fused`]: the epilogue fusions
+/// of [`fused_with_previous`], and each norm that compute capability 9.0 folds into the next
+/// GEMM's prologue ([`prologue`]) with that GEMM, so the norm's inputs (the residual stream,
+/// the modulation) stay live while the GEMM reads them on any device.
 pub fn fusion(graph: &Graph) -> Fusion {
-    Fusion::from_predicate(graph, |list, i| match list {
-        OpList::Prompt => fused_with_previous(&graph.prompt_ops, i),
-        OpList::Call => fused_with_previous(&graph.call_ops, i),
+    let prompt = prologue::candidates(graph, &graph.prompt_ops);
+    let call = prologue::candidates(graph, &graph.call_ops);
+    Fusion::from_predicate(graph, |list, i| {
+        let (ops, folds) = match list {
+            OpList::Prompt => (&graph.prompt_ops, &prompt),
+            OpList::Call => (&graph.call_ops, &call),
+        };
+        fused_with_previous(ops, i) || (i > 0 && folds.contains_key(&(i - 1)))
     })
 }
 
-/// Where each op of the call list runs on the device, for `plan`'s launch roofline: the
-/// epilogue fusions of [`fused_with_previous`] fold into the op before, the per-head RMS
-/// norms into the attention op that loads the tensor after them.
+/// Where each op of the call list runs on the device, for `plan`'s launch roofline
+/// ([`device_folds`] of the call list; the prologue folds of compute capability 9.0 are
+/// `cost::launches::with_prologues` on top).
 pub fn device_call_folds(graph: &Graph) -> Vec<Fold> {
-    (0..graph.call_ops.len())
-        .map(|i| match graph.call_ops[i] {
-            _ if fused_with_previous(&graph.call_ops, i) => Fold::IntoPrevious,
-            Op::HeadRmsNorm { .. } => Fold::IntoNext,
-            _ => Fold::Alone,
-        })
-        .collect()
+    device_folds(&graph.call_ops)
 }
 
 /// The gains of the per-head RMS norms waiting for their attention op, by `(tensor, column
@@ -105,7 +110,7 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan, mem: DeviceBuffer<u8>) -> Result<
         )));
     }
     let mut prompt_norms = Norms::new();
-    let prompt = lower_list(
+    let (prompt, prompt_folds) = lower_list(
         &cx,
         OpList::Prompt,
         &graph.prompt_ops,
@@ -113,7 +118,7 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan, mem: DeviceBuffer<u8>) -> Result<
         None,
     )?;
     let mut call_norms = Norms::new();
-    let call = lower_list(
+    let (call, call_folds) = lower_list(
         &cx,
         OpList::Call,
         &graph.call_ops,
@@ -127,7 +132,12 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan, mem: DeviceBuffer<u8>) -> Result<
             cx.name(*id)
         )));
     }
-    Ok(Lowered { prompt, call })
+    Ok(Lowered {
+        prompt,
+        call,
+        prompt_folds,
+        call_folds,
+    })
 }
 
 fn lower_list(
@@ -136,8 +146,10 @@ fn lower_list(
     ops: &[Op],
     norms: &mut Norms,
     prompt_norms: Option<&Norms>,
-) -> Result<Vec<Step>> {
+) -> Result<(Vec<Step>, Vec<PrologueFold>)> {
     let mut out: Vec<Step> = Vec::new();
+    let candidates = prologue::candidates(cx.graph, ops);
+    let mut folds = Vec::new();
     // Steps from `tagged` on were made for ops up to `i - 1`.
     let mut tagged = 0;
     let tag = |steps: &mut [Step], last: usize| {
@@ -161,6 +173,12 @@ fn lower_list(
             label: format!("{list:?} op {i}: {}", describe(cx, &ops[i])),
             prompt_norms,
         };
+        if let Some(&input) = candidates.get(&i) {
+            folds.push(PrologueFold {
+                step: out.len(),
+                input,
+            });
+        }
         i += match ops[i] {
             Op::Linear { .. } => gemm::linear(&at, &mut out)?,
             Op::Patchify { .. } => elementwise::patchify(&at, &mut out)?,
@@ -203,7 +221,7 @@ fn lower_list(
     if !ops.is_empty() {
         tag(&mut out[tagged..], ops.len() - 1);
     }
-    Ok(out)
+    Ok((out, folds))
 }
 
 fn latent_shape(m: &crate::model::ModelConfig) -> [usize; 4] {

@@ -133,17 +133,31 @@ impl Step {
     }
 }
 
-/// The lowered prompt and call lists.
+/// The lowered prompt and call lists, and the norm + GEMM pairs of each that a device with
+/// the prologue GEMM folds ([`super::fold_prologues`], done by [`resolve_folding`]).
 #[derive(Debug)]
 pub struct Lowered {
     pub prompt: Vec<Step>,
     pub call: Vec<Step>,
+    pub prompt_folds: Vec<super::PrologueFold>,
+    pub call_folds: Vec<super::PrologueFold>,
 }
 
 /// Makes every launch fit the device's shared memory per block (a narrower variant, or an
 /// error naming the kernel, the bytes and the limit: [`limits::fit_step`]), then looks every
 /// kernel up on `dev` (loading its module), so running a list does no lookups.
-pub fn resolve<D: Device>(dev: &mut D, mut steps: Vec<Step>) -> Result<Vec<Step>> {
+pub fn resolve<D: Device>(dev: &mut D, steps: Vec<Step>) -> Result<Vec<Step>> {
+    resolve_folding(dev, steps, &[])
+}
+
+/// [`resolve`] after folding the recorded norm + GEMM pairs into the prologue GEMM where the
+/// device has it ([`super::fold_prologues`]).
+pub fn resolve_folding<D: Device>(
+    dev: &mut D,
+    mut steps: Vec<Step>,
+    folds: &[super::PrologueFold],
+) -> Result<Vec<Step>> {
+    super::fold_prologues(dev, &mut steps, folds)?;
     let limit = dev.shared_memory_limit();
     for step in &mut steps {
         select_gemm(dev, step)?;

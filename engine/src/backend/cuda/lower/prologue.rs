@@ -1,0 +1,208 @@
+//! The LayerNorm / adaLN prologue on compute capability 9.0: a norm whose output only the
+//! next linear layer reads runs as a row-statistics pass (`adaln.cu`'s `ln_stats_*`, 8 bytes
+//! a row) and that GEMM forms its A operand from the f32 residual stream itself
+//! (`gemm_sm90_ln_*`, `kernels/README.md` "The LayerNorm / adaLN prologue"), so the f16
+//! normalised tensor is neither written nor read.
+//!
+//! The lowering is written for every device: it lowers such a pair as the `adaln_*` launch
+//! and the GEMM, and records the pair ([`PrologueFold`]: which step, and what the statistics
+//! pass may report to a traced run). [`fold_prologues`] rewrites the recorded pairs when the
+//! device has the sm_90a GEMM, before [`super::resolve`] looks the kernels up.
+
+use std::collections::HashMap;
+
+use streamdit_kernels::adaln::{self, ModLayout};
+use streamdit_kernels::gemm::KERNEL_BIAS_GELU_F16;
+use streamdit_kernels::gemm_sm90::{self, Buffers, Epilogue, LnPrologue};
+
+use super::step::{launch_step, Params, Step, Trace};
+use crate::backend::cuda::device::{backend_error, Device};
+use crate::cost::launches::{with_prologues, Fold};
+use crate::error::{Error, Result};
+use crate::model::graph::{Graph, Op};
+
+/// A norm lowered as its own launch (step `step` of the list) whose output only the GEMM of
+/// step `step + 1` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrologueFold {
+    pub step: usize,
+    /// The op that last wrote the norm's input, and that input: the statistics pass leaves
+    /// no tensor of the graph behind, so a traced run checks the input it read (unchanged,
+    /// and already final) in its place.
+    pub input: Trace,
+}
+
+/// Where each op of `ops` runs on a device with every fusion of the lowering: the epilogue
+/// fusions of [`super::fused_with_previous`] fold into the op before, the per-head RMS
+/// norms into the attention op that loads the tensor after them.
+pub fn device_folds(ops: &[Op]) -> Vec<Fold> {
+    (0..ops.len())
+        .map(|i| match ops[i] {
+            _ if super::fused_with_previous(ops, i) => Fold::IntoPrevious,
+            Op::HeadRmsNorm { .. } => Fold::IntoNext,
+            _ => Fold::Alone,
+        })
+        .collect()
+}
+
+/// The norms of `ops` that may fold into the next GEMM's prologue, by op index, with the
+/// trace their statistics pass reports: those [`with_prologues`] folds whose input was
+/// written by an earlier op of the same list (a norm of a list's input keeps its launch).
+pub(super) fn candidates(graph: &Graph, ops: &[Op]) -> HashMap<usize, Trace> {
+    let base = device_folds(ops);
+    let folds = with_prologues(graph, ops, &base);
+    let mut out = HashMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        let x = match op {
+            Op::LayerNorm { x, .. } | Op::AdaLn { x, .. } if folds[i] == Fold::IntoNext => *x,
+            _ => continue,
+        };
+        if let Some(j) = (0..i).rev().find(|&j| ops[j].output() == x) {
+            out.insert(i, Trace { op: j, output: x });
+        }
+    }
+    out
+}
+
+/// On compute capability 9.0, each recorded pair becomes the statistics pass and the
+/// prologue GEMM (tensor maps encoded by `dev`, persistent where the SM count is known);
+/// on any other device nothing changes. A recorded pair that is not an `adaln_*` launch
+/// followed by a bias or SwiGLU GEMM reading its output is an error naming the steps.
+pub fn fold_prologues<D: Device>(
+    dev: &D,
+    steps: &mut [Step],
+    folds: &[PrologueFold],
+) -> Result<()> {
+    if dev.compute_capability() != (9, 0) {
+        return Ok(());
+    }
+    for f in folds {
+        let (norm, gemm) = match steps.get(f.step..f.step + 2) {
+            Some([a, b]) => (a.clone(), b.clone()),
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "prologue fold: step {} and the one after it are not in the list of {}",
+                    f.step,
+                    steps.len()
+                )))
+            }
+        };
+        let (Step::Launch {
+            label: norm_label,
+            params: Params::AdaLn(ln),
+            ..
+        }, Step::Launch {
+            label: gemm_label,
+            kernel_name,
+            params: gemm_params,
+            trace: gemm_trace,
+            ..
+        }) = (&norm, &gemm)
+        else {
+            return Err(Error::Invalid(format!(
+                "prologue fold: steps `{}` and `{}` are not a norm launch and a GEMM launch",
+                norm.label(),
+                gemm.label()
+            )));
+        };
+        let fail = |e: String| backend_error(dev.backend(), gemm_label.clone(), e);
+        let (epi, n, k, buffers) = match *gemm_params {
+            Params::GemmBiasF16(p) if *kernel_name != KERNEL_BIAS_GELU_F16 => (
+                Epilogue::BiasF16,
+                p.n,
+                p.k,
+                gemm_buffers(p.a, p.w, p.bias, p.out.cast()),
+            ),
+            Params::GemmBiasF32(p) => (
+                Epilogue::BiasF32,
+                p.n,
+                p.k,
+                gemm_buffers(p.a, p.w, p.bias, p.out.cast()),
+            ),
+            Params::GemmSwiglu(p) => (
+                Epilogue::Swiglu,
+                p.dff,
+                p.k,
+                gemm_buffers(p.a, p.w13, std::ptr::null(), p.out.cast()),
+            ),
+            _ => {
+                return Err(fail(format!(
+                    "prologue fold: `{gemm_label}` ({kernel_name}) has no LayerNorm-prologue \
+                     variant"
+                )))
+            }
+        };
+        if buffers.a != ln.out.cast_const() || k != ln.d || !ln.weight.is_null() {
+            return Err(fail(format!(
+                "prologue fold: `{gemm_label}` does not read exactly the output of \
+                 `{norm_label}` (a plain or modulated LayerNorm of width {})",
+                ln.d
+            )));
+        }
+        let (m, d) = (ln.m as usize, ln.d as usize);
+        let stats = adaln::stats_config(m, d).map_err(&fail)?;
+        let mods = (!ln.mods.is_null()).then(|| {
+            (
+                ln.mods,
+                ModLayout {
+                    frames: (ln.tokens / ln.tokens_per_frame.max(1)) as usize,
+                    mod_k: ln.mod_k as usize,
+                    shift: ln.shift as usize,
+                    scale: ln.scale as usize,
+                    tokens: ln.tokens as usize,
+                    tokens_per_frame: ln.tokens_per_frame as usize,
+                },
+            )
+        });
+        let prologue = LnPrologue {
+            x: ln.x,
+            // The pairs take the f16 output's slot (8 bytes a row of at least 16).
+            stats: ln.out.cast_const().cast(),
+            parts: 1,
+            part_cols: d,
+            mods,
+        };
+        let n = n as usize;
+        let encode = |t: &streamdit_kernels::tma::Tiled| {
+            dev.encode_tensor_map(t).map_err(|e| e.to_string())
+        };
+        let p = gemm_sm90::ln_params(epi, m, n, d, &prologue, &buffers, encode).map_err(&fail)?;
+        let config = gemm_sm90::ln_config(epi, m, n, d, &prologue, dev.multiprocessors())
+            .map_err(&fail)?;
+        let mut stats_step = launch_step(
+            format!("{norm_label} (row statistics for the next GEMM's prologue)"),
+            "adaln",
+            stats.kernel,
+            stats.config,
+            Params::AdaLn(adaln::params(ln.x, ln.out, m, d, None)),
+        );
+        stats_step.set_trace(f.input);
+        let mut gemm_step = launch_step(
+            format!("{norm_label} as the prologue of {gemm_label}"),
+            "gemm_sm90",
+            epi.kernel_ln().map_err(&fail)?,
+            config,
+            Params::GemmSm90(p),
+        );
+        gemm_step.set_trace(*gemm_trace);
+        steps[f.step] = stats_step;
+        steps[f.step + 1] = gemm_step;
+    }
+    Ok(())
+}
+
+fn gemm_buffers(
+    a: *const u16,
+    w: *const u16,
+    bias: *const u16,
+    out: *mut std::ffi::c_void,
+) -> Buffers {
+    Buffers {
+        a,
+        w,
+        bias,
+        out,
+        h: std::ptr::null_mut(),
+        mods: std::ptr::null(),
+    }
+}
