@@ -8,6 +8,8 @@
 //   gemm_sm90_bias_gelu_f16   out_f16[M, N]  = GELU_tanh(acc + bias)          (bias optional)
 //   gemm_sm90_bias_f32        out_f32[M, N]  = acc + bias                     (bias optional)
 //   gemm_sm90_gated_residual  h_f32[M, N]   += mods[frame(r), gate, n] * (acc + bias[n])
+//                             and, with stats_out, each row's (mean, sum of squared
+//                             deviations) of the updated h over the tile's columns
 //   gemm_sm90_swiglu          out_f16[M, Dff] = SiLU(u) * g,  [u; g] = A * W13^T
 //
 // and with a LayerNorm / adaLN prologue, A = adaLN(X) formed as the tile is loaded (the
@@ -183,6 +185,10 @@ struct GemmSm90Params {
     int ln_mod_k;
     int ln_shift;
     int ln_scale;
+    // The gated residual's row statistics of the updated h, for the next norm's prologue:
+    // (M, ceil(N / 128)) pairs (mean, sum of squared deviations) over each output tile's
+    // columns, or null (not written).
+    float* stats_out;
 };
 
 enum class Epi { BiasF16, BiasGeluF16, BiasF32, GatedResidual, Swiglu };
@@ -204,12 +210,55 @@ __device__ __forceinline__ float2 bias_pair(const __half* bias, int col) {
     return __half22float2(*reinterpret_cast<const __half2*>(bias + col));
 }
 
+// The row statistics of the gated residual's tile (stats_out): accumulator r of thread t now
+// holds the updated h of row row_base + 8 ((r >> 1) & 1), column n0 + 8 (r >> 2) + 2 (t % 4)
+// + (r & 1) (the epilogue below); the quad (t % 4) holds a row's 128 columns. Two passes
+// over the registers (the tile's mean, then the centred squares: no cancellation when
+// |mean| >> spread), columns past N left out (in the sum they hold zeros, W's zero fill,
+// but the mask does not rely on it); the quad's first lane stores each row's pair.
+// Every lane must call it (shuffles).
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+__device__ __forceinline__ void residual_stats(const GemmSm90Params& p,
+                                               const float (&acc)[Sm90Traits::kAcc],
+                                               int row_base, int n0, int t) {
+    using T = Sm90Traits;
+    const int col_base = n0 + 2 * (t % 4);
+    const int cols = min(T::kBN, p.n - n0);
+    float sum[2] = {0.0f, 0.0f};
+SM90_UNROLL
+    for (int r = 0; r < T::kAcc; ++r)
+        if (col_base + 8 * (r >> 2) + (r & 1) < p.n) sum[(r >> 1) & 1] += acc[r];
+    const float mean[2] = {quad_sum(sum[0]) / cols, quad_sum(sum[1]) / cols};
+    float sq[2] = {0.0f, 0.0f};
+SM90_UNROLL
+    for (int r = 0; r < T::kAcc; ++r) {
+        if (col_base + 8 * (r >> 2) + (r & 1) < p.n) {
+            const float d = acc[r] - mean[(r >> 1) & 1];
+            sq[(r >> 1) & 1] += d * d;
+        }
+    }
+    const float m2[2] = {quad_sum(sq[0]), quad_sum(sq[1])};
+    const int parts = (p.n + T::kBN - 1) / T::kBN;
+    if (t % 4 != 0) return;
+SM90_UNROLL
+    for (int h = 0; h < 2; ++h) {
+        const int row = row_base + 8 * h;
+        if (row < p.m)
+            *reinterpret_cast<float2*>(p.stats_out +
+                                       2 * (static_cast<size_t>(row) * parts + n0 / T::kBN)) =
+                make_float2(mean[h], m2[h]);
+    }
+}
+
 // The epilogue of consumer warpgroup `wg` (0 or 1), thread t (0..127) of it. Accumulator r
 // holds row 16 (t / 32) + (t % 32) / 4 + 8 ((r >> 1) & 1) of the warpgroup's 64 rows and
 // column 8 (r >> 2) + 2 (t % 4) + (r & 1) ("Matrix Fragments for wgmma.mma_async.m64nNk16",
 // accumulator D): r and r + 1 are adjacent columns, stored as one pair.
 template <Epi kEpi>
-__device__ __forceinline__ void epilogue(const GemmSm90Params& p, const float (&acc)[Sm90Traits::kAcc],
+__device__ __forceinline__ void epilogue(const GemmSm90Params& p, float (&acc)[Sm90Traits::kAcc],
                                          int m0, int n0, int wg, int t) {
     using T = Sm90Traits;
     const int row_base = m0 + wg * T::kWgRows + 16 * (t / 32) + (t % 32) / 4;
@@ -257,7 +306,12 @@ SM90_UNROLL
                 hv.x += gv.x * z0;
                 hv.y += gv.y * z1;
                 *reinterpret_cast<float2*>(p.h + at) = hv;
+                acc[r] = hv.x;  // kept for the row statistics below
+                acc[r + 1] = hv.y;
             }
+        }
+        if constexpr (kEpi == Epi::GatedResidual) {
+            if (p.stats_out != nullptr) residual_stats(p, acc, row_base, n0, t);
         }
     }
 }
@@ -269,11 +323,6 @@ __device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
     uint32_t u;
     memcpy(&u, &h, 4);
     return u;
-}
-
-__device__ __forceinline__ float quad_sum(float v) {
-    v += __shfl_xor_sync(0xffffffffu, v, 1);
-    return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
 // (mean, rstd) of row `row` of X from its ln_parts partial pairs; the four lanes of a quad

@@ -16,7 +16,8 @@
 //! The LayerNorm / adaLN prologue ([`ln_config`], [`ln_params`]): the `gemm_sm90_ln_*`
 //! entries take A as `adaLN(X)` of an f32 `X [M, K]` and the rows' statistics
 //! ([`LnPrologue`]), form the f16 A fragment in registers and never write A; their ring slot
-//! stages X as f32 ([`LN_SHARED_BYTES`], 193 KiB).
+//! stages X as f32 ([`LN_SHARED_BYTES`], 193 KiB). The gated residual can leave those
+//! statistics behind for the next norm (`stats_out`, [`residual_stats_parts`]).
 //!
 //! Tensor maps: [`a_map`] and [`w_map`] describe the operands as `cuTensorMapEncodeTiled`
 //! takes them; [`params`] encodes them with the encoder it is given
@@ -155,6 +156,9 @@ pub struct GemmSm90Params {
     pub ln_mod_k: i32,
     pub ln_shift: i32,
     pub ln_scale: i32,
+    /// The gated residual's row statistics of the updated h ([`residual_stats_parts`] pairs
+    /// per row), or null.
+    pub stats_out: *mut f32,
 }
 
 const _: () = assert!(std::mem::size_of::<GemmSm90Params>() == 384);
@@ -265,6 +269,14 @@ pub fn config_persistent(
     let mut c = config(epi, m, n, k, gate)?;
     c.grid.x = c.grid.x.min(ctas);
     Ok(c)
+}
+
+/// Pairs per row that `gemm_sm90_gated_residual` writes to `stats_out` when it is set: one
+/// `(mean, sum of squared deviations)` of the updated `h` per 128-column output tile, the
+/// last tile's over its `N - 128 (parts - 1)` columns. They are an [`LnPrologue`]'s
+/// statistics with `parts` pairs of [`BLOCK_N`] columns.
+pub fn residual_stats_parts(n: usize) -> usize {
+    n.div_ceil(BLOCK_N as usize)
 }
 
 /// [`config`] (or [`config_persistent`] with `ctas`) for the prologue entry of `epi`: the
@@ -484,6 +496,7 @@ pub fn params(
         ln_mod_k: 0,
         ln_shift: 0,
         ln_scale: 0,
+        stats_out: std::ptr::null_mut(),
     })
 }
 

@@ -18,6 +18,7 @@ use common::{race_checked, Rng};
 use half::f16;
 use streamdit_kernels::adaln::{self, ModLayout};
 use streamdit_kernels::emu::{self, EmuError, EmuErrorKind, ThreadOrder};
+use streamdit_kernels::gemm::GateLayout;
 use streamdit_kernels::gemm_sm90::{self, Buffers, Epilogue, LnPrologue};
 
 const U_F32: f64 = 1.0 / (1u64 << 24) as f64;
@@ -66,11 +67,16 @@ struct Inputs {
 }
 
 fn inputs(seed: u64, c: Case) -> Inputs {
+    inputs_for(seed, c, None)
+}
+
+/// [`inputs`] with X given (`[M, K]`), or random when None.
+fn inputs_for(seed: u64, c: Case, given: Option<Vec<f32>>) -> Inputs {
     let mut rng = Rng::new(seed);
     let (m, n, k) = (c.m, c.n, c.k);
     let rows = c.epi.w_rows(n);
     // Each row its own spread, so the statistics differ row by row.
-    let x: Vec<f32> = (0..m)
+    let random: Vec<f32> = (0..m)
         .flat_map(|_| {
             let spread = rng.uniform(0.3, 3.0);
             let shift = rng.uniform(-1.0, 1.0) + c.offset;
@@ -79,6 +85,8 @@ fn inputs(seed: u64, c: Case) -> Inputs {
                 .collect::<Vec<_>>()
         })
         .collect();
+    let x = given.unwrap_or(random);
+    assert_eq!(x.len(), m * k, "X is [M, K]");
     let wbits: Vec<u16> = (0..rows * k)
         .map(|_| f16::from_f32(rng.nonzero(-1.7, 1.7) / (k as f32).sqrt()).to_bits())
         .collect();
@@ -416,6 +424,103 @@ fn persistent_prologue_matches_one_cta_per_tile() {
             "2 CTAs {order:?}: differs from one CTA per tile"
         );
     }
+}
+
+/// The gated residual's epilogue leaves each row's (mean, sum of squared deviations) of the
+/// updated h over each 128-column tile (`stats_out`): checked against f64 over the kernel's
+/// own h (264 columns: two full tiles and one of 8, 200 rows: a ragged row tile), then used
+/// as the partial statistics of the next norm's prologue GEMM over that h, which must match
+/// the reference. Race-checked.
+#[test]
+fn gated_residual_statistics_feed_the_prologue() {
+    let (m, d, k) = (200, 264, 136);
+    let (tokens, tokens_per_frame) = (100, 20);
+    let mut rng = Rng::new(21);
+    let mut f16s = |n: usize, range: f32| -> Vec<u16> {
+        (0..n)
+            .map(|_| f16::from_f32(rng.nonzero(-range, range)).to_bits())
+            .collect()
+    };
+    let a = f16s(m * k, 1.0);
+    let w = f16s(d * k, 1.7 / (k as f32).sqrt());
+    let mut rng = Rng::new(22);
+    // A residual stream with an offset, so the tiles' means matter.
+    let h0: Vec<f32> = (0..m * d).map(|_| 3.0 + rng.nonzero(-4.0, 4.0)).collect();
+    let layout = GateLayout {
+        frames: tokens / tokens_per_frame,
+        mod_k: MOD_K,
+        gate: 2,
+        tokens,
+        tokens_per_frame,
+    };
+    let mods: Vec<f32> = (0..layout.frames * MOD_K * d)
+        .map(|_| rng.nonzero(-1.5, 1.5))
+        .collect();
+    let mut h = h0.clone();
+    let parts = gemm_sm90::residual_stats_parts(d);
+    assert_eq!(parts, 3);
+    let mut stats = common::poisoned_f32(2 * m * parts);
+    let buffers = Buffers {
+        a: a.as_ptr(),
+        w: w.as_ptr(),
+        bias: std::ptr::null(),
+        out: std::ptr::null_mut(),
+        h: h.as_mut_ptr(),
+        mods: mods.as_ptr(),
+    };
+    let epi = Epilogue::GatedResidual;
+    let config = gemm_sm90::config(epi, m, d, k, Some(&layout)).unwrap();
+    let mut p = gemm_sm90::params_emulated(epi, m, d, k, Some(&layout), &buffers).unwrap();
+    p.stats_out = stats.as_mut_ptr();
+    let kernel = emu::kernel(epi.kernel()).unwrap();
+    // SAFETY: the maps describe a [m, k] and w [d, k]; h is (m, d), mods (frames, 6, d),
+    // stats (m, parts) pairs; all live until the launch returns.
+    race_checked(|| unsafe { emu::launch_with(kernel, config, &p, ThreadOrder::Shuffle(21)) })
+        .unwrap_or_else(|e| panic!("gated residual with statistics: {e}"));
+    let mut worst = 0.0f64;
+    for r in 0..m {
+        for g in 0..parts {
+            let v = &h[r * d + g * 128..r * d + ((g + 1) * 128).min(d)];
+            let n = v.len() as f64;
+            let mean = v.iter().map(|&e| f64::from(e)).sum::<f64>() / n;
+            let m2: f64 = v.iter().map(|&e| (f64::from(e) - mean).powi(2)).sum();
+            let scale = v.iter().map(|&e| f64::from(e).abs()).sum::<f64>() / n;
+            let (gm, g2) = (
+                f64::from(stats[2 * (r * parts + g)]),
+                f64::from(stats[2 * (r * parts + g) + 1]),
+            );
+            let (tm, t2) = (
+                4.0 * n * U_F32 * scale,
+                1e-5 * m2 + 4.0 * n * U_F32 * scale * scale,
+            );
+            assert!(
+                (gm - mean).abs() <= tm,
+                "row {r} tile {g}: mean {gm} against {mean}"
+            );
+            assert!(
+                (g2 - m2).abs() <= t2,
+                "row {r} tile {g}: M2 {g2} against {m2}"
+            );
+            worst = worst.max((gm - mean).abs() / tm).max((g2 - m2).abs() / t2);
+        }
+    }
+    eprintln!("epilogue statistics: worst err/tol {worst:.3}");
+    let c = Case {
+        epi: Epilogue::BiasF16,
+        m,
+        n: 72,
+        k: d,
+        bias: true,
+        mods: Some((tokens, tokens_per_frame)),
+        stats: Stats::Parts(128),
+        offset: 0.0,
+    };
+    let inp = inputs_for(23, c, Some(h));
+    let kernel = emu::kernel(c.epi.kernel_ln().unwrap()).unwrap();
+    let got = launch(&inp, &stats, kernel, ThreadOrder::Reverse, None)
+        .unwrap_or_else(|e| panic!("prologue on the epilogue's statistics: {e}"));
+    let worst = compare("prologue on the epilogue's statistics", &got, &inp);
+    eprintln!("prologue on the epilogue's statistics: worst err/tol {worst:.3}");
 }
 
 /// `kernels/cuda/gemm_sm90.cu:<line>` of the one line containing `needle`.

@@ -34,10 +34,10 @@ pub(crate) struct PlanArgs {
 struct Launched {
     /// Every device: the lowering's epilogue and load fusions.
     device: Vec<streamdit::inspect::OpCost>,
-    /// Compute capability 9.0: norms in the next GEMM's prologue, plus their statistics
-    /// passes.
+    /// Compute capability 9.0: norms in the next GEMM's prologue, plus the statistics passes
+    /// of those whose input no residual GEMM wrote.
     sm90: Vec<streamdit::inspect::OpCost>,
-    /// The prologues with the statistics from the previous epilogue (the bound).
+    /// The prologues with every norm's statistics free (the bound).
     bound: Vec<streamdit::inspect::OpCost>,
 }
 
@@ -65,9 +65,9 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
         .map(|g| Prediction::new(g, &cost, frames, args.efficiency))
         .transpose()?;
     // The launches the CUDA backend makes of the call ops: on every device; on compute
-    // capability 9.0, with LayerNorm / adaLN in the next GEMM's prologue and their row
-    // statistics from passes of their own; and the bound with those statistics taken from
-    // the previous epilogue (not built). The Wan family's lowering fuses across its own ops
+    // capability 9.0, with LayerNorm / adaLN in the next GEMM's prologue (their row
+    // statistics from the residual GEMMs' epilogues, or a pass of their own); and the
+    // bound with every norm's statistics free. The Wan family's lowering fuses across its own ops
     // and its report keeps its own roofline.
     let launched = match &wan {
         None => {
@@ -367,14 +367,14 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
         );
         say!(
             text,
-            "  sm_90a launches  {:.2} ms per call, {:.2} video FPS ({} launches: as above, with LayerNorm and adaLN in the next GEMM's prologue, each after a row-statistics pass)",
+            "  sm_90a launches  {:.2} ms per call, {:.2} video FPS ({} launches: as above, with LayerNorm and adaLN in the next GEMM's prologue, their row statistics left by the residual GEMMs or, where the input comes from elsewhere, a pass of their own)",
             h.seconds_per_call * 1e3,
             h.fps,
             l.sm90.len()
         );
         say!(
             text,
-            "  with prologues   {:.2} ms per call, {:.2} video FPS ({} launches; modelled: the statistics left by the previous epilogue, not built yet)",
+            "  with prologues   {:.2} ms per call, {:.2} video FPS ({} launches; the bound: every norm's statistics free)",
             m.seconds_per_call * 1e3,
             m.fps,
             l.bound.len()

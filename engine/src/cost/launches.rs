@@ -136,13 +136,22 @@ pub fn with_prologues(graph: &Graph, ops: &[Op], base: &[Fold]) -> Vec<Fold> {
 
 /// The row-statistics passes that the sm_90a path runs for the prologue folds `modelled`
 /// adds to `base` (`ln_stats_*`: the norm's input read once, a `(mean, M2)` f32 pair written
-/// per row; 3 FLOPs an element: sum, subtract, square-accumulate), one launch each.
+/// per row; 3 FLOPs an element: sum, subtract, square-accumulate), one launch each: for the
+/// norms whose input was last written by anything but a residual add (those take the
+/// statistics the residual GEMM's epilogue leaves, 8 bytes a row per 128 columns, which
+/// this count leaves out as it does the prologue's read of them).
 pub fn stats_passes(graph: &Graph, ops: &[Op], base: &[Fold], modelled: &[Fold]) -> Vec<OpCost> {
+    let from_residual = |i: usize, x| {
+        (0..i).rev().find(|&j| ops[j].output() == x).is_some_and(|j| {
+            matches!(ops[j], Op::GatedResidual { .. } | Op::Residual { .. })
+                && base.get(j) == Some(&Fold::IntoPrevious)
+        })
+    };
     ops.iter()
         .enumerate()
         .filter(|&(i, _)| modelled.get(i) == Some(&Fold::IntoNext) && base.get(i) == Some(&Fold::Alone))
-        .filter_map(|(_, op)| match op {
-            Op::LayerNorm { x, .. } | Op::AdaLn { x, .. } => {
+        .filter_map(|(i, op)| match op {
+            Op::LayerNorm { x, .. } | Op::AdaLn { x, .. } if !from_residual(i, *x) => {
                 let t = graph.tensor(*x);
                 let rows = t.shape.first().copied().unwrap_or(1);
                 Some(OpCost {

@@ -64,6 +64,8 @@ pub struct CudaBackend<D: Device> {
     /// Weights, persistent, io and arena regions, laid out by `plan`.
     mem: DeviceBuffer<u8>,
     state: StateBuffers,
+    /// The gated-residual GEMMs' row statistics for the prologue GEMMs (9.0 only).
+    row_stats: Option<DeviceBuffer<f32>>,
     /// The popped chunk on the host.
     pinned: PinnedBuffer<f32>,
     /// Frames per popped chunk.
@@ -125,6 +127,7 @@ impl<D: Device> CudaBackend<D> {
             plan,
             mem,
             state: StateBuffers { x_next, emit, step },
+            row_stats: None,
             pinned,
             chunk_frames,
             copy_ready,
@@ -148,8 +151,21 @@ impl<D: Device> CudaBackend<D> {
             prompt_folds,
             call_folds,
         } = lower::lower(&backend.graph, &backend.plan, backend.mem)?;
-        backend.prompt = lower::resolve_folding(&mut backend.dev, prompt, &prompt_folds)?;
-        backend.call = lower::resolve_folding(&mut backend.dev, call, &call_folds)?;
+        // The row statistics the gated-residual GEMMs leave for the next norm's prologue
+        // (compute capability 9.0 only; `lower::prologue`).
+        let stats_elems = lower::prologue::stats_elems(&backend.graph);
+        if backend.dev.compute_capability() == (9, 0) && stats_elems > 0 {
+            backend.row_stats = Some(backend.dev.alloc::<f32>(
+                "row statistics of the residual stream (prologue GEMMs)",
+                stats_elems,
+            )?);
+        }
+        let stats = backend.row_stats.map(|b| lower::prologue::StatsBuffer {
+            addr: b.addr(),
+            elems: b.len(),
+        });
+        backend.prompt = lower::resolve_folding(&mut backend.dev, prompt, &prompt_folds, stats)?;
+        backend.call = lower::resolve_folding(&mut backend.dev, call, &call_folds, stats)?;
         Ok(backend)
     }
 

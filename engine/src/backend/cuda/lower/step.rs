@@ -147,17 +147,23 @@ pub struct Lowered {
 /// error naming the kernel, the bytes and the limit: [`limits::fit_step`]), then looks every
 /// kernel up on `dev` (loading its module), so running a list does no lookups.
 pub fn resolve<D: Device>(dev: &mut D, steps: Vec<Step>) -> Result<Vec<Step>> {
-    resolve_folding(dev, steps, &[])
+    resolve_folding(dev, steps, &[], None)
 }
 
 /// [`resolve`] after folding the recorded norm + GEMM pairs into the prologue GEMM where the
-/// device has it ([`super::fold_prologues`]).
+/// device has it ([`super::fold_prologues`]; `stats`: the buffer the gated-residual GEMMs
+/// leave the row statistics in, or none for a statistics pass before each).
 pub fn resolve_folding<D: Device>(
     dev: &mut D,
     mut steps: Vec<Step>,
     folds: &[super::PrologueFold],
+    stats: Option<super::prologue::StatsBuffer>,
 ) -> Result<Vec<Step>> {
-    super::fold_prologues(dev, &mut steps, folds)?;
+    let producers = super::fold_prologues(dev, &mut steps, folds, stats)?;
+    for step in &mut steps {
+        select_gemm(dev, step)?;
+    }
+    super::prologue::leave_statistics(&mut steps, &producers)?;
     let limit = dev.shared_memory_limit();
     for step in &mut steps {
         select_gemm(dev, step)?;
