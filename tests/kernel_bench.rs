@@ -15,7 +15,7 @@ const SHAPE: GemmShape = GemmShape {
 
 #[test]
 fn both_gemm_paths_run_and_agree_on_the_emulator() {
-    let bench = kernel_bench(KernelDevice::Emulator, &[SHAPE], &[], 1).unwrap();
+    let bench = kernel_bench(KernelDevice::Emulator, &[SHAPE], &[], &[], 1).unwrap();
     assert!(bench.device.contains("9.0"), "{}", bench.device);
     assert!(bench.cublas.is_err(), "cuBLAS cannot run on the emulator");
     assert_eq!(bench.rows.len(), 1);
@@ -36,15 +36,15 @@ fn both_gemm_paths_run_and_agree_on_the_emulator() {
 #[test]
 fn bad_requests_are_named() {
     let zero = GemmShape { k: 0, ..SHAPE };
-    let e = kernel_bench(KernelDevice::Emulator, &[zero], &[], 1).unwrap_err();
+    let e = kernel_bench(KernelDevice::Emulator, &[zero], &[], &[], 1).unwrap_err();
     assert!(e.to_string().contains("zero dimension"), "{e}");
     let odd = GemmShape { n: 70, ..SHAPE };
-    let e = kernel_bench(KernelDevice::Emulator, &[odd], &[], 1).unwrap_err();
+    let e = kernel_bench(KernelDevice::Emulator, &[odd], &[], &[], 1).unwrap_err();
     assert!(e.to_string().contains("N = 70"), "{e}");
-    let e = kernel_bench(KernelDevice::Emulator, &[SHAPE], &[], 0).unwrap_err();
+    let e = kernel_bench(KernelDevice::Emulator, &[SHAPE], &[], &[], 0).unwrap_err();
     assert!(e.to_string().contains("at least 1"), "{e}");
     // Where no GPU can be opened the error says why; on a GPU the bench runs.
-    match kernel_bench(KernelDevice::Gpu(0), &[SHAPE], &[], 1) {
+    match kernel_bench(KernelDevice::Gpu(0), &[SHAPE], &[], &[], 1) {
         Ok(b) => assert_eq!(b.rows.len(), 1),
         Err(e) => {
             let text = e.to_string();
@@ -98,7 +98,7 @@ fn attention_rows_run_and_match_the_cpu_on_the_emulator() {
         count: 4,
     };
     let shapes = [shapes[0], shapes[1], shapes[2], kv(128), kv(16)];
-    let bench = kernel_bench(KernelDevice::Emulator, &[], &shapes, 1).unwrap();
+    let bench = kernel_bench(KernelDevice::Emulator, &[], &shapes, &[], 1).unwrap();
     assert_eq!(bench.attention.len(), 5);
     let paths =
         |i: usize| -> Vec<&str> { bench.attention[i].paths.iter().map(|p| p.path).collect() };
@@ -133,4 +133,35 @@ fn attention_rows_run_and_match_the_cpu_on_the_emulator() {
     assert_eq!(w.unpacked_ctas, Some(36));
     assert_eq!(w.paths[0].ctas, 18 * 2);
     assert_eq!(w.paths[1].kernel, "attn_sm90_window_d64");
+}
+
+/// The norm + GEMM rows on the emulator (modelling 9.0): adaLN then the sm_90a GEMM, the
+/// statistics pass then the prologue GEMM, and the prologue GEMM over the epilogue's partial
+/// statistics all run on a ragged shape (M past one tile, K with a tail and three 128-column
+/// groups, the last ragged) and agree to f16 rounding; each output was poisoned first.
+#[test]
+fn norm_gemm_rows_fold_and_agree_on_the_emulator() {
+    let shape = GemmShape {
+        m: 150,
+        n: 72,
+        k: 264,
+        count: 2,
+    };
+    let bench = kernel_bench(KernelDevice::Emulator, &[], &[], &[shape], 1).unwrap();
+    assert_eq!(bench.prologues.len(), 1);
+    let row = &bench.prologues[0];
+    assert_eq!(row.shape, shape);
+    let paths: Vec<&str> = row.paths.iter().map(|p| p.path).collect();
+    assert_eq!(paths, ["adaln+sm90a", "stats+ln", "ln"]);
+    for p in &row.paths {
+        eprintln!("{} {:.3} ms, rel diff {:.2e}", p.path, p.ms, p.rel_diff);
+        assert!(p.ms > 0.0 && p.tflops > 0.0, "{p:?}");
+        // One f16 rounding of A (the adaLN output, or the prologue's registers) and one of
+        // the output: a few f16 ulps of the largest output at most; NaN if unwritten.
+        assert!(p.rel_diff.is_finite() && p.rel_diff <= 4e-3, "{p:?}");
+    }
+    assert_eq!(row.paths[0].rel_diff, 0.0);
+    let zero = GemmShape { m: 0, ..shape };
+    let e = kernel_bench(KernelDevice::Emulator, &[], &[], &[zero], 1).unwrap_err();
+    assert!(e.to_string().contains("norm + GEMM shape"), "{e}");
 }

@@ -120,6 +120,7 @@ pub mod inspect {
         kernel_bench, GemmShape, GemmTiming, KernelBench, KernelDevice, PathTiming,
     };
     pub use crate::backend::cuda::lower::{device_call_folds, fusion as device_fusion};
+    pub use crate::backend::cuda::prologue_bench::{PrologueShape, PrologueTiming};
     pub use crate::cost::launches::{self, Fold, Launch};
     pub use crate::cost::{
         axis_windows, op_cost, op_kind, tae_op_cost, tae_op_kind, video_frames_per_call,

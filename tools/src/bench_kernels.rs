@@ -4,7 +4,9 @@
 //! to cuBLAS and largest difference from the mma.sync result; then every attention shape of
 //! a StreamDiT call (window, shifted window, cross) or the Wan family's attention over its
 //! KV cache on our attention paths (mma.sync, and the sm_90a kernels on 9.0), with TFLOP/s, share of the device's dense FP16 peak
-//! and the CTAs launched (cuBLAS has no attention).
+//! and the CTAs launched (cuBLAS has no attention); then, on compute capability 9.0, each
+//! linear shape that reads a LayerNorm / adaLN output as adaLN + GEMM against the GEMM with
+//! the LayerNorm prologue.
 
 use std::path::Path;
 
@@ -18,8 +20,11 @@ use streamdit::{BackendKind, Error, Result};
 use crate::common::{load_profile, print_stdout, ModelArgs};
 
 /// The distinct linear shapes `(m, n, k)` of the profile's call with how often each runs,
-/// largest first.
-fn profile_shapes(model: &ModelArgs) -> Result<(Vec<GemmShape>, Vec<AttentionShape>)> {
+/// largest first; its attention shapes; and the linear shapes that read a LayerNorm / adaLN
+/// output (the norm + GEMM rows), largest first.
+type Shapes = (Vec<GemmShape>, Vec<AttentionShape>, Vec<GemmShape>);
+
+fn profile_shapes(model: &ModelArgs) -> Result<Shapes> {
     let profile = load_profile(&model.profile, &model.text_dir)?;
     let guidance = if profile.family == streamdit::Family::Wan {
         1.0
@@ -28,7 +33,15 @@ fn profile_shapes(model: &ModelArgs) -> Result<(Vec<GemmShape>, Vec<AttentionSha
     };
     let (graph, _) = crate::plan_wan::graph(&profile, guidance, None)?;
     let mut shapes: Vec<GemmShape> = Vec::new();
-    for op in &graph.call_ops {
+    let mut prologues: Vec<GemmShape> = Vec::new();
+    let count = |list: &mut Vec<GemmShape>, (m, n, k)| match list
+        .iter_mut()
+        .find(|s| (s.m, s.n, s.k) == (m, n, k))
+    {
+        Some(s) => s.count += 1,
+        None => list.push(GemmShape { m, n, k, count: 1 }),
+    };
+    for (i, op) in graph.call_ops.iter().enumerate() {
         let Op::Linear { x, w, .. } = *op else {
             continue;
         };
@@ -36,20 +49,23 @@ fn profile_shapes(model: &ModelArgs) -> Result<(Vec<GemmShape>, Vec<AttentionSha
         if xs.len() != 2 || ws.len() != 2 {
             continue;
         }
-        let (m, k, n) = (xs[0], xs[1], ws[0]);
-        match shapes.iter_mut().find(|s| (s.m, s.n, s.k) == (m, n, k)) {
-            Some(s) => s.count += 1,
-            None => shapes.push(GemmShape { m, n, k, count: 1 }),
+        let dims = (xs[0], ws[0], xs[1]);
+        count(&mut shapes, dims);
+        let reads_norm = i > 0
+            && matches!(graph.call_ops[i - 1], Op::LayerNorm { out, .. } | Op::AdaLn { out, .. } if out == x);
+        if reads_norm {
+            count(&mut prologues, dims);
         }
     }
     shapes.sort_by(|a, b| b.flops().total_cmp(&a.flops()));
+    prologues.sort_by(|a, b| b.flops().total_cmp(&a.flops()));
     // The Wan family's attention runs over its KV cache (one shape: a full cache).
     let attention = if profile.family == streamdit::Family::Wan {
         vec![wan_attention_shape(profile.wan()?)]
     } else {
         attention_shapes(&graph)
     };
-    Ok((shapes, attention))
+    Ok((shapes, attention, prologues))
 }
 
 /// The dense FP16 tensor-core peak (TFLOP/s) of the GPU `device` names, when `plan` knows it.
@@ -101,11 +117,11 @@ pub(crate) fn run(
             ))
         }
     };
-    let (shapes, attention) = match shapes {
-        Some(text) => (parse_shapes(text)?, Vec::new()),
+    let (shapes, attention, prologues) = match shapes {
+        Some(text) => (parse_shapes(text)?, Vec::new(), Vec::new()),
         None => profile_shapes(model)?,
     };
-    let bench = kernel_bench(on, &shapes, &attention, reps)?;
+    let bench = kernel_bench(on, &shapes, &attention, &prologues, reps)?;
     let mut text = format!("GEMM kernels on {}\n", bench.device);
     match &bench.cublas {
         Ok(v) => text += &format!("cuBLAS {v}: cublasGemmEx, f16 in and out, f32 compute\n"),
@@ -186,6 +202,38 @@ pub(crate) fn run(
             );
         }
     }
+    let mut prologue_rows = Vec::new();
+    if !bench.prologues.is_empty() {
+        text += "norm + GEMM (compute capability 9.0): adaLN then the GEMM, against the GEMM \
+                 forming A itself after a statistics pass (stats+ln) or from the residual \
+                 GEMM's statistics (ln):\n";
+        text += &format!(
+            "{:>22} {:>5} {:>12} {:>10} {:>9} {:>12} {:>10}\n",
+            "M x N x K", "count", "path", "ms", "TFLOP/s", "vs unfused", "rel diff"
+        );
+    }
+    for row in &bench.prologues {
+        let s = row.shape;
+        let unfused = row.paths.first().map(|p| p.ms);
+        for p in &row.paths {
+            let speed = unfused.map(|u| u / p.ms);
+            text += &format!(
+                "{:>22} {:>5} {:>12} {:>10.4} {:>9.2} {:>12} {:>10.2e}\n",
+                format!("{}x{}x{}", s.m, s.n, s.k),
+                s.count,
+                p.path,
+                p.ms,
+                p.tflops,
+                speed.map_or("-".into(), |r| format!("{r:.2}x")),
+                p.rel_diff
+            );
+            prologue_rows.push(json!({
+                "m": s.m, "n": s.n, "k": s.k, "count": s.count, "path": p.path,
+                "ms": p.ms, "tflops": p.tflops, "speed_vs_unfused": speed,
+                "rel_diff_vs_unfused": if p.rel_diff.is_finite() { json!(p.rel_diff) } else { json!(null) },
+            }));
+        }
+    }
     if let Some(path) = json_path {
         let report = json!({
             "device": bench.device,
@@ -195,6 +243,7 @@ pub(crate) fn run(
             "reps": reps,
             "gemms": rows,
             "attention": attn_rows,
+            "prologues": prologue_rows,
         });
         let json = serde_json::to_string_pretty(&report)
             .map_err(|e| Error::Invalid(format!("JSON report: {e}")))?;

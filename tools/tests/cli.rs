@@ -1720,6 +1720,19 @@ fn bench_kernels_compares_the_gemm_paths_on_the_emulator() {
         );
         assert!(r["rel_l2_vs_cpu"].as_f64().unwrap() <= 2e-3, "{r}");
     }
+    // The linear layers that read a norm (QKV, the cross-attention's q, W13, the final
+    // layer): three rows each, unfused and with the LayerNorm prologue, in agreement.
+    let prologues = report["prologues"].as_array().unwrap();
+    let paths: Vec<&str> = prologues
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert!(!paths.is_empty() && paths.len() % 3 == 0, "{paths:?}");
+    assert_eq!(&paths[..3], ["adaln+sm90a", "stats+ln", "ln"]);
+    for r in prologues {
+        assert!(r["ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["rel_diff_vs_unfused"].as_f64().unwrap() <= 4e-3, "{r}");
+    }
     let refused = streamdit(&["bench", "--kernels", "--backend", "cpu"]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);

@@ -15,6 +15,7 @@ use half::f16;
 use streamdit_kernels::gemm;
 
 use super::attention_bench::{bench_attention, AttentionShape, AttentionTiming};
+use super::prologue_bench::{bench_prologues, PrologueShape, PrologueTiming};
 use super::device::{Device, DeviceBuffer, Queue};
 use super::limits;
 use super::lower::{run, select_gemm, Params, Step};
@@ -85,7 +86,7 @@ pub(super) fn random_f16(len: usize, seed: u64) -> Vec<u16> {
 
 /// The mma.sync launch of `out = a w^T` (no bias), resolved on `dev`; with `sm90` the same
 /// launch swapped for the sm_90a kernel (`select_gemm`), or `None` off compute capability 9.0.
-fn gemm_step<D: Device>(
+pub(super) fn gemm_step<D: Device>(
     dev: &mut D,
     s: GemmShape,
     a: &DeviceBuffer<u16>,
@@ -272,15 +273,20 @@ pub struct KernelBench {
     pub rows: Vec<GemmTiming>,
     /// The attention shapes asked for, on each attention path (`attention_bench`).
     pub attention: Vec<AttentionTiming>,
+    /// The norm + GEMM shapes asked for, unfused and with the LayerNorm prologue
+    /// (`prologue_bench`; compute capability 9.0 only, else empty).
+    pub prologues: Vec<PrologueTiming>,
 }
 
-/// Times each of `shapes` on every GEMM path of `on` ([`bench_gemms`]) and each of
-/// `attention` on every attention path ([`bench_attention`]; on the emulator each result is
-/// also checked against the CPU), `reps` launches each.
+/// Times each of `shapes` on every GEMM path of `on` ([`bench_gemms`]), each of `attention`
+/// on every attention path ([`bench_attention`]; on the emulator each result is also checked
+/// against the CPU) and each of `prologues` unfused and folded ([`bench_prologues`]), `reps`
+/// launches each.
 pub fn kernel_bench(
     on: KernelDevice,
     shapes: &[GemmShape],
     attention: &[AttentionShape],
+    prologues: &[PrologueShape],
     reps: usize,
 ) -> Result<KernelBench> {
     match on {
@@ -291,6 +297,7 @@ pub fn kernel_bench(
                 cublas: Err("cuBLAS runs only on a GPU".into()),
                 rows: bench_gemms(&mut dev, shapes, reps, None)?,
                 attention: bench_attention(&mut dev, attention, reps, true)?,
+                prologues: bench_prologues(&mut dev, prologues, reps)?,
             })
         }
         KernelDevice::Gpu(ordinal) => {
@@ -308,11 +315,13 @@ pub fn kernel_bench(
                 Err(_) => bench_gemms(&mut dev, shapes, reps, None)?,
             };
             let attention = bench_attention(&mut dev, attention, reps, false)?;
+            let prologues = bench_prologues(&mut dev, prologues, reps)?;
             Ok(KernelBench {
                 device,
                 cublas,
                 rows,
                 attention,
+                prologues,
             })
         }
     }

@@ -42,6 +42,7 @@ pub mod causal;
 pub mod device;
 pub mod emu;
 pub mod kernel_bench;
+pub mod prologue_bench;
 pub mod limits;
 pub mod lower;
 pub mod real;
