@@ -300,23 +300,9 @@ fn v_descriptors_read_where_tma_wrote() {
     }
 }
 
-/// `kernels/<file>:<line>` of the one line of `file` (under kernels/) containing `needle`.
-fn site_in(file: &str, needle: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-    let text = std::fs::read_to_string(path).unwrap();
-    let lines: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(needle))
-        .map(|(i, _)| i + 1)
-        .collect();
-    assert_eq!(lines.len(), 1, "{needle:?} on lines {lines:?}");
-    format!("kernels/{file}:{}", lines[0])
-}
-
-/// [`site_in`] attention_sm90.cu.
+/// [`common::site_in`] attention_sm90.cu.
 fn site(needle: &str) -> String {
-    site_in("cuda/attention_sm90.cu", needle)
+    common::site_in("cuda/attention_sm90.cu", needle)
 }
 
 fn assert_race(label: &str, r: Result<Vec<u16>, EmuError>, needles: &[String]) {
@@ -347,7 +333,7 @@ fn planted_pipeline_races_are_reported() {
         let pv = format!(
             "wgmma.mma_async.f32.f16 (A in registers) at {}",
             // The P V step shared with the window kernel (common/fa3_core.cuh).
-            site_in(
+            common::site_in(
                 "cuda/common/fa3_core.cuh",
                 "ptx::wgmma_f16_rs<kDh, 1, 1, 1>"
             )

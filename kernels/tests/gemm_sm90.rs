@@ -460,16 +460,7 @@ fn tiny_profile_shapes() {
 
 /// `kernels/cuda/gemm_sm90.cu:<line>` of the one line containing `needle`.
 fn site(needle: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda/gemm_sm90.cu");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let lines: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(needle))
-        .map(|(i, _)| i + 1)
-        .collect();
-    assert_eq!(lines.len(), 1, "{needle:?} on lines {lines:?}");
-    format!("kernels/cuda/gemm_sm90.cu:{}", lines[0])
+    common::site_in("cuda/gemm_sm90.cu", needle)
 }
 
 fn assert_race(label: &str, r: Result<Vec<f64>, EmuError>, needles: &[String]) {
@@ -608,15 +599,22 @@ fn gemm_sm90_sass_and_resources() {
     if !common::nvcc_built() {
         return;
     }
-    for epi in Epilogue::ALL {
-        let kernel = epi.kernel();
+    // Every entry, and the LayerNorm-prologue entries (tests/gemm_sm90_ln.rs: 4 UTMALDG, two
+    // X boxes and two W boxes).
+    let ln =
+        [Epilogue::BiasF16, Epilogue::BiasF32, Epilogue::Swiglu].map(|e| e.kernel_ln().unwrap());
+    for kernel in Epilogue::ALL.map(Epilogue::kernel).into_iter().chain(ln) {
         let r = common::resources("gemm_sm90", kernel, "sm_90a");
         eprintln!(
             "{kernel} sm_90a: {} regs, {} B static smem + {} B dynamic, stack {}, spills {}/{}, \
              HGMMA {}, UTMALDG {}, HMMA {}, LDSM {}, LDGSTS {}",
             r.registers,
             r.shared_bytes,
-            gemm_sm90::SHARED_BYTES,
+            if kernel.contains("_ln_") {
+                gemm_sm90::LN_SHARED_BYTES
+            } else {
+                gemm_sm90::SHARED_BYTES
+            },
             r.stack_frame_bytes,
             r.spill_store_bytes,
             r.spill_load_bytes,

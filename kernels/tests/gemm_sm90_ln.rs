@@ -8,7 +8,7 @@
 //! mean is far larger than their spread; each in forward, reverse and shuffled thread order
 //! with poisoned outputs. Under the race checker: the fast case clean, and a planted race
 //! (the staging read without the full-barrier wait) reported with both sites. Plus the
-//! prologue's contract and the ptxas / SASS gates of its entries.
+//! prologue's contract; the ptxas / SASS gates of its entries are `tests/gemm_sm90.rs`'s.
 //!
 //! `STREAMDIT_FULL=1` runs every launch under the race checker.
 
@@ -525,16 +525,7 @@ fn gated_residual_statistics_feed_the_prologue() {
 
 /// `kernels/cuda/gemm_sm90.cu:<line>` of the one line containing `needle`.
 fn site(needle: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda/gemm_sm90.cu");
-    let text = std::fs::read_to_string(path).unwrap();
-    let lines: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(needle))
-        .map(|(i, _)| i + 1)
-        .collect();
-    assert_eq!(lines.len(), 1, "{needle:?} on lines {lines:?}");
-    format!("kernels/cuda/gemm_sm90.cu:{}", lines[0])
+    common::site_in("cuda/gemm_sm90.cu", needle)
 }
 
 /// The consumers' loads of the f32 staging without the wait on the slot's full barrier:
@@ -644,34 +635,4 @@ fn prologue_contract_errors() {
     );
     expect(adaln::stats_config(0, 64), "ln_stats_rows_warp: M");
     expect(adaln::stats_config(4, 2048 * 9), "ln_stats_row_cta: D");
-}
-
-/// The prologue entries' sm_90a cubin: no spills or stack; at most 168 registers at launch;
-/// wgmma (HGMMA) fed by TMA (UTMALDG: two X boxes and two W boxes per stage).
-#[test]
-fn prologue_sass_and_resources() {
-    if !common::nvcc_built() {
-        return;
-    }
-    for epi in [Epilogue::BiasF16, Epilogue::BiasF32, Epilogue::Swiglu] {
-        let kernel = epi.kernel_ln().unwrap();
-        let r = common::resources("gemm_sm90", kernel, "sm_90a");
-        eprintln!("{kernel} sm_90a: {r:?}");
-        assert!(r.sass, "{kernel}: SASS not counted: {r:?}");
-        assert_eq!(
-            (r.spill_store_bytes, r.spill_load_bytes, r.stack_frame_bytes),
-            (0, 0, 0),
-            "{kernel} spills: {r:?}"
-        );
-        assert!(r.registers <= 168, "{kernel}: {r:?}");
-        assert!(
-            r.hgmma >= 4 && r.utmaldg >= 4,
-            "{kernel}: the main loop must be HGMMA fed by UTMALDG: {r:?}"
-        );
-        assert!(
-            !r.wgmma_serialized,
-            "{kernel}: ptxas serialized its wgmma: {r:?}"
-        );
-        assert_eq!((r.hmma, r.ldsm, r.ldgsts), (0, 0, 0), "{kernel}: {r:?}");
-    }
 }

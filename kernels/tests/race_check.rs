@@ -32,18 +32,7 @@ use streamdit_kernels::vae;
 /// `kernels/cuda/<file>:<line>` of the one source line of `file` that contains `needle`: the
 /// site a report must name (found in the source, so that edits elsewhere do not break it).
 fn site(file: &str, needle: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("cuda")
-        .join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let lines: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(needle))
-        .map(|(i, _)| i + 1)
-        .collect();
-    assert_eq!(lines.len(), 1, "{file}: {needle:?} on lines {lines:?}");
-    format!("kernels/cuda/{file}:{}", lines[0])
+    common::site_in(&format!("cuda/{file}"), needle)
 }
 
 /// The error must be a race whose report contains every needle (the hazard kind and the two

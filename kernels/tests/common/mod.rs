@@ -63,6 +63,21 @@ pub fn nvcc_built() -> bool {
     )
 }
 
+/// `kernels/<file>:<line>` of the one line of `file` (relative to `kernels/`) containing
+/// `needle`: the site the race checker names for it.
+pub fn site_in(file: &str, needle: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(lines.len(), 1, "{needle:?} on lines {lines:?}");
+    format!("kernels/{file}:{}", lines[0])
+}
+
 /// The ptxas report of `kernel` of `module` on `arch`.
 pub fn resources(module: &str, kernel: &str, arch: &str) -> &'static KernelResources {
     KERNEL_RESOURCES
