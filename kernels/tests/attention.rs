@@ -823,17 +823,7 @@ fn sm90_window_d64_ragged_and_wrapping() {
 
 /// `kernels/cuda/attention_sm90_window.cu:<line>` of the one line containing `needle`.
 fn sm90_site(needle: &str) -> String {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda/attention_sm90_window.cu");
-    let text = std::fs::read_to_string(path).unwrap();
-    let lines: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(needle))
-        .map(|(i, _)| i + 1)
-        .collect();
-    assert_eq!(lines.len(), 1, "{needle:?} on lines {lines:?}");
-    format!("kernels/cuda/attention_sm90_window.cu:{}", lines[0])
+    common::site_in("cuda/attention_sm90_window.cu", needle)
 }
 
 /// The default tier's race-checked sm_90a case (one window of 384 tokens: three query tiles,
