@@ -176,7 +176,8 @@ pub fn fold_prologues<D: Device>(
                 )))
             }
         };
-        if buffers.a != ln.out.cast_const() || k != ln.d || !ln.weight.is_null() {
+        let affine = !ln.weight.is_null() || !ln.bias.is_null();
+        if buffers.a != ln.out.cast_const() || k != ln.d || affine {
             return Err(fail(format!(
                 "prologue fold: `{gemm_label}` does not read exactly the output of \
                  `{norm_label}` (a plain or modulated LayerNorm of width {})",
