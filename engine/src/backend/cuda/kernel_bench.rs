@@ -124,6 +124,12 @@ pub(super) fn gemm_step<D: Device>(
         }
         select_gemm(dev, &mut step)?;
     }
+    resolved(dev, step).map(Some)
+}
+
+/// The step fitted to the device's shared memory, its kernel looked up on `dev`.
+pub(super) fn resolved<D: Device>(dev: &mut D, mut step: Step) -> Result<Step> {
+    let label = step.label().to_string();
     limits::fit_step(&mut step, dev.shared_memory_limit())
         .map_err(|e| Error::Invalid(format!("{label}: {e}")))?;
     if let Step::Launch {
@@ -135,7 +141,7 @@ pub(super) fn gemm_step<D: Device>(
     {
         *kernel = Some(dev.kernel(module, kernel_name)?);
     }
-    Ok(Some(step))
+    Ok(step)
 }
 
 /// Times `launch` (one product queued on the compute queue) over `reps` launches after a

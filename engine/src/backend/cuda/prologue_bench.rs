@@ -17,8 +17,7 @@ use streamdit_kernels::adaln::{self, ModLayout};
 use streamdit_kernels::gemm_sm90::{self, Buffers, Epilogue, LnPrologue, BLOCK_N};
 
 use super::device::{Device, DeviceBuffer};
-use super::kernel_bench::{gemm_step, rel_diff, time, GemmShape, PathTiming};
-use super::limits;
+use super::kernel_bench::{gemm_step, rel_diff, resolved, time, GemmShape, PathTiming};
 use super::lower::{run, Params, Step};
 use crate::error::{Error, Result};
 
@@ -63,23 +62,6 @@ fn partial_stats(x: &[f32], m: usize, k: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
-}
-
-/// Looks the step's kernel up on `dev` after fitting its shared memory.
-fn resolved<D: Device>(dev: &mut D, mut step: Step) -> Result<Step> {
-    let label = step.label().to_string();
-    limits::fit_step(&mut step, dev.shared_memory_limit())
-        .map_err(|e| Error::Invalid(format!("{label}: {e}")))?;
-    if let Step::Launch {
-        module,
-        kernel_name,
-        kernel,
-        ..
-    } = &mut step
-    {
-        *kernel = Some(dev.kernel(module, kernel_name)?);
-    }
-    Ok(step)
 }
 
 fn launch(label: &str, module: &'static str, kernel: &'static str, config: super::device::LaunchConfig, params: Params) -> Step {
