@@ -336,18 +336,7 @@ fn check_ln(kernel: &str, m: usize, k: usize, ln: &LnPrologue) -> Result<(), Str
 /// The tensor map of the prologue's X `[M, K]` f32: boxes of 128 rows x 32 k (128 bytes,
 /// one swizzle row), two per k-tile, zeros outside.
 pub fn x_map(address: u64, m: usize, k: usize) -> Tiled {
-    Tiled {
-        data_type: DataType::F32,
-        global_address: address,
-        global_dim: vec![k as u64, m as u64],
-        global_strides: vec![4 * k as u64],
-        box_dim: vec![LN_BOX_K, BLOCK_M],
-        element_strides: vec![1, 1],
-        interleave: Interleave::None,
-        swizzle: Swizzle::B128,
-        l2_promotion: L2Promotion::B256,
-        oob_fill: OobFill::Zero,
-    }
+    row_major_map(address, DataType::F32, m, k, LN_BOX_K, BLOCK_M)
 }
 
 /// [`params`] for the prologue entry of `epi`: `buffers.a` is unused (A is formed from
@@ -404,12 +393,25 @@ pub fn ln_params_emulated(
 /// A row-major f16 `[rows, k]` matrix at `address`, loaded in boxes of `box_rows` x 64 k,
 /// 128-byte swizzled, zeros outside (the ragged tiles and the K tail).
 fn operand_map(address: u64, rows: usize, k: usize, box_rows: u32) -> Tiled {
+    row_major_map(address, DataType::F16, rows, k, BLOCK_K, box_rows)
+}
+
+/// A row-major `[rows, k]` matrix of `data_type` at `address`, in boxes of `box_rows` x
+/// `box_k`, 128-byte swizzled, zeros outside.
+fn row_major_map(
+    address: u64,
+    data_type: DataType,
+    rows: usize,
+    k: usize,
+    box_k: u32,
+    box_rows: u32,
+) -> Tiled {
     Tiled {
-        data_type: DataType::F16,
+        data_type,
         global_address: address,
         global_dim: vec![k as u64, rows as u64],
-        global_strides: vec![2 * k as u64],
-        box_dim: vec![BLOCK_K, box_rows],
+        global_strides: vec![data_type.size() * k as u64],
+        box_dim: vec![box_k, box_rows],
         element_strides: vec![1, 1],
         interleave: Interleave::None,
         swizzle: Swizzle::B128,

@@ -177,6 +177,22 @@ pub(super) fn rel_diff(x: &[u16], r: &[u16]) -> f64 {
     diff / scale.max(f64::MIN_POSITIVE)
 }
 
+/// At least one launch per shape, and no zero dimension in the `what` `s`.
+pub(super) fn check_request(what: &str, s: GemmShape, reps: usize) -> Result<()> {
+    if reps == 0 {
+        return Err(Error::Invalid(
+            "kernel bench: the launches per shape must be at least 1".into(),
+        ));
+    }
+    if s.m == 0 || s.n == 0 || s.k == 0 {
+        return Err(Error::Invalid(format!(
+            "kernel bench: {what} {}x{}x{} has a zero dimension",
+            s.m, s.n, s.k
+        )));
+    }
+    Ok(())
+}
+
 /// Times every path of `dev` (and `external`, as `cublas`, when given) on each of `shapes`,
 /// `reps` launches each. The buffers of one shape live only while it runs.
 pub fn bench_gemms<D: Device>(
@@ -185,19 +201,9 @@ pub fn bench_gemms<D: Device>(
     reps: usize,
     mut external: Option<&mut ExternalGemm<'_, D>>,
 ) -> Result<Vec<GemmTiming>> {
-    if reps == 0 {
-        return Err(Error::Invalid(
-            "kernel bench: the launches per shape must be at least 1".into(),
-        ));
-    }
     let mut rows = Vec::with_capacity(shapes.len());
     for (i, &s) in shapes.iter().enumerate() {
-        if s.m == 0 || s.n == 0 || s.k == 0 {
-            return Err(Error::Invalid(format!(
-                "kernel bench: shape {}x{}x{} has a zero dimension",
-                s.m, s.n, s.k
-            )));
-        }
+        check_request("shape", s, reps)?;
         let a = dev.alloc::<u16>("bench A", s.m * s.k)?;
         let w = dev.alloc::<u16>("bench W", s.n * s.k)?;
         let out_ref = dev.alloc::<u16>("bench out (mma.sync)", s.m * s.n)?;

@@ -17,7 +17,9 @@ use streamdit_kernels::adaln::{self, ModLayout};
 use streamdit_kernels::gemm_sm90::{self, Buffers, Epilogue, LnPrologue, BLOCK_N};
 
 use super::device::{Device, DeviceBuffer};
-use super::kernel_bench::{gemm_step, rel_diff, resolved, time, GemmShape, PathTiming};
+use super::kernel_bench::{
+    check_request, gemm_step, rel_diff, resolved, time, GemmShape, PathTiming,
+};
 use super::lower::{run, Params, Step};
 use crate::error::{Error, Result};
 
@@ -86,19 +88,9 @@ pub fn bench_prologues<D: Device>(
     if dev.compute_capability() != (9, 0) {
         return Ok(Vec::new());
     }
-    if reps == 0 {
-        return Err(Error::Invalid(
-            "kernel bench: the launches per shape must be at least 1".into(),
-        ));
-    }
     let mut rows = Vec::with_capacity(shapes.len());
     for (i, &s) in shapes.iter().enumerate() {
-        if s.m == 0 || s.n == 0 || s.k == 0 {
-            return Err(Error::Invalid(format!(
-                "kernel bench: norm + GEMM shape {}x{}x{} has a zero dimension",
-                s.m, s.n, s.k
-            )));
-        }
+        check_request("norm + GEMM shape", s, reps)?;
         let parts = s.k.div_ceil(BLOCK_N as usize);
         let x = dev.alloc::<f32>("bench X (f32)", s.m * s.k)?;
         let a = dev.alloc::<u16>("bench A (adaLN output)", s.m * s.k)?;
