@@ -16,7 +16,8 @@ the StreamDiT paper's, Kodaira et al. 2025, section 3):
 - data: 32 consecutive video frames of a shapes clip, encoded by the stage-1 TAE encoder into
   the buffer's 8 latent frames `x1` (computed once into `latents.pt`): `--clips` random clips
   of `shapes.sample` (512 by default), then `--covering` clips of `shapes.covering`, which
-  show each of the world's 704 captions once per 704 (random clips miss many captions);
+  show each of the world's captions once per round (random clips miss many captions);
+  `--world` picks the world (`shapes.WORLDS`: `small`, 64 captions, by default);
 - text: `tiny-shapes`' text encoder (one random ByT5 stand-in over 64 bytes, so the whole
   caption reaches the model) run by the engine (`streamdit encode`) on the clip's
   caption, once per caption (`text.pt`); 10% of samples get the empty prompt so classifier-free
@@ -35,7 +36,7 @@ the StreamDiT paper's, Kodaira et al. 2025, section 3):
   without it the loss is met by the background (the stage-1 autoencoder showed the same);
 - `--init CK`: a later phase starts from another run's DiT weights (fresh optimizer);
 - AdamW, lr 3e-4 after 200 warm-up steps (`--decay A:B`: a cosine down to 3e-5 from step A to
-  step B), batch 4 by accumulation, gradient clipping at 1;
+  step B), batch `--batch` (4) by accumulation, gradient clipping at 1;
 - resumable (`checkpoint.pt` every 50 steps), seeded, `loss.png` drawn as it goes.
 """
 
@@ -75,7 +76,6 @@ BUFFER = M["F"]
 # The engine profile whose text encoders and random initial weights are used (`tiny`'s DiT,
 # one ByT5 stand-in over 64 bytes: tiny's own encoders cut a caption after 8 to 12 tokens).
 PROFILE = os.path.join(HERE, "tiny-shapes.toml")
-BATCH = 4
 NULL_PROMPT_SHARE = 0.1
 
 
@@ -103,7 +103,7 @@ def text_table(out: str, engine: str, caps: list[str]) -> dict[str, tuple[torch.
 
 def clip_list(seed: int, clips: int, covering: int) -> list[tuple[shapes.Clip, int]]:
     """The training clips and their first video frames: `clips` clips of `shapes.sample`, then
-    `covering` clips of `shapes.covering` (every caption of the world once per 704)."""
+    `covering` clips of `shapes.covering` (every caption of the world once per round)."""
     out = []
     for i in range(clips + covering):
         c = shapes.sample(i, seed) if i < clips else shapes.covering(i - clips, seed)
@@ -227,7 +227,7 @@ def train(a) -> None:
             g["lr"] = learning_rate(step, a.decay)
         opt.zero_grad(set_to_none=True)
         total = 0.0
-        for b in range(BATCH):
+        for b in range(a.batch):
             rng = np.random.Generator(np.random.PCG64([a.seed, step, b]))
             i = int(rng.integers(0, len(caps)))
             cap = "" if rng.random() < NULL_PROMPT_SHARE else caps[i]
@@ -239,9 +239,9 @@ def train(a) -> None:
             model.set_text(text, mask)
             v = model.forward(t * x1 + (1 - t) * eps, tau)
             if masks is None:
-                loss = F.mse_loss(v, x1 - eps) / BATCH
+                loss = F.mse_loss(v, x1 - eps) / a.batch
             else:
-                loss = weighted_mse(v, x1 - eps, 1 + a.shape_weight * masks[i]) / BATCH
+                loss = weighted_mse(v, x1 - eps, 1 + a.shape_weight * masks[i]) / a.batch
             loss.backward()
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
@@ -277,7 +277,7 @@ def main(argv):
     p.add_argument("--clips", type=int, default=512, help="shapes clips encoded for training")
     p.add_argument("--export", help="write the engine checkpoint to this file instead of training")
     p.add_argument("--covering", type=int, default=0,
-                   help="clips after --clips that show every caption of the world once per 704 (shapes.covering)")
+                   help="clips after --clips that show every caption of the world once per round (shapes.covering)")
     p.add_argument("--decay", type=lambda v: tuple(int(x) for x in v.split(":")), metavar="A:B",
                    help="cosine learning-rate decay from 3e-4 at step A to 3e-5 at step B")
     p.add_argument("--prefill-share", type=float, default=0.0,
@@ -285,7 +285,10 @@ def main(argv):
     p.add_argument("--init", help="a checkpoint.pt to start from (DiT weights only) when --out has none")
     p.add_argument("--shape-weight", type=float, default=0.0,
                    help="latent pixels the shape covers count 1 + W times in the loss (0: plain MSE)")
+    p.add_argument("--batch", type=int, default=4, help="samples per optimizer step (gradient accumulation)")
+    p.add_argument("--world", default="small", choices=sorted(shapes.WORLDS), help="the shapes world (shapes.WORLDS)")
     a = p.parse_args(argv)
+    shapes.use_world(a.world)
     if a.export:
         export(a)
     else:

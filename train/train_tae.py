@@ -168,6 +168,30 @@ def train(out: str, minutes: float, seed: int, max_steps: int | None, init: str 
     print(f"train_tae: stopped at step {step}, checkpoint {ck}")
 
 
+def colour_check(enc, dec, seed: int = 0) -> tuple[int, list[str]]:
+    """How many of the world's (colour, shape, background) cases come back nearest to their own
+    colour after a round trip (whole 128x128 clips, 8 frames, `shapes.measure` on the middle
+    frames), and the misses. The DiT can only draw the colours this autoencoder keeps."""
+    right, misses = 0, []
+    with torch.no_grad():
+        for bg in shapes.BACKGROUNDS:
+            for colour in shapes.COLOURS:
+                if shapes.colour_distance(shapes.COLOURS[colour], shapes.BACKGROUNDS[bg]) < shapes.MIN_CONTRAST:
+                    continue
+                for shape in shapes.SHAPES:
+                    c = shapes.Clip(shape, colour, "right", bg, 64.0, 64.0, 16.0)
+                    v = shapes.render(c, CLIP_FRAMES)
+                    x = torch.from_numpy(v).permute(0, 3, 1, 2).float()[None] / 127.5 - 1
+                    y = ((dec(enc(x))[0].clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+                    got = np.mean([shapes.measure(f, shapes.BACKGROUNDS[bg]).colour for f in y[2:6]], axis=0)
+                    near = min(shapes.COLOURS, key=lambda k: shapes.colour_distance(shapes.COLOURS[k], got))
+                    if near == colour:
+                        right += 1
+                    else:
+                        misses.append(f"{colour} {shape} on {bg} -> {near} {np.round(got).astype(int).tolist()}")
+    return right, misses
+
+
 def export(out: str, path: str, seed: int) -> None:
     enc, dec = tae.Encoder(), tae.Decoder()
     s = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
@@ -183,6 +207,8 @@ def export(out: str, path: str, seed: int) -> None:
         dec.conv_in.weight.mul_(std[None, :, None, None])
         x = batch(0, seed, held_out=True)
         mse = float(F.mse_loss(dec(enc(x)), x))
+        right, misses = colour_check(enc, dec)
+    print(f"train_tae: colour check {right} of {right + len(misses)} right; misses {misses}")
     tensors = {**tae.spec_names(enc, "encoder."), **tae.spec_names(dec, "decoder.")}
     tae.save(path, tensors, dtype=torch.float16)
     print(f"train_tae: wrote {path} ({len(tensors)} tensors, step {s['step']}), latent std folded {std.tolist()}, held-out mse {mse:.5f}")
@@ -198,7 +224,9 @@ def main(argv):
     p.add_argument("--init", help="a checkpoint.pt to start from (weights only) when --out has none")
     p.add_argument("--shape-weight", type=float, default=0.0,
                    help="extra weight of the shape's pixels in the reconstruction loss (0: plain MSE)")
+    p.add_argument("--world", default="small", choices=sorted(shapes.WORLDS), help="the shapes world (shapes.WORLDS)")
     a = p.parse_args(argv)
+    shapes.use_world(a.world)
     if a.export:
         export(a.out, a.export, a.seed)
     else:
