@@ -197,12 +197,13 @@ pub(crate) fn plan(args: PlanArgs) -> Result<()> {
                     profile.name
                 )));
             }
-            crate::plan_decoder::report(
-                &profile,
-                gpu,
-                device_prediction.as_ref(),
-                mem.peak_bytes(),
-            )?
+            // The end-to-end line adds the launches this GPU's architecture gets: the
+            // sm_90a path's on compute capability 9.0, the every-device ones elsewhere.
+            let own = match gpu {
+                Some(g) if g.compute_capability == (9, 0) => sm90_prediction.as_ref(),
+                _ => device_prediction.as_ref(),
+            };
+            crate::plan_decoder::report(&profile, gpu, own, mem.peak_bytes())?
         }
         Some(w) => {
             let (dit_flops, dit_s) = w.chunk(&cost, gpu);

@@ -208,7 +208,7 @@ pub fn report(
             folded * 1e3
         );
         totals += &format!(
-            "  end to end       {:.2} ms per call (DiT launches {:.2} + decoder launches {:.2} on one GPU), {:.2} video FPS; at {:.0}%: {:.2} ms, {:.2} FPS\n",
+            "  end to end       {:.2} ms per call (DiT launches {:.2} + decoder launches {:.2} on one GPU; the DiT's as this GPU's architecture runs them: sm_90a on 9.0), {:.2} video FPS; at {:.0}%: {:.2} ms, {:.2} FPS\n",
             serial * 1e3,
             p.seconds_per_call * 1e3,
             dec * 1e3,

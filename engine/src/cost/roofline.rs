@@ -17,6 +17,9 @@ pub struct GpuSpec {
     pub hbm_gbps: f64,
     /// Device memory as the spec sheet states it.
     pub memory_gib: f64,
+    /// Compute capability (major, minor), from NVIDIA's CUDA GPUs list: which kernels the
+    /// CUDA backend picks (the sm_90a path on 9.x).
+    pub compute_capability: (u32, u32),
 }
 
 impl GpuSpec {
@@ -28,6 +31,7 @@ impl GpuSpec {
         fp16_tflops: 989.0,
         hbm_gbps: 3350.0,
         memory_gib: 80.0,
+        compute_capability: (9, 0),
     };
     /// H200 SXM: NVIDIA H200 Tensor Core GPU datasheet, FP16 Tensor Core 1,979 TFLOPS with
     /// sparsity (989 dense), 4.8 TB/s, 141 GB.
@@ -37,6 +41,7 @@ impl GpuSpec {
         fp16_tflops: 989.0,
         hbm_gbps: 4800.0,
         memory_gib: 141.0,
+        compute_capability: (9, 0),
     };
     /// A100 SXM4 80GB: NVIDIA A100 Tensor Core GPU datasheet, FP16 Tensor Core 312 TFLOPS
     /// (624 with sparsity), 2,039 GB/s, 80 GB.
@@ -46,6 +51,7 @@ impl GpuSpec {
         fp16_tflops: 312.0,
         hbm_gbps: 2039.0,
         memory_gib: 80.0,
+        compute_capability: (8, 0),
     };
     /// L40S: NVIDIA L40S datasheet, FP16 Tensor Core 362.05 TFLOPS (733 with sparsity; the
     /// same with FP32 accumulation), 864 GB/s, 48 GB GDDR6.
@@ -55,6 +61,7 @@ impl GpuSpec {
         fp16_tflops: 362.05,
         hbm_gbps: 864.0,
         memory_gib: 48.0,
+        compute_capability: (8, 9),
     };
     /// GeForce RTX 4090: NVIDIA Ada GPU architecture whitepaper (appendix A), peak FP16
     /// tensor TFLOPS with FP32 accumulate 165.2 (330.4 with sparsity; 330.3 dense with FP16
@@ -65,6 +72,7 @@ impl GpuSpec {
         fp16_tflops: 165.2,
         hbm_gbps: 1008.0,
         memory_gib: 24.0,
+        compute_capability: (8, 9),
     };
 
     /// Every GPU `plan` knows.
