@@ -34,7 +34,8 @@ the StreamDiT paper's, Kodaira et al. 2025, section 3):
 - `--shape-weight W`: the latent pixels the shape covers (in any of their 4 video frames)
   count `1 + W` times in that mean; the shape is a few percent of the latent pixels, and
   without it the loss is met by the background (the stage-1 autoencoder showed the same);
-- `--init CK`: a later phase starts from another run's DiT weights (fresh optimizer);
+- `--init CK`: a later phase starts from another run's DiT weights (fresh optimizer), a
+  `checkpoint.pt` or an export (`train/checkpoints/` keeps one between sessions);
 - AdamW, lr 3e-4 after 200 warm-up steps (`--decay A:B`: a cosine down to 3e-5 from step A to
   step B), batch `--batch` (4) by accumulation, gradient clipping at 1;
 - resumable (`checkpoint.pt` every 50 steps), seeded, `loss.png` drawn as it goes.
@@ -206,8 +207,13 @@ def train(a) -> None:
         step, history = s["step"], [tuple(h) for h in s["history"]]
         print(f"train_dit: resumed at step {step}")
     elif a.init:
-        # A second phase starts from another run's DiT weights with a fresh optimizer and warm-up.
-        s = torch.load(a.init, weights_only=True)
+        # A second phase starts from another run's DiT weights with a fresh optimizer and warm-up:
+        # a `checkpoint.pt`, or an exported engine checkpoint (its DiT tensors, f16 or f32).
+        if a.init.endswith(".safetensors"):
+            found = tae.load(a.init)
+            s = {"weights": {k: found[k].float() for k in params}, "step": "an export"}
+        else:
+            s = torch.load(a.init, weights_only=True)
         with torch.no_grad():
             for k, v in s["weights"].items():
                 params[k].copy_(v)
@@ -282,7 +288,7 @@ def main(argv):
                    help="cosine learning-rate decay from 3e-4 at step A to 3e-5 at step B")
     p.add_argument("--prefill-share", type=float, default=0.0,
                    help="share of samples at the prefill's noise levels (the first chunks' start-up)")
-    p.add_argument("--init", help="a checkpoint.pt to start from (DiT weights only) when --out has none")
+    p.add_argument("--init", help="a checkpoint.pt or an exported .safetensors to start from (DiT weights only) when --out has none")
     p.add_argument("--shape-weight", type=float, default=0.0,
                    help="latent pixels the shape covers count 1 + W times in the loss (0: plain MSE)")
     p.add_argument("--batch", type=int, default=4, help="samples per optimizer step (gradient accumulation)")
