@@ -162,7 +162,7 @@ fn judge(frames: &[u8], colour: &str, motion: &str, background: &str) -> Result<
         .collect();
     let along = median(steps.iter().map(|s| s.0).collect());
     let across = median(steps.iter().map(|s| s.1).collect());
-    if !(1.5..=4.5).contains(&along) || !(across < 1.0) {
+    if !(1.5..=4.5).contains(&along) || !(0.0..1.0).contains(&across) {
         why.push(format!(
             "motion: median step {along:.2} px/frame {motion} (asked {SPEED}) and {across:.2} \
              across, over {} frame pairs",
