@@ -168,7 +168,7 @@ def train(out: str, minutes: float, seed: int, max_steps: int | None, init: str 
     print(f"train_tae: stopped at step {step}, checkpoint {ck}")
 
 
-def colour_check(enc, dec, seed: int = 0) -> tuple[int, list[str]]:
+def colour_check(enc, dec) -> tuple[int, list[str]]:
     """How many of the world's (colour, shape, background) cases come back nearest to their own
     colour after a round trip (whole 128x128 clips, 8 frames, `shapes.measure` on the middle
     frames), and the misses. The DiT can only draw the colours this autoencoder keeps."""
